@@ -1,0 +1,258 @@
+//! `BudgetBinding`: which workloads are charged to a budget, and how their pods report usage.
+
+use k8s_openapi::apimachinery::pkg::{
+    apis::meta::v1::{Condition, LabelSelector},
+    util::intstr::IntOrString,
+};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{
+    DURATION_PATTERN, TokenType, WorkloadKind, conditions_schema, optional_enum_schema,
+};
+
+/// Charges the pods of some workloads to a TokenBudget in the same namespace, and says how
+/// those pods report the tokens they use.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "tokenbudget.io",
+    version = "v1alpha1",
+    kind = "BudgetBinding",
+    plural = "budgetbindings",
+    shortname = "bb",
+    category = "tokenbudget",
+    namespaced,
+    status = "BudgetBindingStatus",
+    derive = "PartialEq",
+    doc = "Charges the pods of some workloads to a TokenBudget in the same namespace.",
+    printcolumn(name = "Budget", type_ = "string", json_path = ".spec.budgetRef.name"),
+    printcolumn(
+        name = "Workloads",
+        type_ = "integer",
+        json_path = ".status.workloads",
+        description = "Workloads matched now"
+    ),
+    printcolumn(
+        name = "Pods",
+        type_ = "integer",
+        json_path = ".status.pods",
+        description = "Pods of those workloads"
+    ),
+    printcolumn(
+        name = "Used",
+        type_ = "integer",
+        json_path = ".status.usedTokens",
+        description = "Tokens this binding contributed this period"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetBindingSpec {
+    /// The TokenBudget, in the same namespace, that these workloads are charged to.
+    pub budget_ref: BudgetRef,
+
+    /// The workloads whose pods are charged to the budget. Each entry names one workload, or
+    /// selects workloads of one kind by label.
+    #[schemars(length(min = 1, max = 64))]
+    pub workloads: Vec<WorkloadSelector>,
+
+    /// How each bound pod reports its usage.
+    #[serde(default)]
+    pub metrics: MetricsEndpoint,
+}
+
+/// A reference to a TokenBudget in the binding's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetRef {
+    /// The TokenBudget's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// One workload by name, or the workloads of one kind that match a label selector.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("oneOf" = [{"required": ["name"]}, {"required": ["selector"]}]))]
+pub struct WorkloadSelector {
+    /// Deployment, StatefulSet, Job or CronJob.
+    pub kind: WorkloadKind,
+
+    /// The workload's name. Exactly one of `name` and `selector` is required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub name: Option<String>,
+
+    /// Selects workloads of `kind` by their labels. Exactly one of `name` and `selector` is
+    /// required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+}
+
+/// Where and how the operator reads each bound pod's token counters.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+// "custom exactly when format is Custom" is checked by the operator (Ready=False, reason
+// InvalidSpec): the schema alone cannot say it, and CEL rules break `kubectl apply` on 1.20.
+pub struct MetricsEndpoint {
+    /// The container port serving metrics, as a number or as the name of a container port.
+    #[serde(default = "default_port")]
+    pub port: IntOrString,
+
+    /// The HTTP path of the metrics endpoint.
+    #[serde(default = "default_path")]
+    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^/"))]
+    pub path: String,
+
+    /// http or https. With https the pod's certificate is checked against the cluster CA.
+    #[serde(default)]
+    pub scheme: Scheme,
+
+    /// How often each pod is scraped, as a duration such as "15s" or "1m".
+    #[serde(default = "default_interval")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub interval: String,
+
+    /// How long one scrape may take before it counts as failed.
+    #[serde(default = "default_timeout")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub timeout: String,
+
+    /// The metric names and labels the pods expose: OpenTelemetry (GenAI semantic
+    /// conventions), VLLM, LiteLLM, or Custom (then `custom` says which metrics to read).
+    #[serde(default)]
+    pub format: MetricsFormat,
+
+    /// With format Custom (and only then): the counters to read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32))]
+    pub custom: Option<Vec<CustomMetric>>,
+}
+
+impl Default for MetricsEndpoint {
+    fn default() -> Self {
+        Self {
+            port: default_port(),
+            path: default_path(),
+            scheme: Scheme::default(),
+            interval: default_interval(),
+            timeout: default_timeout(),
+            format: MetricsFormat::default(),
+            custom: None,
+        }
+    }
+}
+
+/// The scheme of a metrics endpoint.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    #[default]
+    Http,
+    Https,
+}
+
+/// The metric conventions a pod follows.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum MetricsFormat {
+    /// `gen_ai_client_token_usage` (histogram, read `_sum`) with `gen_ai_token_type` and
+    /// `gen_ai_request_model`, or the `gen_ai_client_inference_usage_*_tokens_total` counters.
+    #[default]
+    OpenTelemetry,
+    /// `vllm:prompt_tokens_total` and `vllm:generation_tokens_total`, label `model_name`.
+    #[serde(rename = "VLLM")]
+    Vllm,
+    /// `litellm_input_tokens_metric_total` and `litellm_output_tokens_metric_total`, label `model`.
+    #[serde(rename = "LiteLLM")]
+    LiteLlm,
+    /// The counters listed in `custom`.
+    Custom,
+}
+
+/// One counter of token usage, for format Custom.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("oneOf" = [{"required": ["tokenType"]}, {"required": ["tokenTypeLabel"]}]))]
+pub struct CustomMetric {
+    /// The metric (family) name, e.g. `my_tokens_total`.
+    #[schemars(regex(pattern = r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"), length(max = 256))]
+    pub metric: String,
+
+    /// Every series of this metric counts tokens of this type. Exactly one of `tokenType` and
+    /// `tokenTypeLabel` is required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_enum_schema::<TokenType>")]
+    pub token_type: Option<TokenType>,
+
+    /// The label whose value (`input` or `output`) is the token type. Exactly one of
+    /// `tokenType` and `tokenTypeLabel` is required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-zA-Z_][a-zA-Z0-9_]*$"))]
+    pub token_type_label: Option<String>,
+
+    /// The label whose value is the model name; series without it count as model "unknown".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-zA-Z_][a-zA-Z0-9_]*$"))]
+    pub model_label: Option<String>,
+}
+
+/// The observed state of a BudgetBinding, written by the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetBindingStatus {
+    /// The budget this binding charges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<String>,
+
+    /// Workloads matched now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workloads: Option<i64>,
+
+    /// Pods of those workloads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods: Option<i64>,
+
+    /// Pods whose last scrape succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scraped_pods: Option<i64>,
+
+    /// When the pods were last scraped (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scrape_time: Option<String>,
+
+    /// This binding's contribution to the budget in the current period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_tokens: Option<i64>,
+
+    /// Ready, BudgetFound, ScrapeHealthy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+fn default_port() -> IntOrString {
+    IntOrString::Int(9464)
+}
+fn default_path() -> String {
+    "/metrics".into()
+}
+fn default_interval() -> String {
+    "15s".into()
+}
+fn default_timeout() -> String {
+    "5s".into()
+}

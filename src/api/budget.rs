@@ -1,0 +1,379 @@
+//! `TokenBudget`: how many tokens (and how much money) the workloads bound to it may spend
+//! per period, and what happens when they run out.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::Condition};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{
+    DECIMAL_PATTERN, DURATION_PATTERN, TokenType, WorkloadKind, conditions_schema,
+    optional_enum_schema,
+};
+
+/// A limit on the LLM tokens and/or money that the workloads bound to this budget (through
+/// BudgetBindings) may spend per period, what to do when it runs out, and optionally a
+/// ResourceQuota that the budget owns in its namespace.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "tokenbudget.io",
+    version = "v1alpha1",
+    kind = "TokenBudget",
+    plural = "tokenbudgets",
+    shortname = "tb",
+    category = "tokenbudget",
+    namespaced,
+    status = "TokenBudgetStatus",
+    derive = "PartialEq",
+    doc = "A limit on the LLM tokens and/or money that the workloads bound to it may spend per period.",
+    printcolumn(
+        name = "Limit",
+        type_ = "integer",
+        json_path = ".spec.limits.tokens",
+        description = "Token limit per period"
+    ),
+    printcolumn(
+        name = "Used",
+        type_ = "integer",
+        json_path = ".status.used.tokens",
+        description = "Tokens used this period"
+    ),
+    printcolumn(
+        name = "%Used",
+        type_ = "integer",
+        json_path = ".status.percentUsed",
+        description = "Percent of the tighter limit used"
+    ),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Resets",
+        type_ = "string",
+        json_path = ".status.resetsAt",
+        description = "When the current period ends"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Cost-Limit",
+        type_ = "string",
+        json_path = ".spec.limits.cost",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Cost",
+        type_ = "string",
+        json_path = ".status.used.cost",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Burn-Rate",
+        type_ = "integer",
+        json_path = ".status.burnRate",
+        description = "Tokens per hour",
+        priority = 1
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenBudgetSpec {
+    /// What may be spent per period. At least one of `tokens` and `cost` is required; when
+    /// both are set, the budget is exhausted as soon as either is reached.
+    pub limits: BudgetLimits,
+
+    /// The currency of `limits.cost` and of the prices. Display only: no conversion happens.
+    #[serde(default = "default_currency")]
+    #[schemars(length(min = 1, max = 16))]
+    pub currency: String,
+
+    /// The token types that count toward `limits.tokens`. Absent means all types (input and
+    /// output). Cost always counts every type that has a price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1), extend("x-kubernetes-list-type" = "set"))]
+    pub token_types: Option<Vec<TokenType>>,
+
+    /// When usage starts again from zero.
+    #[serde(default)]
+    pub period: BudgetPeriod,
+
+    /// Prices per 1,000,000 tokens, per model. The first entry whose `model` matches wins.
+    /// A model without a price costs nothing, and is named in the UsageHealthy condition.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub pricing: Vec<ModelPrice>,
+
+    /// Warning thresholds, in percent of the tighter limit. Crossing one sets the phase to
+    /// Warning, emits a ThresholdReached Event and annotates the workloads.
+    #[serde(default = "default_thresholds")]
+    #[schemars(length(max = 10), inner(range(min = 1, max = 100)))]
+    pub thresholds: Vec<u8>,
+
+    /// What the operator does to the bound workloads when the budget is exhausted.
+    #[serde(default)]
+    pub enforcement: Enforcement,
+
+    /// A ResourceQuota named `tokenbudget-<budget>` that this budget creates and owns in its
+    /// namespace, so token budgets and compute quotas live in one object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute_quota: Option<ComputeQuota>,
+}
+
+/// What may be spent per period.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("anyOf" = [{"required": ["tokens"]}, {"required": ["cost"]}]))]
+pub struct BudgetLimits {
+    /// Tokens per period, counting the types in `tokenTypes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub tokens: Option<i64>,
+
+    /// Money per period in `currency`, as a decimal string such as "250.00". Needs `pricing`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DECIMAL_PATTERN))]
+    pub cost: Option<String>,
+}
+
+/// When usage starts again from zero.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetPeriod {
+    /// How often usage resets: Never, Hourly, Daily, Weekly (Monday 00:00) or Monthly (the
+    /// 1st, 00:00), at calendar boundaries in `timezone`.
+    #[serde(default)]
+    pub reset: ResetPeriod,
+
+    /// The IANA time zone of the calendar boundaries, such as "Europe/Berlin".
+    #[serde(default = "default_timezone")]
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*$")
+    )]
+    pub timezone: String,
+}
+
+impl Default for BudgetPeriod {
+    fn default() -> Self {
+        Self {
+            reset: ResetPeriod::default(),
+            timezone: default_timezone(),
+        }
+    }
+}
+
+/// How often a budget's usage starts again from zero.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ResetPeriod {
+    Never,
+    Hourly,
+    Daily,
+    Weekly,
+    #[default]
+    Monthly,
+}
+
+/// The price of one model, per 1,000,000 tokens.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelPrice {
+    /// The model name as the agents report it, exactly, or a glob where `*` matches any run
+    /// of characters (e.g. "gpt-4o*").
+    #[schemars(length(min = 1, max = 256))]
+    pub model: String,
+
+    /// Price per 1,000,000 input tokens, as a decimal string.
+    #[serde(default = "default_price")]
+    #[schemars(regex(pattern = DECIMAL_PATTERN))]
+    pub input: String,
+
+    /// Price per 1,000,000 output tokens, as a decimal string.
+    #[serde(default = "default_price")]
+    #[schemars(regex(pattern = DECIMAL_PATTERN))]
+    pub output: String,
+}
+
+/// What the operator does to the bound workloads when the budget is exhausted.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Enforcement {
+    /// None: status and Events only (a dry run). Annotate: annotate workloads and pods.
+    /// ScaleDown: also scale Deployments and StatefulSets to 0 and suspend Jobs and CronJobs.
+    #[serde(default)]
+    pub action: EnforcementAction,
+
+    /// With ScaleDown: how long after exhaustion the workloads stay up (annotated) before they
+    /// are scaled down, as a duration such as "0s", "5m" or "1h".
+    #[serde(default = "default_grace_period")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub grace_period: String,
+
+    /// When exhausted, also set `pods: "0"` on the budget's computeQuota, so that no new pod of
+    /// any kind starts in the namespace until the budget has room again.
+    #[serde(default)]
+    pub freeze_quota: bool,
+}
+
+impl Default for Enforcement {
+    fn default() -> Self {
+        Self {
+            action: EnforcementAction::default(),
+            grace_period: default_grace_period(),
+            freeze_quota: false,
+        }
+    }
+}
+
+/// What the operator does when a budget is exhausted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum EnforcementAction {
+    None,
+    #[default]
+    Annotate,
+    ScaleDown,
+}
+
+/// A ResourceQuota owned by the budget.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ComputeQuota {
+    /// The quota's hard limits, as in a ResourceQuota's `spec.hard`
+    /// (e.g. `requests.cpu: "8"`, `limits.memory: 32Gi`, `pods: "20"`).
+    pub hard: BTreeMap<String, Quantity>,
+}
+
+/// The observed state of a TokenBudget, written by the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenBudgetStatus {
+    /// Active, Warning (a threshold is crossed) or Exhausted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_enum_schema::<BudgetPhase>")]
+    pub phase: Option<BudgetPhase>,
+
+    /// Usage in the current period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used: Option<UsedTokens>,
+
+    /// Tokens left in the current period; absent when there is no token limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining_tokens: Option<i64>,
+
+    /// Percent used of the tighter of the two limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent_used: Option<i64>,
+
+    /// When the current period started (RFC 3339, in the budget's time zone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_start: Option<String>,
+
+    /// When the current period ends and usage starts again from zero; absent for Never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resets_at: Option<String>,
+
+    /// Tokens per hour over the recent window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burn_rate: Option<i64>,
+
+    /// When the budget runs out at the current burn rate; absent if not before `resetsAt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub projected_exhaustion: Option<String>,
+
+    /// Usage per model, largest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelUsage>,
+
+    /// Usage per workload, largest first, at most 20.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<WorkloadUsage>,
+
+    /// What the operator currently enforces on which workload.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub enforced: Vec<EnforcedWorkload>,
+
+    /// Ready, ThresholdReached, Exhausted, Enforced, UsageHealthy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// The phase of a budget.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum BudgetPhase {
+    Active,
+    Warning,
+    Exhausted,
+}
+
+/// Tokens used in the current period, in total and per type, and their cost.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsedTokens {
+    /// Tokens of the types that count toward `limits.tokens`.
+    pub tokens: i64,
+    /// Input (prompt) tokens.
+    #[serde(default)]
+    pub input: i64,
+    /// Output (completion) tokens.
+    #[serde(default)]
+    pub output: i64,
+    /// Cost in `currency`, as a decimal string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<String>,
+}
+
+/// Usage of one model in the current period.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelUsage {
+    pub model: String,
+    #[serde(default)]
+    pub input: i64,
+    #[serde(default)]
+    pub output: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<String>,
+}
+
+/// Usage of one workload in the current period.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadUsage {
+    pub kind: WorkloadKind,
+    pub name: String,
+    pub tokens: i64,
+}
+
+/// An action the operator currently enforces on a workload.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnforcedWorkload {
+    pub kind: WorkloadKind,
+    pub name: String,
+    /// Annotate, ScaleDown or Suspend; with `enforcement.action: None`, what would be done.
+    pub action: String,
+    /// When the action was taken (RFC 3339).
+    pub since: String,
+}
+
+fn default_currency() -> String {
+    "USD".into()
+}
+fn default_timezone() -> String {
+    "UTC".into()
+}
+fn default_thresholds() -> Vec<u8> {
+    vec![80]
+}
+fn default_price() -> String {
+    "0".into()
+}
+fn default_grace_period() -> String {
+    "0s".into()
+}
