@@ -1,5 +1,16 @@
 //! tokenbudget-operator: per-workload LLM token budgets for Kubernetes.
+//!
+//! Layout (dependencies point one way: `api` <- `validate` <- `controller` <- `bin`):
+//! - [`api`]: the CRD types, nothing else.
+//! - [`validate`]: what the OpenAPI schema cannot check, pure.
+//! - [`controller`]: watches, reconcile wiring, status.
+//! - [`metrics`], [`http`]: the operator's own endpoints.
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod clock;
+pub mod controller;
 pub mod crds;
+pub mod http;
+pub mod metrics;
+pub mod validate;

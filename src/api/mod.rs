@@ -5,7 +5,11 @@
 //! enforce on its own (it drops CEL rules) lives in the OpenAPI schema: `minimum`, `enum`,
 //! `pattern`, `required`, `oneOf`/`anyOf`.
 
+// clippy reads the repeated `printcolumn(name = .., type_ = ..)` keys of `#[kube]` as duplicated
+// attributes; they are separate columns.
+#[allow(clippy::duplicated_attributes)]
 mod binding;
+#[allow(clippy::duplicated_attributes)]
 mod budget;
 mod common;
 

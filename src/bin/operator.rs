@@ -1,1 +1,206 @@
-fn main() {}
+//! tokenbudget-operator: runs the TokenBudget and BudgetBinding controllers.
+
+use std::{
+    io::IsTerminal,
+    net::SocketAddr,
+    process::ExitCode,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use kube::{Api, Client, api::ListParams, runtime::events::Reporter};
+use tokenbudget::{
+    api::{BudgetBinding, TokenBudget},
+    clock::SystemClock,
+    controller::{self, Context},
+    http::{self, Endpoints},
+    metrics::Metrics,
+};
+use tokio::sync::watch;
+use tracing_subscriber::EnvFilter;
+
+const USAGE: &str = "\
+tokenbudget-operator: caps the LLM tokens that Kubernetes workloads spend
+
+USAGE: tokenbudget-operator [--bind-address ADDR] [--namespace NS]
+
+  --bind-address ADDR  where /healthz, /readyz and /metrics are served (default 0.0.0.0:8080)
+  --namespace NS       watch only this namespace (default: all namespaces)
+
+The cluster is the one of KUBECONFIG (or ~/.kube/config), or the in-cluster service account.
+Log level and filters: RUST_LOG (default info); LOG_FORMAT=json for JSON logs.";
+
+struct Options {
+    bind_address: SocketAddr,
+    namespace: Option<String>,
+}
+
+fn parse_args() -> Result<Options, String> {
+    let mut options = Options {
+        bind_address: ([0, 0, 0, 0], 8080).into(),
+        namespace: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) => (f.to_string(), Some(v.to_string())),
+            None => (arg.clone(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or(format!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "--bind-address" => {
+                let v = value()?;
+                options.bind_address = v
+                    .parse()
+                    .map_err(|e| format!("--bind-address {v:?}: {e}"))?;
+            }
+            "--namespace" => options.namespace = Some(value()?),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?}\n\n{USAGE}")),
+        }
+    }
+    Ok(options)
+}
+
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Fails with one clear line when a CRD is missing, instead of watch errors forever.
+async fn check_crd<K>(api: &Api<K>, crd: &str) -> Result<(), String>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.list_metadata(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Err(format!(
+            "the CRD {crd} is not installed in this cluster: install it with `kubectl apply -f crds/` (or the Helm chart)"
+        )),
+        Err(e) => Err(format!("cannot list {crd}: {e}")),
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received, shutting down"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    init_tracing();
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tokenbudget-operator: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), String> {
+    let options = parse_args()?;
+    let client = Client::try_default()
+        .await
+        .map_err(|e| format!("no Kubernetes configuration: {e}"))?;
+    let ns = options.namespace.as_deref();
+    let budgets: Api<TokenBudget> = api(&client, ns);
+    let bindings: Api<BudgetBinding> = api(&client, ns);
+    check_crd(&budgets, "tokenbudgets.tokenbudget.io").await?;
+    check_crd(&bindings, "budgetbindings.tokenbudget.io").await?;
+
+    let metrics = Metrics::new();
+    let endpoints = Endpoints {
+        metrics: metrics.clone(),
+        ready: Default::default(),
+    };
+    let listener = http::bind(options.bind_address)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", options.bind_address))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(address = %local, namespace = ns.unwrap_or("<all>"), "tokenbudget-operator starting");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+
+    let reporter = Reporter {
+        controller: controller::FIELD_MANAGER.into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics,
+        Arc::new(SystemClock),
+        reporter,
+    ));
+    let budget_controller = controller::budget::controller(budgets.clone());
+    let binding_controller = controller::binding::controller(bindings, budgets);
+    let (budget_store, binding_store) = (budget_controller.store(), binding_controller.store());
+    let ready = endpoints.ready.clone();
+    tokio::spawn(async move {
+        // Re-poll: a store's readiness signal wakes only its most recent waiter, and the
+        // controllers wait on the same stores.
+        let synced = || async {
+            budget_store.wait_until_ready().await.is_ok()
+                && binding_store.wait_until_ready().await.is_ok()
+        };
+        loop {
+            match tokio::time::timeout(Duration::from_millis(250), synced()).await {
+                Ok(true) => {
+                    ready.store(true, Ordering::Relaxed);
+                    tracing::info!("caches synced, ready");
+                    return;
+                }
+                Ok(false) => return,
+                Err(_) => continue,
+            }
+        }
+    });
+
+    tokio::join!(
+        http::serve(listener, endpoints, stopped()),
+        controller::budget::run(budget_controller, ctx.clone(), stopped()),
+        controller::binding::run(binding_controller, ctx, stopped()),
+    );
+    tracing::info!("stopped");
+    Ok(())
+}

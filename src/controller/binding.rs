@@ -1,0 +1,207 @@
+//! The BudgetBinding controller.
+
+use std::sync::Arc;
+
+use futures::FutureExt;
+use jiff::Timestamp;
+use kube::{
+    Api, ResourceExt,
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::Action,
+        events::EventType,
+        predicates,
+        reflector::{self, ObjectRef},
+        watcher::{self, watcher},
+    },
+};
+
+use super::{Context, Error, RESYNC, apply_status, conditions, instrumented};
+use crate::{
+    api::{BudgetBinding, BudgetBindingStatus, TokenBudget},
+    validate,
+};
+
+const CONTROLLER: &str = "budgetbinding";
+
+/// The status a binding should have, given whether its budget exists. Pure.
+pub fn desired_status(
+    bb: &BudgetBinding,
+    budget: Option<&TokenBudget>,
+    now: Timestamp,
+) -> BudgetBindingStatus {
+    let existing = bb.status.clone().unwrap_or_default();
+    let generation = bb.metadata.generation;
+    let name = &bb.spec.budget_ref.name;
+    let ns = bb.namespace().unwrap_or_default();
+    let budget_found = match budget {
+        Some(_) => conditions::Desired::new(
+            "BudgetFound",
+            true,
+            "BudgetFound",
+            format!("TokenBudget {name:?} exists"),
+        ),
+        None => conditions::Desired::new(
+            "BudgetFound",
+            false,
+            "BudgetNotFound",
+            format!(
+                "TokenBudget {name:?} not found in namespace {ns:?}; usage is not counted until it exists"
+            ),
+        ),
+    };
+    let ready = match (validate::binding(&bb.spec), budget) {
+        (Err(e), _) => conditions::Desired::new("Ready", false, "InvalidSpec", e.to_string()),
+        (Ok(()), None) => conditions::Desired::new(
+            "Ready",
+            false,
+            "BudgetNotFound",
+            budget_found.message.clone(),
+        ),
+        (Ok(()), Some(_)) => conditions::Desired::new(
+            "Ready",
+            true,
+            "Reconciled",
+            format!("charging TokenBudget {name:?}"),
+        ),
+    };
+    BudgetBindingStatus {
+        budget: Some(name.clone()),
+        conditions: conditions::merge(
+            &existing.conditions,
+            &[ready, budget_found],
+            generation,
+            now,
+        ),
+        observed_generation: generation,
+        ..existing
+    }
+}
+
+async fn reconcile(bb: Arc<BudgetBinding>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = bb.namespace().ok_or(Error::NoNamespace)?;
+    let budgets: Api<TokenBudget> = Api::namespaced(ctx.client.clone(), &ns);
+    // A direct read, not a cache: the budget watch that triggered us may be ahead of any store.
+    let budget = budgets.get_opt(&bb.spec.budget_ref.name).await?;
+    let status = desired_status(&bb, budget.as_ref(), ctx.clock.now());
+    if bb.status.as_ref() != Some(&status) {
+        let api: Api<BudgetBinding> = Api::namespaced(ctx.client.clone(), &ns);
+        apply_status(&api, bb.as_ref(), &status).await?;
+        let old = bb
+            .status
+            .as_ref()
+            .map(|s| s.conditions.as_slice())
+            .unwrap_or_default();
+        if let Some(ready) = conditions::find(&status.conditions, "Ready")
+            && ready.status == "False"
+            && conditions::find(old, "Ready")
+                .is_none_or(|c| c.status != "False" || c.reason != ready.reason)
+        {
+            ctx.publish(
+                bb.as_ref(),
+                EventType::Warning,
+                &ready.reason,
+                ready.message.clone(),
+            )
+            .await;
+        }
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Builds the controller: BudgetBindings filtered by generation, plus a watch on TokenBudgets
+/// that wakes the bindings referring to a budget when it appears, changes or goes away.
+pub fn controller(
+    bindings: Api<BudgetBinding>,
+    budgets: Api<TokenBudget>,
+) -> Controller<BudgetBinding> {
+    let (reader, writer) = reflector::store();
+    let stream = watcher(bindings, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    let index = reader.clone();
+    Controller::for_stream(stream, reader).watches(
+        budgets,
+        watcher::Config::default(),
+        move |tb: TokenBudget| {
+            let ns = tb.namespace();
+            let name = tb.name_any();
+            index
+                .state()
+                .into_iter()
+                .filter(|bb| bb.namespace() == ns && bb.spec.budget_ref.name == name)
+                .map(|bb| ObjectRef::from_obj(bb.as_ref()))
+                .collect::<Vec<_>>()
+        },
+    )
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    controller: Controller<BudgetBinding>,
+    ctx: Arc<Context>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let stream = controller.graceful_shutdown_on(shutdown).run(
+        |bb, ctx| instrumented(CONTROLLER, bb, ctx, |bb, ctx| reconcile(bb, ctx).boxed()),
+        |bb, e, ctx| super::error_policy(CONTROLLER, bb, e, ctx),
+        ctx,
+    );
+    super::drain(CONTROLLER, stream).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BINDING: &str = "apiVersion: tokenbudget.io/v1alpha1\nkind: BudgetBinding\n\
+        metadata: {name: s, namespace: agents, generation: 2}\n\
+        spec: {budgetRef: {name: research}, workloads: [{kind: Deployment, name: summarizer}]}";
+    const BUDGET: &str = "apiVersion: tokenbudget.io/v1alpha1\nkind: TokenBudget\n\
+        metadata: {name: research, namespace: agents}\nspec: {limits: {tokens: 10}}";
+
+    fn now() -> Timestamp {
+        "2026-11-28T12:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn missing_budget_is_a_condition_not_an_error() {
+        let bb: BudgetBinding = serde_yaml::from_str(BINDING).unwrap();
+        let status = desired_status(&bb, None, now());
+        let found = conditions::find(&status.conditions, "BudgetFound").unwrap();
+        assert_eq!(
+            (found.status.as_str(), found.reason.as_str()),
+            ("False", "BudgetNotFound")
+        );
+        assert!(found.message.contains("\"research\""));
+        assert!(!conditions::is_true(&status.conditions, "Ready"));
+        assert_eq!(status.budget.as_deref(), Some("research"));
+        assert_eq!(status.observed_generation, Some(2));
+    }
+
+    #[test]
+    fn budget_found_flips_when_the_budget_appears() {
+        let mut bb: BudgetBinding = serde_yaml::from_str(BINDING).unwrap();
+        bb.status = Some(desired_status(&bb, None, now()));
+        let tb: TokenBudget = serde_yaml::from_str(BUDGET).unwrap();
+        let later: Timestamp = "2026-11-28T12:05:00Z".parse().unwrap();
+        let status = desired_status(&bb, Some(&tb), later);
+        assert!(conditions::is_true(&status.conditions, "BudgetFound"));
+        assert!(conditions::is_true(&status.conditions, "Ready"));
+        let found = conditions::find(&status.conditions, "BudgetFound").unwrap();
+        assert_eq!(found.last_transition_time.0, later);
+    }
+
+    #[test]
+    fn an_invalid_binding_is_not_ready_even_with_its_budget() {
+        let mut bb: BudgetBinding = serde_yaml::from_str(BINDING).unwrap();
+        bb.spec.metrics.timeout = "1m".into();
+        let tb: TokenBudget = serde_yaml::from_str(BUDGET).unwrap();
+        let status = desired_status(&bb, Some(&tb), now());
+        let ready = conditions::find(&status.conditions, "Ready").unwrap();
+        assert_eq!(ready.reason, "InvalidSpec");
+        assert!(conditions::is_true(&status.conditions, "BudgetFound"));
+    }
+}

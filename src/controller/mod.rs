@@ -1,0 +1,214 @@
+//! Watches and reconcile wiring for both kinds.
+//!
+//! Each reconcile is observe -> compute -> write status: the compute step is a pure function
+//! (`budget::desired_status`, `binding::desired_status`) carrying most of the unit tests.
+//! Primary objects are watched through a generation predicate, so the operator's own status
+//! writes never trigger the next reconcile.
+
+pub mod binding;
+pub mod budget;
+pub mod conditions;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::{StreamExt, future::BoxFuture};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::ObjectRef,
+    },
+};
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::{clock::Clock, metrics::Metrics};
+
+/// The field manager of every write the operator makes.
+pub const FIELD_MANAGER: &str = "tokenbudget-operator";
+
+/// How often an object is reconciled when nothing happens to it.
+pub const RESYNC: Duration = Duration::from_secs(300);
+
+/// Why a reconcile failed. Invalid specs are not errors: they become conditions.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("object has no namespace")]
+    NoNamespace,
+}
+
+impl Error {
+    /// A short label for the error metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(_)) => "api",
+            Error::Kube(_) => "client",
+            Error::NoNamespace => "no_namespace",
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub metrics: Metrics,
+    pub clock: Arc<dyn Clock>,
+    pub reporter: Reporter,
+    backoff: Backoffs,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        metrics: Metrics,
+        clock: Arc<dyn Clock>,
+        reporter: Reporter,
+    ) -> Self {
+        Self {
+            client,
+            metrics,
+            clock,
+            reporter,
+            backoff: Backoffs::default(),
+        }
+    }
+
+    /// Publishes an Event about `obj`; a failure to publish is logged, never fatal.
+    pub async fn publish<K>(&self, obj: &K, type_: EventType, reason: &str, note: String)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&event, &obj.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "could not publish an Event");
+        }
+    }
+}
+
+/// Writes `status` through server-side apply on the status subresource.
+pub async fn apply_status<K, S>(api: &Api<K>, obj: &K, status: &S) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    S: Serialize,
+{
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Per-object exponential backoff for transient failures: 1s, 2s, 4s ... at most 5 minutes,
+/// reset by the next success.
+#[derive(Default)]
+struct Backoffs(Mutex<HashMap<String, u32>>);
+
+impl Backoffs {
+    fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+        ObjectRef::from_obj(obj).to_string()
+    }
+
+    fn failed<K: Resource<DynamicType = ()>>(&self, obj: &K) -> Duration {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let failures = map.entry(Self::key(obj)).or_insert(0);
+        *failures = failures.saturating_add(1);
+        Duration::from_secs(1u64 << (*failures - 1).min(8)).min(Duration::from_secs(300))
+    }
+
+    fn succeeded<K: Resource<DynamicType = ()>>(&self, obj: &K) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&Self::key(obj));
+    }
+}
+
+/// Wraps a reconcile with metrics, logs and the backoff bookkeeping.
+pub(crate) async fn instrumented<K>(
+    controller: &'static str,
+    obj: Arc<K>,
+    ctx: Arc<Context>,
+    reconcile: impl FnOnce(Arc<K>, Arc<Context>) -> BoxFuture<'static, Result<Action, Error>>,
+) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let timer = ctx
+        .metrics
+        .reconcile_duration
+        .with_label_values(&[controller])
+        .start_timer();
+    ctx.metrics
+        .reconciles
+        .with_label_values(&[controller])
+        .inc();
+    let result = reconcile(obj.clone(), ctx.clone()).await;
+    timer.observe_duration();
+    if result.is_ok() {
+        ctx.backoff.succeeded(obj.as_ref());
+    }
+    result
+}
+
+/// The error policy of both controllers: count, log, retry with backoff.
+pub(crate) fn error_policy<K>(
+    controller: &'static str,
+    obj: Arc<K>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action
+where
+    K: Resource<DynamicType = ()>,
+{
+    ctx.metrics
+        .reconcile_errors
+        .with_label_values(&[controller, error.metric_label()])
+        .inc();
+    let delay = ctx.backoff.failed(obj.as_ref());
+    tracing::warn!(
+        controller,
+        object = %ObjectRef::from_obj(obj.as_ref()),
+        error = %error,
+        retry_in = ?delay,
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+/// Drains a controller's result stream, logging what it reports.
+pub(crate) async fn drain<S, T, E>(controller: &'static str, stream: S)
+where
+    S: futures::Stream<Item = Result<T, E>>,
+    T: std::fmt::Debug,
+    E: std::fmt::Display,
+{
+    stream
+        .for_each(|result| async move {
+            match result {
+                Ok(o) => tracing::debug!(controller, object = ?o, "reconciled"),
+                Err(e) => tracing::debug!(controller, error = %e, "controller reported an error"),
+            }
+        })
+        .await;
+}

@@ -1,0 +1,340 @@
+//! Checks of a spec that the OpenAPI schema cannot express (or that an older API server does
+//! not enforce). Pure: no client, no clock. An invalid spec is reported as `Ready=False`
+//! with reason `InvalidSpec` and the messages below, and waits for the user to fix it.
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::api::{BudgetBindingSpec, MetricsFormat, TokenBudgetSpec};
+
+/// Everything wrong with a spec, each message naming its field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecErrors(pub Vec<String>);
+
+impl std::fmt::Display for SpecErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join("; "))
+    }
+}
+
+impl std::error::Error for SpecErrors {}
+
+fn finish(errors: Vec<String>) -> Result<(), SpecErrors> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(SpecErrors(errors))
+    }
+}
+
+/// Validates a TokenBudget's spec beyond its schema.
+pub fn budget(spec: &TokenBudgetSpec) -> Result<(), SpecErrors> {
+    let mut errors = Vec::new();
+    if spec.limits.tokens.is_none() && spec.limits.cost.is_none() {
+        errors.push("spec.limits: at least one of tokens and cost is required".to_string());
+    }
+    if spec.limits.tokens.is_some_and(|t| t < 0) {
+        errors.push("spec.limits.tokens: must be >= 0".to_string());
+    }
+    if let Some(cost) = &spec.limits.cost {
+        if !is_decimal(cost) {
+            errors.push(format!(
+                "spec.limits.cost: {cost:?} is not a decimal number such as \"250.00\""
+            ));
+        }
+        if spec.pricing.is_empty() {
+            errors.push("spec.limits.cost: a cost limit needs spec.pricing (without prices nothing costs anything)".to_string());
+        }
+    }
+    if jiff::tz::TimeZone::get(&spec.period.timezone).is_err() {
+        errors.push(format!(
+            "spec.period.timezone: {:?} is not an IANA time zone such as \"Europe/Berlin\"",
+            spec.period.timezone
+        ));
+    }
+    for (i, price) in spec.pricing.iter().enumerate() {
+        for (field, value) in [("input", &price.input), ("output", &price.output)] {
+            if !is_decimal(value) {
+                errors.push(format!(
+                    "spec.pricing[{i}].{field}: {value:?} is not a decimal number such as \"0.15\""
+                ));
+            }
+        }
+    }
+    for (i, t) in spec.thresholds.iter().enumerate() {
+        if !(1..=100).contains(t) {
+            errors.push(format!(
+                "spec.thresholds[{i}]: {t} is not a percentage from 1 to 100"
+            ));
+        }
+    }
+    if let Err(e) = parse_duration(&spec.enforcement.grace_period) {
+        errors.push(format!("spec.enforcement.gracePeriod: {e}"));
+    }
+    finish(errors)
+}
+
+/// Validates a BudgetBinding's spec beyond its schema.
+pub fn binding(spec: &BudgetBindingSpec) -> Result<(), SpecErrors> {
+    let mut errors = Vec::new();
+    if spec.budget_ref.name.is_empty() {
+        errors.push("spec.budgetRef.name: must not be empty".to_string());
+    }
+    if spec.workloads.is_empty() {
+        errors.push("spec.workloads: at least one workload is required".to_string());
+    }
+    for (i, w) in spec.workloads.iter().enumerate() {
+        match (&w.name, &w.selector) {
+            (Some(_), Some(_)) => errors.push(format!(
+                "spec.workloads[{i}]: set exactly one of name and selector, not both"
+            )),
+            (None, None) => errors.push(format!(
+                "spec.workloads[{i}]: set exactly one of name and selector"
+            )),
+            _ => {}
+        }
+    }
+    let m = &spec.metrics;
+    match &m.port {
+        IntOrString::Int(p) if !(1..=65535).contains(p) => {
+            errors.push(format!("spec.metrics.port: {p} is not a port number from 1 to 65535"));
+        }
+        IntOrString::String(name) if !is_port_name(name) => errors.push(format!(
+            "spec.metrics.port: {name:?} is neither a port number nor a container port name (1-15 lowercase letters, digits and '-')"
+        )),
+        _ => {}
+    }
+    let interval = parse_duration(&m.interval)
+        .map_err(|e| errors.push(format!("spec.metrics.interval: {e}")))
+        .ok();
+    let timeout = parse_duration(&m.timeout)
+        .map_err(|e| errors.push(format!("spec.metrics.timeout: {e}")))
+        .ok();
+    if interval.is_some_and(|i| i < Duration::from_secs(1)) {
+        errors.push("spec.metrics.interval: must be at least 1s".to_string());
+    }
+    if timeout.is_some_and(|t| t.is_zero()) {
+        errors.push("spec.metrics.timeout: must be more than 0s".to_string());
+    }
+    if let (Some(i), Some(t)) = (interval, timeout)
+        && t > i
+    {
+        errors.push(format!(
+            "spec.metrics.timeout: {} is longer than the interval {}",
+            m.timeout, m.interval
+        ));
+    }
+    match (m.format, &m.custom) {
+        (MetricsFormat::Custom, None) => {
+            errors.push("spec.metrics.custom: required with format Custom".to_string())
+        }
+        (MetricsFormat::Custom, Some(list)) if list.is_empty() => {
+            errors.push("spec.metrics.custom: list at least one metric".to_string())
+        }
+        (format, Some(_)) if format != MetricsFormat::Custom => errors.push(format!(
+            "spec.metrics.custom: only allowed with format Custom, not {format:?}"
+        )),
+        _ => {}
+    }
+    for (i, c) in m.custom.iter().flatten().enumerate() {
+        if c.token_type.is_some() == c.token_type_label.is_some() {
+            errors.push(format!(
+                "spec.metrics.custom[{i}]: set exactly one of tokenType and tokenTypeLabel"
+            ));
+        }
+    }
+    finish(errors)
+}
+
+/// Parses a Go-style duration (`1h30m`, `15s`, `250ms`, `1.5h`) as Kubernetes users write them.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("{text:?} is not a duration such as \"15s\", \"1m30s\" or \"500ms\"");
+    if text.is_empty() {
+        return Err(bad());
+    }
+    let mut total = 0f64;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        if num_len == 0 {
+            return Err(bad());
+        }
+        let value: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds_per_unit = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        total += value * seconds_per_unit;
+    }
+    // A year is far beyond any sensible interval or grace period, and keeps the float exact
+    // enough and the conversion from panicking.
+    if total > 366.0 * 24.0 * 3600.0 {
+        return Err(format!("{text:?} is longer than a year"));
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+/// A non-negative decimal number: digits, optionally a point and more digits.
+fn is_decimal(text: &str) -> bool {
+    let (int, frac) = text.split_once('.').unwrap_or((text, "0"));
+    !int.is_empty()
+        && !frac.is_empty()
+        && int.len() <= 15
+        && frac.len() <= 12
+        && int.bytes().all(|b| b.is_ascii_digit())
+        && frac.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A container port name (IANA_SVC_NAME): 1-15 lowercase alphanumerics and '-', with at least
+/// one letter, not starting or ending with '-', no "--".
+fn is_port_name(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.bytes().any(|b| b.is_ascii_lowercase())
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget_spec(yaml: &str) -> TokenBudgetSpec {
+        serde_yaml::from_str(yaml).expect("fixture parses")
+    }
+
+    fn binding_spec(yaml: &str) -> BudgetBindingSpec {
+        serde_yaml::from_str(yaml).expect("fixture parses")
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        for bad in ["", "15", "s", "5 minutes", "1d", "-1s", "1..5s", "9999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should not parse");
+        }
+    }
+
+    #[test]
+    fn a_minimal_budget_is_valid() {
+        assert_eq!(budget(&budget_spec("limits: {tokens: 1000}")), Ok(()));
+    }
+
+    #[test]
+    fn a_cost_limit_needs_pricing() {
+        let err = budget(&budget_spec("limits: {cost: '10.00'}")).unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        assert!(
+            err.0[0].starts_with("spec.limits.cost: a cost limit needs spec.pricing"),
+            "{err}"
+        );
+        let ok = budget_spec(
+            "limits: {cost: '10.00'}\npricing: [{model: 'gpt-*', input: '0.15', output: '0.60'}]",
+        );
+        assert_eq!(budget(&ok), Ok(()));
+    }
+
+    #[test]
+    fn unknown_time_zones_and_bad_numbers_are_named() {
+        let spec = budget_spec(
+            "limits: {tokens: 5}\nperiod: {timezone: Mars/Olympus_Mons}\npricing: [{model: m, input: '1e3'}]\nthresholds: [0, 50]",
+        );
+        let err = budget(&spec).unwrap_err().to_string();
+        assert!(
+            err.contains("spec.period.timezone: \"Mars/Olympus_Mons\""),
+            "{err}"
+        );
+        assert!(err.contains("spec.pricing[0].input"), "{err}");
+        assert!(err.contains("spec.thresholds[0]"), "{err}");
+        assert!(
+            budget(&budget_spec(
+                "limits: {tokens: 5}\nperiod: {timezone: Europe/Berlin}"
+            ))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn neither_limit_is_an_error() {
+        let err = budget(&budget_spec("limits: {}")).unwrap_err();
+        assert_eq!(
+            err.0,
+            vec!["spec.limits: at least one of tokens and cost is required"]
+        );
+    }
+
+    #[test]
+    fn binding_checks() {
+        let ok = binding_spec("budgetRef: {name: b}\nworkloads: [{kind: Deployment, name: a}]");
+        assert_eq!(binding(&ok), Ok(()));
+
+        let both = binding_spec(
+            "budgetRef: {name: b}\nworkloads: [{kind: Job, name: a, selector: {matchLabels: {x: y}}}]",
+        );
+        assert!(
+            binding(&both)
+                .unwrap_err()
+                .to_string()
+                .contains("spec.workloads[0]: set exactly one")
+        );
+
+        let custom_missing = binding_spec(
+            "budgetRef: {name: b}\nworkloads: [{kind: Job, name: a}]\nmetrics: {format: Custom}",
+        );
+        assert!(
+            binding(&custom_missing)
+                .unwrap_err()
+                .to_string()
+                .contains("spec.metrics.custom: required")
+        );
+
+        let custom_extra = binding_spec(
+            "budgetRef: {name: b}\nworkloads: [{kind: Job, name: a}]\nmetrics: {format: VLLM, custom: [{metric: x, tokenType: input}]}",
+        );
+        assert!(
+            binding(&custom_extra)
+                .unwrap_err()
+                .to_string()
+                .contains("only allowed with format Custom")
+        );
+
+        let slow = binding_spec(
+            "budgetRef: {name: b}\nworkloads: [{kind: Job, name: a}]\nmetrics: {interval: 10s, timeout: 30s, port: 70000}",
+        );
+        let err = binding(&slow).unwrap_err().to_string();
+        assert!(
+            err.contains("spec.metrics.timeout: 30s is longer than the interval 10s"),
+            "{err}"
+        );
+        assert!(err.contains("spec.metrics.port: 70000"), "{err}");
+
+        let named = binding_spec(
+            "budgetRef: {name: b}\nworkloads: [{kind: Job, name: a}]\nmetrics: {port: metrics}",
+        );
+        assert_eq!(binding(&named), Ok(()));
+        let bad_name = binding_spec(
+            "budgetRef: {name: b}\nworkloads: [{kind: Job, name: a}]\nmetrics: {port: Not_A_Port}",
+        );
+        assert!(binding(&bad_name).is_err());
+    }
+}
