@@ -34,9 +34,7 @@ impl ManualClock {
 
     pub fn advance(&self, by: jiff::SignedDuration) {
         let mut now = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        *now = now
-            .checked_add(by)
-            .expect("a test clock stays within jiff's range");
+        *now = now.checked_add(by).expect("a test clock stays within jiff's range");
     }
 }
 

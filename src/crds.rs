@@ -16,3 +16,31 @@ pub fn all() -> Vec<(String, String)> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `crds/` is what users and the Helm chart install: it must be exactly what the types say.
+    #[test]
+    fn committed_crds_match_the_types() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+        for (file, yaml) in all() {
+            let committed = std::fs::read_to_string(dir.join(&file))
+                .unwrap_or_else(|e| panic!("crds/{file} is missing ({e}): run `cargo run --bin crdgen -- crds`"));
+            assert!(
+                committed == yaml,
+                "crds/{file} differs from the Rust types: run `cargo run --bin crdgen -- crds`"
+            );
+        }
+    }
+
+    #[test]
+    fn crds_have_the_names_of_the_api() {
+        let names: Vec<String> = all().into_iter().map(|(file, _)| file).collect();
+        assert_eq!(
+            names,
+            ["tokenbudget.io_tokenbudgets.yaml", "tokenbudget.io_budgetbindings.yaml"]
+        );
+    }
+}

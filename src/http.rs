@@ -11,8 +11,7 @@ use std::{
 
 use http_body_util::Full;
 use hyper::{
-    Request, Response, StatusCode, body::Bytes, header::CONTENT_TYPE, server::conn::http1,
-    service::service_fn,
+    Request, Response, StatusCode, body::Bytes, header::CONTENT_TYPE, server::conn::http1, service::service_fn,
 };
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
@@ -31,24 +30,14 @@ impl Endpoints {
     fn respond(&self, path: &str) -> Response<Full<Bytes>> {
         let (status, content_type, body) = match path {
             "/healthz" | "/livez" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-            "/readyz" if self.ready.load(Ordering::Relaxed) => {
-                (StatusCode::OK, "text/plain", "ok\n".to_string())
-            }
+            "/readyz" if self.ready.load(Ordering::Relaxed) => (StatusCode::OK, "text/plain", "ok\n".to_string()),
             "/readyz" => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain",
                 "caches not synced yet\n".to_string(),
             ),
-            "/metrics" => (
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                self.metrics.render(),
-            ),
-            _ => (
-                StatusCode::NOT_FOUND,
-                "text/plain",
-                "not found\n".to_string(),
-            ),
+            "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", self.metrics.render()),
+            _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_string()),
         };
         let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = status;
@@ -65,11 +54,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves the endpoints until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    endpoints: Endpoints,
-    shutdown: impl Future<Output = ()>,
-) {
+pub async fn serve(listener: TcpListener, endpoints: Endpoints, shutdown: impl Future<Output = ()>) {
     let endpoints = Arc::new(endpoints);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {

@@ -24,10 +24,7 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let reconciles = IntCounterVec::new(
-            Opts::new(
-                "tokenbudget_reconcile_total",
-                "Reconciles run, by controller",
-            ),
+            Opts::new("tokenbudget_reconcile_total", "Reconciles run, by controller"),
             &["controller"],
         )
         .expect("valid metric");
@@ -40,11 +37,8 @@ impl Metrics {
         )
         .expect("valid metric");
         let reconcile_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "tokenbudget_reconcile_duration_seconds",
-                "How long reconciles take",
-            )
-            .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
+            HistogramOpts::new("tokenbudget_reconcile_duration_seconds", "How long reconciles take")
+                .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
             &["controller"],
         )
         .expect("valid metric");
@@ -53,9 +47,7 @@ impl Metrics {
             Box::new(reconcile_errors.clone()),
             Box::new(reconcile_duration.clone()),
         ] {
-            registry
-                .register(collector)
-                .expect("metric names are unique");
+            registry.register(collector).expect("metric names are unique");
         }
         Self {
             registry,

@@ -44,7 +44,9 @@ pub fn budget(spec: &TokenBudgetSpec) -> Result<(), SpecErrors> {
             ));
         }
         if spec.pricing.is_empty() {
-            errors.push("spec.limits.cost: a cost limit needs spec.pricing (without prices nothing costs anything)".to_string());
+            errors.push(
+                "spec.limits.cost: a cost limit needs spec.pricing (without prices nothing costs anything)".to_string(),
+            );
         }
     }
     if jiff::tz::TimeZone::get(&spec.period.timezone).is_err() {
@@ -64,9 +66,7 @@ pub fn budget(spec: &TokenBudgetSpec) -> Result<(), SpecErrors> {
     }
     for (i, t) in spec.thresholds.iter().enumerate() {
         if !(1..=100).contains(t) {
-            errors.push(format!(
-                "spec.thresholds[{i}]: {t} is not a percentage from 1 to 100"
-            ));
+            errors.push(format!("spec.thresholds[{i}]: {t} is not a percentage from 1 to 100"));
         }
     }
     if let Err(e) = parse_duration(&spec.enforcement.grace_period) {
@@ -89,9 +89,7 @@ pub fn binding(spec: &BudgetBindingSpec) -> Result<(), SpecErrors> {
             (Some(_), Some(_)) => errors.push(format!(
                 "spec.workloads[{i}]: set exactly one of name and selector, not both"
             )),
-            (None, None) => errors.push(format!(
-                "spec.workloads[{i}]: set exactly one of name and selector"
-            )),
+            (None, None) => errors.push(format!("spec.workloads[{i}]: set exactly one of name and selector")),
             _ => {}
         }
     }
@@ -126,9 +124,7 @@ pub fn binding(spec: &BudgetBindingSpec) -> Result<(), SpecErrors> {
         ));
     }
     match (m.format, &m.custom) {
-        (MetricsFormat::Custom, None) => {
-            errors.push("spec.metrics.custom: required with format Custom".to_string())
-        }
+        (MetricsFormat::Custom, None) => errors.push("spec.metrics.custom: required with format Custom".to_string()),
         (MetricsFormat::Custom, Some(list)) if list.is_empty() => {
             errors.push("spec.metrics.custom: list at least one metric".to_string())
         }
@@ -156,9 +152,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let mut total = 0f64;
     let mut rest = text;
     while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(bad)?;
         if num_len == 0 {
             return Err(bad());
         }
@@ -248,9 +242,7 @@ mod tests {
             err.0[0].starts_with("spec.limits.cost: a cost limit needs spec.pricing"),
             "{err}"
         );
-        let ok = budget_spec(
-            "limits: {cost: '10.00'}\npricing: [{model: 'gpt-*', input: '0.15', output: '0.60'}]",
-        );
+        let ok = budget_spec("limits: {cost: '10.00'}\npricing: [{model: 'gpt-*', input: '0.15', output: '0.60'}]");
         assert_eq!(budget(&ok), Ok(()));
     }
 
@@ -260,27 +252,16 @@ mod tests {
             "limits: {tokens: 5}\nperiod: {timezone: Mars/Olympus_Mons}\npricing: [{model: m, input: '1e3'}]\nthresholds: [0, 50]",
         );
         let err = budget(&spec).unwrap_err().to_string();
-        assert!(
-            err.contains("spec.period.timezone: \"Mars/Olympus_Mons\""),
-            "{err}"
-        );
+        assert!(err.contains("spec.period.timezone: \"Mars/Olympus_Mons\""), "{err}");
         assert!(err.contains("spec.pricing[0].input"), "{err}");
         assert!(err.contains("spec.thresholds[0]"), "{err}");
-        assert!(
-            budget(&budget_spec(
-                "limits: {tokens: 5}\nperiod: {timezone: Europe/Berlin}"
-            ))
-            .is_ok()
-        );
+        assert!(budget(&budget_spec("limits: {tokens: 5}\nperiod: {timezone: Europe/Berlin}")).is_ok());
     }
 
     #[test]
     fn neither_limit_is_an_error() {
         let err = budget(&budget_spec("limits: {}")).unwrap_err();
-        assert_eq!(
-            err.0,
-            vec!["spec.limits: at least one of tokens and cost is required"]
-        );
+        assert_eq!(err.0, vec!["spec.limits: at least one of tokens and cost is required"]);
     }
 
     #[test]
@@ -288,9 +269,8 @@ mod tests {
         let ok = binding_spec("budgetRef: {name: b}\nworkloads: [{kind: Deployment, name: a}]");
         assert_eq!(binding(&ok), Ok(()));
 
-        let both = binding_spec(
-            "budgetRef: {name: b}\nworkloads: [{kind: Job, name: a, selector: {matchLabels: {x: y}}}]",
-        );
+        let both =
+            binding_spec("budgetRef: {name: b}\nworkloads: [{kind: Job, name: a, selector: {matchLabels: {x: y}}}]");
         assert!(
             binding(&both)
                 .unwrap_err()
@@ -298,9 +278,8 @@ mod tests {
                 .contains("spec.workloads[0]: set exactly one")
         );
 
-        let custom_missing = binding_spec(
-            "budgetRef: {name: b}\nworkloads: [{kind: Job, name: a}]\nmetrics: {format: Custom}",
-        );
+        let custom_missing =
+            binding_spec("budgetRef: {name: b}\nworkloads: [{kind: Job, name: a}]\nmetrics: {format: Custom}");
         assert!(
             binding(&custom_missing)
                 .unwrap_err()
@@ -328,13 +307,10 @@ mod tests {
         );
         assert!(err.contains("spec.metrics.port: 70000"), "{err}");
 
-        let named = binding_spec(
-            "budgetRef: {name: b}\nworkloads: [{kind: Job, name: a}]\nmetrics: {port: metrics}",
-        );
+        let named = binding_spec("budgetRef: {name: b}\nworkloads: [{kind: Job, name: a}]\nmetrics: {port: metrics}");
         assert_eq!(binding(&named), Ok(()));
-        let bad_name = binding_spec(
-            "budgetRef: {name: b}\nworkloads: [{kind: Job, name: a}]\nmetrics: {port: Not_A_Port}",
-        );
+        let bad_name =
+            binding_spec("budgetRef: {name: b}\nworkloads: [{kind: Job, name: a}]\nmetrics: {port: Not_A_Port}");
         assert!(binding(&bad_name).is_err());
     }
 }

@@ -8,9 +8,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{
-    DURATION_PATTERN, TokenType, WorkloadKind, conditions_schema, optional_enum_schema,
-};
+use super::common::{DURATION_PATTERN, TokenType, WorkloadKind, conditions_schema, optional_enum_schema};
 
 /// Charges the pods of some workloads to a TokenBudget in the same namespace, and says how
 /// those pods report the tokens they use.
@@ -50,11 +48,7 @@ use super::common::{
         type_ = "string",
         json_path = r#".status.conditions[?(@.type=="Ready")].status"#
     ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BudgetBindingSpec {

@@ -9,8 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    DECIMAL_PATTERN, DURATION_PATTERN, TokenType, WorkloadKind, conditions_schema,
-    optional_enum_schema,
+    DECIMAL_PATTERN, DURATION_PATTERN, TokenType, WorkloadKind, conditions_schema, optional_enum_schema,
 };
 
 /// A limit on the LLM tokens and/or money that the workloads bound to this budget (through
@@ -53,23 +52,9 @@ use super::common::{
         json_path = ".status.resetsAt",
         description = "When the current period ends"
     ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    ),
-    printcolumn(
-        name = "Cost-Limit",
-        type_ = "string",
-        json_path = ".spec.limits.cost",
-        priority = 1
-    ),
-    printcolumn(
-        name = "Cost",
-        type_ = "string",
-        json_path = ".status.used.cost",
-        priority = 1
-    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(name = "Cost-Limit", type_ = "string", json_path = ".spec.limits.cost", priority = 1),
+    printcolumn(name = "Cost", type_ = "string", json_path = ".status.used.cost", priority = 1),
     printcolumn(
         name = "Burn-Rate",
         type_ = "integer",

@@ -12,9 +12,7 @@ pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"
 pub const DECIMAL_PATTERN: &str = r"^[0-9]{1,15}(\.[0-9]{1,12})?$";
 
 /// A kind of token that an LLM call consumes.
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenType {
     /// Prompt tokens sent to the model.
@@ -35,9 +33,7 @@ impl TokenType {
 }
 
 /// The kinds of workload whose pods can be charged to a budget.
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
 pub enum WorkloadKind {
     Deployment,
     StatefulSet,
@@ -61,18 +57,13 @@ impl WorkloadKind {
 pub(crate) fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
     let mut schema = <Vec<Condition>>::json_schema(generator);
     schema.insert("x-kubernetes-list-type".into(), "map".into());
-    schema.insert(
-        "x-kubernetes-list-map-keys".into(),
-        serde_json::json!(["type"]),
-    );
+    schema.insert("x-kubernetes-list-map-keys".into(), serde_json::json!(["type"]));
     schema
 }
 
 /// Schema for an optional string enum: the enum's values plus `nullable`, without the `null`
 /// value that schemars lists (kubectl's client-side validation of a 1.20 server rejects it).
-pub(crate) fn optional_enum_schema<T: JsonSchema>(
-    generator: &mut schemars::SchemaGenerator,
-) -> schemars::Schema {
+pub(crate) fn optional_enum_schema<T: JsonSchema>(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
     let mut schema = generator.root_schema_for::<T>();
     schema.remove("$schema");
     schema.remove("title");

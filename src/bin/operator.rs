@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use kube::{Api, Client, api::ListParams, runtime::events::Reporter};
+use kube::{Api, Client, runtime::events::Reporter};
 use tokenbudget::{
     api::{BudgetBinding, TokenBudget},
     clock::SystemClock,
@@ -55,9 +55,7 @@ fn parse_args() -> Result<Options, String> {
         match flag.as_str() {
             "--bind-address" => {
                 let v = value()?;
-                options.bind_address = v
-                    .parse()
-                    .map_err(|e| format!("--bind-address {v:?}: {e}"))?;
+                options.bind_address = v.parse().map_err(|e| format!("--bind-address {v:?}: {e}"))?;
             }
             "--namespace" => options.namespace = Some(value()?),
             "-h" | "--help" => {
@@ -93,23 +91,8 @@ where
     }
 }
 
-/// Fails with one clear line when a CRD is missing, instead of watch errors forever.
-async fn check_crd<K>(api: &Api<K>, crd: &str) -> Result<(), String>
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    match api.list_metadata(&ListParams::default().limit(1)).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Err(format!(
-            "the CRD {crd} is not installed in this cluster: install it with `kubectl apply -f crds/` (or the Helm chart)"
-        )),
-        Err(e) => Err(format!("cannot list {crd}: {e}")),
-    }
-}
-
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received, shutting down"),
@@ -136,8 +119,7 @@ async fn run() -> Result<(), String> {
     let ns = options.namespace.as_deref();
     let budgets: Api<TokenBudget> = api(&client, ns);
     let bindings: Api<BudgetBinding> = api(&client, ns);
-    check_crd(&budgets, "tokenbudgets.tokenbudget.io").await?;
-    check_crd(&bindings, "budgetbindings.tokenbudget.io").await?;
+    controller::check_crds(&budgets, &bindings).await?;
 
     let metrics = Metrics::new();
     let endpoints = Endpoints {
@@ -166,12 +148,7 @@ async fn run() -> Result<(), String> {
         controller: controller::FIELD_MANAGER.into(),
         instance: std::env::var("POD_NAME").ok(),
     };
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        metrics,
-        Arc::new(SystemClock),
-        reporter,
-    ));
+    let ctx = Arc::new(Context::new(client.clone(), metrics, Arc::new(SystemClock), reporter));
     let budget_controller = controller::budget::controller(budgets.clone());
     let binding_controller = controller::binding::controller(bindings, budgets);
     let (budget_store, binding_store) = (budget_controller.store(), binding_controller.store());
@@ -180,8 +157,7 @@ async fn run() -> Result<(), String> {
         // Re-poll: a store's readiness signal wakes only its most recent waiter, and the
         // controllers wait on the same stores.
         let synced = || async {
-            budget_store.wait_until_ready().await.is_ok()
-                && binding_store.wait_until_ready().await.is_ok()
+            budget_store.wait_until_ready().await.is_ok() && binding_store.wait_until_ready().await.is_ok()
         };
         loop {
             match tokio::time::timeout(Duration::from_millis(250), synced()).await {

@@ -25,11 +25,7 @@ use crate::{
 const CONTROLLER: &str = "budgetbinding";
 
 /// The status a binding should have, given whether its budget exists. Pure.
-pub fn desired_status(
-    bb: &BudgetBinding,
-    budget: Option<&TokenBudget>,
-    now: Timestamp,
-) -> BudgetBindingStatus {
+pub fn desired_status(bb: &BudgetBinding, budget: Option<&TokenBudget>, now: Timestamp) -> BudgetBindingStatus {
     let existing = bb.status.clone().unwrap_or_default();
     let generation = bb.metadata.generation;
     let name = &bb.spec.budget_ref.name;
@@ -45,34 +41,19 @@ pub fn desired_status(
             "BudgetFound",
             false,
             "BudgetNotFound",
-            format!(
-                "TokenBudget {name:?} not found in namespace {ns:?}; usage is not counted until it exists"
-            ),
+            format!("TokenBudget {name:?} not found in namespace {ns:?}; usage is not counted until it exists"),
         ),
     };
     let ready = match (validate::binding(&bb.spec), budget) {
         (Err(e), _) => conditions::Desired::new("Ready", false, "InvalidSpec", e.to_string()),
-        (Ok(()), None) => conditions::Desired::new(
-            "Ready",
-            false,
-            "BudgetNotFound",
-            budget_found.message.clone(),
-        ),
-        (Ok(()), Some(_)) => conditions::Desired::new(
-            "Ready",
-            true,
-            "Reconciled",
-            format!("charging TokenBudget {name:?}"),
-        ),
+        (Ok(()), None) => conditions::Desired::new("Ready", false, "BudgetNotFound", budget_found.message.clone()),
+        (Ok(()), Some(_)) => {
+            conditions::Desired::new("Ready", true, "Reconciled", format!("charging TokenBudget {name:?}"))
+        }
     };
     BudgetBindingStatus {
         budget: Some(name.clone()),
-        conditions: conditions::merge(
-            &existing.conditions,
-            &[ready, budget_found],
-            generation,
-            now,
-        ),
+        conditions: conditions::merge(&existing.conditions, &[ready, budget_found], generation, now),
         observed_generation: generation,
         ..existing
     }
@@ -87,23 +68,13 @@ async fn reconcile(bb: Arc<BudgetBinding>, ctx: Arc<Context>) -> Result<Action, 
     if bb.status.as_ref() != Some(&status) {
         let api: Api<BudgetBinding> = Api::namespaced(ctx.client.clone(), &ns);
         apply_status(&api, bb.as_ref(), &status).await?;
-        let old = bb
-            .status
-            .as_ref()
-            .map(|s| s.conditions.as_slice())
-            .unwrap_or_default();
+        let old = bb.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
         if let Some(ready) = conditions::find(&status.conditions, "Ready")
             && ready.status == "False"
-            && conditions::find(old, "Ready")
-                .is_none_or(|c| c.status != "False" || c.reason != ready.reason)
+            && conditions::find(old, "Ready").is_none_or(|c| c.status != "False" || c.reason != ready.reason)
         {
-            ctx.publish(
-                bb.as_ref(),
-                EventType::Warning,
-                &ready.reason,
-                ready.message.clone(),
-            )
-            .await;
+            ctx.publish(bb.as_ref(), EventType::Warning, &ready.reason, ready.message.clone())
+                .await;
         }
     }
     Ok(Action::requeue(RESYNC))
@@ -111,10 +82,7 @@ async fn reconcile(bb: Arc<BudgetBinding>, ctx: Arc<Context>) -> Result<Action, 
 
 /// Builds the controller: BudgetBindings filtered by generation, plus a watch on TokenBudgets
 /// that wakes the bindings referring to a budget when it appears, changes or goes away.
-pub fn controller(
-    bindings: Api<BudgetBinding>,
-    budgets: Api<TokenBudget>,
-) -> Controller<BudgetBinding> {
+pub fn controller(bindings: Api<BudgetBinding>, budgets: Api<TokenBudget>) -> Controller<BudgetBinding> {
     let (reader, writer) = reflector::store();
     let stream = watcher(bindings, watcher::Config::default())
         .default_backoff()
@@ -122,20 +90,16 @@ pub fn controller(
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
     let index = reader.clone();
-    Controller::for_stream(stream, reader).watches(
-        budgets,
-        watcher::Config::default(),
-        move |tb: TokenBudget| {
-            let ns = tb.namespace();
-            let name = tb.name_any();
-            index
-                .state()
-                .into_iter()
-                .filter(|bb| bb.namespace() == ns && bb.spec.budget_ref.name == name)
-                .map(|bb| ObjectRef::from_obj(bb.as_ref()))
-                .collect::<Vec<_>>()
-        },
-    )
+    Controller::for_stream(stream, reader).watches(budgets, watcher::Config::default(), move |tb: TokenBudget| {
+        let ns = tb.namespace();
+        let name = tb.name_any();
+        index
+            .state()
+            .into_iter()
+            .filter(|bb| bb.namespace() == ns && bb.spec.budget_ref.name == name)
+            .map(|bb| ObjectRef::from_obj(bb.as_ref()))
+            .collect::<Vec<_>>()
+    })
 }
 
 /// Runs the controller until `shutdown` resolves.

@@ -29,12 +29,7 @@ pub fn desired_status(tb: &TokenBudget, now: Timestamp) -> TokenBudgetStatus {
     let existing = tb.status.clone().unwrap_or_default();
     let generation = tb.metadata.generation;
     let ready = match validate::budget(&tb.spec) {
-        Ok(()) => conditions::Desired::new(
-            "Ready",
-            true,
-            "Reconciled",
-            "the budget is valid and accounted",
-        ),
+        Ok(()) => conditions::Desired::new("Ready", true, "Reconciled", "the budget is valid and accounted"),
         Err(e) => conditions::Desired::new("Ready", false, "InvalidSpec", e.to_string()),
     };
     TokenBudgetStatus {
@@ -50,23 +45,13 @@ async fn reconcile(tb: Arc<TokenBudget>, ctx: Arc<Context>) -> Result<Action, Er
     let status = desired_status(&tb, ctx.clock.now());
     if tb.status.as_ref() != Some(&status) {
         apply_status(&api, tb.as_ref(), &status).await?;
-        let old = tb
-            .status
-            .as_ref()
-            .map(|s| s.conditions.as_slice())
-            .unwrap_or_default();
+        let old = tb.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
         if let Some(ready) = conditions::find(&status.conditions, "Ready")
             && ready.status == "False"
-            && conditions::find(old, "Ready")
-                .is_none_or(|c| c.status != "False" || c.reason != ready.reason)
+            && conditions::find(old, "Ready").is_none_or(|c| c.status != "False" || c.reason != ready.reason)
         {
-            ctx.publish(
-                tb.as_ref(),
-                EventType::Warning,
-                &ready.reason,
-                ready.message.clone(),
-            )
-            .await;
+            ctx.publish(tb.as_ref(), EventType::Warning, &ready.reason, ready.message.clone())
+                .await;
         }
     }
     Ok(Action::requeue(RESYNC))
@@ -127,15 +112,8 @@ mod tests {
         );
         let status = desired_status(&tb, NOW.parse().unwrap());
         let ready = conditions::find(&status.conditions, "Ready").unwrap();
-        assert_eq!(
-            (ready.status.as_str(), ready.reason.as_str()),
-            ("False", "InvalidSpec")
-        );
-        assert!(
-            ready.message.contains("spec.limits.cost"),
-            "{}",
-            ready.message
-        );
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "InvalidSpec"));
+        assert!(ready.message.contains("spec.limits.cost"), "{}", ready.message);
         assert_eq!(status.used.unwrap().tokens, 42);
     }
 
@@ -147,9 +125,6 @@ mod tests {
         let first = desired_status(&tb, NOW.parse().unwrap());
         tb.status = Some(first.clone());
         let later = desired_status(&tb, "2026-11-28T13:00:00Z".parse().unwrap());
-        assert_eq!(
-            first, later,
-            "an unchanged budget must not cause a status write"
-        );
+        assert_eq!(first, later, "an unchanged budget must not cause a status write");
     }
 }

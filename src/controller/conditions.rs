@@ -14,12 +14,7 @@ pub struct Desired {
 }
 
 impl Desired {
-    pub fn new(
-        type_: &'static str,
-        status: bool,
-        reason: &'static str,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn new(type_: &'static str, status: bool, reason: &'static str, message: impl Into<String>) -> Self {
         Self {
             type_,
             status,
@@ -31,12 +26,7 @@ impl Desired {
 
 /// The full list of conditions for the desired ones: each keeps its `lastTransitionTime` from
 /// `existing` when its status did not change, and gets `now` when it did (or is new).
-pub fn merge(
-    existing: &[Condition],
-    desired: &[Desired],
-    generation: Option<i64>,
-    now: Timestamp,
-) -> Vec<Condition> {
+pub fn merge(existing: &[Condition], desired: &[Desired], generation: Option<i64>, now: Timestamp) -> Vec<Condition> {
     desired
         .iter()
         .map(|d| {
@@ -100,12 +90,7 @@ mod tests {
         assert_eq!(same[0].observed_generation, Some(2));
 
         // A real transition gets the new time.
-        let flipped = merge(
-            &same,
-            &[Desired::new("Ready", true, "Reconciled", "ok")],
-            Some(2),
-            t1,
-        );
+        let flipped = merge(&same, &[Desired::new("Ready", true, "Reconciled", "ok")], Some(2), t1);
         assert_eq!(flipped[0].last_transition_time, Time(t1));
         assert!(is_true(&flipped, "Ready"));
         assert!(!is_true(&flipped, "BudgetFound"));

@@ -18,7 +18,7 @@ use std::{
 use futures::{StreamExt, future::BoxFuture};
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{ListParams, Patch, PatchParams},
     runtime::{
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
@@ -27,7 +27,11 @@ use kube::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::{clock::Clock, metrics::Metrics};
+use crate::{
+    api::{BudgetBinding, TokenBudget},
+    clock::Clock,
+    metrics::Metrics,
+};
 
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "tokenbudget-operator";
@@ -65,12 +69,7 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(
-        client: Client,
-        metrics: Metrics,
-        clock: Arc<dyn Clock>,
-        reporter: Reporter,
-    ) -> Self {
+    pub fn new(client: Client, metrics: Metrics, clock: Arc<dyn Clock>, reporter: Reporter) -> Self {
         Self {
             client,
             metrics,
@@ -96,6 +95,25 @@ impl Context {
         if let Err(e) = recorder.publish(&event, &obj.object_ref(&())).await {
             tracing::warn!(error = %e, reason, "could not publish an Event");
         }
+    }
+}
+
+/// Fails with one clear line when a CRD is missing, instead of failing watches forever.
+pub async fn check_crds(budgets: &Api<TokenBudget>, bindings: &Api<BudgetBinding>) -> Result<(), String> {
+    check_crd(budgets, "tokenbudgets.tokenbudget.io").await?;
+    check_crd(bindings, "budgetbindings.tokenbudget.io").await
+}
+
+async fn check_crd<K>(api: &Api<K>, crd: &str) -> Result<(), String>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api.list_metadata(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Err(format!(
+            "the CRD {crd} is not installed in this cluster: install it with `kubectl apply -f crds/` (or the Helm chart)"
+        )),
+        Err(e) => Err(format!("cannot list {crd}: {e}")),
     }
 }
 
@@ -137,10 +155,7 @@ impl Backoffs {
     }
 
     fn succeeded<K: Resource<DynamicType = ()>>(&self, obj: &K) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&Self::key(obj));
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&Self::key(obj));
     }
 }
 
@@ -159,10 +174,7 @@ where
         .reconcile_duration
         .with_label_values(&[controller])
         .start_timer();
-    ctx.metrics
-        .reconciles
-        .with_label_values(&[controller])
-        .inc();
+    ctx.metrics.reconciles.with_label_values(&[controller]).inc();
     let result = reconcile(obj.clone(), ctx.clone()).await;
     timer.observe_duration();
     if result.is_ok() {
@@ -172,12 +184,7 @@ where
 }
 
 /// The error policy of both controllers: count, log, retry with backoff.
-pub(crate) fn error_policy<K>(
-    controller: &'static str,
-    obj: Arc<K>,
-    error: &Error,
-    ctx: Arc<Context>,
-) -> Action
+pub(crate) fn error_policy<K>(controller: &'static str, obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action
 where
     K: Resource<DynamicType = ()>,
 {
@@ -211,4 +218,63 @@ where
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{Request, Response};
+    use kube::client::Body;
+
+    /// An API server without our CRDs answers 404 on their list; the operator must say what to do.
+    #[tokio::test]
+    async fn a_missing_crd_is_one_clear_error() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let server = tokio::spawn(async move {
+            let (request, send) = handle.next_request().await.expect("the operator lists budgets");
+            assert!(
+                request.uri().path().ends_with("/tokenbudget.io/v1alpha1/tokenbudgets"),
+                "{}",
+                request.uri()
+            );
+            let body = serde_json::json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": "the server could not find the requested resource", "reason": "NotFound", "code": 404
+            });
+            send.send_response(
+                Response::builder()
+                    .status(404)
+                    .body(Body::from(body.to_string().into_bytes()))
+                    .unwrap(),
+            );
+        });
+        let client = Client::new(service, "default");
+        let err = check_crds(&Api::all(client.clone()), &Api::all(client))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "the CRD tokenbudgets.tokenbudget.io is not installed in this cluster: install it with `kubectl apply -f crds/` (or the Helm chart)"
+        );
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_not_reported_as_a_missing_crd() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let server =
+            tokio::spawn(async move {
+                let (_, send) = handle.next_request().await.expect("a request");
+                send.send_response(Response::builder().status(403).body(Body::from(
+                serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": "forbidden", "reason": "Forbidden", "code": 403}).to_string().into_bytes(),
+            )).unwrap());
+            });
+        let client = Client::new(service, "default");
+        let err = check_crds(&Api::all(client.clone()), &Api::all(client))
+            .await
+            .unwrap_err();
+        assert!(err.starts_with("cannot list tokenbudgets.tokenbudget.io"), "{err}");
+        server.await.unwrap();
+    }
 }

@@ -1,0 +1,240 @@
+//! Shared helpers for the integration tests. They run against the real API server whose
+//! kubeconfig is in `KUBECONFIG` (`hack/test.sh` starts the testbed and sets it), each test in
+//! a namespace of its own.
+#![allow(dead_code)]
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use k8s_openapi::{
+    api::core::v1::Namespace, apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    Api, Client, Resource,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+    runtime::wait::{await_condition, conditions},
+};
+use serde::de::DeserializeOwned;
+
+/// How long any awaited condition may take before the test fails.
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn kubeconfig() -> String {
+    std::env::var("KUBECONFIG").unwrap_or_else(|_| {
+        panic!("integration tests need a cluster: run `hack/test.sh`, or `eval $(hack/testbed.sh env)` after `hack/testbed.sh up`")
+    })
+}
+
+pub async fn client() -> Client {
+    kubeconfig();
+    Client::try_default().await.expect("a client for KUBECONFIG")
+}
+
+/// Installs (server-side applies) the CRDs generated from the types and waits until the API
+/// server serves them.
+pub async fn ensure_crds(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for (_, yaml) in tokenbudget::crds::all() {
+        let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml).expect("generated CRD parses");
+        let name = crd.metadata.name.clone().expect("CRDs have names");
+        crds.patch(
+            &name,
+            &PatchParams::apply("tokenbudget-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .expect("the CRD applies");
+        within(
+            await_condition(crds.clone(), &name, conditions::is_crd_established()),
+            "CRD established",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("watching CRD {name}: {e}"));
+    }
+}
+
+/// Awaits `future` for at most [`TIMEOUT`], failing the test with `what` otherwise.
+pub async fn within<F: Future>(future: F, what: &str) -> F::Output {
+    tokio::time::timeout(TIMEOUT, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Waits until the object satisfies `cond` (through a watch, not a sleep) and returns it.
+pub async fn wait_for<K>(api: &Api<K>, name: &str, what: &str, cond: impl Fn(&K) -> bool) -> K
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let obj = within(
+        await_condition(api.clone(), name, move |obj: Option<&K>| obj.is_some_and(&cond)),
+        what,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("watching for {what}: {e}"));
+    obj.expect("the condition only holds for an existing object")
+}
+
+/// A namespace for one test, deleted when the test ends.
+pub struct TestNamespace {
+    pub name: String,
+}
+
+impl TestNamespace {
+    pub async fn new(client: &Client, test: &str) -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "t-{}-{}-{}",
+            test.replace('_', "-")
+                .chars()
+                .take(40)
+                .collect::<String>()
+                .trim_end_matches('-'),
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {"tokenbudget.io/test": "true"}}
+        }))
+        .unwrap();
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("namespace created");
+        Self { name }
+    }
+
+    pub fn api<K>(&self, client: &Client) -> Api<K>
+    where
+        K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(client.clone(), &self.name)
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        // Drop cannot await; kubectl deletes without waiting for finalization.
+        let _ = Command::new("kubectl")
+            .args(["delete", "namespace", &self.name, "--wait=false", "--ignore-not-found"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Deletes an object, ignoring "not found".
+pub async fn delete<K>(api: &Api<K>, name: &str)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 404 => {}
+        Err(e) => panic!("deleting {name}: {e}"),
+    }
+}
+
+/// Runs kubectl with `stdin`, returning its output whatever the exit status.
+pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new("kubectl")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin.unwrap_or("").as_bytes()).expect("write stdin");
+    drop(input);
+    child.wait_with_output().expect("kubectl finishes")
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The operator binary, running against the test cluster in one namespace.
+pub struct Operator {
+    pub child: Child,
+    pub address: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl Operator {
+    pub fn start(namespace: &str) -> Self {
+        kubeconfig();
+        let address = free_port();
+        let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("operator-{namespace}.log"));
+        let log_file = std::fs::File::create(&log).expect("operator log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_tokenbudget-operator"))
+            .args(["--namespace", namespace, "--bind-address", &address.to_string()])
+            .env("RUST_LOG", "info,tokenbudget=debug")
+            .stdout(log_file.try_clone().expect("log file"))
+            .stderr(log_file)
+            .spawn()
+            .expect("the operator starts");
+        Self { child, address, log }
+    }
+
+    /// GETs a path of the operator's HTTP endpoint: (status code, body).
+    pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        http_get(self.address, path)
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        within(
+            async {
+                loop {
+                    if matches!(self.get("/readyz"), Ok((200, _))) {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            "the operator's /readyz",
+        )
+        .await;
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().expect("bound address")
+}
+
+/// A minimal HTTP/1.0 GET: enough for the operator's own endpoints.
+pub fn http_get(address: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {response:?}")))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
