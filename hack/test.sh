@@ -35,6 +35,9 @@ eval "$(hack/testbed.sh env)"
 step "integration tests against $(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}')"
 cargo test --locked --test '*'
 
+step "the testbed script: down without up, up twice, up after a crash"
+hack/testbed-selftest.sh
+
 step "the demo, once, on a testbed of its own"
 env -u KUBECONFIG -u TESTBED_DIR hack/demo.sh --once
 
