@@ -11,10 +11,32 @@ pub fn all() -> Vec<(String, String)> {
         .map(|crd| {
             let name = crd.metadata.name.clone().unwrap_or_default();
             let (plural, group) = name.split_once('.').unwrap_or((&name, ""));
-            let yaml = serde_yaml::to_string(&crd).expect("a CRD always serializes to YAML");
+            let mut value = serde_json::to_value(&crd).expect("a CRD always serializes");
+            strip_nullable(&mut value);
+            let yaml = serde_yaml::to_string(&value).expect("a CRD always serializes to YAML");
             (format!("{group}_{plural}.yaml"), yaml)
         })
         .collect()
+}
+
+/// Removes every `nullable: true` that the generator puts on `Option` fields.
+///
+/// Without `nullable`, the API server prunes an explicit `null` before defaulting, so
+/// `port: null` becomes the default 9464 instead of a value the operator cannot read (one
+/// unreadable object would stall the whole watch), and `kubectl explain` on a 1.20 server shows
+/// the structure of those fields instead of `<>`. The operator never writes nulls: absent
+/// optional fields are omitted.
+fn strip_nullable(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            if map.get("nullable") == Some(&serde_json::Value::Bool(true)) {
+                map.remove("nullable");
+            }
+            map.values_mut().for_each(strip_nullable);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_nullable),
+        _ => {}
+    }
 }
 
 #[cfg(test)]
@@ -32,6 +54,13 @@ mod tests {
                 committed == yaml,
                 "crds/{file} differs from the Rust types: run `cargo run --bin crdgen -- crds`"
             );
+        }
+    }
+
+    #[test]
+    fn no_field_is_nullable() {
+        for (file, yaml) in all() {
+            assert!(!yaml.contains("nullable"), "{file} has a nullable field");
         }
     }
 

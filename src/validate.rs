@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString};
 
 use crate::api::{BudgetBindingSpec, MetricsFormat, TokenBudgetSpec};
 
@@ -72,6 +72,9 @@ pub fn budget(spec: &TokenBudgetSpec) -> Result<(), SpecErrors> {
     if let Err(e) = parse_duration(&spec.enforcement.grace_period) {
         errors.push(format!("spec.enforcement.gracePeriod: {e}"));
     }
+    if spec.enforcement.freeze_quota && spec.compute_quota.is_none() {
+        errors.push("spec.enforcement.freezeQuota: needs spec.computeQuota, the quota it would freeze".to_string());
+    }
     finish(errors)
 }
 
@@ -90,7 +93,13 @@ pub fn binding(spec: &BudgetBindingSpec) -> Result<(), SpecErrors> {
                 "spec.workloads[{i}]: set exactly one of name and selector, not both"
             )),
             (None, None) => errors.push(format!("spec.workloads[{i}]: set exactly one of name and selector")),
-            _ => {}
+            (None, Some(selector)) => check_selector(
+                selector,
+                w.kind.as_str(),
+                &format!("spec.workloads[{i}].selector"),
+                &mut errors,
+            ),
+            (Some(_), None) => {}
         }
     }
     let m = &spec.metrics;
@@ -129,7 +138,8 @@ pub fn binding(spec: &BudgetBindingSpec) -> Result<(), SpecErrors> {
             errors.push("spec.metrics.custom: list at least one metric".to_string())
         }
         (format, Some(_)) if format != MetricsFormat::Custom => errors.push(format!(
-            "spec.metrics.custom: only allowed with format Custom, not {format:?}"
+            "spec.metrics.custom: only allowed with format Custom, not {}",
+            format.as_str()
         )),
         _ => {}
     }
@@ -141,6 +151,35 @@ pub fn binding(spec: &BudgetBindingSpec) -> Result<(), SpecErrors> {
         }
     }
     finish(errors)
+}
+
+/// A selector must select something specific: an empty one would bind (and, with ScaleDown,
+/// stop) every workload of its kind in the namespace, which is never what a typo meant.
+fn check_selector(selector: &LabelSelector, kind: &str, field: &str, errors: &mut Vec<String>) {
+    let labels = selector.match_labels.as_ref().is_some_and(|l| !l.is_empty());
+    let expressions = selector.match_expressions.as_deref().unwrap_or_default();
+    if !labels && expressions.is_empty() {
+        errors.push(format!(
+            "{field}: an empty selector would select every {kind} in the namespace; give matchLabels or matchExpressions"
+        ));
+    }
+    for (j, e) in expressions.iter().enumerate() {
+        let values = e.values.as_deref().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" | "NotIn" if values.is_empty() => errors.push(format!(
+                "{field}.matchExpressions[{j}]: operator {} needs values",
+                e.operator
+            )),
+            "Exists" | "DoesNotExist" if !values.is_empty() => errors.push(format!(
+                "{field}.matchExpressions[{j}]: operator {} takes no values",
+                e.operator
+            )),
+            "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+            other => errors.push(format!(
+                "{field}.matchExpressions[{j}].operator: {other:?} is not one of In, NotIn, Exists, DoesNotExist"
+            )),
+        }
+    }
 }
 
 /// Parses a Go-style duration (`1h30m`, `15s`, `250ms`, `1.5h`) as Kubernetes users write them.
@@ -259,6 +298,19 @@ mod tests {
     }
 
     #[test]
+    fn freezing_needs_a_quota() {
+        let err = budget(&budget_spec("limits: {tokens: 5}\nenforcement: {freezeQuota: true}")).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("spec.enforcement.freezeQuota: needs spec.computeQuota"),
+            "{err}"
+        );
+        let ok =
+            budget_spec("limits: {tokens: 5}\nenforcement: {freezeQuota: true}\ncomputeQuota: {hard: {pods: '3'}}");
+        assert_eq!(budget(&ok), Ok(()));
+    }
+
+    #[test]
     fn neither_limit_is_an_error() {
         let err = budget(&budget_spec("limits: {}")).unwrap_err();
         assert_eq!(err.0, vec!["spec.limits: at least one of tokens and cost is required"]);
@@ -306,6 +358,25 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("spec.metrics.port: 70000"), "{err}");
+
+        let everything = binding_spec("budgetRef: {name: b}\nworkloads: [{kind: Deployment, selector: {}}]");
+        let err = binding(&everything).unwrap_err().to_string();
+        assert!(
+            err.contains("spec.workloads[0].selector: an empty selector would select every Deployment"),
+            "{err}"
+        );
+
+        let bad_operator = binding_spec(
+            "budgetRef: {name: b}\nworkloads: [{kind: Job, selector: {matchExpressions: [{key: a, operator: Equals, values: [x]}, {key: b, operator: In}]}}]",
+        );
+        let err = binding(&bad_operator).unwrap_err().to_string();
+        assert!(err.contains("matchExpressions[0].operator: \"Equals\""), "{err}");
+        assert!(err.contains("matchExpressions[1]: operator In needs values"), "{err}");
+
+        let vllm_custom = binding_spec(
+            "budgetRef: {name: b}\nworkloads: [{kind: Job, name: a}]\nmetrics: {format: VLLM, custom: [{metric: x, tokenType: input}]}",
+        );
+        assert!(binding(&vllm_custom).unwrap_err().to_string().contains("not VLLM"));
 
         let named = binding_spec("budgetRef: {name: b}\nworkloads: [{kind: Job, name: a}]\nmetrics: {port: metrics}");
         assert_eq!(binding(&named), Ok(()));

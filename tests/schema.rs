@@ -244,6 +244,16 @@ async fn invalid_manifests_are_rejected_naming_the_field() {
             vec!["spec.metrics.format"],
         ),
         (
+            "duplicate thresholds",
+            budget("{limits: {tokens: 5}, thresholds: [80, 80]}"),
+            vec!["spec.thresholds[1]", "Duplicate value"],
+        ),
+        (
+            "a quota quantity that is not a quantity",
+            budget("{limits: {tokens: 5}, computeQuota: {hard: {pods: lots}}}"),
+            vec!["spec.computeQuota.hard.pods", "should match"],
+        ),
+        (
             "missing budgetRef",
             binding("{workloads: [{kind: Job, name: a}]}"),
             vec!["spec.budgetRef", "Required value"],
@@ -267,4 +277,32 @@ async fn invalid_manifests_are_rejected_naming_the_field() {
     // Nothing invalid got in.
     let out = kubectl(&["get", "tb,bb", "-n", &ns.name, "-o", "name"], None);
     assert_eq!(text(&out.stdout).trim(), "", "invalid objects were stored");
+}
+
+/// An explicit `null` is pruned by the server and the default applies: the operator never
+/// sees a null it cannot read (one unreadable object would stall its whole watch).
+#[tokio::test]
+async fn nulls_are_pruned_and_defaults_apply() {
+    let client = client().await;
+    ensure_crds(&client).await;
+    let ns = TestNamespace::new(&client, "nulls").await;
+    let manifest = "apiVersion: tokenbudget.io/v1alpha1\nkind: BudgetBinding\nmetadata: {name: nulls}\n\
+        spec: {budgetRef: {name: b}, workloads: [{kind: Job, name: a, selector: null}], metrics: {port: null, path: null}}\n";
+    let out = kubectl(
+        &["apply", "--validate=false", "-n", &ns.name, "-f", "-"],
+        Some(manifest),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let bindings: Api<tokenbudget::api::BudgetBinding> = ns.api(&client);
+    let bb = bindings
+        .get("nulls")
+        .await
+        .expect("the binding is readable by the operator's types");
+    assert_eq!(
+        bb.spec.metrics.port,
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(9464)
+    );
+    assert_eq!(bb.spec.metrics.path, "/metrics");
+    assert_eq!(bb.spec.metrics.interval, "15s");
+    assert!(bb.spec.workloads[0].selector.is_none());
 }

@@ -19,7 +19,7 @@ use super::common::{DURATION_PATTERN, TokenType, WorkloadKind, conditions_schema
     kind = "BudgetBinding",
     plural = "budgetbindings",
     shortname = "bb",
-    category = "tokenbudget",
+    category = "tokenbudget-io",
     namespaced,
     status = "BudgetBindingStatus",
     derive = "PartialEq",
@@ -171,6 +171,18 @@ pub enum MetricsFormat {
     LiteLlm,
     /// The counters listed in `custom`.
     Custom,
+}
+
+impl MetricsFormat {
+    /// The name as written in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricsFormat::OpenTelemetry => "OpenTelemetry",
+            MetricsFormat::Vllm => "VLLM",
+            MetricsFormat::LiteLlm => "LiteLLM",
+            MetricsFormat::Custom => "Custom",
+        }
+    }
 }
 
 /// One counter of token usage, for format Custom.

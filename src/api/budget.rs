@@ -9,7 +9,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    DECIMAL_PATTERN, DURATION_PATTERN, TokenType, WorkloadKind, conditions_schema, optional_enum_schema,
+    DECIMAL_PATTERN, DURATION_PATTERN, QUANTITY_PATTERN, TokenType, WorkloadKind, conditions_schema,
+    optional_enum_schema,
 };
 
 /// A limit on the LLM tokens and/or money that the workloads bound to this budget (through
@@ -22,7 +23,7 @@ use super::common::{
     kind = "TokenBudget",
     plural = "tokenbudgets",
     shortname = "tb",
-    category = "tokenbudget",
+    category = "tokenbudget-io",
     namespaced,
     status = "TokenBudgetStatus",
     derive = "PartialEq",
@@ -93,7 +94,7 @@ pub struct TokenBudgetSpec {
     /// Warning thresholds, in percent of the tighter limit. Crossing one sets the phase to
     /// Warning, emits a ThresholdReached Event and annotates the workloads.
     #[serde(default = "default_thresholds")]
-    #[schemars(length(max = 10), inner(range(min = 1, max = 100)))]
+    #[schemars(length(max = 10), inner(range(min = 1, max = 100)), extend("x-kubernetes-list-type" = "set"))]
     pub thresholds: Vec<u8>,
 
     /// What the operator does to the bound workloads when the budget is exhausted.
@@ -226,6 +227,7 @@ pub enum EnforcementAction {
 pub struct ComputeQuota {
     /// The quota's hard limits, as in a ResourceQuota's `spec.hard`
     /// (e.g. `requests.cpu: "8"`, `limits.memory: 32Gi`, `pods: "20"`).
+    #[schemars(schema_with = "quantity_map_schema")]
     pub hard: BTreeMap<String, Quantity>,
 }
 
@@ -361,4 +363,14 @@ fn default_price() -> String {
 }
 fn default_grace_period() -> String {
     "0s".into()
+}
+
+/// A map of resource names to quantities, each checked against the Kubernetes quantity syntax
+/// (so `pods: lots` is rejected by the API server, not later by the quota).
+fn quantity_map_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "minProperties": 1,
+        "additionalProperties": {"x-kubernetes-int-or-string": true, "pattern": QUANTITY_PATTERN}
+    })
 }

@@ -29,7 +29,7 @@ pub fn desired_status(tb: &TokenBudget, now: Timestamp) -> TokenBudgetStatus {
     let existing = tb.status.clone().unwrap_or_default();
     let generation = tb.metadata.generation;
     let ready = match validate::budget(&tb.spec) {
-        Ok(()) => conditions::Desired::new("Ready", true, "Reconciled", "the budget is valid and accounted"),
+        Ok(()) => conditions::Desired::new("Ready", true, "Reconciled", "the budget is valid"),
         Err(e) => conditions::Desired::new("Ready", false, "InvalidSpec", e.to_string()),
     };
     TokenBudgetStatus {
