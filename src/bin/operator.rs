@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use kube::{Api, Client, runtime::events::Reporter};
+use kube::{Api, Client, core::DeserializeGuard, runtime::events::Reporter};
 use tokenbudget::{
     api::{BudgetBinding, TokenBudget},
     clock::SystemClock,
@@ -117,9 +117,9 @@ async fn run() -> Result<(), String> {
         .await
         .map_err(|e| format!("no Kubernetes configuration: {e}"))?;
     let ns = options.namespace.as_deref();
-    let budgets: Api<TokenBudget> = api(&client, ns);
-    let bindings: Api<BudgetBinding> = api(&client, ns);
-    controller::check_crds(&budgets, &bindings).await?;
+    controller::check_crds(&api(&client, ns), &api(&client, ns)).await?;
+    let budgets: Api<DeserializeGuard<TokenBudget>> = api(&client, ns);
+    let bindings: Api<DeserializeGuard<BudgetBinding>> = api(&client, ns);
 
     let metrics = Metrics::new();
     let endpoints = Endpoints {

@@ -6,13 +6,12 @@ use futures::FutureExt;
 use jiff::Timestamp;
 use kube::{
     Api, ResourceExt,
+    core::DeserializeGuard,
     runtime::{
-        Controller, WatchStreamExt,
+        Controller,
         controller::Action,
-        events::EventType,
-        predicates,
-        reflector::{self, ObjectRef},
-        watcher::{self, watcher},
+        reflector::ObjectRef,
+        watcher::{self},
     },
 };
 
@@ -59,52 +58,56 @@ pub fn desired_status(bb: &BudgetBinding, budget: Option<&TokenBudget>, now: Tim
     }
 }
 
-async fn reconcile(bb: Arc<BudgetBinding>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(guard: Arc<DeserializeGuard<BudgetBinding>>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let Ok(bb) = &guard.0 else {
+        return super::report_unreadable(guard.as_ref(), &ctx).await;
+    };
     let ns = bb.namespace().ok_or(Error::NoNamespace)?;
     let budgets: Api<TokenBudget> = Api::namespaced(ctx.client.clone(), &ns);
     // A direct read, not a cache: the budget watch that triggered us may be ahead of any store.
     let budget = budgets.get_opt(&bb.spec.budget_ref.name).await?;
-    let status = desired_status(&bb, budget.as_ref(), ctx.clock.now());
+    let status = desired_status(bb, budget.as_ref(), ctx.clock.now());
     if bb.status.as_ref() != Some(&status) {
         let api: Api<BudgetBinding> = Api::namespaced(ctx.client.clone(), &ns);
-        apply_status(&api, bb.as_ref(), &status).await?;
+        apply_status(&api, &bb.name_any(), &status).await?;
         let old = bb.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
-        if let Some(ready) = conditions::find(&status.conditions, "Ready")
-            && ready.status == "False"
-            && conditions::find(old, "Ready").is_none_or(|c| c.status != "False" || c.reason != ready.reason)
-        {
-            ctx.publish(bb.as_ref(), EventType::Warning, &ready.reason, ready.message.clone())
-                .await;
-        }
+        super::announce_not_ready(&ctx, bb, old, &status.conditions).await;
     }
     Ok(Action::requeue(RESYNC))
 }
 
-/// Builds the controller: BudgetBindings filtered by generation, plus a watch on TokenBudgets
+/// Builds the controller: the BudgetBindings in `bindings`' scope, plus a watch on TokenBudgets
 /// that wakes the bindings referring to a budget when it appears, changes or goes away.
-pub fn controller(bindings: Api<BudgetBinding>, budgets: Api<TokenBudget>) -> Controller<BudgetBinding> {
-    let (reader, writer) = reflector::store();
-    let stream = watcher(bindings, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
-    let index = reader.clone();
-    Controller::for_stream(stream, reader).watches(budgets, watcher::Config::default(), move |tb: TokenBudget| {
-        let ns = tb.namespace();
-        let name = tb.name_any();
-        index
-            .state()
-            .into_iter()
-            .filter(|bb| bb.namespace() == ns && bb.spec.budget_ref.name == name)
-            .map(|bb| ObjectRef::from_obj(bb.as_ref()))
-            .collect::<Vec<_>>()
-    })
+pub fn controller(
+    bindings: Api<DeserializeGuard<BudgetBinding>>,
+    budgets: Api<DeserializeGuard<TokenBudget>>,
+) -> Controller<DeserializeGuard<BudgetBinding>> {
+    let controller = super::guarded_controller(bindings);
+    let index = controller.store();
+    controller.watches(
+        budgets,
+        watcher::Config::default(),
+        move |tb: DeserializeGuard<TokenBudget>| {
+            let ns = tb.namespace();
+            let name = tb.name_any();
+            index
+                .state()
+                .into_iter()
+                .filter(|guard| {
+                    guard
+                        .0
+                        .as_ref()
+                        .is_ok_and(|bb| bb.namespace() == ns && bb.spec.budget_ref.name == name)
+                })
+                .map(|guard| ObjectRef::from_obj(guard.as_ref()))
+                .collect::<Vec<_>>()
+        },
+    )
 }
 
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(
-    controller: Controller<BudgetBinding>,
+    controller: Controller<DeserializeGuard<BudgetBinding>>,
     ctx: Arc<Context>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {

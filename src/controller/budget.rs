@@ -6,13 +6,8 @@ use futures::FutureExt;
 use jiff::Timestamp;
 use kube::{
     Api, ResourceExt,
-    runtime::{
-        Controller, WatchStreamExt,
-        controller::Action,
-        events::EventType,
-        predicates, reflector,
-        watcher::{self, watcher},
-    },
+    core::DeserializeGuard,
+    runtime::{Controller, controller::Action},
 };
 
 use super::{Context, Error, RESYNC, apply_status, conditions, instrumented};
@@ -39,39 +34,29 @@ pub fn desired_status(tb: &TokenBudget, now: Timestamp) -> TokenBudgetStatus {
     }
 }
 
-async fn reconcile(tb: Arc<TokenBudget>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(guard: Arc<DeserializeGuard<TokenBudget>>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let Ok(tb) = &guard.0 else {
+        return super::report_unreadable(guard.as_ref(), &ctx).await;
+    };
     let ns = tb.namespace().ok_or(Error::NoNamespace)?;
-    let api: Api<TokenBudget> = Api::namespaced(ctx.client.clone(), &ns);
-    let status = desired_status(&tb, ctx.clock.now());
+    let status = desired_status(tb, ctx.clock.now());
     if tb.status.as_ref() != Some(&status) {
-        apply_status(&api, tb.as_ref(), &status).await?;
+        let api: Api<TokenBudget> = Api::namespaced(ctx.client.clone(), &ns);
+        apply_status(&api, &tb.name_any(), &status).await?;
         let old = tb.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
-        if let Some(ready) = conditions::find(&status.conditions, "Ready")
-            && ready.status == "False"
-            && conditions::find(old, "Ready").is_none_or(|c| c.status != "False" || c.reason != ready.reason)
-        {
-            ctx.publish(tb.as_ref(), EventType::Warning, &ready.reason, ready.message.clone())
-                .await;
-        }
+        super::announce_not_ready(&ctx, tb, old, &status.conditions).await;
     }
     Ok(Action::requeue(RESYNC))
 }
 
-/// Builds the controller: TokenBudgets in `api`'s scope, filtered by generation so that status
-/// writes (ours or anyone's) do not trigger reconciles.
-pub fn controller(api: Api<TokenBudget>) -> Controller<TokenBudget> {
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
-    Controller::for_stream(stream, reader)
+/// Builds the controller for the TokenBudgets in `api`'s scope.
+pub fn controller(api: Api<DeserializeGuard<TokenBudget>>) -> Controller<DeserializeGuard<TokenBudget>> {
+    super::guarded_controller(api)
 }
 
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(
-    controller: Controller<TokenBudget>,
+    controller: Controller<DeserializeGuard<TokenBudget>>,
     ctx: Arc<Context>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {

@@ -16,13 +16,18 @@ use std::{
 };
 
 use futures::{StreamExt, future::BoxFuture};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{
-    Api, Client, Resource, ResourceExt,
+    Api, Client, Resource,
     api::{ListParams, Patch, PatchParams},
+    core::DeserializeGuard,
     runtime::{
+        Controller, WatchStreamExt,
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
-        reflector::ObjectRef,
+        predicates,
+        reflector::{self, ObjectRef},
+        watcher::{self, watcher},
     },
 };
 use serde::{Serialize, de::DeserializeOwned};
@@ -117,8 +122,8 @@ where
     }
 }
 
-/// Writes `status` through server-side apply on the status subresource.
-pub async fn apply_status<K, S>(api: &Api<K>, obj: &K, status: &S) -> Result<(), Error>
+/// Writes `status` through server-side apply on the status subresource of object `name`.
+pub async fn apply_status<K, S>(api: &Api<K>, name: &str, status: &S) -> Result<(), Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     S: Serialize,
@@ -128,13 +133,70 @@ where
         "kind": K::kind(&()),
         "status": status,
     });
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await?;
     Ok(())
+}
+
+/// Publishes a Warning Event when the Ready condition has just become False, or False for a
+/// new reason: once per transition, not once per reconcile.
+pub(crate) async fn announce_not_ready<K>(ctx: &Context, obj: &K, old: &[Condition], new: &[Condition])
+where
+    K: Resource<DynamicType = ()>,
+{
+    if let Some(ready) = conditions::find(new, "Ready")
+        && ready.status == "False"
+        && conditions::find(old, "Ready").is_none_or(|c| c.status != "False" || c.reason != ready.reason)
+    {
+        ctx.publish(obj, EventType::Warning, &ready.reason, ready.message.clone())
+            .await;
+    }
+}
+
+/// An object the operator's types cannot read (written against another version of the CRD,
+/// say) gets `Ready=False` with reason `InvalidObject` and an Event, instead of stalling the
+/// watch of every other object of its kind. It waits for the next change of the object.
+pub(crate) async fn report_unreadable<K>(guard: &DeserializeGuard<K>, ctx: &Context) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let Err(invalid) = &guard.0 else {
+        return Ok(Action::await_change());
+    };
+    let meta = &invalid.metadata;
+    let (Some(name), Some(ns)) = (meta.name.as_deref(), meta.namespace.as_deref()) else {
+        return Err(Error::NoNamespace);
+    };
+    let message = format!("the operator cannot read this object: {}", invalid.error);
+    tracing::warn!(kind = %K::kind(&()), namespace = ns, name, error = %invalid.error, "unreadable object");
+    let ready = conditions::Desired::new("Ready", false, "InvalidObject", message.clone());
+    let status = serde_json::json!({
+        "conditions": conditions::merge(&[], &[ready], meta.generation, ctx.clock.now()),
+        "observedGeneration": meta.generation,
+    });
+    apply_status(&Api::<K>::namespaced(ctx.client.clone(), ns), name, &status).await?;
+    ctx.publish(guard, EventType::Warning, "InvalidObject", message).await;
+    Ok(Action::await_change())
+}
+
+/// A watch of `api` whose objects are kept in a store, triggering only when an object's
+/// generation changes (so that status writes, ours or anyone's, never trigger a reconcile).
+/// Objects that do not deserialize arrive as `Err` inside the guard rather than breaking the
+/// watch.
+pub(crate) fn guarded_controller<K>(api: Api<DeserializeGuard<K>>) -> Controller<DeserializeGuard<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    Controller::for_stream(stream, reader)
 }
 
 /// Per-object exponential backoff for transient failures: 1s, 2s, 4s ... at most 5 minutes,
