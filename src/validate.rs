@@ -68,6 +68,9 @@ pub fn budget(spec: &TokenBudgetSpec) -> Result<(), SpecErrors> {
         if !(1..=100).contains(t) {
             errors.push(format!("spec.thresholds[{i}]: {t} is not a percentage from 1 to 100"));
         }
+        if spec.thresholds[..i].contains(t) {
+            errors.push(format!("spec.thresholds[{i}]: {t} is listed twice"));
+        }
     }
     if let Err(e) = parse_duration(&spec.enforcement.grace_period) {
         errors.push(format!("spec.enforcement.gracePeriod: {e}"));
@@ -163,8 +166,29 @@ fn check_selector(selector: &LabelSelector, kind: &str, field: &str, errors: &mu
             "{field}: an empty selector would select every {kind} in the namespace; give matchLabels or matchExpressions"
         ));
     }
+    for (key, value) in selector.match_labels.iter().flatten() {
+        if !is_label_key(key) {
+            errors.push(format!("{field}.matchLabels: {key:?} is not a valid label key"));
+        }
+        if !is_label_value(value) {
+            errors.push(format!(
+                "{field}.matchLabels[{key:?}]: {value:?} is not a valid label value"
+            ));
+        }
+    }
     for (j, e) in expressions.iter().enumerate() {
         let values = e.values.as_deref().unwrap_or_default();
+        if !is_label_key(&e.key) {
+            errors.push(format!(
+                "{field}.matchExpressions[{j}].key: {:?} is not a valid label key",
+                e.key
+            ));
+        }
+        if let Some(bad) = values.iter().find(|v| !is_label_value(v)) {
+            errors.push(format!(
+                "{field}.matchExpressions[{j}].values: {bad:?} is not a valid label value"
+            ));
+        }
         match e.operator.as_str() {
             "In" | "NotIn" if values.is_empty() => errors.push(format!(
                 "{field}.matchExpressions[{j}]: operator {} needs values",
@@ -180,6 +204,40 @@ fn check_selector(selector: &LabelSelector, kind: &str, field: &str, errors: &mu
             )),
         }
     }
+}
+
+/// A label key: an optional DNS-subdomain prefix and `/`, then a name of at most 63
+/// alphanumerics, `-`, `_` and `.`, starting and ending alphanumeric.
+fn is_label_key(key: &str) -> bool {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    let prefix_ok = prefix.is_none_or(|p| {
+        (1..=253).contains(&p.len())
+            && p.split('.').all(|part| {
+                !part.is_empty()
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !part.starts_with('-')
+                    && !part.ends_with('-')
+            })
+    });
+    prefix_ok && !name.is_empty() && is_label_value(name)
+}
+
+/// A label value: empty, or at most 63 alphanumerics, `-`, `_` and `.`, starting and ending
+/// alphanumeric.
+fn is_label_value(value: &str) -> bool {
+    let alnum = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_alphanumeric());
+    value.is_empty()
+        || (value.len() <= 63
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            && alnum(value.as_bytes().first())
+            && alnum(value.as_bytes().last()))
 }
 
 /// Parses a Go-style duration (`1h30m`, `15s`, `250ms`, `1.5h`) as Kubernetes users write them.
@@ -295,6 +353,32 @@ mod tests {
         assert!(err.contains("spec.pricing[0].input"), "{err}");
         assert!(err.contains("spec.thresholds[0]"), "{err}");
         assert!(budget(&budget_spec("limits: {tokens: 5}\nperiod: {timezone: Europe/Berlin}")).is_ok());
+    }
+
+    #[test]
+    fn selector_labels_must_be_valid() {
+        let bad = binding_spec(
+            "budgetRef: {name: b}\nworkloads: [{kind: Deployment, selector: {matchLabels: {'team name': 'research & dev'}}}]",
+        );
+        let err = binding(&bad).unwrap_err().to_string();
+        assert!(err.contains("\"team name\" is not a valid label key"), "{err}");
+        assert!(err.contains("\"research & dev\" is not a valid label value"), "{err}");
+        let good = binding_spec(
+            "budgetRef: {name: b}\nworkloads: [{kind: Deployment, selector: {matchLabels: {app.kubernetes.io/part-of: agents, tier: ''}, matchExpressions: [{key: team, operator: In, values: [research, ml_ops]}]}}]",
+        );
+        assert_eq!(binding(&good), Ok(()));
+        for key in ["a/b/c", "-a", "Example.com/x", "x/", &"k".repeat(64)] {
+            assert!(!is_label_key(key), "{key:?} accepted");
+        }
+        for key in ["a", "example.com/a-b_c.d", "A1"] {
+            assert!(is_label_key(key), "{key:?} rejected");
+        }
+    }
+
+    #[test]
+    fn thresholds_are_unique() {
+        let err = budget(&budget_spec("limits: {tokens: 5}\nthresholds: [80, 50, 80]")).unwrap_err();
+        assert_eq!(err.0, vec!["spec.thresholds[2]: 80 is listed twice"]);
     }
 
     #[test]
