@@ -13,4 +13,5 @@ pub mod controller;
 pub mod crds;
 pub mod http;
 pub mod metrics;
+pub mod usage;
 pub mod validate;

@@ -1,0 +1,1154 @@
+//! Reads token counters out of a scraped metrics body (Prometheus text format 0.0.4 or
+//! OpenMetrics 1.0), following one of the conventions of [`MetricsFormat`].
+//!
+//! Built for speed on large expositions where the token counters are a small part: a line is
+//! looked at only as far as needed to tell that it is not a wanted series (its first byte,
+//! then a prefix compare against the few wanted sample names), with no allocation and no
+//! UTF-8 check. Only the lines of the wanted series are parsed, and those strictly: any defect
+//! there is a [`ParseError`] naming the line, so that bad input never turns into a wrong count.
+//!
+//! Samples are matched by their *sample* name, so a counter works in both text formats
+//! (Prometheus: `# TYPE foo_total counter`, OpenMetrics: `# TYPE foo counter`, and
+//! both expose the sample `foo_total`); `_created` series never match.
+//!
+//! ```
+//! use tokenbudget::api::{MetricsFormat, TokenType};
+//! use tokenbudget::usage::Extractor;
+//!
+//! let body = b"# TYPE vllm:prompt_tokens_total counter\n\
+//!              vllm:prompt_tokens_total{model_name=\"llama\"} 1200.0\n";
+//! let usage = Extractor::new(MetricsFormat::Vllm, &[]).extract(body).unwrap();
+//! assert_eq!(usage.get("llama", TokenType::Input), Some(1200));
+//! ```
+
+use std::collections::BTreeMap;
+
+use memchr::{memchr, memchr2};
+
+use crate::api::{CustomMetric, MetricsEndpoint, MetricsFormat, TokenType};
+
+/// The largest value one series may have (10^15 tokens): anything above is taken as a broken
+/// exporter, not as usage. Below 2^53, so every accepted value is exact in a float.
+pub const MAX_SERIES_VALUE: u64 = 1_000_000_000_000_000;
+
+/// The model that series without a (non-empty) model label count under.
+pub const UNKNOWN_MODEL: &str = "unknown";
+
+/// Why a metrics body could not be read. `line` is 1-based.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {reason}")]
+pub struct ParseError {
+    /// The line of the body, counting from 1.
+    pub line: usize,
+    /// What is wrong with it, for a condition message or an Event.
+    pub reason: String,
+}
+
+/// The token counters of one scrape: per model and token type, the sum of all series' values.
+///
+/// Only (model, type) pairs that some series reported are present (possibly with value 0).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Model -> [input, output].
+    models: BTreeMap<String, [Option<u64>; 2]>,
+}
+
+impl Usage {
+    /// The summed counter of `model` and `token_type`, if any series reported it.
+    pub fn get(&self, model: &str, token_type: TokenType) -> Option<u64> {
+        self.models.get(model).and_then(|v| v[slot(token_type)])
+    }
+
+    /// Every (model, token type, value), ordered by model, then input before output.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, TokenType, u64)> + '_ {
+        self.models.iter().flat_map(|(model, values)| {
+            TokenType::ALL
+                .into_iter()
+                .filter_map(move |t| values[slot(t)].map(|v| (model.as_str(), t, v)))
+        })
+    }
+
+    /// The sum over all models of one token type (saturating).
+    pub fn total(&self, token_type: TokenType) -> u64 {
+        self.models
+            .values()
+            .filter_map(|v| v[slot(token_type)])
+            .fold(0, u64::saturating_add)
+    }
+
+    /// The number of (model, token type) pairs.
+    pub fn len(&self) -> usize {
+        self.models.values().map(|v| v.iter().flatten().count()).sum()
+    }
+
+    /// No series reported anything.
+    pub fn is_empty(&self) -> bool {
+        self.models.is_empty()
+    }
+
+    /// Adds one series' value. Allocates the model name only when it is new.
+    fn add(&mut self, model: &str, token_type: TokenType, value: u64) -> Result<(), String> {
+        if let Some(values) = self.models.get_mut(model) {
+            let v = &mut values[slot(token_type)];
+            let sum = v.unwrap_or(0).checked_add(value).ok_or_else(|| {
+                format!(
+                    "the sum of the {} tokens of model {model:?} overflows",
+                    token_type.as_str()
+                )
+            })?;
+            *v = Some(sum);
+            return Ok(());
+        }
+        let mut values = [None; 2];
+        values[slot(token_type)] = Some(value);
+        self.models.insert(model.to_owned(), values);
+        Ok(())
+    }
+}
+
+fn slot(token_type: TokenType) -> usize {
+    match token_type {
+        TokenType::Input => 0,
+        TokenType::Output => 1,
+    }
+}
+
+/// Where the token type of a series comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TypeSource {
+    /// Every series of the metric has this type.
+    Fixed(TokenType),
+    /// The value of this label, `input` or `output`; series with another value or without
+    /// the label are ignored.
+    Label(String),
+}
+
+/// One wanted sample name and how to read its series.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Rule {
+    /// The exact sample name, e.g. `gen_ai_client_token_usage_sum`.
+    sample: String,
+    /// Labels holding the model, most preferred first; the first present and non-empty wins.
+    model_labels: Vec<String>,
+    token_type: TypeSource,
+}
+
+impl Rule {
+    fn new(sample: &str, model_labels: &[&str], token_type: TypeSource) -> Self {
+        Rule {
+            sample: sample.to_owned(),
+            model_labels: model_labels.iter().map(|l| (*l).to_owned()).collect(),
+            token_type,
+        }
+    }
+}
+
+/// How a line starts, by its first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// A metric name character that starts no wanted sample name, or `{` (a quoted name).
+    Skip,
+    /// The first byte of some wanted sample name.
+    Candidate,
+    /// `#`: HELP, TYPE, UNIT, EOF or another comment.
+    Comment,
+    /// Space, tab or CR: a blank line or leading whitespace.
+    Blank,
+    /// Anything else: not a metrics text line.
+    Bad,
+}
+
+/// Reads the token counters of one metrics format out of metrics bodies. Build it once per
+/// binding spec and reuse it: [`Extractor::extract`] takes `&self`.
+#[derive(Debug, Clone)]
+pub struct Extractor {
+    rules: Vec<Rule>,
+    start: [Start; 256],
+}
+
+const OTEL_MODEL_LABELS: [&str; 2] = ["gen_ai_request_model", "gen_ai_response_model"];
+
+impl Extractor {
+    /// The extractor for `format`. `custom` is read only for [`MetricsFormat::Custom`]: each
+    /// entry matches the sample `metric`, and also `metric_total` unless `metric` already ends
+    /// in `_total` (an OpenMetrics counter family `foo` exposes `foo_total`). An entry with
+    /// neither `tokenType` nor `tokenTypeLabel` is skipped, one with both uses `tokenType`
+    /// (the spec validation rejects both cases); of entries naming the same sample, the first
+    /// wins.
+    pub fn new(format: MetricsFormat, custom: &[CustomMetric]) -> Self {
+        use TokenType::{Input, Output};
+        use TypeSource::{Fixed, Label};
+        let rules = match format {
+            MetricsFormat::OpenTelemetry => vec![
+                Rule::new(
+                    "gen_ai_client_token_usage_sum",
+                    &OTEL_MODEL_LABELS,
+                    Label("gen_ai_token_type".into()),
+                ),
+                Rule::new(
+                    "gen_ai_client_inference_usage_input_tokens_total",
+                    &OTEL_MODEL_LABELS,
+                    Fixed(Input),
+                ),
+                Rule::new(
+                    "gen_ai_client_inference_usage_output_tokens_total",
+                    &OTEL_MODEL_LABELS,
+                    Fixed(Output),
+                ),
+            ],
+            MetricsFormat::Vllm => vec![
+                Rule::new("vllm:prompt_tokens_total", &["model_name"], Fixed(Input)),
+                Rule::new("vllm:generation_tokens_total", &["model_name"], Fixed(Output)),
+            ],
+            MetricsFormat::LiteLlm => vec![
+                Rule::new("litellm_input_tokens_metric_total", &["model"], Fixed(Input)),
+                Rule::new("litellm_output_tokens_metric_total", &["model"], Fixed(Output)),
+            ],
+            MetricsFormat::Custom => {
+                let mut rules: Vec<Rule> = Vec::new();
+                for c in custom.iter().filter(|c| !c.metric.is_empty()) {
+                    let token_type = match (c.token_type, &c.token_type_label) {
+                        (Some(t), _) => Fixed(t),
+                        (None, Some(label)) => Label(label.clone()),
+                        (None, None) => continue,
+                    };
+                    let model_labels: Vec<&str> = c.model_label.as_deref().into_iter().collect();
+                    let mut samples = vec![c.metric.clone()];
+                    if !c.metric.ends_with("_total") {
+                        samples.push(format!("{}_total", c.metric));
+                    }
+                    for sample in samples {
+                        if !rules.iter().any(|r| r.sample == sample) {
+                            rules.push(Rule::new(&sample, &model_labels, token_type.clone()));
+                        }
+                    }
+                }
+                rules
+            }
+        };
+        let mut start = [Start::Bad; 256];
+        for b in 0..=255u8 {
+            start[b as usize] = match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'_' | b':' | b'{' => Start::Skip,
+                b'#' => Start::Comment,
+                b' ' | b'\t' | b'\r' => Start::Blank,
+                _ => Start::Bad,
+            };
+        }
+        for r in &rules {
+            start[r.sample.as_bytes()[0] as usize] = Start::Candidate;
+        }
+        Extractor { rules, start }
+    }
+
+    /// The extractor for a binding's `spec.metrics`.
+    pub fn for_endpoint(endpoint: &MetricsEndpoint) -> Self {
+        Self::new(endpoint.format, endpoint.custom.as_deref().unwrap_or_default())
+    }
+
+    /// The sample names this extractor reads.
+    pub fn samples(&self) -> impl Iterator<Item = &str> + '_ {
+        self.rules.iter().map(|r| r.sample.as_str())
+    }
+
+    /// Sums the wanted series of `body` per (model, token type).
+    ///
+    /// Lines of other metrics are skipped unchecked, except that a line must start like a
+    /// metrics text line (a name character, `{`, `#` or whitespace), so that an HTML page or
+    /// a compressed body is an error rather than "no usage". Reading stops at `# EOF`. A wanted
+    /// series must be well-formed (valid UTF-8, terminated label set, a value, at most a
+    /// timestamp and an exemplar after it) and, when it counts, its value must be an integral
+    /// number in `0..=MAX_SERIES_VALUE`. An empty body is zero usage.
+    pub fn extract(&self, body: &[u8]) -> Result<Usage, ParseError> {
+        let mut usage = Usage::default();
+        let mut scratch = String::new();
+        // A UTF-8 byte order mark is no line content.
+        let mut pos = if body.starts_with(b"\xef\xbb\xbf") { 3 } else { 0 };
+        let mut line_no = 0;
+        while pos < body.len() {
+            line_no += 1;
+            let rest = &body[pos..];
+            let len = memchr(b'\n', rest).unwrap_or(rest.len());
+            pos += len + 1;
+            let mut line = &rest[..len];
+            let mut start = match line.first() {
+                Some(&b) => self.start[b as usize],
+                None => continue,
+            };
+            if start == Start::Blank {
+                line = line.trim_ascii_start();
+                match line.first() {
+                    Some(&b) => start = self.start[b as usize],
+                    None => continue,
+                }
+            }
+            match start {
+                Start::Skip | Start::Blank => continue,
+                Start::Comment => {
+                    if line.trim_ascii_end() == b"# EOF" {
+                        break;
+                    }
+                    continue;
+                }
+                Start::Bad => {
+                    return Err(ParseError {
+                        line: line_no,
+                        reason: format!("byte 0x{:02x} cannot start a metrics line", line[0]),
+                    });
+                }
+                Start::Candidate => {}
+            }
+            let Some(rule) = self.rules.iter().find(|r| names_sample(line, &r.sample)) else {
+                continue;
+            };
+            let err = |reason: String| ParseError { line: line_no, reason };
+            let Some(sample) = parse_series(line, rule).map_err(|e| err(format!("{}: {e}", rule.sample)))? else {
+                continue;
+            };
+            let model = match sample.model {
+                None => UNKNOWN_MODEL,
+                Some(LabelValue { raw, escaped: false }) => raw,
+                Some(LabelValue { raw, escaped: true }) => {
+                    unescape(raw, &mut scratch);
+                    scratch.as_str()
+                }
+            };
+            usage.add(model, sample.token_type, sample.value).map_err(err)?;
+        }
+        Ok(usage)
+    }
+}
+
+/// `line` starts with the sample name `name` followed by a label set, whitespace or its end.
+fn names_sample(line: &[u8], name: &str) -> bool {
+    line.starts_with(name.as_bytes()) && matches!(line.get(name.len()), None | Some(b'{' | b' ' | b'\t' | b'\r'))
+}
+
+/// A label value as written between the quotes, escapes not yet resolved.
+#[derive(Debug, Clone, Copy)]
+struct LabelValue<'a> {
+    raw: &'a str,
+    escaped: bool,
+}
+
+/// A series that counts.
+#[derive(Debug)]
+struct Series<'a> {
+    model: Option<LabelValue<'a>>,
+    token_type: TokenType,
+    value: u64,
+}
+
+fn is_blank(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+/// `[a-zA-Z0-9_]`, the bytes of a label name, as a table: the hottest loop of a counted line.
+static LABEL_NAME_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || c == b'_';
+        b += 1;
+    }
+    t
+};
+
+/// Parses one line of a wanted sample (which `names_sample` accepted). `Ok(None)`: a
+/// well-formed series that does not count (its token type label is missing or neither
+/// `input` nor `output`).
+fn parse_series<'a>(line: &'a [u8], rule: &Rule) -> Result<Option<Series<'a>>, String> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let line = std::str::from_utf8(line).map_err(|e| format!("invalid UTF-8 at byte {}", e.valid_up_to() + 1))?;
+    let b = line.as_bytes();
+    let skip_blanks = |mut pos: usize| {
+        while pos < b.len() && is_blank(b[pos]) {
+            pos += 1;
+        }
+        pos
+    };
+
+    let mut model: Option<(usize, LabelValue)> = None; // (index in rule.model_labels, value)
+    let mut seen_models = 0u64; // bit i: rule.model_labels[i] was seen
+    let mut type_value: Option<LabelValue> = None;
+    let type_label = match &rule.token_type {
+        TypeSource::Label(l) => Some(l.as_str()),
+        TypeSource::Fixed(_) => None,
+    };
+
+    let mut pos = skip_blanks(rule.sample.len());
+    if b.get(pos) == Some(&b'{') {
+        pos += 1;
+        loop {
+            pos = skip_blanks(pos);
+            match b.get(pos) {
+                None => return Err("unterminated label set".into()),
+                Some(b'}') => {
+                    pos += 1;
+                    break;
+                }
+                Some(_) => {}
+            }
+            let name_start = pos;
+            pos += b[pos..]
+                .iter()
+                .position(|&c| !LABEL_NAME_BYTE[c as usize])
+                .unwrap_or(b.len() - pos);
+            if pos == name_start {
+                return Err(format!("expected a label name at column {}", pos + 1));
+            }
+            let name = &line[name_start..pos];
+            pos = skip_blanks(pos);
+            if b.get(pos) != Some(&b'=') {
+                return Err(format!("expected '=' after label {name}"));
+            }
+            pos = skip_blanks(pos + 1);
+            if b.get(pos) != Some(&b'"') {
+                return Err(format!("expected '\"' to open the value of label {name}"));
+            }
+            pos += 1;
+            let value_start = pos;
+            let mut escaped = false;
+            loop {
+                match memchr2(b'"', b'\\', &b[pos..]) {
+                    None => return Err(format!("unterminated value of label {name}")),
+                    Some(i) => {
+                        pos += i;
+                        if b[pos] == b'"' {
+                            break;
+                        }
+                        if pos + 1 >= b.len() {
+                            return Err(format!("unterminated value of label {name}"));
+                        }
+                        escaped = true;
+                        pos += 2;
+                    }
+                }
+            }
+            let value = LabelValue {
+                raw: &line[value_start..pos],
+                escaped,
+            };
+            pos += 1;
+
+            if let Some(i) = rule.model_labels.iter().position(|l| l == name) {
+                if seen_models & (1 << i) != 0 {
+                    return Err(format!("duplicate label {name}"));
+                }
+                seen_models |= 1 << i;
+                if !value.raw.is_empty() && model.is_none_or(|(j, _)| i < j) {
+                    model = Some((i, value));
+                }
+            }
+            if type_label == Some(name) {
+                if type_value.is_some() {
+                    return Err(format!("duplicate label {name}"));
+                }
+                type_value = Some(value);
+            }
+
+            pos = skip_blanks(pos);
+            match b.get(pos) {
+                Some(b',') => pos += 1,
+                Some(b'}') => {
+                    pos += 1;
+                    break;
+                }
+                None => return Err("unterminated label set".into()),
+                Some(_) => return Err(format!("expected ',' or '}}' after the value of label {name}")),
+            }
+        }
+        pos = skip_blanks(pos);
+    }
+
+    let value_start = pos;
+    while pos < b.len() && !is_blank(b[pos]) {
+        pos += 1;
+    }
+    if pos == value_start {
+        return Err("missing value".into());
+    }
+    let value =
+        parse_number(&line[value_start..pos]).ok_or_else(|| format!("invalid value {:?}", &line[value_start..pos]))?;
+
+    pos = skip_blanks(pos);
+    if pos < b.len() && b[pos] != b'#' {
+        let ts_start = pos;
+        while pos < b.len() && !is_blank(b[pos]) {
+            pos += 1;
+        }
+        let ts = &line[ts_start..pos];
+        if parse_number(ts).is_none_or(|t| !t.is_finite()) {
+            return Err(format!("invalid timestamp {ts:?}"));
+        }
+        pos = skip_blanks(pos);
+        if pos < b.len() && b[pos] != b'#' {
+            return Err(format!("unexpected text after the timestamp at column {}", pos + 1));
+        }
+    }
+    // Anything from '#' on is an OpenMetrics exemplar: not ours to check.
+
+    let token_type = match &rule.token_type {
+        TypeSource::Fixed(t) => *t,
+        TypeSource::Label(_) => match type_value.map(|v| v.raw) {
+            Some("input") => TokenType::Input,
+            Some("output") => TokenType::Output,
+            _ => return Ok(None),
+        },
+    };
+    let value = counter_value(value)?;
+    Ok(Some(Series {
+        model: model.map(|(_, v)| v),
+        token_type,
+        value,
+    }))
+}
+
+/// A Prometheus float: plain digits quickly, everything else (`1.5e3`, `+Inf`, `NaN`, ...)
+/// through the standard float parser, which takes the same spellings, case-insensitively.
+fn parse_number(s: &str) -> Option<f64> {
+    let b = s.as_bytes();
+    if !b.is_empty() && b.len() <= 15 && b.iter().all(u8::is_ascii_digit) {
+        let n = b.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        return Some(n as f64); // < 10^15: exact
+    }
+    s.parse().ok()
+}
+
+/// A counter value as a token count, or why it cannot be one.
+fn counter_value(v: f64) -> Result<u64, String> {
+    if v.is_nan() {
+        Err("value is NaN".into())
+    } else if v.is_infinite() {
+        Err(format!("value is {}Inf", if v > 0.0 { "+" } else { "-" }))
+    } else if v < 0.0 {
+        Err(format!("value {v} is negative"))
+    } else if v > MAX_SERIES_VALUE as f64 {
+        Err(format!("value {v:e} is above the limit of 1e15 tokens per series"))
+    } else if v.fract() != 0.0 {
+        Err(format!("value {v} is not a whole number of tokens"))
+    } else {
+        Ok(v as u64)
+    }
+}
+
+/// Resolves the escapes of a label value (`\\`, `\"`, `\n`) into `out`. An unknown escape is
+/// kept as written.
+fn unescape(raw: &str, out: &mut String) {
+    out.clear();
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('\\') => out.push('\\'),
+            Some('"') => out.push('"'),
+            Some(other) => {
+                out.push('\\');
+                out.push(other);
+            }
+            None => out.push('\\'),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use TokenType::{Input, Output};
+
+    fn otel() -> Extractor {
+        Extractor::new(MetricsFormat::OpenTelemetry, &[])
+    }
+
+    fn extract(x: &Extractor, body: &str) -> Usage {
+        x.extract(body.as_bytes()).unwrap_or_else(|e| panic!("{e}\n{body}"))
+    }
+
+    fn pairs(u: &Usage) -> Vec<(String, TokenType, u64)> {
+        u.iter().map(|(m, t, v)| (m.to_owned(), t, v)).collect()
+    }
+
+    fn p(model: &str, t: TokenType, v: u64) -> (String, TokenType, u64) {
+        (model.to_owned(), t, v)
+    }
+
+    fn error(x: &Extractor, body: &[u8]) -> ParseError {
+        match x.extract(body) {
+            Ok(u) => panic!("expected an error, got {u:?} for {:?}", String::from_utf8_lossy(body)),
+            Err(e) => e,
+        }
+    }
+
+    /// The OpenTelemetry Python instrumentation for OpenAI, exported by the Prometheus exporter.
+    const OTEL_HISTOGRAM: &str = r#"# HELP python_gc_objects_collected_total Objects collected during gc
+# TYPE python_gc_objects_collected_total counter
+python_gc_objects_collected_total{generation="0"} 1289.0
+# HELP gen_ai_client_token_usage Measures number of input and output tokens used
+# TYPE gen_ai_client_token_usage histogram
+gen_ai_client_token_usage_bucket{gen_ai_operation_name="chat",gen_ai_request_model="gpt-4o-mini",gen_ai_response_model="gpt-4o-mini-2024-07-18",gen_ai_system="openai",gen_ai_token_type="input",server_address="api.openai.com",le="1.0"} 0
+gen_ai_client_token_usage_bucket{gen_ai_operation_name="chat",gen_ai_request_model="gpt-4o-mini",gen_ai_response_model="gpt-4o-mini-2024-07-18",gen_ai_system="openai",gen_ai_token_type="input",server_address="api.openai.com",le="1024.0"} 2
+gen_ai_client_token_usage_bucket{gen_ai_operation_name="chat",gen_ai_request_model="gpt-4o-mini",gen_ai_response_model="gpt-4o-mini-2024-07-18",gen_ai_system="openai",gen_ai_token_type="input",server_address="api.openai.com",le="+Inf"} 3
+gen_ai_client_token_usage_count{gen_ai_operation_name="chat",gen_ai_request_model="gpt-4o-mini",gen_ai_response_model="gpt-4o-mini-2024-07-18",gen_ai_system="openai",gen_ai_token_type="input",server_address="api.openai.com"} 3
+gen_ai_client_token_usage_sum{gen_ai_operation_name="chat",gen_ai_request_model="gpt-4o-mini",gen_ai_response_model="gpt-4o-mini-2024-07-18",gen_ai_system="openai",gen_ai_token_type="input",server_address="api.openai.com"} 1500
+gen_ai_client_token_usage_bucket{gen_ai_operation_name="chat",gen_ai_request_model="gpt-4o-mini",gen_ai_response_model="gpt-4o-mini-2024-07-18",gen_ai_system="openai",gen_ai_token_type="output",server_address="api.openai.com",le="+Inf"} 3
+gen_ai_client_token_usage_count{gen_ai_operation_name="chat",gen_ai_request_model="gpt-4o-mini",gen_ai_response_model="gpt-4o-mini-2024-07-18",gen_ai_system="openai",gen_ai_token_type="output",server_address="api.openai.com"} 3
+gen_ai_client_token_usage_sum{gen_ai_operation_name="chat",gen_ai_request_model="gpt-4o-mini",gen_ai_response_model="gpt-4o-mini-2024-07-18",gen_ai_system="openai",gen_ai_token_type="output",server_address="api.openai.com"} 420
+gen_ai_client_token_usage_sum{gen_ai_operation_name="chat",gen_ai_request_model="gpt-4o-mini",gen_ai_response_model="gpt-4o-mini-2024-07-18",gen_ai_system="openai",gen_ai_token_type="total",server_address="api.openai.com"} 1920
+gen_ai_client_token_usage_sum{gen_ai_operation_name="embeddings",gen_ai_request_model="gpt-4o-mini",gen_ai_system="openai",gen_ai_token_type="input",server_address="api.openai.com"} 80
+gen_ai_client_token_usage_sum{gen_ai_operation_name="chat",gen_ai_response_model="claude-3-5-haiku-20241022",gen_ai_system="anthropic",gen_ai_token_type="input"} 1.2e+06
+gen_ai_client_token_usage_sum{gen_ai_operation_name="chat",gen_ai_request_model="",gen_ai_system="anthropic",gen_ai_token_type="output"} 7
+gen_ai_client_token_usage_sum{gen_ai_operation_name="chat",gen_ai_token_type="output"} 5
+gen_ai_client_token_usage_sum{gen_ai_request_model="gpt-4o",gen_ai_token_type="cached_input"} 999
+# HELP gen_ai_client_operation_duration_seconds GenAI operation duration
+# TYPE gen_ai_client_operation_duration_seconds histogram
+gen_ai_client_operation_duration_seconds_sum{gen_ai_request_model="gpt-4o-mini"} 4.75
+"#;
+
+    #[test]
+    fn opentelemetry_histogram_reads_sum_only() {
+        let u = extract(&otel(), OTEL_HISTOGRAM);
+        assert_eq!(
+            pairs(&u),
+            vec![
+                p("claude-3-5-haiku-20241022", Input, 1_200_000),
+                p("gpt-4o-mini", Input, 1580),
+                p("gpt-4o-mini", Output, 420),
+                p(UNKNOWN_MODEL, Output, 12),
+            ]
+        );
+        assert_eq!(u.total(Input), 1_201_580);
+        assert_eq!(u.len(), 4);
+        assert_eq!(u.get("gpt-4o", Input), None);
+    }
+
+    #[test]
+    fn opentelemetry_counters() {
+        let body = "# HELP gen_ai_client_inference_usage_input_tokens_total Input tokens\n\
+                    # TYPE gen_ai_client_inference_usage_input_tokens_total counter\n\
+                    gen_ai_client_inference_usage_input_tokens_total{gen_ai_request_model=\"llama3.1\",gen_ai_system=\"ollama\"} 500\n\
+                    gen_ai_client_inference_usage_input_tokens_total{gen_ai_response_model=\"llama3.1\",gen_ai_token_type=\"output\"} 25\n\
+                    # TYPE gen_ai_client_inference_usage_output_tokens_total counter\n\
+                    gen_ai_client_inference_usage_output_tokens_total{gen_ai_request_model=\"llama3.1\"} 60\n\
+                    gen_ai_client_inference_usage_output_tokens_created{gen_ai_request_model=\"llama3.1\"} 1.7e9\n";
+        let u = extract(&otel(), body);
+        assert_eq!(pairs(&u), vec![p("llama3.1", Input, 525), p("llama3.1", Output, 60)]);
+    }
+
+    /// vLLM 0.6-style output of prometheus_client (with `_created` series).
+    const VLLM: &str = r#"# HELP vllm:num_requests_running Number of requests currently running on GPU.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct"} 0.0
+# HELP vllm:prompt_tokens_total Number of prefill tokens processed.
+# TYPE vllm:prompt_tokens_total counter
+vllm:prompt_tokens_total{engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct"} 12345.0
+vllm:prompt_tokens_total{engine="1",model_name="meta-llama/Llama-3.1-8B-Instruct"} 5.0
+vllm:prompt_tokens_created{engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct"} 1.7301234567e+09
+# HELP vllm:generation_tokens_total Number of generation tokens processed.
+# TYPE vllm:generation_tokens_total counter
+vllm:generation_tokens_total{engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct"} 6789.0
+# HELP vllm:request_prompt_tokens Number of prefill tokens processed.
+# TYPE vllm:request_prompt_tokens histogram
+vllm:request_prompt_tokens_bucket{engine="0",le="1.0",model_name="meta-llama/Llama-3.1-8B-Instruct"} 0.0
+vllm:request_prompt_tokens_sum{engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct"} 12345.0
+# HELP vllm:e2e_request_latency_seconds Histogram of end to end request latency in seconds.
+# TYPE vllm:e2e_request_latency_seconds histogram
+vllm:e2e_request_latency_seconds_sum{engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct"} 81.25
+vllm:gpu_cache_usage_perc{engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct"} NaN
+"#;
+
+    #[test]
+    fn vllm() {
+        let u = extract(&Extractor::new(MetricsFormat::Vllm, &[]), VLLM);
+        let m = "meta-llama/Llama-3.1-8B-Instruct";
+        assert_eq!(pairs(&u), vec![p(m, Input, 12350), p(m, Output, 6789)]);
+        // The other formats find nothing here.
+        assert!(extract(&otel(), VLLM).is_empty());
+    }
+
+    #[test]
+    fn litellm() {
+        let body = r#"# HELP litellm_input_tokens_metric_total Total number of input tokens from LLM requests
+# TYPE litellm_input_tokens_metric_total counter
+litellm_input_tokens_metric_total{api_key_alias="None",end_user="None",hashed_api_key="88dc28d0f030c55ed4ab77ed8faf098196cb1c05df778539800c9f1243fe6b4b",model="gpt-4o",model_id="b2f1",requested_model="gpt-4o",team="None",team_alias="None",user="None"} 1000.0
+litellm_input_tokens_metric_total{api_key_alias="prod",end_user="None",hashed_api_key="aa",model="gpt-4o",model_id="b2f1",requested_model="gpt-4o",team="t1",team_alias="None",user="None"} 24.0
+litellm_input_tokens_metric_created{api_key_alias="None",model="gpt-4o"} 1.7307e+09
+# HELP litellm_output_tokens_metric_total Total number of output tokens from LLM requests
+# TYPE litellm_output_tokens_metric_total counter
+litellm_output_tokens_metric_total{api_key_alias="None",model="gpt-4o",requested_model="gpt-4o"} 200.0
+# HELP litellm_total_tokens_metric_total Total number of input + output tokens from LLM requests
+# TYPE litellm_total_tokens_metric_total counter
+litellm_total_tokens_metric_total{api_key_alias="None",model="gpt-4o"} 1224.0
+litellm_spend_metric_total{model="gpt-4o"} 0.0123
+"#;
+        let u = extract(&Extractor::new(MetricsFormat::LiteLlm, &[]), body);
+        assert_eq!(pairs(&u), vec![p("gpt-4o", Input, 1024), p("gpt-4o", Output, 200)]);
+    }
+
+    fn custom(metric: &str, token_type: Option<TokenType>, label: Option<&str>, model: Option<&str>) -> CustomMetric {
+        CustomMetric {
+            metric: metric.into(),
+            token_type,
+            token_type_label: label.map(Into::into),
+            model_label: model.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn custom_both_entry_forms() {
+        let x = Extractor::new(
+            MetricsFormat::Custom,
+            &[
+                custom("my_tokens_total", Some(Input), None, Some("model")),
+                custom("my_llm_tokens", None, Some("kind"), Some("llm")),
+            ],
+        );
+        assert_eq!(
+            x.samples().collect::<Vec<_>>(),
+            ["my_tokens_total", "my_llm_tokens", "my_llm_tokens_total"]
+        );
+        // Prometheus text for the first, OpenMetrics (family without _total) for the second.
+        let body = "# TYPE my_tokens_total counter\n\
+                    my_tokens_total{model=\"a\"} 5\n\
+                    my_tokens_total 3\n\
+                    my_tokens_created 1.7e9\n\
+                    # TYPE my_llm_tokens counter\n\
+                    my_llm_tokens_total{kind=\"output\",llm=\"a\"} 7\n\
+                    my_llm_tokens_total{kind=\"input\",llm=\"b\"} 11\n\
+                    my_llm_tokens_total{kind=\"cached\",llm=\"a\"} 1000\n\
+                    my_llm_tokens_total{llm=\"a\"} 1000\n\
+                    my_llm_tokens_created{kind=\"output\",llm=\"a\"} 1.7e9\n\
+                    my_llm_tokens_seconds 1.5\n\
+                    # EOF\n";
+        let u = extract(&x, body);
+        assert_eq!(
+            pairs(&u),
+            vec![
+                p("a", Input, 5),
+                p("a", Output, 7),
+                p("b", Input, 11),
+                p(UNKNOWN_MODEL, Input, 3)
+            ]
+        );
+        // A gauge-style custom metric without _total is read as written too.
+        let u = extract(&x, "my_llm_tokens{kind=\"input\"} 4\n");
+        assert_eq!(pairs(&u), vec![p(UNKNOWN_MODEL, Input, 4)]);
+    }
+
+    #[test]
+    fn custom_entries_first_wins_and_invalid_skipped() {
+        let x = Extractor::new(
+            MetricsFormat::Custom,
+            &[
+                custom("t_total", Some(Output), None, None),
+                custom("t_total", Some(Input), None, None),
+                custom("u_total", None, None, None),
+                custom("", Some(Input), None, None),
+            ],
+        );
+        assert_eq!(x.samples().collect::<Vec<_>>(), ["t_total"]);
+        assert_eq!(
+            pairs(&extract(&x, "t_total 2\nu_total 3\n")),
+            vec![p(UNKNOWN_MODEL, Output, 2)]
+        );
+        // Custom entries mean nothing to other formats.
+        let v = Extractor::new(MetricsFormat::Vllm, &[custom("t_total", Some(Input), None, None)]);
+        assert!(extract(&v, "t_total 2\n").is_empty());
+    }
+
+    #[test]
+    fn custom_type_label_may_also_be_the_model_label() {
+        let x = Extractor::new(MetricsFormat::Custom, &[custom("k_total", None, Some("k"), Some("k"))]);
+        let u = extract(&x, "k_total{k=\"input\"} 2\nk_total{k=\"gpt\"} 3\n");
+        assert_eq!(pairs(&u), vec![p("input", Input, 2)]);
+    }
+
+    #[test]
+    fn for_endpoint_reads_format_and_custom() {
+        let endpoint = MetricsEndpoint {
+            format: MetricsFormat::Custom,
+            custom: Some(vec![custom("c_total", Some(Output), None, Some("m"))]),
+            ..MetricsEndpoint::default()
+        };
+        let u = extract(&Extractor::for_endpoint(&endpoint), "c_total{m=\"x\"} 9\n");
+        assert_eq!(pairs(&u), vec![p("x", Output, 9)]);
+        let default = Extractor::for_endpoint(&MetricsEndpoint::default());
+        assert_eq!(default.samples().count(), 3);
+    }
+
+    #[test]
+    fn openmetrics_with_exemplars_created_and_eof() {
+        let body = "# TYPE gen_ai_client_inference_usage_input_tokens counter\n\
+                    # UNIT gen_ai_client_inference_usage_input_tokens tokens\n\
+                    # HELP gen_ai_client_inference_usage_input_tokens Input tokens.\n\
+                    gen_ai_client_inference_usage_input_tokens_total{gen_ai_request_model=\"m\"} 17.0 1520879607.789 # {trace_id=\"KOO5S4vxi0o\"} 0.67 1520879602.890\n\
+                    gen_ai_client_inference_usage_input_tokens_total{gen_ai_request_model=\"n\"} 3 # {trace_id=\"x\"} 1.0\n\
+                    gen_ai_client_inference_usage_input_tokens_created{gen_ai_request_model=\"m\"} 1520430000.123\n\
+                    # TYPE gen_ai_client_token_usage histogram\n\
+                    gen_ai_client_token_usage_bucket{gen_ai_request_model=\"m\",gen_ai_token_type=\"output\",le=\"+Inf\"} 2 # {span_id=\"a\"} 9\n\
+                    gen_ai_client_token_usage_sum{gen_ai_request_model=\"m\",gen_ai_token_type=\"output\"} 12.0\n\
+                    gen_ai_client_token_usage_created{gen_ai_request_model=\"m\",gen_ai_token_type=\"output\"} 1520430000.123\n\
+                    # EOF\n\
+                    gen_ai_client_inference_usage_input_tokens_total{gen_ai_request_model=\"m\"} NaN\n\
+                    \x01 garbage after EOF is not read\n";
+        let u = extract(&otel(), body);
+        assert_eq!(pairs(&u), vec![p("m", Input, 17), p("m", Output, 12), p("n", Input, 3)]);
+    }
+
+    #[test]
+    fn crlf_blank_lines_timestamps_and_spacing() {
+        let body = "# TYPE vllm:prompt_tokens_total counter\r\n\
+                    \r\n\
+                    vllm:prompt_tokens_total{model_name=\"a\"} 10 1712345678901\r\n\
+                    \t\r\n\
+                    \x20 vllm:prompt_tokens_total { model_name = \"a\" , engine=\"1\" , } \t 5\t-1712345678901 \r\n\
+                    vllm:prompt_tokens_total{model_name=\"a\"}7\r\n\
+                    vllm:generation_tokens_total 1e3\r\n\
+                    vllm:generation_tokens_total{} 2\r\n\
+                    vllm:generation_tokens_total{model_name=\"\"} 2";
+        let u = extract(&Extractor::new(MetricsFormat::Vllm, &[]), body);
+        assert_eq!(pairs(&u), vec![p("a", Input, 22), p(UNKNOWN_MODEL, Output, 1004)]);
+    }
+
+    #[test]
+    fn escaped_label_values_and_label_order() {
+        let body = r#"litellm_input_tokens_metric_total{user="a\"b",model="my \"quoted\" \\ model\nline2",team="x,y}"} 4
+litellm_input_tokens_metric_total{team="}",model="my \"quoted\" \\ model\nline2"} 6
+litellm_output_tokens_metric_total{model="caf\u00e9 ü",x="\\"} 1
+"#;
+        let u = extract(&Extractor::new(MetricsFormat::LiteLlm, &[]), body);
+        assert_eq!(
+            pairs(&u),
+            vec![
+                p("caf\\u00e9 ü", Output, 1),
+                p("my \"quoted\" \\ model\nline2", Input, 10)
+            ]
+        );
+    }
+
+    #[test]
+    fn model_label_preference() {
+        // Request model wins over response model, whatever the order; an empty one is absent.
+        let body = "gen_ai_client_token_usage_sum{gen_ai_response_model=\"r\",gen_ai_token_type=\"input\",gen_ai_request_model=\"q\"} 1\n\
+                    gen_ai_client_token_usage_sum{gen_ai_request_model=\"q\",gen_ai_response_model=\"r\",gen_ai_token_type=\"input\"} 2\n\
+                    gen_ai_client_token_usage_sum{gen_ai_request_model=\"\",gen_ai_response_model=\"r\",gen_ai_token_type=\"input\"} 4\n";
+        assert_eq!(pairs(&extract(&otel(), body)), vec![p("q", Input, 3), p("r", Input, 4)]);
+    }
+
+    #[test]
+    fn value_spellings() {
+        let x = Extractor::new(MetricsFormat::LiteLlm, &[]);
+        for (text, want) in [
+            ("0", 0),
+            ("-0", 0),
+            ("+12", 12),
+            ("12.0", 12),
+            ("1.5e1", 15),
+            ("1E3", 1000),
+            ("1000000000000000", MAX_SERIES_VALUE),
+            ("1e15", MAX_SERIES_VALUE),
+            ("999999999999999", 999_999_999_999_999),
+            ("0000000000000000000000042", 42),
+        ] {
+            let u = extract(&x, &format!("litellm_input_tokens_metric_total {text}\n"));
+            assert_eq!(u.get(UNKNOWN_MODEL, Input), Some(want), "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_values_in_token_lines() {
+        let x = Extractor::new(MetricsFormat::LiteLlm, &[]);
+        for (text, reason) in [
+            ("NaN", "value is NaN"),
+            ("nan", "value is NaN"),
+            ("+Inf", "value is +Inf"),
+            ("-Inf", "value is -Inf"),
+            ("Inf", "value is +Inf"),
+            ("-1", "value -1 is negative"),
+            ("-0.5", "negative"),
+            ("1e30", "above the limit"),
+            ("1000000000000001", "above the limit"),
+            ("1.5", "value 1.5 is not a whole number"),
+            ("12abc", "invalid value \"12abc\""),
+            ("0x10", "invalid value"),
+            ("", "missing value"),
+        ] {
+            let body =
+                format!("# TYPE x counter\nx_total 1\nlitellm_input_tokens_metric_total{{model=\"m\"}} {text}\n");
+            let e = error(&x, body.as_bytes());
+            assert_eq!(e.line, 3, "{text}: {e}");
+            assert!(e.reason.contains(reason), "{text}: {e}");
+            assert!(e.reason.starts_with("litellm_input_tokens_metric_total: "), "{e}");
+        }
+        let e = error(&x, b"litellm_input_tokens_metric_total\n");
+        assert_eq!(
+            (e.line, e.reason.as_str()),
+            (1, "litellm_input_tokens_metric_total: missing value")
+        );
+        assert_eq!(
+            e.to_string(),
+            "line 1: litellm_input_tokens_metric_total: missing value"
+        );
+    }
+
+    #[test]
+    fn ignored_series_are_checked_for_syntax_only() {
+        // The total series does not count: its NaN is no error, but a broken line is.
+        let ok = "gen_ai_client_token_usage_sum{gen_ai_token_type=\"total\"} NaN\n\
+                  gen_ai_client_token_usage_sum{gen_ai_token_type=\"total\"} -5\n";
+        assert!(extract(&otel(), ok).is_empty());
+        let e = error(
+            &otel(),
+            b"gen_ai_client_token_usage_sum{gen_ai_token_type=\"total\"} abc\n",
+        );
+        assert!(e.reason.contains("invalid value"), "{e}");
+    }
+
+    #[test]
+    fn malformed_token_lines() {
+        let x = Extractor::new(MetricsFormat::Vllm, &[]);
+        for (line, reason) in [
+            (
+                &b"vllm:prompt_tokens_total{model_name=\"a\" 5"[..],
+                "expected ',' or '}'",
+            ),
+            (b"vllm:prompt_tokens_total{model_name=\"a\",", "unterminated label set"),
+            (b"vllm:prompt_tokens_total{", "unterminated label set"),
+            (
+                b"vllm:prompt_tokens_total{model_name=\"a} 5",
+                "unterminated value of label model_name",
+            ),
+            (b"vllm:prompt_tokens_total{model_name=\"a\\", "unterminated value"),
+            (b"vllm:prompt_tokens_total{model_name=a} 5", "expected '\"'"),
+            (
+                b"vllm:prompt_tokens_total{model_name} 5",
+                "expected '=' after label model_name",
+            ),
+            (
+                b"vllm:prompt_tokens_total{=\"a\"} 5",
+                "expected a label name at column 26",
+            ),
+            (b"vllm:prompt_tokens_total{,} 5", "expected a label name at column 26"),
+            (b"vllm:prompt_tokens_total{model_name=\"a\"}", "missing value"),
+            (b"vllm:prompt_tokens_total{model_name=\"a\"} ", "missing value"),
+            (
+                b"vllm:prompt_tokens_total{model_name=\"a\"} 5 12:00",
+                "invalid timestamp",
+            ),
+            (
+                b"vllm:prompt_tokens_total{model_name=\"a\"} 5 1 2",
+                "unexpected text after the timestamp",
+            ),
+            (
+                b"vllm:prompt_tokens_total{model_name=\"a\",model_name=\"b\"} 5",
+                "duplicate label model_name",
+            ),
+            (
+                b"vllm:prompt_tokens_total{model_name=\"\xff\"} 5",
+                "invalid UTF-8 at byte 38",
+            ),
+            (b"vllm:prompt_tokens_total \xc3\x28", "invalid UTF-8"),
+            (b"vllm:prompt_tokens_total{model_name=\"a\"} 5\x00", "invalid value"),
+        ] {
+            let mut body = b"vllm:num_requests_running 1\n".to_vec();
+            body.extend_from_slice(line);
+            body.extend_from_slice(b"\nvllm:prompt_tokens_total 1\n");
+            let e = error(&x, &body);
+            assert_eq!(e.line, 2, "{e}");
+            assert!(e.reason.contains(reason), "{:?}: {e}", String::from_utf8_lossy(line));
+        }
+    }
+
+    #[test]
+    fn garbage_bytes() {
+        let x = otel();
+        let e = error(&x, b"up 1\n\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\n");
+        assert_eq!(e.line, 2);
+        assert!(e.reason.contains("0x1f"), "{e}");
+        let e = error(&x, b"<html><body>502 Bad Gateway</body></html>\n");
+        assert_eq!(e.line, 1);
+        assert!(error(&x, "up 1\n\u{feff}up 1\n".as_bytes()).reason.contains("0xef"));
+        // ... but a byte order mark at the very start is fine.
+        let bom = "\u{feff}gen_ai_client_token_usage_sum{gen_ai_token_type=\"input\"} 2\n";
+        assert_eq!(pairs(&extract(&x, bom)), vec![p(UNKNOWN_MODEL, Input, 2)]);
+        // Invalid UTF-8 and garbage inside irrelevant lines are skipped unchecked.
+        let body = b"http_requests_total{path=\"/\xff\xfe\"} 1\nfoo{{{\x00\x01 NaN NaN\n{\"utf8.name\"} 3\n\
+                     gen_ai_client_token_usage_sum_x\xff 1\n\
+                     gen_ai_client_token_usage_sum{gen_ai_token_type=\"input\"} 2\n";
+        assert_eq!(pairs(&x.extract(body).unwrap()), vec![p(UNKNOWN_MODEL, Input, 2)]);
+    }
+
+    #[test]
+    fn irrelevant_families_are_not_validated() {
+        let body = "# HELP http_request_duration_seconds x\n\
+                    # TYPE http_request_duration_seconds histogram\n\
+                    http_request_duration_seconds_sum{path=\"/\"} NaN\n\
+                    http_request_duration_seconds_count{path=\"/\"} -Inf\n\
+                    gen_ai_client_token_usage_count{gen_ai_token_type=\"input\"} NaN\n\
+                    gen_ai_client_token_usage_bucket{gen_ai_token_type=\"input\",le=\"+Inf\"} 1.5\n\
+                    go_memstats_alloc_bytes 1.2e+30\n\
+                    process_start_time_seconds{unterminated=\"\n";
+        assert!(extract(&otel(), body).is_empty());
+    }
+
+    #[test]
+    fn empty_and_comment_only_bodies() {
+        for body in [
+            "",
+            "\n",
+            "\r\n\r\n",
+            "# EOF\n",
+            "# HELP x y\n# TYPE x counter\n",
+            "   \n\t\n",
+        ] {
+            let u = extract(&otel(), body);
+            assert!(u.is_empty() && u.iter().count() == 0 && u.total(Input) == 0, "{body:?}");
+            assert_eq!(u.len(), 0);
+        }
+    }
+
+    #[test]
+    fn many_irrelevant_series() {
+        let mut body = String::new();
+        for i in 0..10_000 {
+            body.push_str(&format!(
+                "http_server_request_duration_seconds_bucket{{method=\"GET\",route=\"/r/{i}\",le=\"0.5\"}} {i}\n"
+            ));
+            if i % 1000 == 0 {
+                body.push_str(&format!(
+                    "gen_ai_client_token_usage_sum{{gen_ai_request_model=\"m{}\",gen_ai_token_type=\"output\"}} {i}\n",
+                    i % 3
+                ));
+            }
+        }
+        let u = extract(&otel(), &body);
+        assert_eq!(
+            pairs(&u),
+            vec![p("m0", Output, 18000), p("m1", Output, 12000), p("m2", Output, 15000)]
+        );
+        // Line numbers count every line.
+        body.push_str("vllm_x 1\ngen_ai_client_token_usage_sum{gen_ai_token_type=\"input\"} NaN\n");
+        assert_eq!(error(&otel(), body.as_bytes()).line, 10_012);
+    }
+
+    #[test]
+    fn sums_overflowing_u64_are_an_error() {
+        let line = "litellm_input_tokens_metric_total{model=\"m\"} 1e15\n";
+        let body = line.repeat(18_447);
+        let e = error(&Extractor::new(MetricsFormat::LiteLlm, &[]), body.as_bytes());
+        assert_eq!(e.line, 18_447);
+        assert!(e.reason.contains("overflows"), "{e}");
+    }
+
+    #[test]
+    fn unescape_rules() {
+        let mut s = String::new();
+        for (raw, want) in [
+            (r"plain", "plain"),
+            (r#"a\"b"#, "a\"b"),
+            (r"a\\b", "a\\b"),
+            (r"a\nb", "a\nb"),
+            (r"a\tb", "a\\tb"),
+            (r"end\", "end\\"),
+        ] {
+            unescape(raw, &mut s);
+            assert_eq!(s, want);
+        }
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// One series: model index (3 = no model label), token type (2 = "total"), value.
+        fn series() -> impl Strategy<Value = (usize, usize, u32)> {
+            (0usize..4, 0usize..3, any::<u32>())
+        }
+
+        /// Renders a series with the wanted labels, some extra ones, in a random order, with
+        /// random blanks, trailing comma, timestamp, exemplar and line ending.
+        fn render((model, ty, value): (usize, usize, u32), order: &[usize], extras: usize, style: u8) -> String {
+            let blank = |bit: u8| if style & bit != 0 { " \t" } else { "" };
+            let mut labels = Vec::new();
+            if model < 3 {
+                labels.push(format!("gen_ai_request_model{}={}\"m{model}\"", blank(1), blank(2)));
+            }
+            labels.push(format!("gen_ai_token_type=\"{}\"", ["input", "output", "total"][ty]));
+            for e in 0..extras {
+                labels.push(format!("x{e}=\"v\\\"{e}\\\\,}}\""));
+            }
+            let mut ordered: Vec<&String> = Vec::new();
+            for &i in order.iter().take(labels.len()) {
+                let l = &labels[i % labels.len()];
+                if !ordered.contains(&l) {
+                    ordered.push(l);
+                }
+            }
+            for l in &labels {
+                if !ordered.contains(&l) {
+                    ordered.push(l);
+                }
+            }
+            let sep = format!("{},{}", blank(4), blank(8));
+            let mut line = format!(
+                "gen_ai_client_token_usage_sum{}{{{}{}{}}}",
+                blank(16),
+                blank(32),
+                ordered.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(&sep),
+                if style & 64 != 0 { "," } else { "" },
+            );
+            line.push_str(&format!(" {value}"));
+            if style & 128 != 0 {
+                line.push_str(" 1712345678901 # {trace_id=\"t\"} 1.0");
+            }
+            line.push_str(if style & 1 != 0 { "\r\n" } else { "\n" });
+            line
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(200))]
+
+            #[test]
+            fn layout_never_changes_the_sums(
+                all in proptest::collection::vec(
+                    (series(), proptest::collection::vec(0usize..8, 8), 0usize..4, any::<u8>()),
+                    0..40,
+                )
+            ) {
+                let mut body = String::from("# TYPE gen_ai_client_token_usage histogram\n");
+                let mut want: BTreeMap<(String, usize), u64> = BTreeMap::new();
+                for (s, order, extras, style) in &all {
+                    body.push_str(&render(*s, order, *extras, *style));
+                    body.push_str("http_requests_total{code=\"200\"} NaN\n");
+                    let (model, ty, value) = *s;
+                    if ty < 2 {
+                        let m = if model < 3 { format!("m{model}") } else { UNKNOWN_MODEL.to_owned() };
+                        *want.entry((m, ty)).or_default() += u64::from(value);
+                    }
+                }
+                let got = otel().extract(body.as_bytes()).map_err(|e| TestCaseError::fail(format!("{e}\n{body}")))?;
+                let got: BTreeMap<(String, usize), u64> =
+                    got.iter().map(|(m, t, v)| ((m.to_owned(), slot(t)), v)).collect();
+                prop_assert_eq!(got, want);
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic(
+                body in proptest::collection::vec(any::<u8>(), 0..400),
+                cut in 0usize..1000,
+            ) {
+                let _ = otel().extract(&body);
+                // Also a valid body cut and spliced with noise.
+                let mut valid = OTEL_HISTOGRAM.as_bytes().to_vec();
+                let at = cut.min(valid.len());
+                valid.splice(at..at, body.iter().copied());
+                let _ = otel().extract(&valid);
+                let _ = otel().extract(&valid[..at]);
+            }
+        }
+    }
+}
