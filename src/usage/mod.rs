@@ -2,7 +2,9 @@
 //!
 //! - [`parse`]: reads the token counters out of one scraped metrics body (Prometheus text
 //!   format or OpenMetrics), for the metric conventions a binding names.
+//! - [`scrape`]: fetches one pod's endpoint with deadlines, a size cap and a concurrency cap.
 
 pub mod parse;
+pub mod scrape;
 
 pub use parse::{Extractor, MAX_SERIES_VALUE, ParseError, UNKNOWN_MODEL, Usage};
