@@ -8,6 +8,7 @@
 pub mod binding;
 pub mod budget;
 pub mod conditions;
+pub mod workloads;
 
 use std::{
     collections::HashMap,

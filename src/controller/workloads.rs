@@ -1,0 +1,415 @@
+//! Which pods a binding charges to its budget, and where to scrape them. Pure: it reads
+//! snapshots of the reflector stores (or fixtures in tests), never the API.
+//!
+//! Deployments own ReplicaSets which own pods; StatefulSets and Jobs own pods; CronJobs own
+//! Jobs. Ownership is followed through controller ownerReferences by uid, so a pod is only
+//! ever charged through the workload that really controls it, never through a name or label
+//! that happens to match.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, ReplicaSet, StatefulSet},
+        batch::v1::{CronJob, Job},
+        core::v1::Pod,
+    },
+    apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
+};
+use kube::{Resource, ResourceExt};
+
+use crate::api::{BudgetBindingSpec, WorkloadKind};
+
+/// A snapshot of the workload objects of one namespace.
+#[derive(Default, Clone)]
+pub struct Snapshot {
+    pub deployments: Vec<Arc<Deployment>>,
+    pub replica_sets: Vec<Arc<ReplicaSet>>,
+    pub stateful_sets: Vec<Arc<StatefulSet>>,
+    pub jobs: Vec<Arc<Job>>,
+    pub cron_jobs: Vec<Arc<CronJob>>,
+    pub pods: Vec<Arc<Pod>>,
+}
+
+/// A workload named by, or selected by, a binding.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WorkloadId {
+    pub kind: WorkloadKind,
+    pub name: String,
+}
+
+/// A pod charged to a budget through a workload.
+#[derive(Clone, Debug)]
+pub struct BoundPod {
+    pub pod: Arc<Pod>,
+    pub workload: WorkloadId,
+    /// Where to scrape it, or why it cannot be scraped now.
+    pub endpoint: Result<(String, u16), Unscrapable>,
+}
+
+/// Why a bound pod is not scraped this round.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unscrapable {
+    #[error("the pod has no IP yet")]
+    NoIp,
+    #[error("no container of the pod has a port named {0:?}")]
+    NoSuchPort(String),
+    #[error("the pod is {0}: its containers no longer run")]
+    Finished(String),
+}
+
+/// What a binding resolves to now.
+#[derive(Clone, Debug, Default)]
+pub struct Resolution {
+    /// The workloads matched, sorted.
+    pub workloads: Vec<WorkloadId>,
+    /// Their pods, sorted by name.
+    pub pods: Vec<BoundPod>,
+}
+
+/// Resolves a binding's workload entries to workloads and their pods.
+pub fn resolve<'a>(spec: &BudgetBindingSpec, snapshot: &'a Snapshot) -> Resolution {
+    let owned = OwnerIndex::new(snapshot);
+    let mut workloads: BTreeMap<WorkloadId, Vec<&'a Arc<Pod>>> = BTreeMap::new();
+    for entry in &spec.workloads {
+        let matches =
+            |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| match (&entry.name, &entry.selector) {
+                (Some(name), _) => meta.name.as_ref() == Some(name),
+                (None, Some(selector)) => selects(selector, meta.labels.as_ref()),
+                (None, None) => false,
+            };
+        let mut add = |name: String, pods: Vec<&'a Arc<Pod>>| {
+            workloads
+                .entry(WorkloadId { kind: entry.kind, name })
+                .or_default()
+                .extend(pods);
+        };
+        match entry.kind {
+            WorkloadKind::Deployment => {
+                for d in snapshot.deployments.iter().filter(|d| matches(d.meta())) {
+                    let pods = owned
+                        .replica_sets_of(d)
+                        .into_iter()
+                        .flat_map(|rs| owned.pods_of(rs.meta()))
+                        .collect();
+                    add(d.name_any(), pods);
+                }
+            }
+            WorkloadKind::StatefulSet => {
+                for s in snapshot.stateful_sets.iter().filter(|s| matches(s.meta())) {
+                    add(s.name_any(), owned.pods_of(s.meta()));
+                }
+            }
+            WorkloadKind::Job => {
+                for j in snapshot.jobs.iter().filter(|j| matches(j.meta())) {
+                    add(j.name_any(), owned.pods_of(j.meta()));
+                }
+            }
+            WorkloadKind::CronJob => {
+                for c in snapshot.cron_jobs.iter().filter(|c| matches(c.meta())) {
+                    let pods = owned
+                        .jobs_of(c)
+                        .into_iter()
+                        .flat_map(|j| owned.pods_of(j.meta()))
+                        .collect();
+                    add(c.name_any(), pods);
+                }
+            }
+        }
+    }
+    let mut pods: BTreeMap<String, BoundPod> = BTreeMap::new();
+    for (workload, workload_pods) in &workloads {
+        for pod in workload_pods {
+            pods.entry(pod.name_any()).or_insert_with(|| BoundPod {
+                pod: Arc::clone(pod),
+                workload: workload.clone(),
+                endpoint: endpoint(pod, &spec.metrics.port),
+            });
+        }
+    }
+    Resolution {
+        workloads: workloads.into_keys().collect(),
+        pods: pods.into_values().collect(),
+    }
+}
+
+/// The IP and port to scrape a pod at.
+pub fn endpoint(pod: &Pod, port: &IntOrString) -> Result<(String, u16), Unscrapable> {
+    let status = pod.status.as_ref();
+    if let Some(phase @ ("Succeeded" | "Failed")) = status.and_then(|s| s.phase.as_deref()) {
+        return Err(Unscrapable::Finished(phase.to_string()));
+    }
+    let ip = status
+        .and_then(|s| s.pod_ip.clone())
+        .filter(|ip| !ip.is_empty())
+        .ok_or(Unscrapable::NoIp)?;
+    let port = match port {
+        IntOrString::Int(p) => u16::try_from(*p).map_err(|_| Unscrapable::NoSuchPort(p.to_string()))?,
+        IntOrString::String(name) => pod
+            .spec
+            .iter()
+            .flat_map(|s| s.containers.iter())
+            .flat_map(|c| c.ports.iter().flatten())
+            .find(|p| p.name.as_deref() == Some(name.as_str()))
+            .and_then(|p| u16::try_from(p.container_port).ok())
+            .ok_or_else(|| Unscrapable::NoSuchPort(name.clone()))?,
+    };
+    Ok((ip, port))
+}
+
+/// The sum of the restart counts of a pod's containers (rule 2: a restart resets counters).
+pub fn restarts(pod: &Pod) -> u64 {
+    pod.status
+        .iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+        .map(|c| u64::try_from(c.restart_count).unwrap_or(0))
+        .sum()
+}
+
+/// Whether a label selector selects these labels. An empty selector selects nothing here
+/// (the operator reports it as InvalidSpec), and so does one it cannot evaluate.
+pub fn selects(selector: &LabelSelector, labels: Option<&BTreeMap<String, String>>) -> bool {
+    let empty = BTreeMap::new();
+    let labels = labels.unwrap_or(&empty);
+    let match_labels = selector.match_labels.as_ref();
+    let expressions = selector.match_expressions.as_deref().unwrap_or_default();
+    if match_labels.is_none_or(|m| m.is_empty()) && expressions.is_empty() {
+        return false;
+    }
+    match_labels
+        .into_iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v))
+        && expressions.iter().all(|e| {
+            let values = e.values.as_deref().unwrap_or_default();
+            match e.operator.as_str() {
+                "In" => labels.get(&e.key).is_some_and(|v| values.contains(v)),
+                "NotIn" => labels.get(&e.key).is_none_or(|v| !values.contains(v)),
+                "Exists" => labels.contains_key(&e.key),
+                "DoesNotExist" => !labels.contains_key(&e.key),
+                _ => false,
+            }
+        })
+}
+
+/// Objects by the uid of their controlling owner.
+struct OwnerIndex<'a> {
+    pods: HashMap<&'a str, Vec<&'a Arc<Pod>>>,
+    replica_sets: HashMap<&'a str, Vec<&'a Arc<ReplicaSet>>>,
+    jobs: HashMap<&'a str, Vec<&'a Arc<Job>>>,
+}
+
+impl<'a> OwnerIndex<'a> {
+    fn new(snapshot: &'a Snapshot) -> Self {
+        fn index<K: Resource>(objects: &[Arc<K>]) -> HashMap<&str, Vec<&Arc<K>>> {
+            let mut map: HashMap<&str, Vec<&Arc<K>>> = HashMap::new();
+            for obj in objects {
+                let controller = obj
+                    .meta()
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .find(|o| o.controller == Some(true));
+                if let Some(owner) = controller {
+                    map.entry(owner.uid.as_str()).or_default().push(obj);
+                }
+            }
+            map
+        }
+        Self {
+            pods: index(&snapshot.pods),
+            replica_sets: index(&snapshot.replica_sets),
+            jobs: index(&snapshot.jobs),
+        }
+    }
+
+    fn pods_of(&self, owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Vec<&'a Arc<Pod>> {
+        owner
+            .uid
+            .as_deref()
+            .and_then(|uid| self.pods.get(uid))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn replica_sets_of(&self, d: &Deployment) -> Vec<&'a Arc<ReplicaSet>> {
+        d.uid()
+            .and_then(|uid| self.replica_sets.get(uid.as_str()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn jobs_of(&self, c: &CronJob) -> Vec<&'a Arc<Job>> {
+        c.uid()
+            .and_then(|uid| self.jobs.get(uid.as_str()))
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load<K: serde::de::DeserializeOwned>(yaml: &str) -> Arc<K> {
+        Arc::new(serde_yaml::from_str(yaml).expect("fixture parses"))
+    }
+
+    fn owned(kind: &str, name: &str, uid: &str, owner_kind: &str, owner_uid: &str, labels: &str) -> String {
+        format!(
+            "metadata: {{name: {name}, namespace: agents, uid: {uid}, labels: {labels}, \
+             ownerReferences: [{{apiVersion: v1, kind: {owner_kind}, name: x, uid: {owner_uid}, controller: true}}]}}\n\
+             kind: {kind}"
+        )
+    }
+
+    fn pod(name: &str, owner_kind: &str, owner_uid: &str, ip: Option<&str>, phase: &str) -> Arc<Pod> {
+        let ip = ip.map(|ip| format!(", podIP: {ip}")).unwrap_or_default();
+        load(&format!(
+            "{}\nspec: {{containers: [{{name: agent, ports: [{{name: metrics, containerPort: 9464}}]}}]}}\n\
+             status: {{phase: {phase}{ip}, containerStatuses: [{{name: agent, restartCount: 2, ready: true, image: i, imageID: i}}]}}",
+            owned("Pod", name, &format!("uid-{name}"), owner_kind, owner_uid, "{}")
+        ))
+    }
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            deployments: vec![
+                load("metadata: {name: summarizer, namespace: agents, uid: d1, labels: {team: research}}"),
+                load("metadata: {name: web, namespace: agents, uid: d2, labels: {team: web}}"),
+            ],
+            replica_sets: vec![
+                load(&owned("ReplicaSet", "summarizer-abc", "rs1", "Deployment", "d1", "{}")),
+                load(&owned("ReplicaSet", "summarizer-old", "rs0", "Deployment", "d1", "{}")),
+                load(&owned("ReplicaSet", "web-xyz", "rs2", "Deployment", "d2", "{}")),
+            ],
+            stateful_sets: vec![load(
+                "metadata: {name: memory, namespace: agents, uid: s1, labels: {team: research}}",
+            )],
+            jobs: vec![
+                load("metadata: {name: batch, namespace: agents, uid: j1}"),
+                load(&owned("Job", "nightly-1", "j2", "CronJob", "c1", "{}")),
+            ],
+            cron_jobs: vec![load("metadata: {name: nightly, namespace: agents, uid: c1}")],
+            pods: vec![
+                pod("summarizer-abc-1", "ReplicaSet", "rs1", Some("10.0.0.1"), "Running"),
+                pod("summarizer-old-1", "ReplicaSet", "rs0", Some("10.0.0.2"), "Running"),
+                pod("web-xyz-1", "ReplicaSet", "rs2", Some("10.0.0.3"), "Running"),
+                pod("memory-0", "StatefulSet", "s1", None, "Pending"),
+                pod("batch-1", "Job", "j1", Some("10.0.0.5"), "Succeeded"),
+                pod("nightly-1-a", "Job", "j2", Some("10.0.0.6"), "Running"),
+                // Same labels, no owner: never charged.
+                load("metadata: {name: stray, namespace: agents, labels: {team: research}}"),
+            ],
+        }
+    }
+
+    fn spec(yaml: &str) -> BudgetBindingSpec {
+        serde_yaml::from_str(yaml).expect("fixture parses")
+    }
+
+    fn names(r: &Resolution) -> Vec<String> {
+        r.pods.iter().map(|p| p.pod.name_any()).collect()
+    }
+
+    #[test]
+    fn a_deployment_by_name_brings_the_pods_of_all_its_replica_sets() {
+        let r = resolve(
+            &spec("budgetRef: {name: b}\nworkloads: [{kind: Deployment, name: summarizer}]"),
+            &snapshot(),
+        );
+        assert_eq!(
+            r.workloads,
+            [WorkloadId {
+                kind: WorkloadKind::Deployment,
+                name: "summarizer".into()
+            }]
+        );
+        assert_eq!(names(&r), ["summarizer-abc-1", "summarizer-old-1"]);
+        assert_eq!(r.pods[0].endpoint, Ok(("10.0.0.1".to_string(), 9464)));
+    }
+
+    #[test]
+    fn selectors_match_workload_labels_of_their_kind_only() {
+        let r = resolve(
+            &spec(
+                "budgetRef: {name: b}\nworkloads: [{kind: Deployment, selector: {matchLabels: {team: research}}}, \
+                 {kind: StatefulSet, selector: {matchExpressions: [{key: team, operator: In, values: [research]}]}}]",
+            ),
+            &snapshot(),
+        );
+        let kinds: Vec<_> = r.workloads.iter().map(|w| (w.kind, w.name.as_str())).collect();
+        assert_eq!(
+            kinds,
+            [
+                (WorkloadKind::Deployment, "summarizer"),
+                (WorkloadKind::StatefulSet, "memory")
+            ]
+        );
+        assert_eq!(names(&r), ["memory-0", "summarizer-abc-1", "summarizer-old-1"]);
+        let memory = r.pods.iter().find(|p| p.pod.name_any() == "memory-0").unwrap();
+        assert_eq!(memory.endpoint, Err(Unscrapable::NoIp));
+    }
+
+    #[test]
+    fn jobs_and_cron_jobs() {
+        let r = resolve(
+            &spec("budgetRef: {name: b}\nworkloads: [{kind: Job, name: batch}, {kind: CronJob, name: nightly}]"),
+            &snapshot(),
+        );
+        assert_eq!(names(&r), ["batch-1", "nightly-1-a"]);
+        assert_eq!(r.pods[0].endpoint, Err(Unscrapable::Finished("Succeeded".into())));
+        assert_eq!(r.pods[1].workload.kind, WorkloadKind::CronJob);
+    }
+
+    #[test]
+    fn a_pod_matched_twice_is_listed_once() {
+        let r = resolve(
+            &spec(
+                "budgetRef: {name: b}\nworkloads: [{kind: Deployment, name: summarizer}, \
+                 {kind: Deployment, selector: {matchLabels: {team: research}}}]",
+            ),
+            &snapshot(),
+        );
+        assert_eq!(names(&r), ["summarizer-abc-1", "summarizer-old-1"]);
+    }
+
+    #[test]
+    fn ports_by_name_and_missing_ports() {
+        let p = pod("p", "ReplicaSet", "rs1", Some("10.1.1.1"), "Running");
+        assert_eq!(
+            endpoint(&p, &IntOrString::String("metrics".into())),
+            Ok(("10.1.1.1".into(), 9464))
+        );
+        assert_eq!(
+            endpoint(&p, &IntOrString::String("http".into())),
+            Err(Unscrapable::NoSuchPort("http".into()))
+        );
+        assert_eq!(endpoint(&p, &IntOrString::Int(8080)), Ok(("10.1.1.1".into(), 8080)));
+        assert_eq!(restarts(&p), 2);
+    }
+
+    #[test]
+    fn selector_semantics() {
+        let labels: BTreeMap<String, String> = [("team".into(), "a".into()), ("tier".into(), "x".into())].into();
+        let sel = |yaml: &str| -> LabelSelector { serde_yaml::from_str(yaml).unwrap() };
+        assert!(selects(&sel("matchLabels: {team: a}"), Some(&labels)));
+        assert!(!selects(&sel("matchLabels: {team: b}"), Some(&labels)));
+        assert!(selects(
+            &sel("matchExpressions: [{key: team, operator: NotIn, values: [b]}]"),
+            Some(&labels)
+        ));
+        assert!(selects(
+            &sel("matchExpressions: [{key: gone, operator: DoesNotExist}]"),
+            Some(&labels)
+        ));
+        assert!(!selects(
+            &sel("matchExpressions: [{key: tier, operator: Equals, values: [x]}]"),
+            Some(&labels)
+        ));
+        assert!(!selects(&sel("{}"), Some(&labels)), "an empty selector selects nothing");
+    }
+}
