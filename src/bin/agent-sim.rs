@@ -1,0 +1,206 @@
+//! agent-sim: a stand-in for an AI agent that spends LLM tokens and reports them the way a
+//! real agent does, as OpenTelemetry GenAI metrics in the Prometheus text format. Used by the
+//! demo and the integration tests (which play the kubelet and run one per pod, each on its own
+//! loopback address).
+//!
+//!   agent-sim --listen 127.0.3.7:9464 [--model gpt-4o-mini] [--rate 100] [--format OpenTelemetry|VLLM|LiteLLM]
+//!
+//! `--rate` spends that many tokens per second (3/4 input, 1/4 output). `POST /spend?input=N&output=M&model=X`
+//! spends exactly that much at once; `POST /reset` forgets everything, as a restarted process would.
+
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+#[derive(Default)]
+struct Spent {
+    /// (model, input, output) totals since the process started.
+    by_model: BTreeMap<String, (u64, u64)>,
+}
+
+#[derive(Clone, Copy)]
+enum Format {
+    OpenTelemetry,
+    Vllm,
+    LiteLlm,
+}
+
+impl Spent {
+    fn render(&self, format: Format) -> String {
+        let mut out = String::new();
+        match format {
+            Format::OpenTelemetry => {
+                out.push_str("# HELP gen_ai_client_token_usage Measures number of input and output tokens used\n");
+                out.push_str("# TYPE gen_ai_client_token_usage histogram\n");
+                for (model, (input, output)) in &self.by_model {
+                    for (kind, value) in [("input", input), ("output", output)] {
+                        let labels = format!("gen_ai_request_model=\"{model}\",gen_ai_token_type=\"{kind}\"");
+                        out.push_str(&format!("gen_ai_client_token_usage_bucket{{{labels},le=\"+Inf\"}} 1\n"));
+                        out.push_str(&format!("gen_ai_client_token_usage_sum{{{labels}}} {value}\n"));
+                        out.push_str(&format!("gen_ai_client_token_usage_count{{{labels}}} 1\n"));
+                    }
+                }
+            }
+            Format::Vllm => {
+                for (name, index) in [("vllm:prompt_tokens_total", 0), ("vllm:generation_tokens_total", 1)] {
+                    out.push_str(&format!("# TYPE {name} counter\n"));
+                    for (model, totals) in &self.by_model {
+                        let value = if index == 0 { totals.0 } else { totals.1 };
+                        out.push_str(&format!("{name}{{model_name=\"{model}\"}} {value}\n"));
+                    }
+                }
+            }
+            Format::LiteLlm => {
+                for (name, index) in [
+                    ("litellm_input_tokens_metric_total", 0),
+                    ("litellm_output_tokens_metric_total", 1),
+                ] {
+                    out.push_str(&format!("# TYPE {name} counter\n"));
+                    for (model, totals) in &self.by_model {
+                        let value = if index == 0 { totals.0 } else { totals.1 };
+                        out.push_str(&format!("{name}{{model=\"{model}\"}} {value}\n"));
+                    }
+                }
+            }
+        }
+        // What a real agent exposes besides: the operator must skip it.
+        out.push_str("# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes 4.2e+07\n");
+        out
+    }
+
+    fn spend(&mut self, model: &str, input: u64, output: u64) {
+        let entry = self.by_model.entry(model.to_string()).or_default();
+        entry.0 = entry.0.saturating_add(input);
+        entry.1 = entry.1.saturating_add(output);
+    }
+}
+
+struct Options {
+    listen: SocketAddr,
+    model: String,
+    rate: u64,
+    format: Format,
+}
+
+fn parse_args() -> Result<Options, String> {
+    let mut options = Options {
+        listen: ([127, 0, 0, 1], 9464).into(),
+        model: "gpt-4o-mini".into(),
+        rate: 0,
+        format: Format::OpenTelemetry,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--listen" => options.listen = value()?.parse().map_err(|e| format!("--listen: {e}"))?,
+            "--model" => options.model = value()?,
+            "--rate" => options.rate = value()?.parse().map_err(|e| format!("--rate: {e}"))?,
+            "--format" => {
+                options.format = match value()?.as_str() {
+                    "OpenTelemetry" => Format::OpenTelemetry,
+                    "VLLM" => Format::Vllm,
+                    "LiteLLM" => Format::LiteLlm,
+                    other => return Err(format!("--format: unknown format {other:?}")),
+                }
+            }
+            "-h" | "--help" => {
+                println!(
+                    "usage: agent-sim --listen ADDR [--model NAME] [--rate TOKENS_PER_S] [--format OpenTelemetry|VLLM|LiteLLM]"
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(options)
+}
+
+fn query_value<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+fn handle(req: &Request<hyper::body::Incoming>, spent: &Mutex<Spent>, options: &Options) -> Response<Full<Bytes>> {
+    let mut spent = spent.lock().unwrap_or_else(|e| e.into_inner());
+    let (status, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => (StatusCode::OK, spent.render(options.format)),
+        (&Method::POST, "/spend") => {
+            let query = req.uri().query().unwrap_or("");
+            let number = |key| query_value(query, key).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            let model = query_value(query, "model").unwrap_or(&options.model).to_string();
+            spent.spend(&model, number("input"), number("output"));
+            (StatusCode::OK, "spent\n".into())
+        }
+        (&Method::POST, "/reset") => {
+            *spent = Spent::default();
+            (StatusCode::OK, "reset\n".into())
+        }
+        _ => (StatusCode::NOT_FOUND, "not found\n".into()),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let options = match parse_args() {
+        Ok(o) => Arc::new(o),
+        Err(e) => {
+            eprintln!("agent-sim: {e}");
+            std::process::exit(2);
+        }
+    };
+    let listener = match TcpListener::bind(options.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("agent-sim: cannot listen on {}: {e}", options.listen);
+            std::process::exit(1);
+        }
+    };
+    let spent = Arc::new(Mutex::new(Spent::default()));
+    if options.rate > 0 {
+        let (spent, options) = (spent.clone(), options.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let per_tick = options.rate.div_ceil(10);
+            loop {
+                tick.tick().await;
+                let input = per_tick * 3 / 4;
+                spent
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .spend(&options.model, input, per_tick - input);
+            }
+        });
+    }
+    println!("agent-sim listening on {}", options.listen);
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (spent, options) = (spent.clone(), options.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let response = handle(&req, &spent, &options);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
