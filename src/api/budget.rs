@@ -288,6 +288,12 @@ pub struct TokenBudgetStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+
+    /// The operator's bookkeeping: last-seen counters per pod and running totals. Written
+    /// together with `used` in one status write so a restarted operator continues exactly where
+    /// it left off. Do not edit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accounting: Option<AccountingState>,
 }
 
 /// The phase of a budget.
@@ -347,6 +353,113 @@ pub struct EnforcedWorkload {
     pub action: String,
     /// When the action was taken (RFC 3339).
     pub since: String,
+}
+
+/// The operator's bookkeeping for one budget: what it last saw of every pod, and the full
+/// totals of the current period. Kept compact: it lives in etcd with the rest of the status.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountingState {
+    /// The start of the period the totals belong to (RFC 3339).
+    pub period_start: String,
+
+    /// Every pod the budget's bindings have scraped, with its last-seen counters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["uid"]))]
+    pub pods: Vec<PodLedger>,
+
+    /// Tokens per model in the period (all of them; cost is derived from these).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["model"]))]
+    pub models: Vec<ModelTokens>,
+
+    /// Tokens (all types) per workload in the period (all of them, not only the top 20).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["kind", "name"]))]
+    pub workloads: Vec<WorkloadTokens>,
+
+    /// Tokens (all types) per binding in the period, charged to the binding that first counted
+    /// each pod.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub bindings: Vec<BindingTokens>,
+}
+
+/// What the operator last saw of one pod.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodLedger {
+    /// The pod's `metadata.uid`.
+    pub uid: String,
+    /// The pod's name.
+    pub name: String,
+    /// The binding that first counted the pod: its tokens are charged to it.
+    pub binding: String,
+    /// The workload the pod belongs to.
+    pub workload: PodWorkload,
+    /// The sum of the pod's container restart counts at its last successful scrape.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[schemars(range(min = 0))]
+    pub restarts: i64,
+    /// The last-seen raw counter values. Zeros are left out: an absent series is 0.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["model", "type"]))]
+    pub counters: Vec<SeriesCounter>,
+}
+
+/// The workload a pod belongs to.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodWorkload {
+    pub kind: WorkloadKind,
+    pub name: String,
+}
+
+/// The last-seen value of one token counter of a pod.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SeriesCounter {
+    pub model: String,
+    #[serde(rename = "type")]
+    pub token_type: TokenType,
+    #[schemars(range(min = 0))]
+    pub value: i64,
+}
+
+/// Tokens of one model in the period.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelTokens {
+    pub model: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[schemars(range(min = 0))]
+    pub input: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[schemars(range(min = 0))]
+    pub output: i64,
+}
+
+/// Tokens (all types) of one workload in the period.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadTokens {
+    pub kind: WorkloadKind,
+    pub name: String,
+    #[schemars(range(min = 0))]
+    pub tokens: i64,
+}
+
+/// Tokens (all types) charged to one binding in the period.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BindingTokens {
+    pub name: String,
+    #[schemars(range(min = 0))]
+    pub tokens: i64,
+}
+
+fn is_zero(value: &i64) -> bool {
+    *value == 0
 }
 
 fn default_currency() -> String {

@@ -1,9 +1,12 @@
 //! Token usage as the bound pods report it. No Kubernetes client here.
 //!
+//! - [`ledger`]: turns successive scrapes into a budget's usage (the accounting rules),
+//!   persisted in the budget's status.
 //! - [`parse`]: reads the token counters out of one scraped metrics body (Prometheus text
 //!   format or OpenMetrics), for the metric conventions a binding names.
 //! - [`scrape`]: fetches one pod's endpoint with deadlines, a size cap and a concurrency cap.
 
+pub mod ledger;
 pub mod parse;
 pub mod scrape;
 
