@@ -4,10 +4,18 @@
 //!   persisted in the budget's status.
 //! - [`parse`]: reads the token counters out of one scraped metrics body (Prometheus text
 //!   format or OpenMetrics), for the metric conventions a binding names.
+//! - [`period`]: the budget's current period (`periodStart`, `resetsAt`) at calendar
+//!   boundaries in its time zone, DST included.
+//! - [`pricing`]: prices per model (exact names or `*` globs), exact decimal cost, the money
+//!   strings of the status, and `percentUsed`.
 //! - [`scrape`]: fetches one pod's endpoint with deadlines, a size cap and a concurrency cap.
 
 pub mod ledger;
 pub mod parse;
+pub mod period;
+pub mod pricing;
 pub mod scrape;
 
 pub use parse::{Extractor, MAX_SERIES_VALUE, ParseError, UNKNOWN_MODEL, Usage};
+pub use period::PeriodWindow;
+pub use pricing::{ModelPriceDecimal, PriceTable, format_money, parse_money, percent_used};
