@@ -1,6 +1,10 @@
 //! The operator's own Prometheus metrics, in one registry held in shared state.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::api::{BudgetPhase, TokenBudgetStatus};
 
 /// Metrics about the operator's own work.
 #[derive(Clone)]
@@ -12,6 +16,14 @@ pub struct Metrics {
     pub reconcile_errors: IntCounterVec,
     /// Reconcile durations by controller.
     pub reconcile_duration: HistogramVec,
+    used_tokens: IntGaugeVec,
+    limit_tokens: IntGaugeVec,
+    used_cost: GaugeVec,
+    phase: IntGaugeVec,
+    /// Scrapes by result (`ok` or the error kind).
+    pub scrapes: IntCounterVec,
+    /// Scrape durations.
+    pub scrape_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -42,10 +54,46 @@ impl Metrics {
             &["controller"],
         )
         .expect("valid metric");
+        let budget_labels = ["namespace", "name"];
+        let gauge =
+            |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &budget_labels).expect("valid metric");
+        let used_tokens = gauge("tokenbudget_used_tokens", "Tokens used in the current period");
+        let limit_tokens = gauge("tokenbudget_limit_tokens", "Token limit per period");
+        let phase = gauge(
+            "tokenbudget_phase",
+            "Phase of the budget: 0 Active, 1 Warning, 2 Exhausted",
+        );
+        let used_cost = GaugeVec::new(
+            Opts::new(
+                "tokenbudget_used_cost",
+                "Cost used in the current period, in the budget's currency",
+            ),
+            &budget_labels,
+        )
+        .expect("valid metric");
+        let scrapes = IntCounterVec::new(
+            Opts::new("tokenbudget_scrapes_total", "Scrapes of agent pods, by result"),
+            &["result"],
+        )
+        .expect("valid metric");
+        let scrape_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "tokenbudget_scrape_duration_seconds",
+                "How long scrapes of agent pods take",
+            )
+            .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconcile_errors.clone()),
             Box::new(reconcile_duration.clone()),
+            Box::new(used_tokens.clone()),
+            Box::new(limit_tokens.clone()),
+            Box::new(used_cost.clone()),
+            Box::new(phase.clone()),
+            Box::new(scrapes.clone()),
+            Box::new(scrape_duration.clone()),
         ] {
             registry.register(collector).expect("metric names are unique");
         }
@@ -54,7 +102,47 @@ impl Metrics {
             reconciles,
             reconcile_errors,
             reconcile_duration,
+            used_tokens,
+            limit_tokens,
+            used_cost,
+            phase,
+            scrapes,
+            scrape_duration,
         }
+    }
+
+    /// Sets a budget's series from its status.
+    pub fn observe_budget(&self, namespace: &str, name: &str, status: &TokenBudgetStatus, limit: Option<i64>) {
+        let labels = [namespace, name];
+        let used = status.used.as_ref();
+        self.used_tokens
+            .with_label_values(&labels)
+            .set(used.map_or(0, |u| u.tokens));
+        if let Some(limit) = limit {
+            self.limit_tokens.with_label_values(&labels).set(limit);
+        } else {
+            let _ = self.limit_tokens.remove_label_values(&labels);
+        }
+        let cost = used
+            .and_then(|u| u.cost.as_deref())
+            .and_then(|c| c.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        self.used_cost.with_label_values(&labels).set(cost);
+        let phase = match status.phase {
+            Some(BudgetPhase::Exhausted) => 2,
+            Some(BudgetPhase::Warning) => 1,
+            _ => 0,
+        };
+        self.phase.with_label_values(&labels).set(phase);
+    }
+
+    /// Removes a deleted budget's series.
+    pub fn forget_budget(&self, namespace: &str, name: &str) {
+        let labels = [namespace, name];
+        let _ = self.used_tokens.remove_label_values(&labels);
+        let _ = self.limit_tokens.remove_label_values(&labels);
+        let _ = self.used_cost.remove_label_values(&labels);
+        let _ = self.phase.remove_label_values(&labels);
     }
 
     /// The Prometheus text exposition of every metric.

@@ -8,13 +8,15 @@ use std::{
     time::Duration,
 };
 
+use futures::StreamExt;
 use kube::{Api, Client, core::DeserializeGuard, runtime::events::Reporter};
 use tokenbudget::{
     api::{BudgetBinding, TokenBudget},
     clock::SystemClock,
-    controller::{self, Context},
+    controller::{self, Accounting, Context},
     http::{self, Endpoints},
     metrics::Metrics,
+    usage::scrape::{self, Scraper},
 };
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
@@ -26,6 +28,8 @@ USAGE: tokenbudget-operator [--bind-address ADDR] [--namespace NS]
 
   --bind-address ADDR  where /healthz, /readyz and /metrics are served (default 0.0.0.0:8080)
   --namespace NS       watch only this namespace (default: all namespaces)
+  --max-concurrent-scrapes N   scrapes in flight at once, over all pods (default 64)
+  --max-body-bytes N   largest metrics body read from a pod (default 16 MiB)
 
 The cluster is the one of KUBECONFIG (or ~/.kube/config), or the in-cluster service account.
 Log level and filters: RUST_LOG (default info); LOG_FORMAT=json for JSON logs.";
@@ -33,12 +37,16 @@ Log level and filters: RUST_LOG (default info); LOG_FORMAT=json for JSON logs.";
 struct Options {
     bind_address: SocketAddr,
     namespace: Option<String>,
+    max_concurrent_scrapes: usize,
+    max_body_bytes: usize,
 }
 
 fn parse_args() -> Result<Options, String> {
     let mut options = Options {
         bind_address: ([0, 0, 0, 0], 8080).into(),
         namespace: None,
+        max_concurrent_scrapes: scrape::DEFAULT_MAX_CONCURRENT,
+        max_body_bytes: scrape::DEFAULT_MAX_BODY_BYTES,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -58,6 +66,15 @@ fn parse_args() -> Result<Options, String> {
                 options.bind_address = v.parse().map_err(|e| format!("--bind-address {v:?}: {e}"))?;
             }
             "--namespace" => options.namespace = Some(value()?),
+            "--max-concurrent-scrapes" => {
+                let v = value()?;
+                options.max_concurrent_scrapes =
+                    v.parse().map_err(|e| format!("--max-concurrent-scrapes {v:?}: {e}"))?;
+            }
+            "--max-body-bytes" => {
+                let v = value()?;
+                options.max_body_bytes = v.parse().map_err(|e| format!("--max-body-bytes {v:?}: {e}"))?;
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -148,10 +165,32 @@ async fn run() -> Result<(), String> {
         controller: controller::FIELD_MANAGER.into(),
         instance: std::env::var("POD_NAME").ok(),
     };
-    let ctx = Arc::new(Context::new(client.clone(), metrics, Arc::new(SystemClock), reporter));
+    let binding_controller = controller::binding::controller(bindings.clone(), budgets.clone());
     let budget_controller = controller::budget::controller(budgets.clone());
-    let binding_controller = controller::binding::controller(bindings, budgets);
     let (budget_store, binding_store) = (budget_controller.store(), binding_controller.store());
+
+    // Accounting reads pods and workloads from reflector stores; a pod that starts terminating
+    // wakes its budgets at once so that its last tokens count.
+    let (terminating_tx, terminating_rx) = futures::channel::mpsc::unbounded();
+    let cron_jobs_served = controller::accounting::cron_jobs_served(&client, ns).await;
+    let (cluster, cluster_driver) =
+        controller::accounting::Cluster::start(cron_jobs_served, &client, ns, binding_store.clone(), terminating_tx);
+    let trigger_cluster = cluster.clone();
+    let terminating = terminating_rx.flat_map(move |pod| futures::stream::iter(trigger_cluster.budgets_for_pod(&pod)));
+    let budget_controller = controller::budget::watch_bindings(budget_controller, bindings).reconcile_on(terminating);
+    let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded();
+    let binding_controller = binding_controller.reconcile_on(wake_rx);
+    let accounting = Accounting {
+        cluster,
+        scraper: Scraper::new(options.max_concurrent_scrapes, options.max_body_bytes),
+        accounts: Default::default(),
+        budgets: budget_store.clone(),
+        binding_usage: Default::default(),
+        wake_bindings: wake_tx,
+    };
+    let ctx =
+        Arc::new(Context::new(client.clone(), metrics, Arc::new(SystemClock), reporter).with_accounting(accounting));
+    tokio::spawn(cluster_driver);
     let ready = endpoints.ready.clone();
     tokio::spawn(async move {
         // Re-poll: a store's readiness signal wakes only its most recent waiter, and the

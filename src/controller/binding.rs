@@ -15,7 +15,9 @@ use kube::{
     },
 };
 
-use super::{Context, Error, RESYNC, apply_status, conditions, instrumented};
+use kube::runtime::events::EventType;
+
+use super::{Context, Error, RESYNC, accounting, apply_status, conditions, instrumented};
 use crate::{
     api::{BudgetBinding, BudgetBindingStatus, TokenBudget},
     validate,
@@ -23,8 +25,16 @@ use crate::{
 
 const CONTROLLER: &str = "budgetbinding";
 
-/// The status a binding should have, given whether its budget exists. Pure.
-pub fn desired_status(bb: &BudgetBinding, budget: Option<&TokenBudget>, now: Timestamp) -> BudgetBindingStatus {
+/// The status a binding should have, given whether its budget exists and what the budget's
+/// last accounting cycle saw of it. Pure. This controller is the only writer of a binding's
+/// status (a 1.20 server replaces, rather than merges, a conditions list applied by a second
+/// field manager), so the accounting cycle hands its findings over in memory.
+pub fn desired_status(
+    bb: &BudgetBinding,
+    budget: Option<&TokenBudget>,
+    usage: Option<&BindingUsage>,
+    now: Timestamp,
+) -> BudgetBindingStatus {
     let existing = bb.status.clone().unwrap_or_default();
     let generation = bb.metadata.generation;
     let name = &bb.spec.budget_ref.name;
@@ -43,18 +53,53 @@ pub fn desired_status(bb: &BudgetBinding, budget: Option<&TokenBudget>, now: Tim
             format!("TokenBudget {name:?} not found in namespace {ns:?}; usage is not counted until it exists"),
         ),
     };
-    let ready = match (validate::binding(&bb.spec), budget) {
+    let valid = validate::binding(&bb.spec);
+    let ready = match (&valid, budget) {
         (Err(e), _) => conditions::Desired::new("Ready", false, "InvalidSpec", e.to_string()),
         (Ok(()), None) => conditions::Desired::new("Ready", false, "BudgetNotFound", budget_found.message.clone()),
         (Ok(()), Some(_)) => {
             conditions::Desired::new("Ready", true, "Reconciled", format!("charging TokenBudget {name:?}"))
         }
     };
+    let mut desired = vec![ready, budget_found];
+    // Usage only while the binding counts: valid, with its budget, and scraped at least once.
+    let usage = usage.filter(|_| budget.is_some() && valid.is_ok());
+    if let Some(u) = usage {
+        desired.push(accounting::scrape_condition(&u.report));
+    }
     BudgetBindingStatus {
         budget: Some(name.clone()),
-        conditions: conditions::merge(&existing.conditions, &[ready, budget_found], generation, now),
+        workloads: usage.map(|u| u.report.workloads as i64),
+        pods: usage.map(|u| u.report.pods as i64),
+        scraped_pods: usage.map(|u| u.report.scraped_pods as i64),
+        last_scrape_time: usage.map(|u| accounting::timestamp(u.scraped_at)),
+        used_tokens: usage.map(|u| i64::try_from(u.report.used_tokens).unwrap_or(i64::MAX)),
+        conditions: conditions::merge(&existing.conditions, &desired, generation, now),
         observed_generation: generation,
-        ..existing
+    }
+}
+
+/// What a budget's last accounting cycle saw of one binding.
+#[derive(Clone, Debug)]
+pub struct BindingUsage {
+    pub report: accounting::BindingReport,
+    pub scraped_at: Timestamp,
+}
+
+/// Events for the pods of a cycle that newly failed to scrape, on their binding.
+pub async fn announce_scrape_failures(ctx: &Context, ns: &str, report: &accounting::CycleReport) {
+    let Some(cluster) = ctx.accounting.as_ref().map(|a| &a.cluster) else {
+        return;
+    };
+    for b in &report.bindings {
+        let Some(current) = cluster.bindings.get(&ObjectRef::new(&b.name).within(ns)) else {
+            continue;
+        };
+        for problem in b.problems.iter().filter(|p| p.new) {
+            let note = format!("pod {}: {}", problem.pod, problem.reason);
+            ctx.publish(current.as_ref(), EventType::Warning, "ScrapeFailed", note)
+                .await;
+        }
     }
 }
 
@@ -66,7 +111,9 @@ async fn reconcile(guard: Arc<DeserializeGuard<BudgetBinding>>, ctx: Arc<Context
     let budgets: Api<TokenBudget> = Api::namespaced(ctx.client.clone(), &ns);
     // A direct read, not a cache: the budget watch that triggered us may be ahead of any store.
     let budget = budgets.get_opt(&bb.spec.budget_ref.name).await?;
-    let status = desired_status(bb, budget.as_ref(), ctx.clock.now());
+    let key = format!("{ns}/{}", bb.name_any());
+    let usage = ctx.accounting.as_ref().and_then(|a| a.binding_usage(&key));
+    let status = desired_status(bb, budget.as_ref(), usage.as_ref(), ctx.clock.now());
     if bb.status.as_ref() != Some(&status) {
         let api: Api<BudgetBinding> = Api::namespaced(ctx.client.clone(), &ns);
         apply_status(&api, &bb.name_any(), &status).await?;
@@ -136,7 +183,7 @@ mod tests {
     #[test]
     fn missing_budget_is_a_condition_not_an_error() {
         let bb: BudgetBinding = serde_yaml::from_str(BINDING).unwrap();
-        let status = desired_status(&bb, None, now());
+        let status = desired_status(&bb, None, None, now());
         let found = conditions::find(&status.conditions, "BudgetFound").unwrap();
         assert_eq!(
             (found.status.as_str(), found.reason.as_str()),
@@ -151,10 +198,10 @@ mod tests {
     #[test]
     fn budget_found_flips_when_the_budget_appears() {
         let mut bb: BudgetBinding = serde_yaml::from_str(BINDING).unwrap();
-        bb.status = Some(desired_status(&bb, None, now()));
+        bb.status = Some(desired_status(&bb, None, None, now()));
         let tb: TokenBudget = serde_yaml::from_str(BUDGET).unwrap();
         let later: Timestamp = "2026-11-28T12:05:00Z".parse().unwrap();
-        let status = desired_status(&bb, Some(&tb), later);
+        let status = desired_status(&bb, Some(&tb), None, later);
         assert!(conditions::is_true(&status.conditions, "BudgetFound"));
         assert!(conditions::is_true(&status.conditions, "Ready"));
         let found = conditions::find(&status.conditions, "BudgetFound").unwrap();
@@ -166,7 +213,7 @@ mod tests {
         let mut bb: BudgetBinding = serde_yaml::from_str(BINDING).unwrap();
         bb.spec.metrics.timeout = "1m".into();
         let tb: TokenBudget = serde_yaml::from_str(BUDGET).unwrap();
-        let status = desired_status(&bb, Some(&tb), now());
+        let status = desired_status(&bb, Some(&tb), None, now());
         let ready = conditions::find(&status.conditions, "Ready").unwrap();
         assert_eq!(ready.reason, "InvalidSpec");
         assert!(conditions::is_true(&status.conditions, "BudgetFound"));

@@ -10,23 +10,24 @@ use kube::{
     runtime::{Controller, controller::Action},
 };
 
-use super::{Context, Error, RESYNC, apply_status, conditions, instrumented};
+use std::time::Duration;
+
+use kube::runtime::{events::EventType, reflector::ObjectRef};
+
+use super::{Context, Error, RESYNC, accounting, apply_status, conditions, instrumented};
 use crate::{
-    api::{TokenBudget, TokenBudgetStatus},
+    api::{BudgetBinding, TokenBudget, TokenBudgetStatus},
     validate,
 };
 
 const CONTROLLER: &str = "tokenbudget";
 
-/// The status a budget should have. Pure: the budget and the time in, the status out.
-/// Fields that accounting owns are carried over unchanged.
+/// The status a budget should have before accounting. Pure: the budget and the time in, the
+/// status out. Fields that accounting owns are carried over unchanged.
 pub fn desired_status(tb: &TokenBudget, now: Timestamp) -> TokenBudgetStatus {
     let existing = tb.status.clone().unwrap_or_default();
     let generation = tb.metadata.generation;
-    let ready = match validate::budget(&tb.spec) {
-        Ok(()) => conditions::Desired::new("Ready", true, "Reconciled", "the budget is valid"),
-        Err(e) => conditions::Desired::new("Ready", false, "InvalidSpec", e.to_string()),
-    };
+    let ready = ready_condition(tb);
     TokenBudgetStatus {
         conditions: conditions::merge(&existing.conditions, &[ready], generation, now),
         observed_generation: generation,
@@ -39,19 +40,129 @@ async fn reconcile(guard: Arc<DeserializeGuard<TokenBudget>>, ctx: Arc<Context>)
         return super::report_unreadable(guard.as_ref(), &ctx).await;
     };
     let ns = tb.namespace().ok_or(Error::NoNamespace)?;
-    let status = desired_status(tb, ctx.clock.now());
+    let now = ctx.clock.now();
+    let mut status = desired_status(tb, now);
+    let mut requeue = RESYNC;
+    let mut cycle = None;
+    if let Some(accounting) = &ctx.accounting
+        && validate::budget(&tb.spec).is_ok()
+    {
+        forget_deleted_budgets(accounting, &ctx);
+        let Some(report) =
+            accounting::cycle(tb, &accounting.cluster, &accounting.scraper, &accounting.accounts, now).await
+        else {
+            // The caches have not synced: never account on a partial view.
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        };
+        let (usage, usage_conditions) = accounting::with_account(&accounting.accounts, tb, |account| {
+            accounting::usage_status(&tb.spec, &account.ledger, &report.window, account.burn_rate(), now)
+        })
+        .expect("the cycle leaves an account");
+        let mut desired: Vec<conditions::Desired> = vec![ready_condition(tb)];
+        desired.extend(usage_conditions);
+        status = TokenBudgetStatus {
+            conditions: conditions::merge(
+                tb.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default(),
+                &desired,
+                tb.metadata.generation,
+                now,
+            ),
+            observed_generation: tb.metadata.generation,
+            enforced: tb.status.as_ref().map(|s| s.enforced.clone()).unwrap_or_default(),
+            ..usage
+        };
+        requeue = report
+            .bindings
+            .iter()
+            .map(|b| b.interval)
+            .min()
+            .unwrap_or(RESYNC)
+            .max(Duration::from_secs(1));
+        if let Some(end) = &report.window.end {
+            // Wake for the period boundary itself, not at the next scrape after it.
+            let until = now.duration_until(end.timestamp()).unsigned_abs() + Duration::from_millis(50);
+            requeue = requeue.min(until);
+        }
+        ctx.metrics
+            .observe_budget(&ns, &tb.name_any(), &status, tb.spec.limits.tokens);
+        cycle = Some(report);
+    }
+    let old = tb.status.clone().unwrap_or_default();
     if tb.status.as_ref() != Some(&status) {
         let api: Api<TokenBudget> = Api::namespaced(ctx.client.clone(), &ns);
         apply_status(&api, &tb.name_any(), &status).await?;
-        let old = tb.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
-        super::announce_not_ready(&ctx, tb, old, &status.conditions).await;
+        super::announce_not_ready(&ctx, tb, &old.conditions, &status.conditions).await;
+        announce_usage_transitions(&ctx, tb, &old, &status).await;
     }
-    Ok(Action::requeue(RESYNC))
+    if let Some(report) = cycle {
+        if report.period_reset {
+            let note = format!(
+                "a new period began at {}: usage starts again from zero",
+                report.window.period_start()
+            );
+            ctx.publish(tb, EventType::Normal, "PeriodReset", note).await;
+        }
+        if let Some(accounting) = &ctx.accounting {
+            accounting.hand_over(&ns, &report);
+        }
+        super::binding::announce_scrape_failures(&ctx, &ns, &report).await;
+    }
+    Ok(Action::requeue(requeue))
+}
+
+fn ready_condition(tb: &TokenBudget) -> conditions::Desired {
+    match validate::budget(&tb.spec) {
+        Ok(()) => conditions::Desired::new("Ready", true, "Reconciled", "the budget is valid"),
+        Err(e) => conditions::Desired::new("Ready", false, "InvalidSpec", e.to_string()),
+    }
+}
+
+/// Events for a phase that got worse: a threshold crossed, the budget exhausted.
+async fn announce_usage_transitions(ctx: &Context, tb: &TokenBudget, old: &TokenBudgetStatus, new: &TokenBudgetStatus) {
+    let was = |t: &str| conditions::find(&old.conditions, t).map(|c| (c.status.clone(), c.message.clone()));
+    for type_ in ["ThresholdReached", "Exhausted"] {
+        if let Some(c) = conditions::find(&new.conditions, type_)
+            && c.status == "True"
+            && was(type_) != Some((c.status.clone(), c.message.clone()))
+        {
+            ctx.publish(tb, EventType::Warning, type_, c.message.clone()).await;
+        }
+    }
+}
+
+/// Drops the accounts and metric series of budgets that no longer exist.
+fn forget_deleted_budgets(accounting: &super::Accounting, ctx: &Context) {
+    let store = &accounting.budgets;
+    for key in accounting.accounts.retain(|key| {
+        let (ns, name) = key.split_once('/').unwrap_or(("", key));
+        store.get(&ObjectRef::new(name).within(ns)).is_some()
+    }) {
+        let (ns, name) = key.split_once('/').unwrap_or(("", &key));
+        ctx.metrics.forget_budget(ns, name);
+    }
 }
 
 /// Builds the controller for the TokenBudgets in `api`'s scope.
 pub fn controller(api: Api<DeserializeGuard<TokenBudget>>) -> Controller<DeserializeGuard<TokenBudget>> {
     super::guarded_controller(api)
+}
+
+/// Wakes a budget when one of its bindings is created, changed or deleted.
+pub fn watch_bindings(
+    controller: Controller<DeserializeGuard<TokenBudget>>,
+    bindings: Api<DeserializeGuard<BudgetBinding>>,
+) -> Controller<DeserializeGuard<TokenBudget>> {
+    controller.watches(
+        bindings,
+        kube::runtime::watcher::Config::default(),
+        |guard: DeserializeGuard<BudgetBinding>| {
+            let ns = guard.namespace().unwrap_or_default();
+            guard
+                .0
+                .ok()
+                .map(|bb| ObjectRef::new(&bb.spec.budget_ref.name).within(&ns))
+        },
+    )
 }
 
 /// Runs the controller until `shutdown` resolves.

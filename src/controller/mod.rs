@@ -5,6 +5,7 @@
 //! Primary objects are watched through a generation predicate, so the operator's own status
 //! writes never trigger the next reconcile.
 
+pub mod accounting;
 pub mod binding;
 pub mod budget;
 pub mod conditions;
@@ -71,7 +72,46 @@ pub struct Context {
     pub metrics: Metrics,
     pub clock: Arc<dyn Clock>,
     pub reporter: Reporter,
+    /// Usage accounting; `None` runs the controllers without scraping (unit tests).
+    pub accounting: Option<Accounting>,
     backoff: Backoffs,
+}
+
+/// What the accounting part of the budget reconcile needs.
+pub struct Accounting {
+    pub cluster: accounting::Cluster,
+    pub scraper: crate::usage::scrape::Scraper,
+    pub accounts: accounting::Accounts,
+    /// The budget controller's store, to notice budgets that are gone.
+    pub budgets: kube::runtime::reflector::Store<DeserializeGuard<TokenBudget>>,
+    /// What the last cycle saw of each binding (`namespace/name`), for the binding controller.
+    pub binding_usage: Mutex<HashMap<String, binding::BindingUsage>>,
+    /// Wakes the binding controller for bindings whose usage changed.
+    pub wake_bindings: futures::channel::mpsc::UnboundedSender<ObjectRef<DeserializeGuard<BudgetBinding>>>,
+}
+
+impl Accounting {
+    /// Hands a cycle's findings to the binding controller and wakes it for those bindings.
+    pub fn hand_over(&self, ns: &str, report: &accounting::CycleReport) {
+        let mut map = self.binding_usage.lock().unwrap_or_else(|e| e.into_inner());
+        for b in &report.bindings {
+            let usage = binding::BindingUsage {
+                report: b.clone(),
+                scraped_at: report.scrape_time,
+            };
+            map.insert(format!("{ns}/{}", b.name), usage);
+            let _ = self.wake_bindings.unbounded_send(ObjectRef::new(&b.name).within(ns));
+        }
+    }
+
+    /// What the last cycle saw of a binding.
+    pub fn binding_usage(&self, key: &str) -> Option<binding::BindingUsage> {
+        self.binding_usage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+    }
 }
 
 impl Context {
@@ -81,8 +121,15 @@ impl Context {
             metrics,
             clock,
             reporter,
+            accounting: None,
             backoff: Backoffs::default(),
         }
+    }
+
+    /// Adds usage accounting.
+    pub fn with_accounting(mut self, accounting: Accounting) -> Self {
+        self.accounting = Some(accounting);
+        self
     }
 
     /// Publishes an Event about `obj`; a failure to publish is logged, never fatal.

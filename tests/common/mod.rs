@@ -238,3 +238,131 @@ pub fn http_get(address: SocketAddr, path: &str) -> std::io::Result<(u16, String
         .unwrap_or_default();
     Ok((status, body))
 }
+
+/// A simulated agent (`agent-sim`) listening on its own loopback address, as one pod's
+/// containers would.
+pub struct Agent {
+    pub child: Child,
+    pub ip: String,
+    pub port: u16,
+}
+
+/// A loopback address no other agent of this test run uses.
+pub fn agent_ip() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("127.{}.{}.{}", 100 + std::process::id() % 100, n / 250, 1 + n % 250)
+}
+
+impl Agent {
+    pub fn start(ip: &str, extra: &[&str]) -> Self {
+        let port = 9464;
+        let listen = format!("{ip}:{port}");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_agent-sim"))
+            .args(["--listen", &listen])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("agent-sim starts");
+        // It prints one line once it listens.
+        let mut line = String::new();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        std::io::BufRead::read_line(&mut stdout, &mut line).expect("agent-sim says it listens");
+        assert!(line.contains("listening"), "agent-sim: {line}");
+        Self {
+            child,
+            ip: ip.to_string(),
+            port,
+        }
+    }
+
+    fn post(&self, path: &str) {
+        let address: SocketAddr = format!("{}:{}", self.ip, self.port).parse().unwrap();
+        let mut stream = TcpStream::connect(address).expect("agent reachable");
+        write!(stream, "POST {path} HTTP/1.0\r\nHost: agent\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        assert!(
+            response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200"),
+            "{response}"
+        );
+    }
+
+    /// Spends exactly this many tokens of `model`.
+    pub fn spend(&self, model: &str, input: u64, output: u64) {
+        self.post(&format!("/spend?model={model}&input={input}&output={output}"));
+    }
+
+    /// Forgets its counters, as a restarted process would.
+    pub fn reset(&self) {
+        self.post("/reset");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Deployment whose pods expose a `metrics` port 9464.
+pub fn deployment(name: &str, replicas: i32) -> k8s_openapi::api::apps::v1::Deployment {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"app": name, "team": "research"}},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{
+                    "name": "agent", "image": "agent:latest",
+                    "ports": [{"name": "metrics", "containerPort": 9464}]
+                }]}
+            }
+        }
+    }))
+    .unwrap()
+}
+
+/// Plays the kubelet for one pod: Running, Ready, with this IP and restart count.
+pub async fn run_pod(pods: &Api<k8s_openapi::api::core::v1::Pod>, name: &str, ip: &str, restarts: i32) {
+    let now = jiff::Timestamp::now().to_string();
+    let status = serde_json::json!({"status": {
+        "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "startTime": now,
+        "conditions": [{"type": "Ready", "status": "True"}],
+        "containerStatuses": [{"name": "agent", "ready": true, "restartCount": restarts, "image": "agent:latest",
+            "imageID": "agent", "started": true, "state": {"running": {"startedAt": now}}}]
+    }});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("pod status patched");
+}
+
+/// Waits until the Deployment's controller-manager has created `count` pods; returns their names.
+pub async fn pods_of(pods: &Api<k8s_openapi::api::core::v1::Pod>, app: &str, count: usize) -> Vec<String> {
+    within(
+        async {
+            loop {
+                let list = pods
+                    .list(&kube::api::ListParams::default().labels(&format!("app={app}")))
+                    .await
+                    .unwrap();
+                let mut names: Vec<String> = list
+                    .items
+                    .iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .filter_map(|p| p.metadata.name.clone())
+                    .collect();
+                if names.len() == count {
+                    names.sort();
+                    return names;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        },
+        "the controller-manager to create the pods",
+    )
+    .await
+}
