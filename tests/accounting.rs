@@ -144,9 +144,34 @@ async fn usage_appears_in_the_status_and_in_kubectl_get() {
     let tb = s.wait_used("research", 5500).await;
     assert_eq!(tb.status.unwrap().phase, Some(tokenbudget::api::BudgetPhase::Warning));
 
+    // The operator's own metrics carry the budget, and lose it when the budget is deleted.
+    let operator = s.operator.as_ref().unwrap();
+    let series = format!(
+        "tokenbudget_used_tokens{{name=\"research\",namespace=\"{}\"}} 5500",
+        s.ns.name
+    );
+    let metrics = operator.get("/metrics").unwrap().1;
+    assert!(metrics.contains(&series), "{series} missing:\n{metrics}");
+    assert!(
+        metrics.contains("tokenbudget_scrapes_total{result=\"ok\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tokenbudget_phase{name=\"research\""), "{metrics}");
+
     let out = kubectl(&["get", "tb", "research", "-n", &s.ns.name, "--no-headers"], None);
     let row: Vec<String> = text(&out.stdout).split_whitespace().map(String::from).collect();
     assert_eq!(&row[..5], ["research", "10000", "5500", "55", "Warning"], "{row:?}");
+
+    delete(&s.budgets, "research").await;
+    within(
+        async {
+            while operator.get("/metrics").unwrap().1.contains("name=\"research\"") {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        },
+        "the deleted budget's metric series to go",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -256,13 +281,22 @@ async fn a_hostile_endpoint_is_reported_and_the_others_keep_counting() {
 
     good.spend("gpt-4o-mini", 11, 0);
     s.wait_used("b", 11).await;
-    let bb = wait_for(&s.bindings, "bb", "ScrapeHealthy=False", |bb| {
-        bb.status.as_ref().is_some_and(|st| {
-            st.conditions
-                .iter()
-                .any(|c| c.type_ == "ScrapeHealthy" && c.status == "False")
-        })
-    })
+    // Once the garbage pod has its IP, its scrapes fail for a reason of their own.
+    let garbage_pod = names[1].clone();
+    let bb = wait_for(
+        &s.bindings,
+        "bb",
+        "ScrapeHealthy=False naming the garbage pod",
+        move |bb| {
+            bb.status.as_ref().is_some_and(|st| {
+                st.conditions.iter().any(|c| {
+                    c.type_ == "ScrapeHealthy"
+                        && c.status == "False"
+                        && c.message.contains(&format!("{garbage_pod}: unparsable"))
+                })
+            })
+        },
+    )
     .await;
     let st = bb.status.unwrap();
     let c = st.conditions.iter().find(|c| c.type_ == "ScrapeHealthy").unwrap();

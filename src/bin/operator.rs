@@ -166,7 +166,8 @@ async fn run() -> Result<(), String> {
         instance: std::env::var("POD_NAME").ok(),
     };
     let binding_controller = controller::binding::controller(bindings.clone(), budgets.clone());
-    let budget_controller = controller::budget::controller(budgets.clone());
+    let (deleted_tx, mut deleted_rx) = futures::channel::mpsc::unbounded::<String>();
+    let budget_controller = controller::budget::controller(budgets.clone(), deleted_tx);
     let (budget_store, binding_store) = (budget_controller.store(), binding_controller.store());
 
     // Accounting reads pods and workloads from reflector stores; a pod that starts terminating
@@ -191,6 +192,14 @@ async fn run() -> Result<(), String> {
     let ctx =
         Arc::new(Context::new(client.clone(), metrics, Arc::new(SystemClock), reporter).with_accounting(accounting));
     tokio::spawn(cluster_driver);
+    let forget_ctx = ctx.clone();
+    tokio::spawn(async move {
+        while let Some(key) = deleted_rx.next().await {
+            if let Some(accounting) = &forget_ctx.accounting {
+                accounting.forget_budget(&key, &forget_ctx.metrics);
+            }
+        }
+    });
     let ready = endpoints.ready.clone();
     tokio::spawn(async move {
         // Re-poll: a store's readiness signal wakes only its most recent waiter, and the

@@ -310,6 +310,7 @@ pub async fn cycle(
     cluster: &Cluster,
     scraper: &Scraper,
     accounts: &Accounts,
+    metrics: &crate::metrics::Metrics,
     now: Timestamp,
 ) -> Option<CycleReport> {
     if !cluster.synced() {
@@ -389,7 +390,11 @@ pub async fn cycle(
 
     let results = futures::future::join_all(scrapes.into_iter().map(
         |(index, bound, extractor, target, created)| async move {
+            let timer = metrics.scrape_duration.start_timer();
             let result = scraper.scrape(&target, &extractor).await;
+            timer.observe_duration();
+            let outcome = result.as_ref().map_or_else(ScrapeError::kind, |_| "ok");
+            metrics.scrapes.with_label_values(&[outcome]).inc();
             (index, bound, created, result)
         },
     ))
@@ -590,7 +595,14 @@ pub fn usage_status(
     } else {
         Desired::new("Exhausted", false, "WithinLimits", "the budget has room")
     });
-    conditions.push(if unpriced.is_empty() {
+    conditions.push(if spec.pricing.is_empty() {
+        Desired::new(
+            "UsageHealthy",
+            true,
+            "Counting",
+            "counting tokens; no pricing, so no cost",
+        )
+    } else if unpriced.is_empty() {
         Desired::new("UsageHealthy", true, "Counting", "every model in use has a price")
     } else {
         Desired::new(

@@ -129,7 +129,7 @@ pub fn controller(
     bindings: Api<DeserializeGuard<BudgetBinding>>,
     budgets: Api<DeserializeGuard<TokenBudget>>,
 ) -> Controller<DeserializeGuard<BudgetBinding>> {
-    let controller = super::guarded_controller(bindings);
+    let controller = super::guarded_controller(bindings, None);
     let index = controller.store();
     controller.watches(
         budgets,

@@ -48,8 +48,15 @@ async fn reconcile(guard: Arc<DeserializeGuard<TokenBudget>>, ctx: Arc<Context>)
         && validate::budget(&tb.spec).is_ok()
     {
         forget_deleted_budgets(accounting, &ctx);
-        let Some(report) =
-            accounting::cycle(tb, &accounting.cluster, &accounting.scraper, &accounting.accounts, now).await
+        let Some(report) = accounting::cycle(
+            tb,
+            &accounting.cluster,
+            &accounting.scraper,
+            &accounting.accounts,
+            &ctx.metrics,
+            now,
+        )
+        .await
         else {
             // The caches have not synced: never account on a partial view.
             return Ok(Action::requeue(Duration::from_secs(1)));
@@ -143,26 +150,33 @@ fn forget_deleted_budgets(accounting: &super::Accounting, ctx: &Context) {
 }
 
 /// Builds the controller for the TokenBudgets in `api`'s scope.
-pub fn controller(api: Api<DeserializeGuard<TokenBudget>>) -> Controller<DeserializeGuard<TokenBudget>> {
-    super::guarded_controller(api)
+/// `deleted` hears `namespace/name` of every budget deleted, to forget its account and series.
+pub fn controller(
+    api: Api<DeserializeGuard<TokenBudget>>,
+    deleted: futures::channel::mpsc::UnboundedSender<String>,
+) -> Controller<DeserializeGuard<TokenBudget>> {
+    super::guarded_controller(api, Some(deleted))
 }
 
-/// Wakes a budget when one of its bindings is created, changed or deleted.
+/// Wakes a budget when one of its bindings is created or its spec changes. Status writes of
+/// bindings (every cycle) do not: they would start the next cycle at once. A deleted binding
+/// stops counting at the budget's next cycle.
 pub fn watch_bindings(
     controller: Controller<DeserializeGuard<TokenBudget>>,
     bindings: Api<DeserializeGuard<BudgetBinding>>,
 ) -> Controller<DeserializeGuard<TokenBudget>> {
-    controller.watches(
-        bindings,
-        kube::runtime::watcher::Config::default(),
-        |guard: DeserializeGuard<BudgetBinding>| {
-            let ns = guard.namespace().unwrap_or_default();
-            guard
-                .0
-                .ok()
-                .map(|bb| ObjectRef::new(&bb.spec.budget_ref.name).within(&ns))
-        },
-    )
+    use kube::runtime::{WatchStreamExt, predicates, watcher};
+    let changes = watcher::watcher(bindings, watcher::Config::default())
+        .default_backoff()
+        .touched_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    controller.watches_stream(changes, |guard: DeserializeGuard<BudgetBinding>| {
+        let ns = guard.namespace().unwrap_or_default();
+        guard
+            .0
+            .ok()
+            .map(|bb| ObjectRef::new(&bb.spec.budget_ref.name).within(&ns))
+    })
 }
 
 /// Runs the controller until `shutdown` resolves.

@@ -91,6 +91,13 @@ pub struct Accounting {
 }
 
 impl Accounting {
+    /// Forgets a deleted budget: its account and its metric series.
+    pub fn forget_budget(&self, key: &str, metrics: &Metrics) {
+        self.accounts.retain(|k| k != key);
+        let (ns, name) = key.split_once('/').unwrap_or(("", key));
+        metrics.forget_budget(ns, name);
+    }
+
     /// Hands a cycle's findings to the binding controller and wakes it for those bindings.
     pub fn hand_over(&self, ns: &str, report: &accounting::CycleReport) {
         let mut map = self.binding_usage.lock().unwrap_or_else(|e| e.into_inner());
@@ -234,7 +241,12 @@ where
 /// generation changes (so that status writes, ours or anyone's, never trigger a reconcile).
 /// Objects that do not deserialize arrive as `Err` inside the guard rather than breaking the
 /// watch.
-pub(crate) fn guarded_controller<K>(api: Api<DeserializeGuard<K>>) -> Controller<DeserializeGuard<K>>
+///
+/// `deleted` hears `namespace/name` of every object the watch sees deleted.
+pub(crate) fn guarded_controller<K>(
+    api: Api<DeserializeGuard<K>>,
+    deleted: Option<futures::channel::mpsc::UnboundedSender<String>>,
+) -> Controller<DeserializeGuard<K>>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
@@ -242,6 +254,17 @@ where
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
         .reflect(writer)
+        .inspect(move |event| {
+            if let (Ok(watcher::Event::Delete(obj)), Some(deleted)) = (event, &deleted) {
+                let meta = obj.meta();
+                let key = format!(
+                    "{}/{}",
+                    meta.namespace.as_deref().unwrap_or_default(),
+                    meta.name.as_deref().unwrap_or_default()
+                );
+                let _ = deleted.unbounded_send(key);
+            }
+        })
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
     Controller::for_stream(stream, reader)

@@ -33,6 +33,10 @@ use crate::api::{
     WorkloadTokens,
 };
 
+/// For how many scrapes after a counter drop a reported restart is taken as the cause of that
+/// drop (already counted from zero) rather than as a new reset.
+const RESTART_LAG_SCRAPES: u8 = 3;
+
 /// The largest value the ledger stores: what fits the API's `i64`.
 const CAP: u64 = i64::MAX as u64;
 
@@ -55,8 +59,8 @@ pub struct PodObservation<'a> {
     pub binding_created: Timestamp,
 }
 
-/// What the ledger knows of one pod.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the ledger knows of one pod. Equality is over what is persisted (not `recent_drop`).
+#[derive(Debug, Clone)]
 struct PodEntry {
     name: String,
     /// The owner: the binding that first counted the pod.
@@ -66,7 +70,25 @@ struct PodEntry {
     restarts: u64,
     /// Model -> last-seen [input, output]; 0 means absent, and a model with [0, 0] is removed.
     counters: BTreeMap<String, [u64; 2]>,
+    /// Scrapes left during which a restart is the cause of an already-counted drop (in memory
+    /// only: an operator restart inside that window can count the new process's tokens twice).
+    recent_drop: u8,
 }
+
+impl PartialEq for PodEntry {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.name, &self.binding, &self.workload, self.restarts, &self.counters)
+            == (
+                &other.name,
+                &other.binding,
+                &other.workload,
+                other.restarts,
+                &other.counters,
+            )
+    }
+}
+
+impl Eq for PodEntry {}
 
 /// The accounting state of one budget: last-seen counters per pod and the period's totals.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -116,6 +138,7 @@ impl Ledger {
                 workload: (pod.workload.kind, pod.workload.name.clone()),
                 restarts: from_i64(pod.restarts),
                 counters,
+                recent_drop: 0,
             };
             ledger.pods.insert(pod.uid.clone(), entry);
         }
@@ -216,19 +239,33 @@ impl Ledger {
         let restarts = pod.restarts.min(CAP);
         let entry = match self.pods.get_mut(pod.uid) {
             Some(entry) => {
-                if restarts > entry.restarts {
-                    // Every container counts from zero again; series it no longer reports are gone.
-                    entry.counters.clear();
+                let restarted = restarts > entry.restarts;
+                if restarted {
+                    // Every container counts from zero again; series it no longer reports are
+                    // gone. Unless a scrape just before already saw the counters drop and
+                    // counted from zero: the kubelet reports the restart a little after the
+                    // new process answers, and counting from zero twice would count twice.
+                    if entry.recent_drop == 0 {
+                        entry.counters.clear();
+                    }
                     entry.restarts = restarts;
+                    entry.recent_drop = 0;
+                } else {
+                    entry.recent_drop = entry.recent_drop.saturating_sub(1);
                 }
+                let mut dropped = false;
                 for (model, token_type, value) in usage.iter() {
                     let value = value.min(CAP);
                     let last = entry.counters.get(model).map_or(0, |v| v[slot(token_type)]);
                     let increase = if value >= last { value - last } else { value };
+                    dropped |= value < last;
                     if increase > 0 {
                         increases.push((model, token_type, increase));
                     }
                     set_counter(&mut entry.counters, model, token_type, value);
+                }
+                if dropped && !restarted {
+                    entry.recent_drop = RESTART_LAG_SCRAPES;
                 }
                 entry
             }
@@ -251,6 +288,7 @@ impl Ledger {
                     workload: (pod.workload.0, pod.workload.1.to_owned()),
                     restarts,
                     counters,
+                    recent_drop: 0,
                 };
                 self.pods.entry(pod.uid.to_owned()).or_insert(entry)
             }
@@ -494,6 +532,30 @@ mod tests {
         );
         assert_eq!(l.observe(&pod("p"), &usage(&[("m", Input, 35), ("m", Output, 60)])), 5);
         assert_eq!(l.used_tokens(None), 100 + 50 + 40 + 5);
+    }
+
+    #[test]
+    fn a_restart_reported_after_its_drop_was_counted_does_not_count_twice() {
+        let mut l = fresh();
+        l.observe(&pod("p"), &usage(&[("m", Input, 100)]));
+        // The new process answers before the kubelet reports the restart: the drop counts 30.
+        assert_eq!(l.observe(&pod("p"), &usage(&[("m", Input, 30)])), 30);
+        // Then the restart shows up: only the increase since that scrape counts.
+        let restarted = PodObservation {
+            restarts: 1,
+            ..pod("p")
+        };
+        assert_eq!(l.observe(&restarted, &usage(&[("m", Input, 45)])), 15);
+        assert_eq!(l.used_tokens(None), 100 + 30 + 15);
+        // A later restart, long after any drop, counts from zero again.
+        for _ in 0..RESTART_LAG_SCRAPES {
+            l.observe(&restarted, &usage(&[("m", Input, 45)]));
+        }
+        let again = PodObservation {
+            restarts: 2,
+            ..pod("p")
+        };
+        assert_eq!(l.observe(&again, &usage(&[("m", Input, 50)])), 50);
     }
 
     #[test]
