@@ -316,21 +316,9 @@ async fn a_hostile_endpoint_is_reported_and_the_others_keep_counting() {
 
     // The Event names the pod.
     let events: Api<k8s_openapi::api::events::v1::Event> = s.ns.api(&s.client);
-    let found = within(
-        async {
-            loop {
-                let list = events.list(&Default::default()).await.unwrap();
-                if let Some(e) = list.items.into_iter().find(|e| {
-                    e.reason.as_deref() == Some("ScrapeFailed")
-                        && e.note.as_deref().is_some_and(|n| n.contains(&names[1]))
-                }) {
-                    return e;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            }
-        },
-        "a ScrapeFailed Event",
-    )
+    let found = wait_event(&events, "a ScrapeFailed Event", |e| {
+        e.reason.as_deref() == Some("ScrapeFailed") && e.note.as_deref().is_some_and(|n| n.contains(&names[1]))
+    })
     .await;
     assert_eq!(found.regarding.and_then(|r| r.name).as_deref(), Some("bb"));
 }

@@ -7,7 +7,7 @@ use common::*;
 use k8s_openapi::api::events::v1::Event;
 use kube::{
     Api,
-    api::{ListParams, Patch, PatchParams, PostParams},
+    api::{Patch, PatchParams, PostParams},
 };
 use tokenbudget::api::{BudgetBinding, TokenBudget};
 
@@ -67,21 +67,10 @@ async fn binding_finds_its_budget_when_it_is_created_and_loses_it_when_deleted()
 
     // The missing budget is also an Event on the binding.
     let events: Api<Event> = ns.api(&client);
-    within(
-        async {
-            loop {
-                let list = events.list(&ListParams::default()).await.expect("events list");
-                if list.items.iter().any(|e| {
-                    e.reason.as_deref() == Some("BudgetNotFound")
-                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("summarizer")
-                }) {
-                    return;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            }
-        },
-        "a BudgetNotFound Event",
-    )
+    wait_event(&events, "a BudgetNotFound Event", |e| {
+        e.reason.as_deref() == Some("BudgetNotFound")
+            && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("summarizer")
+    })
     .await;
 
     let tb: TokenBudget = from_yaml(

@@ -366,3 +366,25 @@ pub async fn pods_of(pods: &Api<k8s_openapi::api::core::v1::Pod>, app: &str, cou
     )
     .await
 }
+
+/// Waits for an Event in the namespace that satisfies `pred` and returns it. Event names are
+/// generated, so this lists (every 200 ms) rather than watching one object.
+pub async fn wait_event(
+    events: &Api<k8s_openapi::api::events::v1::Event>,
+    what: &str,
+    pred: impl Fn(&k8s_openapi::api::events::v1::Event) -> bool,
+) -> k8s_openapi::api::events::v1::Event {
+    within(
+        async {
+            loop {
+                let list = events.list(&Default::default()).await.expect("events list");
+                if let Some(e) = list.items.into_iter().find(&pred) {
+                    return e;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        },
+        what,
+    )
+    .await
+}
