@@ -21,3 +21,63 @@ pub use common::*;
 pub const GROUP: &str = "tokenbudget.io";
 /// The API version of both kinds.
 pub const VERSION: &str = "v1alpha1";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fill_what_a_minimal_manifest_leaves_out() {
+        let tb: TokenBudgetSpec = serde_yaml::from_str("limits: {tokens: 1000}").unwrap();
+        assert_eq!(tb.currency, "USD");
+        assert_eq!(tb.period.reset, ResetPeriod::Monthly);
+        assert_eq!(tb.period.timezone, "UTC");
+        assert_eq!(tb.thresholds, [80]);
+        assert_eq!(tb.enforcement.action, EnforcementAction::Annotate);
+        assert_eq!(tb.enforcement.grace_period, "0s");
+        assert!(tb.token_types.is_none() && tb.pricing.is_empty() && tb.compute_quota.is_none());
+
+        let bb: BudgetBindingSpec =
+            serde_yaml::from_str("budgetRef: {name: b}\nworkloads: [{kind: Job, name: j}]").unwrap();
+        let m = &bb.metrics;
+        assert_eq!(
+            m.port,
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(9464)
+        );
+        assert_eq!(
+            (m.path.as_str(), m.interval.as_str(), m.timeout.as_str()),
+            ("/metrics", "15s", "5s")
+        );
+        assert_eq!((m.scheme, m.format), (Scheme::Http, MetricsFormat::OpenTelemetry));
+    }
+
+    /// Every example survives a serde round trip through the types unchanged.
+    #[test]
+    fn examples_round_trip_through_the_types() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                let value = serde_yaml::Value::deserialize(doc).unwrap();
+                match value.get("kind").and_then(|k| k.as_str()) {
+                    Some("TokenBudget") => {
+                        let tb: TokenBudget = serde_yaml::from_value(value).unwrap();
+                        let again: TokenBudget = serde_yaml::from_str(&serde_yaml::to_string(&tb).unwrap()).unwrap();
+                        assert_eq!(tb, again);
+                    }
+                    Some("BudgetBinding") => {
+                        let bb: BudgetBinding = serde_yaml::from_value(value).unwrap();
+                        let again: BudgetBinding = serde_yaml::from_str(&serde_yaml::to_string(&bb).unwrap()).unwrap();
+                        assert_eq!(bb, again);
+                    }
+                    other => panic!("unexpected kind {other:?} in examples/"),
+                }
+                seen += 1;
+            }
+        }
+        assert!(seen >= 5, "only {seen} objects in examples/");
+    }
+
+    use serde::Deserialize;
+}
