@@ -10,6 +10,7 @@ use std::{
 
 use futures::StreamExt;
 use kube::{Api, Client, core::DeserializeGuard, runtime::events::Reporter};
+use tokenbudget::controller::accounting::api;
 use tokenbudget::{
     api::{BudgetBinding, TokenBudget},
     clock::SystemClock,
@@ -95,16 +96,6 @@ fn init_tracing() {
         builder.json().init();
     } else {
         builder.init();
-    }
-}
-
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
     }
 }
 

@@ -16,13 +16,10 @@ use std::{
 
 use futures::{FutureExt, StreamExt};
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::{
-    api::{
-        apps::v1::{Deployment, ReplicaSet, StatefulSet},
-        batch::v1::{CronJob, Job},
-        core::v1::Pod,
-    },
-    apimachinery::pkg::apis::meta::v1::Condition,
+use k8s_openapi::api::{
+    apps::v1::{Deployment, ReplicaSet, StatefulSet},
+    batch::v1::{CronJob, Job},
+    core::v1::Pod,
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -75,7 +72,8 @@ pub struct Cluster {
     synced: Arc<AtomicBool>,
 }
 
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+/// An Api of a namespaced kind in the operator's watch scope: one namespace, or all.
+pub fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
     K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
 {
@@ -350,7 +348,7 @@ pub async fn cycle(
     let mut reports: Vec<BindingReport> = Vec::new();
     let mut scrapes: Vec<(usize, BoundPod, Arc<Extractor>, Target, Timestamp)> = Vec::new();
     let mut claimed: HashMap<String, usize> = HashMap::new();
-    let mut problems: Vec<(usize, String, String)> = Vec::new();
+    let mut problems: Vec<(usize, String, String, String)> = Vec::new();
     for bb in &bindings {
         let index = reports.len();
         let interval = validate::parse_duration(&bb.spec.metrics.interval).unwrap_or(Duration::from_secs(15));
@@ -381,7 +379,7 @@ pub async fn cycle(
                     }
                     // A finished pod has nothing more to say: its last successful scrape stands.
                     Err(Unscrapable::Finished(_)) => {}
-                    Err(reason) => problems.push((index, pod_uid, format!("{}: {reason}", bound.pod.name_any()))),
+                    Err(reason) => problems.push((index, pod_uid, bound.pod.name_any(), reason.to_string())),
                 }
             }
         }
@@ -419,15 +417,12 @@ pub async fn cycle(
                 account.ledger.observe(&observation, &usage);
                 reports[index].scraped_pods += 1;
             }
-            Err(e) => problems.push((index, pod_uid, format!("{pod_name}: {}", describe(&e)))),
+            Err(e) => problems.push((index, pod_uid, pod_name, e.to_string())),
         }
     }
-    for (index, pod_uid, message) in problems {
-        let new = account.failing.get(&pod_uid) != Some(&message);
-        failing_now.insert(pod_uid, message.clone());
-        let (pod, reason) = message
-            .split_once(": ")
-            .map_or((message.clone(), String::new()), |(p, r)| (p.into(), r.into()));
+    for (index, pod_uid, pod, reason) in problems {
+        let new = account.failing.get(&pod_uid) != Some(&reason);
+        failing_now.insert(pod_uid, reason.clone());
         reports[index].problems.push(PodProblem { pod, reason, new });
     }
     account.failing = failing_now;
@@ -469,10 +464,6 @@ pub async fn cycle(
         bindings: reports,
         scrape_time: now,
     })
-}
-
-fn describe(e: &ScrapeError) -> String {
-    e.to_string()
 }
 
 /// Runs `f` with the account of a budget, if there is one.
@@ -659,15 +650,6 @@ pub fn scrape_condition(report: &BindingReport) -> Desired {
         }
         Desired::new("ScrapeHealthy", false, "ScrapeFailed", listed.join("; "))
     }
-}
-
-/// Keeps a condition list's entries of the types a reconcile does not manage.
-pub fn others(conditions: &[Condition], managed: &[&str]) -> Vec<Condition> {
-    conditions
-        .iter()
-        .filter(|c| !managed.contains(&c.type_.as_str()))
-        .cloned()
-        .collect()
 }
 
 /// Formats the scrape time for `lastScrapeTime`.
