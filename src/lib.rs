@@ -3,6 +3,7 @@
 //! Layout (dependencies point one way: `api` <- `validate` <- `controller` <- `bin`):
 //! - [`api`]: the CRD types, nothing else.
 //! - [`validate`]: what the OpenAPI schema cannot check, pure.
+//! - [`enforce`]: what a budget does to its workloads: decide (pure), then act.
 //! - [`controller`]: watches, reconcile wiring, status.
 //! - [`metrics`], [`http`]: the operator's own endpoints.
 #![forbid(unsafe_code)]
@@ -11,6 +12,7 @@ pub mod api;
 pub mod clock;
 pub mod controller;
 pub mod crds;
+pub mod enforce;
 pub mod http;
 pub mod metrics;
 pub mod usage;

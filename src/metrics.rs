@@ -1,7 +1,8 @@
 //! The operator's own Prometheus metrics, in one registry held in shared state.
 
 use prometheus::{
-    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::api::{BudgetPhase, TokenBudgetStatus};
@@ -24,6 +25,13 @@ pub struct Metrics {
     pub scrapes: IntCounterVec,
     /// Scrape durations.
     pub scrape_duration: Histogram,
+    /// Changes made to workloads, by what was done (`scale_down`, `suspend`, `restore`).
+    pub enforcement_actions: IntCounterVec,
+    /// Writes to workloads or quotas that failed (retried at the next reconcile).
+    pub enforcement_failures: IntCounter,
+    /// From the end of the scrapes that found a budget exhausted to the scale-down (or
+    /// suspend) accepted by the API server.
+    pub enforcement_latency: Histogram,
 }
 
 impl Default for Metrics {
@@ -84,6 +92,27 @@ impl Metrics {
             .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
         )
         .expect("valid metric");
+        let enforcement_actions = IntCounterVec::new(
+            Opts::new(
+                "tokenbudget_enforcement_actions_total",
+                "Changes made to workloads, by action",
+            ),
+            &["action"],
+        )
+        .expect("valid metric");
+        let enforcement_failures = IntCounter::new(
+            "tokenbudget_enforcement_failures_total",
+            "Writes to workloads or quotas that failed and are retried",
+        )
+        .expect("valid metric");
+        let enforcement_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "tokenbudget_enforcement_latency_seconds",
+                "From the scrapes that found a budget exhausted to the scale-down accepted by the API server",
+            )
+            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0]),
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconcile_errors.clone()),
@@ -94,6 +123,9 @@ impl Metrics {
             Box::new(phase.clone()),
             Box::new(scrapes.clone()),
             Box::new(scrape_duration.clone()),
+            Box::new(enforcement_actions.clone()),
+            Box::new(enforcement_failures.clone()),
+            Box::new(enforcement_latency.clone()),
         ] {
             registry.register(collector).expect("metric names are unique");
         }
@@ -108,6 +140,9 @@ impl Metrics {
             phase,
             scrapes,
             scrape_duration,
+            enforcement_actions,
+            enforcement_failures,
+            enforcement_latency,
         }
     }
 

@@ -280,6 +280,11 @@ pub struct TokenBudgetStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub enforced: Vec<EnforcedWorkload>,
 
+    /// The budget's ResourceQuota (`tokenbudget-<budget>`) as the quota controller sees it,
+    /// when `spec.computeQuota` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute_quota: Option<QuotaUsage>,
+
     /// Ready, ThresholdReached, Exhausted, Enforced, UsageHealthy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
@@ -341,6 +346,23 @@ pub struct WorkloadUsage {
     pub kind: WorkloadKind,
     pub name: String,
     pub tokens: i64,
+}
+
+/// The budget's ResourceQuota: its limits now (with `pods: "0"` while frozen) and what the
+/// namespace uses of them.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaUsage {
+    /// The ResourceQuota's name.
+    pub name: String,
+    /// Its `spec.hard`.
+    #[serde(default)]
+    #[schemars(schema_with = "quantity_status_schema")]
+    pub hard: BTreeMap<String, Quantity>,
+    /// Its `status.used`.
+    #[serde(default)]
+    #[schemars(schema_with = "quantity_status_schema")]
+    pub used: BTreeMap<String, Quantity>,
 }
 
 /// An action the operator currently enforces on a workload.
@@ -485,5 +507,13 @@ fn quantity_map_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         "type": "object",
         "minProperties": 1,
         "additionalProperties": {"x-kubernetes-int-or-string": true, "pattern": QUANTITY_PATTERN}
+    })
+}
+
+/// Quantities as the API server reports them (status: written by the operator only).
+fn quantity_status_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "additionalProperties": {"x-kubernetes-int-or-string": true}
     })
 }

@@ -156,7 +156,9 @@ async fn run() -> Result<(), String> {
         controller: controller::FIELD_MANAGER.into(),
         instance: std::env::var("POD_NAME").ok(),
     };
-    let binding_controller = controller::binding::controller(bindings.clone(), budgets.clone());
+    // Bindings that change wake their budgets, after the binding store has seen the change.
+    let (binding_changed_tx, binding_changed_rx) = futures::channel::mpsc::unbounded();
+    let binding_controller = controller::binding::controller(bindings, budgets.clone(), binding_changed_tx);
     let (deleted_tx, mut deleted_rx) = futures::channel::mpsc::unbounded::<String>();
     let budget_controller = controller::budget::controller(budgets.clone(), deleted_tx);
     let (budget_store, binding_store) = (budget_controller.store(), binding_controller.store());
@@ -169,7 +171,9 @@ async fn run() -> Result<(), String> {
         controller::accounting::Cluster::start(cron_jobs_served, &client, ns, binding_store.clone(), terminating_tx);
     let trigger_cluster = cluster.clone();
     let terminating = terminating_rx.flat_map(move |pod| futures::stream::iter(trigger_cluster.budgets_for_pod(&pod)));
-    let budget_controller = controller::budget::watch_bindings(budget_controller, bindings).reconcile_on(terminating);
+    let budget_controller = budget_controller
+        .reconcile_on(binding_changed_rx)
+        .reconcile_on(terminating);
     let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded();
     let binding_controller = binding_controller.reconcile_on(wake_rx);
     let accounting = Accounting {

@@ -1,11 +1,11 @@
 //! The BudgetBinding controller.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use futures::FutureExt;
 use jiff::Timestamp;
 use kube::{
-    Api, ResourceExt,
+    Api, Resource, ResourceExt,
     core::DeserializeGuard,
     runtime::{
         Controller,
@@ -125,11 +125,35 @@ async fn reconcile(guard: Arc<DeserializeGuard<BudgetBinding>>, ctx: Arc<Context
 
 /// Builds the controller: the BudgetBindings in `bindings`' scope, plus a watch on TokenBudgets
 /// that wakes the bindings referring to a budget when it appears, changes or goes away.
+///
+/// `wake_budgets` hears the budget of every binding that is created, deleted or whose spec
+/// changes (its status writes, every cycle, do not count: they would start the next cycle at
+/// once), after the binding store has seen the change.
 pub fn controller(
     bindings: Api<DeserializeGuard<BudgetBinding>>,
     budgets: Api<DeserializeGuard<TokenBudget>>,
+    wake_budgets: futures::channel::mpsc::UnboundedSender<ObjectRef<DeserializeGuard<TokenBudget>>>,
 ) -> Controller<DeserializeGuard<BudgetBinding>> {
-    let controller = super::guarded_controller(bindings, None);
+    let mut generations: HashMap<String, Option<i64>> = HashMap::new();
+    let controller = super::guarded_controller(bindings, move |event| {
+        use kube::runtime::watcher::Event;
+        let (guard, deleted) = match event {
+            Event::Apply(g) | Event::InitApply(g) => (g, false),
+            Event::Delete(g) => (g, true),
+            Event::Init | Event::InitDone => return,
+        };
+        let key = super::key_of(guard);
+        let changed = if deleted {
+            generations.remove(&key);
+            true
+        } else {
+            generations.insert(key, guard.meta().generation) != Some(guard.meta().generation)
+        };
+        if changed && let Ok(bb) = &guard.0 {
+            let ns = guard.namespace().unwrap_or_default();
+            let _ = wake_budgets.unbounded_send(ObjectRef::new(&bb.spec.budget_ref.name).within(&ns));
+        }
+    });
     let index = controller.store();
     controller.watches(
         budgets,

@@ -6,6 +6,7 @@ use futures::FutureExt;
 use jiff::Timestamp;
 use kube::{
     Api, ResourceExt,
+    api::{Patch, PatchParams},
     core::DeserializeGuard,
     runtime::{Controller, controller::Action},
 };
@@ -14,10 +15,10 @@ use std::time::Duration;
 
 use kube::runtime::{events::EventType, reflector::ObjectRef};
 
-use super::{Context, Error, RESYNC, accounting, apply_status, conditions, instrumented};
+use super::{Context, Error, RESYNC, accounting, apply_status, conditions, enforcement, instrumented};
 use crate::{
-    api::{BudgetBinding, TokenBudget, TokenBudgetStatus},
-    validate,
+    api::{TokenBudget, TokenBudgetStatus},
+    enforce, validate,
 };
 
 const CONTROLLER: &str = "tokenbudget";
@@ -41,6 +42,14 @@ async fn reconcile(guard: Arc<DeserializeGuard<TokenBudget>>, ctx: Arc<Context>)
     };
     let ns = tb.namespace().ok_or(Error::NoNamespace)?;
     let now = ctx.clock.now();
+    if tb.metadata.deletion_timestamp.is_some() {
+        return cleanup(tb, &ctx, now).await;
+    }
+    if ctx.accounting.is_some() && !tb.finalizers().iter().any(|f| f == enforce::FINALIZER) {
+        let mut finalizers = tb.finalizers().to_vec();
+        finalizers.push(enforce::FINALIZER.into());
+        set_finalizers(&ctx, tb, finalizers).await?;
+    }
     let mut status = desired_status(tb, now);
     let mut requeue = RESYNC;
     let mut cycle = None;
@@ -65,19 +74,20 @@ async fn reconcile(guard: Arc<DeserializeGuard<TokenBudget>>, ctx: Arc<Context>)
             accounting::usage_status(&tb.spec, &account.ledger, &report.window, account.burn_rate(), now)
         })
         .expect("the cycle leaves an account");
+        let scraped = std::time::Instant::now();
         let mut desired: Vec<conditions::Desired> = vec![ready_condition(tb)];
         desired.extend(usage_conditions);
+        let existing = tb.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
         status = TokenBudgetStatus {
-            conditions: conditions::merge(
-                tb.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default(),
-                &desired,
-                tb.metadata.generation,
-                now,
-            ),
+            conditions: conditions::merge(existing, &desired, tb.metadata.generation, now),
             observed_generation: tb.metadata.generation,
-            enforced: tb.status.as_ref().map(|s| s.enforced.clone()).unwrap_or_default(),
             ..usage
         };
+        let outcome = enforcement::enforce(&ctx, &accounting.cluster, tb, &status, false, now, scraped).await;
+        desired.push(outcome.condition);
+        status.conditions = conditions::merge(existing, &desired, tb.metadata.generation, now);
+        status.enforced = outcome.enforced;
+        status.compute_quota = outcome.compute_quota;
         requeue = report
             .bindings
             .iter()
@@ -89,6 +99,9 @@ async fn reconcile(guard: Arc<DeserializeGuard<TokenBudget>>, ctx: Arc<Context>)
             // Wake for the period boundary itself, not at the next scrape after it.
             let until = now.duration_until(end.timestamp()).unsigned_abs() + Duration::from_millis(50);
             requeue = requeue.min(until);
+        }
+        if let Some(at) = outcome.wake_at {
+            requeue = requeue.min(now.duration_until(at).unsigned_abs() + Duration::from_millis(50));
         }
         ctx.metrics
             .observe_budget(&ns, &tb.name_any(), &status, tb.spec.limits.tokens);
@@ -115,6 +128,53 @@ async fn reconcile(guard: Arc<DeserializeGuard<TokenBudget>>, ctx: Arc<Context>)
         super::binding::announce_scrape_failures(&ctx, &ns, &report).await;
     }
     Ok(Action::requeue(requeue))
+}
+
+/// A deleted budget restores every workload it changed, deletes its quota, and only then
+/// lets go of its finalizer.
+async fn cleanup(tb: &TokenBudget, ctx: &Context, now: Timestamp) -> Result<Action, Error> {
+    if !tb.finalizers().iter().any(|f| f == enforce::FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    if let Some(accounting) = &ctx.accounting {
+        if !accounting.cluster.synced() {
+            // Never decide on a partial view: an empty cache would restore nothing.
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
+        let status = tb.status.clone().unwrap_or_default();
+        let outcome = enforcement::enforce(
+            ctx,
+            &accounting.cluster,
+            tb,
+            &status,
+            true,
+            now,
+            std::time::Instant::now(),
+        )
+        .await;
+        if !outcome.complete {
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
+    }
+    let finalizers = tb
+        .finalizers()
+        .iter()
+        .filter(|f| *f != enforce::FINALIZER)
+        .cloned()
+        .collect();
+    set_finalizers(ctx, tb, finalizers).await?;
+    Ok(Action::await_change())
+}
+
+/// Sets the budget's finalizers, conditional on the version read.
+async fn set_finalizers(ctx: &Context, tb: &TokenBudget, finalizers: Vec<String>) -> Result<(), Error> {
+    let api: Api<TokenBudget> = Api::namespaced(ctx.client.clone(), &tb.namespace().ok_or(Error::NoNamespace)?);
+    let patch = serde_json::json!({
+        "metadata": {"finalizers": finalizers, "resourceVersion": tb.resource_version()},
+    });
+    api.patch_metadata(&tb.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
 }
 
 fn ready_condition(tb: &TokenBudget) -> conditions::Desired {
@@ -155,27 +215,10 @@ pub fn controller(
     api: Api<DeserializeGuard<TokenBudget>>,
     deleted: futures::channel::mpsc::UnboundedSender<String>,
 ) -> Controller<DeserializeGuard<TokenBudget>> {
-    super::guarded_controller(api, Some(deleted))
-}
-
-/// Wakes a budget when one of its bindings is created or its spec changes. Status writes of
-/// bindings (every cycle) do not: they would start the next cycle at once. A deleted binding
-/// stops counting at the budget's next cycle.
-pub fn watch_bindings(
-    controller: Controller<DeserializeGuard<TokenBudget>>,
-    bindings: Api<DeserializeGuard<BudgetBinding>>,
-) -> Controller<DeserializeGuard<TokenBudget>> {
-    use kube::runtime::{WatchStreamExt, predicates, watcher};
-    let changes = watcher::watcher(bindings, watcher::Config::default())
-        .default_backoff()
-        .touched_objects()
-        .predicate_filter(predicates::generation, Default::default());
-    controller.watches_stream(changes, |guard: DeserializeGuard<BudgetBinding>| {
-        let ns = guard.namespace().unwrap_or_default();
-        guard
-            .0
-            .ok()
-            .map(|bb| ObjectRef::new(&bb.spec.budget_ref.name).within(&ns))
+    super::guarded_controller(api, move |event| {
+        if let kube::runtime::watcher::Event::Delete(obj) = event {
+            let _ = deleted.unbounded_send(super::key_of(obj));
+        }
     })
 }
 

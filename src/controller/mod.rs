@@ -9,6 +9,7 @@ pub mod accounting;
 pub mod binding;
 pub mod budget;
 pub mod conditions;
+pub mod enforcement;
 pub mod workloads;
 
 use std::{
@@ -27,7 +28,6 @@ use kube::{
         Controller, WatchStreamExt,
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
-        predicates,
         reflector::{self, ObjectRef},
         watcher::{self, watcher},
     },
@@ -242,10 +242,11 @@ where
 /// Objects that do not deserialize arrive as `Err` inside the guard rather than breaking the
 /// watch.
 ///
-/// `deleted` hears `namespace/name` of every object the watch sees deleted.
+/// `on_event` sees every watch event right after the store has applied it, so whatever it
+/// wakes finds the store already up to date.
 pub(crate) fn guarded_controller<K>(
     api: Api<DeserializeGuard<K>>,
-    deleted: Option<futures::channel::mpsc::UnboundedSender<String>>,
+    mut on_event: impl FnMut(&watcher::Event<DeserializeGuard<K>>) + Send + 'static,
 ) -> Controller<DeserializeGuard<K>>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
@@ -255,19 +256,33 @@ where
         .default_backoff()
         .reflect(writer)
         .inspect(move |event| {
-            if let (Ok(watcher::Event::Delete(obj)), Some(deleted)) = (event, &deleted) {
-                let meta = obj.meta();
-                let key = format!(
-                    "{}/{}",
-                    meta.namespace.as_deref().unwrap_or_default(),
-                    meta.name.as_deref().unwrap_or_default()
-                );
-                let _ = deleted.unbounded_send(key);
+            if let Ok(event) = event {
+                on_event(event);
             }
         })
         .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
+        .predicate_filter(generation_or_deletion, Default::default());
     Controller::for_stream(stream, reader)
+}
+
+/// `namespace/name` of an object.
+pub(crate) fn key_of<K: Resource>(obj: &K) -> String {
+    let meta = obj.meta();
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// Changes when an object's spec changes (its generation) or its deletion begins (which does
+/// not always move the generation): the only changes that call for a reconcile.
+fn generation_or_deletion<K: Resource>(obj: &K) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let meta = obj.meta();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (meta.generation, meta.deletion_timestamp.is_some()).hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 /// Per-object exponential backoff for transient failures: 1s, 2s, 4s ... at most 5 minutes,

@@ -1,0 +1,190 @@
+//! Acting on a decision: only the writes a [`Plan`](super::decide::Plan) lists, each
+//! conditional on the version the decision was made on.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, StatefulSet},
+        batch::v1::{CronJob, Job},
+        core::v1::{Pod, ResourceQuota, ResourceQuotaStatus},
+    },
+    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::OwnerReference},
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use super::decide::{Step, WorkloadPlan};
+use crate::api::{TokenBudget, WorkloadKind};
+
+/// The field manager of every write.
+const MANAGER: &str = "tokenbudget-operator";
+
+/// Why a write failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ActError {
+    /// Someone else changed the workload since the decision: decide again.
+    #[error("{0} changed while it was being updated; retrying")]
+    Conflict(String),
+    #[error("{what}: {source}")]
+    Api {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    /// The server ignored `spec.suspend` (Jobs before Kubernetes 1.21).
+    #[error("{0} cannot be suspended: this API server does not support spec.suspend")]
+    SuspendUnsupported(String),
+    /// A ResourceQuota of that name exists and is not the budget's.
+    #[error("a ResourceQuota named {0} exists and does not belong to this budget: it is left alone")]
+    ForeignQuota(String),
+}
+
+impl ActError {
+    fn from_kube(what: String, e: kube::Error) -> Self {
+        match e {
+            kube::Error::Api(s) if s.code == 409 => ActError::Conflict(what),
+            source => ActError::Api { what, source },
+        }
+    }
+}
+
+/// Applies one workload's plan: its steps in order, each conditional on the version the
+/// previous one left, then its pods' annotations.
+pub async fn apply(client: &Client, namespace: &str, plan: &WorkloadPlan) -> Result<(), ActError> {
+    match plan.kind {
+        WorkloadKind::Deployment => apply_to::<Deployment>(client, namespace, plan).await?,
+        WorkloadKind::StatefulSet => apply_to::<StatefulSet>(client, namespace, plan).await?,
+        WorkloadKind::Job => apply_to::<Job>(client, namespace, plan).await?,
+        WorkloadKind::CronJob => apply_to::<CronJob>(client, namespace, plan).await?,
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    for (pod, patch) in &plan.pods {
+        let body = json!({"metadata": {"annotations": patch}});
+        match pods.patch(pod, &PatchParams::default(), &Patch::Merge(&body)).await {
+            // A pod that went away meanwhile needs no annotation.
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            other => {
+                other.map_err(|e| ActError::from_kube(format!("pod {pod}"), e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn apply_to<K>(client: &Client, namespace: &str, plan: &WorkloadPlan) -> Result<(), ActError>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let what = format!("{}/{}", plan.kind.as_str(), plan.name);
+    let params = PatchParams::default();
+    let mut version = plan.resource_version.clone();
+    for step in &plan.steps {
+        let precondition = json!({"resourceVersion": version});
+        match step {
+            Step::Annotate(annotations) => {
+                let mut meta = precondition;
+                meta["annotations"] = json!(annotations);
+                let body = json!({"metadata": meta});
+                let obj = api
+                    .patch(&plan.name, &params, &Patch::Merge(&body))
+                    .await
+                    .map_err(|e| ActError::from_kube(what.clone(), e))?;
+                version = obj.resource_version();
+            }
+            Step::Scale(replicas) => {
+                let body = json!({"metadata": precondition, "spec": {"replicas": replicas}});
+                let scale = api
+                    .patch_scale(&plan.name, &params, &Patch::Merge(&body))
+                    .await
+                    .map_err(|e| ActError::from_kube(what.clone(), e))?;
+                version = scale.metadata.resource_version;
+            }
+            Step::Suspend(suspend) => {
+                let body = json!({"metadata": precondition, "spec": {"suspend": suspend}});
+                let obj = api
+                    .patch(&plan.name, &params, &Patch::Merge(&body))
+                    .await
+                    .map_err(|e| ActError::from_kube(what.clone(), e))?;
+                let value = serde_json::to_value(&obj).ok();
+                let now = value
+                    .as_ref()
+                    .and_then(|v| v.pointer("/spec/suspend"))
+                    .and_then(|v| v.as_bool());
+                if *suspend && now != Some(true) {
+                    return Err(ActError::SuspendUnsupported(what));
+                }
+                version = obj.resource_version();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Brings the budget's ResourceQuota to `hard` (or deletes it when `None`), and returns its
+/// status for the budget's. A quota of that name that the budget does not own is never
+/// touched.
+pub async fn sync_quota(
+    client: &Client,
+    tb: &TokenBudget,
+    hard: Option<&BTreeMap<String, Quantity>>,
+) -> Result<Option<ResourceQuotaStatus>, ActError> {
+    let namespace = tb.namespace().unwrap_or_default();
+    let name = super::quota_name(&tb.name_any());
+    let api: Api<ResourceQuota> = Api::namespaced(client.clone(), &namespace);
+    let what = format!("ResourceQuota/{name}");
+    let existing = api
+        .get_opt(&name)
+        .await
+        .map_err(|e| ActError::from_kube(what.clone(), e))?;
+    let owned = |q: &ResourceQuota| q.owner_references().iter().any(|o| Some(&o.uid) == tb.uid().as_ref());
+    if let Some(q) = &existing
+        && !owned(q)
+    {
+        return Err(ActError::ForeignQuota(name));
+    }
+    match (hard, existing) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => {
+            api.delete(&name, &Default::default())
+                .await
+                .map_err(|e| ActError::from_kube(what, e))?;
+            Ok(None)
+        }
+        (Some(hard), Some(q)) if q.spec.as_ref().and_then(|s| s.hard.as_ref()) == Some(hard) => Ok(q.status),
+        (Some(hard), _) => {
+            let owner = OwnerReference {
+                api_version: TokenBudget::api_version(&()).into(),
+                kind: TokenBudget::kind(&()).into(),
+                name: tb.name_any(),
+                uid: tb.uid().unwrap_or_default(),
+                controller: Some(true),
+                block_owner_deletion: None,
+            };
+            let body = json!({
+                "apiVersion": "v1",
+                "kind": "ResourceQuota",
+                "metadata": {
+                    "name": name,
+                    "labels": {"app.kubernetes.io/managed-by": MANAGER},
+                    "ownerReferences": [owner],
+                },
+                "spec": {"hard": hard},
+            });
+            let q = api
+                .patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body))
+                .await
+                .map_err(|e| ActError::from_kube(what, e))?;
+            Ok(q.status)
+        }
+    }
+}

@@ -1,0 +1,791 @@
+//! The decision: from the budget, its usage, the workloads as they are and the time, the
+//! changes that bring each workload to what the budget wants of it. Pure, so that every rule
+//! of enforcement and restore is unit-tested here.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+use super::{ANNOTATIONS, BUDGET, PAUSED_REPLICAS, REMAINING_TOKENS, STATE, SUSPENDED};
+use crate::api::{BudgetPhase, EnforcedWorkload, EnforcementAction, WorkloadKind};
+
+/// What the decision needs to know of the budget.
+#[derive(Clone, Debug)]
+pub struct Budget<'a> {
+    pub name: &'a str,
+    pub action: EnforcementAction,
+    pub grace_period: Duration,
+    pub freeze_quota: bool,
+    /// `spec.computeQuota.hard`, when the budget has a quota.
+    pub quota: Option<&'a BTreeMap<String, Quantity>>,
+    pub phase: BudgetPhase,
+    /// When the budget became exhausted (the Exhausted condition's lastTransitionTime).
+    pub exhausted_since: Option<Timestamp>,
+    /// Tokens left, when there is a token limit.
+    pub remaining_tokens: Option<u64>,
+    pub limit_tokens: Option<u64>,
+    /// The budget is being deleted: undo everything.
+    pub deleting: bool,
+}
+
+/// A workload as it is now: bound to the budget, or carrying the budget's annotations from
+/// an earlier binding.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Workload {
+    pub kind: WorkloadKind,
+    pub name: String,
+    pub resource_version: Option<String>,
+    pub annotations: BTreeMap<String, String>,
+    /// Deployments and StatefulSets: `spec.replicas` (1 when unset).
+    pub replicas: Option<i32>,
+    /// Jobs and CronJobs: `spec.suspend`.
+    pub suspended: Option<bool>,
+    /// Named by a binding of this budget now.
+    pub bound: bool,
+    pub pods: Vec<Pod>,
+}
+
+/// A pod of a workload.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pod {
+    pub name: String,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Annotation changes as a JSON merge patch wants them: a value sets, `None` removes.
+pub type AnnotationPatch = BTreeMap<String, Option<String>>;
+
+/// One write to a workload. Steps run in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    Annotate(AnnotationPatch),
+    /// Through the scale subresource (Deployments, StatefulSets).
+    Scale(i32),
+    /// `spec.suspend` (Jobs, CronJobs).
+    Suspend(bool),
+}
+
+/// A transition worth an Event on the budget.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The changes to one workload and its pods.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkloadPlan {
+    pub kind: WorkloadKind,
+    pub name: String,
+    /// The version the decision was made on: writes are conditional on it, so a change by
+    /// someone else in between is a conflict and a fresh decision, never a lost update.
+    pub resource_version: Option<String>,
+    pub steps: Vec<Step>,
+    pub pods: Vec<(String, AnnotationPatch)>,
+    pub notice: Option<Notice>,
+}
+
+/// The `Enforced` condition, before timestamps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub status: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The whole decision for one budget.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// Only workloads with something to change.
+    pub workloads: Vec<WorkloadPlan>,
+    /// `status.enforced`.
+    pub enforced: Vec<EnforcedWorkload>,
+    pub condition: Verdict,
+    /// The `hard` limits the budget's ResourceQuota should have; `None`: it should not exist.
+    pub quota: Option<BTreeMap<String, Quantity>>,
+    /// When the decision changes by itself (the end of the grace period).
+    pub wake_at: Option<Timestamp>,
+}
+
+/// Decides what every workload should look like now.
+pub fn decide(budget: &Budget, workloads: &[Workload], now: Timestamp) -> Plan {
+    let exhausted = budget.phase == BudgetPhase::Exhausted && !budget.deleting;
+    let grace_end = budget
+        .exhausted_since
+        .and_then(|t| t.checked_add(budget.grace_period).ok())
+        .filter(|_| exhausted);
+    let scale_down =
+        exhausted && budget.action == EnforcementAction::ScaleDown && grace_end.is_none_or(|end| now >= end);
+    let annotate = matches!(
+        budget.action,
+        EnforcementAction::Annotate | EnforcementAction::ScaleDown
+    ) && !budget.deleting;
+    let state = match budget.phase {
+        BudgetPhase::Exhausted => "exhausted",
+        BudgetPhase::Warning => "warning",
+        BudgetPhase::Active => "ok",
+    };
+    let since = |t: Option<Timestamp>| t.or(budget.exhausted_since).unwrap_or(now).to_string();
+
+    let mut plans = Vec::new();
+    let mut enforced = Vec::new();
+    let mut claimed_elsewhere = Vec::new();
+    for w in workloads {
+        let owner = w.annotations.get(BUDGET);
+        if owner.is_some_and(|o| o != budget.name) {
+            // Another budget enforces on it: one owner per workload, never a tug of war.
+            if w.bound {
+                claimed_elsewhere.push(format!("{}/{} (by budget {})", w.kind.as_str(), w.name, owner.unwrap()));
+            }
+            continue;
+        }
+        let bound = w.bound && !budget.deleting;
+
+        let mut want: BTreeMap<&str, String> = BTreeMap::new();
+        if bound && annotate {
+            want.insert(BUDGET, budget.name.to_string());
+            want.insert(STATE, state.to_string());
+            if let Some(remaining) = budget.remaining_tokens {
+                want.insert(
+                    REMAINING_TOKENS,
+                    remaining_annotation(w, state, remaining, budget.limit_tokens),
+                );
+            }
+        }
+
+        let mut before = Vec::new(); // writes before the annotations
+        let mut after = Vec::new(); // writes after them
+        let mut notice = None;
+        let label = format!("{}/{}", w.kind.as_str(), w.name);
+        match w.kind {
+            WorkloadKind::Deployment | WorkloadKind::StatefulSet => {
+                let current = w.replicas.unwrap_or(1);
+                let paused = w.annotations.get(PAUSED_REPLICAS).and_then(|p| p.parse::<i32>().ok());
+                if bound && scale_down {
+                    // The operator only ever scales to 0, so a count above 0 was asked for by
+                    // someone else: that is the count to restore.
+                    let keep = match paused {
+                        Some(p) if current == 0 => p,
+                        _ => current,
+                    };
+                    want.insert(PAUSED_REPLICAS, keep.to_string());
+                    if current != 0 {
+                        after.push(Step::Scale(0));
+                        notice = Some(Notice {
+                            reason: "ScaledDown",
+                            message: match paused {
+                                None => format!("scaled {label} from {current} to 0 replicas: the budget is exhausted"),
+                                Some(_) => format!(
+                                    "{label} was scaled to {current} by someone else while the budget is exhausted: \
+                                     scaled to 0 again ({current} is what the restore brings back)"
+                                ),
+                            },
+                        });
+                    }
+                    enforced.push(entry(w, "ScaleDown", since(grace_end)));
+                } else if let Some(paused) = paused {
+                    let target = if current > 0 { current } else { paused };
+                    if current != target {
+                        before.push(Step::Scale(target));
+                    }
+                    notice = Some(Notice {
+                        reason: "Restored",
+                        message: format!("restored {label} to {target} replicas"),
+                    });
+                }
+            }
+            WorkloadKind::Job | WorkloadKind::CronJob => {
+                let ours = w.annotations.get(SUSPENDED).is_some_and(|v| v == "true");
+                if bound && scale_down {
+                    if w.suspended != Some(true) {
+                        want.insert(SUSPENDED, "true".into());
+                        after.push(Step::Suspend(true));
+                        notice = Some(Notice {
+                            reason: "ScaledDown",
+                            message: format!("suspended {label}: the budget is exhausted"),
+                        });
+                    } else if ours {
+                        want.insert(SUSPENDED, "true".into());
+                    }
+                    enforced.push(entry(w, "Suspend", since(grace_end)));
+                } else if ours {
+                    if w.suspended == Some(true) {
+                        before.push(Step::Suspend(false));
+                    }
+                    notice = Some(Notice {
+                        reason: "Restored",
+                        message: format!("resumed {label}"),
+                    });
+                }
+            }
+        }
+        if bound && exhausted && !scale_down {
+            let action = match budget.action {
+                EnforcementAction::None => "None",
+                _ => "Annotate",
+            };
+            enforced.push(entry(w, action, since(None)));
+        }
+
+        let patch = diff(&w.annotations, &want);
+        let mut steps = before;
+        if !patch.is_empty() {
+            steps.push(Step::Annotate(patch));
+        }
+        steps.extend(after);
+        let pods = w
+            .pods
+            .iter()
+            .filter_map(|p| {
+                let mut pod_want = want.clone();
+                pod_want.remove(PAUSED_REPLICAS);
+                pod_want.remove(SUSPENDED);
+                let patch = diff(&p.annotations, &pod_want);
+                (!patch.is_empty()).then(|| (p.name.clone(), patch))
+            })
+            .collect::<Vec<_>>();
+        if !steps.is_empty() || !pods.is_empty() {
+            plans.push(WorkloadPlan {
+                kind: w.kind,
+                name: w.name.clone(),
+                resource_version: w.resource_version.clone(),
+                steps,
+                pods,
+                notice,
+            });
+        }
+    }
+
+    let bound_count = workloads.iter().filter(|w| w.bound).count();
+    let condition = verdict(
+        budget,
+        exhausted,
+        scale_down,
+        grace_end,
+        &enforced,
+        bound_count,
+        &claimed_elsewhere,
+    );
+    let quota = budget.quota.filter(|_| !budget.deleting).map(|hard| {
+        let mut hard = hard.clone();
+        if budget.freeze_quota && exhausted {
+            hard.insert("pods".into(), Quantity("0".into()));
+        }
+        hard
+    });
+    let wake_at = grace_end.filter(|end| budget.action == EnforcementAction::ScaleDown && now < *end);
+    Plan {
+        workloads: plans,
+        enforced,
+        condition,
+        quota,
+        wake_at,
+    }
+}
+
+fn entry(w: &Workload, action: &str, since: String) -> EnforcedWorkload {
+    EnforcedWorkload {
+        kind: w.kind,
+        name: w.name.clone(),
+        action: action.into(),
+        since,
+    }
+}
+
+/// The remaining-tokens annotation. It is refreshed when the state changes, when the budget
+/// runs out, and otherwise only when it moved by at least 1% of the limit: pods can read it,
+/// but a write to every pod at every scrape would load the API server for no one's benefit.
+fn remaining_annotation(w: &Workload, state: &str, remaining: u64, limit: Option<u64>) -> String {
+    let step = limit.map_or(1, |l| (l / 100).max(1));
+    let previous = w.annotations.get(REMAINING_TOKENS).and_then(|r| r.parse::<u64>().ok());
+    match previous {
+        Some(p)
+            if w.annotations.get(STATE).map(String::as_str) == Some(state)
+                && p.abs_diff(remaining) < step
+                && (remaining > 0 || p == 0) =>
+        {
+            p.to_string()
+        }
+        _ => remaining.to_string(),
+    }
+}
+
+/// The merge patch that turns the operator's annotations in `have` into `want`. Annotations
+/// of anyone else are never in it.
+fn diff(have: &BTreeMap<String, String>, want: &BTreeMap<&str, String>) -> AnnotationPatch {
+    ANNOTATIONS
+        .iter()
+        .filter_map(|key| {
+            let (old, new) = (have.get(*key), want.get(*key));
+            (old != new).then(|| (key.to_string(), new.cloned()))
+        })
+        .collect()
+}
+
+fn verdict(
+    budget: &Budget,
+    exhausted: bool,
+    scale_down: bool,
+    grace_end: Option<Timestamp>,
+    enforced: &[EnforcedWorkload],
+    bound: usize,
+    claimed_elsewhere: &[String],
+) -> Verdict {
+    let names = |action: &str| {
+        enforced
+            .iter()
+            .filter(|e| e.action == action)
+            .map(|e| format!("{}/{}", e.kind.as_str(), e.name))
+            .collect::<Vec<_>>()
+    };
+    let mut v = if !exhausted {
+        Verdict {
+            status: false,
+            reason: "NotExhausted",
+            message: "the budget has room: nothing is enforced".into(),
+        }
+    } else if bound == 0 {
+        Verdict {
+            status: false,
+            reason: "NoWorkloads",
+            message: "the budget is exhausted, but no workload is bound to it".into(),
+        }
+    } else {
+        match budget.action {
+            EnforcementAction::None => Verdict {
+                status: false,
+                reason: "DryRun",
+                message: format!(
+                    "enforcement.action is None, so nothing is changed; Annotate would mark {} exhausted, \
+                     ScaleDown would also scale them down",
+                    names("None").join(", ")
+                ),
+            },
+            EnforcementAction::Annotate => Verdict {
+                status: true,
+                reason: "Annotated",
+                message: format!("annotated exhausted: {}", names("Annotate").join(", ")),
+            },
+            EnforcementAction::ScaleDown if !scale_down => Verdict {
+                status: true,
+                reason: "GracePeriod",
+                message: format!(
+                    "annotated exhausted: {}; scaled down at {} unless the budget has room again",
+                    names("Annotate").join(", "),
+                    grace_end.map(|t| t.to_string()).unwrap_or_default()
+                ),
+            },
+            EnforcementAction::ScaleDown => {
+                let mut parts = Vec::new();
+                let scaled = names("ScaleDown");
+                let suspended = names("Suspend");
+                if !scaled.is_empty() {
+                    parts.push(format!("scaled to 0: {}", scaled.join(", ")));
+                }
+                if !suspended.is_empty() {
+                    parts.push(format!("suspended: {}", suspended.join(", ")));
+                }
+                Verdict {
+                    status: true,
+                    reason: "ScaledDown",
+                    message: parts.join("; "),
+                }
+            }
+        }
+    };
+    if !claimed_elsewhere.is_empty() {
+        v.message
+            .push_str(&format!("; left to another budget: {}", claimed_elsewhere.join(", ")));
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: &str = "2026-11-28T12:00:00Z";
+
+    fn now() -> Timestamp {
+        NOW.parse().unwrap()
+    }
+
+    fn budget(phase: BudgetPhase, action: EnforcementAction) -> Budget<'static> {
+        Budget {
+            name: "research",
+            action,
+            grace_period: Duration::ZERO,
+            freeze_quota: false,
+            quota: None,
+            phase,
+            exhausted_since: (phase == BudgetPhase::Exhausted).then(|| "2026-11-28T11:00:00Z".parse().unwrap()),
+            remaining_tokens: Some(if phase == BudgetPhase::Exhausted { 0 } else { 400 }),
+            limit_tokens: Some(1000),
+            deleting: false,
+        }
+    }
+
+    /// A workload from YAML: `kind`, `name`, optional `annotations`, `replicas`, `suspended`,
+    /// `bound` (default true) and `pods` (names, or `{name, annotations}`).
+    fn workload(yaml: &str) -> Workload {
+        #[derive(serde::Deserialize)]
+        struct Fixture {
+            kind: WorkloadKind,
+            name: String,
+            #[serde(default)]
+            annotations: BTreeMap<String, String>,
+            replicas: Option<i32>,
+            suspended: Option<bool>,
+            bound: Option<bool>,
+            #[serde(default)]
+            pods: Vec<String>,
+        }
+        let f: Fixture = serde_yaml::from_str(yaml).expect("fixture parses");
+        Workload {
+            kind: f.kind,
+            name: f.name,
+            resource_version: Some("7".into()),
+            annotations: f.annotations,
+            replicas: f.replicas,
+            suspended: f.suspended,
+            bound: f.bound.unwrap_or(true),
+            pods: f
+                .pods
+                .into_iter()
+                .map(|name| Pod {
+                    name,
+                    annotations: BTreeMap::new(),
+                })
+                .collect(),
+        }
+    }
+
+    fn set(pairs: &[(&str, &str)]) -> AnnotationPatch {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Some(v.to_string())))
+            .collect()
+    }
+
+    fn steps(plan: &Plan, name: &str) -> Vec<Step> {
+        plan.workloads
+            .iter()
+            .find(|w| w.name == name)
+            .map(|w| w.steps.clone())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn an_active_budget_marks_its_workloads_and_pods_ok() {
+        let w = workload("{kind: Deployment, name: a, replicas: 2, pods: [a-1, a-2]}");
+        let plan = decide(&budget(BudgetPhase::Active, EnforcementAction::Annotate), &[w], now());
+        let want = set(&[(BUDGET, "research"), (REMAINING_TOKENS, "400"), (STATE, "ok")]);
+        assert_eq!(steps(&plan, "a"), [Step::Annotate(want.clone())]);
+        assert_eq!(
+            plan.workloads[0].pods,
+            [("a-1".into(), want.clone()), ("a-2".into(), want)]
+        );
+        assert!(plan.enforced.is_empty());
+        assert_eq!(plan.condition.reason, "NotExhausted");
+        assert_eq!(plan.workloads[0].notice, None);
+    }
+
+    #[test]
+    fn a_workload_already_as_wanted_gets_no_write() {
+        let w = workload(
+            "{kind: Deployment, name: a, replicas: 2, annotations: \
+             {tokenbudget.io/budget: research, tokenbudget.io/state: ok, tokenbudget.io/remaining-tokens: '400'}}",
+        );
+        let plan = decide(&budget(BudgetPhase::Active, EnforcementAction::Annotate), &[w], now());
+        assert!(plan.workloads.is_empty(), "{plan:?}");
+    }
+
+    #[test]
+    fn remaining_tokens_is_refreshed_only_when_it_moves_by_one_percent() {
+        let mut b = budget(BudgetPhase::Active, EnforcementAction::Annotate);
+        let w = workload(
+            "{kind: Deployment, name: a, annotations: \
+             {tokenbudget.io/budget: research, tokenbudget.io/state: ok, tokenbudget.io/remaining-tokens: '405'}}",
+        );
+        assert!(decide(&b, std::slice::from_ref(&w), now()).workloads.is_empty());
+        b.remaining_tokens = Some(395);
+        assert_eq!(
+            steps(&decide(&b, std::slice::from_ref(&w), now()), "a"),
+            [Step::Annotate(set(&[(REMAINING_TOKENS, "395")]))]
+        );
+    }
+
+    #[test]
+    fn a_crossed_threshold_marks_warning() {
+        let w = workload(
+            "{kind: StatefulSet, name: s, annotations: \
+             {tokenbudget.io/budget: research, tokenbudget.io/state: ok, tokenbudget.io/remaining-tokens: '400'}}",
+        );
+        let plan = decide(&budget(BudgetPhase::Warning, EnforcementAction::ScaleDown), &[w], now());
+        assert_eq!(steps(&plan, "s"), [Step::Annotate(set(&[(STATE, "warning")]))]);
+        assert!(plan.enforced.is_empty());
+    }
+
+    #[test]
+    fn annotate_marks_exhausted_and_touches_nothing_else() {
+        let w = workload("{kind: Deployment, name: a, replicas: 3}");
+        let plan = decide(
+            &budget(BudgetPhase::Exhausted, EnforcementAction::Annotate),
+            &[w],
+            now(),
+        );
+        assert_eq!(
+            steps(&plan, "a"),
+            [Step::Annotate(set(&[
+                (BUDGET, "research"),
+                (REMAINING_TOKENS, "0"),
+                (STATE, "exhausted")
+            ]))]
+        );
+        assert_eq!(plan.enforced[0].action, "Annotate");
+        assert_eq!(plan.enforced[0].since, "2026-11-28T11:00:00Z");
+        assert_eq!((plan.condition.status, plan.condition.reason), (true, "Annotated"));
+    }
+
+    #[test]
+    fn action_none_changes_nothing_but_says_what_would_happen() {
+        let w = workload("{kind: Deployment, name: a, replicas: 3, pods: [a-1]}");
+        let plan = decide(&budget(BudgetPhase::Exhausted, EnforcementAction::None), &[w], now());
+        assert!(plan.workloads.is_empty(), "{plan:?}");
+        assert_eq!(plan.enforced[0].action, "None");
+        assert_eq!((plan.condition.status, plan.condition.reason), (false, "DryRun"));
+        assert!(
+            plan.condition.message.contains("Deployment/a"),
+            "{}",
+            plan.condition.message
+        );
+    }
+
+    #[test]
+    fn action_none_removes_what_an_earlier_action_wrote() {
+        let w = workload(
+            "{kind: Deployment, name: a, annotations: {tokenbudget.io/budget: research, tokenbudget.io/state: ok, other: x}}",
+        );
+        let plan = decide(&budget(BudgetPhase::Active, EnforcementAction::None), &[w], now());
+        let removed: AnnotationPatch = [(BUDGET.to_string(), None), (STATE.to_string(), None)].into();
+        assert_eq!(steps(&plan, "a"), [Step::Annotate(removed)]);
+    }
+
+    #[test]
+    fn scale_down_records_the_count_then_scales_to_zero() {
+        let w = workload("{kind: Deployment, name: a, replicas: 3}");
+        let plan = decide(
+            &budget(BudgetPhase::Exhausted, EnforcementAction::ScaleDown),
+            &[w],
+            now(),
+        );
+        assert_eq!(
+            steps(&plan, "a"),
+            [
+                Step::Annotate(set(&[
+                    (BUDGET, "research"),
+                    (PAUSED_REPLICAS, "3"),
+                    (REMAINING_TOKENS, "0"),
+                    (STATE, "exhausted")
+                ])),
+                Step::Scale(0)
+            ]
+        );
+        assert_eq!(plan.workloads[0].notice.as_ref().unwrap().reason, "ScaledDown");
+        assert_eq!(plan.enforced[0].action, "ScaleDown");
+        assert_eq!(plan.condition.reason, "ScaledDown");
+        assert_eq!(plan.condition.message, "scaled to 0: Deployment/a");
+    }
+
+    #[test]
+    fn a_scaled_down_workload_stays_as_it_is() {
+        let w = workload(
+            "{kind: Deployment, name: a, replicas: 0, annotations: {tokenbudget.io/budget: research, \
+             tokenbudget.io/state: exhausted, tokenbudget.io/remaining-tokens: '0', tokenbudget.io/paused-replicas: '3'}}",
+        );
+        let plan = decide(
+            &budget(BudgetPhase::Exhausted, EnforcementAction::ScaleDown),
+            &[w],
+            now(),
+        );
+        assert!(plan.workloads.is_empty(), "{plan:?}");
+        assert_eq!(plan.enforced.len(), 1);
+    }
+
+    #[test]
+    fn a_manual_scale_up_while_exhausted_is_undone_and_remembered() {
+        let w = workload(
+            "{kind: Deployment, name: a, replicas: 4, annotations: {tokenbudget.io/budget: research, \
+             tokenbudget.io/state: exhausted, tokenbudget.io/remaining-tokens: '0', tokenbudget.io/paused-replicas: '2'}}",
+        );
+        let plan = decide(
+            &budget(BudgetPhase::Exhausted, EnforcementAction::ScaleDown),
+            &[w],
+            now(),
+        );
+        assert_eq!(
+            steps(&plan, "a"),
+            [Step::Annotate(set(&[(PAUSED_REPLICAS, "4")])), Step::Scale(0)]
+        );
+        let notice = plan.workloads[0].notice.as_ref().unwrap();
+        assert!(notice.message.contains("by someone else"), "{}", notice.message);
+    }
+
+    #[test]
+    fn restore_scales_back_first_and_forgets_afterwards() {
+        let w = workload(
+            "{kind: Deployment, name: a, replicas: 0, annotations: {tokenbudget.io/budget: research, \
+             tokenbudget.io/state: exhausted, tokenbudget.io/remaining-tokens: '0', tokenbudget.io/paused-replicas: '3'}}",
+        );
+        let plan = decide(&budget(BudgetPhase::Active, EnforcementAction::ScaleDown), &[w], now());
+        let mut patch = set(&[(REMAINING_TOKENS, "400"), (STATE, "ok")]);
+        patch.insert(PAUSED_REPLICAS.into(), None);
+        assert_eq!(steps(&plan, "a"), [Step::Scale(3), Step::Annotate(patch)]);
+        assert_eq!(plan.workloads[0].notice.as_ref().unwrap().reason, "Restored");
+        assert!(plan.enforced.is_empty());
+    }
+
+    #[test]
+    fn restore_keeps_a_count_someone_set_after_the_pause() {
+        let w = workload(
+            "{kind: StatefulSet, name: s, replicas: 5, annotations: {tokenbudget.io/budget: research, \
+             tokenbudget.io/state: exhausted, tokenbudget.io/paused-replicas: '3'}}",
+        );
+        let plan = decide(&budget(BudgetPhase::Active, EnforcementAction::ScaleDown), &[w], now());
+        assert!(!steps(&plan, "s").contains(&Step::Scale(3)));
+        assert_eq!(
+            plan.workloads[0].notice.as_ref().unwrap().message,
+            "restored StatefulSet/s to 5 replicas"
+        );
+    }
+
+    #[test]
+    fn the_grace_period_annotates_first_and_wakes_at_its_end() {
+        let mut b = budget(BudgetPhase::Exhausted, EnforcementAction::ScaleDown);
+        b.grace_period = Duration::from_secs(7200);
+        let w = workload("{kind: Deployment, name: a, replicas: 3}");
+        let plan = decide(&b, std::slice::from_ref(&w), now());
+        assert!(!steps(&plan, "a").contains(&Step::Scale(0)));
+        assert_eq!(plan.condition.reason, "GracePeriod");
+        assert_eq!(plan.wake_at, Some("2026-11-28T13:00:00Z".parse().unwrap()));
+        assert_eq!(plan.enforced[0].action, "Annotate");
+
+        let later = decide(&b, &[w], "2026-11-28T13:00:00Z".parse().unwrap());
+        assert_eq!(steps(&later, "a").last(), Some(&Step::Scale(0)));
+        assert_eq!(later.enforced[0].since, "2026-11-28T13:00:00Z");
+        assert_eq!(later.wake_at, None);
+    }
+
+    #[test]
+    fn jobs_are_suspended_and_resumed_only_if_the_operator_suspended_them() {
+        let b = budget(BudgetPhase::Exhausted, EnforcementAction::ScaleDown);
+        let job = workload("{kind: Job, name: j, suspended: false}");
+        let users = workload("{kind: CronJob, name: c, suspended: true}");
+        let plan = decide(&b, &[job, users], now());
+        assert_eq!(steps(&plan, "j").last(), Some(&Step::Suspend(true)));
+        assert!(matches!(&steps(&plan, "j")[0], Step::Annotate(p) if p.get(SUSPENDED) == Some(&Some("true".into()))));
+        assert!(!steps(&plan, "c").iter().any(|s| matches!(s, Step::Suspend(_))));
+        assert_eq!(plan.condition.message, "suspended: Job/j, CronJob/c");
+
+        let room = budget(BudgetPhase::Active, EnforcementAction::ScaleDown);
+        let ours = workload(
+            "{kind: Job, name: j, suspended: true, annotations: {tokenbudget.io/budget: research, tokenbudget.io/suspended: 'true'}}",
+        );
+        let theirs =
+            workload("{kind: CronJob, name: c, suspended: true, annotations: {tokenbudget.io/budget: research}}");
+        let plan = decide(&room, &[ours, theirs], now());
+        assert_eq!(steps(&plan, "j")[0], Step::Suspend(false));
+        assert!(!steps(&plan, "c").iter().any(|s| matches!(s, Step::Suspend(_))));
+    }
+
+    #[test]
+    fn an_unbound_workload_is_restored_and_cleaned() {
+        let w = workload(
+            "{kind: Deployment, name: a, replicas: 0, bound: false, pods: [], annotations: {tokenbudget.io/budget: research, \
+             tokenbudget.io/state: exhausted, tokenbudget.io/paused-replicas: '2', keep: me}}",
+        );
+        let plan = decide(
+            &budget(BudgetPhase::Exhausted, EnforcementAction::ScaleDown),
+            &[w],
+            now(),
+        );
+        let removed: AnnotationPatch = [
+            (BUDGET.to_string(), None),
+            (PAUSED_REPLICAS.to_string(), None),
+            (STATE.to_string(), None),
+        ]
+        .into();
+        assert_eq!(steps(&plan, "a"), [Step::Scale(2), Step::Annotate(removed)]);
+        assert!(plan.enforced.is_empty());
+        assert_eq!(plan.condition.reason, "NoWorkloads");
+    }
+
+    #[test]
+    fn a_deleted_budget_undoes_everything() {
+        let mut b = budget(BudgetPhase::Exhausted, EnforcementAction::ScaleDown);
+        b.deleting = true;
+        b.quota = Some(&EMPTY);
+        let mut w = workload(
+            "{kind: StatefulSet, name: s, replicas: 0, pods: [s-0], annotations: {tokenbudget.io/budget: research, \
+             tokenbudget.io/state: exhausted, tokenbudget.io/paused-replicas: '1'}}",
+        );
+        w.pods[0].annotations = [(STATE.to_string(), "exhausted".to_string())].into();
+        let plan = decide(&b, &[w], now());
+        assert_eq!(steps(&plan, "s")[0], Step::Scale(1));
+        assert_eq!(
+            plan.workloads[0].pods,
+            [("s-0".to_string(), [(STATE.to_string(), None)].into())]
+        );
+        assert_eq!(plan.quota, None);
+    }
+
+    static EMPTY: BTreeMap<String, Quantity> = BTreeMap::new();
+
+    #[test]
+    fn a_workload_of_another_budget_is_left_to_it() {
+        let w = workload(
+            "{kind: Deployment, name: a, replicas: 3, annotations: {tokenbudget.io/budget: other, tokenbudget.io/paused-replicas: '3'}}",
+        );
+        let plan = decide(
+            &budget(BudgetPhase::Exhausted, EnforcementAction::ScaleDown),
+            &[w],
+            now(),
+        );
+        assert!(plan.workloads.is_empty());
+        assert!(
+            plan.condition.message.contains("Deployment/a (by budget other)"),
+            "{}",
+            plan.condition.message
+        );
+    }
+
+    #[test]
+    fn freeze_quota_sets_pods_to_zero_only_while_exhausted() {
+        let hard: BTreeMap<String, Quantity> = [
+            ("pods".to_string(), Quantity("20".into())),
+            ("requests.cpu".to_string(), Quantity("8".into())),
+        ]
+        .into();
+        let mut b = budget(BudgetPhase::Exhausted, EnforcementAction::Annotate);
+        b.quota = Some(&hard);
+        assert_eq!(decide(&b, &[], now()).quota.as_ref(), Some(&hard));
+        b.freeze_quota = true;
+        let frozen = decide(&b, &[], now()).quota.unwrap();
+        assert_eq!(frozen["pods"], Quantity("0".into()));
+        assert_eq!(frozen["requests.cpu"], Quantity("8".into()));
+        b.phase = BudgetPhase::Warning;
+        assert_eq!(decide(&b, &[], now()).quota.as_ref(), Some(&hard));
+    }
+
+    #[test]
+    fn a_budget_without_token_limit_writes_no_remaining_tokens() {
+        let mut b = budget(BudgetPhase::Active, EnforcementAction::Annotate);
+        b.remaining_tokens = None;
+        let plan = decide(&b, &[workload("{kind: Job, name: j}")], now());
+        assert_eq!(
+            steps(&plan, "j"),
+            [Step::Annotate(set(&[(BUDGET, "research"), (STATE, "ok")]))]
+        );
+    }
+}

@@ -1,0 +1,390 @@
+//! Enforcement end to end: real agent traffic exhausts a budget, the operator scales the bound
+//! workloads down (the real controller-manager then deletes their pods), a manual scale-up is
+//! undone, and raising the limit, deleting the binding or deleting the budget restores exactly
+//! what was there.
+
+mod common;
+
+use common::*;
+use k8s_openapi::api::{
+    apps::v1::{Deployment, StatefulSet},
+    core::v1::{Pod, ResourceQuota},
+    events::v1::Event,
+};
+use kube::{
+    Api,
+    api::{Patch, PatchParams, PostParams},
+};
+use tokenbudget::{
+    api::{BudgetBinding, BudgetPhase, TokenBudget},
+    enforce::{BUDGET, PAUSED_REPLICAS, STATE},
+};
+
+fn annotation<'a>(meta: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.annotations.as_ref()?.get(key).map(String::as_str)
+}
+
+fn phase(tb: &TokenBudget) -> Option<BudgetPhase> {
+    tb.status.as_ref()?.phase
+}
+
+fn statefulset(name: &str, replicas: i32) -> StatefulSet {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"app": name, "team": "research"}},
+        "spec": {
+            "replicas": replicas,
+            "serviceName": name,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{
+                    "name": "agent", "image": "agent:latest",
+                    "ports": [{"name": "metrics", "containerPort": 9464}]
+                }]}
+            }
+        }
+    }))
+    .unwrap()
+}
+
+struct Scenario {
+    client: kube::Client,
+    ns: TestNamespace,
+    _operator: Operator,
+    budgets: Api<TokenBudget>,
+    bindings: Api<BudgetBinding>,
+    pods: Api<Pod>,
+    deployments: Api<Deployment>,
+    events: Api<Event>,
+    agents: Vec<Agent>,
+}
+
+impl Scenario {
+    async fn new(test: &str) -> Self {
+        let client = client().await;
+        ensure_crds(&client).await;
+        let ns = TestNamespace::new(&client, test).await;
+        let operator = Operator::start(&ns.name);
+        Scenario {
+            budgets: ns.api(&client),
+            bindings: ns.api(&client),
+            pods: ns.api(&client),
+            deployments: ns.api(&client),
+            events: ns.api(&client),
+            client,
+            ns,
+            _operator: operator,
+            agents: Vec::new(),
+        }
+    }
+
+    /// Plays the kubelet for the `count` pods labelled `app`: each gets an agent of its own.
+    /// Returns the index of the first new agent.
+    async fn run_pods(&mut self, app: &str, count: usize) -> usize {
+        let first = self.agents.len();
+        for pod in pods_of(&self.pods, app, count).await {
+            let agent = Agent::start(&agent_ip(), &[]);
+            run_pod(&self.pods, &pod, &agent.ip, 0).await;
+            self.agents.push(agent);
+        }
+        first
+    }
+
+    async fn apply(&self, yaml: &str) {
+        let out = kubectl(&["apply", "-n", &self.ns.name, "-f", "-"], Some(yaml));
+        assert!(out.status.success(), "kubectl apply: {}", text(&out.stderr));
+    }
+
+    async fn wait_budget(&self, name: &str, what: &str, cond: impl Fn(&TokenBudget) -> bool) -> TokenBudget {
+        wait_for(&self.budgets, name, what, cond).await
+    }
+
+    async fn wait_event(&self, reason: &str, contains: &str) -> Event {
+        let (reason, contains) = (reason.to_string(), contains.to_string());
+        wait_event(
+            &self.events,
+            &format!("a {reason} Event saying {contains:?}"),
+            move |e| {
+                e.reason.as_deref() == Some(reason.as_str()) && e.note.as_deref().is_some_and(|n| n.contains(&contains))
+            },
+        )
+        .await
+    }
+}
+
+fn budget_yaml(name: &str, tokens: i64, extra: &str) -> String {
+    format!(
+        "apiVersion: tokenbudget.io/v1alpha1\nkind: TokenBudget\nmetadata: {{name: {name}}}\n\
+         spec:\n  limits: {{tokens: {tokens}}}\n  thresholds: [50]\n{extra}"
+    )
+}
+
+fn binding_yaml(name: &str, budget: &str, workloads: &str) -> String {
+    format!(
+        "apiVersion: tokenbudget.io/v1alpha1\nkind: BudgetBinding\nmetadata: {{name: {name}}}\n\
+         spec: {{budgetRef: {{name: {budget}}}, workloads: {workloads}, \
+         metrics: {{port: metrics, interval: 1s, timeout: 1s}}}}"
+    )
+}
+
+#[tokio::test]
+async fn scale_down_is_undone_by_hand_then_restored_exactly_when_the_limit_is_raised() {
+    let mut s = Scenario::new("scale-down-restore").await;
+    let statefulsets: Api<StatefulSet> = s.ns.api(&s.client);
+    s.deployments
+        .create(&PostParams::default(), &deployment("agent", 2))
+        .await
+        .unwrap();
+    statefulsets
+        .create(&PostParams::default(), &statefulset("memory", 1))
+        .await
+        .unwrap();
+    s.run_pods("agent", 2).await;
+    s.run_pods("memory", 1).await;
+    s.apply(&budget_yaml("research", 1000, "  enforcement: {action: ScaleDown}\n"))
+        .await;
+    s.apply(&binding_yaml(
+        "agents",
+        "research",
+        "[{kind: Deployment, name: agent}, {kind: StatefulSet, selector: {matchLabels: {team: research}}}]",
+    ))
+    .await;
+
+    // Below the threshold: workloads and pods are marked ok.
+    let d = wait_for(&s.deployments, "agent", "the Deployment marked ok", |d| {
+        annotation(&d.metadata, STATE) == Some("ok")
+    })
+    .await;
+    assert_eq!(annotation(&d.metadata, BUDGET), Some("research"));
+
+    // Over the threshold: warning, nothing scaled.
+    s.agents[0].spend("gpt-4o-mini", 500, 100);
+    s.wait_budget("research", "phase Warning", |tb| {
+        phase(tb) == Some(BudgetPhase::Warning)
+    })
+    .await;
+    wait_for(&s.deployments, "agent", "the Deployment marked warning", |d| {
+        annotation(&d.metadata, STATE) == Some("warning")
+    })
+    .await;
+    wait_event(&s.events, "a ThresholdReached Event", |e| {
+        e.reason.as_deref() == Some("ThresholdReached")
+    })
+    .await;
+
+    // Exhausted: both scaled to 0 with their counts kept; the controller-manager deletes the pods.
+    s.agents[2].spend("gpt-4o-mini", 300, 100);
+    s.wait_budget("research", "phase Exhausted", |tb| {
+        phase(tb) == Some(BudgetPhase::Exhausted)
+    })
+    .await;
+    let d = wait_for(&s.deployments, "agent", "the Deployment scaled to 0", |d| {
+        d.spec.replicas == Some(0)
+    })
+    .await;
+    assert_eq!(annotation(&d.metadata, PAUSED_REPLICAS), Some("2"));
+    assert_eq!(annotation(&d.metadata, STATE), Some("exhausted"));
+    let sts = wait_for(&statefulsets, "memory", "the StatefulSet scaled to 0", |s| {
+        s.spec.replicas == Some(0)
+    })
+    .await;
+    assert_eq!(annotation(&sts.metadata, PAUSED_REPLICAS), Some("1"));
+    pods_of(&s.pods, "agent", 0).await;
+    s.wait_event("ScaledDown", "Deployment/agent from 2 to 0").await;
+    let tb = s
+        .wait_budget("research", "status.enforced lists both", |tb| {
+            tb.status.as_ref().is_some_and(|st| st.enforced.len() == 2)
+        })
+        .await;
+    let enforced = &tb.status.as_ref().unwrap().enforced;
+    assert!(enforced.iter().all(|e| e.action == "ScaleDown"), "{enforced:?}");
+
+    // A manual scale-up while exhausted is undone, and remembered for the restore.
+    let out = kubectl(&["scale", "deployment/agent", "--replicas=3", "-n", &s.ns.name], None);
+    assert!(out.status.success(), "kubectl scale: {}", text(&out.stderr));
+    let d = wait_for(&s.deployments, "agent", "the manual scale-up undone", |d| {
+        d.spec.replicas == Some(0) && annotation(&d.metadata, PAUSED_REPLICAS) == Some("3")
+    })
+    .await;
+    assert_eq!(annotation(&d.metadata, STATE), Some("exhausted"));
+    s.wait_event("ScaledDown", "by someone else").await;
+
+    // Raising the limit restores exactly: 3 (the last count asked for) and 1.
+    s.budgets
+        .patch(
+            "research",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"limits": {"tokens": 1000000}}})),
+        )
+        .await
+        .unwrap();
+    let d = wait_for(&s.deployments, "agent", "the Deployment restored to 3", |d| {
+        d.spec.replicas == Some(3) && annotation(&d.metadata, PAUSED_REPLICAS).is_none()
+    })
+    .await;
+    assert_eq!(annotation(&d.metadata, STATE), Some("ok"));
+    wait_for(&statefulsets, "memory", "the StatefulSet restored to 1", |s| {
+        s.spec.replicas == Some(1) && annotation(&s.metadata, PAUSED_REPLICAS).is_none()
+    })
+    .await;
+    s.wait_event("Restored", "restored Deployment/agent to 3 replicas")
+        .await;
+    let tb = s
+        .wait_budget("research", "nothing enforced any more", |tb| {
+            tb.status.as_ref().is_some_and(|st| st.enforced.is_empty())
+        })
+        .await;
+    assert_eq!(phase(&tb), Some(BudgetPhase::Active));
+    // The new pods are marked as their workload.
+    let pods = pods_of(&s.pods, "agent", 3).await;
+    let pod = wait_for(&s.pods, &pods[0], "a new pod marked ok", |p| {
+        annotation(&p.metadata, STATE) == Some("ok")
+    })
+    .await;
+    assert_eq!(annotation(&pod.metadata, BUDGET), Some("research"));
+}
+
+#[tokio::test]
+async fn freeze_quota_blocks_new_pods_and_deleting_the_binding_or_the_budget_restores() {
+    let mut s = Scenario::new("freeze-quota").await;
+    s.deployments
+        .create(&PostParams::default(), &deployment("agent", 1))
+        .await
+        .unwrap();
+    s.run_pods("agent", 1).await;
+    s.apply(&budget_yaml(
+        "research",
+        100,
+        "  enforcement: {action: ScaleDown, freezeQuota: true}\n  computeQuota: {hard: {pods: '10'}}\n",
+    ))
+    .await;
+    let bb = binding_yaml("agents", "research", "[{kind: Deployment, name: agent}]");
+    s.apply(&bb).await;
+    let quotas: Api<ResourceQuota> = s.ns.api(&s.client);
+    let quota = wait_for(&quotas, "tokenbudget-research", "the budget's quota", |q| {
+        q.spec
+            .as_ref()
+            .and_then(|s| s.hard.as_ref())
+            .and_then(|h| h.get("pods"))
+            .map(|q| q.0.as_str())
+            == Some("10")
+    })
+    .await;
+    assert!(
+        quota
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.kind == "TokenBudget" && o.name == "research"),
+        "the quota is owned by the budget, so deleting the budget removes it"
+    );
+
+    s.agents[0].spend("gpt-4o-mini", 150, 0);
+    s.wait_budget("research", "phase Exhausted", |tb| {
+        phase(tb) == Some(BudgetPhase::Exhausted)
+    })
+    .await;
+    wait_for(&quotas, "tokenbudget-research", "the quota frozen", |q| {
+        q.spec
+            .as_ref()
+            .and_then(|s| s.hard.as_ref())
+            .and_then(|h| h.get("pods"))
+            .map(|q| q.0.as_str())
+            == Some("0")
+    })
+    .await;
+    wait_for(&s.deployments, "agent", "the Deployment scaled to 0", |d| {
+        d.spec.replicas == Some(0)
+    })
+    .await;
+    // The quota controller fills in the frozen limit; then no pod of any kind may start.
+    wait_for(
+        &quotas,
+        "tokenbudget-research",
+        "the quota controller to see the freeze",
+        |q| {
+            q.status
+                .as_ref()
+                .and_then(|s| s.hard.as_ref())
+                .and_then(|h| h.get("pods"))
+                .map(|q| q.0.as_str())
+                == Some("0")
+        },
+    )
+    .await;
+    let out = kubectl(
+        &[
+            "run",
+            "intruder",
+            "--image=busybox",
+            "--restart=Never",
+            "-n",
+            &s.ns.name,
+        ],
+        None,
+    );
+    assert!(!out.status.success(), "a new pod must be refused while frozen");
+    assert!(text(&out.stderr).contains("exceeded quota"), "{}", text(&out.stderr));
+    let tb = s
+        .wait_budget("research", "the quota mirrored in status", |tb| {
+            tb.status
+                .as_ref()
+                .and_then(|s| s.compute_quota.as_ref())
+                .is_some_and(|q| q.hard.get("pods").map(|p| p.0.as_str()) == Some("0"))
+        })
+        .await;
+    assert_eq!(tb.status.unwrap().compute_quota.unwrap().name, "tokenbudget-research");
+
+    // Deleting the binding restores its workload (the budget stays exhausted and frozen).
+    delete(&s.bindings, "agents").await;
+    let d = wait_for(
+        &s.deployments,
+        "agent",
+        "the Deployment restored after unbinding",
+        |d| d.spec.replicas == Some(1) && d.metadata.annotations.as_ref().is_none_or(|a| !a.contains_key(BUDGET)),
+    )
+    .await;
+    assert_eq!(annotation(&d.metadata, STATE), None);
+
+    // Bound again while still exhausted: scaled down again.
+    s.apply(&bb).await;
+    wait_for(&s.deployments, "agent", "scaled down again once bound", |d| {
+        d.spec.replicas == Some(0) && annotation(&d.metadata, PAUSED_REPLICAS) == Some("1")
+    })
+    .await;
+
+    // Deleting the budget restores the workload and removes the quota before the budget goes.
+    delete(&s.budgets, "research").await;
+    let d = wait_for(
+        &s.deployments,
+        "agent",
+        "the Deployment restored after the budget's deletion",
+        |d| d.spec.replicas == Some(1) && d.metadata.annotations.as_ref().is_none_or(|a| !a.contains_key(BUDGET)),
+    )
+    .await;
+    assert_eq!(annotation(&d.metadata, PAUSED_REPLICAS), None);
+    within(
+        kube::runtime::wait::await_condition(s.budgets.clone(), "research", |tb: Option<&TokenBudget>| tb.is_none()),
+        "the budget to be gone",
+    )
+    .await
+    .unwrap();
+    within(
+        kube::runtime::wait::await_condition(quotas.clone(), "tokenbudget-research", |q: Option<&ResourceQuota>| {
+            q.is_none()
+        }),
+        "the quota to be gone",
+    )
+    .await
+    .unwrap();
+    let out = kubectl(
+        &["run", "welcome", "--image=busybox", "--restart=Never", "-n", &s.ns.name],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "kubectl run after the budget is gone: {}",
+        text(&out.stderr)
+    );
+}
