@@ -388,3 +388,112 @@ async fn freeze_quota_blocks_new_pods_and_deleting_the_binding_or_the_budget_res
         text(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn jobs_and_cron_jobs_are_paused_and_resumed() {
+    let mut s = Scenario::new("jobs-paused").await;
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = s.ns.api(&s.client);
+    // A batch/v1beta1 CronJob where the server is older than 1.21 (the testbed), batch/v1 on
+    // newer ones: the operator reads and writes whichever the server has.
+    let batch = if s
+        .client
+        .apiserver_version()
+        .await
+        .unwrap()
+        .minor
+        .trim_end_matches('+')
+        .parse::<u32>()
+        .unwrap()
+        < 21
+    {
+        "batch/v1beta1"
+    } else {
+        "batch/v1"
+    };
+    s.apply(&format!(
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: batch}}\n\
+         spec:\n  parallelism: 2\n  completions: 10\n  template:\n    metadata: {{labels: {{app: batch}}}}\n    spec:\n      \
+         restartPolicy: Never\n      containers: [{{name: agent, image: 'agent:latest', ports: [{{name: metrics, containerPort: 9464}}]}}]\n\
+         ---\napiVersion: {batch}\nkind: CronJob\nmetadata: {{name: nightly}}\n\
+         spec:\n  schedule: '0 3 * * *'\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          \
+         restartPolicy: Never\n          containers: [{{name: agent, image: 'agent:latest'}}]\n"
+    ))
+    .await;
+    s.run_pods("batch", 2).await;
+    s.apply(&budget_yaml("research", 100, "  enforcement: {action: ScaleDown}\n"))
+        .await;
+    s.apply(&binding_yaml(
+        "batch",
+        "research",
+        "[{kind: Job, name: batch}, {kind: CronJob, name: nightly}]",
+    ))
+    .await;
+    let cron_state = |path: &str| {
+        let out = kubectl(
+            &[
+                "get",
+                &format!("cronjobs.{}.batch", batch.trim_start_matches("batch/")),
+                "nightly",
+                "-n",
+                &s.ns.name,
+                "-o",
+                &format!("jsonpath={path}"),
+            ],
+            None,
+        );
+        text(&out.stdout)
+    };
+
+    s.agents[0].spend("gpt-4o-mini", 80, 40);
+    s.wait_budget("research", "phase Exhausted", |tb| {
+        phase(tb) == Some(BudgetPhase::Exhausted)
+    })
+    .await;
+    let tb = s
+        .wait_budget("research", "both paused", |tb| {
+            tb.status
+                .as_ref()
+                .is_some_and(|st| st.enforced.iter().filter(|e| e.action == "Suspend").count() == 2)
+        })
+        .await;
+    let message = tb
+        .status
+        .as_ref()
+        .and_then(|st| st.conditions.iter().find(|c| c.type_ == "Enforced"))
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(
+        message.contains("Job/batch") && message.contains("CronJob/nightly"),
+        "{message}"
+    );
+    let job = jobs.get("batch").await.unwrap();
+    let spec = job.spec.as_ref().unwrap();
+    if batch == "batch/v1" {
+        assert_eq!(spec.suspend, Some(true));
+    } else {
+        // No Job suspend before 1.21: paused at parallelism 0, and the job controller
+        // deletes its running pods.
+        assert_eq!(spec.parallelism, Some(0));
+        assert_eq!(annotation(&job.metadata, PAUSED_REPLICAS), Some("2"));
+        pods_of(&s.pods, "batch", 0).await;
+    }
+    assert_eq!(cron_state("{.spec.suspend}"), "true");
+    assert_eq!(cron_state("{.metadata.annotations.tokenbudget\\.io/suspended}"), "true");
+
+    s.budgets
+        .patch(
+            "research",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"limits": {"tokens": 1000000}}})),
+        )
+        .await
+        .unwrap();
+    let job = wait_for(&jobs, "batch", "the Job resumed", |j| {
+        annotation(&j.metadata, PAUSED_REPLICAS).is_none() && j.spec.as_ref().is_some_and(|s| s.suspend != Some(true))
+    })
+    .await;
+    assert_eq!(job.spec.unwrap().parallelism, Some(2));
+    s.wait_event("Restored", "CronJob/nightly").await;
+    assert_eq!(cron_state("{.spec.suspend}"), "false");
+    assert_eq!(cron_state("{.metadata.annotations.tokenbudget\\.io/suspended}"), "");
+}

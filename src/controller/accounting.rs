@@ -23,7 +23,7 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    core::DeserializeGuard,
+    core::{ApiResource, DeserializeGuard, DynamicObject},
     runtime::{
         WatchStreamExt,
         reflector::{self, ObjectRef, Store},
@@ -69,6 +69,8 @@ pub struct Cluster {
     pub jobs: Store<Job>,
     pub cron_jobs: Store<CronJob>,
     pub bindings: Store<DeserializeGuard<BudgetBinding>>,
+    /// The server has batch/v1 CronJobs and Job `spec.suspend` (Kubernetes 1.21 and later).
+    pub modern_batch: bool,
     synced: Arc<AtomicBool>,
 }
 
@@ -129,12 +131,11 @@ impl Cluster {
             let (store, driver) = reflect(api(client, namespace));
             (store, driver.boxed())
         } else {
-            // batch/v1 CronJobs arrived in Kubernetes 1.21: on an older server there are none
-            // to bind, and an empty, synced store says so.
-            let (store, mut writer) = reflector::store::<CronJob>();
-            writer.apply_watcher_event(&watcher::Event::Init);
-            writer.apply_watcher_event(&watcher::Event::InitDone);
-            (store, futures::future::ready(()).boxed())
+            // batch/v1 CronJobs arrived in Kubernetes 1.21: before, batch/v1beta1 serves the
+            // same object (everything the operator reads of it is identical), so it is read
+            // there and kept as a batch/v1 CronJob.
+            let (store, driver) = reflect_legacy_cron_jobs(client, namespace);
+            (store, driver.boxed())
         };
         let cluster = Cluster {
             pods: pods_reader,
@@ -144,6 +145,7 @@ impl Cluster {
             jobs,
             cron_jobs,
             bindings,
+            modern_batch: cron_jobs_served,
             synced: Arc::default(),
         };
         let watch_sync = cluster.clone().watch_sync();
@@ -227,6 +229,56 @@ impl Cluster {
     }
 }
 
+/// batch/v1beta1 CronJobs (Kubernetes < 1.21), read into a store of batch/v1 CronJobs.
+fn reflect_legacy_cron_jobs(
+    client: &Client,
+    namespace: Option<&str>,
+) -> (Store<CronJob>, impl Future<Output = ()> + Send + use<>) {
+    let resource = legacy_cron_job_resource();
+    let api: Api<DynamicObject> = match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    let convert = |obj: DynamicObject| -> Option<CronJob> {
+        let mut value = serde_json::to_value(obj).ok()?;
+        value["apiVersion"] = "batch/v1".into();
+        let mut cron_job: CronJob = serde_json::from_value(value)
+            .map_err(|e| tracing::warn!(error = %e, "a batch/v1beta1 CronJob that does not read as batch/v1"))
+            .ok()?;
+        cron_job.metadata.managed_fields = None;
+        Some(cron_job)
+    };
+    let (reader, mut writer) = reflector::store::<CronJob>();
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .for_each(move |event| {
+            let event = match event {
+                Ok(watcher::Event::Apply(o)) => convert(o).map(watcher::Event::Apply),
+                Ok(watcher::Event::Delete(o)) => convert(o).map(watcher::Event::Delete),
+                Ok(watcher::Event::InitApply(o)) => convert(o).map(watcher::Event::InitApply),
+                Ok(watcher::Event::Init) => Some(watcher::Event::Init),
+                Ok(watcher::Event::InitDone) => Some(watcher::Event::InitDone),
+                Err(_) => None,
+            };
+            if let Some(event) = event {
+                writer.apply_watcher_event(&event);
+            }
+            async {}
+        });
+    (reader, stream)
+}
+
+/// Where a server older than 1.21 serves CronJobs.
+pub fn legacy_cron_job_resource() -> ApiResource {
+    ApiResource {
+        group: "batch".into(),
+        version: "v1beta1".into(),
+        api_version: "batch/v1beta1".into(),
+        kind: "CronJob".into(),
+        plural: "cronjobs".into(),
+    }
+}
+
 /// Whether the server serves batch/v1 CronJobs (1.21 and later).
 pub async fn cron_jobs_served(client: &Client, namespace: Option<&str>) -> bool {
     match api::<CronJob>(client, namespace)
@@ -235,7 +287,8 @@ pub async fn cron_jobs_served(client: &Client, namespace: Option<&str>) -> bool 
     {
         Err(kube::Error::Api(e)) if e.code == 404 => {
             tracing::warn!(
-                "this API server does not serve batch/v1 CronJobs (Kubernetes < 1.21): CronJob entries of bindings match nothing"
+                "this API server does not serve batch/v1 CronJobs (Kubernetes < 1.21): reading batch/v1beta1 CronJobs, \
+                 and pausing Jobs through their parallelism (they have no spec.suspend yet)"
             );
             false
         }

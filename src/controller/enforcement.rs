@@ -98,7 +98,7 @@ pub async fn enforce(
     }
 
     for w in &plan.workloads {
-        match act::apply(&ctx.client, &ns, w).await {
+        match act::apply(&ctx.client, &ns, w, cluster.modern_batch).await {
             Ok(()) => {
                 let pauses = w
                     .steps
@@ -228,11 +228,21 @@ fn observe(cluster: &Cluster, ns: &str, budget: &str) -> Vec<decide::Workload> {
                     .iter()
                     .find(|o| o.metadata.name.as_deref() == Some(&id.name))
                     .map(|o| {
-                        (
-                            o.metadata.clone(),
-                            None,
-                            Some(o.spec.as_ref().and_then(|s| s.suspend).unwrap_or(false)),
-                        )
+                        let spec = o.spec.as_ref();
+                        if cluster.modern_batch {
+                            (
+                                o.metadata.clone(),
+                                None,
+                                Some(spec.and_then(|s| s.suspend).unwrap_or(false)),
+                            )
+                        } else {
+                            // No Job suspend before 1.21: parallelism 0 pauses a Job.
+                            (
+                                o.metadata.clone(),
+                                Some(spec.and_then(|s| s.parallelism).unwrap_or(1)),
+                                None,
+                            )
+                        }
                     })?,
                 WorkloadKind::CronJob => snapshot
                     .cron_jobs

@@ -13,9 +13,8 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{ApiResource, DynamicObject, Patch, PatchParams},
 };
-use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::decide::{Step, WorkloadPlan};
@@ -54,13 +53,63 @@ impl ActError {
 }
 
 /// Applies one workload's plan: its steps in order, each conditional on the version the
-/// previous one left, then its pods' annotations.
-pub async fn apply(client: &Client, namespace: &str, plan: &WorkloadPlan) -> Result<(), ActError> {
-    match plan.kind {
-        WorkloadKind::Deployment => apply_to::<Deployment>(client, namespace, plan).await?,
-        WorkloadKind::StatefulSet => apply_to::<StatefulSet>(client, namespace, plan).await?,
-        WorkloadKind::Job => apply_to::<Job>(client, namespace, plan).await?,
-        WorkloadKind::CronJob => apply_to::<CronJob>(client, namespace, plan).await?,
+/// previous one left, then its pods' annotations. `modern_batch`: the server has batch/v1
+/// CronJobs and Job suspend (Kubernetes 1.21 and later).
+pub async fn apply(client: &Client, namespace: &str, plan: &WorkloadPlan, modern_batch: bool) -> Result<(), ActError> {
+    let resource = match plan.kind {
+        WorkloadKind::Deployment => ApiResource::erase::<Deployment>(&()),
+        WorkloadKind::StatefulSet => ApiResource::erase::<StatefulSet>(&()),
+        WorkloadKind::Job => ApiResource::erase::<Job>(&()),
+        WorkloadKind::CronJob if modern_batch => ApiResource::erase::<CronJob>(&()),
+        WorkloadKind::CronJob => ApiResource {
+            group: "batch".into(),
+            version: "v1beta1".into(),
+            api_version: "batch/v1beta1".into(),
+            kind: "CronJob".into(),
+            plural: "cronjobs".into(),
+        },
+    };
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+    let what = format!("{}/{}", plan.kind.as_str(), plan.name);
+    let params = PatchParams::default();
+    let mut version = plan.resource_version.clone();
+    for step in &plan.steps {
+        let precondition = json!({"resourceVersion": version});
+        let spec = match step {
+            Step::Annotate(annotations) => {
+                let mut meta = precondition.clone();
+                meta["annotations"] = json!(annotations);
+                let obj = api
+                    .patch(&plan.name, &params, &Patch::Merge(&json!({"metadata": meta})))
+                    .await
+                    .map_err(|e| ActError::from_kube(what.clone(), e))?;
+                version = obj.resource_version();
+                continue;
+            }
+            Step::Scale(replicas) if matches!(plan.kind, WorkloadKind::Deployment | WorkloadKind::StatefulSet) => {
+                let body = json!({"metadata": precondition, "spec": {"replicas": replicas}});
+                let scale = api
+                    .patch_scale(&plan.name, &params, &Patch::Merge(&body))
+                    .await
+                    .map_err(|e| ActError::from_kube(what.clone(), e))?;
+                version = scale.metadata.resource_version;
+                continue;
+            }
+            // A Job on a server without Job suspend: its parallelism is its replica count.
+            Step::Scale(parallelism) => json!({"parallelism": parallelism}),
+            Step::Suspend(suspend) => json!({"suspend": suspend}),
+        };
+        let body = json!({"metadata": precondition, "spec": spec});
+        let obj = api
+            .patch(&plan.name, &params, &Patch::Merge(&body))
+            .await
+            .map_err(|e| ActError::from_kube(what.clone(), e))?;
+        if let Step::Suspend(true) = step
+            && obj.data.pointer("/spec/suspend").and_then(|v| v.as_bool()) != Some(true)
+        {
+            return Err(ActError::SuspendUnsupported(what));
+        }
+        version = obj.resource_version();
     }
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     for (pod, patch) in &plan.pods {
@@ -70,60 +119,6 @@ pub async fn apply(client: &Client, namespace: &str, plan: &WorkloadPlan) -> Res
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             other => {
                 other.map_err(|e| ActError::from_kube(format!("pod {pod}"), e))?;
-            }
-        }
-    }
-    Ok(())
-}
-
-async fn apply_to<K>(client: &Client, namespace: &str, plan: &WorkloadPlan) -> Result<(), ActError>
-where
-    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    let what = format!("{}/{}", plan.kind.as_str(), plan.name);
-    let params = PatchParams::default();
-    let mut version = plan.resource_version.clone();
-    for step in &plan.steps {
-        let precondition = json!({"resourceVersion": version});
-        match step {
-            Step::Annotate(annotations) => {
-                let mut meta = precondition;
-                meta["annotations"] = json!(annotations);
-                let body = json!({"metadata": meta});
-                let obj = api
-                    .patch(&plan.name, &params, &Patch::Merge(&body))
-                    .await
-                    .map_err(|e| ActError::from_kube(what.clone(), e))?;
-                version = obj.resource_version();
-            }
-            Step::Scale(replicas) => {
-                let body = json!({"metadata": precondition, "spec": {"replicas": replicas}});
-                let scale = api
-                    .patch_scale(&plan.name, &params, &Patch::Merge(&body))
-                    .await
-                    .map_err(|e| ActError::from_kube(what.clone(), e))?;
-                version = scale.metadata.resource_version;
-            }
-            Step::Suspend(suspend) => {
-                let body = json!({"metadata": precondition, "spec": {"suspend": suspend}});
-                let obj = api
-                    .patch(&plan.name, &params, &Patch::Merge(&body))
-                    .await
-                    .map_err(|e| ActError::from_kube(what.clone(), e))?;
-                let value = serde_json::to_value(&obj).ok();
-                let now = value
-                    .as_ref()
-                    .and_then(|v| v.pointer("/spec/suspend"))
-                    .and_then(|v| v.as_bool());
-                if *suspend && now != Some(true) {
-                    return Err(ActError::SuspendUnsupported(what));
-                }
-                version = obj.resource_version();
             }
         }
     }

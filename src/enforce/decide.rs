@@ -37,7 +37,8 @@ pub struct Workload {
     pub name: String,
     pub resource_version: Option<String>,
     pub annotations: BTreeMap<String, String>,
-    /// Deployments and StatefulSets: `spec.replicas` (1 when unset).
+    /// Deployments and StatefulSets: `spec.replicas` (1 when unset). Jobs on a server
+    /// without Job suspend (before 1.21): `spec.parallelism`, which pauses them at 0.
     pub replicas: Option<i32>,
     /// Jobs and CronJobs: `spec.suspend`.
     pub suspended: Option<bool>,
@@ -60,7 +61,8 @@ pub type AnnotationPatch = BTreeMap<String, Option<String>>;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
     Annotate(AnnotationPatch),
-    /// Through the scale subresource (Deployments, StatefulSets).
+    /// Through the scale subresource (Deployments, StatefulSets), or `spec.parallelism`
+    /// (Jobs on a server without Job suspend).
     Scale(i32),
     /// `spec.suspend` (Jobs, CronJobs).
     Suspend(bool),
@@ -158,9 +160,12 @@ pub fn decide(budget: &Budget, workloads: &[Workload], now: Timestamp) -> Plan {
         let mut after = Vec::new(); // writes after them
         let mut notice = None;
         let label = format!("{}/{}", w.kind.as_str(), w.name);
-        match w.kind {
-            WorkloadKind::Deployment | WorkloadKind::StatefulSet => {
-                let current = w.replicas.unwrap_or(1);
+        let (action, unit) = match w.kind {
+            WorkloadKind::Deployment | WorkloadKind::StatefulSet => ("ScaleDown", "replicas"),
+            WorkloadKind::Job | WorkloadKind::CronJob => ("Suspend", "parallelism"),
+        };
+        match w.replicas {
+            Some(current) => {
                 let paused = w.annotations.get(PAUSED_REPLICAS).and_then(|p| p.parse::<i32>().ok());
                 if bound && scale_down {
                     // The operator only ever scales to 0, so a count above 0 was asked for by
@@ -175,7 +180,7 @@ pub fn decide(budget: &Budget, workloads: &[Workload], now: Timestamp) -> Plan {
                         notice = Some(Notice {
                             reason: "ScaledDown",
                             message: match paused {
-                                None => format!("scaled {label} from {current} to 0 replicas: the budget is exhausted"),
+                                None => format!("scaled {label} from {current} to 0 {unit}: the budget is exhausted"),
                                 Some(_) => format!(
                                     "{label} was scaled to {current} by someone else while the budget is exhausted: \
                                      scaled to 0 again ({current} is what the restore brings back)"
@@ -183,7 +188,7 @@ pub fn decide(budget: &Budget, workloads: &[Workload], now: Timestamp) -> Plan {
                             },
                         });
                     }
-                    enforced.push(entry(w, "ScaleDown", since(grace_end)));
+                    enforced.push(entry(w, action, since(grace_end)));
                 } else if let Some(paused) = paused {
                     let target = if current > 0 { current } else { paused };
                     if current != target {
@@ -191,11 +196,11 @@ pub fn decide(budget: &Budget, workloads: &[Workload], now: Timestamp) -> Plan {
                     }
                     notice = Some(Notice {
                         reason: "Restored",
-                        message: format!("restored {label} to {target} replicas"),
+                        message: format!("restored {label} to {target} {unit}"),
                     });
                 }
             }
-            WorkloadKind::Job | WorkloadKind::CronJob => {
+            None => {
                 let ours = w.annotations.get(SUSPENDED).is_some_and(|v| v == "true");
                 if bound && scale_down {
                     if w.suspended != Some(true) {
@@ -208,7 +213,7 @@ pub fn decide(budget: &Budget, workloads: &[Workload], now: Timestamp) -> Plan {
                     } else if ours {
                         want.insert(SUSPENDED, "true".into());
                     }
-                    enforced.push(entry(w, "Suspend", since(grace_end)));
+                    enforced.push(entry(w, action, since(grace_end)));
                 } else if ours {
                     if w.suspended == Some(true) {
                         before.push(Step::Suspend(false));
@@ -697,6 +702,23 @@ mod tests {
         let plan = decide(&room, &[ours, theirs], now());
         assert_eq!(steps(&plan, "j")[0], Step::Suspend(false));
         assert!(!steps(&plan, "c").iter().any(|s| matches!(s, Step::Suspend(_))));
+    }
+
+    #[test]
+    fn jobs_without_suspend_are_paused_through_their_parallelism() {
+        let b = budget(BudgetPhase::Exhausted, EnforcementAction::ScaleDown);
+        let plan = decide(&b, &[workload("{kind: Job, name: j, replicas: 2}")], now());
+        assert_eq!(steps(&plan, "j").last(), Some(&Step::Scale(0)));
+        assert_eq!(plan.enforced[0].action, "Suspend");
+        assert_eq!(
+            plan.workloads[0].notice.as_ref().unwrap().message,
+            "scaled Job/j from 2 to 0 parallelism: the budget is exhausted"
+        );
+        let room = budget(BudgetPhase::Active, EnforcementAction::ScaleDown);
+        let paused = workload(
+            "{kind: Job, name: j, replicas: 0, annotations: {tokenbudget.io/budget: research, tokenbudget.io/paused-replicas: '2'}}",
+        );
+        assert_eq!(steps(&decide(&room, &[paused], now()), "j")[0], Step::Scale(2));
     }
 
     #[test]
