@@ -13,5 +13,6 @@ pub mod controller;
 pub mod crds;
 pub mod http;
 pub mod metrics;
+pub mod plugin;
 pub mod usage;
 pub mod validate;
