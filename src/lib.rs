@@ -15,5 +15,6 @@ pub mod crds;
 pub mod enforce;
 pub mod http;
 pub mod metrics;
+pub mod plugin;
 pub mod usage;
 pub mod validate;

@@ -1,0 +1,701 @@
+//! How budgets look on a terminal. Pure: budgets, `now` and a colour flag in, text out, so every
+//! view is unit-tested from YAML fixtures with a fixed clock.
+
+use std::cmp::Reverse;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::ResourceExt;
+
+use crate::api::{BudgetPhase, ResetPeriod, TokenBudget, TokenBudgetStatus, TokenType};
+use crate::usage::{format_money, parse_money, percent_used};
+
+/// Cells of the usage bar.
+pub const BAR_CELLS: usize = 20;
+
+/// What every view needs besides the budgets.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// The time relative times ("in 2h13m") count from.
+    pub now: Timestamp,
+    /// ANSI colours (a terminal without NO_COLOR).
+    pub color: bool,
+}
+
+/// Which namespaces a listing covers: decides the NAMESPACE column and the "nothing found"
+/// message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listing<'a> {
+    Namespace(&'a str),
+    AllNamespaces,
+}
+
+/// A view's output. As kubectl does, "No ... found" goes to stderr, so that stdout stays empty
+/// (and pipes see nothing) when there is nothing to show.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rendered {
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Rendered {
+    fn out(stdout: String) -> Self {
+        Self {
+            stdout,
+            stderr: String::new(),
+        }
+    }
+
+    fn note(stderr: String) -> Self {
+        Self {
+            stdout: String::new(),
+            stderr,
+        }
+    }
+}
+
+/// "No TokenBudgets found in namespace X." (or "... found." for all namespaces).
+pub fn no_budgets(listing: Listing) -> String {
+    match listing {
+        Listing::Namespace(ns) => format!("No TokenBudgets found in namespace {ns}.\n"),
+        Listing::AllNamespaces => "No TokenBudgets found.\n".into(),
+    }
+}
+
+/// `kubectl tokenbudget status`: one line per budget, sorted by namespace and name.
+pub fn status_list(budgets: &[TokenBudget], listing: Listing, opts: &Options) -> Rendered {
+    if budgets.is_empty() {
+        return Rendered::note(no_budgets(listing));
+    }
+    let mut budgets: Vec<&TokenBudget> = budgets.iter().collect();
+    budgets.sort_by_key(|b| (b.namespace(), b.name_any()));
+    let all = listing == Listing::AllNamespaces;
+    let with_cost = budgets.iter().any(|b| b.spec.limits.cost.is_some());
+
+    let mut header = Vec::new();
+    if all {
+        header.push("NAMESPACE");
+    }
+    header.extend(["NAME", "USAGE", "%USED", "TOKENS"]);
+    if with_cost {
+        header.push("COST");
+    }
+    header.extend(["PHASE", "BURN", "EXHAUSTS", "RESETS"]);
+
+    let mut table = Table::new(&header);
+    for b in budgets {
+        let status = b.status.as_ref();
+        let phase = status.and_then(|s| s.phase);
+        let color = phase.map(phase_color);
+        let percent = status.and_then(|s| s.percent_used);
+        let mut row = Vec::new();
+        if all {
+            row.push(Cell::plain(b.namespace().unwrap_or_default()));
+        }
+        row.push(Cell::plain(b.name_any()));
+        row.push(Cell::new(bar(percent), color));
+        row.push(Cell::plain(percent.map_or("-".into(), |p| format!("{p}%"))));
+        row.push(Cell::plain(tokens_cell(b)));
+        if with_cost {
+            row.push(Cell::plain(cost_cell(b)));
+        }
+        row.push(Cell::new(phase.map_or("-", phase_name), color));
+        row.push(Cell::plain(
+            status
+                .and_then(|s| s.burn_rate)
+                .map_or("-".into(), |r| format!("{}/h", human(r))),
+        ));
+        row.push(Cell::plain(
+            status
+                .and_then(|s| s.projected_exhaustion.as_deref())
+                .map_or("-".into(), |t| relative(opts.now, t)),
+        ));
+        row.push(Cell::plain(resets_cell(b, opts.now)));
+        table.push(row);
+    }
+    Rendered::out(table.render("", opts.color))
+}
+
+/// `kubectl tokenbudget status NAME`: everything about one budget, as `kubectl describe` lays
+/// it out.
+pub fn status_detail(b: &TokenBudget, opts: &Options) -> String {
+    let spec = &b.spec;
+    let status = b.status.as_ref();
+    let phase = status.and_then(|s| s.phase);
+    let color = phase.map(phase_color);
+    let mut fields = Fields::default();
+
+    fields.add("Name", b.name_any());
+    fields.add("Namespace", b.namespace().unwrap_or_default());
+    match status {
+        None => fields.add(
+            "Status",
+            "none yet: the operator has not reported on this budget (is tokenbudget-operator running?)",
+        ),
+        Some(s) => {
+            fields.add_colored("Phase", phase.map_or("-", phase_name), color);
+            let usage = match s.percent_used {
+                Some(p) => format!("{} {p}% of the tighter limit", paint(&bar(Some(p)), color, opts.color)),
+                None => bar(None),
+            };
+            fields.add("Usage", usage);
+        }
+    }
+    let mut limits = Vec::new();
+    if let Some(tokens) = spec.limits.tokens {
+        let types = match &spec.token_types {
+            Some(types) => types.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(" + "),
+            None => TokenType::ALL.map(|t| t.as_str()).join(" + "),
+        };
+        limits.push(format!("{} tokens ({types})", grouped(tokens)));
+    }
+    if let Some(cost) = &spec.limits.cost {
+        limits.push(format!("{} {}", money(cost), spec.currency));
+    }
+    fields.add(
+        "Limits",
+        format!("{} {}", limits.join(" and "), per_period(spec.period.reset)),
+    );
+    if let Some(s) = status {
+        describe_usage(&mut fields, spec, s, opts);
+    }
+    let period = match spec.period.reset {
+        ResetPeriod::Never => "Never (usage never resets)".to_string(),
+        reset => format!("{reset:?} in {}", spec.period.timezone),
+    };
+    fields.add("Period", period);
+    if let Some(start) = status.and_then(|s| s.period_start.as_deref()) {
+        fields.add("Period start", start);
+    }
+    fields.add(
+        "Resets",
+        match status.and_then(|s| s.resets_at.as_deref()) {
+            Some(t) => format!("{} ({t})", relative(opts.now, t)),
+            None => resets_cell(b, opts.now),
+        },
+    );
+    if let (Some(observed), Some(generation)) = (status.and_then(|s| s.observed_generation), b.metadata.generation)
+        && observed != generation
+    {
+        fields.add(
+            "Observed",
+            format!("generation {observed} of {generation}: the operator has not caught up with the last change"),
+        );
+    }
+    let mut thresholds: Vec<String> = spec.thresholds.iter().map(|t| format!("{t}%")).collect();
+    if thresholds.is_empty() {
+        thresholds.push("<none>".into());
+    }
+    fields.add("Thresholds", thresholds.join(", "));
+    let e = &spec.enforcement;
+    let mut enforcement = format!("{:?}", e.action);
+    if e.action == crate::api::EnforcementAction::ScaleDown {
+        enforcement.push_str(&format!(", grace period {}", e.grace_period));
+    }
+    if e.freeze_quota {
+        enforcement.push_str(", freezes the compute quota when exhausted");
+    }
+    fields.add("Enforcement", enforcement);
+
+    let mut out = fields.render(opts.color);
+    let empty = TokenBudgetStatus::default();
+    let s = status.unwrap_or(&empty);
+
+    out.push_str(&section("Models", s.models.is_empty()));
+    if !s.models.is_empty() {
+        let mut table = Table::new(&["MODEL", "INPUT", "OUTPUT", "COST"]);
+        for m in &s.models {
+            table.push(vec![
+                Cell::plain(m.model.clone()),
+                Cell::plain(grouped(m.input)),
+                Cell::plain(grouped(m.output)),
+                Cell::plain(
+                    m.cost
+                        .as_deref()
+                        .map_or("-".into(), |c| format!("{} {}", money(c), spec.currency)),
+                ),
+            ]);
+        }
+        out.push_str(&table.render("  ", opts.color));
+    }
+
+    out.push_str(&section("Workloads", s.workloads.is_empty()));
+    if !s.workloads.is_empty() {
+        let total = workload_total(s);
+        let mut table = Table::new(&["KIND", "NAME", "TOKENS", "SHARE%"]);
+        for w in &s.workloads {
+            table.push(vec![
+                Cell::plain(w.kind.as_str()),
+                Cell::plain(w.name.clone()),
+                Cell::plain(grouped(w.tokens)),
+                Cell::plain(share(w.tokens, total)),
+            ]);
+        }
+        out.push_str(&table.render("  ", opts.color));
+    }
+
+    if !s.enforced.is_empty() {
+        out.push_str(&section("Enforced", false));
+        let mut table = Table::new(&["KIND", "NAME", "ACTION", "SINCE"]);
+        for e in &s.enforced {
+            table.push(vec![
+                Cell::plain(e.kind.as_str()),
+                Cell::plain(e.name.clone()),
+                Cell::new(e.action.clone(), color),
+                Cell::plain(relative(opts.now, &e.since)),
+            ]);
+        }
+        out.push_str(&table.render("  ", opts.color));
+    }
+
+    out.push_str(&section("Conditions", s.conditions.is_empty()));
+    if !s.conditions.is_empty() {
+        out.push_str(&conditions(&s.conditions, opts));
+    }
+    out
+}
+
+/// The usage lines of the detailed view: used per limit and per token type, burn rate and
+/// projected exhaustion.
+fn describe_usage(fields: &mut Fields, spec: &crate::api::TokenBudgetSpec, s: &TokenBudgetStatus, opts: &Options) {
+    let used = s.used.clone().unwrap_or_default();
+    let mut tokens = grouped(used.tokens);
+    if let Some(limit) = spec.limits.tokens {
+        let pct = percent_used(
+            used.tokens.max(0) as u64,
+            Some(limit.max(0) as u64),
+            Default::default(),
+            None,
+        )
+        .unwrap_or_default();
+        let left = s.remaining_tokens.unwrap_or((limit - used.tokens).max(0));
+        tokens.push_str(&format!(" of {} ({pct}%), {} left", grouped(limit), grouped(left)));
+    }
+    fields.add("Used tokens", tokens);
+    fields.add("  input", grouped(used.input));
+    fields.add("  output", grouped(used.output));
+    if let Some(cost) = &used.cost {
+        let line = match &spec.limits.cost {
+            Some(limit) => {
+                let pct = match (parse_money(cost), parse_money(limit)) {
+                    (Ok(u), Ok(l)) => percent_used(0, None, u, Some(l)).map_or(String::new(), |p| format!(" ({p}%)")),
+                    _ => String::new(),
+                };
+                format!("{} of {} {}{pct}", money(cost), money(limit), spec.currency)
+            }
+            None => format!("{} {}", money(cost), spec.currency),
+        };
+        fields.add("Used cost", line);
+    }
+    fields.add(
+        "Burn rate",
+        s.burn_rate.map_or("-".into(), |r| {
+            format!("{}/h ({} tokens per hour)", human(r), grouped(r))
+        }),
+    );
+    fields.add(
+        "Exhaustion",
+        match &s.projected_exhaustion {
+            Some(t) => format!("{} ({t})", relative(opts.now, t)),
+            None if s.phase == Some(BudgetPhase::Exhausted) => "exhausted".into(),
+            None if s.burn_rate == Some(0) || spec.period.reset == ResetPeriod::Never => "-".into(),
+            None => "- (not before the reset at the current burn rate)".into(),
+        },
+    );
+}
+
+fn conditions(conditions: &[Condition], opts: &Options) -> String {
+    let mut table = Table::new(&["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"]);
+    for c in conditions {
+        let age = opts.now.as_second() - c.last_transition_time.0.as_second();
+        table.push(vec![
+            Cell::plain(c.type_.clone()),
+            Cell::plain(c.status.clone()),
+            Cell::plain(c.reason.clone()),
+            Cell::plain(compact(age.max(0))),
+            Cell::plain(c.message.clone()),
+        ]);
+    }
+    table.render("  ", opts.color)
+}
+
+/// One row of `top`.
+struct TopRow<'a> {
+    namespace: String,
+    budget: String,
+    kind: &'static str,
+    name: &'a str,
+    tokens: i64,
+    total: i64,
+}
+
+/// `kubectl tokenbudget top`: the workloads of `budgets` (already filtered by `--budget`, which
+/// `budget` names for the "nothing found" message), by tokens, largest first. SHARE% is the
+/// workload's part of its budget's tokens (input + output) this period.
+pub fn top(budgets: &[TokenBudget], listing: Listing, budget: Option<&str>, opts: &Options) -> Rendered {
+    if budgets.is_empty() {
+        return Rendered::note(match budget {
+            Some(name) => match listing {
+                Listing::Namespace(ns) => format!("No TokenBudget named {name} found in namespace {ns}.\n"),
+                Listing::AllNamespaces => format!("No TokenBudget named {name} found.\n"),
+            },
+            None => no_budgets(listing),
+        });
+    }
+    let mut rows: Vec<TopRow> = budgets
+        .iter()
+        .filter_map(|b| b.status.as_ref().map(|s| (b, s)))
+        .flat_map(|(b, s)| {
+            let total = workload_total(s);
+            s.workloads.iter().map(move |w| TopRow {
+                namespace: b.namespace().unwrap_or_default(),
+                budget: b.name_any(),
+                kind: w.kind.as_str(),
+                name: &w.name,
+                tokens: w.tokens,
+                total,
+            })
+        })
+        .collect();
+    if rows.is_empty() {
+        return Rendered::note(match (budget, listing) {
+            (Some(name), _) => format!("No workload usage recorded yet for TokenBudget {name}.\n"),
+            (None, Listing::Namespace(ns)) => format!("No workload usage recorded yet in namespace {ns}.\n"),
+            (None, Listing::AllNamespaces) => "No workload usage recorded yet.\n".into(),
+        });
+    }
+    rows.sort_by(|a, b| {
+        (Reverse(a.tokens), &a.namespace, &a.budget, a.kind, a.name).cmp(&(
+            Reverse(b.tokens),
+            &b.namespace,
+            &b.budget,
+            b.kind,
+            b.name,
+        ))
+    });
+    let all = listing == Listing::AllNamespaces;
+    let mut header = Vec::new();
+    if all {
+        header.push("NAMESPACE");
+    }
+    header.extend(["BUDGET", "KIND", "NAME", "TOKENS", "SHARE%"]);
+    let mut table = Table::new(&header);
+    for r in rows {
+        let mut row = Vec::new();
+        if all {
+            row.push(Cell::plain(r.namespace));
+        }
+        row.extend([
+            Cell::plain(r.budget),
+            Cell::plain(r.kind),
+            Cell::plain(r.name),
+            Cell::plain(r.tokens.to_string()),
+            Cell::plain(share(r.tokens, r.total)),
+        ]);
+        table.push(row);
+    }
+    Rendered::out(table.render("", opts.color))
+}
+
+// ---- cells ---------------------------------------------------------------------------------
+
+/// `████████░░░░░░░░░░░░`: the percent of the tighter limit, rounded to the nearest cell, full
+/// from 100% on; all empty when unknown.
+pub fn bar(percent: Option<i64>) -> String {
+    let filled = percent.map_or(0, |p| {
+        let p = p.clamp(0, 100) as usize;
+        (p * BAR_CELLS + 50) / 100
+    });
+    "█".repeat(filled) + &"░".repeat(BAR_CELLS - filled)
+}
+
+/// "4.2M/5M": used of the token limit, or used alone without one.
+fn tokens_cell(b: &TokenBudget) -> String {
+    let used = b.status.as_ref().and_then(|s| s.used.as_ref()).map(|u| u.tokens);
+    match (used, b.spec.limits.tokens) {
+        (Some(u), Some(l)) => format!("{}/{}", human(u), human(l)),
+        (Some(u), None) => human(u),
+        (None, Some(l)) => format!("-/{}", human(l)),
+        (None, None) => "-".into(),
+    }
+}
+
+/// "105.00/250.00 USD" when there is a cost limit, else "-".
+fn cost_cell(b: &TokenBudget) -> String {
+    let Some(limit) = &b.spec.limits.cost else {
+        return "-".into();
+    };
+    let used = b
+        .status
+        .as_ref()
+        .and_then(|s| s.used.as_ref())
+        .and_then(|u| u.cost.as_deref())
+        .map_or("-".into(), money);
+    format!("{used}/{} {}", money(limit), b.spec.currency)
+}
+
+/// "in 3d4h", "never" for a budget that never resets, "-" when the operator has not said yet.
+fn resets_cell(b: &TokenBudget, now: Timestamp) -> String {
+    match b.status.as_ref().and_then(|s| s.resets_at.as_deref()) {
+        Some(t) => relative(now, t),
+        None if b.spec.period.reset == ResetPeriod::Never => "never".into(),
+        None => "-".into(),
+    }
+}
+
+fn per_period(reset: ResetPeriod) -> &'static str {
+    match reset {
+        ResetPeriod::Never => "in total",
+        ResetPeriod::Hourly => "per hour",
+        ResetPeriod::Daily => "per day",
+        ResetPeriod::Weekly => "per week",
+        ResetPeriod::Monthly => "per month",
+    }
+}
+
+fn phase_name(phase: BudgetPhase) -> &'static str {
+    match phase {
+        BudgetPhase::Active => "Active",
+        BudgetPhase::Warning => "Warning",
+        BudgetPhase::Exhausted => "Exhausted",
+    }
+}
+
+fn phase_color(phase: BudgetPhase) -> Color {
+    match phase {
+        BudgetPhase::Active => Color::Green,
+        BudgetPhase::Warning => Color::Yellow,
+        BudgetPhase::Exhausted => Color::Red,
+    }
+}
+
+/// The tokens (all types) a budget's workload shares are counted against: the period's input +
+/// output, or the listed workloads' sum if that is larger (the status is never self-contradictory
+/// on purpose, but a share above 100% would be).
+fn workload_total(s: &TokenBudgetStatus) -> i64 {
+    let used = s.used.as_ref().map_or(0, |u| u.input.saturating_add(u.output));
+    let listed = s.workloads.iter().map(|w| w.tokens).fold(0i64, i64::saturating_add);
+    used.max(listed)
+}
+
+/// "62.5%" of `total`, "-" when the total is zero.
+fn share(tokens: i64, total: i64) -> String {
+    if total <= 0 {
+        return "-".into();
+    }
+    let tenths = (i128::from(tokens.max(0)) * 1000 + i128::from(total) / 2) / i128::from(total);
+    format!("{}.{}%", tenths / 10, tenths % 10)
+}
+
+/// A money string as the status writes it ("250" -> "250.00"); left as is if unparsable.
+fn money(s: &str) -> String {
+    parse_money(s).map_or_else(|_| s.to_string(), format_money)
+}
+
+// ---- numbers and times ----------------------------------------------------------------------
+
+/// A token count in at most 4 significant characters: 950, 12.3k, 4.2M, 5M, 1.5G.
+pub fn human(n: i64) -> String {
+    const UNITS: [(i128, &str); 6] = [
+        (1_000, "k"),
+        (1_000_000, "M"),
+        (1_000_000_000, "G"),
+        (1_000_000_000_000, "T"),
+        (1_000_000_000_000_000, "P"),
+        (1_000_000_000_000_000_000, "E"),
+    ];
+    let sign = if n < 0 { "-" } else { "" };
+    let abs = i128::from(n).abs();
+    if abs < 1000 {
+        return n.to_string();
+    }
+    for (i, (unit, suffix)) in UNITS.iter().enumerate() {
+        let tenths = (abs * 10 + unit / 2) / unit;
+        // 999,950 rounds to 1000.0k: that is 1M.
+        if tenths < 10_000 || i == UNITS.len() - 1 {
+            return match tenths % 10 {
+                0 => format!("{sign}{}{suffix}", tenths / 10),
+                d => format!("{sign}{}.{d}{suffix}", tenths / 10),
+            };
+        }
+    }
+    unreachable!("the last unit always returns")
+}
+
+/// An exact count with thousands separators: 5,000,000.
+pub fn grouped(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
+    if n < 0 {
+        out.push('-');
+    }
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A duration in seconds in its two largest units, as kubectl prints ages: 45s, 5m30s, 2h13m,
+/// 3d4h, 3d.
+pub fn compact(seconds: i64) -> String {
+    let s = seconds.max(0);
+    let (d, h, m, sec) = (s / 86_400, s % 86_400 / 3_600, s % 3_600 / 60, s % 60);
+    let pair = |a: i64, ua: &str, b: i64, ub: &str| match b {
+        0 => format!("{a}{ua}"),
+        _ => format!("{a}{ua}{b}{ub}"),
+    };
+    if d > 0 {
+        pair(d, "d", h, "h")
+    } else if h > 0 {
+        pair(h, "h", m, "m")
+    } else if m > 0 {
+        pair(m, "m", sec, "s")
+    } else {
+        format!("{sec}s")
+    }
+}
+
+/// An RFC 3339 time relative to `now`: "in 2h13m", "5m ago", "now"; left as is if unparsable.
+pub fn relative(now: Timestamp, at: &str) -> String {
+    let Ok(t) = at.parse::<Timestamp>() else {
+        return at.to_string();
+    };
+    let seconds = t.as_second() - now.as_second();
+    match seconds {
+        0 => "now".into(),
+        s if s > 0 => format!("in {}", compact(s)),
+        s => format!("{} ago", compact(-s)),
+    }
+}
+
+// ---- layout ---------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Color {
+    Green,
+    Yellow,
+    Red,
+}
+
+fn paint(text: &str, color: Option<Color>, enabled: bool) -> String {
+    match (color, enabled) {
+        (Some(c), true) => {
+            let code = match c {
+                Color::Green => 32,
+                Color::Yellow => 33,
+                Color::Red => 31,
+            };
+            format!("\x1b[{code}m{text}\x1b[0m")
+        }
+        _ => text.to_string(),
+    }
+}
+
+fn width(s: &str) -> usize {
+    s.chars().count()
+}
+
+struct Cell {
+    text: String,
+    color: Option<Color>,
+}
+
+impl Cell {
+    fn new(text: impl Into<String>, color: Option<Color>) -> Self {
+        Self {
+            text: text.into(),
+            color,
+        }
+    }
+
+    fn plain(text: impl Into<String>) -> Self {
+        Self::new(text, None)
+    }
+}
+
+/// Columns left-aligned and three spaces apart, as kubectl prints them; colour is added after
+/// padding so escape codes never shift a column.
+struct Table {
+    header: Vec<Cell>,
+    rows: Vec<Vec<Cell>>,
+}
+
+impl Table {
+    fn new(header: &[&str]) -> Self {
+        Self {
+            header: header.iter().map(|h| Cell::plain(*h)).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, row: Vec<Cell>) {
+        debug_assert_eq!(row.len(), self.header.len());
+        self.rows.push(row);
+    }
+
+    fn render(&self, indent: &str, color: bool) -> String {
+        let mut widths = vec![0; self.header.len()];
+        for row in std::iter::once(&self.header).chain(&self.rows) {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(width(&cell.text));
+            }
+        }
+        let mut out = String::new();
+        for row in std::iter::once(&self.header).chain(&self.rows) {
+            let mut line = indent.to_string();
+            for (i, cell) in row.iter().enumerate() {
+                line.push_str(&paint(&cell.text, cell.color, color));
+                if i + 1 < row.len() {
+                    line.push_str(&" ".repeat(widths[i] - width(&cell.text) + 3));
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// `Label:   value` lines with the values aligned, as `kubectl describe` prints them.
+#[derive(Default)]
+struct Fields {
+    lines: Vec<(String, String, Option<Color>)>,
+}
+
+impl Fields {
+    fn add(&mut self, label: &str, value: impl Into<String>) {
+        self.lines.push((label.into(), value.into(), None));
+    }
+
+    fn add_colored(&mut self, label: &str, value: impl Into<String>, color: Option<Color>) {
+        self.lines.push((label.into(), value.into(), color));
+    }
+
+    fn render(&self, color: bool) -> String {
+        let column = self.lines.iter().map(|(l, _, _)| width(l) + 1).max().unwrap_or(0) + 2;
+        let mut out = String::new();
+        for (label, value, c) in &self.lines {
+            let label = format!("{label}:");
+            out.push_str(&label);
+            out.push_str(&" ".repeat(column - width(&label)));
+            out.push_str(&paint(value, *c, color));
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// A section heading of the detailed view; `<none>` on the same line when it is empty.
+fn section(title: &str, empty: bool) -> String {
+    if empty {
+        format!("{title}:  <none>\n")
+    } else {
+        format!("{title}:\n")
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,597 @@
+//! The `kubectl-tokenbudget` binary against a real API server. No operator runs: the test
+//! plays it and writes each budget's status through the status subresource, so every number
+//! the plugin prints is known in advance.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::TcpListener,
+    path::PathBuf,
+    process::{Command, Output},
+};
+
+use common::*;
+use jiff::{SignedDuration, Timestamp};
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams, PostParams},
+};
+use serde_json::{Value, json};
+use tokenbudget::api::TokenBudget;
+
+const PLUGIN: &str = env!("CARGO_BIN_EXE_kubectl-tokenbudget");
+
+/// Runs the plugin with the test cluster's KUBECONFIG (or `kubeconfig`).
+fn plugin(args: &[&str]) -> Output {
+    plugin_with(args, &kubeconfig())
+}
+
+fn plugin_with(args: &[&str], kubeconfig: &str) -> Output {
+    Command::new(PLUGIN)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("NO_COLOR")
+        .output()
+        .expect("the plugin runs")
+}
+
+/// stdout of a run that must succeed without a word on stderr.
+fn ok(args: &[&str]) -> String {
+    let out = plugin(args);
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "kubectl-tokenbudget {args:?}: {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let stdout = text(&out.stdout);
+    assert!(!stdout.contains('\x1b'), "no colours when stdout is not a terminal");
+    stdout
+}
+
+/// The one-line error of a run that must fail.
+fn fails(out: Output) -> String {
+    assert!(
+        !out.status.success(),
+        "expected a failure, got stdout:\n{}",
+        text(&out.stdout)
+    );
+    assert!(out.stdout.is_empty(), "nothing on stdout: {}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr:?}");
+    stderr.trim_end().to_string()
+}
+
+/// A line's words: columns without their padding.
+fn words(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
+/// The words of the line whose first words are `start`.
+fn row<'a>(output: &'a str, start: &[&str]) -> Vec<&'a str> {
+    output
+        .lines()
+        .map(words)
+        .find(|w| w.starts_with(start))
+        .unwrap_or_else(|| panic!("no line starting with {start:?} in\n{output}"))
+}
+
+/// `now + seconds` in RFC 3339.
+fn from_now(seconds: i64) -> String {
+    Timestamp::now()
+        .checked_add(SignedDuration::from_secs(seconds))
+        .unwrap()
+        .round(jiff::Unit::Second)
+        .unwrap()
+        .to_string()
+}
+
+fn condition(type_: &str, status: &str, reason: &str, message: &str) -> Value {
+    json!({"type": type_, "status": status, "reason": reason, "message": message,
+           "lastTransitionTime": from_now(-(2 * 3_600 + 10 * 60 + 5))})
+}
+
+/// Creates a budget from its spec and, when given, writes its status as the operator would.
+async fn budget(api: &Api<TokenBudget>, name: &str, spec: Value, status: Option<Value>) {
+    let tb: TokenBudget = serde_json::from_value(json!({
+        "apiVersion": "tokenbudget.io/v1alpha1", "kind": "TokenBudget",
+        "metadata": {"name": name}, "spec": spec
+    }))
+    .expect("a valid TokenBudget");
+    api.create(&PostParams::default(), &tb).await.expect("budget created");
+    if let Some(status) = status {
+        api.patch_status(name, &PatchParams::default(), &Patch::Merge(&json!({"status": status})))
+            .await
+            .expect("status written");
+    }
+}
+
+/// Warning, both limits; resets in 3d4h and runs out in 2h13m (plus a margin for the test's
+/// own run time: relative times are rounded down).
+async fn research(api: &Api<TokenBudget>) {
+    budget(
+        api,
+        "research",
+        json!({"limits": {"tokens": 5_000_000, "cost": "250"}, "thresholds": [50, 80, 95],
+               "pricing": [{"model": "gpt-4o*", "input": "2.50", "output": "10.00"}]}),
+        Some(json!({
+            "phase": "Warning",
+            "used": {"tokens": 4_200_000, "input": 3_500_000, "output": 700_000, "cost": "105.00"},
+            "remainingTokens": 800_000, "percentUsed": 84, "burnRate": 12_345,
+            "periodStart": from_now(-26 * 86_400),
+            "resetsAt": from_now(3 * 86_400 + 4 * 3_600 + 50 * 60),
+            "projectedExhaustion": from_now(2 * 3_600 + 13 * 60 + 50),
+            "models": [{"model": "gpt-4o", "input": 3_000_000, "output": 600_000, "cost": "13.50"}],
+            "workloads": [{"kind": "Deployment", "name": "summarizer", "tokens": 3_000_000},
+                          {"kind": "Job", "name": "nightly-eval", "tokens": 1_200_000}],
+            "conditions": [condition("Ready", "True", "Reconciled", "The budget is reconciled"),
+                           condition("ThresholdReached", "True", "ThresholdReached", "84% used: the 80% threshold is crossed")],
+        })),
+    )
+    .await;
+}
+
+/// Exhausted, Never resets.
+async fn frozen(api: &Api<TokenBudget>) {
+    budget(
+        api,
+        "frozen",
+        json!({"limits": {"tokens": 100_000}, "period": {"reset": "Never"},
+               "enforcement": {"action": "ScaleDown"}}),
+        Some(json!({
+            "phase": "Exhausted",
+            "used": {"tokens": 100_250, "input": 90_000, "output": 10_250},
+            "remainingTokens": 0, "percentUsed": 100, "burnRate": 0,
+            "workloads": [{"kind": "Deployment", "name": "scraper", "tokens": 100_250}],
+            "enforced": [{"kind": "Deployment", "name": "scraper", "action": "ScaleDown", "since": from_now(-(3_600 + 5 * 60 + 5))}],
+            "conditions": [condition("Exhausted", "True", "LimitReached", "100,250 of 100,000 tokens used")],
+        })),
+    )
+    .await;
+}
+
+/// Active, token limit only.
+async fn starter(api: &Api<TokenBudget>) {
+    budget(
+        api,
+        "starter",
+        json!({"limits": {"tokens": 1_000_000}, "period": {"reset": "Daily"}}),
+        Some(json!({
+            "phase": "Active",
+            "used": {"tokens": 120_000, "input": 100_000, "output": 20_000},
+            "remainingTokens": 880_000, "percentUsed": 12, "burnRate": 3_600,
+            "resetsAt": from_now(5 * 3_600 + 50 * 60 + 50),
+            "workloads": [{"kind": "StatefulSet", "name": "chat-agent", "tokens": 120_000}],
+        })),
+    )
+    .await;
+}
+
+async fn setup(test: &str) -> (Client, TestNamespace) {
+    let client = client().await;
+    ensure_crds(&client).await;
+    let ns = TestNamespace::new(&client, test).await;
+    (client, ns)
+}
+
+#[tokio::test]
+async fn status_lists_every_budget_of_the_namespace() {
+    let (client, ns) = setup("plugin-status").await;
+    let api: Api<TokenBudget> = ns.api(&client);
+    research(&api).await;
+    frozen(&api).await;
+    starter(&api).await;
+    budget(&api, "fresh", json!({"limits": {"tokens": 2000}}), None).await;
+
+    let out = ok(&["status", "-n", &ns.name]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 5, "{out}");
+    assert_eq!(
+        words(lines[0]),
+        [
+            "NAME", "USAGE", "%USED", "TOKENS", "COST", "PHASE", "BURN", "EXHAUSTS", "RESETS"
+        ]
+    );
+    // Sorted by name.
+    assert_eq!(
+        lines.iter().skip(1).map(|l| words(l)[0]).collect::<Vec<_>>(),
+        ["fresh", "frozen", "research", "starter"]
+    );
+    assert_eq!(
+        row(&out, &["research"]),
+        [
+            "research",
+            "█████████████████░░░",
+            "84%",
+            "4.2M/5M",
+            "105.00/250.00",
+            "USD",
+            "Warning",
+            "12.3k/h",
+            "in",
+            "2h13m",
+            "in",
+            "3d4h"
+        ]
+    );
+    assert_eq!(
+        row(&out, &["frozen"]),
+        [
+            "frozen",
+            "████████████████████",
+            "100%",
+            "100.3k/100k",
+            "-",
+            "Exhausted",
+            "0/h",
+            "-",
+            "never"
+        ]
+    );
+    assert_eq!(
+        row(&out, &["starter"]),
+        [
+            "starter",
+            "██░░░░░░░░░░░░░░░░░░",
+            "12%",
+            "120k/1M",
+            "-",
+            "Active",
+            "3.6k/h",
+            "-",
+            "in",
+            "5h50m"
+        ]
+    );
+    assert_eq!(
+        row(&out, &["fresh"]),
+        ["fresh", "░░░░░░░░░░░░░░░░░░░░", "-", "-/2k", "-", "-", "-", "-", "-"]
+    );
+}
+
+#[tokio::test]
+async fn status_name_describes_one_budget() {
+    let (client, ns) = setup("plugin-describe").await;
+    let api: Api<TokenBudget> = ns.api(&client);
+    research(&api).await;
+    frozen(&api).await;
+
+    let out = ok(&["status", "research", "-n", &ns.name]);
+    for expected in [
+        vec!["Name:", "research"],
+        vec!["Namespace:", ns.name.as_str()],
+        vec!["Phase:", "Warning"],
+        vec!["Usage:", "█████████████████░░░", "84%", "of", "the", "tighter", "limit"],
+        vec![
+            "Limits:",
+            "5,000,000",
+            "tokens",
+            "(input",
+            "+",
+            "output)",
+            "and",
+            "250.00",
+            "USD",
+            "per",
+            "month",
+        ],
+        vec![
+            "Used",
+            "tokens:",
+            "4,200,000",
+            "of",
+            "5,000,000",
+            "(84%),",
+            "800,000",
+            "left",
+        ],
+        vec!["input:", "3,500,000"],
+        vec!["output:", "700,000"],
+        vec!["Used", "cost:", "105.00", "of", "250.00", "USD", "(42%)"],
+        vec!["Burn", "rate:", "12.3k/h", "(12,345", "tokens", "per", "hour)"],
+        vec!["Thresholds:", "50%,", "80%,", "95%"],
+        vec!["gpt-4o", "3,000,000", "600,000", "13.50", "USD"],
+        vec!["Deployment", "summarizer", "3,000,000", "71.4%"],
+        vec!["Job", "nightly-eval", "1,200,000", "28.6%"],
+        vec![
+            "Ready",
+            "True",
+            "Reconciled",
+            "2h10m",
+            "The",
+            "budget",
+            "is",
+            "reconciled",
+        ],
+    ] {
+        assert_eq!(row(&out, &expected), expected);
+    }
+    assert_eq!(row(&out, &["Exhaustion:"])[..3], ["Exhaustion:", "in", "2h13m"]);
+    assert_eq!(row(&out, &["Resets:"])[..3], ["Resets:", "in", "3d4h"]);
+    assert_eq!(
+        words(out.lines().find(|l| l.starts_with("Conditions:")).unwrap()),
+        ["Conditions:"]
+    );
+
+    let out = ok(&["status", "frozen", &format!("--namespace={}", ns.name)]);
+    for expected in [
+        vec!["Phase:", "Exhausted"],
+        vec!["Limits:", "100,000", "tokens", "(input", "+", "output)", "in", "total"],
+        vec!["Period:", "Never", "(usage", "never", "resets)"],
+        vec!["Resets:", "never"],
+        vec!["Models:", "<none>"],
+        vec!["Deployment", "scraper", "ScaleDown", "1h5m", "ago"],
+        vec![
+            "Exhausted",
+            "True",
+            "LimitReached",
+            "2h10m",
+            "100,250",
+            "of",
+            "100,000",
+            "tokens",
+            "used",
+        ],
+    ] {
+        assert_eq!(row(&out, &expected), expected);
+    }
+}
+
+#[tokio::test]
+async fn top_ranks_the_workloads_by_tokens() {
+    let (client, ns) = setup("plugin-top").await;
+    let api: Api<TokenBudget> = ns.api(&client);
+    research(&api).await;
+    frozen(&api).await;
+    starter(&api).await;
+
+    let out = ok(&["top", "-n", &ns.name]);
+    let rows: Vec<Vec<&str>> = out.lines().map(words).collect();
+    assert_eq!(
+        rows,
+        [
+            vec!["BUDGET", "KIND", "NAME", "TOKENS", "SHARE%"],
+            vec!["research", "Deployment", "summarizer", "3000000", "71.4%"],
+            vec!["research", "Job", "nightly-eval", "1200000", "28.6%"],
+            vec!["starter", "StatefulSet", "chat-agent", "120000", "100.0%"],
+            vec!["frozen", "Deployment", "scraper", "100250", "100.0%"],
+        ]
+    );
+
+    let out = ok(&["top", "-n", &ns.name, "--budget", "research"]);
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(out.lines().skip(1).all(|l| l.starts_with("research ")), "{out}");
+
+    let err = fails(plugin(&["top", "-n", &ns.name, "--budget", "nope"]));
+    assert_eq!(
+        err,
+        format!("error: TokenBudget \"nope\" not found in namespace \"{}\"", ns.name)
+    );
+}
+
+#[tokio::test]
+async fn all_namespaces_shows_the_namespace_column() {
+    let (client, a) = setup("plugin-all-a").await;
+    let b = TestNamespace::new(&client, "plugin-all-b").await;
+    research(&a.api(&client)).await;
+    starter(&b.api(&client)).await;
+
+    // Other tests' namespaces may show up too: look only at ours.
+    let out = ok(&["status", "-A"]);
+    assert_eq!(
+        words(out.lines().next().unwrap()),
+        [
+            "NAMESPACE",
+            "NAME",
+            "USAGE",
+            "%USED",
+            "TOKENS",
+            "COST",
+            "PHASE",
+            "BURN",
+            "EXHAUSTS",
+            "RESETS"
+        ]
+    );
+    assert_eq!(
+        row(&out, &[a.name.as_str()])[1..4],
+        ["research", "█████████████████░░░", "84%"]
+    );
+    assert_eq!(
+        row(&out, &[b.name.as_str()])[1..4],
+        ["starter", "██░░░░░░░░░░░░░░░░░░", "12%"]
+    );
+
+    let out = ok(&["top", "--all-namespaces"]);
+    assert_eq!(
+        words(out.lines().next().unwrap()),
+        ["NAMESPACE", "BUDGET", "KIND", "NAME", "TOKENS", "SHARE%"]
+    );
+    assert_eq!(
+        row(&out, &[a.name.as_str(), "research", "Deployment"]),
+        [
+            a.name.as_str(),
+            "research",
+            "Deployment",
+            "summarizer",
+            "3000000",
+            "71.4%"
+        ]
+    );
+    assert_eq!(
+        row(&out, &[b.name.as_str()]),
+        [
+            b.name.as_str(),
+            "starter",
+            "StatefulSet",
+            "chat-agent",
+            "120000",
+            "100.0%"
+        ]
+    );
+
+    let err = fails(plugin(&["status", "-A", "research"]));
+    assert_eq!(
+        err,
+        "error: a TokenBudget cannot be retrieved by name across all namespaces: use -n (see kubectl tokenbudget --help)"
+    );
+}
+
+/// A copy of the test kubeconfig whose current context has `namespace`.
+fn kubeconfig_in_namespace(namespace: &str) -> PathBuf {
+    let mut config: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(kubeconfig()).expect("kubeconfig readable")).unwrap();
+    let current = config["current-context"]
+        .as_str()
+        .expect("a current context")
+        .to_string();
+    let contexts = config["contexts"].as_sequence_mut().expect("contexts");
+    let context = contexts
+        .iter_mut()
+        .find(|c| c["name"].as_str() == Some(current.as_str()))
+        .expect("the current context");
+    context["context"]["namespace"] = namespace.into();
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kubeconfig-{namespace}"));
+    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn without_n_the_kubeconfig_context_namespace_is_used() {
+    let (client, ns) = setup("plugin-context-ns").await;
+    starter(&ns.api(&client)).await;
+
+    let path = kubeconfig_in_namespace(&ns.name);
+    let out = plugin_with(&["status"], path.to_str().unwrap());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        row(&stdout, &["starter"])[..3],
+        ["starter", "██░░░░░░░░░░░░░░░░░░", "12%"]
+    );
+
+    // --kubeconfig says the same as KUBECONFIG, and wins over it.
+    let out = plugin_with(
+        &["top", "--kubeconfig", path.to_str().unwrap()],
+        "/nonexistent/kubeconfig",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        row(&text(&out.stdout), &["starter"]),
+        ["starter", "StatefulSet", "chat-agent", "120000", "100.0%"]
+    );
+}
+
+#[tokio::test]
+async fn not_found_and_empty_namespaces() {
+    let (_client, ns) = setup("plugin-not-found").await;
+
+    let err = fails(plugin(&["status", "nope", "-n", &ns.name]));
+    assert_eq!(
+        err,
+        format!("error: TokenBudget \"nope\" not found in namespace \"{}\"", ns.name)
+    );
+
+    // Nothing to list is not an error: kubectl's message, on stderr, and an empty stdout.
+    for args in [["status", "-n", ns.name.as_str()], ["top", "-n", ns.name.as_str()]] {
+        let out = plugin(&args);
+        assert!(out.status.success());
+        assert_eq!(text(&out.stdout), "");
+        assert_eq!(
+            text(&out.stderr),
+            format!("No TokenBudgets found in namespace {}.\n", ns.name)
+        );
+    }
+}
+
+/// A kubeconfig for `server`, without credentials.
+fn kubeconfig_for(server: &str, name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kubeconfig-{name}-{}", std::process::id()));
+    let config = format!(
+        "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"{server}\"}}}}]\n\
+         users: [{{name: u, user: {{}}}}]\n\
+         contexts: [{{name: x, context: {{cluster: c, user: u, namespace: agents}}}}]\ncurrent-context: x\n"
+    );
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+/// An API server without the CRDs: every path is 404, as the real one answers for an unknown
+/// resource. (The shared test cluster keeps its CRDs: other tests run beside this one.)
+fn server_without_crds() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            let body = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"the server could not find the requested resource","reason":"NotFound","details":{},"code":404}"#;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    format!("http://{address}")
+}
+
+#[test]
+fn a_cluster_without_the_crd_says_so() {
+    let path = kubeconfig_for(&server_without_crds(), "no-crd");
+    let path = path.to_str().unwrap();
+    for args in [&["status"][..], &["status", "research"], &["top", "-A"]] {
+        let err = fails(plugin_with(args, path));
+        assert!(
+            err.starts_with("error: the TokenBudget CRD is not installed"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn no_cluster_is_one_clear_line() {
+    // A port nobody listens on.
+    let port = free_port().port();
+    let server = format!("https://127.0.0.1:{port}");
+    let path = kubeconfig_for(&server, "unreachable");
+    let err = fails(plugin_with(&["status"], path.to_str().unwrap()));
+    assert!(
+        err.starts_with(&format!("error: cannot reach the Kubernetes API server at {server}/: ")),
+        "{err}"
+    );
+
+    let err = fails(plugin_with(&["status"], "/nonexistent/kubeconfig"));
+    assert!(err.starts_with("error: no Kubernetes configuration found"), "{err}");
+}
+
+#[test]
+fn help_version_and_bad_flags() {
+    let out = plugin_with(&["--help"], "/nonexistent/kubeconfig");
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    assert!(
+        help.contains("kubectl tokenbudget status [NAME] [-n NAMESPACE | -A]"),
+        "{help}"
+    );
+    assert!(
+        help.contains("kubectl tokenbudget top [--budget NAME] [-n NAMESPACE | -A]"),
+        "{help}"
+    );
+
+    let out = plugin_with(&["version"], "/nonexistent/kubeconfig");
+    assert!(out.status.success());
+    assert_eq!(
+        text(&out.stdout),
+        format!("kubectl-tokenbudget {}\n", env!("CARGO_PKG_VERSION"))
+    );
+
+    let err = fails(plugin_with(&["status", "--output=json"], "/nonexistent/kubeconfig"));
+    assert_eq!(err, "error: unknown flag \"--output\" (see kubectl tokenbudget --help)");
+}
