@@ -462,7 +462,7 @@ async fn hostile_endpoints_are_reported_and_never_corrupt_the_usage() {
 
     // Another full cycle over every bad endpoint changes nothing.
     let counted_at = jiff::Timestamp::now();
-    let bb = wait_for(&s.bindings, "counting", "two more cycles", |bb| {
+    let bb = wait_for(&s.bindings, "counting", "one more full cycle", |bb| {
         bb.status
             .as_ref()
             .and_then(|st| st.last_scrape_time.as_deref())
