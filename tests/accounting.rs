@@ -19,6 +19,13 @@ fn used(tb: &TokenBudget) -> i64 {
         .map_or(-1, |u| u.tokens)
 }
 
+fn used_of(status: &tokenbudget::api::TokenBudgetStatus) -> (i64, i64, i64) {
+    status
+        .used
+        .as_ref()
+        .map_or((-1, -1, -1), |u| (u.tokens, u.input, u.output))
+}
+
 fn budget(name: &str, tokens: i64) -> TokenBudget {
     serde_yaml::from_str(&format!(
         "apiVersion: tokenbudget.io/v1alpha1\nkind: TokenBudget\nmetadata: {{name: {name}}}\n\
@@ -29,10 +36,20 @@ fn budget(name: &str, tokens: i64) -> TokenBudget {
 }
 
 fn binding(name: &str, budget: &str, workload: &str, interval: &str) -> BudgetBinding {
+    binding_of(name, budget, &[workload], interval)
+}
+
+/// A binding of the named Deployments, scraped at port `metrics` with a 1 s timeout.
+fn binding_of(name: &str, budget: &str, workloads: &[&str], interval: &str) -> BudgetBinding {
+    let workloads: Vec<String> = workloads
+        .iter()
+        .map(|w| format!("{{kind: Deployment, name: {w}}}"))
+        .collect();
     serde_yaml::from_str(&format!(
         "apiVersion: tokenbudget.io/v1alpha1\nkind: BudgetBinding\nmetadata: {{name: {name}}}\n\
-         spec: {{budgetRef: {{name: {budget}}}, workloads: [{{kind: Deployment, name: {workload}}}], \
-         metrics: {{port: metrics, interval: {interval}, timeout: 1s}}}}"
+         spec: {{budgetRef: {{name: {budget}}}, workloads: [{}], \
+         metrics: {{port: metrics, interval: {interval}, timeout: 1s}}}}",
+        workloads.join(", ")
     ))
     .unwrap()
 }
@@ -47,11 +64,19 @@ struct Scenario {
 }
 
 impl Scenario {
+    /// A namespace with the operator binary running in it.
     async fn new(test: &str) -> Self {
+        let mut s = Self::without_operator(test).await;
+        s.operator = Some(Operator::start(&s.ns.name));
+        s
+    }
+
+    /// A namespace; the test starts an operator itself.
+    async fn without_operator(test: &str) -> Self {
         let client = client().await;
         ensure_crds(&client).await;
         let ns = TestNamespace::new(&client, test).await;
-        let operator = Some(Operator::start(&ns.name));
+        let operator = None;
         Scenario {
             budgets: ns.api(&client),
             bindings: ns.api(&client),
@@ -64,18 +89,30 @@ impl Scenario {
 
     /// A Deployment with `replicas` pods, each running an agent; returns (pod name, agent).
     async fn deploy(&self, name: &str, replicas: i32) -> Vec<(String, Agent)> {
-        let deployments: Api<Deployment> = self.ns.api(&self.client);
-        deployments
-            .create(&PostParams::default(), &deployment(name, replicas))
+        let agents: Vec<Option<&[&str]>> = vec![Some(&[]); replicas as usize];
+        self.deploy_agents(deployment(name, replicas), &agents)
             .await
-            .unwrap();
-        let mut running = Vec::new();
-        for pod in pods_of(&self.pods, name, replicas as usize).await {
-            let agent = Agent::start(&agent_ip(), &[]);
-            run_pod(&self.pods, &pod, &agent.ip, 0).await;
-            running.push((pod, agent));
+            .into_iter()
+            .map(|(pod, agent)| (pod, agent.expect("every pod runs")))
+            .collect()
+    }
+
+    /// Creates `deployment` and plays the kubelet for its pods, in name order: one agent-sim
+    /// per entry of `agents`, with those arguments (`[]` for a well-behaved agent, `--hostile
+    /// MODE` for a broken endpoint); `None` leaves the pod Pending without an IP.
+    async fn deploy_agents(&self, deployment: Deployment, agents: &[Option<&[&str]>]) -> Vec<(String, Option<Agent>)> {
+        let name = deployment.metadata.name.clone().expect("named");
+        let deployments: Api<Deployment> = self.ns.api(&self.client);
+        deployments.create(&PostParams::default(), &deployment).await.unwrap();
+        let mut pods = Vec::new();
+        for (pod, args) in pods_of(&self.pods, &name, agents.len()).await.into_iter().zip(agents) {
+            let agent = args.map(|args| Agent::start(&agent_ip(), args));
+            if let Some(agent) = &agent {
+                run_pod(&self.pods, &pod, &agent.ip, 0).await;
+            }
+            pods.push((pod, agent));
         }
-        running
+        pods
     }
 
     async fn wait_used(&self, budget: &str, tokens: i64) -> TokenBudget {
@@ -244,83 +281,350 @@ async fn two_bindings_on_one_pod_count_it_once() {
     );
 }
 
+/// The pods of one Deployment: what each one runs, and what its binding must say about it.
+struct Role {
+    agent: Option<&'static [&'static str]>,
+    /// `None`: a well-behaved agent. Otherwise the start of what the ScrapeHealthy message and
+    /// the ScrapeFailed Event say about the pod, after `<pod>: `.
+    reason: Option<&'static str>,
+}
+
+const fn good() -> Role {
+    Role {
+        agent: Some(&[]),
+        reason: None,
+    }
+}
+
+const fn bad(agent: Option<&'static [&'static str]>, reason: &'static str) -> Role {
+    Role {
+        agent,
+        reason: Some(reason),
+    }
+}
+
 #[tokio::test]
-async fn a_hostile_endpoint_is_reported_and_the_others_keep_counting() {
+async fn hostile_endpoints_are_reported_and_never_corrupt_the_usage() {
     let s = Scenario::new("hostile").await;
     s.budgets
         .create(&PostParams::default(), &budget("b", 1_000_000))
         .await
         .unwrap();
-    s.bindings
-        .create(&PostParams::default(), &binding("bb", "b", "agent", "1s"))
-        .await
-        .unwrap();
-    let deployments: Api<Deployment> = s.ns.api(&s.client);
-    deployments
-        .create(&PostParams::default(), &deployment("agent", 3))
-        .await
-        .unwrap();
-    let names = pods_of(&s.pods, "agent", 3).await;
-    // One good agent; one pod whose endpoint serves garbage; one pod with no IP at all.
-    let good = Agent::start(&agent_ip(), &[]);
-    run_pod(&s.pods, &names[0], &good.ip, 0).await;
-    let garbage_ip = agent_ip();
-    let garbage = std::net::TcpListener::bind(format!("{garbage_ip}:9464")).unwrap();
-    std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        for mut stream in garbage.incoming().flatten() {
-            let mut request = [0u8; 2048];
-            let _ = stream.read(&mut request);
-            let body = b"\x00\x01\x02 not metrics {{{\n";
-            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
-            let _ = stream.write_all(head.as_bytes());
-            let _ = stream.write_all(body);
+    // Every `used` the API server holds, from the start: none may ever be a wrong total.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorder = tokio::spawn({
+        use futures::StreamExt;
+        use kube::runtime::{WatchStreamExt, watcher};
+        let (budgets, seen) = (s.budgets.clone(), seen.clone());
+        async move {
+            let stream = watcher(budgets, watcher::Config::default().fields("metadata.name=b"))
+                .default_backoff()
+                .applied_objects();
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                if let Ok(tb) = event {
+                    seen.lock().unwrap().push(used(&tb));
+                }
+            }
         }
     });
-    run_pod(&s.pods, &names[1], &garbage_ip, 0).await;
 
-    good.spend("gpt-4o-mini", 11, 0);
-    s.wait_used("b", 11).await;
-    // Once the garbage pod has its IP, its scrapes fail for a reason of their own.
-    let garbage_pod = names[1].clone();
-    let bb = wait_for(
-        &s.bindings,
-        "bb",
-        "ScrapeHealthy=False naming the garbage pod",
-        move |bb| {
-            bb.status.as_ref().is_some_and(|st| {
-                st.conditions.iter().any(|c| {
-                    c.type_ == "ScrapeHealthy"
-                        && c.status == "False"
-                        && c.message.contains(&format!("{garbage_pod}: unparsable"))
+    // Three bindings, so that each one's ScrapeHealthy message (at most 5 pods) names all its
+    // bad pods. `counting` has the two counting agents, one pod without the named port and
+    // one without an IP; the others only bad endpoints.
+    for (name, workloads) in [
+        ("counting", &["counting", "portless"][..]),
+        ("stalling", &["stalling"]),
+        ("values", &["values"]),
+    ] {
+        s.bindings
+            .create(&PostParams::default(), &binding_of(name, "b", workloads, "1s"))
+            .await
+            .unwrap();
+    }
+    let mut portless = deployment("portless", 2);
+    let template = portless.spec.template.spec.as_mut().unwrap();
+    template.containers[0].ports.as_mut().unwrap()[0].name = Some("http".into());
+    let deployments: [(Deployment, &str, Vec<Role>); 4] = [
+        (deployment("counting", 2), "counting", vec![good(), good()]),
+        (
+            portless,
+            "counting",
+            vec![
+                bad(Some(&[]), "no container of the pod has a port named \"metrics\""),
+                bad(None, "the pod has no IP yet"),
+            ],
+        ),
+        (
+            deployment("stalling", 4),
+            "stalling",
+            vec![
+                bad(Some(&["--hostile", "big-body"]), "body larger than 16777216 bytes"),
+                bad(Some(&["--hostile", "silent"]), "no complete answer within 1s"),
+                bad(Some(&["--hostile", "trickle"]), "no complete answer within 1s"),
+                bad(
+                    Some(&["--hostile", "garbage"]),
+                    "unparsable metrics: line 1: byte 0x00 cannot start a metrics line",
+                ),
+            ],
+        ),
+        (
+            deployment("values", 4),
+            "values",
+            vec![
+                bad(
+                    Some(&["--hostile", "value=NaN"]),
+                    "unparsable metrics: line 3: gen_ai_client_token_usage_sum: value is NaN",
+                ),
+                bad(
+                    Some(&["--hostile", "value=+Inf"]),
+                    "unparsable metrics: line 3: gen_ai_client_token_usage_sum: value is +Inf",
+                ),
+                bad(
+                    Some(&["--hostile", "value=-5"]),
+                    "unparsable metrics: line 3: gen_ai_client_token_usage_sum: value -5 is negative",
+                ),
+                bad(
+                    Some(&["--hostile", "value=1e30"]),
+                    "unparsable metrics: line 3: gen_ai_client_token_usage_sum: value 1e30 is above the limit of 1e15 tokens per series",
+                ),
+            ],
+        ),
+    ];
+    let mut counting = Vec::new();
+    // (binding, pod, reason) of every bad pod.
+    let mut expected: Vec<(&str, String, &str)> = Vec::new();
+    let mut agents = Vec::new();
+    for (deployment, binding, roles) in deployments {
+        let args: Vec<Option<&[&str]>> = roles.iter().map(|r| r.agent).collect();
+        for ((pod, agent), role) in s.deploy_agents(deployment, &args).await.into_iter().zip(&roles) {
+            match role.reason {
+                None => counting.push((pod, agent.expect("a good pod runs"))),
+                Some(reason) => {
+                    expected.push((binding, pod, reason));
+                    agents.extend(agent);
+                }
+            }
+        }
+    }
+    let (good, backwards) = (&counting[0].1, &counting[1].1);
+
+    good.spend("gpt-4o-mini", 1000, 200);
+    s.wait_used("b", 1200).await;
+
+    // Each binding names each of its bad pods with its reason, and the pods it could scrape.
+    for (binding, pods, scraped) in [("counting", 4, 2), ("stalling", 4, 0), ("values", 4, 0)] {
+        let mine: Vec<String> = expected
+            .iter()
+            .filter(|(b, _, _)| *b == binding)
+            .map(|(_, pod, reason)| format!("{pod}: {reason}"))
+            .collect();
+        let bb = wait_for(
+            &s.bindings,
+            binding,
+            &format!("ScrapeHealthy=False of {binding} naming {mine:?}"),
+            |bb| {
+                bb.status.as_ref().is_some_and(|st| {
+                    st.conditions.iter().any(|c| {
+                        c.type_ == "ScrapeHealthy"
+                            && c.status == "False"
+                            && c.reason == "ScrapeFailed"
+                            && mine.iter().all(|m| c.message.contains(m.as_str()))
+                    })
                 })
-            })
-        },
-    )
-    .await;
-    let st = bb.status.unwrap();
-    let c = st.conditions.iter().find(|c| c.type_ == "ScrapeHealthy").unwrap();
-    assert!(
-        c.message.contains(&names[1]) && c.message.contains("unparsable"),
-        "{}",
-        c.message
-    );
-    assert!(
-        c.message.contains(&names[2]) && c.message.contains("no IP"),
-        "{}",
-        c.message
-    );
-    assert_eq!((st.pods, st.scraped_pods), (Some(3), Some(1)));
-    good.spend("gpt-4o-mini", 4, 0);
-    s.wait_used("b", 15).await;
-
-    // The Event names the pod.
+            },
+        )
+        .await;
+        let st = bb.status.unwrap();
+        assert_eq!((st.pods, st.scraped_pods), (Some(pods), Some(scraped)), "{binding}");
+    }
+    // And one Warning Event per bad pod, on its binding.
     let events: Api<k8s_openapi::api::events::v1::Event> = s.ns.api(&s.client);
-    let found = wait_event(&events, "a ScrapeFailed Event", |e| {
-        e.reason.as_deref() == Some("ScrapeFailed") && e.note.as_deref().is_some_and(|n| n.contains(&names[1]))
+    for (binding, pod, reason) in &expected {
+        let note = format!("pod {pod}: {reason}");
+        let event = wait_event(&events, &format!("a ScrapeFailed Event {note:?}"), |e| {
+            e.reason.as_deref() == Some("ScrapeFailed") && e.note.as_deref().is_some_and(|n| n.starts_with(&note))
+        })
+        .await;
+        assert_eq!(event.type_.as_deref(), Some("Warning"));
+        assert_eq!(event.regarding.and_then(|r| r.name).as_deref(), Some(*binding));
+    }
+
+    // A counter that jumps backwards without a restart started from zero again (rule 2): its
+    // new value is what it spent since.
+    backwards.spend("gpt-4o-mini", 500, 0);
+    s.wait_used("b", 1700).await;
+    backwards.reset();
+    backwards.spend("gpt-4o-mini", 200, 0);
+    s.wait_used("b", 1900).await;
+    good.spend("gpt-4o-mini", 4, 0);
+    s.wait_used("b", 1904).await;
+
+    // Another full cycle over every bad endpoint changes nothing.
+    let counted_at = jiff::Timestamp::now();
+    let bb = wait_for(&s.bindings, "counting", "one more full cycle", |bb| {
+        bb.status
+            .as_ref()
+            .and_then(|st| st.last_scrape_time.as_deref())
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .is_some_and(|t| t > counted_at + jiff::SignedDuration::from_secs(1))
     })
     .await;
-    assert_eq!(found.regarding.and_then(|r| r.name).as_deref(), Some("bb"));
+    assert_eq!(bb.status.unwrap().used_tokens, Some(1904));
+    let tb = s.budgets.get("b").await.unwrap();
+    let status = tb.status.as_ref().unwrap();
+    let used = status.used.as_ref().unwrap();
+    assert_eq!((used.tokens, used.input, used.output), (1904, 1704, 200));
+    assert_eq!(
+        status
+            .models
+            .iter()
+            .map(|m| (m.model.as_str(), m.input, m.output))
+            .collect::<Vec<_>>(),
+        [("gpt-4o-mini", 1704, 200)]
+    );
+    assert_eq!(
+        status
+            .workloads
+            .iter()
+            .map(|w| (w.name.as_str(), w.tokens))
+            .collect::<Vec<_>>(),
+        [("counting", 1904)]
+    );
+    // The ledger knows only the pods that answered well.
+    let mut ledger_pods: Vec<&str> = status
+        .accounting
+        .as_ref()
+        .unwrap()
+        .pods
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    ledger_pods.sort_unstable();
+    assert_eq!(ledger_pods, [counting[0].0.as_str(), counting[1].0.as_str()]);
+
+    recorder.abort();
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.windows(2).all(|w| w[0] <= w[1]) && seen.iter().all(|u| [-1, 0, 1200, 1700, 1900, 1904].contains(u)),
+        "used went through {seen:?}"
+    );
+
+    // The operator is still up, and counted every kind of failure.
+    let operator = s.operator.as_ref().unwrap();
+    assert_eq!(operator.get("/healthz").unwrap().0, 200);
+    let metrics = operator.get("/metrics").unwrap().1;
+    for result in ["ok", "too_large", "timeout", "parse"] {
+        assert!(
+            metrics.contains(&format!("tokenbudget_scrapes_total{{result=\"{result}\"}}")),
+            "{result}: {metrics}"
+        );
+    }
+    drop(agents);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_wakes_for_the_period_boundary_itself() {
+    use jiff::{RoundMode, SignedDuration, Timestamp, TimestampRound, Unit};
+    // Time from the operator's start to the boundary: enough to start, scrape, spend, scrape.
+    const LEAD: SignedDuration = SignedDuration::from_secs(10);
+    let s = Scenario::without_operator("boundary").await;
+    let hourly: TokenBudget = serde_yaml::from_str(
+        "apiVersion: tokenbudget.io/v1alpha1\nkind: TokenBudget\nmetadata: {name: b}\n\
+         spec: {limits: {tokens: 1000000}, period: {reset: Hourly}}",
+    )
+    .unwrap();
+    s.budgets.create(&PostParams::default(), &hourly).await.unwrap();
+    // An interval far beyond the test: only the boundary itself can wake the budget at the
+    // boundary (nothing else changes in the namespace).
+    s.bindings
+        .create(&PostParams::default(), &binding("bb", "b", "agent", "1h"))
+        .await
+        .unwrap();
+    // One agent, and one endpoint that never answers: every cycle lasts the binding's timeout,
+    // and the wake-up must still come at the boundary, not a cycle's length after it.
+    let agents = s
+        .deploy_agents(deployment("agent", 2), &[Some(&[]), Some(&["--hostile", "silent"])])
+        .await;
+    let agent = agents[0].1.as_ref().unwrap();
+
+    // The operator lives LEAD before a full hour.
+    let hour = TimestampRound::new().smallest(Unit::Hour).mode(RoundMode::Ceil);
+    let boundary = (Timestamp::now() + LEAD).round(hour).unwrap();
+    let clock = tokenbudget::clock::OffsetClock::starting_at(boundary - LEAD);
+    let operator = InProcessOperator::start(&s.client, &s.ns.name, std::sync::Arc::new(clock)).await;
+    let instant = |field: Option<&String>| field.and_then(|t| t.parse::<Timestamp>().ok());
+
+    // Its first cycle scrapes the agent (nothing spent yet); a spend and a touch of the
+    // binding's spec (a longer timeout: the cycles now last 2 s) make a second one count it,
+    // still in the old period.
+    wait_for(&s.bindings, "bb", "the first scrape", |bb| {
+        bb.status.as_ref().and_then(|st| st.scraped_pods) == Some(1)
+    })
+    .await;
+    agent.spend("gpt-4o-mini", 70, 30);
+    let touch = serde_json::json!({"spec": {"metrics": {"timeout": "2s"}}});
+    s.bindings
+        .patch("bb", &PatchParams::default(), &Patch::Merge(&touch))
+        .await
+        .unwrap();
+    let tb = s.wait_used("b", 100).await;
+    let status = tb.status.unwrap();
+    assert_eq!(
+        instant(status.period_start.as_ref()),
+        Some(boundary - SignedDuration::from_hours(1)),
+        "the tokens were counted after the boundary: this machine needs a LEAD longer than {LEAD:?}"
+    );
+    assert_eq!(instant(status.resets_at.as_ref()), Some(boundary));
+
+    // At the boundary: usage from zero, the period moved on, a PeriodReset Event ...
+    let tb = wait_for(&s.budgets, "b", "the period to reset", |tb| {
+        instant(tb.status.as_ref().and_then(|st| st.period_start.as_ref())) == Some(boundary)
+    })
+    .await;
+    let status = tb.status.unwrap();
+    assert_eq!(used_of(&status), (0, 0, 0));
+    assert_eq!(
+        instant(status.resets_at.as_ref()),
+        Some(boundary + SignedDuration::from_hours(1))
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> = s.ns.api(&s.client);
+    let reset = wait_event(&events, "a PeriodReset Event", |e| {
+        e.reason.as_deref() == Some("PeriodReset")
+    })
+    .await;
+    assert_eq!(reset.type_.as_deref(), Some("Normal"));
+    assert_eq!(
+        reset.note.as_deref(),
+        Some(
+            format!(
+                "a new period began at {}: usage starts again from zero",
+                status.period_start.unwrap()
+            )
+            .as_str()
+        )
+    );
+    // ... from a cycle the boundary itself started, within a second of it (on the operator's
+    // clock; `lastScrapeTime` is rounded to the second).
+    let bb = wait_for(&s.bindings, "bb", "the binding's boundary cycle", |bb| {
+        instant(bb.status.as_ref().and_then(|st| st.last_scrape_time.as_ref())).is_some_and(|t| t >= boundary)
+    })
+    .await;
+    let scraped = instant(bb.status.unwrap().last_scrape_time.as_ref()).unwrap();
+    assert!(
+        scraped <= boundary + SignedDuration::from_secs(1),
+        "the boundary cycle ran at {scraped}, boundary {boundary}"
+    );
+
+    // The counters stayed as baselines: the new period counts only what is spent in it.
+    agent.spend("gpt-4o-mini", 9, 0);
+    let touch = serde_json::json!({"spec": {"metrics": {"timeout": "1s"}}});
+    s.bindings
+        .patch("bb", &PatchParams::default(), &Patch::Merge(&touch))
+        .await
+        .unwrap();
+    s.wait_used("b", 9).await;
+    operator.stop().await;
 }
 
 #[tokio::test]

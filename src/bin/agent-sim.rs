@@ -7,6 +7,13 @@
 //!
 //! `--rate` spends that many tokens per second (3/4 input, 1/4 output). `POST /spend?input=N&output=M&model=X`
 //! spends exactly that much at once; `POST /reset` forgets everything, as a restarted process would.
+//!
+//!   agent-sim --listen 127.0.3.7:9464 --hostile MODE
+//!
+//! serves a broken endpoint instead, to show that the operator survives it: `big-body` (a
+//! 100 MiB body, streamed), `silent` (accepts and never answers), `trickle` (the headers, then
+//! the body one byte a second), `garbage` (binary bytes), `value=V` (a token counter whose
+//! value is `V` verbatim, such as `NaN`, `+Inf`, `-5` or `1e30`).
 
 use std::{
     collections::BTreeMap,
@@ -89,6 +96,37 @@ struct Options {
     model: String,
     rate: u64,
     format: Format,
+    hostile: Option<Hostile>,
+}
+
+/// A broken metrics endpoint, for the operator's robustness tests and demos.
+#[derive(Clone, Debug)]
+enum Hostile {
+    /// A 100 MiB body of comment lines, streamed (no Content-Length) in 64 KiB writes.
+    BigBody,
+    /// Accepts the connection and reads the request, never answers.
+    Silent,
+    /// A valid answer whose body comes one byte a second.
+    Trickle,
+    /// A 200 answer whose body is binary bytes.
+    Garbage,
+    /// A valid exposition whose input-token counter has this value, verbatim.
+    Value(String),
+}
+
+impl Hostile {
+    fn parse(mode: &str) -> Result<Self, String> {
+        Ok(match mode {
+            "big-body" => Hostile::BigBody,
+            "silent" => Hostile::Silent,
+            "trickle" => Hostile::Trickle,
+            "garbage" => Hostile::Garbage,
+            _ => match mode.strip_prefix("value=") {
+                Some(v) if !v.is_empty() && !v.contains(char::is_whitespace) => Hostile::Value(v.to_string()),
+                _ => return Err(format!("--hostile: unknown mode {mode:?}")),
+            },
+        })
+    }
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -97,6 +135,7 @@ fn parse_args() -> Result<Options, String> {
         model: "gpt-4o-mini".into(),
         rate: 0,
         format: Format::OpenTelemetry,
+        hostile: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -113,9 +152,11 @@ fn parse_args() -> Result<Options, String> {
                     other => return Err(format!("--format: unknown format {other:?}")),
                 }
             }
+            "--hostile" => options.hostile = Some(Hostile::parse(&value()?)?),
             "-h" | "--help" => {
                 println!(
-                    "usage: agent-sim --listen ADDR [--model NAME] [--rate TOKENS_PER_S] [--format OpenTelemetry|VLLM|LiteLLM]"
+                    "usage: agent-sim --listen ADDR [--model NAME] [--rate TOKENS_PER_S] [--format OpenTelemetry|VLLM|LiteLLM]\n       \
+                     agent-sim --listen ADDR --hostile big-body|silent|trickle|garbage|value=V"
                 );
                 std::process::exit(0);
             }
@@ -171,6 +212,10 @@ async fn main() {
             std::process::exit(1);
         }
     };
+    if let Some(mode) = &options.hostile {
+        println!("agent-sim listening on {} (hostile: {mode:?})", options.listen);
+        serve_hostile(listener, mode.clone()).await;
+    }
     let spent = Arc::new(Mutex::new(Spent::default()));
     if options.rate > 0 {
         let (spent, options) = (spent.clone(), options.clone());
@@ -202,5 +247,106 @@ async fn main() {
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+/// Serves one broken endpoint forever; every connection on its own task, which ends when the
+/// scraper goes away.
+async fn serve_hostile(listener: TcpListener, mode: Hostile) -> ! {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(hostile_connection(stream, mode.clone()));
+    }
+}
+
+async fn hostile_connection(mut stream: tokio::net::TcpStream, mode: Hostile) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The request head: read until its blank line (or the peer gives up).
+    let mut head = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buffer[..n]),
+        }
+        if head.len() > 64 * 1024 {
+            return;
+        }
+    }
+    let ok = |extra: &str| {
+        format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\nconnection: close\r\n{extra}\r\n")
+    };
+    match mode {
+        Hostile::Silent => {
+            // Hold the connection until the scraper closes it.
+            while matches!(stream.read(&mut buffer).await, Ok(n) if n > 0) {}
+        }
+        Hostile::BigBody => {
+            const TOTAL: usize = 100 * 1024 * 1024;
+            let mut chunk = Vec::with_capacity(64 * 1024);
+            while chunk.len() < 64 * 1024 {
+                chunk.extend_from_slice(
+                    b"# padding padding padding padding padding padding padding padding padding pad\n",
+                );
+            }
+            chunk.truncate(64 * 1024 - 1);
+            chunk.push(b'\n');
+            if stream.write_all(ok("").as_bytes()).await.is_err() {
+                return;
+            }
+            let mut sent = 0;
+            while sent < TOTAL {
+                if stream.write_all(&chunk).await.is_err() {
+                    return;
+                }
+                sent += chunk.len();
+            }
+        }
+        Hostile::Trickle => {
+            // The head at once, so that only a deadline on the whole body stops the scrape.
+            let body = Spent::default().render(Format::OpenTelemetry);
+            let head = ok(&format!("content-length: {}\r\n", body.len()));
+            if stream.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            for byte in body.as_bytes() {
+                if stream.write_all(std::slice::from_ref(byte)).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        Hostile::Garbage => {
+            let body = b"\x00\x01\x02 not metrics {{{\n";
+            let answer = ok(&format!("content-length: {}\r\n", body.len()));
+            let _ = stream.write_all(answer.as_bytes()).await;
+            let _ = stream.write_all(body).await;
+        }
+        Hostile::Value(value) => {
+            let body = format!(
+                "# TYPE gen_ai_client_token_usage histogram\n\
+                 gen_ai_client_token_usage_sum{{gen_ai_request_model=\"gpt-4o-mini\",gen_ai_token_type=\"output\"}} 7\n\
+                 gen_ai_client_token_usage_sum{{gen_ai_request_model=\"gpt-4o-mini\",gen_ai_token_type=\"input\"}} {value}\n"
+            );
+            let answer = ok(&format!("content-length: {}\r\n", body.len())) + &body;
+            let _ = stream.write_all(answer.as_bytes()).await;
+        }
+    }
+    let _ = stream.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_modes() {
+        assert!(matches!(Hostile::parse("big-body"), Ok(Hostile::BigBody)));
+        assert!(matches!(Hostile::parse("value=+Inf"), Ok(Hostile::Value(v)) if v == "+Inf"));
+        for bad in ["value=", "value=1 2", "slow", ""] {
+            assert!(Hostile::parse(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -1,25 +1,12 @@
 //! tokenbudget-operator: runs the TokenBudget and BudgetBinding controllers.
 
-use std::{
-    io::IsTerminal,
-    net::SocketAddr,
-    process::ExitCode,
-    sync::{Arc, atomic::Ordering},
-    time::Duration,
-};
+use std::{io::IsTerminal, process::ExitCode, sync::Arc};
 
-use futures::StreamExt;
-use kube::{Api, Client, core::DeserializeGuard, runtime::events::Reporter};
-use tokenbudget::controller::accounting::api;
+use kube::Client;
 use tokenbudget::{
-    api::{BudgetBinding, TokenBudget},
     clock::SystemClock,
-    controller::{self, Accounting, Context},
-    http::{self, Endpoints},
-    metrics::Metrics,
-    usage::scrape::{self, Scraper},
+    controller::run::{self, Options},
 };
-use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
 const USAGE: &str = "\
@@ -35,19 +22,10 @@ USAGE: tokenbudget-operator [--bind-address ADDR] [--namespace NS]
 The cluster is the one of KUBECONFIG (or ~/.kube/config), or the in-cluster service account.
 Log level and filters: RUST_LOG (default info); LOG_FORMAT=json for JSON logs.";
 
-struct Options {
-    bind_address: SocketAddr,
-    namespace: Option<String>,
-    max_concurrent_scrapes: usize,
-    max_body_bytes: usize,
-}
-
 fn parse_args() -> Result<Options, String> {
     let mut options = Options {
-        bind_address: ([0, 0, 0, 0], 8080).into(),
-        namespace: None,
-        max_concurrent_scrapes: scrape::DEFAULT_MAX_CONCURRENT,
-        max_body_bytes: scrape::DEFAULT_MAX_BODY_BYTES,
+        instance: std::env::var("POD_NAME").ok(),
+        ..Options::default()
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -124,102 +102,5 @@ async fn run() -> Result<(), String> {
     let client = Client::try_default()
         .await
         .map_err(|e| format!("no Kubernetes configuration: {e}"))?;
-    let ns = options.namespace.as_deref();
-    controller::check_crds(&api(&client, ns), &api(&client, ns)).await?;
-    let budgets: Api<DeserializeGuard<TokenBudget>> = api(&client, ns);
-    let bindings: Api<DeserializeGuard<BudgetBinding>> = api(&client, ns);
-
-    let metrics = Metrics::new();
-    let endpoints = Endpoints {
-        metrics: metrics.clone(),
-        ready: Default::default(),
-    };
-    let listener = http::bind(options.bind_address)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", options.bind_address))?;
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(address = %local, namespace = ns.unwrap_or("<all>"), "tokenbudget-operator starting");
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
-
-    let reporter = Reporter {
-        controller: controller::FIELD_MANAGER.into(),
-        instance: std::env::var("POD_NAME").ok(),
-    };
-    // Bindings that change wake their budgets, after the binding store has seen the change.
-    let (binding_changed_tx, binding_changed_rx) = futures::channel::mpsc::unbounded();
-    let binding_controller = controller::binding::controller(bindings, budgets.clone(), binding_changed_tx);
-    let (deleted_tx, mut deleted_rx) = futures::channel::mpsc::unbounded::<String>();
-    let budget_controller = controller::budget::controller(budgets.clone(), deleted_tx);
-    let (budget_store, binding_store) = (budget_controller.store(), binding_controller.store());
-
-    // Accounting reads pods and workloads from reflector stores; a pod that starts terminating
-    // wakes its budgets at once so that its last tokens count.
-    let (terminating_tx, terminating_rx) = futures::channel::mpsc::unbounded();
-    let cron_jobs_served = controller::accounting::cron_jobs_served(&client, ns).await;
-    let (cluster, cluster_driver) =
-        controller::accounting::Cluster::start(cron_jobs_served, &client, ns, binding_store.clone(), terminating_tx);
-    let trigger_cluster = cluster.clone();
-    let terminating = terminating_rx.flat_map(move |pod| futures::stream::iter(trigger_cluster.budgets_for_pod(&pod)));
-    let budget_controller = budget_controller
-        .reconcile_on(binding_changed_rx)
-        .reconcile_on(terminating);
-    let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded();
-    let binding_controller = binding_controller.reconcile_on(wake_rx);
-    let accounting = Accounting {
-        cluster,
-        scraper: Scraper::new(options.max_concurrent_scrapes, options.max_body_bytes),
-        accounts: Default::default(),
-        budgets: budget_store.clone(),
-        binding_usage: Default::default(),
-        wake_bindings: wake_tx,
-    };
-    let ctx =
-        Arc::new(Context::new(client.clone(), metrics, Arc::new(SystemClock), reporter).with_accounting(accounting));
-    tokio::spawn(cluster_driver);
-    let forget_ctx = ctx.clone();
-    tokio::spawn(async move {
-        while let Some(key) = deleted_rx.next().await {
-            if let Some(accounting) = &forget_ctx.accounting {
-                accounting.forget_budget(&key, &forget_ctx.metrics);
-            }
-        }
-    });
-    let ready = endpoints.ready.clone();
-    tokio::spawn(async move {
-        // Re-poll: a store's readiness signal wakes only its most recent waiter, and the
-        // controllers wait on the same stores.
-        let synced = || async {
-            budget_store.wait_until_ready().await.is_ok() && binding_store.wait_until_ready().await.is_ok()
-        };
-        loop {
-            match tokio::time::timeout(Duration::from_millis(250), synced()).await {
-                Ok(true) => {
-                    ready.store(true, Ordering::Relaxed);
-                    tracing::info!("caches synced, ready");
-                    return;
-                }
-                Ok(false) => return,
-                Err(_) => continue,
-            }
-        }
-    });
-
-    tokio::join!(
-        http::serve(listener, endpoints, stopped()),
-        controller::budget::run(budget_controller, ctx.clone(), stopped()),
-        controller::binding::run(binding_controller, ctx, stopped()),
-    );
-    tracing::info!("stopped");
-    Ok(())
+    run::run(client, options, Arc::new(SystemClock), shutdown_signal()).await
 }

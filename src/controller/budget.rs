@@ -53,6 +53,8 @@ async fn reconcile(guard: Arc<DeserializeGuard<TokenBudget>>, ctx: Arc<Context>)
     let mut status = desired_status(tb, now);
     let mut requeue = RESYNC;
     let mut cycle = None;
+    let mut boundary = None;
+    let mut wake_at = None;
     if let Some(accounting) = &ctx.accounting
         && validate::budget(&tb.spec).is_ok()
     {
@@ -95,14 +97,8 @@ async fn reconcile(guard: Arc<DeserializeGuard<TokenBudget>>, ctx: Arc<Context>)
             .min()
             .unwrap_or(RESYNC)
             .max(Duration::from_secs(1));
-        if let Some(end) = &report.window.end {
-            // Wake for the period boundary itself, not at the next scrape after it.
-            let until = now.duration_until(end.timestamp()).unsigned_abs() + Duration::from_millis(50);
-            requeue = requeue.min(until);
-        }
-        if let Some(at) = outcome.wake_at {
-            requeue = requeue.min(now.duration_until(at).unsigned_abs() + Duration::from_millis(50));
-        }
+        boundary = report.window.end.as_ref().map(|end| end.timestamp());
+        wake_at = outcome.wake_at;
         ctx.metrics
             .observe_budget(&ns, &tb.name_any(), &status, tb.spec.limits.tokens);
         cycle = Some(report);
@@ -126,6 +122,15 @@ async fn reconcile(guard: Arc<DeserializeGuard<TokenBudget>>, ctx: Arc<Context>)
             accounting.hand_over(&ns, &report);
         }
         super::binding::announce_scrape_failures(&ctx, &ns, &report).await;
+    }
+    if let Some(end) = boundary {
+        // Measured now, not from the cycle's start: the requeue counts from here, and a cycle
+        // lasts up to its slowest scrape.
+        requeue = requeue.min(wake_for_boundary(ctx.clock.now(), end));
+    }
+    if let Some(at) = wake_at {
+        // The end of a grace period, or a retry after a conflict.
+        requeue = requeue.min(wake_for_boundary(ctx.clock.now(), at));
     }
     Ok(Action::requeue(requeue))
 }
@@ -175,6 +180,12 @@ async fn set_finalizers(ctx: &Context, tb: &TokenBudget, finalizers: Vec<String>
     api.patch_metadata(&tb.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     Ok(())
+}
+
+/// How long from `now` until the cycle that starts the period after `end`: 50 ms past the
+/// boundary itself, not at the next scrape after it. A boundary already passed wakes at once.
+pub fn wake_for_boundary(now: Timestamp, end: Timestamp) -> Duration {
+    Duration::try_from(now.duration_until(end)).unwrap_or(Duration::ZERO) + Duration::from_millis(50)
 }
 
 fn ready_condition(tb: &TokenBudget) -> conditions::Desired {
@@ -268,6 +279,16 @@ mod tests {
         assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "InvalidSpec"));
         assert!(ready.message.contains("spec.limits.cost"), "{}", ready.message);
         assert_eq!(status.used.unwrap().tokens, 42);
+    }
+
+    #[test]
+    fn the_boundary_wakes_the_budget_just_after_it() {
+        let end: Timestamp = "2026-11-28T13:00:00Z".parse().unwrap();
+        let at = |t: &str| wake_for_boundary(t.parse().unwrap(), end);
+        assert_eq!(at("2026-11-28T12:59:58Z"), Duration::from_millis(2050));
+        assert_eq!(at("2026-11-28T13:00:00Z"), Duration::from_millis(50));
+        // A cycle that outlasted the boundary: the next one at once, not as long again later.
+        assert_eq!(at("2026-11-28T13:00:03Z"), Duration::from_millis(50));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Watches and reconcile wiring for both kinds.
+//! Watches and reconcile wiring for both kinds; [`run::run`] runs the whole operator.
 //!
 //! Each reconcile is observe -> compute -> write status: the compute step is a pure function
 //! (`budget::desired_status`, `binding::desired_status`) carrying most of the unit tests.
@@ -10,6 +10,7 @@ pub mod binding;
 pub mod budget;
 pub mod conditions;
 pub mod enforcement;
+pub mod run;
 pub mod workloads;
 
 use std::{

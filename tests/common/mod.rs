@@ -8,7 +8,10 @@ use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
     process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
     time::Duration,
 };
 
@@ -66,18 +69,23 @@ pub async fn within<F: Future>(future: F, what: &str) -> F::Output {
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
-/// Waits until the object satisfies `cond` (through a watch, not a sleep) and returns it.
+/// Waits until the object satisfies `cond` (through a watch, not a sleep) and returns it. On
+/// a timeout, the failure shows the object's last status.
 pub async fn wait_for<K>(api: &Api<K>, name: &str, what: &str, cond: impl Fn(&K) -> bool) -> K
 where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K: Resource + Clone + DeserializeOwned + serde::Serialize + std::fmt::Debug + Send + 'static,
 {
-    let obj = within(
-        await_condition(api.clone(), name, move |obj: Option<&K>| obj.is_some_and(&cond)),
-        what,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("watching for {what}: {e}"));
-    obj.expect("the condition only holds for an existing object")
+    let waiting = await_condition(api.clone(), name, move |obj: Option<&K>| obj.is_some_and(&cond));
+    let Ok(obj) = tokio::time::timeout(TIMEOUT, waiting).await else {
+        let last = match api.get_opt(name).await {
+            Ok(Some(obj)) => serde_json::to_value(&obj).map_or_else(|e| e.to_string(), |v| v["status"].to_string()),
+            Ok(None) => "no such object".to_string(),
+            Err(e) => e.to_string(),
+        };
+        panic!("timed out waiting for {what}; its status now: {last}");
+    };
+    obj.unwrap_or_else(|e| panic!("watching for {what}: {e}"))
+        .expect("the condition only holds for an existing object")
 }
 
 /// A namespace for one test, deleted when the test ends.
@@ -189,18 +197,7 @@ impl Operator {
 
     /// Waits until `/readyz` answers 200.
     pub async fn wait_ready(&self) {
-        within(
-            async {
-                loop {
-                    if matches!(self.get("/readyz"), Ok((200, _))) {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            "the operator's /readyz",
-        )
-        .await;
+        wait_ready(self.address).await;
     }
 
     pub fn logs(&self) -> String {
@@ -212,6 +209,76 @@ impl Drop for Operator {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Waits until the operator at `address` answers 200 on `/readyz`.
+pub async fn wait_ready(address: SocketAddr) {
+    within(
+        async {
+            loop {
+                // Off the runtime's threads: the operator may run on them (in-process).
+                let answer = tokio::task::spawn_blocking(move || http_get(address, "/readyz")).await;
+                if matches!(answer, Ok(Ok((200, _)))) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        },
+        "the operator's /readyz",
+    )
+    .await;
+}
+
+/// The operator running inside the test process, through the same library call as the binary
+/// (`tokenbudget::controller::run::run`) but with a clock of the test's choosing, in one
+/// namespace. Stopped by [`InProcessOperator::stop`]; dropping it aborts it.
+pub struct InProcessOperator {
+    pub address: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), String>>>,
+}
+
+impl InProcessOperator {
+    pub async fn start(client: &Client, namespace: &str, clock: Arc<dyn tokenbudget::clock::Clock>) -> Self {
+        let address = free_port();
+        let options = tokenbudget::controller::run::Options {
+            bind_address: address,
+            namespace: Some(namespace.to_string()),
+            ..Default::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(tokenbudget::controller::run::run(
+            client.clone(),
+            options,
+            clock,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let operator = Self {
+            address,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        wait_ready(address).await;
+        operator
+    }
+
+    /// Shuts the operator down and waits until it has stopped, cleanly.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().expect("running").send(());
+        let task = self.task.take().expect("running");
+        let result = within(task, "the in-process operator to stop").await;
+        assert_eq!(result.expect("the operator task ends without panicking"), Ok(()));
+    }
+}
+
+impl Drop for InProcessOperator {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
     }
 }
 

@@ -1,0 +1,161 @@
+//! The whole operator as one library call: both controllers, the accounting stores, and the
+//! `/healthz`, `/readyz` and `/metrics` endpoints, until a shutdown future resolves. The
+//! binary is a thin caller with the system clock; integration tests run the same wiring
+//! in-process with a clock of their own.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use futures::StreamExt;
+use kube::{Api, Client, core::DeserializeGuard, runtime::events::Reporter};
+use tokio::{sync::watch, task::JoinSet};
+
+use super::{Accounting, Context, FIELD_MANAGER, accounting::api};
+use crate::{
+    api::{BudgetBinding, TokenBudget},
+    clock::Clock,
+    http::{self, Endpoints},
+    metrics::Metrics,
+    usage::scrape::{self, Scraper},
+};
+
+/// What the operator's command line sets.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    pub bind_address: SocketAddr,
+    /// Watch only this namespace; `None`: all namespaces.
+    pub namespace: Option<String>,
+    /// Scrapes in flight at once, over all pods.
+    pub max_concurrent_scrapes: usize,
+    /// The largest metrics body read from a pod.
+    pub max_body_bytes: usize,
+    /// The `reportingInstance` of the operator's Events (the pod's name in a cluster).
+    pub instance: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            bind_address: ([0, 0, 0, 0], 8080).into(),
+            namespace: None,
+            max_concurrent_scrapes: scrape::DEFAULT_MAX_CONCURRENT,
+            max_body_bytes: scrape::DEFAULT_MAX_BODY_BYTES,
+            instance: None,
+        }
+    }
+}
+
+/// Runs the operator against `client` until `shutdown` resolves. Fails at once, with one line
+/// saying why, when the CRDs are missing or the address cannot be bound. Every task it starts
+/// ends when it returns.
+pub async fn run(
+    client: Client,
+    options: Options,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let ns = options.namespace.as_deref();
+    super::check_crds(&api(&client, ns), &api(&client, ns)).await?;
+    let budgets: Api<DeserializeGuard<TokenBudget>> = api(&client, ns);
+    let bindings: Api<DeserializeGuard<BudgetBinding>> = api(&client, ns);
+
+    let metrics = Metrics::new();
+    let endpoints = Endpoints {
+        metrics: metrics.clone(),
+        ready: Default::default(),
+    };
+    let listener = http::bind(options.bind_address)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", options.bind_address))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(address = %local, namespace = ns.unwrap_or("<all>"), "tokenbudget-operator starting");
+
+    // Dropped on return: aborts every background task, so that an in-process operator stops
+    // entirely (its watches too), not only its controllers.
+    let mut tasks = JoinSet::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    tasks.spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    let reporter = Reporter {
+        controller: FIELD_MANAGER.into(),
+        instance: options.instance.clone(),
+    };
+    // Bindings that change wake their budgets, after the binding store has seen the change.
+    let (binding_changed_tx, binding_changed_rx) = futures::channel::mpsc::unbounded();
+    let binding_controller = super::binding::controller(bindings, budgets.clone(), binding_changed_tx);
+    let (deleted_tx, mut deleted_rx) = futures::channel::mpsc::unbounded::<String>();
+    let budget_controller = super::budget::controller(budgets.clone(), deleted_tx);
+    let (budget_store, binding_store) = (budget_controller.store(), binding_controller.store());
+
+    // Accounting reads pods and workloads from reflector stores; a pod that starts terminating
+    // wakes its budgets at once so that its last tokens count.
+    let (terminating_tx, terminating_rx) = futures::channel::mpsc::unbounded();
+    let cron_jobs_served = super::accounting::cron_jobs_served(&client, ns).await;
+    let (cluster, cluster_driver) =
+        super::accounting::Cluster::start(cron_jobs_served, &client, ns, binding_store.clone(), terminating_tx);
+    let trigger_cluster = cluster.clone();
+    let terminating = terminating_rx.flat_map(move |pod| futures::stream::iter(trigger_cluster.budgets_for_pod(&pod)));
+    let budget_controller = budget_controller
+        .reconcile_on(binding_changed_rx)
+        .reconcile_on(terminating);
+    let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded();
+    let binding_controller = binding_controller.reconcile_on(wake_rx);
+    let accounting = Accounting {
+        cluster,
+        scraper: Scraper::new(options.max_concurrent_scrapes, options.max_body_bytes),
+        accounts: Default::default(),
+        budgets: budget_store.clone(),
+        binding_usage: Default::default(),
+        wake_bindings: wake_tx,
+    };
+    let ctx = Arc::new(Context::new(client.clone(), metrics, clock, reporter).with_accounting(accounting));
+    tasks.spawn(cluster_driver);
+    let forget_ctx = ctx.clone();
+    tasks.spawn(async move {
+        while let Some(key) = deleted_rx.next().await {
+            if let Some(accounting) = &forget_ctx.accounting {
+                accounting.forget_budget(&key, &forget_ctx.metrics);
+            }
+        }
+    });
+    let ready = endpoints.ready.clone();
+    tasks.spawn(async move {
+        // Re-poll: a store's readiness signal wakes only its most recent waiter, and the
+        // controllers wait on the same stores.
+        let synced = || async {
+            budget_store.wait_until_ready().await.is_ok() && binding_store.wait_until_ready().await.is_ok()
+        };
+        loop {
+            match tokio::time::timeout(Duration::from_millis(250), synced()).await {
+                Ok(true) => {
+                    ready.store(true, Ordering::Relaxed);
+                    tracing::info!("caches synced, ready");
+                    return;
+                }
+                Ok(false) => return,
+                Err(_) => continue,
+            }
+        }
+    });
+
+    tokio::join!(
+        http::serve(listener, endpoints, stopped()),
+        super::budget::run(budget_controller, ctx.clone(), stopped()),
+        super::binding::run(binding_controller, ctx, stopped()),
+    );
+    tracing::info!("stopped");
+    Ok(())
+}
