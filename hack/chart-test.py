@@ -620,6 +620,17 @@ def can_i(verb, resource, group, namespace, sa_namespace, sa):
     return access([(verb, resource, group)], namespace, sa_namespace, sa)[0]
 
 
+def helm_upgrade(cfg, chart, name, values, **options):
+    """`Config.upgrade` with options the SDK's Python wrapper (0.2.2) does not pass on but its
+    C library takes, such as force_conflicts (the CLI's --force-conflicts)."""
+    if not options:
+        return cfg.upgrade(chart, name, values, timeout=120)
+    from helm_python import _native
+
+    return json.loads(_native.call_string("helm_upgrade", cfg._raw(), _native.HANDLE(0), chart._raw(), None, name,
+                                          json.dumps(values), json.dumps({"timeout_seconds": 120, **options})))
+
+
 def wait_until(what, predicate, timeout=60):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -712,7 +723,11 @@ def cluster_checks():
             expect(text.count(old) == 1, "the marker spot is not unique")
             crd_file.write_text(text.replace(old, marker))
             with helm.Chart.load(changed) as changed_chart:
-                cfg.upgrade(changed_chart, RELEASE, {}, timeout=120)
+                # Adopted CRDs still have fields owned by whoever applied them before: Helm 4's
+                # server-side apply then needs --force-conflicts once (docs/install.md). A
+                # fresh install owns every field and needs nothing.
+                force = {} if state["fresh"] else {"force_conflicts": True}
+                helm_upgrade(cfg, changed_chart, RELEASE, {}, **force)
 
         def description():
             crd = kubectl_json("get", "crd", "tokenbudgets.tokenbudget.io")
