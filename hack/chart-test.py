@@ -3,8 +3,8 @@
 
 Offline: lints the chart and renders it with several sets of values, asserting on the objects
 (security context, probes, RBAC rules exactly as listed below, no Secrets, CRDs identical to
-crds/, values.schema.json rejecting bad values, the dashboard and the alerts naming only
-metrics the operator exports). With KUBECONFIG set (the testbed of hack/testbed.sh, or any
+crds/, values.schema.json rejecting bad values, the dashboard's and the alerts' PromQL parsing
+and naming only metrics the operator exports, the Dockerfile as BuildKit parses it). With KUBECONFIG set (the testbed of hack/testbed.sh, or any
 cluster you are admin of): installs the chart for real, checks what the API server holds,
 asks the API server what the ServiceAccount may do, upgrades the CRDs through `helm upgrade`,
 and checks that `helm uninstall` keeps the CRDs and the budgets.
@@ -172,6 +172,18 @@ def metric_names():
 
 def metrics_in(expr):
     return set(re.findall(r"\b(tokenbudget_[a-z_]+)", expr))
+
+
+def parse_promql(expr, where):
+    """Parses a PromQL expression (Grafana's variables replaced by sample values)."""
+    import promql_parser
+
+    sample = (expr.replace("$__rate_interval", "5m").replace("$__range", "1h")
+              .replace("$namespace", ".*").replace("$budget", ".*"))
+    try:
+        promql_parser.parse(sample)
+    except ValueError as e:
+        raise AssertionError(f"{where}: invalid PromQL {expr!r}: {e}") from None
 
 
 def known_metric(name, names):
@@ -347,6 +359,7 @@ def _():
     equal(sorted(alerts), ["TokenBudgetExhausted", "TokenBudgetScrapesFailing", "TokenBudgetThresholdReached"], "alerts")
     names = metric_names()
     for alert in alerts.values():
+        parse_promql(alert["expr"], alert["alert"])
         for metric in metrics_in(alert["expr"]):
             expect(known_metric(metric, names), f"{alert['alert']} uses {metric}, which the operator does not export")
         equal(alert["labels"]["team"], "ml", "alertLabels")
@@ -386,6 +399,7 @@ def _():
         equal(panel["datasource"]["uid"], "${datasource}", f"datasource of {panel['title']}")
         for target in panel["targets"]:
             equal(target["datasource"]["uid"], "${datasource}", f"target datasource of {panel['title']}")
+            parse_promql(target["expr"], f"panel {panel['title']!r}")
             for metric in metrics_in(target["expr"]):
                 expect(known_metric(metric, names), f"panel {panel['title']!r} uses unknown metric {metric}")
                 used.add(re.sub(r"_(bucket|sum|count)$", "", metric))
