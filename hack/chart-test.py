@@ -630,10 +630,6 @@ def access(questions, namespace, sa_namespace, sa):
     return answers
 
 
-def can_i(verb, resource, group, namespace, sa_namespace, sa):
-    return access([(verb, resource, group)], namespace, sa_namespace, sa)[0]
-
-
 def helm_upgrade(cfg, chart, name, values, **options):
     """`Config.upgrade` with options the SDK's Python wrapper (0.2.2) does not pass on but its
     C library takes, such as force_conflicts (the CLI's --force-conflicts)."""
