@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every check: formatting, lints, unit tests, then the integration tests against a real
-# Kubernetes control plane (hack/testbed.sh, its own instance under .testbed-test/), then the
-# demo once on a testbed of its own. Stops whatever it started. This is what CI runs.
+# Runs every check: formatting, lints, unit tests, then the Helm chart's tests and the
+# integration tests against a real Kubernetes control plane (hack/testbed.sh, its own instance
+# under .testbed-test/), then the demo once on a testbed of its own. Stops whatever it started.
+# This is what CI runs.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
@@ -9,8 +10,21 @@ cd "$REPO"
 step() { printf '\n==> %s\n' "$*"; }
 SECONDS=0
 
+# The chart tests' Python packages (hack/chart-test-requirements.txt), in .venv/ (not in git).
+chart_test_venv() {
+  if [ ! -x .venv/bin/python ] && ! python3 -m venv .venv >/dev/null 2>&1; then
+    # Debian's own python3 needs python3-venv for a venv with pip.
+    rm -rf .venv
+    local sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv .venv
+  fi
+  .venv/bin/pip install -q --disable-pip-version-check -r hack/chart-test-requirements.txt
+}
+
 step "installing what the tests need"
 hack/testbed.sh install
+chart_test_venv
 
 step "cargo fmt --check"
 cargo fmt --check
@@ -31,6 +45,9 @@ if ! hack/testbed.sh status >/dev/null 2>&1; then started=1; fi
 step "starting the testbed"
 hack/testbed.sh up
 eval "$(hack/testbed.sh env)"
+
+step "Helm chart: lint, render with several value sets, install, upgrade, uninstall"
+.venv/bin/python hack/chart-test.py
 
 step "integration tests against $(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}')"
 cargo test --locked --test '*'

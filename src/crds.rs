@@ -4,6 +4,11 @@ use kube::CustomResourceExt;
 
 use crate::api::{BudgetBinding, TokenBudget};
 
+/// Where the repository keeps the generated CRDs, relative to its root: `crds/` for
+/// `kubectl apply -f crds/`, and the Helm chart's copy, which the chart's templates install
+/// and upgrade (a chart can read no file outside its own directory).
+pub const DIRS: [&str; 2] = ["crds", "charts/tokenbudget-operator/files/crds"];
+
 /// Every CRD of the operator as `(file name, YAML)`, in the order they are installed.
 pub fn all() -> Vec<(String, String)> {
     [TokenBudget::crd(), BudgetBinding::crd()]
@@ -43,17 +48,20 @@ fn strip_nullable(value: &mut serde_json::Value) {
 mod tests {
     use super::*;
 
-    /// `crds/` is what users and the Helm chart install: it must be exactly what the types say.
+    /// `crds/` and the chart's copy are what users and the Helm chart install: they must be
+    /// exactly what the types say.
     #[test]
     fn committed_crds_match_the_types() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
-        for (file, yaml) in all() {
-            let committed = std::fs::read_to_string(dir.join(&file))
-                .unwrap_or_else(|e| panic!("crds/{file} is missing ({e}): run `cargo run --bin crdgen -- crds`"));
-            assert!(
-                committed == yaml,
-                "crds/{file} differs from the Rust types: run `cargo run --bin crdgen -- crds`"
-            );
+        for dir in DIRS {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+            for (file, yaml) in all() {
+                let committed = std::fs::read_to_string(path.join(&file))
+                    .unwrap_or_else(|e| panic!("{dir}/{file} is missing ({e}): run `cargo run --bin crdgen -- crds`"));
+                assert!(
+                    committed == yaml,
+                    "{dir}/{file} differs from the Rust types: run `cargo run --bin crdgen -- crds`"
+                );
+            }
         }
     }
 

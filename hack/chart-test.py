@@ -1,0 +1,807 @@
+#!/usr/bin/env python3
+"""Tests of the Helm chart charts/tokenbudget-operator, with the Helm v4 Go SDK (helm-python-sdk).
+
+Offline: lints the chart and renders it with several sets of values, asserting on the objects
+(security context, probes, RBAC rules exactly as listed below, no Secrets, CRDs identical to
+crds/, values.schema.json rejecting bad values, the dashboard's and the alerts' PromQL parsing
+and naming only metrics the operator exports, the Dockerfile as BuildKit parses it). With KUBECONFIG set (the testbed of hack/testbed.sh, or any
+cluster you are admin of): installs the chart for real, checks what the API server holds,
+asks the API server what the ServiceAccount may do, upgrades the CRDs through `helm upgrade`,
+and checks that `helm uninstall` keeps the CRDs and the budgets.
+
+    hack/test.sh                                    # runs this with the other checks
+    .venv/bin/python hack/chart-test.py --offline   # lint and render only
+    eval "$(hack/testbed.sh env)" && .venv/bin/python hack/chart-test.py
+
+The venv: `python3 -m venv .venv && .venv/bin/pip install -r hack/chart-test-requirements.txt`.
+Prints one line per check and ends with `N passed, N failed`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import helm_python as helm
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+CHART = REPO / "charts" / "tokenbudget-operator"
+RELEASE = "tokenbudget-operator"
+NAMESPACE = "tokenbudget-system"
+FULLNAME = "tokenbudget-operator"  # the release name contains the chart name: not repeated
+
+# The operator's permissions, exactly (docs/install.md explains each rule).
+EXPECTED_RULES = [
+    (["tokenbudget.io"], ["tokenbudgets", "budgetbindings"], ["get", "list", "watch", "patch", "update"]),
+    (["tokenbudget.io"], ["tokenbudgets/status", "budgetbindings/status"], ["get", "patch", "update"]),
+    (["tokenbudget.io"], ["tokenbudgets/finalizers"], ["update"]),
+    ([""], ["pods"], ["get", "list", "watch", "patch"]),
+    ([""], ["resourcequotas"], ["get", "list", "watch", "create", "patch", "delete"]),
+    (["apps"], ["deployments", "statefulsets"], ["get", "list", "watch", "patch"]),
+    (["apps"], ["deployments/scale", "statefulsets/scale"], ["get", "patch", "update"]),
+    (["apps"], ["replicasets"], ["get", "list", "watch"]),
+    (["batch"], ["jobs", "cronjobs"], ["get", "list", "watch", "patch"]),
+    (["events.k8s.io"], ["events"], ["create", "patch"]),
+]
+# What the ServiceAccount must not be able to do, asked of the API server.
+FORBIDDEN = [
+    ("get", "secrets", ""),
+    ("list", "secrets", ""),
+    ("delete", "deployments", "apps"),
+    ("update", "deployments", "apps"),
+    ("delete", "pods", ""),
+    ("create", "pods", ""),
+    ("delete", "tokenbudgets", "tokenbudget.io"),
+    ("create", "tokenbudgets", "tokenbudget.io"),
+    ("create", "events", ""),
+    ("list", "configmaps", ""),
+    ("create", "clusterroles", "rbac.authorization.k8s.io"),
+]
+
+# ---------------------------------------------------------------------------------------------
+# A tiny runner: every check is a function; one line per check; a summary line at the end.
+
+RESULTS: list[tuple[str, bool]] = []
+STARTED = time.monotonic()
+
+
+def check(name):
+    def run(fn):
+        start = time.monotonic()
+        try:
+            fn()
+        except Exception:  # noqa: BLE001 - every failure is reported, the run goes on
+            RESULTS.append((name, False))
+            print(f"FAIL {name}")
+            traceback.print_exc(file=sys.stdout)
+        else:
+            RESULTS.append((name, True))
+            print(f"ok   {name} ({time.monotonic() - start:.1f}s)")
+        sys.stdout.flush()
+        return fn
+
+    return run
+
+
+def expect(cond, message):
+    if not cond:
+        raise AssertionError(message)
+
+
+def equal(actual, wanted, what):
+    if actual != wanted:
+        raise AssertionError(f"{what}:\n  got    {actual!r}\n  wanted {wanted!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering.
+
+CHART_OBJ = helm.Chart.load(CHART)
+
+
+def render(values=None, *, name=RELEASE, namespace=NAMESPACE, chart=CHART_OBJ):
+    """Renders the chart; returns (objects, notes, raw manifests by template)."""
+    manifests = chart.render(values or {}, name=name, namespace=namespace)
+    objects, notes = [], ""
+    for template, text in sorted(manifests.items()):
+        if template.endswith("NOTES.txt"):
+            notes = text
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                doc["__template"] = template
+                objects.append(doc)
+    return objects, notes, manifests
+
+
+def by_kind(objects, kind):
+    return [o for o in objects if o["kind"] == kind]
+
+
+def one(objects, kind):
+    found = by_kind(objects, kind)
+    equal(len(found), 1, f"number of {kind} objects")
+    return found[0]
+
+
+def container(objects):
+    deployment = one(objects, "Deployment")
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    equal(len(containers), 1, "containers in the operator pod")
+    return containers[0]
+
+
+def normalize_rules(rules):
+    return sorted(
+        (tuple(r.get("apiGroups", [])), tuple(sorted(r.get("resources", []))), tuple(sorted(r.get("verbs", []))))
+        for r in rules
+    )
+
+
+def check_rules(rules):
+    """The rules are exactly EXPECTED_RULES: no wildcard, no Secrets, nothing else."""
+    for rule in rules:
+        expect(set(rule) <= {"apiGroups", "resources", "verbs"}, f"unexpected keys in rule {rule}")
+        for key in ("apiGroups", "resources", "verbs"):
+            expect("*" not in rule.get(key, []), f"wildcard in {rule}")
+        expect(not any("secret" in r for r in rule.get("resources", [])), f"secrets in {rule}")
+    wanted = [{"apiGroups": g, "resources": r, "verbs": v} for g, r, v in EXPECTED_RULES]
+    equal(normalize_rules(rules), normalize_rules(wanted), "RBAC rules")
+
+
+def read_crds(directory: Path):
+    return {p.name: p.read_bytes() for p in sorted(directory.glob("*.yaml"))}
+
+
+def metric_names():
+    """The metric names the operator registers, read from src/metrics.rs."""
+    names = set(re.findall(r'"(tokenbudget_[a-z_]+)"', (REPO / "src" / "metrics.rs").read_text()))
+    expect(len(names) >= 9, f"too few metric names found in src/metrics.rs: {names}")
+    return names
+
+
+def metrics_in(expr):
+    return set(re.findall(r"\b(tokenbudget_[a-z_]+)", expr))
+
+
+def parse_promql(expr, where):
+    """Parses a PromQL expression (Grafana's variables replaced by sample values)."""
+    import promql_parser
+
+    sample = (expr.replace("$__rate_interval", "5m").replace("$__range", "1h")
+              .replace("$namespace", ".*").replace("$budget", ".*"))
+    try:
+        promql_parser.parse(sample)
+    except ValueError as e:
+        raise AssertionError(f"{where}: invalid PromQL {expr!r}: {e}") from None
+
+
+def known_metric(name, names):
+    base = re.sub(r"_(bucket|sum|count)$", "", name)
+    return name in names or base in names
+
+
+# ---------------------------------------------------------------------------------------------
+# Offline checks.
+
+
+@check("helm lint (strict), with the defaults and with every option on")
+def _():
+    for values in [None, {"metrics": {"serviceMonitor": {"enabled": True}}, "prometheusRule": {"enabled": True},
+                          "grafanaDashboard": {"enabled": True}, "watchNamespace": "agents"}]:
+        report = helm.lint(CHART, values, strict=True, namespace=NAMESPACE)
+        equal(report["errors"], [], "lint errors")
+        serious = [m for m in report["messages"] if m["severity"] >= 2]
+        equal(serious, [], "lint warnings and errors")
+
+
+@check("Chart.yaml: appVersion 0.1.0, the operator's Cargo.toml version")
+def _():
+    meta = CHART_OBJ.metadata
+    equal(meta["appVersion"], "0.1.0", "appVersion")
+    cargo_version = re.search(r'^version = "([^"]+)"', (REPO / "Cargo.toml").read_text(), re.M).group(1)
+    equal(meta["appVersion"], cargo_version, "appVersion vs Cargo.toml")
+
+
+DEFAULTS, DEFAULT_NOTES, _raw = render()
+
+
+@check("defaults: exactly the expected objects, all labelled, namespaced in the release namespace")
+def _():
+    kinds = sorted((o["kind"], o["metadata"]["name"]) for o in DEFAULTS)
+    equal(kinds, sorted([
+        ("ClusterRole", FULLNAME),
+        ("ClusterRoleBinding", FULLNAME),
+        ("CustomResourceDefinition", "budgetbindings.tokenbudget.io"),
+        ("CustomResourceDefinition", "tokenbudgets.tokenbudget.io"),
+        ("Deployment", FULLNAME),
+        ("Service", f"{FULLNAME}-metrics"),
+        ("ServiceAccount", FULLNAME),
+    ]), "rendered objects")
+    for o in DEFAULTS:
+        labels = o["metadata"].get("labels", {})
+        for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
+                    "app.kubernetes.io/managed-by", "helm.sh/chart"):
+            expect(key in labels, f"{o['kind']} {o['metadata']['name']} lacks label {key}")
+        equal(labels["app.kubernetes.io/instance"], RELEASE, "instance label")
+        if o["kind"] in ("Deployment", "Service", "ServiceAccount"):
+            equal(o["metadata"].get("namespace"), NAMESPACE, f"namespace of {o['kind']}")
+        expect(o["kind"] != "Secret", "the chart renders a Secret")
+
+
+@check("deployment: one replica, Recreate, security context hardened")
+def _():
+    deployment = one(DEFAULTS, "Deployment")
+    equal(deployment["spec"]["replicas"], 1, "replicas")
+    equal(deployment["spec"]["strategy"], {"type": "Recreate"}, "strategy")
+    pod = deployment["spec"]["template"]["spec"]
+    psc = pod["securityContext"]
+    equal(psc.get("runAsNonRoot"), True, "pod runAsNonRoot")
+    equal(psc.get("runAsUser"), 65532, "pod runAsUser")
+    equal(psc.get("seccompProfile"), {"type": "RuntimeDefault"}, "pod seccompProfile")
+    sc = container(DEFAULTS)["securityContext"]
+    equal(sc.get("runAsNonRoot"), True, "runAsNonRoot")
+    equal(sc.get("runAsUser"), 65532, "runAsUser")
+    equal(sc.get("readOnlyRootFilesystem"), True, "readOnlyRootFilesystem")
+    equal(sc.get("allowPrivilegeEscalation"), False, "allowPrivilegeEscalation")
+    equal(sc.get("privileged"), False, "privileged")
+    equal(sc.get("capabilities"), {"drop": ["ALL"]}, "capabilities")
+    equal(sc.get("seccompProfile"), {"type": "RuntimeDefault"}, "seccompProfile")
+    expect(not pod.get("hostNetwork") and not pod.get("hostPID"), "host namespaces")
+
+
+@check("deployment: image, args, env, ports, probes, resources")
+def _():
+    c = container(DEFAULTS)
+    equal(c["image"], "tokenbudget-operator:0.1.0", "image")
+    equal(c["imagePullPolicy"], "IfNotPresent", "imagePullPolicy")
+    equal(c["args"], ["--bind-address=0.0.0.0:8080"], "args")
+    env = {e["name"]: e for e in c["env"]}
+    equal(env["POD_NAME"]["valueFrom"], {"fieldRef": {"fieldPath": "metadata.name"}}, "POD_NAME")
+    equal(env["RUST_LOG"]["value"], "info", "RUST_LOG")
+    equal(env["LOG_FORMAT"]["value"], "json", "LOG_FORMAT")
+    equal(c["ports"], [{"name": "metrics", "containerPort": 8080, "protocol": "TCP"}], "ports")
+    equal(c["livenessProbe"]["httpGet"], {"path": "/healthz", "port": "metrics"}, "liveness probe")
+    equal(c["readinessProbe"]["httpGet"], {"path": "/readyz", "port": "metrics"}, "readiness probe")
+    for kind in ("requests", "limits"):
+        expect({"cpu", "memory"} <= set(c["resources"][kind]), f"resources.{kind} lacks cpu or memory")
+
+
+@check("service account, bindings and service point at the right things")
+def _():
+    deployment = one(DEFAULTS, "Deployment")
+    pod = deployment["spec"]["template"]
+    sa = one(DEFAULTS, "ServiceAccount")
+    equal(pod["spec"]["serviceAccountName"], sa["metadata"]["name"], "serviceAccountName")
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    expect(selector.items() <= pod["metadata"]["labels"].items(), "the selector does not select the pod")
+    binding = one(DEFAULTS, "ClusterRoleBinding")
+    equal(binding["roleRef"], {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                               "name": one(DEFAULTS, "ClusterRole")["metadata"]["name"]}, "roleRef")
+    equal(binding["subjects"], [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
+                                 "namespace": NAMESPACE}], "subjects")
+    service = one(DEFAULTS, "Service")
+    expect(service["spec"]["selector"].items() <= pod["metadata"]["labels"].items(), "service selector")
+    equal(service["spec"]["ports"], [{"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}],
+          "service ports")
+
+
+@check("RBAC: exactly the listed rules, no wildcard, no Secrets, in one template")
+def _():
+    check_rules(one(DEFAULTS, "ClusterRole")["rules"])
+    templates = {o["__template"] for o in DEFAULTS if o["kind"] in ("ClusterRole", "ClusterRoleBinding")}
+    equal(templates, {"tokenbudget-operator/templates/rbac.yaml"}, "RBAC templates")
+    lines = (CHART / "templates" / "rbac.yaml").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("- apiGroups:"):
+            expect(lines[i - 1].startswith("#"), f"rule without a comment: {line}")
+
+
+@check("CRDs: files/crds/ byte-identical to crds/, rendered with only labels and keep added")
+def _():
+    repo_crds, chart_crds = read_crds(REPO / "crds"), read_crds(CHART / "files" / "crds")
+    equal(sorted(chart_crds), sorted(repo_crds), "CRD files")
+    for name, data in repo_crds.items():
+        expect(chart_crds[name] == data, f"charts/tokenbudget-operator/files/crds/{name} differs from crds/{name}")
+    expect(not (CHART / "crds").exists(), "a crds/ directory in the chart would be installed once, never upgraded")
+    rendered = {o["metadata"]["name"]: o for o in by_kind(DEFAULTS, "CustomResourceDefinition")}
+    for name, data in repo_crds.items():
+        source = yaml.safe_load(data)
+        crd = copy.deepcopy(rendered[source["metadata"]["name"]])
+        del crd["__template"]
+        meta = crd["metadata"]
+        equal(meta.pop("annotations"), {"helm.sh/resource-policy": "keep"}, f"{name} annotations")
+        equal(meta.pop("labels")["app.kubernetes.io/managed-by"], "Helm", f"{name} managed-by")
+        equal(crd, source, f"rendered {name} vs crds/{name}")
+
+
+@check("NOTES: what to do next")
+def _():
+    for text in ("kind: TokenBudget", "kind: BudgetBinding", "kubectl get tb", "rollout status"):
+        expect(text in DEFAULT_NOTES, f"NOTES.txt lacks {text!r}")
+
+
+MONITORING = {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+              "prometheusRule": {"enabled": True, "labels": {"release": "prom"}, "alertLabels": {"team": "ml"}},
+              "grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "LLM"}}}
+
+
+@check("monitoring on: ServiceMonitor selects the metrics Service, honours the budgets' labels")
+def _():
+    objects, _, _ = render(MONITORING)
+    sm = one(objects, "ServiceMonitor")
+    equal(sm["apiVersion"], "monitoring.coreos.com/v1", "apiVersion")
+    equal(sm["metadata"]["labels"]["release"], "prom", "extra label")
+    service = one(objects, "Service")
+    expect(sm["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items(),
+           "the ServiceMonitor does not select the metrics Service")
+    equal(sm["spec"]["namespaceSelector"], {"matchNames": [NAMESPACE]}, "namespaceSelector")
+    (endpoint,) = sm["spec"]["endpoints"]
+    equal((endpoint["port"], endpoint["path"], endpoint["honorLabels"]), ("metrics", "/metrics", True), "endpoint")
+
+
+@check("monitoring on: PrometheusRule alerts on threshold, exhaustion and failing scrapes, real metrics only")
+def _():
+    objects, _, _ = render(MONITORING)
+    rule = one(objects, "PrometheusRule")
+    (group,) = rule["spec"]["groups"]
+    alerts = {r["alert"]: r for r in group["rules"]}
+    equal(sorted(alerts), ["TokenBudgetExhausted", "TokenBudgetScrapesFailing", "TokenBudgetThresholdReached"], "alerts")
+    names = metric_names()
+    for alert in alerts.values():
+        parse_promql(alert["expr"], alert["alert"])
+        for metric in metrics_in(alert["expr"]):
+            expect(known_metric(metric, names), f"{alert['alert']} uses {metric}, which the operator does not export")
+        equal(alert["labels"]["team"], "ml", "alertLabels")
+        expect("{{ $labels" in alert["annotations"]["summary"] or "$value" in alert["annotations"]["description"],
+               "Prometheus templating was eaten by Helm")
+    expect("tokenbudget_phase" in alerts["TokenBudgetThresholdReached"]["expr"], "threshold alert metric")
+    expect(alerts["TokenBudgetThresholdReached"]["expr"].endswith("== 1"), "threshold alert: phase Warning")
+    expect(alerts["TokenBudgetExhausted"]["expr"].endswith("== 2"), "exhausted alert: phase Exhausted")
+    expect('tokenbudget_scrapes_total{result!="ok"}' in alerts["TokenBudgetScrapesFailing"]["expr"], "scrape alert")
+    equal(alerts["TokenBudgetExhausted"]["labels"]["severity"], "critical", "exhausted severity")
+
+
+DASHBOARD_FILE = CHART / "dashboards" / "tokenbudget.json"
+
+
+@check("monitoring on: dashboard ConfigMap with the sidecar label holds dashboards/tokenbudget.json")
+def _():
+    objects, _, _ = render(MONITORING)
+    cm = one(objects, "ConfigMap")
+    equal(cm["metadata"]["labels"]["grafana_dashboard"], "1", "sidecar label")
+    equal(cm["metadata"]["annotations"], {"grafana_folder": "LLM"}, "annotations")
+    equal(json.loads(cm["data"]["tokenbudget.json"]), json.loads(DASHBOARD_FILE.read_text()), "dashboard JSON")
+
+
+@check("dashboard: datasource variable, namespace and budget variables, real metrics, the asked-for panels")
+def _():
+    dashboard = json.loads(DASHBOARD_FILE.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    equal(variables["datasource"]["type"], "datasource", "datasource variable")
+    equal(variables["datasource"]["query"], "prometheus", "datasource plugin")
+    for name in ("namespace", "budget"):
+        equal(variables[name]["datasource"]["uid"], "${datasource}", f"{name} variable datasource")
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    equal(len({p["id"] for p in dashboard["panels"]}), len(dashboard["panels"]), "unique panel ids")
+    names, used = metric_names(), set()
+    for panel in panels:
+        equal(panel["datasource"]["uid"], "${datasource}", f"datasource of {panel['title']}")
+        for target in panel["targets"]:
+            equal(target["datasource"]["uid"], "${datasource}", f"target datasource of {panel['title']}")
+            parse_promql(target["expr"], f"panel {panel['title']!r}")
+            for metric in metrics_in(target["expr"]):
+                expect(known_metric(metric, names), f"panel {panel['title']!r} uses unknown metric {metric}")
+                used.add(re.sub(r"_(bucket|sum|count)$", "", metric))
+            if "name=" in target["expr"] or "name=~" in target["expr"]:
+                expect('namespace=~"$namespace"' in target["expr"] and 'name=~"$budget"' in target["expr"],
+                       f"panel {panel['title']!r} ignores the variables")
+    for metric in ("tokenbudget_used_tokens", "tokenbudget_limit_tokens", "tokenbudget_used_cost",
+                   "tokenbudget_phase", "tokenbudget_scrapes_total", "tokenbudget_scrape_duration_seconds"):
+        expect(metric in used, f"no panel shows {metric}")
+    exprs = [t["expr"] for p in panels for t in p["targets"]]
+    expect(any(e.startswith("rate(tokenbudget_used_tokens") for e in exprs), "no burn-rate panel")
+    expect(any("tokenbudget_used_tokens" in e and "/ tokenbudget_limit_tokens" in e for e in exprs),
+           "no percent-of-limit panel")
+    expect(any("by (result)" in e and "tokenbudget_scrapes_total" in e for e in exprs), "no scrapes-by-result panel")
+
+
+@check("custom image, resources, scheduling, pod metadata and flags")
+def _():
+    resources = {"requests": {"cpu": "250m", "memory": "200Mi"}, "limits": {"cpu": "2", "memory": "1Gi"}}
+    objects, notes, _ = render({
+        "image": {"repository": "registry.example.com/ml/tokenbudget-operator", "tag": "v9.9.9", "pullPolicy": "Always"},
+        "imagePullSecrets": [{"name": "regcred"}],
+        "resources": resources,
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ops", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["ops"]}]}]}}},
+        "podAnnotations": {"example.com/owner": "platform"},
+        "podLabels": {"team": "platform"},
+        "priorityClassName": "system-cluster-critical",
+        "operator": {"logLevel": "info,tokenbudget=debug", "logFormat": "text", "maxConcurrentScrapes": 128,
+                     "maxBodyBytes": 33554432, "extraEnv": [{"name": "TZ", "value": "UTC"}]},
+        "metrics": {"port": 9090, "service": {"port": 80}},
+    })
+    deployment = one(objects, "Deployment")
+    pod = deployment["spec"]["template"]
+    c = container(objects)
+    equal(c["image"], "registry.example.com/ml/tokenbudget-operator:v9.9.9", "image")
+    equal(c["imagePullPolicy"], "Always", "pullPolicy")
+    equal(c["resources"], resources, "resources")
+    equal(pod["spec"]["imagePullSecrets"], [{"name": "regcred"}], "imagePullSecrets")
+    equal(pod["spec"]["nodeSelector"], {"kubernetes.io/os": "linux"}, "nodeSelector")
+    equal(pod["spec"]["tolerations"][0]["key"], "dedicated", "tolerations")
+    expect("nodeAffinity" in pod["spec"]["affinity"], "affinity")
+    equal(pod["spec"]["priorityClassName"], "system-cluster-critical", "priorityClassName")
+    equal(pod["metadata"]["annotations"], {"example.com/owner": "platform"}, "podAnnotations")
+    equal(pod["metadata"]["labels"]["team"], "platform", "podLabels")
+    equal(c["args"], ["--bind-address=0.0.0.0:9090", "--max-concurrent-scrapes=128", "--max-body-bytes=33554432"],
+          "args")
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    equal((env["RUST_LOG"], "LOG_FORMAT" in env, env["TZ"]), ("info,tokenbudget=debug", False, "UTC"), "env")
+    equal(c["ports"][0]["containerPort"], 9090, "container port")
+    equal(one(objects, "Service")["spec"]["ports"][0]["port"], 80, "service port")
+    expect("registry.example.com/ml/tokenbudget-operator:v9.9.9" in notes, "NOTES shows the image")
+    digest = "sha256:" + "ab" * 32
+    objects, _, _ = render({"image": {"repository": "r.example.com/op", "tag": "v1", "digest": digest}})
+    equal(container(objects)["image"], f"r.example.com/op@{digest}", "image by digest")
+
+
+@check("watchNamespace: --namespace, a Role + RoleBinding in that namespace, no cluster-wide RBAC")
+def _():
+    objects, notes, _ = render({"watchNamespace": "agents"})
+    expect(not by_kind(objects, "ClusterRole") and not by_kind(objects, "ClusterRoleBinding"), "cluster RBAC")
+    role, binding = one(objects, "Role"), one(objects, "RoleBinding")
+    equal(role["metadata"]["namespace"], "agents", "Role namespace")
+    equal(binding["metadata"]["namespace"], "agents", "RoleBinding namespace")
+    check_rules(role["rules"])
+    equal(binding["roleRef"]["kind"], "Role", "roleRef kind")
+    equal(binding["subjects"][0]["namespace"], NAMESPACE, "subject namespace")
+    expect("--namespace=agents" in container(objects)["args"], "--namespace flag")
+    expect("namespace agents only" in notes, "NOTES says which namespace is watched")
+
+
+@check("crds.install=false renders no CRD; crds.keep=false drops the keep annotation")
+def _():
+    objects, notes, _ = render({"crds": {"install": False}})
+    equal(by_kind(objects, "CustomResourceDefinition"), [], "CRDs")
+    expect("install them yourself" in notes, "NOTES tells to install the CRDs")
+    objects, _, _ = render({"crds": {"keep": False}})
+    for crd in by_kind(objects, "CustomResourceDefinition"):
+        expect("annotations" not in crd["metadata"], "keep annotation with crds.keep=false")
+
+
+@check("rbac.create=false and an existing ServiceAccount")
+def _():
+    objects, _, _ = render({"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "ops-operator"}})
+    for kind in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ServiceAccount"):
+        equal(by_kind(objects, kind), [], kind)
+    equal(one(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"], "ops-operator", "SA name")
+
+
+@check("names: release and overrides")
+def _():
+    objects, _, _ = render(name="budgets")
+    equal(one(objects, "Deployment")["metadata"]["name"], "budgets-tokenbudget-operator", "fullname")
+    objects, _, _ = render({"fullnameOverride": "tbo"})
+    equal({o["metadata"]["name"] for o in objects if o["kind"] in ("Deployment", "ServiceAccount", "ClusterRole")},
+          {"tbo"}, "fullnameOverride")
+
+
+BAD_VALUES = [
+    {"image": {"pullPolicy": "Sometimes"}},
+    {"image": {"repository": ""}},
+    {"image": {"digest": "latest"}},
+    {"watchNamespace": "Not_A_Namespace"},
+    {"metrics": {"port": "8080"}},
+    {"metrics": {"port": 70000}},
+    {"metrics": {"serviceMonitor": {"interval": "30 seconds"}}},
+    {"resources": "small"},
+    {"crds": {"install": "yes"}},
+    {"operator": {"logFormat": "xml"}},
+    {"operator": {"maxConcurrentScrapes": 0}},
+    {"prometheusRule": {"scrapeFailureRatio": 2}},
+    {"imagePullSecrets": ["regcred"]},
+    {"replicaCount": 2},
+]
+
+
+@check("values.schema.json: defaults pass, bad values are rejected at install time")
+def _():
+    CHART_OBJ.validate_schema({})
+    CHART_OBJ.validate_schema(MONITORING)
+    for bad in BAD_VALUES:
+        try:
+            CHART_OBJ.validate_schema(bad)
+        except helm.HelmValuesError:
+            pass
+        else:
+            raise AssertionError(f"the schema accepts {bad}")
+        try:
+            render(bad)
+        except helm.HelmValuesError:
+            pass
+        else:
+            raise AssertionError(f"rendering accepts {bad}")
+
+
+@check("docs: every value of values.yaml is in the chart README's table")
+def _():
+    readme = (CHART / "README.md").read_text()
+
+    def leaves(values, prefix=""):
+        for key, value in values.items():
+            path = f"{prefix}{key}"
+            if isinstance(value, dict) and value and path not in ("podSecurityContext", "securityContext",
+                                                                   "resources", "grafanaDashboard.labels"):
+                yield from leaves(value, path + ".")
+            else:
+                yield path
+
+    for path in leaves(CHART_OBJ.values):
+        expect(f"`{path}`" in readme, f"charts/tokenbudget-operator/README.md does not document {path}")
+
+
+@check("Dockerfile: multi-stage, release build of the operator, distroless non-root, port 8080")
+def _():
+    import dockerfile
+
+    commands = dockerfile.parse_file(str(REPO / "Dockerfile"))
+    froms = [c for c in commands if c.cmd == "FROM"]
+    equal(len(froms), 2, "stages")
+    equal(froms[-1].value[0], "gcr.io/distroless/static-debian12:nonroot", "final base image")
+    final = commands[commands.index(froms[-1]):]
+    run = " ".join(" ".join(c.value) for c in commands if c.cmd == "RUN")
+    expect("cargo build --release --locked --bin tokenbudget-operator" in run, "the build command")
+    user = [c.value[0] for c in final if c.cmd == "USER"]
+    equal(user, ["65532:65532"], "USER of the final stage")
+    equal(int(user[0].split(":")[0]), CHART_OBJ.values["securityContext"]["runAsUser"], "USER vs runAsUser")
+    equal([c.value for c in final if c.cmd == "EXPOSE"], [(str(CHART_OBJ.values["metrics"]["port"]),)], "EXPOSE")
+    equal([c.value for c in final if c.cmd == "ENTRYPOINT"], [("/usr/local/bin/tokenbudget-operator",)], "ENTRYPOINT")
+    rust = next(c.value[0] for c in commands if c.cmd == "ARG" and c.value[0].startswith("RUST_VERSION="))
+    msrv = re.search(r'^rust-version = "([^"]+)"', (REPO / "Cargo.toml").read_text(), re.M).group(1)
+    as_tuple = lambda v: tuple(int(x) for x in v.split("."))  # noqa: E731
+    expect(as_tuple(rust.split("=")[1]) >= as_tuple(msrv), f"{rust} is older than rust-version {msrv}")
+    ignore = (REPO / ".dockerignore").read_text().split()
+    for c in commands:
+        if c.cmd == "COPY" and not c.flags:
+            for source in c.value[:-1]:
+                expect((REPO / source).exists(), f"COPY {source}: no such file")
+                expect(f"!{source}" in ignore or f"!{source}/" in ignore, f".dockerignore leaves out {source}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Against a real API server.
+
+
+def kubectl(*args, check_rc=True, input_text=None):
+    proc = subprocess.run(["kubectl", *args], capture_output=True, text=True, input=input_text, timeout=120)
+    if check_rc and proc.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc
+
+
+def kubectl_json(*args):
+    return json.loads(kubectl(*args, "-o", "json").stdout)
+
+
+def exists(*args):
+    return kubectl("get", *args, check_rc=False).returncode == 0
+
+
+def access(questions, namespace, sa_namespace, sa):
+    """Asks the API server, with one SubjectAccessReview per (verb, resource, group), whether
+    the ServiceAccount may do each; returns the answers in order."""
+    reviews = []
+    for verb, resource, group in questions:
+        base, _, sub = resource.partition("/")
+        attributes = {"namespace": namespace, "verb": verb, "group": group, "resource": base}
+        if sub:
+            attributes["subresource"] = sub
+        reviews.append({
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {"user": f"system:serviceaccount:{sa_namespace}:{sa}",
+                     "groups": ["system:serviceaccounts", f"system:serviceaccounts:{sa_namespace}",
+                                "system:authenticated"],
+                     "resourceAttributes": attributes}})
+    out = kubectl("create", "-f", "-", "-o", "json",
+                  input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": reviews})).stdout
+    answers, decoder, pos = [], json.JSONDecoder(), 0
+    while pos < len(out):
+        if out[pos].isspace():
+            pos += 1
+            continue
+        review, pos = decoder.raw_decode(out, pos)
+        items = review["items"] if review.get("kind") == "List" else [review]
+        answers.extend(bool(item["status"].get("allowed")) for item in items)
+    equal(len(answers), len(questions), "number of access review answers")
+    return answers
+
+
+def helm_upgrade(cfg, chart, name, values, **options):
+    """`Config.upgrade` with options the SDK's Python wrapper (0.2.2) does not pass on but its
+    C library takes, such as force_conflicts (the CLI's --force-conflicts)."""
+    if not options:
+        return cfg.upgrade(chart, name, values, timeout=120)
+    from helm_python import _native
+
+    return json.loads(_native.call_string("helm_upgrade", cfg._raw(), _native.HANDLE(0), chart._raw(), None, name,
+                                          json.dumps(values), json.dumps({"timeout_seconds": 120, **options})))
+
+
+def wait_until(what, predicate, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def cluster_checks():
+    kubeconfig = os.environ["KUBECONFIG"]
+    cfg = helm.Config(kubeconfig_path=kubeconfig, namespace=NAMESPACE)
+    scoped_ns, watch_ns, budgets_ns = "tokenbudget-scoped", "tokenbudget-chart-agents", "tokenbudget-chart-budgets"
+    crd_names = ["tokenbudgets.tokenbudget.io", "budgetbindings.tokenbudget.io"]
+
+    # Leftovers of an interrupted run go first.
+    for release, namespace in ((RELEASE, NAMESPACE), ("scoped", scoped_ns)):
+        helm.Config(kubeconfig_path=kubeconfig, namespace=namespace).uninstall(release, ignore_not_found=True)
+    for namespace in (budgets_ns, watch_ns):
+        kubectl("delete", "namespace", namespace, "--ignore-not-found", "--wait=true", "--timeout=60s")
+
+    state = {}
+
+    @check("cluster: the API server is reachable for Helm")
+    def _():
+        cfg.check_reachable()
+
+    @check("cluster: CRDs that exist without Helm are adopted the documented way")
+    def _():
+        # A CRD applied with `kubectl apply -f crds/` (the tests, the demo, or a user before the
+        # chart) belongs to no release: Helm refuses to take it over unless it carries the
+        # release's ownership metadata. docs/install.md documents these two commands.
+        present = [n for n in crd_names if exists("crd", n)]
+        state["fresh"] = not present
+        for name in present:
+            kubectl("label", "crd", name, "app.kubernetes.io/managed-by=Helm", "--overwrite")
+            kubectl("annotate", "crd", name, f"meta.helm.sh/release-name={RELEASE}",
+                    f"meta.helm.sh/release-namespace={NAMESPACE}", "--overwrite")
+        print(f"     CRDs were {'absent: fresh install' if not present else 'present: adopted'}")
+
+    @check("cluster: helm install with the defaults")
+    def _():
+        release = cfg.install(CHART_OBJ, RELEASE, {}, create_namespace=True, timeout=120)
+        equal(release["status"], "deployed", "release status")
+        expect("kubectl get tb" in release["notes"], "the release's NOTES")
+
+    @check("cluster: CRDs established, kept on uninstall, served (kubectl get tb)")
+    def _():
+        kubectl("wait", "--for=condition=established", "--timeout=60s", *[f"crd/{n}" for n in crd_names])
+        for name in crd_names:
+            crd = kubectl_json("get", "crd", name)
+            equal(crd["metadata"]["annotations"].get("helm.sh/resource-policy"), "keep", f"{name} keep")
+            equal(crd["metadata"]["labels"].get("app.kubernetes.io/instance"), RELEASE, f"{name} instance label")
+            source = yaml.safe_load((REPO / "crds" / f"tokenbudget.io_{name.split('.')[0]}.yaml").read_text())
+            equal(crd["spec"]["versions"][0]["schema"], source["spec"]["versions"][0]["schema"], f"{name} schema")
+        kubectl("get", "tb,bb", "--all-namespaces")
+
+    @check("cluster: ServiceAccount, ClusterRole (exact rules), ClusterRoleBinding, Deployment, Service exist")
+    def _():
+        for kind in ("serviceaccount", "deployment", "service"):
+            name = f"{FULLNAME}-metrics" if kind == "service" else FULLNAME
+            expect(exists(kind, name, "-n", NAMESPACE), f"{kind} {name} missing")
+        check_rules(kubectl_json("get", "clusterrole", FULLNAME)["rules"])
+        binding = kubectl_json("get", "clusterrolebinding", FULLNAME)
+        equal(binding["subjects"][0]["name"], FULLNAME, "binding subject")
+        deployment = kubectl_json("get", "deployment", FULLNAME, "-n", NAMESPACE)
+        sc = deployment["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+        equal((sc["readOnlyRootFilesystem"], sc["allowPrivilegeEscalation"]), (True, False), "security context")
+
+    @check("cluster: the API server grants the ServiceAccount every listed verb, and nothing listed as forbidden")
+    def _():
+        granted = [(verb, resource, groups[0]) for groups, resources, verbs in EXPECTED_RULES
+                   for resource in resources for verb in verbs]
+        answers = access(granted + FORBIDDEN, "default", NAMESPACE, FULLNAME)
+        for question, allowed in zip(granted, answers[:len(granted)]):
+            expect(allowed, f"the ServiceAccount may not {question}")
+        for question, allowed in zip(FORBIDDEN, answers[len(granted):]):
+            expect(not allowed, f"the ServiceAccount may {question}")
+
+    @check("cluster: helm upgrade upgrades the CRDs (they are templates, not crds/)")
+    def _():
+        marker = "Upgraded by the chart test."
+        with tempfile.TemporaryDirectory() as tmp:
+            changed = Path(tmp) / "tokenbudget-operator"
+            shutil.copytree(CHART, changed)
+            crd_file = changed / "files" / "crds" / "tokenbudget.io_tokenbudgets.yaml"
+            text = crd_file.read_text()
+            crd = yaml.safe_load(text)
+            old = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["description"]
+            expect(text.count(old) == 1, "the marker spot is not unique")
+            crd_file.write_text(text.replace(old, marker))
+            with helm.Chart.load(changed) as changed_chart:
+                # Adopted CRDs still have fields owned by whoever applied them before: Helm 4's
+                # server-side apply then needs --force-conflicts once (docs/install.md). A
+                # fresh install owns every field and needs nothing.
+                force = {} if state["fresh"] else {"force_conflicts": True}
+                helm_upgrade(cfg, changed_chart, RELEASE, {}, **force)
+
+        def description():
+            crd = kubectl_json("get", "crd", "tokenbudgets.tokenbudget.io")
+            return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["description"]
+
+        equal(description(), marker, "CRD description after the upgrade")
+        cfg.upgrade(CHART_OBJ, RELEASE, {}, timeout=120)
+        equal(description(), old, "CRD description after upgrading back")
+
+    @check("cluster: helm uninstall keeps the CRDs and the budgets, removes the rest")
+    def _():
+        kubectl("create", "namespace", budgets_ns)
+        kubectl("apply", "-n", budgets_ns, "-f", str(REPO / "examples" / "minimal-budget.yaml"))
+        budgets = kubectl_json("get", "tb", "-n", budgets_ns)["items"]
+        expect(budgets, "no budget was created")
+        cfg.uninstall(RELEASE, timeout=120)
+        for name in crd_names:
+            expect(exists("crd", name), f"helm uninstall deleted CRD {name}")
+        equal(len(kubectl_json("get", "tb", "-n", budgets_ns)["items"]), len(budgets), "budgets after uninstall")
+        for args in (("clusterrole", FULLNAME), ("clusterrolebinding", FULLNAME),
+                     ("serviceaccount", FULLNAME, "-n", NAMESPACE), ("deployment", FULLNAME, "-n", NAMESPACE)):
+            wait_until(f"{args[0]} to be deleted", lambda args=args: not exists(*args))
+
+    @check("cluster: watchNamespace installs a Role + RoleBinding there, and grants nothing elsewhere")
+    def _():
+        kubectl("create", "namespace", watch_ns)
+        scoped = helm.Config(kubeconfig_path=kubeconfig, namespace=scoped_ns)
+        scoped.install(CHART_OBJ, "scoped", {"watchNamespace": watch_ns, "crds": {"install": False}},
+                       create_namespace=True, timeout=120)
+        name = "scoped-tokenbudget-operator"
+        try:
+            check_rules(kubectl_json("get", "role", name, "-n", watch_ns)["rules"])
+            expect(exists("rolebinding", name, "-n", watch_ns), "RoleBinding missing")
+            expect(not exists("clusterrole", name), "a ClusterRole with watchNamespace")
+            expect(exists("crd", "tokenbudgets.tokenbudget.io"), "crds.install=false removed the CRDs")
+            questions = [("list", "pods", ""), ("patch", "deployments/scale", "apps"),
+                         ("patch", "tokenbudgets/status", "tokenbudget.io"), ("create", "events", "events.k8s.io")]
+            equal(access(questions, watch_ns, scoped_ns, name), [True] * len(questions), "granted in the namespace")
+            equal(access(questions, "default", scoped_ns, name), [False] * len(questions), "granted elsewhere")
+        finally:
+            scoped.uninstall("scoped", timeout=120)
+
+    for namespace in (budgets_ns, watch_ns, scoped_ns, NAMESPACE):
+        kubectl("delete", "namespace", namespace, "--ignore-not-found", "--wait=false")
+
+
+def main():
+    offline = "--offline" in sys.argv[1:]
+    if not offline:
+        if not os.environ.get("KUBECONFIG"):
+            print("KUBECONFIG is not set: run against a cluster (eval \"$(hack/testbed.sh env)\") or pass --offline")
+            return 2
+        try:
+            cluster_checks()
+        except Exception:  # noqa: BLE001 - setup failures count as a failed check
+            RESULTS.append(("cluster setup", False))
+            traceback.print_exc(file=sys.stdout)
+    failed = [name for name, ok in RESULTS if not ok]
+    print(f"chart tests took {time.monotonic() - STARTED:.1f}s")
+    for name in failed:
+        print(f"failed: {name}")
+    print(f"{len(RESULTS) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
