@@ -199,7 +199,16 @@ async fn scale_down_is_undone_by_hand_then_restored_exactly_when_the_limit_is_ra
     let enforced = &tb.status.as_ref().unwrap().enforced;
     assert!(enforced.iter().all(|e| e.action == "ScaleDown"), "{enforced:?}");
 
-    // A manual scale-up while exhausted is undone, and remembered for the restore.
+    // A manual scale-up while exhausted is undone at once (the next scrape is an hour away
+    // now: the change of the workload itself wakes the budget), and remembered for the restore.
+    s.bindings
+        .patch(
+            "agents",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"metrics": {"interval": "1h"}}})),
+        )
+        .await
+        .unwrap();
     let out = kubectl(&["scale", "deployment/agent", "--replicas=3", "-n", &s.ns.name], None);
     assert!(out.status.success(), "kubectl scale: {}", text(&out.stderr));
     let d = wait_for(&s.deployments, "agent", "the manual scale-up undone", |d| {

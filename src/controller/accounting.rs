@@ -16,10 +16,13 @@ use std::{
 
 use futures::{FutureExt, StreamExt};
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::{
-    apps::v1::{Deployment, ReplicaSet, StatefulSet},
-    batch::v1::{CronJob, Job},
-    core::v1::Pod,
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, ReplicaSet, StatefulSet},
+        batch::v1::{CronJob, Job},
+        core::v1::Pod,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -86,8 +89,8 @@ where
 }
 
 /// A reflector whose store keeps objects without their managedFields (memory), driven by the
-/// returned future.
-fn reflect<K>(api: Api<K>) -> (Store<K>, impl Future<Output = ()> + Send)
+/// returned future. `on_apply` sees each created or changed object once the store has it.
+fn reflect<K>(api: Api<K>, on_apply: impl Fn(&K) + Send + 'static) -> (Store<K>, impl Future<Output = ()> + Send)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
@@ -95,8 +98,33 @@ where
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
         .modify(|obj| obj.meta_mut().managed_fields = None)
-        .reflect(writer);
-    (reader, stream.for_each(|_| async {}))
+        .reflect(writer)
+        .applied_objects();
+    (
+        reader,
+        stream.for_each(move |obj| {
+            if let Ok(obj) = obj {
+                on_apply(&obj);
+            }
+            async {}
+        }),
+    )
+}
+
+/// The budget to wake at once when someone undoes its enforcement on a workload (a manual
+/// scale-up while it is exhausted, a resumed Job): the operator's annotations on the workload
+/// name the budget, and the count above 0 (or `suspend` off) says it was undone. Anything else
+/// waits for the budget's next cycle.
+fn undone_enforcement(
+    meta: &ObjectMeta,
+    replicas: Option<i32>,
+    suspended: Option<bool>,
+) -> Option<ObjectRef<DeserializeGuard<TokenBudget>>> {
+    let annotations = meta.annotations.as_ref()?;
+    let budget = annotations.get(crate::enforce::BUDGET)?;
+    let scaled_up = annotations.contains_key(crate::enforce::PAUSED_REPLICAS) && replicas.is_some_and(|r| r > 0);
+    let resumed = annotations.get(crate::enforce::SUSPENDED).is_some_and(|v| v == "true") && suspended != Some(true);
+    (scaled_up || resumed).then(|| ObjectRef::new(budget).within(meta.namespace.as_deref().unwrap_or_default()))
 }
 
 impl Cluster {
@@ -108,6 +136,7 @@ impl Cluster {
         namespace: Option<&str>,
         bindings: Store<DeserializeGuard<BudgetBinding>>,
         terminating: futures::channel::mpsc::UnboundedSender<Arc<Pod>>,
+        enforcement_undone: futures::channel::mpsc::UnboundedSender<ObjectRef<DeserializeGuard<TokenBudget>>>,
     ) -> (Self, impl Future<Output = ()> + Send + use<>) {
         let (pods_reader, pods_writer) = reflector::store();
         let pod_stream = watcher(api::<Pod>(client, namespace), watcher::Config::default())
@@ -123,18 +152,38 @@ impl Cluster {
                 }
                 async {}
             });
-        let (replica_sets, rs) = reflect(api(client, namespace));
-        let (deployments, d) = reflect(api(client, namespace));
-        let (stateful_sets, s) = reflect(api(client, namespace));
-        let (jobs, j) = reflect(api(client, namespace));
+        let wake = move |budget: Option<ObjectRef<DeserializeGuard<TokenBudget>>>| {
+            if let Some(budget) = budget {
+                let _ = enforcement_undone.unbounded_send(budget);
+            }
+        };
+        let (replica_sets, rs) = reflect(api(client, namespace), |_: &ReplicaSet| {});
+        let w = wake.clone();
+        let (deployments, d) = reflect(api(client, namespace), move |o: &Deployment| {
+            w(undone_enforcement(&o.metadata, o.spec.replicas, None))
+        });
+        let w = wake.clone();
+        let (stateful_sets, s) = reflect(api(client, namespace), move |o: &StatefulSet| {
+            w(undone_enforcement(&o.metadata, o.spec.replicas, None))
+        });
+        let w = wake.clone();
+        let (jobs, j) = reflect(api(client, namespace), move |o: &Job| {
+            let spec = o.spec.as_ref();
+            w(undone_enforcement(
+                &o.metadata,
+                spec.and_then(|s| s.parallelism),
+                spec.and_then(|s| s.suspend),
+            ))
+        });
+        let on_cron_job = move |o: &CronJob| wake(undone_enforcement(&o.metadata, None, o.spec.suspend));
         let (cron_jobs, c) = if cron_jobs_served {
-            let (store, driver) = reflect(api(client, namespace));
+            let (store, driver) = reflect(api(client, namespace), on_cron_job);
             (store, driver.boxed())
         } else {
             // batch/v1 CronJobs arrived in Kubernetes 1.21: before, batch/v1beta1 serves the
             // same object (everything the operator reads of it is identical), so it is read
             // there and kept as a batch/v1 CronJob.
-            let (store, driver) = reflect_legacy_cron_jobs(client, namespace);
+            let (store, driver) = reflect_legacy_cron_jobs(client, namespace, on_cron_job);
             (store, driver.boxed())
         };
         let cluster = Cluster {
@@ -230,10 +279,11 @@ impl Cluster {
 }
 
 /// batch/v1beta1 CronJobs (Kubernetes < 1.21), read into a store of batch/v1 CronJobs.
-fn reflect_legacy_cron_jobs(
+fn reflect_legacy_cron_jobs<F: Fn(&CronJob) + Send + 'static>(
     client: &Client,
     namespace: Option<&str>,
-) -> (Store<CronJob>, impl Future<Output = ()> + Send + use<>) {
+    on_apply: F,
+) -> (Store<CronJob>, impl Future<Output = ()> + Send + use<F>) {
     let resource = legacy_cron_job_resource();
     let api: Api<DynamicObject> = match namespace {
         Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
@@ -262,6 +312,9 @@ fn reflect_legacy_cron_jobs(
             };
             if let Some(event) = event {
                 writer.apply_watcher_event(&event);
+                if let watcher::Event::Apply(o) | watcher::Event::InitApply(o) = &event {
+                    on_apply(o);
+                }
             }
             async {}
         });
@@ -708,4 +761,43 @@ pub fn scrape_condition(report: &BindingReport) -> Desired {
 /// Formats the scrape time for `lastScrapeTime`.
 pub fn timestamp(t: Timestamp) -> String {
     t.round(jiff::Unit::Second).unwrap_or(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(yaml: &str) -> ObjectMeta {
+        serde_yaml::from_str(yaml).expect("fixture parses")
+    }
+
+    #[test]
+    fn only_an_undone_enforcement_wakes_its_budget_early() {
+        let paused = meta(
+            "{name: a, namespace: n, annotations: {tokenbudget.io/budget: research, tokenbudget.io/paused-replicas: '2'}}",
+        );
+        let woken = undone_enforcement(&paused, Some(3), None).expect("a scale-up while paused");
+        assert_eq!(
+            (woken.name.as_str(), woken.namespace.as_deref()),
+            ("research", Some("n"))
+        );
+        assert!(undone_enforcement(&paused, Some(0), None).is_none(), "still paused");
+
+        let suspended = meta(
+            "{name: j, namespace: n, annotations: {tokenbudget.io/budget: research, tokenbudget.io/suspended: 'true'}}",
+        );
+        assert!(
+            undone_enforcement(&suspended, None, Some(false)).is_some(),
+            "resumed by someone"
+        );
+        assert!(undone_enforcement(&suspended, None, Some(true)).is_none());
+
+        let annotated =
+            meta("{name: a, namespace: n, annotations: {tokenbudget.io/budget: research, tokenbudget.io/state: ok}}");
+        assert!(
+            undone_enforcement(&annotated, Some(3), None).is_none(),
+            "nothing enforced"
+        );
+        assert!(undone_enforcement(&meta("{name: x}"), Some(3), None).is_none());
+    }
 }

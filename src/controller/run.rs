@@ -104,13 +104,23 @@ pub async fn run(
     // wakes its budgets at once so that its last tokens count.
     let (terminating_tx, terminating_rx) = futures::channel::mpsc::unbounded();
     let cron_jobs_served = super::accounting::cron_jobs_served(&client, ns).await;
-    let (cluster, cluster_driver) =
-        super::accounting::Cluster::start(cron_jobs_served, &client, ns, binding_store.clone(), terminating_tx);
+    // A workload whose enforcement someone undid (scaled up while exhausted) wakes its budget
+    // at once, not at its next cycle.
+    let (undone_tx, undone_rx) = futures::channel::mpsc::unbounded();
+    let (cluster, cluster_driver) = super::accounting::Cluster::start(
+        cron_jobs_served,
+        &client,
+        ns,
+        binding_store.clone(),
+        terminating_tx,
+        undone_tx,
+    );
     let trigger_cluster = cluster.clone();
     let terminating = terminating_rx.flat_map(move |pod| futures::stream::iter(trigger_cluster.budgets_for_pod(&pod)));
     let budget_controller = budget_controller
         .reconcile_on(binding_changed_rx)
-        .reconcile_on(terminating);
+        .reconcile_on(terminating)
+        .reconcile_on(undone_rx);
     let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded();
     let binding_controller = binding_controller.reconcile_on(wake_rx);
     let accounting = Accounting {
