@@ -183,3 +183,94 @@ pub async fn sync_quota(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use http::{Request, Response};
+    use kube::client::Body;
+
+    use super::*;
+    use crate::enforce::decide::WorkloadPlan;
+
+    fn status(code: u16, reason: &str) -> Response<Body> {
+        let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": reason, "reason": reason, "code": code});
+        Response::builder()
+            .status(code)
+            .body(Body::from(body.to_string().into_bytes()))
+            .unwrap()
+    }
+
+    fn scale_down() -> WorkloadPlan {
+        WorkloadPlan {
+            kind: WorkloadKind::Deployment,
+            name: "agent".into(),
+            resource_version: Some("41".into()),
+            steps: vec![
+                Step::Annotate(BTreeMap::from([(
+                    super::super::PAUSED_REPLICAS.to_string(),
+                    Some("3".to_string()),
+                )])),
+                Step::Scale(0),
+            ],
+            pods: vec![],
+            notice: None,
+        }
+    }
+
+    /// Someone changed the Deployment since the decision: the annotation write carries the
+    /// version the decision saw, the server answers 409, and nothing else is written.
+    #[tokio::test]
+    async fn a_conflict_stops_the_plan_before_it_scales() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let server = tokio::spawn(async move {
+            let (request, send) = handle.next_request().await.expect("the annotation write");
+            assert_eq!(request.method(), "PATCH");
+            assert!(
+                request.uri().path().ends_with("/namespaces/agents/deployments/agent"),
+                "{}",
+                request.uri()
+            );
+            let body = http_body_util::BodyExt::collect(request.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            let patch: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(
+                patch["metadata"]["resourceVersion"], "41",
+                "conditional on the version decided on"
+            );
+            assert_eq!(patch["metadata"]["annotations"]["tokenbudget.io/paused-replicas"], "3");
+            send.send_response(status(409, "Conflict"));
+            // No scale request may follow.
+            assert!(
+                handle.next_request().await.is_none(),
+                "nothing is written after a conflict"
+            );
+        });
+        let client = Client::new(service, "default");
+        let err = apply(&client, "agents", &scale_down(), true).await.unwrap_err();
+        assert!(
+            matches!(err, ActError::Conflict(ref what) if what == "Deployment/agent"),
+            "{err}"
+        );
+        drop(client);
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_refused_write_names_the_workload() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let server = tokio::spawn(async move {
+            let (_, send) = handle.next_request().await.expect("a request");
+            send.send_response(status(403, "Forbidden"));
+        });
+        let err = apply(&Client::new(service, "default"), "agents", &scale_down(), true)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().starts_with("Deployment/agent: "), "{err}");
+        server.await.unwrap();
+    }
+}
