@@ -9,7 +9,7 @@ use std::{
 };
 
 use futures::StreamExt;
-use kube::{Api, Client, core::DeserializeGuard, runtime::events::Reporter};
+use kube::{Api, Client, Config, core::DeserializeGuard, runtime::events::Reporter};
 use tokenbudget::controller::accounting::api;
 use tokenbudget::{
     api::{BudgetBinding, TokenBudget},
@@ -17,7 +17,7 @@ use tokenbudget::{
     controller::{self, Accounting, Context},
     http::{self, Endpoints},
     metrics::Metrics,
-    usage::scrape::{self, Scraper},
+    usage::scrape::{self, ScrapeCa, Scraper},
 };
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
@@ -25,12 +25,15 @@ use tracing_subscriber::EnvFilter;
 const USAGE: &str = "\
 tokenbudget-operator: caps the LLM tokens that Kubernetes workloads spend
 
-USAGE: tokenbudget-operator [--bind-address ADDR] [--namespace NS]
+USAGE: tokenbudget-operator [--bind-address ADDR] [--namespace NS] [--scrape-ca-file PATH]
 
   --bind-address ADDR  where /healthz, /readyz and /metrics are served (default 0.0.0.0:8080)
   --namespace NS       watch only this namespace (default: all namespaces)
   --max-concurrent-scrapes N   scrapes in flight at once, over all pods (default 64)
   --max-body-bytes N   largest metrics body read from a pod (default 16 MiB)
+  --scrape-ca-file PATH  PEM CA bundle that pods' certificates are verified against when a
+                       binding scrapes over https (default: in a cluster the service
+                       account's ca.crt, otherwise the kubeconfig cluster's CA)
 
 The cluster is the one of KUBECONFIG (or ~/.kube/config), or the in-cluster service account.
 Log level and filters: RUST_LOG (default info); LOG_FORMAT=json for JSON logs.";
@@ -40,6 +43,7 @@ struct Options {
     namespace: Option<String>,
     max_concurrent_scrapes: usize,
     max_body_bytes: usize,
+    scrape_ca_file: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -48,6 +52,7 @@ fn parse_args() -> Result<Options, String> {
         namespace: None,
         max_concurrent_scrapes: scrape::DEFAULT_MAX_CONCURRENT,
         max_body_bytes: scrape::DEFAULT_MAX_BODY_BYTES,
+        scrape_ca_file: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -76,6 +81,7 @@ fn parse_args() -> Result<Options, String> {
                 let v = value()?;
                 options.max_body_bytes = v.parse().map_err(|e| format!("--max-body-bytes {v:?}: {e}"))?;
             }
+            "--scrape-ca-file" => options.scrape_ca_file = Some(value()?.into()),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -121,9 +127,19 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<(), String> {
     let options = parse_args()?;
-    let client = Client::try_default()
+    let config = Config::infer()
         .await
         .map_err(|e| format!("no Kubernetes configuration: {e}"))?;
+    let scrape_ca = ScrapeCa::discover(
+        options.scrape_ca_file.as_deref(),
+        std::path::Path::new(scrape::SERVICE_ACCOUNT_CA),
+        config.root_cert.as_deref(),
+    )?;
+    match &scrape_ca {
+        Some(ca) => tracing::info!(ca = ca.source(), "https scrapes verify pod certificates"),
+        None => tracing::warn!("no CA for https scrapes: only bindings with insecureSkipVerify can scrape over https"),
+    }
+    let client = Client::try_from(config).map_err(|e| format!("no Kubernetes configuration: {e}"))?;
     let ns = options.namespace.as_deref();
     controller::check_crds(&api(&client, ns), &api(&client, ns)).await?;
     let budgets: Api<DeserializeGuard<TokenBudget>> = api(&client, ns);
@@ -174,7 +190,7 @@ async fn run() -> Result<(), String> {
     let binding_controller = binding_controller.reconcile_on(wake_rx);
     let accounting = Accounting {
         cluster,
-        scraper: Scraper::new(options.max_concurrent_scrapes, options.max_body_bytes),
+        scraper: Scraper::new(options.max_concurrent_scrapes, options.max_body_bytes).with_ca(scrape_ca),
         accounts: Default::default(),
         budgets: budget_store.clone(),
         binding_usage: Default::default(),
