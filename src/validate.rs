@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString};
 
-use crate::api::{BudgetBindingSpec, MetricsFormat, TokenBudgetSpec};
+use crate::api::{BudgetBindingSpec, MetricsFormat, Scheme, TokenBudgetSpec};
 
 /// Everything wrong with a spec, each message naming its field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,6 +150,20 @@ pub fn binding(spec: &BudgetBindingSpec) -> Result<(), SpecErrors> {
         if c.token_type.is_some() == c.token_type_label.is_some() {
             errors.push(format!(
                 "spec.metrics.custom[{i}]: set exactly one of tokenType and tokenTypeLabel"
+            ));
+        }
+    }
+    if let Some(tls) = &m.tls {
+        // Silently scraping in plain text what the user meant to protect would be worse than
+        // not scraping at all.
+        if m.scheme != Scheme::Https {
+            errors.push("spec.metrics.tls: only allowed with scheme https, not http".to_string());
+        }
+        if let Some(name) = &tls.server_name
+            && rustls::pki_types::ServerName::try_from(name.as_str()).is_err()
+        {
+            errors.push(format!(
+                "spec.metrics.tls.serverName: {name:?} is neither a DNS name nor an IP address"
             ));
         }
     }
@@ -467,5 +481,37 @@ mod tests {
         let bad_name =
             binding_spec("budgetRef: {name: b}\nworkloads: [{kind: Job, name: a}]\nmetrics: {port: Not_A_Port}");
         assert!(binding(&bad_name).is_err());
+    }
+
+    #[test]
+    fn tls_needs_scheme_https() {
+        let plain = binding_spec(
+            "budgetRef: {name: b}\nworkloads: [{kind: Job, name: a}]\nmetrics: {tls: {insecureSkipVerify: true}}",
+        );
+        assert_eq!(
+            binding(&plain).unwrap_err().0,
+            vec!["spec.metrics.tls: only allowed with scheme https, not http"]
+        );
+        for tls in [
+            "{}",
+            "{insecureSkipVerify: true}",
+            "{serverName: agent.agents.svc}",
+            "{serverName: 10.1.2.3}",
+            "{serverName: 'fd00::1'}",
+        ] {
+            let spec = binding_spec(&format!(
+                "budgetRef: {{name: b}}\nworkloads: [{{kind: Job, name: a}}]\nmetrics: {{scheme: https, tls: {tls}}}"
+            ));
+            assert_eq!(binding(&spec), Ok(()), "tls: {tls}");
+        }
+        let https = binding_spec("budgetRef: {name: b}\nworkloads: [{kind: Job, name: a}]\nmetrics: {scheme: https}");
+        assert_eq!(binding(&https), Ok(()));
+        let bad_name = binding_spec(
+            "budgetRef: {name: b}\nworkloads: [{kind: Job, name: a}]\nmetrics: {scheme: https, tls: {serverName: 'agent svc'}}",
+        );
+        assert_eq!(
+            binding(&bad_name).unwrap_err().0,
+            vec!["spec.metrics.tls.serverName: \"agent svc\" is neither a DNS name nor an IP address"]
+        );
     }
 }

@@ -108,9 +108,15 @@ pub struct MetricsEndpoint {
     #[schemars(length(min = 1, max = 1024), regex(pattern = r"^/"))]
     pub path: String,
 
-    /// http or https. With https the pod's certificate is checked against the cluster CA.
+    /// http or https. With https the pod's certificate is verified against the CA the
+    /// operator trusts for scraping (by default the cluster CA), unless `tls` says otherwise.
     #[serde(default)]
     pub scheme: Scheme,
+
+    /// TLS settings for scheme https (not allowed with http). Without it, the pod's
+    /// certificate must be signed by the trusted CA and be valid for the pod's IP address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
 
     /// How often each pod is scraped, as a duration such as "15s" or "1m".
     #[serde(default = "default_interval")]
@@ -139,6 +145,7 @@ impl Default for MetricsEndpoint {
             port: default_port(),
             path: default_path(),
             scheme: Scheme::default(),
+            tls: None,
             interval: default_interval(),
             timeout: default_timeout(),
             format: MetricsFormat::default(),
@@ -154,6 +161,24 @@ pub enum Scheme {
     #[default]
     Http,
     Https,
+}
+
+/// How the operator checks a pod's certificate when it scrapes over https (modelled on the
+/// `tlsConfig` of Prometheus and the Prometheus Operator).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsConfig {
+    /// Accept any certificate the pod presents: no check of its issuer, validity period or
+    /// names. The connection is still encrypted, but not authenticated. Default false.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+
+    /// The name the pod's certificate must be valid for (a DNS name, or an IP address), also
+    /// sent as the TLS server name (SNI). Default: the pod's IP address, which the
+    /// certificate must then list as an IP subject alternative name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub server_name: Option<String>,
 }
 
 /// The metric conventions a pod follows.

@@ -4,6 +4,10 @@
 //! loopback address).
 //!
 //!   agent-sim --listen 127.0.3.7:9464 [--model gpt-4o-mini] [--rate 100] [--format OpenTelemetry|VLLM|LiteLLM]
+//!             [--tls-cert CERT.pem --tls-key KEY.pem]
+//!
+//! With `--tls-cert` and `--tls-key` (PEM: the certificate chain, and its PKCS#8, PKCS#1 or
+//! SEC1 key) it serves https instead of http, for bindings with `scheme: https`.
 //!
 //! `--rate` spends that many tokens per second (3/4 input, 1/4 output). `POST /spend?input=N&output=M&model=X`
 //! spends exactly that much at once; `POST /reset` forgets everything, as a restarted process would.
@@ -19,6 +23,7 @@ use std::{
     collections::BTreeMap,
     convert::Infallible,
     net::SocketAddr,
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -26,7 +31,9 @@ use std::{
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 #[derive(Default)]
 struct Spent {
@@ -97,6 +104,8 @@ struct Options {
     rate: u64,
     format: Format,
     hostile: Option<Hostile>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 /// A broken metrics endpoint, for the operator's robustness tests and demos.
@@ -136,6 +145,8 @@ fn parse_args() -> Result<Options, String> {
         rate: 0,
         format: Format::OpenTelemetry,
         hostile: None,
+        tls_cert: None,
+        tls_key: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -153,9 +164,11 @@ fn parse_args() -> Result<Options, String> {
                 }
             }
             "--hostile" => options.hostile = Some(Hostile::parse(&value()?)?),
+            "--tls-cert" => options.tls_cert = Some(value()?.into()),
+            "--tls-key" => options.tls_key = Some(value()?.into()),
             "-h" | "--help" => {
                 println!(
-                    "usage: agent-sim --listen ADDR [--model NAME] [--rate TOKENS_PER_S] [--format OpenTelemetry|VLLM|LiteLLM]\n       \
+                    "usage: agent-sim --listen ADDR [--model NAME] [--rate TOKENS_PER_S] [--format OpenTelemetry|VLLM|LiteLLM] [--tls-cert PEM --tls-key PEM]\n       \
                      agent-sim --listen ADDR --hostile big-body|silent|trickle|garbage|value=V"
                 );
                 std::process::exit(0);
@@ -163,7 +176,28 @@ fn parse_args() -> Result<Options, String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
+    if options.tls_cert.is_some() != options.tls_key.is_some() {
+        return Err("--tls-cert and --tls-key go together".into());
+    }
     Ok(options)
+}
+
+/// The TLS acceptor for `--tls-cert` and `--tls-key`, if given.
+fn tls_acceptor(options: &Options) -> Result<Option<TlsAcceptor>, String> {
+    let (Some(cert), Some(key)) = (&options.tls_cert, &options.tls_key) else {
+        return Ok(None);
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("--tls-key {}: {e}", key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("--tls-cert/--tls-key: {e}"))?;
+    Ok(Some(TlsAcceptor::from(Arc::new(config))))
 }
 
 fn query_value<'a>(query: &'a str, key: &str) -> Option<&'a str> {
@@ -205,6 +239,13 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    let tls = match tls_acceptor(&options) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("agent-sim: {e}");
+            std::process::exit(2);
+        }
+    };
     let listener = match TcpListener::bind(options.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -232,20 +273,26 @@ async fn main() {
             }
         });
     }
-    println!("agent-sim listening on {}", options.listen);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("agent-sim listening on {} ({scheme})", options.listen);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let (spent, options) = (spent.clone(), options.clone());
+        let (spent, options, tls) = (spent.clone(), options.clone(), tls.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let response = handle(&req, &spent, &options);
                 async move { Ok::<_, Infallible>(response) }
             });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let http = http1::Builder::new();
+            let _ = match tls {
+                None => http.serve_connection(TokioIo::new(stream), service).await,
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(stream) => http.serve_connection(TokioIo::new(stream), service).await,
+                    Err(_) => return,
+                },
+            };
         });
     }
 }

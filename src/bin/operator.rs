@@ -2,27 +2,32 @@
 
 use std::{io::IsTerminal, process::ExitCode, sync::Arc};
 
-use kube::Client;
+use kube::{Client, Config};
 use tokenbudget::{
     clock::SystemClock,
     controller::run::{self, Options},
+    usage::scrape::{self, ScrapeCa},
 };
 use tracing_subscriber::EnvFilter;
 
 const USAGE: &str = "\
 tokenbudget-operator: caps the LLM tokens that Kubernetes workloads spend
 
-USAGE: tokenbudget-operator [--bind-address ADDR] [--namespace NS]
+USAGE: tokenbudget-operator [--bind-address ADDR] [--namespace NS] [--scrape-ca-file PATH]
 
   --bind-address ADDR  where /healthz, /readyz and /metrics are served (default 0.0.0.0:8080)
   --namespace NS       watch only this namespace (default: all namespaces)
   --max-concurrent-scrapes N   scrapes in flight at once, over all pods (default 64)
   --max-body-bytes N   largest metrics body read from a pod (default 16 MiB)
+  --scrape-ca-file PATH  PEM CA bundle that pods' certificates are verified against when a
+                       binding scrapes over https (default: in a cluster the service
+                       account's ca.crt, otherwise the kubeconfig cluster's CA)
 
 The cluster is the one of KUBECONFIG (or ~/.kube/config), or the in-cluster service account.
 Log level and filters: RUST_LOG (default info); LOG_FORMAT=json for JSON logs.";
 
-fn parse_args() -> Result<Options, String> {
+fn parse_args() -> Result<(Options, Option<std::path::PathBuf>), String> {
+    let mut scrape_ca_file = None;
     let mut options = Options {
         instance: std::env::var("POD_NAME").ok(),
         ..Options::default()
@@ -54,6 +59,7 @@ fn parse_args() -> Result<Options, String> {
                 let v = value()?;
                 options.max_body_bytes = v.parse().map_err(|e| format!("--max-body-bytes {v:?}: {e}"))?;
             }
+            "--scrape-ca-file" => scrape_ca_file = Some(value()?.into()),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -61,7 +67,7 @@ fn parse_args() -> Result<Options, String> {
             other => return Err(format!("unknown argument {other:?}\n\n{USAGE}")),
         }
     }
-    Ok(options)
+    Ok((options, scrape_ca_file))
 }
 
 fn init_tracing() {
@@ -98,9 +104,19 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), String> {
-    let options = parse_args()?;
-    let client = Client::try_default()
+    let (mut options, scrape_ca_file) = parse_args()?;
+    let config = Config::infer()
         .await
         .map_err(|e| format!("no Kubernetes configuration: {e}"))?;
+    options.scrape_ca = ScrapeCa::discover(
+        scrape_ca_file.as_deref(),
+        std::path::Path::new(scrape::SERVICE_ACCOUNT_CA),
+        config.root_cert.as_deref(),
+    )?;
+    match &options.scrape_ca {
+        Some(ca) => tracing::info!(ca = ca.source(), "https scrapes verify pod certificates"),
+        None => tracing::warn!("no CA for https scrapes: only bindings with insecureSkipVerify can scrape over https"),
+    }
+    let client = Client::try_from(config).map_err(|e| format!("no Kubernetes configuration: {e}"))?;
     run::run(client, options, Arc::new(SystemClock), shutdown_signal()).await
 }

@@ -480,7 +480,7 @@ pub async fn cycle(
                 claimed.insert(pod_uid.clone(), index);
                 match &bound.endpoint {
                     Ok((ip, port)) => {
-                        let target = Target::http(ip, *port, &bb.spec.metrics.path, timeout);
+                        let target = Target::for_endpoint(&bb.spec.metrics, ip, *port, timeout);
                         scrapes.push((index, bound.clone(), extractor.clone(), target, created));
                     }
                     // A finished pod has nothing more to say: its last successful scrape stands.

@@ -35,6 +35,8 @@ pub struct Options {
     pub max_body_bytes: usize,
     /// The `reportingInstance` of the operator's Events (the pod's name in a cluster).
     pub instance: Option<String>,
+    /// The CA that pods' certificates are verified against in https scrapes.
+    pub scrape_ca: Option<scrape::ScrapeCa>,
 }
 
 impl Default for Options {
@@ -45,6 +47,7 @@ impl Default for Options {
             max_concurrent_scrapes: scrape::DEFAULT_MAX_CONCURRENT,
             max_body_bytes: scrape::DEFAULT_MAX_BODY_BYTES,
             instance: None,
+            scrape_ca: None,
         }
     }
 }
@@ -125,7 +128,7 @@ pub async fn run(
     let binding_controller = binding_controller.reconcile_on(wake_rx);
     let accounting = Accounting {
         cluster,
-        scraper: Scraper::new(options.max_concurrent_scrapes, options.max_body_bytes),
+        scraper: Scraper::new(options.max_concurrent_scrapes, options.max_body_bytes).with_ca(options.scrape_ca),
         accounts: Default::default(),
         budgets: budget_store.clone(),
         binding_usage: Default::default(),

@@ -1,8 +1,21 @@
 //! Scraping one pod's metrics endpoint: one shared HTTP client with keep-alive, a global cap on
 //! concurrent scrapes, a deadline on the whole exchange (so an endpoint that accepts and never
 //! answers, or trickles a byte a second, fails at its timeout), and a cap on the body size.
+//!
+//! https targets go through the same deadline, caps and request code, over a shared keep-alive
+//! client per TLS setting (rustls with the `ring` provider, the one kube uses): the pod's
+//! certificate is verified against the CA the operator was given ([`ScrapeCa`]), for the pod's
+//! IP address or the binding's `serverName`, unless the binding says `insecureSkipVerify`.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    path::Path,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use http_body_util::{BodyExt, Empty};
 use hyper::{
@@ -10,19 +23,36 @@ use hyper::{
     body::{Body, Bytes},
     header,
 };
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
+    client::legacy::{Builder, Client, ResponseFuture, connect::HttpConnector},
     rt::TokioExecutor,
 };
+use rustls::{
+    ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject},
+};
 use tokio::sync::Semaphore;
+use tower_service::Service;
 
 use super::parse::{Extractor, ParseError, Usage};
+use crate::api::{MetricsEndpoint, Scheme, TlsConfig};
 
 /// The default cap on a metrics body: above it the scrape fails, the operator stays up.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 /// The default cap on scrapes in flight at once, over all pods.
 pub const DEFAULT_MAX_CONCURRENT: usize = 64;
+
+/// Where a pod's service account finds the cluster CA; the operator's default scrape CA when
+/// it runs in a cluster.
+pub const SERVICE_ACCOUNT_CA: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
+
+/// Distinct TLS settings (`insecureSkipVerify`, `serverName`) that keep a client of their own;
+/// past this many, the clients (and their idle connections) are dropped and built anew.
+const MAX_TLS_CLIENTS: usize = 256;
 
 /// Why one scrape failed. Each is reported on the binding (ScrapeHealthy) and in an Event
 /// naming the pod; none of them touches the usage already counted.
@@ -32,6 +62,8 @@ pub enum ScrapeError {
     Target(String),
     #[error("connection failed: {0}")]
     Connect(String),
+    #[error("TLS failed: {0}")]
+    Tls(String),
     #[error("no complete answer within {0:?}")]
     Timeout(Duration),
     #[error("HTTP status {0}")]
@@ -50,6 +82,7 @@ impl ScrapeError {
         match self {
             ScrapeError::Target(_) => "target",
             ScrapeError::Connect(_) => "connect",
+            ScrapeError::Tls(_) => "tls",
             ScrapeError::Timeout(_) => "timeout",
             ScrapeError::Status(_) => "status",
             ScrapeError::TooLarge { .. } => "too_large",
@@ -62,23 +95,128 @@ impl ScrapeError {
 /// Where and how to scrape one pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
-    /// `http://IP:PORT/path`.
+    /// `http://IP:PORT/path` or `https://IP:PORT/path`.
     pub url: String,
-    /// The deadline for the whole exchange: connect, headers and body.
+    /// The deadline for the whole exchange: connect, TLS handshake, headers and body.
     pub timeout: Duration,
+    /// How the pod's certificate is checked: `Some` exactly for https.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Target {
     /// The URL of a pod's endpoint; IPv6 addresses are bracketed.
     pub fn http(ip: &str, port: u16, path: &str, timeout: Duration) -> Self {
-        let host = if ip.contains(':') {
-            format!("[{ip}]")
-        } else {
-            ip.to_string()
-        };
         Self {
-            url: format!("http://{host}:{port}{path}"),
+            url: format!("http://{}:{port}{path}", bracketed(ip)),
             timeout,
+            tls: None,
+        }
+    }
+
+    /// The https URL of a pod's endpoint, checked as `tls` says.
+    pub fn https(ip: &str, port: u16, path: &str, timeout: Duration, tls: TlsConfig) -> Self {
+        Self {
+            url: format!("https://{}:{port}{path}", bracketed(ip)),
+            timeout,
+            tls: Some(tls),
+        }
+    }
+
+    /// The target for a pod at `ip:port` of a binding with `spec.metrics` = `endpoint`.
+    pub fn for_endpoint(endpoint: &MetricsEndpoint, ip: &str, port: u16, timeout: Duration) -> Self {
+        match endpoint.scheme {
+            Scheme::Http => Self::http(ip, port, &endpoint.path, timeout),
+            Scheme::Https => Self::https(
+                ip,
+                port,
+                &endpoint.path,
+                timeout,
+                endpoint.tls.clone().unwrap_or_default(),
+            ),
+        }
+    }
+}
+
+fn bracketed(ip: &str) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    }
+}
+
+/// The CA certificates that pods' certificates are verified against, and where they came from
+/// (for error messages).
+#[derive(Clone, Debug)]
+pub struct ScrapeCa {
+    roots: Arc<RootCertStore>,
+    source: String,
+}
+
+impl ScrapeCa {
+    /// Every certificate of a PEM bundle. `source` names it in messages ("the CA in FILE").
+    pub fn from_pem(pem: &[u8], source: impl Into<String>) -> Result<Self, String> {
+        let source = source.into();
+        let certs = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{source}: not a PEM certificate bundle: {e}"))?;
+        Self::from_certs(certs, source)
+    }
+
+    /// DER certificates, as kube's `Config::root_cert` holds them.
+    pub fn from_der(certs: &[Vec<u8>], source: impl Into<String>) -> Result<Self, String> {
+        Self::from_certs(
+            certs.iter().map(|der| CertificateDer::from(der.clone())).collect(),
+            source.into(),
+        )
+    }
+
+    fn from_certs(certs: Vec<CertificateDer<'static>>, source: String) -> Result<Self, String> {
+        if certs.is_empty() {
+            return Err(format!("{source}: no certificate in it"));
+        }
+        let mut roots = RootCertStore::empty();
+        for (i, cert) in certs.into_iter().enumerate() {
+            roots
+                .add(cert)
+                .map_err(|e| format!("{source}: certificate {} is not a usable CA: {e}", i + 1))?;
+        }
+        Ok(Self {
+            roots: Arc::new(roots),
+            source,
+        })
+    }
+
+    /// Where the certificates came from, as given.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The operator's scrape CA: the file of `--scrape-ca-file` when given; else, in a cluster,
+    /// the service account's CA (`service_account`) when that file exists; else the CA of the
+    /// kubeconfig's cluster, if it has one; else none (verified https scrapes then fail).
+    pub fn discover(
+        flag: Option<&Path>,
+        service_account: &Path,
+        kubeconfig: Option<&[Vec<u8>]>,
+    ) -> Result<Option<Self>, String> {
+        let read = |path: &Path, source: String| {
+            let pem = std::fs::read(path).map_err(|e| format!("{source}: {e}"))?;
+            Self::from_pem(&pem, source)
+        };
+        if let Some(path) = flag {
+            return read(path, format!("--scrape-ca-file {}", path.display())).map(Some);
+        }
+        if service_account.exists() {
+            return read(
+                service_account,
+                format!("the service account CA {}", service_account.display()),
+            )
+            .map(Some);
+        }
+        match kubeconfig {
+            Some(certs) if !certs.is_empty() => Self::from_der(certs, "the kubeconfig's cluster CA").map(Some),
+            _ => Ok(None),
         }
     }
 }
@@ -86,7 +224,8 @@ impl Target {
 /// The shared scraper. Cheap to clone.
 #[derive(Clone)]
 pub struct Scraper {
-    client: Client<HttpConnector, Empty<Bytes>>,
+    http: Client<HttpConnector, Empty<Bytes>>,
+    https: Arc<HttpsClients>,
     in_flight: Arc<Semaphore>,
     max_body_bytes: usize,
 }
@@ -98,24 +237,21 @@ impl Default for Scraper {
 }
 
 impl Scraper {
+    /// A scraper without a CA: https targets can be scraped only with `insecureSkipVerify`
+    /// until [`Scraper::with_ca`] gives it one.
     pub fn new(max_concurrent: usize, max_body_bytes: usize) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        // Each kept-alive connection keeps its read buffer, which hyper doubles whenever a read
-        // fills it: 1,000 idle connections grew to ~100 MiB (benches/scrape_cycle.rs). 16 KiB
-        // keeps them at ~45 MiB for a few percent more CPU per cycle; headers of a metrics
-        // endpoint fit in it easily.
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(2)
-            .http1_max_buf_size(16 * 1024)
-            .build(connector);
         Self {
-            client,
+            http: client_builder().build(tcp_connector()),
+            https: Arc::new(HttpsClients::new(None)),
             in_flight: Arc::new(Semaphore::new(max_concurrent.max(1))),
             max_body_bytes,
         }
+    }
+
+    /// Verifies pods' certificates against `ca` (none: every verified https scrape fails).
+    pub fn with_ca(mut self, ca: Option<ScrapeCa>) -> Self {
+        self.https = Arc::new(HttpsClients::new(ca));
+        self
     }
 
     /// Fetches the body of `target`, within its deadline and the size cap.
@@ -124,8 +260,14 @@ impl Scraper {
             .url
             .parse()
             .map_err(|e| ScrapeError::Target(format!("{}: {e}", target.url)))?;
+        let https = match &target.tls {
+            Some(tls) => Some(self.https.client(tls)?),
+            None => None,
+        };
         let _permit = self.in_flight.acquire().await.expect("the semaphore is never closed");
-        tokio::time::timeout(target.timeout, self.exchange(uri))
+        // The deadline covers everything from here: connecting, the TLS handshake, the
+        // request, headers and the whole body.
+        tokio::time::timeout(target.timeout, self.exchange(uri, https.as_ref()))
             .await
             .map_err(|_| ScrapeError::Timeout(target.timeout))?
     }
@@ -136,7 +278,7 @@ impl Scraper {
         Ok(extractor.extract(&body)?)
     }
 
-    async fn exchange(&self, uri: Uri) -> Result<Bytes, ScrapeError> {
+    async fn exchange(&self, uri: Uri, https: Option<&HttpsClient>) -> Result<Bytes, ScrapeError> {
         let request = Request::get(uri)
             .header(
                 header::ACCEPT,
@@ -148,11 +290,14 @@ impl Scraper {
             )
             .body(Empty::new())
             .map_err(|e| ScrapeError::Target(e.to_string()))?;
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| ScrapeError::Connect(error_chain(&e)))?;
+        let response: ResponseFuture = match https {
+            Some(client) => client.request(request),
+            None => self.http.request(request),
+        };
+        let response = response.await.map_err(|e| match https {
+            Some(_) => https_error(&e, self.https.ca.as_ref()),
+            None => ScrapeError::Connect(error_chain(&e)),
+        })?;
         if !response.status().is_success() {
             return Err(ScrapeError::Status(response.status()));
         }
@@ -172,6 +317,203 @@ impl Scraper {
             }
         }
         Ok(Bytes::from(buffer))
+    }
+}
+
+/// The pool settings of every client, http or https.
+fn client_builder() -> Builder {
+    // Each kept-alive connection keeps its read buffer, which hyper doubles whenever a read
+    // fills it: 1,000 idle connections grew to ~100 MiB (benches/scrape_cycle.rs). 16 KiB
+    // keeps them at ~45 MiB for a few percent more CPU per cycle; headers of a metrics
+    // endpoint fit in it easily.
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(2)
+        .http1_max_buf_size(16 * 1024);
+    builder
+}
+
+fn tcp_connector() -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    connector
+}
+
+type HttpsClient = Client<HttpsConnector<Tcp>, Empty<Bytes>>;
+
+/// The https clients, one per TLS setting. A kept-alive connection is verified once, at its
+/// handshake, so a connection opened under one setting (say `insecureSkipVerify`) must never
+/// serve a target with another: each setting has its own client and pool, as each scrape
+/// config has its own client in Prometheus. Bindings without `tls` share one.
+struct HttpsClients {
+    provider: Arc<CryptoProvider>,
+    ca: Option<ScrapeCa>,
+    by_setting: Mutex<HashMap<TlsConfig, HttpsClient>>,
+}
+
+impl HttpsClients {
+    fn new(ca: Option<ScrapeCa>) -> Self {
+        Self {
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            ca,
+            by_setting: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn client(&self, tls: &TlsConfig) -> Result<HttpsClient, ScrapeError> {
+        let mut clients = self.by_setting.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = clients.get(tls) {
+            return Ok(client.clone());
+        }
+        let client = self.build(tls)?;
+        if clients.len() >= MAX_TLS_CLIENTS {
+            clients.clear();
+        }
+        clients.insert(tls.clone(), client.clone());
+        Ok(client)
+    }
+
+    fn build(&self, tls: &TlsConfig) -> Result<HttpsClient, ScrapeError> {
+        let versions = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ScrapeError::Tls(e.to_string()))?;
+        let config = if tls.insecure_skip_verify {
+            versions
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(self.provider.clone())))
+                .with_no_client_auth()
+        } else {
+            let Some(ca) = &self.ca else {
+                return Err(ScrapeError::Tls(
+                    "cannot verify the pod's certificate: the operator has no CA to verify it with \
+                     (give it --scrape-ca-file, or set spec.metrics.tls.insecureSkipVerify)"
+                        .to_string(),
+                ));
+            };
+            versions.with_root_certificates(ca.roots.clone()).with_no_client_auth()
+        };
+        let builder = HttpsConnectorBuilder::new().with_tls_config(config).https_only();
+        // By default the name to verify is the host of the URL: the pod's IP address.
+        let builder = match &tls.server_name {
+            Some(name) => {
+                let name = ServerName::try_from(name.clone()).map_err(|e| {
+                    ScrapeError::Target(format!(
+                        "serverName {name:?} is neither a DNS name nor an IP address: {e}"
+                    ))
+                })?;
+                builder.with_server_name_resolver(FixedServerNameResolver::new(name))
+            }
+            None => builder,
+        };
+        let mut tcp = tcp_connector();
+        tcp.enforce_http(false);
+        let connector = builder.enable_http1().wrap_connector(Tcp(tcp));
+        Ok(client_builder().build(connector))
+    }
+}
+
+/// The TCP half of an https connection. Its errors are marked, so that everything else that
+/// fails while connecting is known to be the TLS handshake.
+#[derive(Clone)]
+struct Tcp(HttpConnector);
+
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+struct TcpError(Box<dyn std::error::Error + Send + Sync>);
+
+impl Service<Uri> for Tcp {
+    type Response = <HttpConnector as Service<Uri>>::Response;
+    type Error = TcpError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, TcpError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TcpError>> {
+        self.0.poll_ready(cx).map_err(|e| TcpError(e.into()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.0.call(uri);
+        Box::pin(async move { connecting.await.map_err(|e| TcpError(e.into())) })
+    }
+}
+
+/// The ScrapeError of a failed https request: the TCP connect, the TLS handshake, or the
+/// exchange after it.
+fn https_error(e: &hyper_util::client::legacy::Error, ca: Option<&ScrapeCa>) -> ScrapeError {
+    if !e.is_connect() || causes(e).any(|c| c.is::<TcpError>()) {
+        return ScrapeError::Connect(error_chain(e));
+    }
+    if let Some(tls) = causes(e).find_map(|c| c.downcast_ref::<rustls::Error>()) {
+        use rustls::{CertificateError, Error};
+        let hint = match tls {
+            Error::InvalidCertificate(CertificateError::UnknownIssuer) => match ca {
+                Some(ca) => format!(" (not signed by the CA the operator trusts: {})", ca.source()),
+                None => String::new(),
+            },
+            Error::InvalidCertificate(CertificateError::NotValidForName)
+            | Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. }) => {
+                " (spec.metrics.tls.serverName sets the name to verify)".to_string()
+            }
+            Error::InvalidMessage(_) => " (is the endpoint serving plain http?)".to_string(),
+            _ => String::new(),
+        };
+        return ScrapeError::Tls(format!("{tls}{hint}"));
+    }
+    // No TLS error: the peer closed or reset the connection during the handshake. Its
+    // innermost cause says which ("tls handshake eof", "connection reset by peer").
+    let cause = causes(e).last().map_or_else(|| e.to_string(), |c| c.to_string());
+    ScrapeError::Tls(format!(
+        "the handshake did not complete: {cause} (is the endpoint serving https?)"
+    ))
+}
+
+/// An error and its causes, looking inside `io::Error`s, whose `source()` skips the error
+/// they wrap (where tokio-rustls keeps the rustls error).
+fn causes<'a>(e: &'a (dyn std::error::Error + 'static)) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |e| match e.downcast_ref::<std::io::Error>() {
+        Some(io) => io.get_ref().map(|inner| inner as &(dyn std::error::Error + 'static)),
+        None => e.source(),
+    })
+}
+
+/// `insecureSkipVerify`: any certificate is accepted, but the handshake signatures are still
+/// checked, so the connection is at least encrypted to whoever holds the key.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -232,7 +574,7 @@ mod tests {
         Extractor::new(MetricsFormat::OpenTelemetry, &[])
     }
 
-    async fn respond_with(mut stream: tokio::net::TcpStream, body: &'static str) {
+    async fn respond_with(mut stream: impl tokio::io::AsyncWrite + Unpin, body: &str) {
         let head = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n",
             body.len()
@@ -388,5 +730,390 @@ mod tests {
             Target::http("fd00::1", 9464, "/metrics", Duration::ZERO).url,
             "http://[fd00::1]:9464/metrics"
         );
+        assert_eq!(
+            Target::https("fd00::1", 9464, "/m", Duration::ZERO, TlsConfig::default()).url,
+            "https://[fd00::1]:9464/m"
+        );
+    }
+
+    #[test]
+    fn targets_follow_the_binding_scheme() {
+        let mut endpoint = MetricsEndpoint::default();
+        let http = Target::for_endpoint(&endpoint, "10.0.0.7", 9464, Duration::from_secs(5));
+        assert_eq!((http.url.as_str(), http.tls), ("http://10.0.0.7:9464/metrics", None));
+        endpoint.scheme = Scheme::Https;
+        let https = Target::for_endpoint(&endpoint, "10.0.0.7", 9464, Duration::from_secs(5));
+        assert_eq!(https.url, "https://10.0.0.7:9464/metrics");
+        assert_eq!(https.tls, Some(TlsConfig::default()));
+        endpoint.tls = Some(TlsConfig {
+            insecure_skip_verify: false,
+            server_name: Some("agent.agents.svc".into()),
+        });
+        let named = Target::for_endpoint(&endpoint, "10.0.0.7", 9464, Duration::from_secs(5));
+        assert_eq!(named.tls, endpoint.tls);
+    }
+
+    mod tls {
+        //! https against real loopback TLS servers, with certificates made for each test.
+
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        use rustls::{
+            ServerConfig,
+            pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer},
+        };
+        use tokio_rustls::{TlsAcceptor, server::TlsStream};
+
+        use super::*;
+
+        const EXPOSITION: &str = "gen_ai_client_inference_usage_input_tokens_total{gen_ai_request_model=\"m\"} 42\n";
+
+        /// A CA for one test, and certificates it signs.
+        struct TestCa {
+            pem: String,
+            issuer: Issuer<'static, KeyPair>,
+        }
+
+        impl TestCa {
+            fn new() -> Self {
+                let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+                params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+                // rcgen gives every certificate the same subject: a self-signed one would
+                // name this CA as its issuer and fail with BadSignature, not UnknownIssuer.
+                params
+                    .distinguished_name
+                    .push(DnType::CommonName, "tokenbudget test CA");
+                let key = KeyPair::generate().unwrap();
+                let pem = params.self_signed(&key).unwrap().pem();
+                Self {
+                    pem,
+                    issuer: Issuer::new(params, key),
+                }
+            }
+
+            fn scrape_ca(&self) -> ScrapeCa {
+                ScrapeCa::from_pem(self.pem.as_bytes(), "the test CA").unwrap()
+            }
+
+            /// A server certificate for `names` (DNS names or IP addresses), signed by this CA.
+            fn server(&self, names: &[&str]) -> Arc<ServerConfig> {
+                let key = KeyPair::generate().unwrap();
+                let params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+                let cert = params.signed_by(&key, &self.issuer).unwrap();
+                server_config(cert.der().clone(), key)
+            }
+        }
+
+        /// A server certificate for `names` that signs itself.
+        fn self_signed(names: &[&str]) -> Arc<ServerConfig> {
+            let key = KeyPair::generate().unwrap();
+            let params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            server_config(cert.der().clone(), key)
+        }
+
+        fn server_config(cert: CertificateDer<'static>, key: KeyPair) -> Arc<ServerConfig> {
+            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+            let config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![cert], key)
+                .unwrap();
+            Arc::new(config)
+        }
+
+        /// A TLS server on loopback: each connection is handed to `respond` after its handshake.
+        /// Returns its address and a count of the TCP connections it accepted.
+        async fn serve_tls<F, Fut>(config: Arc<ServerConfig>, respond: F) -> (std::net::SocketAddr, Arc<AtomicUsize>)
+        where
+            F: Fn(TlsStream<tokio::net::TcpStream>) -> Fut + Send + Sync + 'static,
+            Fut: Future<Output = ()> + Send,
+        {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            let connections = Arc::new(AtomicUsize::new(0));
+            let (acceptor, respond, count) = (TlsAcceptor::from(config), Arc::new(respond), connections.clone());
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let (acceptor, respond) = (acceptor.clone(), respond.clone());
+                    tokio::spawn(async move {
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            respond(stream).await;
+                        }
+                    });
+                }
+            });
+            (address, connections)
+        }
+
+        /// Answers every request on the connection with `body`, keeping the connection open.
+        async fn keep_answering(mut stream: TlsStream<tokio::net::TcpStream>, body: &'static str) {
+            let mut request = [0u8; 4096];
+            while matches!(stream.read(&mut request).await, Ok(n) if n > 0) {
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+                if stream.write_all(head.as_bytes()).await.is_err() || stream.write_all(body.as_bytes()).await.is_err()
+                {
+                    return;
+                }
+            }
+        }
+
+        fn https(address: std::net::SocketAddr, tls: TlsConfig) -> Target {
+            Target::https(
+                &address.ip().to_string(),
+                address.port(),
+                "/metrics",
+                Duration::from_secs(5),
+                tls,
+            )
+        }
+
+        fn skip_verify() -> TlsConfig {
+            TlsConfig {
+                insecure_skip_verify: true,
+                server_name: None,
+            }
+        }
+
+        fn server_name(name: &str) -> TlsConfig {
+            TlsConfig {
+                insecure_skip_verify: false,
+                server_name: Some(name.into()),
+            }
+        }
+
+        #[tokio::test]
+        async fn a_certificate_from_the_ca_for_the_pod_ip_scrapes_over_one_kept_alive_connection() {
+            let ca = TestCa::new();
+            let (address, connections) = serve_tls(ca.server(&["127.0.0.1"]), |s| keep_answering(s, EXPOSITION)).await;
+            let scraper = Scraper::default().with_ca(Some(ca.scrape_ca()));
+            for _ in 0..3 {
+                let usage = scraper
+                    .scrape(&https(address, TlsConfig::default()), &otel())
+                    .await
+                    .unwrap();
+                assert_eq!(usage.get("m", TokenType::Input), Some(42));
+            }
+            assert_eq!(
+                connections.load(Ordering::SeqCst),
+                1,
+                "the connection was not kept alive"
+            );
+        }
+
+        #[tokio::test]
+        async fn a_self_signed_certificate_fails_unless_verification_is_skipped() {
+            let (address, _) = serve_tls(self_signed(&["127.0.0.1"]), |s| keep_answering(s, EXPOSITION)).await;
+            let scraper = Scraper::default().with_ca(Some(TestCa::new().scrape_ca()));
+            let err = scraper.fetch(&https(address, TlsConfig::default())).await.unwrap_err();
+            assert_eq!(err.kind(), "tls", "{err}");
+            assert_eq!(
+                err.to_string(),
+                "TLS failed: invalid peer certificate: UnknownIssuer (not signed by the CA the operator trusts: the test CA)"
+            );
+            let body = scraper.fetch(&https(address, skip_verify())).await.unwrap();
+            assert_eq!(body, EXPOSITION.as_bytes());
+        }
+
+        #[tokio::test]
+        async fn a_connection_opened_without_verification_never_serves_a_verified_target() {
+            let (address, connections) =
+                serve_tls(self_signed(&["127.0.0.1"]), |s| keep_answering(s, EXPOSITION)).await;
+            let scraper = Scraper::default().with_ca(Some(TestCa::new().scrape_ca()));
+            scraper.fetch(&https(address, skip_verify())).await.unwrap();
+            // The same pod, through a binding that verifies: a new handshake, which fails.
+            let err = scraper.fetch(&https(address, TlsConfig::default())).await.unwrap_err();
+            assert_eq!(err.kind(), "tls", "{err}");
+            assert_eq!(connections.load(Ordering::SeqCst), 2);
+        }
+
+        #[tokio::test]
+        async fn a_wrong_name_fails_and_server_name_fixes_it() {
+            let ca = TestCa::new();
+            let (address, _) = serve_tls(ca.server(&["agent.agents.svc"]), |s| keep_answering(s, EXPOSITION)).await;
+            let scraper = Scraper::default().with_ca(Some(ca.scrape_ca()));
+            let err = scraper.fetch(&https(address, TlsConfig::default())).await.unwrap_err();
+            assert_eq!(err.kind(), "tls", "{err}");
+            assert!(
+                err.to_string().contains(
+                    "certificate not valid for name \"127.0.0.1\"; certificate is only valid for DnsName(\"agent.agents.svc\")"
+                ),
+                "{err}"
+            );
+            assert!(err.to_string().contains("serverName"), "{err}");
+
+            let err = scraper
+                .fetch(&https(address, server_name("other.agents.svc")))
+                .await
+                .unwrap_err();
+            assert!(
+                err.to_string().contains("not valid for name \"other.agents.svc\""),
+                "{err}"
+            );
+
+            let body = scraper
+                .fetch(&https(address, server_name("agent.agents.svc")))
+                .await
+                .unwrap();
+            assert_eq!(body, EXPOSITION.as_bytes());
+        }
+
+        #[tokio::test]
+        async fn without_a_ca_only_skip_verify_scrapes() {
+            let (address, connections) =
+                serve_tls(self_signed(&["127.0.0.1"]), |s| keep_answering(s, EXPOSITION)).await;
+            let err = Scraper::default()
+                .fetch(&https(address, TlsConfig::default()))
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind(), "tls", "{err}");
+            assert!(err.to_string().contains("no CA"), "{err}");
+            assert!(err.to_string().contains("--scrape-ca-file"), "{err}");
+            assert_eq!(
+                connections.load(Ordering::SeqCst),
+                0,
+                "connected without a way to verify"
+            );
+            Scraper::default().fetch(&https(address, skip_verify())).await.unwrap();
+        }
+
+        #[tokio::test]
+        async fn https_against_plain_http_fails_cleanly() {
+            let ca = TestCa::new();
+            let scraper = Scraper::default().with_ca(Some(ca.scrape_ca()));
+            // A plain http server answers the ClientHello with an HTTP error page.
+            let plain = serve(|mut stream| async move {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            })
+            .await;
+            let err = scraper.fetch(&https(plain, TlsConfig::default())).await.unwrap_err();
+            assert_eq!(err.kind(), "tls", "{err}");
+            assert!(err.to_string().contains("serving plain http"), "{err}");
+
+            // One that just hangs up.
+            let closing = serve(|stream| async move { drop(stream) }).await;
+            let err = scraper.fetch(&https(closing, skip_verify())).await.unwrap_err();
+            assert_eq!(err.kind(), "tls", "{err}");
+            assert!(err.to_string().contains("handshake did not complete"), "{err}");
+
+            // Nothing listening is still a connect error, not a TLS one.
+            let closed = {
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                listener.local_addr().unwrap()
+            };
+            let err = scraper.fetch(&https(closed, TlsConfig::default())).await.unwrap_err();
+            assert_eq!(err.kind(), "connect", "{err}");
+            assert!(err.to_string().contains("refused"), "{err}");
+        }
+
+        #[tokio::test]
+        async fn a_handshake_that_never_completes_hits_the_deadline() {
+            // Accepts the TCP connection, reads the ClientHello and never answers it.
+            let address = serve(|stream| async move {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                drop(stream);
+            })
+            .await;
+            let scraper = Scraper::default().with_ca(Some(TestCa::new().scrape_ca()));
+            let mut target = https(address, TlsConfig::default());
+            target.timeout = Duration::from_millis(300);
+            let started = std::time::Instant::now();
+            let err = scraper.fetch(&target).await.unwrap_err();
+            assert!(matches!(err, ScrapeError::Timeout(_)), "{err}");
+            assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        }
+
+        #[tokio::test]
+        async fn the_body_cap_holds_over_tls() {
+            let ca = TestCa::new();
+            let scraper = Scraper::new(4, 1024 * 1024).with_ca(Some(ca.scrape_ca()));
+            let (announced, _) = serve_tls(ca.server(&["127.0.0.1"]), |mut stream| async move {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 104857600\r\n\r\n")
+                    .await;
+                let _ = stream.write_all(&[b'#'; 64 * 1024]).await;
+            })
+            .await;
+            let err = scraper
+                .fetch(&https(announced, TlsConfig::default()))
+                .await
+                .unwrap_err();
+            assert!(matches!(err, ScrapeError::TooLarge { limit: 1048576 }), "{err}");
+
+            let (chunked, _) = serve_tls(ca.server(&["127.0.0.1"]), |mut stream| async move {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                    .await;
+                let chunk = [b'#'; 65536];
+                for _ in 0..1600 {
+                    let head = format!("{:x}\r\n", chunk.len());
+                    if stream.write_all(head.as_bytes()).await.is_err()
+                        || stream.write_all(&chunk).await.is_err()
+                        || stream.write_all(b"\r\n").await.is_err()
+                    {
+                        return;
+                    }
+                }
+                let _ = stream.write_all(b"0\r\n\r\n").await;
+            })
+            .await;
+            let err = scraper.fetch(&https(chunked, TlsConfig::default())).await.unwrap_err();
+            assert!(matches!(err, ScrapeError::TooLarge { .. }), "{err}");
+        }
+
+        #[test]
+        fn the_scrape_ca_comes_from_the_flag_the_service_account_or_the_kubeconfig() {
+            let dir = std::env::temp_dir().join(format!("tokenbudget-scrape-ca-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let (flag, service_account, missing, garbage) = (
+                dir.join("flag.crt"),
+                dir.join("sa.crt"),
+                dir.join("missing.crt"),
+                dir.join("garbage.crt"),
+            );
+            let (a, b, c) = (TestCa::new(), TestCa::new(), TestCa::new());
+            std::fs::write(&flag, &a.pem).unwrap();
+            std::fs::write(&service_account, format!("{}{}", b.pem, c.pem)).unwrap();
+            std::fs::write(&garbage, "not a certificate").unwrap();
+            let kubeconfig = vec![CertificateDer::from_pem_slice(c.pem.as_bytes()).unwrap().to_vec()];
+
+            let found = ScrapeCa::discover(Some(&flag), &service_account, Some(&kubeconfig))
+                .unwrap()
+                .unwrap();
+            assert_eq!(found.source(), format!("--scrape-ca-file {}", flag.display()));
+            assert_eq!(found.roots.len(), 1);
+
+            let found = ScrapeCa::discover(None, &service_account, Some(&kubeconfig))
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                found.source(),
+                format!("the service account CA {}", service_account.display())
+            );
+            assert_eq!(found.roots.len(), 2);
+
+            let found = ScrapeCa::discover(None, &missing, Some(&kubeconfig)).unwrap().unwrap();
+            assert_eq!(found.source(), "the kubeconfig's cluster CA");
+            assert!(ScrapeCa::discover(None, &missing, None).unwrap().is_none());
+            assert!(ScrapeCa::discover(None, &missing, Some(&[])).unwrap().is_none());
+
+            let err = ScrapeCa::discover(Some(&missing), &service_account, None).unwrap_err();
+            assert!(
+                err.starts_with(&format!("--scrape-ca-file {}: ", missing.display())),
+                "{err}"
+            );
+            let err = ScrapeCa::discover(Some(&garbage), &service_account, None).unwrap_err();
+            assert!(err.ends_with("no certificate in it"), "{err}");
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
     }
 }
