@@ -176,12 +176,30 @@ pub struct Operator {
 
 impl Operator {
     pub fn start(namespace: &str) -> Self {
+        Self::spawn(&["--namespace", namespace], namespace)
+    }
+
+    /// An operator watching every namespace (no `--namespace`, the binary's default). It
+    /// also reconciles whatever other tests (or earlier runs) left in the cluster, so a test
+    /// that starts one must not run beside tests with operators of their own.
+    pub fn start_all_namespaces() -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let label = format!(
+            "all-namespaces-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        Self::spawn(&[], &label)
+    }
+
+    fn spawn(args: &[&str], label: &str) -> Self {
         kubeconfig();
         let address = free_port();
-        let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("operator-{namespace}.log"));
+        let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("operator-{label}.log"));
         let log_file = std::fs::File::create(&log).expect("operator log file");
         let child = Command::new(env!("CARGO_BIN_EXE_tokenbudget-operator"))
-            .args(["--namespace", namespace, "--bind-address", &address.to_string()])
+            .args(args)
+            .args(["--bind-address", &address.to_string()])
             .env("RUST_LOG", "info,tokenbudget=debug")
             .stdout(log_file.try_clone().expect("log file"))
             .stderr(log_file)
