@@ -519,6 +519,7 @@ pub async fn cycle(
                     restarts: workloads::restarts(pod),
                     started_at: pod.status.as_ref().and_then(|s| s.start_time.as_ref()).map(|t| t.0),
                     binding_created: created,
+                    container_started: workloads::container_started(pod),
                 };
                 account.ledger.observe(&observation, &usage);
                 reports[index].scraped_pods += 1;

@@ -169,6 +169,16 @@ pub fn restarts(pod: &Pod) -> u64 {
         .sum()
 }
 
+/// When the pod's newest running container started, from its status.
+pub fn container_started(pod: &Pod) -> Option<jiff::Timestamp> {
+    pod.status
+        .iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+        .filter_map(|c| c.state.as_ref()?.running.as_ref()?.started_at.as_ref())
+        .map(|t| t.0)
+        .max()
+}
+
 /// Whether a label selector selects these labels. An empty selector selects nothing here
 /// (the operator reports it as InvalidSpec), and so does one it cannot evaluate.
 pub fn selects(selector: &LabelSelector, labels: Option<&BTreeMap<String, String>>) -> bool {

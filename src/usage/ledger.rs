@@ -57,6 +57,9 @@ pub struct PodObservation<'a> {
     pub started_at: Option<Timestamp>,
     /// `metadata.creationTimestamp` of the binding that scraped it.
     pub binding_created: Timestamp,
+    /// When the pod's newest running container started (`state.running.startedAt`), if
+    /// known: tells a lagging restart report from a second restart.
+    pub container_started: Option<Timestamp>,
 }
 
 /// What the ledger knows of one pod. Equality is over what is persisted (not `recent_drop`).
@@ -73,6 +76,8 @@ struct PodEntry {
     /// Scrapes left during which a restart is the cause of an already-counted drop (in memory
     /// only: an operator restart inside that window can count the new process's tokens twice).
     recent_drop: u8,
+    /// The container start time seen at that drop (in memory only).
+    drop_container: Option<Timestamp>,
 }
 
 impl PartialEq for PodEntry {
@@ -139,6 +144,7 @@ impl Ledger {
                 restarts: from_i64(pod.restarts),
                 counters,
                 recent_drop: 0,
+                drop_container: None,
             };
             ledger.pods.insert(pod.uid.clone(), entry);
         }
@@ -245,7 +251,11 @@ impl Ledger {
                     // gone. Unless a scrape just before already saw the counters drop and
                     // counted from zero: the kubelet reports the restart a little after the
                     // new process answers, and counting from zero twice would count twice.
-                    if entry.recent_drop == 0 {
+                    // A container that started after that drop was seen is a second restart:
+                    // it counts from zero.
+                    let same_container_as_drop = entry.recent_drop > 0
+                        && (pod.container_started.is_none() || pod.container_started == entry.drop_container);
+                    if !same_container_as_drop {
                         entry.counters.clear();
                     }
                     entry.restarts = restarts;
@@ -266,6 +276,7 @@ impl Ledger {
                 }
                 if dropped && !restarted {
                     entry.recent_drop = RESTART_LAG_SCRAPES;
+                    entry.drop_container = pod.container_started;
                 }
                 entry
             }
@@ -289,6 +300,7 @@ impl Ledger {
                     restarts,
                     counters,
                     recent_drop: 0,
+                    drop_container: None,
                 };
                 self.pods.entry(pod.uid.to_owned()).or_insert(entry)
             }
@@ -494,6 +506,7 @@ mod tests {
             restarts: 0,
             started_at: Some(ts("2026-11-02T00:00:00Z")),
             binding_created: ts("2026-10-15T00:00:00Z"),
+            container_started: None,
         }
     }
 
@@ -556,6 +569,32 @@ mod tests {
             ..pod("p")
         };
         assert_eq!(l.observe(&again, &usage(&[("m", Input, 50)])), 50);
+    }
+
+    #[test]
+    fn a_container_started_after_the_drop_is_a_second_restart() {
+        let mut l = fresh();
+        let first = PodObservation {
+            container_started: Some(ts("2026-11-10T00:00:00Z")),
+            ..pod("p")
+        };
+        l.observe(&first, &usage(&[("m", Input, 100)]));
+        // The exporter starts from zero without a restart: the drop counts 30.
+        assert_eq!(l.observe(&first, &usage(&[("m", Input, 30)])), 30);
+        // The same container, its restart reported late: only the increase since.
+        let late_report = PodObservation { restarts: 1, ..first };
+        assert_eq!(l.observe(&late_report, &usage(&[("m", Input, 45)])), 15);
+
+        let mut l = fresh();
+        l.observe(&first, &usage(&[("m", Input, 100)]));
+        assert_eq!(l.observe(&first, &usage(&[("m", Input, 30)])), 30);
+        // A container that started after that drop really restarted: all of it counts.
+        let new_container = PodObservation {
+            restarts: 1,
+            container_started: Some(ts("2026-11-10T00:05:00Z")),
+            ..first
+        };
+        assert_eq!(l.observe(&new_container, &usage(&[("m", Input, 45)])), 45);
     }
 
     #[test]
@@ -650,6 +689,7 @@ mod tests {
         let at_binding = PodObservation {
             started_at: Some(binding_later),
             binding_created: binding_later,
+            container_started: None,
             ..pod("q")
         };
         assert_eq!(l.observe(&at_binding, &usage(&[("m", Input, 7)])), 7);
@@ -666,6 +706,7 @@ mod tests {
             // Started in the period but before its binding was created.
             PodObservation {
                 binding_created: ts("2026-11-03T00:00:00Z"),
+                container_started: None,
                 ..pod("p")
             },
             // Start time unknown.
@@ -979,6 +1020,8 @@ mod tests {
         stale: BTreeSet<Series>,
         /// The container restarted since the last successful scrape.
         restarted: bool,
+        /// When the running container started.
+        container_started: Timestamp,
         scraped: bool,
         owner: Option<usize>,
     }
@@ -1093,6 +1136,7 @@ mod tests {
                 restarts: pod.restarts,
                 started_at: Some(pod.started_at),
                 binding_created: self.binding_created[b],
+                container_started: Some(pod.container_started),
             };
             assert!(self.binding_created[b] <= now);
             let added = self.ledger.observe(&observation, &pod.usage());
@@ -1133,6 +1177,7 @@ mod tests {
                         seen: BTreeMap::new(),
                         stale: BTreeSet::new(),
                         restarted: false,
+                        container_started: started_at,
                         scraped: false,
                         owner: None,
                     });
@@ -1169,6 +1214,7 @@ mod tests {
                         pod.counters.clear();
                         pod.restarts += 1;
                         pod.restarted = true;
+                        pod.container_started = self.base + jiff::SignedDuration::from_secs(self.now);
                     }
                 }
                 Event::ExporterReset { slot } => {
