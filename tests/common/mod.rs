@@ -176,6 +176,12 @@ pub struct Operator {
 
 impl Operator {
     pub fn start(namespace: &str) -> Self {
+        Self::start_with_env(namespace, &[])
+    }
+
+    /// As [`Operator::start`], with extra environment variables: `KUBECONFIG` to run it as
+    /// another identity (tests/rbac.rs runs it as the Helm chart's ServiceAccount).
+    pub fn start_with_env(namespace: &str, env: &[(&str, &str)]) -> Self {
         kubeconfig();
         let address = free_port();
         let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("operator-{namespace}.log"));
@@ -183,6 +189,7 @@ impl Operator {
         let child = Command::new(env!("CARGO_BIN_EXE_tokenbudget-operator"))
             .args(["--namespace", namespace, "--bind-address", &address.to_string()])
             .env("RUST_LOG", "info,tokenbudget=debug")
+            .envs(env.iter().copied())
             .stdout(log_file.try_clone().expect("log file"))
             .stderr(log_file)
             .spawn()
