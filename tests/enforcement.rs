@@ -453,6 +453,12 @@ async fn jobs_and_cron_jobs_are_paused_and_resumed() {
         text(&out.stdout)
     };
 
+    // The pods ran before the binding: their counters are only a baseline until a first
+    // scrape has seen them (the Job annotated ok says that cycle happened).
+    wait_for(&jobs, "batch", "the Job marked ok", |j| {
+        annotation(&j.metadata, STATE) == Some("ok")
+    })
+    .await;
     s.agents[0].spend("gpt-4o-mini", 80, 40);
     s.wait_budget("research", "phase Exhausted", |tb| {
         phase(tb) == Some(BudgetPhase::Exhausted)

@@ -176,7 +176,13 @@ pub struct Operator {
 
 impl Operator {
     pub fn start(namespace: &str) -> Self {
-        Self::spawn(&["--namespace", namespace], namespace)
+        Self::start_with_env(namespace, &[])
+    }
+
+    /// As [`Operator::start`], with extra environment variables: `KUBECONFIG` to run it as
+    /// another identity (tests/rbac.rs runs it as the Helm chart's ServiceAccount).
+    pub fn start_with_env(namespace: &str, env: &[(&str, &str)]) -> Self {
+        Self::spawn(&["--namespace", namespace], namespace, env)
     }
 
     /// An operator watching every namespace (no `--namespace`, the binary's default). It
@@ -189,10 +195,10 @@ impl Operator {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        Self::spawn(&[], &label)
+        Self::spawn(&[], &label, &[])
     }
 
-    fn spawn(args: &[&str], label: &str) -> Self {
+    fn spawn(args: &[&str], label: &str, env: &[(&str, &str)]) -> Self {
         kubeconfig();
         let address = free_port();
         let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("operator-{label}.log"));
@@ -201,6 +207,7 @@ impl Operator {
             .args(args)
             .args(["--bind-address", &address.to_string()])
             .env("RUST_LOG", "info,tokenbudget=debug")
+            .envs(env.iter().copied())
             .stdout(log_file.try_clone().expect("log file"))
             .stderr(log_file)
             .spawn()

@@ -1,0 +1,795 @@
+//! The Helm chart's RBAC is enough, and not more.
+//!
+//! The chart is installed for real (hack/chart-install-sa.py, with the Helm SDK in `.venv/`),
+//! and the operator binary runs with the token of the chart's ServiceAccount and nothing else,
+//! through everything it does: usage counted into status, a budget exhausted under
+//! `ScaleDown` with `freezeQuota` and a `computeQuota` (quota created, then frozen; a
+//! Deployment scaled to 0, a Job and a CronJob paused; Events), restored when the limit is
+//! raised, and its finalizer released when the budget is deleted (quota deleted, workloads
+//! unmarked). Its log must not hold a single refusal (403, Forbidden): that is "enough".
+//!
+//! Then "not more", with real requests carrying the same token: reading Secrets, deleting
+//! workloads or pods, whole-object updates, creating pods or budgets, patching namespaces and
+//! touching RBAC are refused with 403, for the namespace-scoped install (a Role in the watched
+//! namespace) and for the default one (a ClusterRole); and the namespace-scoped install can do
+//! nothing at all in another namespace. Mutating requests are sent with `dryRun=All`:
+//! authorization is decided before dry-run is looked at, so a refusal is the same refusal, and
+//! a grant that should not be there would show without changing anything.
+
+mod common;
+
+use std::{
+    panic::AssertUnwindSafe,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::*;
+use futures::FutureExt;
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        batch::v1::Job,
+        core::v1::{Namespace, Pod, ResourceQuota, Secret},
+        events::v1::Event,
+        rbac::v1::{ClusterRoleBinding, Role},
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, WatchParams},
+};
+use serde_json::json;
+use tokenbudget::{
+    api::{BudgetBinding, BudgetPhase, TokenBudget},
+    controller::accounting::legacy_cron_job_resource,
+    enforce::{BUDGET, FINALIZER, PAUSED_REPLICAS, STATE},
+};
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+/// A release of the chart with `crds.install=false`, installed by hack/chart-install-sa.py,
+/// uninstalled when dropped (also when the test fails).
+struct Release {
+    name: String,
+    namespace: String,
+    /// The ServiceAccount the chart made.
+    service_account: String,
+    /// A kubeconfig with that ServiceAccount's token as its only credential.
+    kubeconfig: PathBuf,
+}
+
+/// The venv's python, with the Helm SDK: the test fails, rather than skips, without it.
+fn python() -> PathBuf {
+    let python = Path::new(REPO).join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "tests/rbac.rs installs the Helm chart with the Helm SDK of .venv/, and {} is missing: \
+         run `python3 -m venv .venv && .venv/bin/pip install -r hack/chart-test-requirements.txt` \
+         (hack/test.sh does this)",
+        python.display()
+    );
+    python
+}
+
+fn chart_script(python: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(python)
+        .arg(Path::new(REPO).join("hack/chart-install-sa.py"))
+        .args(args)
+        .output()
+        .expect("hack/chart-install-sa.py runs")
+}
+
+impl Release {
+    /// Installs the chart as `name` into `namespace`; with `watch_namespace`, namespace-scoped.
+    fn install(name: &str, namespace: &str, watch_namespace: Option<&str>) -> Self {
+        let python = python();
+        let kubeconfig = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.kubeconfig"));
+        // The guard exists before the install, so that a half-done install is removed too.
+        let mut release = Release {
+            name: name.into(),
+            namespace: namespace.into(),
+            service_account: String::new(),
+            kubeconfig: kubeconfig.clone(),
+        };
+        let mut args = vec!["install", name, namespace, kubeconfig.to_str().expect("a UTF-8 path")];
+        if let Some(watch) = watch_namespace {
+            args.extend(["--watch-namespace", watch]);
+        }
+        let out = chart_script(&python, &args);
+        assert!(
+            out.status.success(),
+            "hack/chart-install-sa.py {}: {}{}",
+            args.join(" "),
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        let stdout = text(&out.stdout);
+        let info: serde_json::Value =
+            serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("the script prints one JSON line");
+        release.service_account = info["serviceAccount"].as_str().expect("serviceAccount").into();
+        release
+    }
+
+    /// What the API server calls the ServiceAccount.
+    fn user(&self) -> String {
+        format!("system:serviceaccount:{}:{}", self.namespace, self.service_account)
+    }
+
+    /// A client that is the ServiceAccount.
+    async fn client(&self) -> Client {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("the written kubeconfig reads");
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .expect("a config from the ServiceAccount's kubeconfig");
+        Client::try_from(config).expect("a client for the ServiceAccount")
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let out = chart_script(&python(), &["uninstall", &self.name, &self.namespace]);
+        if !out.status.success() {
+            eprintln!("uninstalling {}: {}", self.name, text(&out.stderr));
+        }
+        let _ = std::fs::remove_file(&self.kubeconfig);
+    }
+}
+
+/// Lines of the operator's log that report a refusal by the API server: "forbidden" in any
+/// case (the API server's reason and message), or 403 as a number of its own (not part of a
+/// longer number, a name, or the fraction of a second of a timestamp).
+fn refusals(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|line| line.to_ascii_lowercase().contains("forbidden") || has_code_403(line))
+        .collect()
+}
+
+fn has_code_403(line: &str) -> bool {
+    line.match_indices("403").any(|(i, _)| {
+        let before = line[..i].chars().next_back();
+        let after = line[i + 3..].chars().next();
+        !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '.')
+            && !after.is_some_and(|c| c.is_ascii_alphanumeric())
+    })
+}
+
+/// Records the API server's answer to a request the ServiceAccount must not be able to make:
+/// it must be a 403 naming that ServiceAccount.
+struct Refusals {
+    user: String,
+    seen: Vec<String>,
+}
+
+impl Refusals {
+    async fn expect<T>(&mut self, what: &str, request: impl Future<Output = Result<T, kube::Error>>) {
+        match request.await {
+            Ok(_) => panic!("{} may {what}", self.user),
+            Err(kube::Error::Api(status)) if status.code == 403 => {
+                assert!(
+                    status.message.contains(&self.user),
+                    "{what}: refused, but not for {}: {}",
+                    self.user,
+                    status.message
+                );
+                self.seen.push(format!("{what}: 403 {}", status.message));
+            }
+            Err(e) => panic!("{what}: expected a 403 for {}, got {e}", self.user),
+        }
+    }
+}
+
+fn dry_post() -> PostParams {
+    PostParams {
+        dry_run: true,
+        ..Default::default()
+    }
+}
+
+fn dry_delete() -> DeleteParams {
+    DeleteParams {
+        dry_run: true,
+        ..Default::default()
+    }
+}
+
+fn dry_patch() -> PatchParams {
+    PatchParams {
+        dry_run: true,
+        ..Default::default()
+    }
+}
+
+/// What neither install may do in `ns`, where it works: one real request each, refused.
+async fn refused_in_namespace(release: &Release, ns: &str, agent: &Deployment, pod: &str, checks: &mut Refusals) {
+    let client = release.client().await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let budgets: Api<TokenBudget> = Api::namespaced(client.clone(), ns);
+    let bindings: Api<BudgetBinding> = Api::namespaced(client.clone(), ns);
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), ns);
+    let roles: Api<Role> = Api::namespaced(client.clone(), ns);
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let bindings_rbac: Api<ClusterRoleBinding> = Api::all(client.clone());
+
+    // A positive control first: the token works, and may do what the operator does here.
+    pods.list(&ListParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("{} cannot list pods in {ns}: {e}", release.user()));
+
+    checks
+        .expect("list Secrets", secrets.list(&ListParams::default()))
+        .await;
+    checks.expect("read a Secret", secrets.get("credentials")).await;
+    checks
+        .expect("delete a Deployment", deployments.delete("agent", &dry_delete()))
+        .await;
+    checks
+        .expect(
+            "update a whole Deployment",
+            deployments.replace("agent", &dry_post(), agent),
+        )
+        .await;
+    checks.expect("delete a pod", pods.delete(pod, &dry_delete())).await;
+    checks
+        .expect("create a pod", pods.create(&dry_post(), &intruder()))
+        .await;
+    checks
+        .expect(
+            "create a TokenBudget",
+            budgets.create(&dry_post(), &budget("research", 1)),
+        )
+        .await;
+    checks
+        .expect("delete a TokenBudget", budgets.delete("research", &dry_delete()))
+        .await;
+    let label = json!({"metadata": {"labels": {"tokenbudget.io/test": "changed"}}});
+    checks
+        .expect(
+            "patch a BudgetBinding",
+            bindings.patch("agents", &dry_patch(), &Patch::Merge(&label)),
+        )
+        .await;
+    checks
+        .expect("list ResourceQuotas", quotas.list(&ListParams::default()))
+        .await;
+    checks
+        .expect(
+            "patch a namespace",
+            namespaces.patch(ns, &dry_patch(), &Patch::Merge(&label)),
+        )
+        .await;
+    checks.expect("list Roles", roles.list(&ListParams::default())).await;
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": "escalate"},
+        "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]
+    }))
+    .unwrap();
+    checks.expect("create a Role", roles.create(&dry_post(), &role)).await;
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "escalate"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "ServiceAccount", "name": release.service_account, "namespace": release.namespace}]
+    }))
+    .unwrap();
+    checks
+        .expect(
+            "create a ClusterRoleBinding",
+            bindings_rbac.create(&dry_post(), &binding),
+        )
+        .await;
+}
+
+/// The namespace-scoped install (a Role in `ns`) may do nothing in `elsewhere`, not even what
+/// it does in `ns`.
+async fn refused_elsewhere(release: &Release, elsewhere: &str, checks: &mut Refusals) {
+    let client = release.client().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), elsewhere);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), elsewhere);
+    let budgets: Api<TokenBudget> = Api::namespaced(client.clone(), elsewhere);
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), elsewhere);
+    let events: Api<Event> = Api::namespaced(client.clone(), elsewhere);
+    let annotate = json!({"metadata": {"annotations": {STATE: "exhausted"}}});
+    checks
+        .expect("list pods in another namespace", pods.list(&ListParams::default()))
+        .await;
+    checks
+        .expect(
+            "watch Deployments in another namespace",
+            deployments.watch(&WatchParams::default().timeout(1), "0"),
+        )
+        .await;
+    checks
+        .expect(
+            "patch a Deployment in another namespace",
+            deployments.patch("bystander", &dry_patch(), &Patch::Merge(&annotate)),
+        )
+        .await;
+    checks
+        .expect(
+            "scale a Deployment in another namespace",
+            deployments.patch_scale(
+                "bystander",
+                &dry_patch(),
+                &Patch::Merge(&json!({"spec": {"replicas": 0}})),
+            ),
+        )
+        .await;
+    checks
+        .expect(
+            "list TokenBudgets in another namespace",
+            budgets.list(&ListParams::default()),
+        )
+        .await;
+    checks
+        .expect(
+            "write a TokenBudget's status in another namespace",
+            budgets.patch_status("research", &dry_patch(), &Patch::Merge(&json!({"status": {}}))),
+        )
+        .await;
+    checks
+        .expect(
+            "read a ResourceQuota in another namespace",
+            quotas.get("tokenbudget-research"),
+        )
+        .await;
+    let event: Event = serde_json::from_value(json!({
+        "metadata": {"name": "forged"},
+        "eventTime": "2026-01-01T00:00:00.000000Z",
+        "reportingController": "tokenbudget-operator", "reportingInstance": "test", "action": "Reconcile",
+        "reason": "Exhausted", "type": "Warning",
+        "regarding": {"kind": "Deployment", "name": "bystander", "namespace": elsewhere}
+    }))
+    .unwrap();
+    checks
+        .expect(
+            "create an Event in another namespace",
+            events.create(&dry_post(), &event),
+        )
+        .await;
+}
+
+/// The default install (a ClusterRole) may list and watch, in every namespace at once, each
+/// kind the operator watches when it is started without `--namespace`.
+async fn watches_every_namespace(release: &Release, modern_batch: bool) {
+    let client = release.client().await;
+    let cron_jobs = if modern_batch {
+        ApiResource::erase::<k8s_openapi::api::batch::v1::CronJob>(&())
+    } else {
+        legacy_cron_job_resource()
+    };
+    let kinds: Vec<(&str, Api<DynamicObject>)> = vec![
+        (
+            "tokenbudgets",
+            Api::all_with(client.clone(), &ApiResource::erase::<TokenBudget>(&())),
+        ),
+        (
+            "budgetbindings",
+            Api::all_with(client.clone(), &ApiResource::erase::<BudgetBinding>(&())),
+        ),
+        ("pods", Api::all_with(client.clone(), &ApiResource::erase::<Pod>(&()))),
+        (
+            "deployments",
+            Api::all_with(client.clone(), &ApiResource::erase::<Deployment>(&())),
+        ),
+        (
+            "statefulsets",
+            Api::all_with(
+                client.clone(),
+                &ApiResource::erase::<k8s_openapi::api::apps::v1::StatefulSet>(&()),
+            ),
+        ),
+        (
+            "replicasets",
+            Api::all_with(
+                client.clone(),
+                &ApiResource::erase::<k8s_openapi::api::apps::v1::ReplicaSet>(&()),
+            ),
+        ),
+        ("jobs", Api::all_with(client.clone(), &ApiResource::erase::<Job>(&()))),
+        ("cronjobs", Api::all_with(client.clone(), &cron_jobs)),
+    ];
+    for (kind, api) in kinds {
+        api.list_metadata(&ListParams::default().limit(1))
+            .await
+            .unwrap_or_else(|e| panic!("{} cannot list {kind} in all namespaces: {e}", release.user()));
+        // Opening the watch is what needs the grant; its events do not matter here.
+        drop(
+            api.watch(&WatchParams::default().timeout(1), "0")
+                .await
+                .unwrap_or_else(|e| panic!("{} cannot watch {kind} in all namespaces: {e}", release.user())),
+        );
+    }
+}
+
+fn intruder() -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": "intruder"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}
+    }))
+    .unwrap()
+}
+
+fn budget(name: &str, tokens: i64) -> TokenBudget {
+    serde_json::from_value(json!({
+        "apiVersion": "tokenbudget.io/v1alpha1", "kind": "TokenBudget",
+        "metadata": {"name": name},
+        "spec": {
+            "limits": {"tokens": tokens},
+            "thresholds": [50],
+            "enforcement": {"action": "ScaleDown", "freezeQuota": true},
+            "computeQuota": {"hard": {"pods": "10"}}
+        }
+    }))
+    .unwrap()
+}
+
+fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.annotations.as_ref()?.get(key).map(String::as_str)
+}
+
+fn quota_pods(q: &ResourceQuota) -> Option<&str> {
+    q.spec.as_ref()?.hard.as_ref()?.get("pods").map(|p| p.0.as_str())
+}
+
+/// Polls `probe` every 200 ms until it returns `Some`, for objects that [`wait_for`] cannot
+/// watch (CronJobs, read as dynamic objects because their version depends on the server).
+async fn poll<T, F: Future<Output = Option<T>>>(what: &str, probe: impl Fn() -> F) -> T {
+    within(
+        async {
+            loop {
+                if let Some(found) = probe().await {
+                    return found;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        },
+        what,
+    )
+    .await
+}
+
+#[test]
+fn the_log_check_finds_refusals_and_nothing_else() {
+    let log = "2026-01-01T10:00:04.403Z INFO ok resourceVersion=14030 pod=agent-7c4f9-x403b took 403ms\n\
+               WARN watch list error with 403: ...\n\
+               WARN reconcile failed: ApiError: pods is forbidden: User cannot list (ErrorResponse { code: 403 })\n\
+               WARN Forbidden";
+    assert_eq!(refusals(log).len(), 3, "{:?}", refusals(log));
+}
+
+#[tokio::test]
+async fn the_chart_rbac_is_enough_for_everything_the_operator_does_and_no_more() {
+    let started = Instant::now();
+    let admin = client().await;
+    ensure_crds(&admin).await;
+    // Namespaces first: dropped last, after the releases are uninstalled.
+    let ns = TestNamespace::new(&admin, "rbac").await;
+    let elsewhere = TestNamespace::new(&admin, "rbac-elsewhere").await;
+    let system = TestNamespace::new(&admin, "rbac-release").await;
+    let id = std::process::id();
+    // Namespace-scoped: a Role in the test namespace, the operator's whole grant.
+    let scoped = Release::install(&format!("rbac-{id}-ns"), &system.name, Some(&ns.name));
+    // The default install: a ClusterRole, for the cluster-wide checks.
+    let cluster_wide = Release::install(&format!("rbac-{id}-all"), &system.name, None);
+    eprintln!("rbac: charts installed after {:.1?}", started.elapsed());
+
+    let pods: Api<Pod> = ns.api(&admin);
+    let deployments: Api<Deployment> = ns.api(&admin);
+    let jobs: Api<Job> = ns.api(&admin);
+    let budgets: Api<TokenBudget> = ns.api(&admin);
+    let bindings: Api<BudgetBinding> = ns.api(&admin);
+    let quotas: Api<ResourceQuota> = ns.api(&admin);
+    let events: Api<Event> = ns.api(&admin);
+    let modern_batch = admin
+        .apiserver_version()
+        .await
+        .unwrap()
+        .minor
+        .trim_end_matches('+')
+        .parse::<u32>()
+        .unwrap()
+        >= 21;
+    let cron_resource = if modern_batch {
+        ApiResource::erase::<k8s_openapi::api::batch::v1::CronJob>(&())
+    } else {
+        legacy_cron_job_resource()
+    };
+    let cron_jobs: Api<DynamicObject> = Api::namespaced_with(admin.clone(), &ns.name, &cron_resource);
+
+    // What the operator will find: a Deployment, a Job and a CronJob, a Secret it must not read,
+    // and in another namespace a Deployment it must not touch.
+    deployments
+        .create(&PostParams::default(), &deployment("agent", 1))
+        .await
+        .unwrap();
+    let job: Job = serde_json::from_value(json!({
+        "metadata": {"name": "batch"},
+        "spec": {"parallelism": 1, "completions": 5, "template": {
+            "metadata": {"labels": {"app": "batch"}},
+            "spec": {"restartPolicy": "Never", "containers": [{
+                "name": "agent", "image": "agent:latest", "ports": [{"name": "metrics", "containerPort": 9464}]
+            }]}
+        }}
+    }))
+    .unwrap();
+    jobs.create(&PostParams::default(), &job).await.unwrap();
+    let cron_job: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": cron_resource.api_version, "kind": "CronJob",
+        "metadata": {"name": "nightly"},
+        "spec": {"schedule": "0 3 * * *", "jobTemplate": {"spec": {"template": {"spec": {
+            "restartPolicy": "Never", "containers": [{"name": "agent", "image": "agent:latest"}]
+        }}}}}
+    }))
+    .unwrap();
+    cron_jobs.create(&PostParams::default(), &cron_job).await.unwrap();
+    let secret: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "credentials"}, "stringData": {"key": "sk-secret"}}))
+            .unwrap();
+    ns.api::<Secret>(&admin)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    elsewhere
+        .api::<Deployment>(&admin)
+        .create(&PostParams::default(), &deployment("bystander", 0))
+        .await
+        .unwrap();
+
+    let mut agents = Vec::new();
+    for app in ["agent", "batch"] {
+        for pod in pods_of(&pods, app, 1).await {
+            let agent = Agent::start(&agent_ip(), &[]);
+            run_pod(&pods, &pod, &agent.ip, 0).await;
+            agents.push(agent);
+        }
+    }
+
+    // The operator, as the chart's ServiceAccount of the namespace-scoped install.
+    let operator = Operator::start_with_env(&ns.name, &[("KUBECONFIG", scoped.kubeconfig.to_str().unwrap())]);
+    let setup = started.elapsed();
+
+    // The scenario; when it fails, the operator's refusals say why.
+    let scenario = async {
+        operator.wait_ready().await;
+        budgets
+            .create(&PostParams::default(), &budget("research", 1000))
+            .await
+            .unwrap();
+        let binding: BudgetBinding = serde_json::from_value(json!({
+            "apiVersion": "tokenbudget.io/v1alpha1", "kind": "BudgetBinding",
+            "metadata": {"name": "agents"},
+            "spec": {
+                "budgetRef": {"name": "research"},
+                "workloads": [
+                    {"kind": "Deployment", "name": "agent"},
+                    {"kind": "Job", "name": "batch"},
+                    {"kind": "CronJob", "name": "nightly"}
+                ],
+                "metrics": {"port": "metrics", "interval": "1s", "timeout": "1s"}
+            }
+        }))
+        .unwrap();
+        bindings.create(&PostParams::default(), &binding).await.unwrap();
+
+        // Usage counted into the budget's and the binding's status; the quota created, owned by
+        // the budget; workloads and pods marked (pods patched).
+        // The pods ran before their binding: their first scrape is their baseline (accounting rule 3).
+        wait_for(&bindings, "agents", "both pods scraped", |bb| {
+            bb.status.as_ref().and_then(|s| s.scraped_pods) == Some(2)
+        })
+        .await;
+        agents[0].spend("gpt-4o-mini", 100, 20);
+        let tb = wait_for(&budgets, "research", "120 tokens counted", |tb| {
+            tb.status.as_ref().and_then(|s| s.used.as_ref()).map(|u| u.tokens) == Some(120)
+        })
+        .await;
+        assert_eq!(tb.status.as_ref().unwrap().phase, Some(BudgetPhase::Active));
+        assert!(tb.finalizers().iter().any(|f| f == FINALIZER), "{:?}", tb.finalizers());
+        wait_for(&bindings, "agents", "the binding's usedTokens", |bb| {
+            bb.status.as_ref().and_then(|s| s.used_tokens) == Some(120)
+        })
+        .await;
+        let quota = wait_for(&quotas, "tokenbudget-research", "the budget's quota", |q| {
+            quota_pods(q) == Some("10")
+        })
+        .await;
+        assert!(
+            quota
+                .owner_references()
+                .iter()
+                .any(|o| o.kind == "TokenBudget" && o.name == "research"),
+            "{:?}",
+            quota.owner_references()
+        );
+        let agent_pod = pods_of(&pods, "agent", 1).await.remove(0);
+        wait_for(&pods, &agent_pod, "the agent's pod marked ok", |p| {
+            annotation(&p.metadata, STATE) == Some("ok")
+        })
+        .await;
+
+        // Exhausted: quota frozen, Deployment to 0, Job and CronJob paused, Events.
+        agents[1].spend("gpt-4o-mini", 500, 400);
+        wait_for(&budgets, "research", "phase Exhausted", |tb| {
+            tb.status.as_ref().and_then(|s| s.phase) == Some(BudgetPhase::Exhausted)
+        })
+        .await;
+        wait_for(&quotas, "tokenbudget-research", "the quota frozen", |q| {
+            quota_pods(q) == Some("0")
+        })
+        .await;
+        let d = wait_for(&deployments, "agent", "the Deployment scaled to 0", |d| {
+            d.spec.replicas == Some(0)
+        })
+        .await;
+        assert_eq!(annotation(&d.metadata, PAUSED_REPLICAS), Some("1"));
+        wait_for(&jobs, "batch", "the Job paused", |j| {
+            let spec = j.spec.as_ref();
+            if modern_batch {
+                spec.and_then(|s| s.suspend) == Some(true)
+            } else {
+                spec.and_then(|s| s.parallelism) == Some(0)
+            }
+        })
+        .await;
+        let cron_suspend = |want: bool| {
+            let cron_jobs = cron_jobs.clone();
+            async move {
+                let cj = cron_jobs.get("nightly").await.ok()?;
+                (cj.data.pointer("/spec/suspend").and_then(|v| v.as_bool()) == Some(want)).then_some(())
+            }
+        };
+        poll("the CronJob suspended", || cron_suspend(true)).await;
+        for reason in ["Exhausted", "ScaledDown"] {
+            wait_event(&events, &format!("a {reason} Event"), |e| {
+                e.reason.as_deref() == Some(reason) && e.reporting_controller.as_deref() == Some("tokenbudget-operator")
+            })
+            .await;
+        }
+        wait_for(
+            &budgets,
+            "research",
+            "three workloads enforced, the quota in status",
+            |tb| {
+                tb.status.as_ref().is_some_and(|s| {
+                    s.enforced.len() == 3
+                        && s.compute_quota
+                            .as_ref()
+                            .is_some_and(|q| q.hard.get("pods").map(|p| p.0.as_str()) == Some("0"))
+                })
+            },
+        )
+        .await;
+
+        // The limit raised: everything restored, the quota thawed.
+        budgets
+            .patch(
+                "research",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"limits": {"tokens": 1_000_000}}})),
+            )
+            .await
+            .unwrap();
+        wait_for(&quotas, "tokenbudget-research", "the quota thawed", |q| {
+            quota_pods(q) == Some("10")
+        })
+        .await;
+        wait_for(&deployments, "agent", "the Deployment restored to 1", |d| {
+            d.spec.replicas == Some(1) && annotation(&d.metadata, PAUSED_REPLICAS).is_none()
+        })
+        .await;
+        wait_for(&jobs, "batch", "the Job resumed", |j| {
+            let spec = j.spec.as_ref();
+            spec.and_then(|s| s.parallelism) == Some(1) && spec.and_then(|s| s.suspend) != Some(true)
+        })
+        .await;
+        poll("the CronJob resumed", || cron_suspend(false)).await;
+        wait_event(&events, "a Restored Event", |e| {
+            e.reason.as_deref() == Some("Restored") && e.reporting_controller.as_deref() == Some("tokenbudget-operator")
+        })
+        .await;
+        wait_for(&budgets, "research", "phase Active, nothing enforced", |tb| {
+            tb.status
+                .as_ref()
+                .is_some_and(|s| s.phase == Some(BudgetPhase::Active) && s.enforced.is_empty())
+        })
+        .await;
+
+        // The budget deleted: the finalizer restores, deletes the quota, and lets go.
+        delete(&budgets, "research").await;
+        within(
+            kube::runtime::wait::await_condition(budgets.clone(), "research", |tb: Option<&TokenBudget>| tb.is_none()),
+            "the budget to be gone (its finalizer released)",
+        )
+        .await
+        .unwrap();
+        within(
+            kube::runtime::wait::await_condition(
+                quotas.clone(),
+                "tokenbudget-research",
+                |q: Option<&ResourceQuota>| q.is_none(),
+            ),
+            "the quota to be gone",
+        )
+        .await
+        .unwrap();
+        wait_for(&deployments, "agent", "the Deployment unmarked", |d| {
+            d.metadata.annotations.as_ref().is_none_or(|a| !a.contains_key(BUDGET))
+        })
+        .await;
+    };
+    let outcome = AssertUnwindSafe(scenario).catch_unwind().await;
+
+    // Enough: not one refusal in the whole run.
+    let log_path = operator.log.clone();
+    drop(operator);
+    let log = std::fs::read_to_string(&log_path).expect("the operator's log");
+    let refused = refusals(&log);
+    if let Err(panic) = outcome {
+        // The operator is gone: its finalizer must not keep the namespace from being deleted.
+        let _ = budgets
+            .patch_metadata(
+                "research",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+            )
+            .await;
+        eprintln!(
+            "the scenario failed; what the API server refused the operator ({}):\n{}",
+            log_path.display(),
+            refused.join("\n")
+        );
+        std::panic::resume_unwind(panic);
+    }
+    assert!(
+        log.contains("caches synced, ready"),
+        "the operator never got ready:\n{log}"
+    );
+    assert!(
+        refused.is_empty(),
+        "the operator was refused with the chart's RBAC ({}):\n{}",
+        log_path.display(),
+        refused.join("\n")
+    );
+    let scenario_done = started.elapsed();
+
+    // Not more: the same token, and the cluster-wide install's, refused what the operator
+    // never does; the namespace-scoped one refused everything in another namespace.
+    let pod = pods_of(&pods, "agent", 1).await.remove(0);
+    let agent = deployments.get("agent").await.unwrap();
+    let mut checks = Refusals {
+        user: scoped.user(),
+        seen: Vec::new(),
+    };
+    refused_in_namespace(&scoped, &ns.name, &agent, &pod, &mut checks).await;
+    refused_elsewhere(&scoped, &elsewhere.name, &mut checks).await;
+    let mut wide = Refusals {
+        user: cluster_wide.user(),
+        seen: Vec::new(),
+    };
+    refused_in_namespace(&cluster_wide, &ns.name, &agent, &pod, &mut wide).await;
+    let all_secrets: Api<Secret> = Api::all(cluster_wide.client().await);
+    wide.expect(
+        "list Secrets in all namespaces",
+        all_secrets.list(&ListParams::default()),
+    )
+    .await;
+    watches_every_namespace(&cluster_wide, modern_batch).await;
+
+    eprintln!("rbac: refused to the namespace-scoped install's ServiceAccount:");
+    for line in &checks.seen {
+        eprintln!("  {line}");
+    }
+    eprintln!("rbac: refused to the cluster-wide install's ServiceAccount:");
+    for line in &wide.seen {
+        eprintln!("  {line}");
+    }
+    eprintln!(
+        "rbac: installs and setup {setup:.1?}, scenario {:.1?}, refusal checks {:.1?}",
+        scenario_done - setup,
+        started.elapsed() - scenario_done
+    );
+}
