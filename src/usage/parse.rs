@@ -196,9 +196,14 @@ impl Extractor {
                     Fixed(Output),
                 ),
             ],
+            // prometheus_client 0.23 and later escape `:` to `_` when it answers in OpenMetrics
+            // (it may, for the operator's Accept header): both spellings are vLLM's counters.
+            // An exposition carries one of them, never both.
             MetricsFormat::Vllm => vec![
                 Rule::new("vllm:prompt_tokens_total", &["model_name"], Fixed(Input)),
                 Rule::new("vllm:generation_tokens_total", &["model_name"], Fixed(Output)),
+                Rule::new("vllm_prompt_tokens_total", &["model_name"], Fixed(Input)),
+                Rule::new("vllm_generation_tokens_total", &["model_name"], Fixed(Output)),
             ],
             MetricsFormat::LiteLlm => vec![
                 Rule::new("litellm_input_tokens_metric_total", &["model"], Fixed(Input)),
@@ -660,6 +665,14 @@ vllm:request_prompt_tokens_sum{engine="0",model_name="meta-llama/Llama-3.1-8B-In
 vllm:e2e_request_latency_seconds_sum{engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct"} 81.25
 vllm:gpu_cache_usage_perc{engine="0",model_name="meta-llama/Llama-3.1-8B-Instruct"} NaN
 "#;
+
+    #[test]
+    fn vllm_names_escaped_by_newer_prometheus_clients() {
+        let escaped = VLLM.replace("vllm:", "vllm_");
+        let u = extract(&Extractor::new(MetricsFormat::Vllm, &[]), &escaped);
+        assert_eq!(u, extract(&Extractor::new(MetricsFormat::Vllm, &[]), VLLM));
+        assert!(!u.is_empty());
+    }
 
     #[test]
     fn vllm() {
