@@ -11,8 +11,8 @@
 //! 2. a TokenBudget `budget-N` (`limits.tokens`, default 1000, `enforcement: {action: ScaleDown}`)
 //!    and a BudgetBinding `binding-N` (`interval: 1s`, `timeout: 1s`);
 //! 3. once the operator has scraped the pods (binding `status.scrapedPods`) and marked the
-//!    Deployment `tokenbudget.io/state: ok`, it reads the operator's `/metrics` and opens a watch
-//!    on the Deployment;
+//!    Deployment and its pods `tokenbudget.io/state: ok`, it reads the operator's `/metrics` and
+//!    opens a watch on the Deployment;
 //! 4. it waits a staggered offset (below), spends the whole limit with one `POST /spend` to the
 //!    first pod's agent, and waits on the watch for the event with `spec.replicas: 0`;
 //! 5. it reads `/metrics` again (until `tokenbudget_enforcement_latency_seconds_count` has moved,
