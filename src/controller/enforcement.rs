@@ -97,16 +97,13 @@ pub async fn enforce(
         }
     }
 
+    // Every workload's own writes first (the scale-downs are what stop the spending), then
+    // the pods' annotations, then the Events: a budget with many workloads or pods does not
+    // delay one scale-down behind another's pod writes.
+    let mut done = Vec::new();
     for w in &plan.workloads {
-        match act::apply(&ctx.client, &ns, w, cluster.modern_batch).await {
+        match act::apply_steps(&ctx.client, &ns, w, cluster.modern_batch).await {
             Ok(()) => {
-                let pauses = w
-                    .steps
-                    .iter()
-                    .any(|s| matches!(s, Step::Scale(0) | Step::Suspend(true)));
-                if pauses {
-                    ctx.metrics.enforcement_latency.observe(scraped.elapsed().as_secs_f64());
-                }
                 let action = w.steps.iter().find_map(|s| match s {
                     Step::Scale(0) => Some("scale_down"),
                     Step::Suspend(true) => Some("suspend"),
@@ -114,14 +111,25 @@ pub async fn enforce(
                     Step::Annotate(_) => None,
                 });
                 if let Some(action) = action {
+                    if action != "restore" {
+                        ctx.metrics.enforcement_latency.observe(scraped.elapsed().as_secs_f64());
+                    }
                     ctx.metrics.enforcement_actions.with_label_values(&[action]).inc();
                 }
-                if let Some(notice) = &w.notice {
-                    ctx.publish(tb, EventType::Normal, notice.reason, notice.message.clone())
-                        .await;
-                }
+                done.push(w);
             }
             Err(e) => note(e),
+        }
+    }
+    for w in &done {
+        if let Err(e) = act::annotate_pods(&ctx.client, &ns, w).await {
+            note(e);
+        }
+    }
+    for w in done {
+        if let Some(notice) = &w.notice {
+            ctx.publish(tb, EventType::Normal, notice.reason, notice.message.clone())
+                .await;
         }
     }
     if !failures.is_empty() {

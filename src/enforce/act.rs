@@ -52,10 +52,21 @@ impl ActError {
     }
 }
 
-/// Applies one workload's plan: its steps in order, each conditional on the version the
-/// previous one left, then its pods' annotations. `modern_batch`: the server has batch/v1
-/// CronJobs and Job suspend (Kubernetes 1.21 and later).
+/// Applies one workload's plan: its steps, then its pods' annotations.
 pub async fn apply(client: &Client, namespace: &str, plan: &WorkloadPlan, modern_batch: bool) -> Result<(), ActError> {
+    apply_steps(client, namespace, plan, modern_batch).await?;
+    annotate_pods(client, namespace, plan).await
+}
+
+/// Applies a workload plan's steps in order, each conditional on the version the previous one
+/// left. `modern_batch`: the server has batch/v1 CronJobs and Job suspend (Kubernetes 1.21 and
+/// later).
+pub async fn apply_steps(
+    client: &Client,
+    namespace: &str,
+    plan: &WorkloadPlan,
+    modern_batch: bool,
+) -> Result<(), ActError> {
     let resource = match plan.kind {
         WorkloadKind::Deployment => ApiResource::erase::<Deployment>(&()),
         WorkloadKind::StatefulSet => ApiResource::erase::<StatefulSet>(&()),
@@ -111,6 +122,11 @@ pub async fn apply(client: &Client, namespace: &str, plan: &WorkloadPlan, modern
         }
         version = obj.resource_version();
     }
+    Ok(())
+}
+
+/// Writes a workload plan's annotations on its pods (a pod gone meanwhile is skipped).
+pub async fn annotate_pods(client: &Client, namespace: &str, plan: &WorkloadPlan) -> Result<(), ActError> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     for (pod, patch) in &plan.pods {
         let body = json!({"metadata": {"annotations": patch}});
