@@ -44,7 +44,7 @@ use kube::{
 use serde_json::json;
 use tokenbudget::{
     api::{BudgetBinding, BudgetPhase, TokenBudget},
-    controller::accounting::legacy_cron_job_resource,
+    enforce::act::legacy_cron_job_resource,
     enforce::{BUDGET, FINALIZER, PAUSED_REPLICAS, STATE},
 };
 

@@ -6,7 +6,7 @@
 //! `status.accounting`, in the same status write as `used` (accounting rule 4).
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{BTreeSet, HashMap, HashSet, VecDeque},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -26,7 +26,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    core::{ApiResource, DeserializeGuard, DynamicObject},
+    core::{DeserializeGuard, DynamicObject},
     runtime::{
         WatchStreamExt,
         reflector::{self, ObjectRef, Store},
@@ -284,7 +284,7 @@ fn reflect_legacy_cron_jobs<F: Fn(&CronJob) + Send + 'static>(
     namespace: Option<&str>,
     on_apply: F,
 ) -> (Store<CronJob>, impl Future<Output = ()> + Send + use<F>) {
-    let resource = legacy_cron_job_resource();
+    let resource = crate::enforce::act::legacy_cron_job_resource();
     let api: Api<DynamicObject> = match namespace {
         Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
         None => Api::all_with(client.clone(), &resource),
@@ -319,17 +319,6 @@ fn reflect_legacy_cron_jobs<F: Fn(&CronJob) + Send + 'static>(
             async {}
         });
     (reader, stream)
-}
-
-/// Where a server older than 1.21 serves CronJobs.
-pub fn legacy_cron_job_resource() -> ApiResource {
-    ApiResource {
-        group: "batch".into(),
-        version: "v1beta1".into(),
-        api_version: "batch/v1beta1".into(),
-        kind: "CronJob".into(),
-        plural: "cronjobs".into(),
-    }
 }
 
 /// Whether the server serves batch/v1 CronJobs (1.21 and later).
@@ -405,6 +394,10 @@ pub struct CycleReport {
     pub period_reset: bool,
     pub bindings: Vec<BindingReport>,
     pub scrape_time: Timestamp,
+    /// The namespace's workloads as the cycle saw them, and those its valid bindings name:
+    /// what enforcement decides on, without reading the stores or resolving a second time.
+    pub snapshot: Snapshot,
+    pub bound: BTreeSet<workloads::WorkloadId>,
 }
 
 /// Runs one cycle: period, bindings, pods, scrapes, ledger. Returns `None` until the stores
@@ -454,6 +447,7 @@ pub async fn cycle(
     let mut reports: Vec<BindingReport> = Vec::new();
     let mut scrapes: Vec<(usize, BoundPod, Arc<Extractor>, Target, Timestamp)> = Vec::new();
     let mut claimed: HashMap<String, usize> = HashMap::new();
+    let mut bound = BTreeSet::new();
     let mut problems: Vec<(usize, String, String, String)> = Vec::new();
     for bb in &bindings {
         let index = reports.len();
@@ -466,6 +460,7 @@ pub async fn cycle(
         if validate::binding(&bb.spec).is_ok() {
             let resolution = workloads::resolve(&bb.spec, &snapshot);
             report.workloads = resolution.workloads.len();
+            bound.extend(resolution.workloads.iter().cloned());
             report.pods = resolution.pods.len();
             let extractor = Arc::new(Extractor::for_endpoint(&bb.spec.metrics));
             let timeout = validate::parse_duration(&bb.spec.metrics.timeout).unwrap_or(Duration::from_secs(5));
@@ -570,6 +565,8 @@ pub async fn cycle(
         period_reset,
         bindings: reports,
         scrape_time: now,
+        snapshot,
+        bound,
     })
 }
 

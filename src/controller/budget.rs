@@ -85,7 +85,12 @@ async fn reconcile(guard: Arc<DeserializeGuard<TokenBudget>>, ctx: Arc<Context>)
             observed_generation: tb.metadata.generation,
             ..usage
         };
-        let outcome = enforcement::enforce(&ctx, &accounting.cluster, tb, &status, false, now, scraped).await;
+        let view = enforcement::View {
+            snapshot: &report.snapshot,
+            bound: &report.bound,
+            modern_batch: accounting.cluster.modern_batch,
+        };
+        let outcome = enforcement::enforce(&ctx, view, tb, &status, false, now, scraped).await;
         desired.push(outcome.condition);
         status.conditions = conditions::merge(existing, &desired, tb.metadata.generation, now);
         status.enforced = outcome.enforced;
@@ -147,16 +152,14 @@ async fn cleanup(tb: &TokenBudget, ctx: &Context, now: Timestamp) -> Result<Acti
             return Ok(Action::requeue(Duration::from_secs(1)));
         }
         let status = tb.status.clone().unwrap_or_default();
-        let outcome = enforcement::enforce(
-            ctx,
-            &accounting.cluster,
-            tb,
-            &status,
-            true,
-            now,
-            std::time::Instant::now(),
-        )
-        .await;
+        // Deleting: every workload still carrying the budget's marks is restored; none is bound.
+        let snapshot = accounting.cluster.snapshot(&tb.namespace().unwrap_or_default());
+        let view = enforcement::View {
+            snapshot: &snapshot,
+            bound: &Default::default(),
+            modern_batch: accounting.cluster.modern_batch,
+        };
+        let outcome = enforcement::enforce(ctx, view, tb, &status, true, now, std::time::Instant::now()).await;
         if !outcome.complete {
             return Ok(Action::requeue(Duration::from_secs(1)));
         }

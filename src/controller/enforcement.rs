@@ -6,7 +6,10 @@ use std::{collections::BTreeSet, time::Duration};
 use jiff::Timestamp;
 use kube::{ResourceExt, runtime::events::EventType};
 
-use super::{Context, accounting::Cluster, conditions, workloads};
+use super::{
+    Context, conditions,
+    workloads::{self, Snapshot},
+};
 use crate::{
     api::{
         BudgetBindingSpec, BudgetPhase, EnforcedWorkload, QuotaUsage, TokenBudget, TokenBudgetStatus, WorkloadKind,
@@ -36,7 +39,7 @@ pub struct Outcome {
 /// The caller has checked that the stores have synced.
 pub async fn enforce(
     ctx: &Context,
-    cluster: &Cluster,
+    view: View<'_>,
     tb: &TokenBudget,
     status: &TokenBudgetStatus,
     deleting: bool,
@@ -45,7 +48,7 @@ pub async fn enforce(
 ) -> Outcome {
     let ns = tb.namespace().unwrap_or_default();
     let name = tb.name_any();
-    let observed = observe(cluster, &ns, &name);
+    let observed = observe(&view, &name);
     let exhausted_since = conditions::find(&status.conditions, "Exhausted")
         .filter(|c| c.status == "True")
         .map(|c| c.last_transition_time.0);
@@ -102,7 +105,7 @@ pub async fn enforce(
     // delay one scale-down behind another's pod writes.
     let mut done = Vec::new();
     for w in &plan.workloads {
-        match act::apply_steps(&ctx.client, &ns, w, cluster.modern_batch).await {
+        match act::apply_steps(&ctx.client, &ns, w, view.modern_batch).await {
             Ok(()) => {
                 let action = w.steps.iter().find_map(|s| match s {
                     Step::Scale(0) => Some("scale_down"),
@@ -156,51 +159,34 @@ pub async fn enforce(
     }
 }
 
+/// What enforcement sees of the budget's namespace.
+pub struct View<'a> {
+    pub snapshot: &'a Snapshot,
+    /// The workloads its valid bindings name now.
+    pub bound: &'a BTreeSet<workloads::WorkloadId>,
+    /// The server has Job suspend and batch/v1 CronJobs (Kubernetes 1.21 and later).
+    pub modern_batch: bool,
+}
+
 /// The workloads of the budget as they are now: every workload its bindings name, and every
 /// workload still annotated with its name (from a binding or entry since removed), with their
-/// pods. Only the budget's own namespace is ever looked at.
-fn observe(cluster: &Cluster, ns: &str, budget: &str) -> Vec<decide::Workload> {
-    let snapshot = cluster.snapshot(ns);
-    let mut bound: BTreeSet<workloads::WorkloadId> = BTreeSet::new();
-    for bb in cluster.bindings_of(ns, budget) {
-        if validate::binding(&bb.spec).is_ok() {
-            bound.extend(workloads::resolve(&bb.spec, &snapshot).workloads);
-        }
-    }
-    let ours = |kind: WorkloadKind, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-        meta.annotations
-            .as_ref()
-            .and_then(|a| a.get(enforce::BUDGET))
-            .is_some_and(|b| b == budget)
-            .then(|| workloads::WorkloadId {
-                kind,
-                name: meta.name.clone().unwrap_or_default(),
-            })
-    };
+/// pods. The snapshot holds the budget's own namespace only.
+fn observe(view: &View, budget: &str) -> Vec<decide::Workload> {
+    let (snapshot, bound) = (view.snapshot, view.bound);
     let mut all = bound.clone();
     all.extend(
         snapshot
-            .deployments
-            .iter()
-            .filter_map(|o| ours(WorkloadKind::Deployment, &o.metadata)),
-    );
-    all.extend(
-        snapshot
-            .stateful_sets
-            .iter()
-            .filter_map(|o| ours(WorkloadKind::StatefulSet, &o.metadata)),
-    );
-    all.extend(
-        snapshot
-            .jobs
-            .iter()
-            .filter_map(|o| ours(WorkloadKind::Job, &o.metadata)),
-    );
-    all.extend(
-        snapshot
-            .cron_jobs
-            .iter()
-            .filter_map(|o| ours(WorkloadKind::CronJob, &o.metadata)),
+            .workload_metas()
+            .filter(|(_, meta)| {
+                meta.annotations
+                    .as_ref()
+                    .and_then(|a| a.get(enforce::BUDGET))
+                    .is_some_and(|b| b == budget)
+            })
+            .map(|(kind, meta)| workloads::WorkloadId {
+                kind,
+                name: meta.name.clone().unwrap_or_default(),
+            }),
     );
 
     // Their pods, through the same ownership rules as accounting.
@@ -216,7 +202,7 @@ fn observe(cluster: &Cluster, ns: &str, budget: &str) -> Vec<decide::Workload> {
             .collect(),
         metrics: Default::default(),
     };
-    let resolution = workloads::resolve(&by_name, &snapshot);
+    let resolution = workloads::resolve(&by_name, snapshot);
 
     all.into_iter()
         .filter_map(|id| {
@@ -237,7 +223,7 @@ fn observe(cluster: &Cluster, ns: &str, budget: &str) -> Vec<decide::Workload> {
                     .find(|o| o.metadata.name.as_deref() == Some(&id.name))
                     .map(|o| {
                         let spec = o.spec.as_ref();
-                        if cluster.modern_batch {
+                        if view.modern_batch {
                             (
                                 o.metadata.clone(),
                                 None,

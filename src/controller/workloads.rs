@@ -17,7 +17,10 @@ use k8s_openapi::{
         batch::v1::{CronJob, Job},
         core::v1::Pod,
     },
-    apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
+    apimachinery::pkg::{
+        apis::meta::v1::{LabelSelector, ObjectMeta},
+        util::intstr::IntOrString,
+    },
 };
 use kube::{Resource, ResourceExt};
 
@@ -32,6 +35,20 @@ pub struct Snapshot {
     pub jobs: Vec<Arc<Job>>,
     pub cron_jobs: Vec<Arc<CronJob>>,
     pub pods: Vec<Arc<Pod>>,
+}
+
+impl Snapshot {
+    /// The metadata of every workload, with its kind.
+    pub fn workload_metas(&self) -> impl Iterator<Item = (WorkloadKind, &ObjectMeta)> {
+        (self.deployments.iter().map(|o| (WorkloadKind::Deployment, &o.metadata)))
+            .chain(
+                self.stateful_sets
+                    .iter()
+                    .map(|o| (WorkloadKind::StatefulSet, &o.metadata)),
+            )
+            .chain(self.jobs.iter().map(|o| (WorkloadKind::Job, &o.metadata)))
+            .chain(self.cron_jobs.iter().map(|o| (WorkloadKind::CronJob, &o.metadata)))
+    }
 }
 
 /// A workload named by, or selected by, a binding.

@@ -52,10 +52,16 @@ impl ActError {
     }
 }
 
-/// Applies one workload's plan: its steps, then its pods' annotations.
-pub async fn apply(client: &Client, namespace: &str, plan: &WorkloadPlan, modern_batch: bool) -> Result<(), ActError> {
-    apply_steps(client, namespace, plan, modern_batch).await?;
-    annotate_pods(client, namespace, plan).await
+/// Where a server older than 1.21 serves CronJobs (their fields the operator uses are those
+/// of batch/v1).
+pub fn legacy_cron_job_resource() -> ApiResource {
+    ApiResource {
+        group: "batch".into(),
+        version: "v1beta1".into(),
+        api_version: "batch/v1beta1".into(),
+        kind: "CronJob".into(),
+        plural: "cronjobs".into(),
+    }
 }
 
 /// Applies a workload plan's steps in order, each conditional on the version the previous one
@@ -72,13 +78,7 @@ pub async fn apply_steps(
         WorkloadKind::StatefulSet => ApiResource::erase::<StatefulSet>(&()),
         WorkloadKind::Job => ApiResource::erase::<Job>(&()),
         WorkloadKind::CronJob if modern_batch => ApiResource::erase::<CronJob>(&()),
-        WorkloadKind::CronJob => ApiResource {
-            group: "batch".into(),
-            version: "v1beta1".into(),
-            api_version: "batch/v1beta1".into(),
-            kind: "CronJob".into(),
-            plural: "cronjobs".into(),
-        },
+        WorkloadKind::CronJob => legacy_cron_job_resource(),
     };
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
     let what = format!("{}/{}", plan.kind.as_str(), plan.name);
@@ -267,7 +267,7 @@ mod tests {
             );
         });
         let client = Client::new(service, "default");
-        let err = apply(&client, "agents", &scale_down(), true).await.unwrap_err();
+        let err = apply_steps(&client, "agents", &scale_down(), true).await.unwrap_err();
         assert!(
             matches!(err, ActError::Conflict(ref what) if what == "Deployment/agent"),
             "{err}"
@@ -283,7 +283,7 @@ mod tests {
             let (_, send) = handle.next_request().await.expect("a request");
             send.send_response(status(403, "Forbidden"));
         });
-        let err = apply(&Client::new(service, "default"), "agents", &scale_down(), true)
+        let err = apply_steps(&Client::new(service, "default"), "agents", &scale_down(), true)
             .await
             .unwrap_err();
         assert!(err.to_string().starts_with("Deployment/agent: "), "{err}");
