@@ -583,6 +583,25 @@ mod tests {
         let _ = stream.write_all(body.as_bytes()).await;
     }
 
+    /// Answers 200 with a chunked body of 100 MiB (no length announced), stopping when the
+    /// client hangs up.
+    async fn chunked_100_mib<S: tokio::io::AsyncWrite + Unpin>(stream: &mut S) {
+        use tokio::io::AsyncWriteExt;
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await;
+        let chunk = [b'#'; 65536];
+        for _ in 0..1600 {
+            let head = format!("{:x}\r\n", chunk.len());
+            if stream.write_all(head.as_bytes()).await.is_err()
+                || stream.write_all(&chunk).await.is_err()
+                || stream.write_all(b"\r\n").await.is_err()
+            {
+                return;
+            }
+        }
+        let _ = stream.write_all(b"0\r\n\r\n").await;
+    }
     #[tokio::test]
     async fn scrapes_a_real_exposition() {
         let address = serve(|s| {
@@ -646,20 +665,7 @@ mod tests {
 
         // Chunked, no length: the cap applies while reading, without buffering 100 MiB.
         let chunked = serve(|mut stream| async move {
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
-                .await;
-            let chunk = [b'#'; 65536];
-            for _ in 0..1600 {
-                let head = format!("{:x}\r\n", chunk.len());
-                if stream.write_all(head.as_bytes()).await.is_err()
-                    || stream.write_all(&chunk).await.is_err()
-                    || stream.write_all(b"\r\n").await.is_err()
-                {
-                    return;
-                }
-            }
-            let _ = stream.write_all(b"0\r\n\r\n").await;
+            chunked_100_mib(&mut stream).await;
         })
         .await;
         let err = scraper.fetch(&target(chunked, 5000)).await.unwrap_err();
@@ -1050,20 +1056,7 @@ mod tests {
             let (chunked, _) = serve_tls(ca.server(&["127.0.0.1"]), |mut stream| async move {
                 let mut request = [0u8; 4096];
                 let _ = stream.read(&mut request).await;
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
-                    .await;
-                let chunk = [b'#'; 65536];
-                for _ in 0..1600 {
-                    let head = format!("{:x}\r\n", chunk.len());
-                    if stream.write_all(head.as_bytes()).await.is_err()
-                        || stream.write_all(&chunk).await.is_err()
-                        || stream.write_all(b"\r\n").await.is_err()
-                    {
-                        return;
-                    }
-                }
-                let _ = stream.write_all(b"0\r\n\r\n").await;
+                chunked_100_mib(&mut stream).await;
             })
             .await;
             let err = scraper.fetch(&https(chunked, TlsConfig::default())).await.unwrap_err();
