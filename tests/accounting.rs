@@ -283,10 +283,19 @@ async fn two_bindings_on_one_pod_count_it_once() {
 
 /// The pods of one Deployment: what each one runs, and what its binding must say about it.
 struct Role {
+    /// The agent's arguments; `None`: no agent, and the pod has no IP.
     agent: Option<&'static [&'static str]>,
-    /// `None`: a well-behaved agent. Otherwise the start of what the ScrapeHealthy message and
-    /// the ScrapeFailed Event say about the pod, after `<pod>: `.
+    /// `None`: a well-behaved agent, or a Pending pod (no agent). Otherwise the start of what
+    /// the ScrapeHealthy message and the ScrapeFailed Event say about the pod, after `<pod>: `.
     reason: Option<&'static str>,
+}
+
+/// A pod that no kubelet has started: nothing to scrape, and nothing wrong.
+const fn pending() -> Role {
+    Role {
+        agent: None,
+        reason: None,
+    }
 }
 
 const fn good() -> Role {
@@ -330,8 +339,9 @@ async fn hostile_endpoints_are_reported_and_never_corrupt_the_usage() {
     });
 
     // Three bindings, so that each one's ScrapeHealthy message (at most 5 pods) names all its
-    // bad pods. `counting` has the two counting agents, one pod without the named port and
-    // one without an IP; the others only bad endpoints.
+    // bad pods. `counting` has the two counting agents, one pod without the named port, a
+    // Running one without an IP and a Pending one (not a failure); the others only bad
+    // endpoints.
     for (name, workloads) in [
         ("counting", &["counting", "portless"][..]),
         ("stalling", &["stalling"]),
@@ -342,7 +352,7 @@ async fn hostile_endpoints_are_reported_and_never_corrupt_the_usage() {
             .await
             .unwrap();
     }
-    let mut portless = deployment("portless", 2);
+    let mut portless = deployment("portless", 3);
     let template = portless.spec.template.spec.as_mut().unwrap();
     template.containers[0].ports.as_mut().unwrap()[0].name = Some("http".into());
     let deployments: [(Deployment, &str, Vec<Role>); 4] = [
@@ -352,7 +362,8 @@ async fn hostile_endpoints_are_reported_and_never_corrupt_the_usage() {
             "counting",
             vec![
                 bad(Some(&[]), "no container of the pod has a port named \"metrics\""),
-                bad(None, "the pod has no IP yet"),
+                bad(None, "the pod has no IP"),
+                pending(),
             ],
         ),
         (
@@ -392,15 +403,25 @@ async fn hostile_endpoints_are_reported_and_never_corrupt_the_usage() {
         ),
     ];
     let mut counting = Vec::new();
+    let mut pending_pods = Vec::new();
     // (binding, pod, reason) of every bad pod.
     let mut expected: Vec<(&str, String, &str)> = Vec::new();
     let mut agents = Vec::new();
     for (deployment, binding, roles) in deployments {
         let args: Vec<Option<&[&str]>> = roles.iter().map(|r| r.agent).collect();
         for ((pod, agent), role) in s.deploy_agents(deployment, &args).await.into_iter().zip(&roles) {
-            match role.reason {
-                None => counting.push((pod, agent.expect("a good pod runs"))),
-                Some(reason) => {
+            match (role.reason, agent) {
+                (None, Some(agent)) => counting.push((pod, agent)),
+                (None, None) => pending_pods.push(pod),
+                (Some(reason), agent) => {
+                    if agent.is_none() {
+                        // A kubelet that reports the pod Running but no IP for it.
+                        let status = serde_json::json!({"status": {"phase": "Running"}});
+                        s.pods
+                            .patch_status(&pod, &PatchParams::default(), &Patch::Merge(&status))
+                            .await
+                            .unwrap();
+                    }
                     expected.push((binding, pod, reason));
                     agents.extend(agent);
                 }
@@ -413,7 +434,7 @@ async fn hostile_endpoints_are_reported_and_never_corrupt_the_usage() {
     s.wait_used("b", 1200).await;
 
     // Each binding names each of its bad pods with its reason, and the pods it could scrape.
-    for (binding, pods, scraped) in [("counting", 4, 2), ("stalling", 4, 0), ("values", 4, 0)] {
+    for (binding, pods, scraped) in [("counting", 5, 2), ("stalling", 4, 0), ("values", 4, 0)] {
         let mine: Vec<String> = expected
             .iter()
             .filter(|(b, _, _)| *b == binding)
@@ -470,7 +491,29 @@ async fn hostile_endpoints_are_reported_and_never_corrupt_the_usage() {
             .is_some_and(|t| t > counted_at + jiff::SignedDuration::from_secs(1))
     })
     .await;
-    assert_eq!(bb.status.unwrap().used_tokens, Some(1904));
+    let st = bb.status.unwrap();
+    assert_eq!(st.used_tokens, Some(1904));
+    // The Pending pod is among the binding's pods, but no failure: never named, no Event.
+    let [pending] = &pending_pods[..] else {
+        panic!("one Pending pod: {pending_pods:?}")
+    };
+    let healthy = st.conditions.iter().find(|c| c.type_ == "ScrapeHealthy").unwrap();
+    assert!(!healthy.message.contains(pending.as_str()), "{}", healthy.message);
+    let named = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.reporting_controller.as_deref() == Some("tokenbudget-operator")
+                && e.note.as_deref().is_some_and(|n| n.contains(pending.as_str()))
+        });
+    assert_eq!(
+        named.count(),
+        0,
+        "no Event of the operator names the Pending pod {pending}"
+    );
     let tb = s.budgets.get("b").await.unwrap();
     let status = tb.status.as_ref().unwrap();
     let used = status.used.as_ref().unwrap();

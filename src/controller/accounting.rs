@@ -381,6 +381,8 @@ pub struct BindingReport {
     pub workloads: usize,
     pub pods: usize,
     pub scraped_pods: usize,
+    /// Pods not scraped because no container of theirs has started yet.
+    pub pending_pods: usize,
     pub used_tokens: u64,
     pub problems: Vec<PodProblem>,
     /// The binding's scrape interval.
@@ -480,6 +482,9 @@ pub async fn cycle(
                     }
                     // A finished pod has nothing more to say: its last successful scrape stands.
                     Err(Unscrapable::Finished(_)) => {}
+                    // A pod that has not started has nothing to say yet, and nothing is wrong:
+                    // its first scrape counts its whole counter (rule 3).
+                    Err(Unscrapable::Pending) => report.pending_pods += 1,
                     Err(reason) => problems.push((index, pod_uid, bound.pod.name_any(), reason.to_string())),
                 }
             }
@@ -740,7 +745,10 @@ fn to_i64(v: u64) -> i64 {
 /// The binding's ScrapeHealthy condition from a cycle's report.
 pub fn scrape_condition(report: &BindingReport) -> Desired {
     if report.problems.is_empty() {
-        let message = format!("{} of {} pods scraped", report.scraped_pods, report.pods);
+        let mut message = format!("{} of {} pods scraped", report.scraped_pods, report.pods);
+        if report.pending_pods > 0 {
+            message.push_str(&format!(", {} Pending", report.pending_pods));
+        }
         Desired::new("ScrapeHealthy", true, "Scraped", message)
     } else {
         let mut listed: Vec<String> = report
@@ -797,5 +805,27 @@ mod tests {
             "nothing enforced"
         );
         assert!(undone_enforcement(&meta("{name: x}"), Some(3), None).is_none());
+    }
+
+    #[test]
+    fn pending_pods_are_no_scrape_failure() {
+        let mut report = BindingReport {
+            pods: 3,
+            scraped_pods: 2,
+            pending_pods: 1,
+            ..Default::default()
+        };
+        let healthy = scrape_condition(&report);
+        assert!(healthy.status);
+        assert_eq!(healthy.message, "2 of 3 pods scraped, 1 Pending");
+
+        report.problems.push(PodProblem {
+            pod: "a-1".into(),
+            reason: "the pod has no IP".into(),
+            new: true,
+        });
+        let failed = scrape_condition(&report);
+        assert!(!failed.status);
+        assert_eq!(failed.message, "a-1: the pod has no IP");
     }
 }

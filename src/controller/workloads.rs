@@ -70,7 +70,10 @@ pub struct BoundPod {
 /// Why a bound pod is not scraped this round.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Unscrapable {
-    #[error("the pod has no IP yet")]
+    /// No container of the pod has started yet: nothing to scrape, and nothing wrong.
+    #[error("the pod is Pending: no container runs yet")]
+    Pending,
+    #[error("the pod has no IP")]
     NoIp,
     #[error("no container of the pod has a port named {0:?}")]
     NoSuchPort(String),
@@ -156,8 +159,11 @@ pub fn resolve<'a>(spec: &BudgetBindingSpec, snapshot: &'a Snapshot) -> Resoluti
 /// The IP and port to scrape a pod at.
 pub fn endpoint(pod: &Pod, port: &IntOrString) -> Result<(String, u16), Unscrapable> {
     let status = pod.status.as_ref();
-    if let Some(phase @ ("Succeeded" | "Failed")) = status.and_then(|s| s.phase.as_deref()) {
-        return Err(Unscrapable::Finished(phase.to_string()));
+    match status.and_then(|s| s.phase.as_deref()) {
+        Some(phase @ ("Succeeded" | "Failed")) => return Err(Unscrapable::Finished(phase.to_string())),
+        // The API server sets Pending on every new pod; it stays so until a container started.
+        None | Some("Pending") => return Err(Unscrapable::Pending),
+        Some(_) => {}
     }
     let ip = status
         .and_then(|s| s.pod_ip.clone())
@@ -378,7 +384,7 @@ mod tests {
         );
         assert_eq!(names(&r), ["memory-0", "summarizer-abc-1", "summarizer-old-1"]);
         let memory = r.pods.iter().find(|p| p.pod.name_any() == "memory-0").unwrap();
-        assert_eq!(memory.endpoint, Err(Unscrapable::NoIp));
+        assert_eq!(memory.endpoint, Err(Unscrapable::Pending));
     }
 
     #[test]
