@@ -512,3 +512,75 @@ async fn jobs_and_cron_jobs_are_paused_and_resumed() {
     assert_eq!(cron_state("{.spec.suspend}"), "false");
     assert_eq!(cron_state("{.metadata.annotations.tokenbudget\\.io/suspended}"), "");
 }
+
+#[tokio::test]
+async fn a_quota_the_budget_does_not_own_is_left_alone_and_does_not_block_its_deletion() {
+    let s = Scenario::new("foreign-quota").await;
+    let quotas: Api<ResourceQuota> = s.ns.api(&s.client);
+    let theirs: ResourceQuota = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "tokenbudget-research", "labels": {"owner": "platform-team"}},
+        "spec": {"hard": {"pods": "7"}}
+    }))
+    .unwrap();
+    quotas.create(&PostParams::default(), &theirs).await.unwrap();
+    let untouched = |q: &ResourceQuota, when: &str| {
+        let hard = q.spec.as_ref().and_then(|s| s.hard.as_ref()).unwrap();
+        assert_eq!(hard.len(), 1, "{when}: {hard:?}");
+        assert_eq!(hard.get("pods").map(|p| p.0.as_str()), Some("7"), "{when}");
+        assert_eq!(q.metadata.owner_references, None, "{when}");
+        assert_eq!(
+            q.metadata.labels.as_ref().map(|l| l.keys().collect::<Vec<_>>()),
+            Some(vec![&"owner".to_string()]),
+            "{when}"
+        );
+        let managers: Vec<_> = q
+            .metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .filter_map(|m| m.manager.as_deref())
+            .collect();
+        assert!(!managers.contains(&"tokenbudget-operator"), "{when}: {managers:?}");
+    };
+
+    s.apply(&budget_yaml(
+        "research",
+        100,
+        "  enforcement: {action: ScaleDown, freezeQuota: true}\n  computeQuota: {hard: {pods: '10', cpu: '4'}}\n",
+    ))
+    .await;
+    let tb = s
+        .wait_budget("research", "the Enforced condition to name the foreign quota", |tb| {
+            tb.status.as_ref().is_some_and(|st| {
+                st.conditions.iter().any(|c| {
+                    c.type_ == "Enforced"
+                        && c.message.contains(
+                            "a ResourceQuota named tokenbudget-research exists and does not belong to this budget: it is left alone",
+                        )
+                })
+            })
+        })
+        .await;
+    assert_eq!(
+        tb.status.unwrap().compute_quota,
+        None,
+        "not mirrored: it is not the budget's"
+    );
+    untouched(
+        &quotas.get("tokenbudget-research").await.unwrap(),
+        "while the budget wants a quota",
+    );
+
+    // Deleting the budget leaves the quota and is not held up by it (the finalizer goes).
+    delete(&s.budgets, "research").await;
+    within(
+        kube::runtime::wait::await_condition(s.budgets.clone(), "research", |tb: Option<&TokenBudget>| tb.is_none()),
+        "the budget to be gone",
+    )
+    .await
+    .unwrap();
+    untouched(
+        &quotas.get("tokenbudget-research").await.unwrap(),
+        "after the budget's deletion",
+    );
+}

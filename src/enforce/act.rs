@@ -143,7 +143,8 @@ pub async fn annotate_pods(client: &Client, namespace: &str, plan: &WorkloadPlan
 
 /// Brings the budget's ResourceQuota to `hard` (or deletes it when `None`), and returns its
 /// status for the budget's. A quota of that name that the budget does not own is never
-/// touched.
+/// touched: wanting one is an error (`ForeignQuota`); wanting none leaves it, and is done, so
+/// that such a quota never keeps a deleted budget's finalizer.
 pub async fn sync_quota(
     client: &Client,
     tb: &TokenBudget,
@@ -161,7 +162,10 @@ pub async fn sync_quota(
     if let Some(q) = &existing
         && !owned(q)
     {
-        return Err(ActError::ForeignQuota(name));
+        return match hard {
+            Some(_) => Err(ActError::ForeignQuota(name)),
+            None => Ok(None),
+        };
     }
     match (hard, existing) {
         (None, None) => Ok(None),
