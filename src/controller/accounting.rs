@@ -492,6 +492,7 @@ pub async fn cycle(
         reports.push(report);
     }
 
+    let scraping = std::time::Instant::now();
     let results = futures::future::join_all(scrapes.into_iter().map(
         |(index, bound, extractor, target, created)| async move {
             let timer = metrics.scrape_duration.start_timer();
@@ -503,6 +504,11 @@ pub async fn cycle(
         },
     ))
     .await;
+    // Every answer was in by now (on the operator's clock, which `now` is read from).
+    let answered = jiff::SignedDuration::try_from(scraping.elapsed())
+        .ok()
+        .and_then(|d| now.checked_add(d).ok())
+        .unwrap_or(now);
 
     let mut failing_now: HashMap<String, String> = HashMap::new();
     for (index, bound, created, result) in results {
@@ -520,6 +526,7 @@ pub async fn cycle(
                     started_at: pod.status.as_ref().and_then(|s| s.start_time.as_ref()).map(|t| t.0),
                     binding_created: created,
                     container_started: workloads::container_started(pod),
+                    scraped_at: answered,
                 };
                 account.ledger.observe(&observation, &usage);
                 reports[index].scraped_pods += 1;
