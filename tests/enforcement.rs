@@ -156,6 +156,7 @@ async fn scale_down_is_undone_by_hand_then_restored_exactly_when_the_limit_is_ra
     })
     .await;
     assert_eq!(annotation(&d.metadata, BUDGET), Some("research"));
+    wait_scraped(&s.bindings, "agents", 3).await;
 
     // Over the threshold: warning, nothing scaled.
     s.agents[0].spend("gpt-4o-mini", 500, 100);
@@ -217,6 +218,15 @@ async fn scale_down_is_undone_by_hand_then_restored_exactly_when_the_limit_is_ra
     .await;
     assert_eq!(annotation(&d.metadata, STATE), Some("exhausted"));
     s.wait_event("ScaledDown", "by someone else").await;
+    // Scrapes every second again, so that the restored pods are marked soon.
+    s.bindings
+        .patch(
+            "agents",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"metrics": {"interval": "1s"}}})),
+        )
+        .await
+        .unwrap();
 
     // Raising the limit restores exactly: 3 (the last count asked for) and 1.
     s.budgets
@@ -288,6 +298,7 @@ async fn freeze_quota_blocks_new_pods_and_deleting_the_binding_or_the_budget_res
             .any(|o| o.kind == "TokenBudget" && o.name == "research"),
         "the quota is owned by the budget, so deleting the budget removes it"
     );
+    wait_scraped(&s.bindings, "agents", 1).await;
 
     s.agents[0].spend("gpt-4o-mini", 150, 0);
     s.wait_budget("research", "phase Exhausted", |tb| {
@@ -454,11 +465,12 @@ async fn jobs_and_cron_jobs_are_paused_and_resumed() {
     };
 
     // The pods ran before the binding: their counters are only a baseline until a first
-    // scrape has seen them (the Job annotated ok says that cycle happened).
+    // scrape has seen them.
     wait_for(&jobs, "batch", "the Job marked ok", |j| {
         annotation(&j.metadata, STATE) == Some("ok")
     })
     .await;
+    wait_scraped(&s.bindings, "batch", 2).await;
     s.agents[0].spend("gpt-4o-mini", 80, 40);
     s.wait_budget("research", "phase Exhausted", |tb| {
         phase(tb) == Some(BudgetPhase::Exhausted)

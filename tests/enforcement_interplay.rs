@@ -224,11 +224,12 @@ async fn hpa_stops_while_its_deployment_is_scaled_down_and_works_again_after_the
     t.run_pods("agent", 2).await;
     t.apply(&budget_yaml("research", 1000));
     t.apply(&binding_yaml("agents", "research", "[{kind: Deployment, name: agent}]"));
-    // Marked ok: the pods' counters have been read once, so what they spend now counts.
+    // Marked ok, and both pods' counters read once: what they spend now counts.
     wait_for(&t.deployments, "agent", "the Deployment marked ok", |d| {
         annotation(&d.metadata, STATE) == Some("ok")
     })
     .await;
+    wait_scraped(&t.bindings, "agents", 2).await;
 
     // Exhausted: scaled to 0 through the scale subresource, 2 kept for the restore.
     t.agents[0].spend("gpt-4o-mini", 800, 300);

@@ -137,33 +137,26 @@ async fn https_pods_are_verified_against_the_scrape_ca() {
     })
     .await;
 
-    // The self-signed pod is not counted, and says why. (Wait for the cycle that scraped the
-    // good pod: an earlier binding status may still list it as not yet running.)
-    let bb = wait_for(
+    // The self-signed pod is not counted, and says why, in a cycle that scraped the good pod.
+    let expected = format!(
+        "{}: TLS failed: invalid peer certificate: UnknownIssuer (not signed by the CA the operator trusts: --scrape-ca-file {})",
+        names[1],
+        ca_file.display()
+    );
+    wait_for(
         &bindings,
         "bb",
-        "ScrapeHealthy=False for the self-signed pod only",
+        &format!("2 pods, 1 scraped, ScrapeHealthy=False saying {expected:?}"),
         |bb| {
             bb.status.as_ref().is_some_and(|s| {
-                s.scraped_pods == Some(1)
+                (s.pods, s.scraped_pods) == (Some(2), Some(1))
                     && s.conditions
                         .iter()
-                        .any(|c| c.type_ == "ScrapeHealthy" && c.status == "False" && !c.message.contains(&names[0]))
+                        .any(|c| c.type_ == "ScrapeHealthy" && c.status == "False" && c.message == expected)
             })
         },
     )
     .await;
-    let status = bb.status.unwrap();
-    assert_eq!(status.pods, Some(2));
-    let healthy = status.conditions.iter().find(|c| c.type_ == "ScrapeHealthy").unwrap();
-    assert_eq!(
-        healthy.message,
-        format!(
-            "{}: TLS failed: invalid peer certificate: UnknownIssuer (not signed by the CA the operator trusts: --scrape-ca-file {})",
-            names[1],
-            ca_file.display()
-        )
-    );
     let events: Api<Event> = ns.api(&client);
     // The pod may have been reported before, as having no IP yet: a new reason is a new Event.
     let event = wait_event(&events, "a ScrapeFailed Event naming the pod and UnknownIssuer", |e| {

@@ -88,6 +88,18 @@ where
         .expect("the condition only holds for an existing object")
 }
 
+/// Waits until all `pods` pods of the binding were scraped in its budget's last cycle. Pods
+/// that ran before their binding count only what they spend after their first scrape (rule
+/// 3): a test spends only after this.
+pub async fn wait_scraped(bindings: &Api<tokenbudget::api::BudgetBinding>, name: &str, pods: i64) {
+    wait_for(bindings, name, &format!("all {pods} pods of {name} scraped"), |bb| {
+        bb.status
+            .as_ref()
+            .is_some_and(|s| s.pods == Some(pods) && s.scraped_pods == Some(pods))
+    })
+    .await;
+}
+
 /// A namespace for one test, deleted when the test ends.
 pub struct TestNamespace {
     pub name: String,
