@@ -259,6 +259,67 @@ async fn restarts_count_exactly_and_a_killed_operator_continues_where_it_left_of
 }
 
 #[tokio::test]
+async fn a_sidecar_restart_does_not_count_the_agent_again() {
+    let s = Scenario::new("sidecar").await;
+    s.budgets
+        .create(&PostParams::default(), &budget("b", 1_000_000))
+        .await
+        .unwrap();
+    s.bindings
+        .create(&PostParams::default(), &binding("bb", "b", "agent", "1s"))
+        .await
+        .unwrap();
+    // The agent declares the metrics port; a proxy sidecar next to it does not.
+    let mut with_sidecar = deployment("agent", 1);
+    let template = with_sidecar.spec.template.spec.as_mut().unwrap();
+    template
+        .containers
+        .push(serde_json::from_value(serde_json::json!({"name": "proxy", "image": "proxy"})).unwrap());
+    let agents = s.deploy_agents(with_sidecar, &[Some(&[])]).await;
+    let (pod, agent) = (&agents[0].0, agents[0].1.as_ref().unwrap());
+    agent.spend("gpt-4o-mini", 100, 0);
+    s.wait_used("b", 100).await;
+
+    // The sidecar restarts (the kubelet says so); the agent's counters go on.
+    let now = jiff::Timestamp::now().to_string();
+    let status = |proxy_restarts: i32, proxy_started: &str| {
+        serde_json::json!({"status": {"containerStatuses": [
+            {"name": "agent", "ready": true, "restartCount": 0, "image": "agent:latest", "imageID": "agent",
+             "started": true, "state": {"running": {"startedAt": now}}},
+            {"name": "proxy", "ready": true, "restartCount": proxy_restarts, "image": "proxy", "imageID": "proxy",
+             "started": true, "state": {"running": {"startedAt": proxy_started}}},
+        ]}})
+    };
+    // At the next full second: after every scrape so far, even though the API server keeps
+    // whole seconds only.
+    let ceil = jiff::TimestampRound::new()
+        .smallest(jiff::Unit::Second)
+        .mode(jiff::RoundMode::Ceil);
+    let restarted = (jiff::Timestamp::now() + jiff::SignedDuration::from_millis(1))
+        .round(ceil)
+        .unwrap()
+        .to_string();
+    s.pods
+        .patch_status(pod, &PatchParams::default(), &Patch::Merge(&status(3, &restarted)))
+        .await
+        .unwrap();
+    agent.spend("gpt-4o-mini", 1, 0);
+    s.wait_used("b", 101).await;
+    // Cycles that saw the sidecar's restart still count only the agent's increases.
+    let counted_at = jiff::Timestamp::now();
+    let bb = wait_for(&s.bindings, "bb", "two more cycles", |bb| {
+        bb.status
+            .as_ref()
+            .and_then(|st| st.last_scrape_time.as_deref())
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .is_some_and(|t| t > counted_at + jiff::SignedDuration::from_secs(2))
+    })
+    .await;
+    assert_eq!(bb.status.unwrap().used_tokens, Some(101));
+    assert_eq!(used(&s.budgets.get("b").await.unwrap()), 101);
+}
+
+#[tokio::test]
 async fn two_bindings_on_one_pod_count_it_once() {
     let s = Scenario::new("dedup").await;
     s.budgets

@@ -517,15 +517,16 @@ pub async fn cycle(
         let pod_name = pod.name_any();
         match result {
             Ok(usage) => {
+                let container = workloads::metrics_container(pod, &bindings[index].spec.metrics.port);
                 let observation = PodObservation {
                     uid: &pod_uid,
                     name: &pod_name,
                     binding: &reports[index].name,
                     workload: (bound.workload.kind, &bound.workload.name),
-                    restarts: workloads::restarts(pod),
+                    restarts: workloads::restarts(pod, container),
                     started_at: pod.status.as_ref().and_then(|s| s.start_time.as_ref()).map(|t| t.0),
                     binding_created: created,
-                    container_started: workloads::container_started(pod),
+                    container_started: workloads::container_started(pod, container),
                     scraped_at: answered,
                 };
                 account.ledger.observe(&observation, &usage);

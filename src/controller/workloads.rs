@@ -15,7 +15,7 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, ReplicaSet, StatefulSet},
         batch::v1::{CronJob, Job},
-        core::v1::Pod,
+        core::v1::{ContainerStatus, Pod},
     },
     apimachinery::pkg::{
         apis::meta::v1::{LabelSelector, ObjectMeta},
@@ -183,20 +183,42 @@ pub fn endpoint(pod: &Pod, port: &IntOrString) -> Result<(String, u16), Unscrapa
     Ok((ip, port))
 }
 
-/// The sum of the restart counts of a pod's containers (rule 2: a restart resets counters).
-pub fn restarts(pod: &Pod) -> u64 {
+/// The container that serves the metrics: the one that declares the port (by name or by
+/// number). `None` when no container declares it (a number need not be declared).
+pub fn metrics_container<'a>(pod: &'a Pod, port: &IntOrString) -> Option<&'a str> {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .find(|c| {
+            c.ports.iter().flatten().any(|p| match port {
+                IntOrString::String(name) => p.name.as_deref() == Some(name.as_str()),
+                IntOrString::Int(n) => p.container_port == *n,
+            })
+        })
+        .map(|c| c.name.as_str())
+}
+
+/// The statuses of the metrics container, or of every container when it is not known.
+fn statuses<'a>(pod: &'a Pod, container: Option<&'a str>) -> impl Iterator<Item = &'a ContainerStatus> {
     pod.status
         .iter()
         .flat_map(|s| s.container_statuses.iter().flatten())
+        .filter(move |c| container.is_none_or(|name| c.name == name))
+}
+
+/// The restart count of the metrics container (rule 2: a restart resets its counters), or
+/// the sum over the pod's containers when it is not known. A sidecar's restarts are not the
+/// agent's: its counters did not start again.
+pub fn restarts(pod: &Pod, container: Option<&str>) -> u64 {
+    statuses(pod, container)
         .map(|c| u64::try_from(c.restart_count).unwrap_or(0))
         .sum()
 }
 
-/// When the pod's newest running container started, from its status.
-pub fn container_started(pod: &Pod) -> Option<jiff::Timestamp> {
-    pod.status
-        .iter()
-        .flat_map(|s| s.container_statuses.iter().flatten())
+/// When the metrics container (or, when it is not known, the pod's newest running
+/// container) started, from its status.
+pub fn container_started(pod: &Pod, container: Option<&str>) -> Option<jiff::Timestamp> {
+    statuses(pod, container)
         .filter_map(|c| c.state.as_ref()?.running.as_ref()?.started_at.as_ref())
         .map(|t| t.0)
         .max()
@@ -422,7 +444,40 @@ mod tests {
             Err(Unscrapable::NoSuchPort("http".into()))
         );
         assert_eq!(endpoint(&p, &IntOrString::Int(8080)), Ok(("10.1.1.1".into(), 8080)));
-        assert_eq!(restarts(&p), 2);
+        assert_eq!(restarts(&p, None), 2);
+    }
+
+    #[test]
+    fn a_sidecar_restart_is_not_the_metrics_containers() {
+        let p: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [
+                {"name": "agent", "ports": [{"name": "metrics", "containerPort": 9464}]},
+                {"name": "proxy", "ports": [{"containerPort": 15090}]},
+            ]},
+            "status": {"containerStatuses": [
+                {"name": "agent", "restartCount": 1, "ready": true, "image": "a", "imageID": "a",
+                 "state": {"running": {"startedAt": "2026-11-10T00:00:00Z"}}},
+                {"name": "proxy", "restartCount": 4, "ready": true, "image": "p", "imageID": "p",
+                 "state": {"running": {"startedAt": "2026-11-10T05:00:00Z"}}},
+            ]},
+        }))
+        .unwrap();
+        let agent = metrics_container(&p, &IntOrString::String("metrics".into()));
+        assert_eq!(agent, Some("agent"));
+        assert_eq!(restarts(&p, agent), 1);
+        assert_eq!(
+            container_started(&p, agent).map(|t| t.to_string()).as_deref(),
+            Some("2026-11-10T00:00:00Z")
+        );
+        assert_eq!(metrics_container(&p, &IntOrString::Int(15090)), Some("proxy"));
+        // A port no container declares: every container counts.
+        assert_eq!(metrics_container(&p, &IntOrString::Int(8080)), None);
+        assert_eq!(restarts(&p, None), 5);
+        assert_eq!(
+            container_started(&p, None).map(|t| t.to_string()).as_deref(),
+            Some("2026-11-10T05:00:00Z")
+        );
     }
 
     #[test]
