@@ -419,7 +419,8 @@ pub struct PodLedger {
     pub binding: String,
     /// The workload the pod belongs to.
     pub workload: PodWorkload,
-    /// The sum of the pod's container restart counts at its last successful scrape.
+    /// The restart count of the pod's metrics container (the one that declares the binding's
+    /// port; of all its containers together when none does) at its last successful scrape.
     #[serde(default, skip_serializing_if = "is_zero")]
     #[schemars(range(min = 0))]
     pub restarts: i64,
