@@ -64,6 +64,20 @@ struct Scenario {
 }
 
 impl Scenario {
+    /// Waits for a cycle of the binding's budget that started more than `after` from now:
+    /// once the cycles running now are over, what it says is what full cycles say.
+    async fn wait_cycle_after(&self, binding: &str, after: jiff::SignedDuration) -> BudgetBinding {
+        let since = jiff::Timestamp::now() + after;
+        wait_for(&self.bindings, binding, &format!("a cycle after {since}"), |bb| {
+            bb.status
+                .as_ref()
+                .and_then(|st| st.last_scrape_time.as_deref())
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .is_some_and(|t| t > since)
+        })
+        .await
+    }
+
     /// A namespace with the operator binary running in it.
     async fn new(test: &str) -> Self {
         let mut s = Self::without_operator(test).await;
@@ -280,41 +294,40 @@ async fn a_sidecar_restart_does_not_count_the_agent_again() {
     agent.spend("gpt-4o-mini", 100, 0);
     s.wait_used("b", 100).await;
 
-    // The sidecar restarts (the kubelet says so); the agent's counters go on.
-    let now = jiff::Timestamp::now().to_string();
-    let status = |proxy_restarts: i32, proxy_started: &str| {
-        serde_json::json!({"status": {"containerStatuses": [
-            {"name": "agent", "ready": true, "restartCount": 0, "image": "agent:latest", "imageID": "agent",
-             "started": true, "state": {"running": {"startedAt": now}}},
-            {"name": "proxy", "ready": true, "restartCount": proxy_restarts, "image": "proxy", "imageID": "proxy",
-             "started": true, "state": {"running": {"startedAt": proxy_started}}},
-        ]}})
-    };
-    // At the next full second: after every scrape so far, even though the API server keeps
-    // whole seconds only.
+    // The sidecar restarts (the kubelet says so); the agent's counters go on. It restarted at
+    // the next full second: after every scrape so far, even though the API server keeps whole
+    // seconds only.
     let ceil = jiff::TimestampRound::new()
         .smallest(jiff::Unit::Second)
         .mode(jiff::RoundMode::Ceil);
     let restarted = (jiff::Timestamp::now() + jiff::SignedDuration::from_millis(1))
         .round(ceil)
+        .unwrap();
+    let mut statuses = s
+        .pods
+        .get(pod)
+        .await
         .unwrap()
-        .to_string();
+        .status
+        .unwrap()
+        .container_statuses
+        .unwrap();
+    statuses.push(
+        serde_json::from_value(serde_json::json!({
+            "name": "proxy", "ready": true, "restartCount": 3, "image": "proxy", "imageID": "proxy",
+            "started": true, "state": {"running": {"startedAt": restarted.to_string()}}
+        }))
+        .unwrap(),
+    );
+    let status = serde_json::json!({"status": {"containerStatuses": statuses}});
     s.pods
-        .patch_status(pod, &PatchParams::default(), &Patch::Merge(&status(3, &restarted)))
+        .patch_status(pod, &PatchParams::default(), &Patch::Merge(&status))
         .await
         .unwrap();
     agent.spend("gpt-4o-mini", 1, 0);
     s.wait_used("b", 101).await;
     // Cycles that saw the sidecar's restart still count only the agent's increases.
-    let counted_at = jiff::Timestamp::now();
-    let bb = wait_for(&s.bindings, "bb", "two more cycles", |bb| {
-        bb.status
-            .as_ref()
-            .and_then(|st| st.last_scrape_time.as_deref())
-            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-            .is_some_and(|t| t > counted_at + jiff::SignedDuration::from_secs(2))
-    })
-    .await;
+    let bb = s.wait_cycle_after("bb", jiff::SignedDuration::from_secs(2)).await;
     assert_eq!(bb.status.unwrap().used_tokens, Some(101));
     assert_eq!(used(&s.budgets.get("b").await.unwrap()), 101);
 }
@@ -553,15 +566,7 @@ async fn hostile_endpoints_are_reported_and_never_corrupt_the_usage() {
     s.wait_used("b", 1904).await;
 
     // Another full cycle over every bad endpoint changes nothing.
-    let counted_at = jiff::Timestamp::now();
-    let bb = wait_for(&s.bindings, "counting", "one more full cycle", |bb| {
-        bb.status
-            .as_ref()
-            .and_then(|st| st.last_scrape_time.as_deref())
-            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-            .is_some_and(|t| t > counted_at + jiff::SignedDuration::from_secs(1))
-    })
-    .await;
+    let bb = s.wait_cycle_after("counting", jiff::SignedDuration::from_secs(1)).await;
     let st = bb.status.unwrap();
     assert_eq!(st.used_tokens, Some(1904));
     // The Pending pod is among the binding's pods, but no failure: never named, no Event.

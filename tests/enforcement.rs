@@ -415,17 +415,7 @@ async fn jobs_and_cron_jobs_are_paused_and_resumed() {
     let jobs: Api<k8s_openapi::api::batch::v1::Job> = s.ns.api(&s.client);
     // A batch/v1beta1 CronJob where the server is older than 1.21 (the testbed), batch/v1 on
     // newer ones: the operator reads and writes whichever the server has.
-    let batch = if s
-        .client
-        .apiserver_version()
-        .await
-        .unwrap()
-        .minor
-        .trim_end_matches('+')
-        .parse::<u32>()
-        .unwrap()
-        < 21
-    {
+    let batch = if server_minor(&s.client).await < 21 {
         "batch/v1beta1"
     } else {
         "batch/v1"

@@ -132,15 +132,11 @@ impl Tenant {
 /// autoscaling/v2 where the server has it (1.23 and later), v2beta2 before (the testbed's
 /// 1.20): the same spec and status either way.
 async fn hpa_api(client: &Client, ns: &str) -> Api<DynamicObject> {
-    let minor: u32 = client
-        .apiserver_version()
-        .await
-        .expect("server version")
-        .minor
-        .trim_end_matches('+')
-        .parse()
-        .expect("a numeric minor version");
-    let version = if minor >= 23 { "v2" } else { "v2beta2" };
+    let version = if server_minor(client).await >= 23 {
+        "v2"
+    } else {
+        "v2beta2"
+    };
     let resource = ApiResource {
         group: "autoscaling".into(),
         version: version.into(),

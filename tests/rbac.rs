@@ -484,15 +484,7 @@ async fn the_chart_rbac_is_enough_for_everything_the_operator_does_and_no_more()
     let bindings: Api<BudgetBinding> = ns.api(&admin);
     let quotas: Api<ResourceQuota> = ns.api(&admin);
     let events: Api<Event> = ns.api(&admin);
-    let modern_batch = admin
-        .apiserver_version()
-        .await
-        .unwrap()
-        .minor
-        .trim_end_matches('+')
-        .parse::<u32>()
-        .unwrap()
-        >= 21;
+    let modern_batch = server_minor(&admin).await >= 21;
     let cron_resource = if modern_batch {
         ApiResource::erase::<k8s_openapi::api::batch::v1::CronJob>(&())
     } else {

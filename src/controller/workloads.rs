@@ -15,7 +15,7 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, ReplicaSet, StatefulSet},
         batch::v1::{CronJob, Job},
-        core::v1::{ContainerStatus, Pod},
+        core::v1::{Container, ContainerPort, ContainerStatus, Pod},
     },
     apimachinery::pkg::{
         apis::meta::v1::{LabelSelector, ObjectMeta},
@@ -171,31 +171,29 @@ pub fn endpoint(pod: &Pod, port: &IntOrString) -> Result<(String, u16), Unscrapa
         .ok_or(Unscrapable::NoIp)?;
     let port = match port {
         IntOrString::Int(p) => u16::try_from(*p).map_err(|_| Unscrapable::NoSuchPort(p.to_string()))?,
-        IntOrString::String(name) => pod
-            .spec
-            .iter()
-            .flat_map(|s| s.containers.iter())
-            .flat_map(|c| c.ports.iter().flatten())
-            .find(|p| p.name.as_deref() == Some(name.as_str()))
-            .and_then(|p| u16::try_from(p.container_port).ok())
+        IntOrString::String(name) => declared(pod, port)
+            .and_then(|(_, p)| u16::try_from(p.container_port).ok())
             .ok_or_else(|| Unscrapable::NoSuchPort(name.clone()))?,
     };
     Ok((ip, port))
 }
 
-/// The container that serves the metrics: the one that declares the port (by name or by
-/// number). `None` when no container declares it (a number need not be declared).
-pub fn metrics_container<'a>(pod: &'a Pod, port: &IntOrString) -> Option<&'a str> {
+/// The first container port that matches `port` (by name or by number), with its container.
+fn declared<'a>(pod: &'a Pod, port: &IntOrString) -> Option<(&'a Container, &'a ContainerPort)> {
     pod.spec
         .iter()
         .flat_map(|s| s.containers.iter())
-        .find(|c| {
-            c.ports.iter().flatten().any(|p| match port {
-                IntOrString::String(name) => p.name.as_deref() == Some(name.as_str()),
-                IntOrString::Int(n) => p.container_port == *n,
-            })
+        .flat_map(|c| c.ports.iter().flatten().map(move |p| (c, p)))
+        .find(|(_, p)| match port {
+            IntOrString::String(name) => p.name.as_deref() == Some(name.as_str()),
+            IntOrString::Int(n) => p.container_port == *n,
         })
-        .map(|c| c.name.as_str())
+}
+
+/// The container that serves the metrics: the one that declares the port (by name or by
+/// number). `None` when no container declares it (a number need not be declared).
+pub fn metrics_container<'a>(pod: &'a Pod, port: &IntOrString) -> Option<&'a str> {
+    declared(pod, port).map(|(c, _)| c.name.as_str())
 }
 
 /// The statuses of the metrics container, or of every container when it is not known.

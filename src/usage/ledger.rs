@@ -47,15 +47,16 @@ pub struct PodObservation<'a> {
     pub binding: &'a str,
     /// The workload the pod belongs to.
     pub workload: (WorkloadKind, &'a str),
-    /// The sum of the `restartCount`s of the pod's containers.
+    /// The `restartCount` of the pod's metrics container (of all its containers together when
+    /// that is not known).
     pub restarts: u64,
     /// `status.startTime`; `None` (not started yet) makes a new pod a baseline only.
     pub started_at: Option<Timestamp>,
     /// `metadata.creationTimestamp` of the binding that scraped it.
     pub binding_created: Timestamp,
-    /// When the pod's newest running container started (`state.running.startedAt`), if
-    /// known: tells a restart that an earlier scrape already saw (reported late by the
-    /// kubelet) from one that came after it.
+    /// When that container started (`state.running.startedAt`), if known: tells a restart
+    /// that an earlier scrape already saw (reported late by the kubelet) from one that came
+    /// after it.
     pub container_started: Option<Timestamp>,
     /// When the scrape's answer was in (no earlier than the moment the pod answered).
     pub scraped_at: Timestamp,
@@ -68,7 +69,7 @@ struct PodEntry {
     /// The owner: the binding that first counted the pod.
     binding: String,
     workload: (WorkloadKind, String),
-    /// The largest restart sum seen at a successful scrape.
+    /// The largest restart count seen at a successful scrape.
     restarts: u64,
     /// Model -> last-seen [input, output]; 0 means absent, and a model with [0, 0] is removed.
     counters: BTreeMap<String, [u64; 2]>,

@@ -100,6 +100,18 @@ pub async fn wait_scraped(bindings: &Api<tokenbudget::api::BudgetBinding>, name:
     .await;
 }
 
+/// The API server's minor version (`20` for the testbed's 1.20).
+pub async fn server_minor(client: &Client) -> u32 {
+    client
+        .apiserver_version()
+        .await
+        .expect("server version")
+        .minor
+        .trim_end_matches('+')
+        .parse()
+        .expect("a numeric minor version")
+}
+
 /// A namespace for one test, deleted when the test ends.
 pub struct TestNamespace {
     pub name: String,
