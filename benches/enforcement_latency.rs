@@ -63,31 +63,27 @@ use std::{
 };
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::{
-    api::{
-        apps::v1::Deployment,
-        core::v1::{ConfigMap, Namespace, Pod},
-    },
-    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{ConfigMap, Namespace, Pod},
 };
 use kube::{
-    Api, Client, Resource, ResourceExt,
+    Api, Client, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams},
-    runtime::{
-        WatchStreamExt,
-        wait::{await_condition, conditions},
-        watcher,
-    },
+    runtime::{WatchStreamExt, wait::await_condition, watcher},
 };
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokenbudget::api::{BudgetBinding, TokenBudget};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+// The integration tests' helpers: CRDs, waits, the kubelet's part.
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::{delete, deployment, ensure_crds, run_pod, wait_for, wait_gone, within};
+
 /// The goal: p99 of the operator's own measurement.
 const GOAL_P99_S: f64 = 0.200;
-/// How long any awaited step of a run may take.
-const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 const AGENT_PORT: u16 = 9464;
 const STATE: &str = "tokenbudget.io/state";
 const SUM: &str = "tokenbudget_enforcement_latency_seconds_sum";
@@ -280,14 +276,17 @@ impl Operator {
     }
 
     async fn wait_ready(&self) {
-        within("the operator's /readyz to answer 200", async {
-            loop {
-                if matches!(http(self.address, "GET", "/readyz").await, Ok((200, _))) {
-                    return;
+        within(
+            async {
+                loop {
+                    if matches!(http(self.address, "GET", "/readyz").await, Ok((200, _))) {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
+            },
+            "the operator's /readyz to answer 200",
+        )
         .await
     }
 
@@ -378,76 +377,8 @@ fn agent_ip(n: usize, r: usize) -> String {
 // Kubernetes helpers
 // ---------------------------------------------------------------------------------------------
 
-async fn within<F: Future>(what: &str, future: F) -> F::Output {
-    tokio::time::timeout(STEP_TIMEOUT, future)
-        .await
-        .unwrap_or_else(|_| panic!("timed out after {STEP_TIMEOUT:?} waiting for {what}"))
-}
-
-/// Waits (through a watch) until the object satisfies `cond`.
-async fn wait_for<K>(api: &Api<K>, name: &str, what: &str, cond: impl Fn(&K) -> bool) -> K
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
-{
-    within(
-        what,
-        await_condition(api.clone(), name, move |o: Option<&K>| o.is_some_and(&cond)),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("watching for {what}: {e}"))
-    .expect("the condition holds for an existing object")
-}
-
-async fn wait_gone<K>(api: &Api<K>, name: &str, what: &str)
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
-{
-    within(what, await_condition(api.clone(), name, |o: Option<&K>| o.is_none()))
-        .await
-        .unwrap_or_else(|e| panic!("watching for {what}: {e}"));
-}
-
-/// Installs (server-side applies) the operator's CRDs and waits until they are served.
-async fn ensure_crds(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for (_, yaml) in tokenbudget::crds::all() {
-        let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml).expect("a generated CRD parses");
-        let name = crd.name_any();
-        crds.patch(
-            &name,
-            &PatchParams::apply("tokenbudget-bench").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("installing the CRD {name}: {e}"));
-        within(
-            "the CRDs to be established",
-            await_condition(crds.clone(), &name, conditions::is_crd_established()),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("watching the CRD {name}: {e}"));
-    }
-}
-
 fn from_json<T: DeserializeOwned>(value: serde_json::Value) -> T {
     serde_json::from_value(value).expect("a valid object")
-}
-
-fn deployment(name: &str, replicas: usize) -> Deployment {
-    from_json(json!({
-        "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{
-                    "name": "agent", "image": "agent:latest",
-                    "ports": [{"name": "metrics", "containerPort": AGENT_PORT}]
-                }]}
-            }
-        }
-    }))
 }
 
 /// Waits for the Deployment's `count` pods (the controller-manager creates them) and returns
@@ -457,51 +388,27 @@ async fn pods_of(pods: &Api<Pod>, app: &str, count: usize) -> Vec<String> {
     let stream = watcher(pods.clone(), config).applied_objects();
     let mut stream = std::pin::pin!(stream);
     let mut names = std::collections::BTreeSet::new();
-    within("the controller-manager to create the pods", async {
-        loop {
-            match stream.try_next().await {
-                Ok(Some(pod)) if pod.metadata.deletion_timestamp.is_none() => {
-                    names.insert(pod.name_any());
-                    if names.len() == count {
-                        return names.into_iter().collect();
+    within(
+        async {
+            loop {
+                match stream.try_next().await {
+                    Ok(Some(pod)) if pod.metadata.deletion_timestamp.is_none() => {
+                        names.insert(pod.name_any());
+                        if names.len() == count {
+                            return names.into_iter().collect();
+                        }
                     }
+                    Ok(Some(_)) => {}
+                    Ok(None) => panic!("the pod watch ended"),
+                    Err(e) => panic!("watching pods: {e}"),
                 }
-                Ok(Some(_)) => {}
-                Ok(None) => panic!("the pod watch ended"),
-                Err(e) => panic!("watching pods: {e}"),
             }
-        }
-    })
+        },
+        "the controller-manager to create the pods",
+    )
     .await
 }
 
-/// Plays the kubelet for one pod: Running and Ready, with this IP.
-async fn run_pod(pods: &Api<Pod>, name: &str, ip: &str) {
-    let now = jiff::Timestamp::now().to_string();
-    let status = json!({"status": {
-        "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "startTime": now,
-        "conditions": [{"type": "Ready", "status": "True"}],
-        "containerStatuses": [{"name": "agent", "ready": true, "restartCount": 0, "image": "agent:latest",
-            "imageID": "agent", "started": true, "state": {"running": {"startedAt": now}}}]
-    }});
-    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .unwrap_or_else(|e| panic!("patching the status of pod {name}: {e}"));
-}
-
-async fn delete<K>(api: &Api<K>, name: &str)
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
-{
-    match api.delete(name, &DeleteParams::background()).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 404 => {}
-        Err(e) => panic!("deleting {name}: {e}"),
-    }
-}
-
-/// How long one small write takes on this cluster, seen by this client: `count` merge
-/// patches of an annotation on a ConfigMap, sorted, in seconds.
 async fn write_latency(client: &Client, namespace: &str, count: usize) -> Vec<f64> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let name = "write-latency";
@@ -622,14 +529,17 @@ async fn run(client: &Client, fixture: &Fixture, n: usize, options: &Options) ->
     let (app, budget, binding) = (format!("agent-{n}"), format!("budget-{n}"), format!("binding-{n}"));
 
     deployments
-        .create(&PostParams::default(), &deployment(&app, options.replicas))
+        .create(
+            &PostParams::default(),
+            &deployment(&app, i32::try_from(options.replicas).expect("a replica count")),
+        )
         .await
         .unwrap_or_else(|e| panic!("creating Deployment {app}: {e}"));
     let mut agents = Vec::with_capacity(options.replicas);
     let pod_names = pods_of(&pods, &app, options.replicas).await;
     for (r, pod) in pod_names.iter().enumerate() {
         let agent = Agent::start(&agent_ip(n, r));
-        run_pod(&pods, pod, &agent.ip).await;
+        run_pod(&pods, pod, &agent.ip, 0).await;
         agents.push(agent);
     }
     budgets
@@ -703,39 +613,45 @@ async fn run(client: &Client, fixture: &Fixture, n: usize, options: &Options) ->
     // The operator's first write (the exhausted state and the paused count, in annotations)
     // comes before the scale: the gap between the two events is one write, seen from outside.
     let mut marked: Option<Duration> = None;
-    let (end_to_end, marked) = within("the Deployment scaled to 0", async {
-        loop {
-            match events.try_next().await {
-                Ok(Some(WatchEvent::Added(d) | WatchEvent::Modified(d))) if d.spec.replicas == Some(0) => {
-                    let now = start.elapsed();
-                    return (now, marked.unwrap_or(now));
+    let (end_to_end, marked) = within(
+        async {
+            loop {
+                match events.try_next().await {
+                    Ok(Some(WatchEvent::Added(d) | WatchEvent::Modified(d))) if d.spec.replicas == Some(0) => {
+                        let now = start.elapsed();
+                        return (now, marked.unwrap_or(now));
+                    }
+                    Ok(Some(WatchEvent::Added(d) | WatchEvent::Modified(d)))
+                        if marked.is_none() && d.annotations().get(STATE).map(String::as_str) == Some("exhausted") =>
+                    {
+                        marked = Some(start.elapsed());
+                    }
+                    Ok(Some(WatchEvent::Error(e))) => panic!("the Deployment watch failed: {e:?}"),
+                    Ok(Some(_)) => {}
+                    Ok(None) => panic!("the Deployment watch ended before the scale-down"),
+                    Err(e) => panic!("watching the Deployment: {e}"),
                 }
-                Ok(Some(WatchEvent::Added(d) | WatchEvent::Modified(d)))
-                    if marked.is_none() && d.annotations().get(STATE).map(String::as_str) == Some("exhausted") =>
-                {
-                    marked = Some(start.elapsed());
-                }
-                Ok(Some(WatchEvent::Error(e))) => panic!("the Deployment watch failed: {e:?}"),
-                Ok(Some(_)) => {}
-                Ok(None) => panic!("the Deployment watch ended before the scale-down"),
-                Err(e) => panic!("watching the Deployment: {e}"),
             }
-        }
-    })
+        },
+        "the Deployment scaled to 0",
+    )
     .await;
     drop(events);
 
     // The operator observes the latency after the workload's writes and its pod's annotation,
     // so the count may move a moment after the watch event. Its endpoint has no watch: poll.
-    let (sum_after, count_after) = within("the operator to record the scale-down", async {
-        loop {
-            let now = operator.latency().await;
-            if now.1 != count_before {
-                return now;
+    let (sum_after, count_after) = within(
+        async {
+            loop {
+                let now = operator.latency().await;
+                if now.1 != count_before {
+                    return now;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
+        },
+        "the operator to record the scale-down",
+    )
     .await;
     assert_eq!(
         count_after,

@@ -384,20 +384,8 @@ async fn freeze_quota_blocks_new_pods_and_deleting_the_binding_or_the_budget_res
     )
     .await;
     assert_eq!(annotation(&d.metadata, PAUSED_REPLICAS), None);
-    within(
-        kube::runtime::wait::await_condition(s.budgets.clone(), "research", |tb: Option<&TokenBudget>| tb.is_none()),
-        "the budget to be gone",
-    )
-    .await
-    .unwrap();
-    within(
-        kube::runtime::wait::await_condition(quotas.clone(), "tokenbudget-research", |q: Option<&ResourceQuota>| {
-            q.is_none()
-        }),
-        "the quota to be gone",
-    )
-    .await
-    .unwrap();
+    wait_gone(&s.budgets, "research", "the budget to be gone").await;
+    wait_gone(&quotas, "tokenbudget-research", "the quota to be gone").await;
     let out = kubectl(
         &["run", "welcome", "--image=busybox", "--restart=Never", "-n", &s.ns.name],
         None,
@@ -575,12 +563,7 @@ async fn a_quota_the_budget_does_not_own_is_left_alone_and_does_not_block_its_de
 
     // Deleting the budget leaves the quota and is not held up by it (the finalizer goes).
     delete(&s.budgets, "research").await;
-    within(
-        kube::runtime::wait::await_condition(s.budgets.clone(), "research", |tb: Option<&TokenBudget>| tb.is_none()),
-        "the budget to be gone",
-    )
-    .await
-    .unwrap();
+    wait_gone(&s.budgets, "research", "the budget to be gone").await;
     untouched(
         &quotas.get("tokenbudget-research").await.unwrap(),
         "after the budget's deletion",

@@ -692,22 +692,8 @@ async fn the_chart_rbac_is_enough_for_everything_the_operator_does_and_no_more()
 
         // The budget deleted: the finalizer restores, deletes the quota, and lets go.
         delete(&budgets, "research").await;
-        within(
-            kube::runtime::wait::await_condition(budgets.clone(), "research", |tb: Option<&TokenBudget>| tb.is_none()),
-            "the budget to be gone (its finalizer released)",
-        )
-        .await
-        .unwrap();
-        within(
-            kube::runtime::wait::await_condition(
-                quotas.clone(),
-                "tokenbudget-research",
-                |q: Option<&ResourceQuota>| q.is_none(),
-            ),
-            "the quota to be gone",
-        )
-        .await
-        .unwrap();
+        wait_gone(&budgets, "research", "the budget to be gone (its finalizer released)").await;
+        wait_gone(&quotas, "tokenbudget-research", "the quota to be gone").await;
         wait_for(&deployments, "agent", "the Deployment unmarked", |d| {
             d.metadata.annotations.as_ref().is_none_or(|a| !a.contains_key(BUDGET))
         })

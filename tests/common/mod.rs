@@ -100,6 +100,16 @@ pub async fn wait_scraped(bindings: &Api<tokenbudget::api::BudgetBinding>, name:
     .await;
 }
 
+/// Waits (through a watch) until the object is gone.
+pub async fn wait_gone<K>(api: &Api<K>, name: &str, what: &str)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    within(await_condition(api.clone(), name, |o: Option<&K>| o.is_none()), what)
+        .await
+        .unwrap_or_else(|e| panic!("watching for {what}: {e}"));
+}
+
 /// The API server's minor version (`20` for the testbed's 1.20).
 pub async fn server_minor(client: &Client) -> u32 {
     client
