@@ -10,21 +10,18 @@ other tests.
     .venv/bin/python hack/chart-install-sa.py uninstall RELEASE NAMESPACE
 
 install: installs the chart as RELEASE into NAMESPACE (which must exist) with
-`crds.install=false` (the tests install the CRDs), waits for the ServiceAccount's token (the
-Secret the controller-manager creates up to Kubernetes 1.23; a TokenRequest on newer servers),
-writes a kubeconfig with the cluster of the current KUBECONFIG context and that token to
+`crds.install=false` (the tests install the CRDs), asks the TokenRequest API for a token of its
+ServiceAccount, writes a kubeconfig with the cluster of the current KUBECONFIG context and that token to
 KUBECONFIG_OUT, and prints one JSON line: {"serviceAccount": ..., "namespace": ..., "kubeconfig": ...}.
 uninstall: removes the release (no error if it is not there).
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import helm_python as helm
@@ -32,7 +29,6 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "charts" / "tokenbudget-operator"
-TOKEN_WAIT_SECONDS = 60
 
 
 def kubectl(*args: str, input_text: str | None = None) -> str:
@@ -56,43 +52,13 @@ def service_account(manifest: str) -> str:
     return accounts[0]
 
 
-def server_minor() -> int:
-    version = json.loads(kubectl("version", "-o", "json")).get("serverVersion", {})
-    return int("".join(c for c in version.get("minor", "0") if c.isdigit()) or 0)
-
-
-def secret_token(namespace: str, account: str) -> str | None:
-    """The token of the ServiceAccount's token Secret, once the controller-manager has made it."""
-    secrets = json.loads(kubectl("get", "secrets", "-n", namespace, "-o", "json"))["items"]
-    for secret in secrets:
-        annotations = secret["metadata"].get("annotations", {})
-        if (secret.get("type") == "kubernetes.io/service-account-token"
-                and annotations.get("kubernetes.io/service-account.name") == account
-                and secret.get("data", {}).get("token")):
-            return base64.b64decode(secret["data"]["token"]).decode()
-    return None
-
-
-def requested_token(namespace: str, account: str) -> str:
-    """A token from the TokenRequest API (Kubernetes 1.24+ makes no token Secrets)."""
+def token(namespace: str, account: str) -> str:
+    """A token of the ServiceAccount from the TokenRequest API, valid for an hour."""
     request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
                "spec": {"expirationSeconds": 3600}}
     out = kubectl("create", "--raw", f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token",
                   "-f", "-", input_text=json.dumps(request))
     return json.loads(out)["status"]["token"]
-
-
-def token(namespace: str, account: str) -> str:
-    if server_minor() >= 24:
-        return requested_token(namespace, account)
-    deadline = time.monotonic() + TOKEN_WAIT_SECONDS
-    while time.monotonic() < deadline:
-        found = secret_token(namespace, account)
-        if found:
-            return found
-        time.sleep(0.2)
-    raise SystemExit(f"no token Secret for ServiceAccount {namespace}/{account} after {TOKEN_WAIT_SECONDS}s: "
-                     "is the controller-manager running with --service-account-private-key-file?")
 
 
 def write_kubeconfig(path: Path, account: str, bearer: str) -> None:

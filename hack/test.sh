@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Runs every check: formatting, lints, unit tests, then the Helm chart's tests and the
-# integration tests against a real Kubernetes control plane (hack/testbed.sh, its own instance
-# under .testbed-test/), then the demo once on a testbed of its own. Stops whatever it started.
-# This is what CI runs.
+# integration tests against a real Kubernetes control plane of the newest supported version
+# (hack/testbed.sh, its own instance under .testbed-test/), the accounting and enforcement
+# suites again on the oldest supported version (docs/compatibility.md), then the demo once on
+# a testbed of its own. Stops whatever it started. This is what CI runs.
+#
+# Environment: TESTBED_K8S_VERSION (the newest, default: hack/testbed.sh's) and
+# COMPAT_K8S_VERSION (the oldest supported; "skip" leaves that run out, for a quick local run).
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 
 step() { printf '\n==> %s\n' "$*"; }
 SECONDS=0
+COMPAT_K8S_VERSION=${COMPAT_K8S_VERSION:-1.34.4}
 
 # The chart tests' Python packages (hack/chart-test-requirements.txt), in .venv/ (not in git).
 chart_test_venv() {
@@ -24,6 +29,7 @@ chart_test_venv() {
 
 step "installing what the tests need"
 hack/testbed.sh install
+if [ "$COMPAT_K8S_VERSION" != skip ]; then TESTBED_K8S_VERSION=$COMPAT_K8S_VERSION hack/testbed.sh install; fi
 chart_test_venv
 
 step "cargo fmt --check"
@@ -36,21 +42,36 @@ step "unit tests"
 cargo test --locked --lib --bins
 
 export TESTBED_DIR=$REPO/.testbed-test
+COMPAT_DIR=$REPO/.testbed-compat
 started=
 cleanup() {
   if [ -n "$started" ]; then hack/testbed.sh down || true; fi
+  TESTBED_DIR=$COMPAT_DIR hack/testbed.sh down >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 if ! hack/testbed.sh status >/dev/null 2>&1; then started=1; fi
 step "starting the testbed"
 hack/testbed.sh up
 eval "$(hack/testbed.sh env)"
+kubectl version
 
 step "Helm chart: lint, render with several value sets, install, upgrade, uninstall"
 .venv/bin/python hack/chart-test.py
 
 step "integration tests against $(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}')"
 cargo test --locked --test '*'
+
+if [ "$COMPAT_K8S_VERSION" != skip ]; then
+  step "accounting and enforcement on the oldest supported version, Kubernetes $COMPAT_K8S_VERSION"
+  (
+    export TESTBED_DIR=$COMPAT_DIR TESTBED_K8S_VERSION=$COMPAT_K8S_VERSION
+    hack/testbed.sh up
+    eval "$(hack/testbed.sh env)"
+    kubectl version
+    cargo test --locked --test accounting --test enforcement --test schema
+    hack/testbed.sh down
+  )
+fi
 
 step "the testbed script: down without up, up twice, up after a crash"
 hack/testbed-selftest.sh

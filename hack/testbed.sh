@@ -1,24 +1,30 @@
 #!/usr/bin/env bash
-# A real Kubernetes control plane (etcd + kube-apiserver + kube-controller-manager 1.20.2) on
-# loopback, for the demo and the integration tests. Follows shared/TESTBED.md.
+# A real Kubernetes control plane (etcd + kube-apiserver + kube-controller-manager) on loopback,
+# for the demo and the integration tests. Every binary is built from Go modules (the Go module
+# proxy), the way any Go program that depends on k8s.io/kubernetes is built; nothing is
+# downloaded prebuilt. See docs/testbed.md.
 #
-#   hack/testbed.sh install   install packages, build and cache the control-plane binaries
+#   hack/testbed.sh install   build (once per version) and cache the binaries, install packages
 #   hack/testbed.sh up        install if needed, start (idempotent), wait for readiness
 #   hack/testbed.sh down      stop exactly the processes `up` started (safe without `up`)
-#   hack/testbed.sh env       print `export KUBECONFIG=...` for eval
-#   hack/testbed.sh status    say whether it runs, and where
+#   hack/testbed.sh env       print `export KUBECONFIG=... PATH=<kubectl of this version>:...`
+#   hack/testbed.sh status    say whether it runs, where, and which version
 #
 # Environment:
-#   TESTBED_DIR     state (pids, logs, certs, kubeconfig); default <repo>/.testbed
-#   TESTBED_CACHE   where the built binaries live; default ~/.cache/tokenbudget/k8s-1.20.2
+#   TESTBED_K8S_VERSION   Kubernetes version; default 1.37.2 (supported: docs/compatibility.md)
+#   TESTBED_ETCD_VERSION  etcd version; default 3.6.16
+#   TESTBED_DIR           state (pids, logs, certs, kubeconfig); default <repo>/.testbed
+#   TESTBED_CACHE         where built binaries live, one folder per version;
+#                         default ~/.cache/tokenbudget (k8s-<version>/, etcd-<version>/)
 set -euo pipefail
 
-K8S_VERSION=1.20.2
+K8S_VERSION=${TESTBED_K8S_VERSION:-1.37.2}
+ETCD_VERSION=${TESTBED_ETCD_VERSION:-3.6.16}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TESTBED_DIR=${TESTBED_DIR:-$REPO/.testbed}
-TESTBED_CACHE=${TESTBED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tokenbudget/k8s-$K8S_VERSION}
-APISERVER_BIN=$TESTBED_CACHE/kube-apiserver
-CONTROLLER_MANAGER_BIN=$TESTBED_CACHE/kube-controller-manager
+TESTBED_CACHE=${TESTBED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tokenbudget}
+K8S_BIN=$TESTBED_CACHE/k8s-$K8S_VERSION
+ETCD_BIN=$TESTBED_CACHE/etcd-$ETCD_VERSION
 ADMIN_TOKEN=admintoken
 
 log() { printf 'testbed: %s\n' "$*" >&2; }
@@ -39,45 +45,98 @@ apt_install() {
 }
 
 install_runtime() {
-  apt_install etcd-server openssl jq python3
-  if ! command -v kubectl >/dev/null 2>&1; then apt_install kubernetes-client; fi
+  local need=()
+  command -v openssl >/dev/null || need+=(openssl)
+  command -v curl >/dev/null || need+=(curl)
+  command -v python3 >/dev/null || need+=(python3)
+  [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
+}
+
+# Go 1.21 or later: it fetches the toolchain a module asks for (GOTOOLCHAIN=auto) through the
+# Go module proxy. Debian's golang-go of bookworm is 1.19, too old for that.
+check_go() {
+  command -v go >/dev/null || die "no Go toolchain on the PATH: install Go 1.21 or later (https://go.dev/doc/install)"
+  local v
+  v=$(go env GOVERSION | sed 's/^go//')
+  case "$v" in
+    1.1[0-9]*|1.20*|1.[0-9]|1.[0-9].*) die "Go $v is too old: Go 1.21 or later is needed to build Kubernetes";;
+  esac
+}
+
+# Runs `go build` of the main packages "$@" in the module of folder $work (its go.mod written by
+# the caller) with $ldflags, leaving the binaries in $work/out/.
+go_build() {
+  local work=$1; shift
+  (
+    cd "$work"
+    export GOFLAGS=-mod=mod CGO_ENABLED=0 GOTOOLCHAIN=auto
+    go build -trimpath -ldflags "$ldflags" -o "$work/out/" "$@" >>"$work/build.log" 2>&1 \
+      || { tail -n 40 "$work/build.log" >&2; exit 1; }
+  )
+}
+
+# Moves a built binary into the cache in one rename, so a cut build never leaves half a file.
+cache_binary() {
+  local from=$1 dest=$2
+  mkdir -p "$(dirname "$dest")"
+  cp "$from" "$dest.tmp" && mv "$dest.tmp" "$dest"
+}
+
+# k8s.io/kubernetes replaces each staging module (k8s.io/api, k8s.io/client-go, ...) with a
+# path inside its own tree, so it cannot be built as a dependency as it is: the module here
+# requires it and replaces each of those with the published module of the same release.
+build_kubernetes() {
+  local v=$K8S_VERSION minor work gomod pkg bin
+  minor=${v#1.}; minor=${minor%%.*}
+  work=$(mktemp -d "${TMPDIR:-/tmp}/tokenbudget-k8s-build.XXXXXX")
+  log "building kube-apiserver, kube-controller-manager and kubectl $v from Go modules (first run only)"
+  gomod=$(cd "$work" && GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@v$v" \
+    | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')
+  [ -n "$gomod" ] && [ -f "$gomod" ] || { rm -rf "$work"; die "the Go module proxy does not serve k8s.io/kubernetes v$v"; }
+  {
+    printf 'module tokenbudget.io/testbed/kubernetes\n\n'
+    grep -m1 '^go ' "$gomod"
+    printf '\nrequire k8s.io/kubernetes v%s\n\nreplace (\n' "$v"
+    sed -n '/^replace (/,/^)/p' "$gomod" \
+      | awk -v staging="v0.${v#1.}" '$2 == "=>" && $3 ~ /^\.\/staging\// {print "\t" $1 " => " $1 " " staging}'
+    printf ')\n'
+  } >"$work/go.mod"
+  # What `kubectl version` and /version report, as the release build sets it.
+  ldflags="-s -w"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=v$v -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
+  done
+  go_build "$work" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kubectl || { rm -rf "$work"; die "building Kubernetes $v failed"; }
+  for bin in kube-apiserver kube-controller-manager kubectl; do cache_binary "$work/out/$bin" "$K8S_BIN/$bin"; done
+  rm -rf "$work"
+}
+
+# etcd's server module is its main package (the binary it builds is named `server`).
+build_etcd() {
+  local work
+  work=$(mktemp -d "${TMPDIR:-/tmp}/tokenbudget-etcd-build.XXXXXX")
+  log "building etcd $ETCD_VERSION from Go modules (first run only)"
+  printf 'module tokenbudget.io/testbed/etcd\n\ngo 1.21\n\nrequire go.etcd.io/etcd/server/v3 v%s\n' "$ETCD_VERSION" >"$work/go.mod"
+  ldflags="-s -w"
+  go_build "$work" go.etcd.io/etcd/server/v3 || { rm -rf "$work"; die "building etcd $ETCD_VERSION failed"; }
+  cache_binary "$work/out/server" "$ETCD_BIN/etcd"
+  rm -rf "$work"
 }
 
 build_binaries() {
-  if [ -x "$APISERVER_BIN" ] && [ -x "$CONTROLLER_MANAGER_BIN" ]; then return 0; fi
-  log "building kube-apiserver and kube-controller-manager $K8S_VERSION from Debian's source (first run only, ~5 min)"
-  apt_install golang-go rsync golang-github-modern-go-reflect2-dev dpkg-dev
-  local src_list=/etc/apt/sources.list.d/tokenbudget-src.sources
-  if [ ! -f "$src_list" ]; then
-    sed 's/^Types: deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources | as_root tee "$src_list" >/dev/null
-    as_root apt-get update -qq
+  if [ ! -x "$K8S_BIN/kube-apiserver" ] || [ ! -x "$K8S_BIN/kube-controller-manager" ] || [ ! -x "$K8S_BIN/kubectl" ]; then
+    check_go
+    local t=$SECONDS
+    build_kubernetes
+    log "built Kubernetes $K8S_VERSION in $((SECONDS - t))s: $(du -sh "$K8S_BIN" | cut -f1) in $K8S_BIN"
   fi
-  local work
-  work=$(mktemp -d "${TMPDIR:-/tmp}/tokenbudget-k8s-build.XXXXXX")
-  (
-    cd "$work"
-    apt-get source --download-only kubernetes >/dev/null
-    tar xzf kubernetes_*.orig.tar.gz
-    cd "kubernetes-$K8S_VERSION"
-    # The vendored reflect2 v1.0.1 crashes the apiserver under Go >= 1.18 ("fatal error: fault"
-    # in mapiterinit, e.g. when kubectl fetches /openapi/v2); Debian's v1.0.2 fixes it.
-    rm -rf vendor/github.com/modern-go/reflect2
-    cp -r /usr/share/gocode/src/github.com/modern-go/reflect2 vendor/github.com/modern-go/
-    rm -f vendor/github.com/modern-go/reflect2/go.mod
-    export GOPATH=$PWD/.go CGO_ENABLED=0 GOFLAGS=
-    mkdir -p .go/src/k8s.io && ln -sfn ../../.. .go/src/k8s.io/kubernetes
-    mkdir -p "$work/home"
-    env HOME="$work/home" make WHAT="cmd/kube-apiserver cmd/kube-controller-manager" >"$work/build.log" 2>&1 \
-      || { tail -n 40 "$work/build.log" >&2; exit 1; }
-    mkdir -p "$TESTBED_CACHE"
-    cp _output/local/bin/linux/amd64/kube-apiserver "$TESTBED_CACHE/kube-apiserver.tmp"
-    cp _output/local/bin/linux/amd64/kube-controller-manager "$TESTBED_CACHE/kube-controller-manager.tmp"
-    mv "$TESTBED_CACHE/kube-apiserver.tmp" "$APISERVER_BIN"
-    mv "$TESTBED_CACHE/kube-controller-manager.tmp" "$CONTROLLER_MANAGER_BIN"
-  ) || { chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"; die "build failed"; }
-  chmod -R u+w "$work" 2>/dev/null || true
-  rm -rf "$work"
-  log "cached binaries in $TESTBED_CACHE"
+  if [ ! -x "$ETCD_BIN/etcd" ]; then
+    check_go
+    local t=$SECONDS
+    build_etcd
+    log "built etcd $ETCD_VERSION in $((SECONDS - t))s: $(du -sh "$ETCD_BIN" | cut -f1) in $ETCD_BIN"
+  fi
 }
 
 cmd_install() { install_runtime; build_binaries; }
@@ -111,6 +170,9 @@ healthy() {
   curl -ksf -m 3 -H "Authorization: Bearer $ADMIN_TOKEN" "$(server_url)/readyz" >/dev/null
 }
 
+# The version `up` started, which is what `env` and `status` report (not TESTBED_K8S_VERSION).
+running_version() { cat "$TESTBED_DIR/version" 2>/dev/null || echo "$K8S_VERSION"; }
+
 server_url() { sed -n 's/^ *server: //p' "$TESTBED_DIR/kubeconfig" | head -n1; }
 
 cmd_down() {
@@ -138,11 +200,15 @@ wait_for() {
 }
 
 cmd_up() {
-  if healthy; then log "already up: $(server_url)"; return 0; fi
+  if healthy; then
+    [ "$(running_version)" = "$K8S_VERSION" ] \
+      || die "Kubernetes $(running_version) is up in $TESTBED_DIR, not $K8S_VERSION: run down first, or set TESTBED_DIR"
+    log "already up: Kubernetes $K8S_VERSION at $(server_url)"
+    return 0
+  fi
   # Whatever a crashed or half-started run left behind goes first.
   cmd_down >/dev/null 2>&1 || true
   cmd_install
-  command -v curl >/dev/null || apt_install curl
   mkdir -p "$TESTBED_DIR"/{logs,certs,etcd}
   local d=$TESTBED_DIR ep pp ap
   ep=$(free_port); pp=$(free_port); ap=$(free_port)
@@ -152,19 +218,19 @@ cmd_up() {
   openssl rsa -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
   echo "$ADMIN_TOKEN,admin,admin,system:masters" >"$d/tokens.csv"
 
-  start_daemon etcd etcd --name tokenbudget-testbed --data-dir "$d/etcd" \
+  start_daemon etcd "$ETCD_BIN/etcd" --name tokenbudget-testbed --data-dir "$d/etcd" \
     --listen-client-urls "http://127.0.0.1:$ep" --advertise-client-urls "http://127.0.0.1:$ep" \
     --listen-peer-urls "http://127.0.0.1:$pp" --initial-advertise-peer-urls "http://127.0.0.1:$pp" \
     --initial-cluster "tokenbudget-testbed=http://127.0.0.1:$pp"
   wait_for etcd 60 curl -sf -m 2 "http://127.0.0.1:$ep/health" \
     || { tail -n 20 "$d/logs/etcd.log" >&2; cmd_down; die "etcd did not become healthy"; }
 
-  start_daemon kube-apiserver "$APISERVER_BIN" --etcd-servers="http://127.0.0.1:$ep" \
+  start_daemon kube-apiserver "$K8S_BIN/kube-apiserver" --etcd-servers="http://127.0.0.1:$ep" \
     --secure-port="$ap" --bind-address=127.0.0.1 --advertise-address=127.0.0.1 \
     --cert-dir="$d/certs" --token-auth-file="$d/tokens.csv" --authorization-mode=RBAC \
     --service-account-key-file="$d/sa.pub" --service-account-signing-key-file="$d/sa.key" \
     --service-account-issuer=https://kubernetes.default.svc --service-cluster-ip-range=10.96.0.0/16 \
-    --insecure-port=0
+    --endpoint-reconciler-type=none
   wait_for apiserver 180 curl -ksf -m 2 -H "Authorization: Bearer $ADMIN_TOKEN" "https://127.0.0.1:$ap/readyz" \
     || { tail -n 30 "$d/logs/kube-apiserver.log" >&2; cmd_down; die "kube-apiserver did not become ready"; }
 
@@ -185,23 +251,25 @@ users:
   user: {token: $ADMIN_TOKEN}
 KCFG
 
-  start_daemon kube-controller-manager "$CONTROLLER_MANAGER_BIN" --kubeconfig="$d/kubeconfig" \
+  start_daemon kube-controller-manager "$K8S_BIN/kube-controller-manager" --kubeconfig="$d/kubeconfig" \
     --service-account-private-key-file="$d/sa.key" --root-ca-file="$d/certs/apiserver.crt" \
-    --use-service-account-credentials=true --controllers='*,-nodelifecycle,-cloud-node-lifecycle' \
-    --leader-elect=false --bind-address=127.0.0.1 --secure-port=0 --port=0
+    --use-service-account-credentials=true --controllers='*,-node-lifecycle-controller' \
+    --leader-elect=false --bind-address=127.0.0.1 --secure-port=0
   # The controller-manager is working once it has given `default` its ServiceAccount.
-  wait_for controller-manager 120 kubectl --kubeconfig "$d/kubeconfig" get serviceaccount default -n default \
+  wait_for controller-manager 120 "$K8S_BIN/kubectl" --kubeconfig "$d/kubeconfig" get serviceaccount default -n default \
     || { tail -n 30 "$d/logs/kube-controller-manager.log" >&2; cmd_down; die "kube-controller-manager did not start"; }
-  log "up: https://127.0.0.1:$ap (kubeconfig $d/kubeconfig)"
+  echo "$K8S_VERSION" >"$d/version"
+  log "up: Kubernetes $K8S_VERSION at https://127.0.0.1:$ap (kubeconfig $d/kubeconfig)"
 }
 
 cmd_env() {
   healthy || die "not running; start it with: hack/testbed.sh up"
-  echo "export KUBECONFIG=$TESTBED_DIR/kubeconfig"
+  # The kubectl of the running version comes first on the PATH.
+  echo "export KUBECONFIG=$TESTBED_DIR/kubeconfig PATH=$TESTBED_CACHE/k8s-$(running_version):\$PATH"
 }
 
 cmd_status() {
-  if healthy; then echo "running: $(server_url) kubeconfig=$TESTBED_DIR/kubeconfig"
+  if healthy; then echo "running: Kubernetes $(running_version) at $(server_url) kubeconfig=$TESTBED_DIR/kubeconfig"
   else echo "not running"; return 1; fi
 }
 

@@ -231,7 +231,7 @@ async fn invalid_manifests_are_rejected_naming_the_field() {
         (
             "unknown workload kind",
             binding("{budgetRef: {name: b}, workloads: [{kind: Pod, name: a}]}"),
-            vec!["spec.workloads.kind", "Unsupported value: \"Pod\""],
+            vec!["spec.workloads[0].kind", "Unsupported value: \"Pod\""],
         ),
         (
             "bad duration",
