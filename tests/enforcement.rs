@@ -17,7 +17,7 @@ use kube::{
 };
 use tokenbudget::{
     api::{BudgetBinding, BudgetPhase, TokenBudget},
-    enforce::{BUDGET, PAUSED_REPLICAS, STATE},
+    enforce::{BUDGET, PAUSED_REPLICAS, STATE, SUSPENDED},
 };
 
 fn annotation<'a>(meta: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, key: &str) -> Option<&'a str> {
@@ -401,21 +401,18 @@ async fn freeze_quota_blocks_new_pods_and_deleting_the_binding_or_the_budget_res
 async fn jobs_and_cron_jobs_are_paused_and_resumed() {
     let mut s = Scenario::new("jobs-paused").await;
     let jobs: Api<k8s_openapi::api::batch::v1::Job> = s.ns.api(&s.client);
-    // A batch/v1beta1 CronJob where the server is older than 1.21 (the testbed), batch/v1 on
-    // newer ones: the operator reads and writes whichever the server has.
-    let batch = if server_minor(&s.client).await < 21 {
-        "batch/v1beta1"
-    } else {
-        "batch/v1"
-    };
-    s.apply(&format!(
-        "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: batch}}\n\
-         spec:\n  parallelism: 2\n  completions: 10\n  template:\n    metadata: {{labels: {{app: batch}}}}\n    spec:\n      \
-         restartPolicy: Never\n      containers: [{{name: agent, image: 'agent:latest', ports: [{{name: metrics, containerPort: 9464}}]}}]\n\
-         ---\napiVersion: {batch}\nkind: CronJob\nmetadata: {{name: nightly}}\n\
+    // `held` is a Job its owner suspended: the budget must leave it suspended when it restores.
+    s.apply(
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {name: batch}\n\
+         spec:\n  parallelism: 2\n  completions: 10\n  template:\n    metadata: {labels: {app: batch}}\n    spec:\n      \
+         restartPolicy: Never\n      containers: [{name: agent, image: 'agent:latest', ports: [{name: metrics, containerPort: 9464}]}]\n\
+         ---\napiVersion: batch/v1\nkind: Job\nmetadata: {name: held}\n\
+         spec:\n  suspend: true\n  template:\n    spec:\n      \
+         restartPolicy: Never\n      containers: [{name: agent, image: 'agent:latest'}]\n\
+         ---\napiVersion: batch/v1\nkind: CronJob\nmetadata: {name: nightly}\n\
          spec:\n  schedule: '0 3 * * *'\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          \
-         restartPolicy: Never\n          containers: [{{name: agent, image: 'agent:latest'}}]\n"
-    ))
+         restartPolicy: Never\n          containers: [{name: agent, image: 'agent:latest'}]\n",
+    )
     .await;
     s.run_pods("batch", 2).await;
     s.apply(&budget_yaml("research", 100, "  enforcement: {action: ScaleDown}\n"))
@@ -423,14 +420,14 @@ async fn jobs_and_cron_jobs_are_paused_and_resumed() {
     s.apply(&binding_yaml(
         "batch",
         "research",
-        "[{kind: Job, name: batch}, {kind: CronJob, name: nightly}]",
+        "[{kind: Job, name: batch}, {kind: Job, name: held}, {kind: CronJob, name: nightly}]",
     ))
     .await;
     let cron_state = |path: &str| {
         let out = kubectl(
             &[
                 "get",
-                &format!("cronjobs.{}.batch", batch.trim_start_matches("batch/")),
+                "cronjobs.v1.batch",
                 "nightly",
                 "-n",
                 &s.ns.name,
@@ -455,10 +452,10 @@ async fn jobs_and_cron_jobs_are_paused_and_resumed() {
     })
     .await;
     let tb = s
-        .wait_budget("research", "both paused", |tb| {
+        .wait_budget("research", "all three paused", |tb| {
             tb.status
                 .as_ref()
-                .is_some_and(|st| st.enforced.iter().filter(|e| e.action == "Suspend").count() == 2)
+                .is_some_and(|st| st.enforced.iter().filter(|e| e.action == "Suspend").count() == 3)
         })
         .await;
     let message = tb
@@ -472,16 +469,12 @@ async fn jobs_and_cron_jobs_are_paused_and_resumed() {
         "{message}"
     );
     let job = jobs.get("batch").await.unwrap();
-    let spec = job.spec.as_ref().unwrap();
-    if batch == "batch/v1" {
-        assert_eq!(spec.suspend, Some(true));
-    } else {
-        // No Job suspend before 1.21: paused at parallelism 0, and the job controller
-        // deletes its running pods.
-        assert_eq!(spec.parallelism, Some(0));
-        assert_eq!(annotation(&job.metadata, PAUSED_REPLICAS), Some("2"));
-        pods_of(&s.pods, "batch", 0).await;
-    }
+    assert_eq!(job.spec.as_ref().unwrap().suspend, Some(true));
+    assert_eq!(annotation(&job.metadata, SUSPENDED), Some("true"));
+    // The job controller ends a suspended Job's running pods.
+    pods_of(&s.pods, "batch", 0).await;
+    // Suspended by its owner before: not marked as the budget's doing.
+    assert_eq!(annotation(&jobs.get("held").await.unwrap().metadata, SUSPENDED), None);
     assert_eq!(cron_state("{.spec.suspend}"), "true");
     assert_eq!(cron_state("{.metadata.annotations.tokenbudget\\.io/suspended}"), "true");
 
@@ -494,13 +487,18 @@ async fn jobs_and_cron_jobs_are_paused_and_resumed() {
         .await
         .unwrap();
     let job = wait_for(&jobs, "batch", "the Job resumed", |j| {
-        annotation(&j.metadata, PAUSED_REPLICAS).is_none() && j.spec.as_ref().is_some_and(|s| s.suspend != Some(true))
+        annotation(&j.metadata, SUSPENDED).is_none() && j.spec.as_ref().is_some_and(|s| s.suspend == Some(false))
     })
     .await;
     assert_eq!(job.spec.unwrap().parallelism, Some(2));
     s.wait_event("Restored", "CronJob/nightly").await;
     assert_eq!(cron_state("{.spec.suspend}"), "false");
     assert_eq!(cron_state("{.metadata.annotations.tokenbudget\\.io/suspended}"), "");
+    // The restore is done (both Events are out): the owner's Job is still suspended.
+    s.wait_event("Restored", "Job/batch").await;
+    let held = jobs.get("held").await.unwrap();
+    assert_eq!(held.spec.unwrap().suspend, Some(true));
+    assert_eq!(annotation(&held.metadata, SUSPENDED), None);
 }
 
 #[tokio::test]

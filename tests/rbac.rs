@@ -44,7 +44,6 @@ use kube::{
 use serde_json::json;
 use tokenbudget::{
     api::{BudgetBinding, BudgetPhase, TokenBudget},
-    enforce::act::legacy_cron_job_resource,
     enforce::{BUDGET, FINALIZER, PAUSED_REPLICAS, STATE},
 };
 
@@ -354,13 +353,9 @@ async fn refused_elsewhere(release: &Release, elsewhere: &str, checks: &mut Refu
 
 /// The default install (a ClusterRole) may list and watch, in every namespace at once, each
 /// kind the operator watches when it is started without `--namespace`.
-async fn watches_every_namespace(release: &Release, modern_batch: bool) {
+async fn watches_every_namespace(release: &Release) {
     let client = release.client().await;
-    let cron_jobs = if modern_batch {
-        ApiResource::erase::<k8s_openapi::api::batch::v1::CronJob>(&())
-    } else {
-        legacy_cron_job_resource()
-    };
+    let cron_jobs = ApiResource::erase::<k8s_openapi::api::batch::v1::CronJob>(&());
     let kinds: Vec<(&str, Api<DynamicObject>)> = vec![
         (
             "tokenbudgets",
@@ -484,12 +479,7 @@ async fn the_chart_rbac_is_enough_for_everything_the_operator_does_and_no_more()
     let bindings: Api<BudgetBinding> = ns.api(&admin);
     let quotas: Api<ResourceQuota> = ns.api(&admin);
     let events: Api<Event> = ns.api(&admin);
-    let modern_batch = server_minor(&admin).await >= 21;
-    let cron_resource = if modern_batch {
-        ApiResource::erase::<k8s_openapi::api::batch::v1::CronJob>(&())
-    } else {
-        legacy_cron_job_resource()
-    };
+    let cron_resource = ApiResource::erase::<k8s_openapi::api::batch::v1::CronJob>(&());
     let cron_jobs: Api<DynamicObject> = Api::namespaced_with(admin.clone(), &ns.name, &cron_resource);
 
     // What the operator will find: a Deployment, a Job and a CronJob, a Secret it must not read,
@@ -618,13 +608,8 @@ async fn the_chart_rbac_is_enough_for_everything_the_operator_does_and_no_more()
         })
         .await;
         assert_eq!(annotation(&d.metadata, PAUSED_REPLICAS), Some("1"));
-        wait_for(&jobs, "batch", "the Job paused", |j| {
-            let spec = j.spec.as_ref();
-            if modern_batch {
-                spec.and_then(|s| s.suspend) == Some(true)
-            } else {
-                spec.and_then(|s| s.parallelism) == Some(0)
-            }
+        wait_for(&jobs, "batch", "the Job suspended", |j| {
+            j.spec.as_ref().and_then(|s| s.suspend) == Some(true)
         })
         .await;
         let cron_suspend = |want: bool| {
@@ -755,7 +740,7 @@ async fn the_chart_rbac_is_enough_for_everything_the_operator_does_and_no_more()
         all_secrets.list(&ListParams::default()),
     )
     .await;
-    watches_every_namespace(&cluster_wide, modern_batch).await;
+    watches_every_namespace(&cluster_wide).await;
 
     eprintln!("rbac: refused to the namespace-scoped install's ServiceAccount:");
     for line in &checks.seen {

@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::{
     api::{
@@ -26,7 +26,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    core::{DeserializeGuard, DynamicObject},
+    core::DeserializeGuard,
     runtime::{
         WatchStreamExt,
         reflector::{self, ObjectRef, Store},
@@ -72,8 +72,6 @@ pub struct Cluster {
     pub jobs: Store<Job>,
     pub cron_jobs: Store<CronJob>,
     pub bindings: Store<DeserializeGuard<BudgetBinding>>,
-    /// The server has batch/v1 CronJobs and Job `spec.suspend` (Kubernetes 1.21 and later).
-    pub modern_batch: bool,
     synced: Arc<AtomicBool>,
 }
 
@@ -131,7 +129,6 @@ impl Cluster {
     /// Starts the reflectors. `terminating` receives every pod that starts terminating, so
     /// that its budget can scrape it once more at once (accounting rule 5).
     pub fn start(
-        cron_jobs_served: bool,
         client: &Client,
         namespace: Option<&str>,
         bindings: Store<DeserializeGuard<BudgetBinding>>,
@@ -168,24 +165,15 @@ impl Cluster {
         });
         let w = wake.clone();
         let (jobs, j) = reflect(api(client, namespace), move |o: &Job| {
-            let spec = o.spec.as_ref();
             w(undone_enforcement(
                 &o.metadata,
-                spec.and_then(|s| s.parallelism),
-                spec.and_then(|s| s.suspend),
+                None,
+                o.spec.as_ref().and_then(|s| s.suspend),
             ))
         });
-        let on_cron_job = move |o: &CronJob| wake(undone_enforcement(&o.metadata, None, o.spec.suspend));
-        let (cron_jobs, c) = if cron_jobs_served {
-            let (store, driver) = reflect(api(client, namespace), on_cron_job);
-            (store, driver.boxed())
-        } else {
-            // batch/v1 CronJobs arrived in Kubernetes 1.21: before, batch/v1beta1 serves the
-            // same object (everything the operator reads of it is identical), so it is read
-            // there and kept as a batch/v1 CronJob.
-            let (store, driver) = reflect_legacy_cron_jobs(client, namespace, on_cron_job);
-            (store, driver.boxed())
-        };
+        let (cron_jobs, c) = reflect(api(client, namespace), move |o: &CronJob| {
+            wake(undone_enforcement(&o.metadata, None, o.spec.suspend))
+        });
         let cluster = Cluster {
             pods: pods_reader,
             replica_sets,
@@ -194,7 +182,6 @@ impl Cluster {
             jobs,
             cron_jobs,
             bindings,
-            modern_batch: cron_jobs_served,
             synced: Arc::default(),
         };
         let watch_sync = cluster.clone().watch_sync();
@@ -275,66 +262,6 @@ impl Cluster {
         refs.sort_by(|a, b| a.name.cmp(&b.name));
         refs.dedup();
         refs
-    }
-}
-
-/// batch/v1beta1 CronJobs (Kubernetes < 1.21), read into a store of batch/v1 CronJobs.
-fn reflect_legacy_cron_jobs<F: Fn(&CronJob) + Send + 'static>(
-    client: &Client,
-    namespace: Option<&str>,
-    on_apply: F,
-) -> (Store<CronJob>, impl Future<Output = ()> + Send + use<F>) {
-    let resource = crate::enforce::act::legacy_cron_job_resource();
-    let api: Api<DynamicObject> = match namespace {
-        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
-        None => Api::all_with(client.clone(), &resource),
-    };
-    let convert = |obj: DynamicObject| -> Option<CronJob> {
-        let mut value = serde_json::to_value(obj).ok()?;
-        value["apiVersion"] = "batch/v1".into();
-        let mut cron_job: CronJob = serde_json::from_value(value)
-            .map_err(|e| tracing::warn!(error = %e, "a batch/v1beta1 CronJob that does not read as batch/v1"))
-            .ok()?;
-        cron_job.metadata.managed_fields = None;
-        Some(cron_job)
-    };
-    let (reader, mut writer) = reflector::store::<CronJob>();
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .for_each(move |event| {
-            let event = match event {
-                Ok(watcher::Event::Apply(o)) => convert(o).map(watcher::Event::Apply),
-                Ok(watcher::Event::Delete(o)) => convert(o).map(watcher::Event::Delete),
-                Ok(watcher::Event::InitApply(o)) => convert(o).map(watcher::Event::InitApply),
-                Ok(watcher::Event::Init) => Some(watcher::Event::Init),
-                Ok(watcher::Event::InitDone) => Some(watcher::Event::InitDone),
-                Err(_) => None,
-            };
-            if let Some(event) = event {
-                writer.apply_watcher_event(&event);
-                if let watcher::Event::Apply(o) | watcher::Event::InitApply(o) = &event {
-                    on_apply(o);
-                }
-            }
-            async {}
-        });
-    (reader, stream)
-}
-
-/// Whether the server serves batch/v1 CronJobs (1.21 and later).
-pub async fn cron_jobs_served(client: &Client, namespace: Option<&str>) -> bool {
-    match api::<CronJob>(client, namespace)
-        .list_metadata(&kube::api::ListParams::default().limit(1))
-        .await
-    {
-        Err(kube::Error::Api(e)) if e.code == 404 => {
-            tracing::warn!(
-                "this API server does not serve batch/v1 CronJobs (Kubernetes < 1.21): reading batch/v1beta1 CronJobs, \
-                 and pausing Jobs through their parallelism (they have no spec.suspend yet)"
-            );
-            false
-        }
-        _ => true,
     }
 }
 

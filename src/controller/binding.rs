@@ -27,8 +27,10 @@ const CONTROLLER: &str = "budgetbinding";
 
 /// The status a binding should have, given whether its budget exists and what the budget's
 /// last accounting cycle saw of it. Pure. This controller is the only writer of a binding's
-/// status (a 1.20 server replaces, rather than merges, a conditions list applied by a second
-/// field manager), so the accounting cycle hands its findings over in memory.
+/// status, and the accounting cycle hands its findings over in memory: the usage fields and
+/// `ScrapeHealthy` then appear and go exactly with the binding counting (valid, its budget
+/// found). Server-side apply would merge a second manager's conditions (the list is keyed by
+/// `type`), but each writer would then have to clear the other's fields on every transition.
 pub fn desired_status(
     bb: &BudgetBinding,
     budget: Option<&TokenBudget>,

@@ -88,7 +88,6 @@ async fn reconcile(guard: Arc<DeserializeGuard<TokenBudget>>, ctx: Arc<Context>)
         let view = enforcement::View {
             snapshot: &report.snapshot,
             bound: &report.bound,
-            modern_batch: accounting.cluster.modern_batch,
         };
         let outcome = enforcement::enforce(&ctx, view, tb, &status, false, now, scraped).await;
         desired.push(outcome.condition);
@@ -157,7 +156,6 @@ async fn cleanup(tb: &TokenBudget, ctx: &Context, now: Timestamp) -> Result<Acti
         let view = enforcement::View {
             snapshot: &snapshot,
             bound: &Default::default(),
-            modern_batch: accounting.cluster.modern_batch,
         };
         let outcome = enforcement::enforce(ctx, view, tb, &status, true, now, std::time::Instant::now()).await;
         if !outcome.complete {

@@ -105,7 +105,7 @@ pub async fn enforce(
     // delay one scale-down behind another's pod writes.
     let mut done = Vec::new();
     for w in &plan.workloads {
-        match act::apply_steps(&ctx.client, &ns, w, view.modern_batch).await {
+        match act::apply_steps(&ctx.client, &ns, w).await {
             Ok(()) => {
                 let action = w.steps.iter().find_map(|s| match s {
                     Step::Scale(0) => Some("scale_down"),
@@ -164,8 +164,6 @@ pub struct View<'a> {
     pub snapshot: &'a Snapshot,
     /// The workloads its valid bindings name now.
     pub bound: &'a BTreeSet<workloads::WorkloadId>,
-    /// The server has Job suspend and batch/v1 CronJobs (Kubernetes 1.21 and later).
-    pub modern_batch: bool,
 }
 
 /// The workloads of the budget as they are now: every workload its bindings name, and every
@@ -222,21 +220,8 @@ fn observe(view: &View, budget: &str) -> Vec<decide::Workload> {
                     .iter()
                     .find(|o| o.metadata.name.as_deref() == Some(&id.name))
                     .map(|o| {
-                        let spec = o.spec.as_ref();
-                        if view.modern_batch {
-                            (
-                                o.metadata.clone(),
-                                None,
-                                Some(spec.and_then(|s| s.suspend).unwrap_or(false)),
-                            )
-                        } else {
-                            // No Job suspend before 1.21: parallelism 0 pauses a Job.
-                            (
-                                o.metadata.clone(),
-                                Some(spec.and_then(|s| s.parallelism).unwrap_or(1)),
-                                None,
-                            )
-                        }
+                        let suspended = o.spec.as_ref().and_then(|s| s.suspend).unwrap_or(false);
+                        (o.metadata.clone(), None, Some(suspended))
                     })?,
                 WorkloadKind::CronJob => snapshot
                     .cron_jobs

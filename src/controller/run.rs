@@ -106,18 +106,11 @@ pub async fn run(
     // Accounting reads pods and workloads from reflector stores; a pod that starts terminating
     // wakes its budgets at once so that its last tokens count.
     let (terminating_tx, terminating_rx) = futures::channel::mpsc::unbounded();
-    let cron_jobs_served = super::accounting::cron_jobs_served(&client, ns).await;
     // A workload whose enforcement someone undid (scaled up while exhausted) wakes its budget
     // at once, not at its next cycle.
     let (undone_tx, undone_rx) = futures::channel::mpsc::unbounded();
-    let (cluster, cluster_driver) = super::accounting::Cluster::start(
-        cron_jobs_served,
-        &client,
-        ns,
-        binding_store.clone(),
-        terminating_tx,
-        undone_tx,
-    );
+    let (cluster, cluster_driver) =
+        super::accounting::Cluster::start(&client, ns, binding_store.clone(), terminating_tx, undone_tx);
     let trigger_cluster = cluster.clone();
     let terminating = terminating_rx.flat_map(move |pod| futures::stream::iter(trigger_cluster.budgets_for_pod(&pod)));
     let budget_controller = budget_controller

@@ -35,9 +35,6 @@ pub enum ActError {
         #[source]
         source: kube::Error,
     },
-    /// The server ignored `spec.suspend` (Jobs before Kubernetes 1.21).
-    #[error("{0} cannot be suspended: this API server does not support spec.suspend")]
-    SuspendUnsupported(String),
     /// A ResourceQuota of that name exists and is not the budget's.
     #[error("a ResourceQuota named {0} exists and does not belong to this budget: it is left alone")]
     ForeignQuota(String),
@@ -52,33 +49,14 @@ impl ActError {
     }
 }
 
-/// Where a server older than 1.21 serves CronJobs (their fields the operator uses are those
-/// of batch/v1).
-pub fn legacy_cron_job_resource() -> ApiResource {
-    ApiResource {
-        group: "batch".into(),
-        version: "v1beta1".into(),
-        api_version: "batch/v1beta1".into(),
-        kind: "CronJob".into(),
-        plural: "cronjobs".into(),
-    }
-}
-
 /// Applies a workload plan's steps in order, each conditional on the version the previous one
-/// left. `modern_batch`: the server has batch/v1 CronJobs and Job suspend (Kubernetes 1.21 and
-/// later).
-pub async fn apply_steps(
-    client: &Client,
-    namespace: &str,
-    plan: &WorkloadPlan,
-    modern_batch: bool,
-) -> Result<(), ActError> {
+/// left.
+pub async fn apply_steps(client: &Client, namespace: &str, plan: &WorkloadPlan) -> Result<(), ActError> {
     let resource = match plan.kind {
         WorkloadKind::Deployment => ApiResource::erase::<Deployment>(&()),
         WorkloadKind::StatefulSet => ApiResource::erase::<StatefulSet>(&()),
         WorkloadKind::Job => ApiResource::erase::<Job>(&()),
-        WorkloadKind::CronJob if modern_batch => ApiResource::erase::<CronJob>(&()),
-        WorkloadKind::CronJob => legacy_cron_job_resource(),
+        WorkloadKind::CronJob => ApiResource::erase::<CronJob>(&()),
     };
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
     let what = format!("{}/{}", plan.kind.as_str(), plan.name);
@@ -86,41 +64,33 @@ pub async fn apply_steps(
     let mut version = plan.resource_version.clone();
     for step in &plan.steps {
         let precondition = json!({"resourceVersion": version});
-        let spec = match step {
+        version = match step {
             Step::Annotate(annotations) => {
-                let mut meta = precondition.clone();
+                let mut meta = precondition;
                 meta["annotations"] = json!(annotations);
-                let obj = api
-                    .patch(&plan.name, &params, &Patch::Merge(&json!({"metadata": meta})))
+                api.patch(&plan.name, &params, &Patch::Merge(&json!({"metadata": meta})))
                     .await
-                    .map_err(|e| ActError::from_kube(what.clone(), e))?;
-                version = obj.resource_version();
-                continue;
+                    .map_err(|e| ActError::from_kube(what.clone(), e))?
+                    .resource_version()
             }
-            Step::Scale(replicas) if matches!(plan.kind, WorkloadKind::Deployment | WorkloadKind::StatefulSet) => {
+            // Deployments and StatefulSets, through the scale subresource.
+            Step::Scale(replicas) => {
                 let body = json!({"metadata": precondition, "spec": {"replicas": replicas}});
-                let scale = api
-                    .patch_scale(&plan.name, &params, &Patch::Merge(&body))
+                api.patch_scale(&plan.name, &params, &Patch::Merge(&body))
                     .await
-                    .map_err(|e| ActError::from_kube(what.clone(), e))?;
-                version = scale.metadata.resource_version;
-                continue;
+                    .map_err(|e| ActError::from_kube(what.clone(), e))?
+                    .metadata
+                    .resource_version
             }
-            // A Job on a server without Job suspend: its parallelism is its replica count.
-            Step::Scale(parallelism) => json!({"parallelism": parallelism}),
-            Step::Suspend(suspend) => json!({"suspend": suspend}),
+            // Jobs and CronJobs.
+            Step::Suspend(suspend) => {
+                let body = json!({"metadata": precondition, "spec": {"suspend": suspend}});
+                api.patch(&plan.name, &params, &Patch::Merge(&body))
+                    .await
+                    .map_err(|e| ActError::from_kube(what.clone(), e))?
+                    .resource_version()
+            }
         };
-        let body = json!({"metadata": precondition, "spec": spec});
-        let obj = api
-            .patch(&plan.name, &params, &Patch::Merge(&body))
-            .await
-            .map_err(|e| ActError::from_kube(what.clone(), e))?;
-        if let Step::Suspend(true) = step
-            && obj.data.pointer("/spec/suspend").and_then(|v| v.as_bool()) != Some(true)
-        {
-            return Err(ActError::SuspendUnsupported(what));
-        }
-        version = obj.resource_version();
     }
     Ok(())
 }
@@ -271,7 +241,7 @@ mod tests {
             );
         });
         let client = Client::new(service, "default");
-        let err = apply_steps(&client, "agents", &scale_down(), true).await.unwrap_err();
+        let err = apply_steps(&client, "agents", &scale_down()).await.unwrap_err();
         assert!(
             matches!(err, ActError::Conflict(ref what) if what == "Deployment/agent"),
             "{err}"
@@ -287,7 +257,7 @@ mod tests {
             let (_, send) = handle.next_request().await.expect("a request");
             send.send_response(status(403, "Forbidden"));
         });
-        let err = apply_steps(&Client::new(service, "default"), "agents", &scale_down(), true)
+        let err = apply_steps(&Client::new(service, "default"), "agents", &scale_down())
             .await
             .unwrap_err();
         assert!(err.to_string().starts_with("Deployment/agent: "), "{err}");

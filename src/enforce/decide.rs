@@ -37,8 +37,7 @@ pub struct Workload {
     pub name: String,
     pub resource_version: Option<String>,
     pub annotations: BTreeMap<String, String>,
-    /// Deployments and StatefulSets: `spec.replicas` (1 when unset). Jobs on a server
-    /// without Job suspend (before 1.21): `spec.parallelism`, which pauses them at 0.
+    /// Deployments and StatefulSets: `spec.replicas` (1 when unset).
     pub replicas: Option<i32>,
     /// Jobs and CronJobs: `spec.suspend`.
     pub suspended: Option<bool>,
@@ -61,8 +60,7 @@ pub type AnnotationPatch = BTreeMap<String, Option<String>>;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
     Annotate(AnnotationPatch),
-    /// Through the scale subresource (Deployments, StatefulSets), or `spec.parallelism`
-    /// (Jobs on a server without Job suspend).
+    /// Through the scale subresource (Deployments, StatefulSets).
     Scale(i32),
     /// `spec.suspend` (Jobs, CronJobs).
     Suspend(bool),
@@ -160,9 +158,9 @@ pub fn decide(budget: &Budget, workloads: &[Workload], now: Timestamp) -> Plan {
         let mut after = Vec::new(); // writes after them
         let mut notice = None;
         let label = format!("{}/{}", w.kind.as_str(), w.name);
-        let (action, unit) = match w.kind {
-            WorkloadKind::Deployment | WorkloadKind::StatefulSet => ("ScaleDown", "replicas"),
-            WorkloadKind::Job | WorkloadKind::CronJob => ("Suspend", "parallelism"),
+        let action = match w.kind {
+            WorkloadKind::Deployment | WorkloadKind::StatefulSet => "ScaleDown",
+            WorkloadKind::Job | WorkloadKind::CronJob => "Suspend",
         };
         match w.replicas {
             Some(current) => {
@@ -180,7 +178,7 @@ pub fn decide(budget: &Budget, workloads: &[Workload], now: Timestamp) -> Plan {
                         notice = Some(Notice {
                             reason: "ScaledDown",
                             message: match paused {
-                                None => format!("scaled {label} from {current} to 0 {unit}: the budget is exhausted"),
+                                None => format!("scaled {label} from {current} to 0 replicas: the budget is exhausted"),
                                 Some(_) => format!(
                                     "{label} was scaled to {current} by someone else while the budget is exhausted: \
                                      scaled to 0 again ({current} is what the restore brings back)"
@@ -196,7 +194,7 @@ pub fn decide(budget: &Budget, workloads: &[Workload], now: Timestamp) -> Plan {
                     }
                     notice = Some(Notice {
                         reason: "Restored",
-                        message: format!("restored {label} to {target} {unit}"),
+                        message: format!("restored {label} to {target} replicas"),
                     });
                 }
             }
@@ -702,23 +700,6 @@ mod tests {
         let plan = decide(&room, &[ours, theirs], now());
         assert_eq!(steps(&plan, "j")[0], Step::Suspend(false));
         assert!(!steps(&plan, "c").iter().any(|s| matches!(s, Step::Suspend(_))));
-    }
-
-    #[test]
-    fn jobs_without_suspend_are_paused_through_their_parallelism() {
-        let b = budget(BudgetPhase::Exhausted, EnforcementAction::ScaleDown);
-        let plan = decide(&b, &[workload("{kind: Job, name: j, replicas: 2}")], now());
-        assert_eq!(steps(&plan, "j").last(), Some(&Step::Scale(0)));
-        assert_eq!(plan.enforced[0].action, "Suspend");
-        assert_eq!(
-            plan.workloads[0].notice.as_ref().unwrap().message,
-            "scaled Job/j from 2 to 0 parallelism: the budget is exhausted"
-        );
-        let room = budget(BudgetPhase::Active, EnforcementAction::ScaleDown);
-        let paused = workload(
-            "{kind: Job, name: j, replicas: 0, annotations: {tokenbudget.io/budget: research, tokenbudget.io/paused-replicas: '2'}}",
-        );
-        assert_eq!(steps(&decide(&room, &[paused], now()), "j")[0], Step::Scale(2));
     }
 
     #[test]

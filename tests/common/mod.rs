@@ -110,18 +110,6 @@ where
         .unwrap_or_else(|e| panic!("watching for {what}: {e}"));
 }
 
-/// The API server's minor version (`20` for the testbed's 1.20).
-pub async fn server_minor(client: &Client) -> u32 {
-    client
-        .apiserver_version()
-        .await
-        .expect("server version")
-        .minor
-        .trim_end_matches('+')
-        .parse()
-        .expect("a numeric minor version")
-}
-
 /// A namespace for one test, deleted when the test ends.
 pub struct TestNamespace {
     pub name: String,
