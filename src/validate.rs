@@ -1,6 +1,14 @@
-//! Checks of a spec that the OpenAPI schema cannot express (or that an older API server does
-//! not enforce). Pure: no client, no clock. An invalid spec is reported as `Ready=False`
-//! with reason `InvalidSpec` and the messages below, and waits for the user to fix it.
+//! The operator's own checks of a spec. Pure: no client, no clock. An invalid spec is reported
+//! as `Ready=False` with reason `InvalidSpec` and the messages below, and waits for the user
+//! to fix it.
+//!
+//! The API server refuses almost every mistake itself, through the CRD's OpenAPI keywords and
+//! CEL rules (see [`crate::api`]). Only this module can check what the CRD cannot: that
+//! `period.timezone` names a zone of the IANA database the operator carries, and that
+//! `metrics.tls.serverName` is a name rustls accepts (CEL only approximates its rules). The
+//! rest is checked again here on purpose: an object stored under an older CRD, before a rule
+//! existed, stays stored, and validation ratcheting lets its invalid part through later
+//! updates as long as that part is unchanged, so the server never reports it.
 
 use std::time::Duration;
 
