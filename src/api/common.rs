@@ -94,6 +94,26 @@ pub(crate) fn optional_enum_schema<T: JsonSchema>(generator: &mut schemars::Sche
     schema
 }
 
+/// The longest label value Kubernetes allows.
+const LABEL_VALUE_MAX: usize = 63;
+/// The longest label key: a DNS subdomain prefix (253), '/', and a name (63).
+const LABEL_KEY_MAX: usize = 253 + 1 + 63;
+
+/// A label value (Kubernetes' IsValidLabelValue; the length is the schema's `maxLength`), as
+/// a CEL string literal's content.
+const LABEL_VALUE_RE: &str = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$";
+
+/// What a label key is, also inside a CEL string literal (so no single quotes).
+const LABEL_KEY_MESSAGE: &str = r#"a label key is an optional DNS subdomain of at most 253 characters and "/", then 1-63 letters, digits, "-", "_" or ".", starting and ending with a letter or digit"#;
+
+/// CEL for "`key` is a label key" (Kubernetes' IsQualifiedName): an optional DNS-subdomain
+/// prefix of at most 253 characters and '/', then a name of 1-63 characters.
+fn label_key(key: &str) -> String {
+    format!(
+        r"{key}.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{{0,61}}[A-Za-z0-9])?$') && !{key}.matches('^[^/]{{254,}}/')"
+    )
+}
+
 /// Schema for a workload's label selector: Kubernetes' own, plus CEL rules for what the
 /// operator used to find only after storage: a selector must select something specific (an
 /// empty one would bind, and with ScaleDown stop, every workload of its kind in the
@@ -101,9 +121,12 @@ pub(crate) fn optional_enum_schema<T: JsonSchema>(generator: &mut schemars::Sche
 /// takes. Each rule sits on the smallest part of the selector it reads.
 pub(crate) fn selector_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
     let mut schema = LabelSelector::json_schema(generator);
+    // Regular expressions rather than the `format` library's validators, whose estimated cost
+    // the server refuses in lists this long; they say the same (Kubernetes' IsQualifiedName
+    // and IsValidLabelValue).
     let label_value = serde_json::json!([{
-        "rule": "!format.labelValue().validate(self).hasValue()",
-        "messageExpression": "'\"' + self + '\" is not a valid label value: ' + format.labelValue().validate(self).value().join(', ')",
+        "rule": format!("self.matches('{LABEL_VALUE_RE}')"),
+        "messageExpression": r#"'"' + self + '" is not a valid label value'"#,
         "message": "must be a valid label value",
     }]);
     let rules = [
@@ -117,8 +140,12 @@ pub(crate) fn selector_schema(generator: &mut schemars::SchemaGenerator) -> sche
         (
             "/properties/matchLabels",
             serde_json::json!([{
-                "rule": "self.all(k, !format.qualifiedName().validate(k).hasValue())",
-                "message": "keys must be valid label keys: an optional DNS subdomain and '/', then 1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
+                "rule": format!("self.all(k, {})", label_key("k")),
+                "messageExpression": format!(
+                    r#"'"' + self.filter(k, !({}))[0] + '" is not a valid label key: {LABEL_KEY_MESSAGE}'"#,
+                    label_key("k")
+                ),
+                "message": LABEL_KEY_MESSAGE,
             }]),
         ),
         ("/properties/matchLabels/additionalProperties", label_value.clone()),
@@ -150,9 +177,9 @@ pub(crate) fn selector_schema(generator: &mut schemars::SchemaGenerator) -> sche
         (
             "/properties/matchExpressions/items/properties/key",
             serde_json::json!([{
-                "rule": "!format.qualifiedName().validate(self).hasValue()",
-                "messageExpression": "'\"' + self + '\" is not a valid label key: ' + format.qualifiedName().validate(self).value().join(', ')",
-                "message": "must be a valid label key",
+                "rule": label_key("self"),
+                "messageExpression": format!(r#"'"' + self + '" is not a valid label key: {LABEL_KEY_MESSAGE}'"#),
+                "message": LABEL_KEY_MESSAGE,
             }]),
         ),
         (
@@ -160,6 +187,37 @@ pub(crate) fn selector_schema(generator: &mut schemars::SchemaGenerator) -> sche
             label_value,
         ),
     ];
+    // Bounds that keep the estimated cost of these rules within what the server allows
+    // (it multiplies the cost of a rule by the most items, entries and characters the schema
+    // allows). Label keys and values are never longer; the counts leave room for any
+    // selector a person writes.
+    let bounds = [
+        ("/properties/matchLabels", "maxProperties", 32),
+        (
+            "/properties/matchLabels/additionalProperties",
+            "maxLength",
+            LABEL_VALUE_MAX,
+        ),
+        ("/properties/matchExpressions", "maxItems", 8),
+        (
+            "/properties/matchExpressions/items/properties/key",
+            "maxLength",
+            LABEL_KEY_MAX,
+        ),
+        ("/properties/matchExpressions/items/properties/values", "maxItems", 32),
+        (
+            "/properties/matchExpressions/items/properties/values/items",
+            "maxLength",
+            LABEL_VALUE_MAX,
+        ),
+    ];
+    for (pointer, keyword, bound) in bounds {
+        schema
+            .pointer_mut(pointer)
+            .and_then(serde_json::Value::as_object_mut)
+            .unwrap_or_else(|| panic!("LabelSelector's schema has no {pointer:?}"))
+            .insert(keyword.into(), bound.into());
+    }
     for (pointer, rule) in rules {
         schema
             .pointer_mut(pointer)
