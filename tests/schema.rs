@@ -564,6 +564,28 @@ async fn cross_field_mistakes_are_rejected_by_the_server() {
     assert_eq!(text(&out.stdout).trim(), "", "invalid objects were stored");
 }
 
+/// A duration the pattern refuses is reported by the pattern alone: the CEL rules convert only
+/// values that match it, so no second "type conversion error" hides the real mistake.
+#[tokio::test]
+async fn a_malformed_duration_is_reported_once() {
+    let client = client().await;
+    ensure_crds(&client).await;
+    let ns = TestNamespace::new(&client, "cel-once").await;
+    for manifest in [
+        budget_manifest("grace", "{limits: {tokens: 5}, enforcement: {gracePeriod: 5 minutes}}"),
+        binding_manifest("metrics", &with_metrics("{interval: '15', timeout: 1min}")),
+    ] {
+        let out = kubectl(&["apply", "-n", &ns.name, "-f", "-"], Some(&manifest));
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "the server accepted\n{manifest}");
+        assert!(err.contains("should match"), "{err}");
+        assert!(
+            !err.contains("evaluating rule"),
+            "a CEL rule ran on a malformed duration:\n{err}"
+        );
+    }
+}
+
 /// The rules refuse only what is wrong: every form of duration the pattern allows parses with
 /// CEL's `duration()`, and the limits themselves are allowed.
 #[tokio::test]

@@ -9,7 +9,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    DURATION_PATTERN, TokenType, WorkloadKind, at_most_a_year, conditions_schema, optional_enum_schema, selector_schema,
+    DURATION_PATTERN, TokenType, WorkloadKind, at_most_a_year, cel_is_duration, conditions_schema, duration_rule,
+    optional_enum_schema, selector_schema,
 };
 
 /// Charges the pods of some workloads to a TokenBudget in the same namespace, and says how
@@ -116,7 +117,11 @@ pub struct WorkloadSelector {
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "rule": "duration(self.timeout) <= duration(self.interval)",
+        "rule": format!(
+            "!{} || !{} || duration(self.timeout) <= duration(self.interval)",
+            cel_is_duration("self.timeout"),
+            cel_is_duration("self.interval")
+        ),
         "fieldPath": ".timeout",
         "messageExpression": "self.timeout + ' is longer than the interval ' + self.interval + ' (spec.metrics.interval)'",
         "message": "must not be longer than spec.metrics.interval",
@@ -180,7 +185,7 @@ pub struct MetricsEndpoint {
     /// How often each pod is scraped, as a duration such as "15s" or "1m".
     #[serde(default = "default_interval")]
     #[schemars(regex(pattern = DURATION_PATTERN), extend("x-kubernetes-validations" = [
-        {"rule": "duration(self) >= duration('1s')", "message": "must be at least 1s"},
+        duration_rule("duration(self) >= duration('1s')", "must be at least 1s"),
         at_most_a_year(),
     ]))]
     pub interval: String,
@@ -188,7 +193,7 @@ pub struct MetricsEndpoint {
     /// How long one scrape may take before it counts as failed.
     #[serde(default = "default_timeout")]
     #[schemars(regex(pattern = DURATION_PATTERN), extend("x-kubernetes-validations" = [
-        {"rule": "duration(self) > duration('0s')", "message": "must be more than 0s"},
+        duration_rule("duration(self) > duration('0s')", "must be more than 0s"),
         at_most_a_year(),
     ]))]
     pub timeout: String,

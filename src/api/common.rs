@@ -11,18 +11,34 @@ pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"
 /// or grace period. The operator's own check ([`crate::validate::parse_duration`]) agrees.
 pub const MAX_DURATION: &str = "8784h";
 
-/// CEL rule for a duration field (a string matching [`DURATION_PATTERN`]): at most a year.
+/// CEL that is true when `expr` matches [`DURATION_PATTERN`].
 ///
-/// CEL's `duration()` parses with Go's `time.ParseDuration`, which accepts every value of
-/// the pattern, so the rule needs no guard; only a value beyond Go's range (about 292 years,
-/// e.g. `9999999h`) fails to convert, and the server then reports the conversion error
+/// CEL's `duration()` parses with Go's `time.ParseDuration`, which accepts every value of the
+/// pattern. Rules convert only such values: the pattern already reports any other, and
+/// converting it would add a second, confusing error ("type conversion error").
+pub(crate) fn cel_is_duration(expr: &str) -> String {
+    format!("{expr}.matches('{}')", DURATION_PATTERN.replace('\\', "\\\\"))
+}
+
+/// CEL rule for a duration field: `check` (which reads `duration(self)`) holds, or the value
+/// is no duration at all (left to the pattern).
+pub(crate) fn duration_rule(check: &str, message: &str) -> serde_json::Value {
+    serde_json::json!({
+        "rule": format!("!{} || {check}", cel_is_duration("self")),
+        "message": message,
+    })
+}
+
+/// CEL rule for a duration field: at most a year. A value beyond Go's range (about 292
+/// years, e.g. `9999999h`) fails to convert; the server then reports the conversion error
 /// together with `message`.
 pub(crate) fn at_most_a_year() -> serde_json::Value {
-    serde_json::json!({
-        "rule": format!("duration(self) <= duration('{MAX_DURATION}')"),
-        "messageExpression": format!("self + ' is longer than a year ({MAX_DURATION})'"),
-        "message": format!("must be at most a year ({MAX_DURATION})"),
-    })
+    let mut rule = duration_rule(
+        &format!("duration(self) <= duration('{MAX_DURATION}')"),
+        &format!("must be at most a year ({MAX_DURATION})"),
+    );
+    rule["messageExpression"] = format!("self + ' is longer than a year ({MAX_DURATION})'").into();
+    rule
 }
 
 /// A non-negative decimal number written as a string, such as `250`, `0.15` or `1234.5678`.
