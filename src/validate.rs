@@ -514,6 +514,15 @@ mod tests {
         }
         let https = binding_spec("budgetRef: {name: b}\nworkloads: [{kind: Job, name: a}]\nmetrics: {scheme: https}");
         assert_eq!(binding(&https), Ok(()));
+        // The CRD's rule lets this through (its characters are those of a name); rustls does
+        // not (an all-numeric last label), so the operator must still say so.
+        let numeric = binding_spec(
+            "budgetRef: {name: b}\nworkloads: [{kind: Job, name: a}]\nmetrics: {scheme: https, tls: {serverName: '1.2.3'}}",
+        );
+        assert_eq!(
+            binding(&numeric).unwrap_err().0,
+            vec!["spec.metrics.tls.serverName: \"1.2.3\" is neither a DNS name nor an IP address"]
+        );
         let bad_name = binding_spec(
             "budgetRef: {name: b}\nworkloads: [{kind: Job, name: a}]\nmetrics: {scheme: https, tls: {serverName: 'agent svc'}}",
         );
