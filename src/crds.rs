@@ -28,8 +28,7 @@ pub fn all() -> Vec<(String, String)> {
 ///
 /// Without `nullable`, the API server prunes an explicit `null` before defaulting, so
 /// `port: null` becomes the default 9464 instead of a value the operator cannot read (one
-/// unreadable object would stall the whole watch), and `kubectl explain` on a 1.20 server shows
-/// the structure of those fields instead of `<>`. The operator never writes nulls: absent
+/// unreadable object would stall the whole watch). The operator never writes nulls: absent
 /// optional fields are omitted.
 fn strip_nullable(value: &mut serde_json::Value) {
     match value {
@@ -69,6 +68,32 @@ mod tests {
     fn no_field_is_nullable() {
         for (file, yaml) in all() {
             assert!(!yaml.contains("nullable"), "{file} has a nullable field");
+        }
+    }
+
+    /// Every CEL rule tells the user what is wrong: without a message the server prints the
+    /// rule's expression.
+    #[test]
+    fn every_rule_has_a_message() {
+        fn rules(value: &serde_json::Value, found: &mut Vec<serde_json::Value>) {
+            match value {
+                serde_json::Value::Object(map) => {
+                    if let Some(serde_json::Value::Array(list)) = map.get("x-kubernetes-validations") {
+                        found.extend(list.iter().cloned());
+                    }
+                    map.values().for_each(|v| rules(v, found));
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|v| rules(v, found)),
+                _ => {}
+            }
+        }
+        let mut found = Vec::new();
+        for (_, yaml) in all() {
+            rules(&serde_yaml::from_str(&yaml).unwrap(), &mut found);
+        }
+        assert!(found.len() >= 20, "only {} rules", found.len());
+        for rule in found {
+            assert!(rule["message"].is_string(), "no message: {rule}");
         }
     }
 

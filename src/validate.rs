@@ -1,6 +1,14 @@
-//! Checks of a spec that the OpenAPI schema cannot express (or that an older API server does
-//! not enforce). Pure: no client, no clock. An invalid spec is reported as `Ready=False`
-//! with reason `InvalidSpec` and the messages below, and waits for the user to fix it.
+//! The operator's own checks of a spec. Pure: no client, no clock. An invalid spec is reported
+//! as `Ready=False` with reason `InvalidSpec` and the messages below, and waits for the user
+//! to fix it.
+//!
+//! The API server refuses almost every mistake itself, through the CRD's OpenAPI keywords and
+//! CEL rules (see [`crate::api`]). Only this module can check what the CRD cannot: that
+//! `period.timezone` names a zone of the IANA database the operator carries, and that
+//! `metrics.tls.serverName` is a name rustls accepts (CEL only approximates its rules). The
+//! rest is checked again here on purpose: an object stored under an older CRD, before a rule
+//! existed, stays stored, and validation ratcheting lets its invalid part through later
+//! updates as long as that part is unchanged, so the server never reports it.
 
 use std::time::Duration;
 
@@ -506,6 +514,15 @@ mod tests {
         }
         let https = binding_spec("budgetRef: {name: b}\nworkloads: [{kind: Job, name: a}]\nmetrics: {scheme: https}");
         assert_eq!(binding(&https), Ok(()));
+        // The CRD's rule lets this through (its characters are those of a name); rustls does
+        // not (an all-numeric last label), so the operator must still say so.
+        let numeric = binding_spec(
+            "budgetRef: {name: b}\nworkloads: [{kind: Job, name: a}]\nmetrics: {scheme: https, tls: {serverName: '1.2.3'}}",
+        );
+        assert_eq!(
+            binding(&numeric).unwrap_err().0,
+            vec!["spec.metrics.tls.serverName: \"1.2.3\" is neither a DNS name nor an IP address"]
+        );
         let bad_name = binding_spec(
             "budgetRef: {name: b}\nworkloads: [{kind: Job, name: a}]\nmetrics: {scheme: https, tls: {serverName: 'agent svc'}}",
         );

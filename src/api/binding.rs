@@ -8,7 +8,10 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{DURATION_PATTERN, TokenType, WorkloadKind, conditions_schema, optional_enum_schema};
+use super::common::{
+    DURATION_PATTERN, TokenType, WorkloadKind, at_most_a_year, cel_is_duration, conditions_schema, duration_rule,
+    optional_enum_schema, selector_schema,
+};
 
 /// Charges the pods of some workloads to a TokenBudget in the same namespace, and says how
 /// those pods report the tokens they use.
@@ -77,7 +80,22 @@ pub struct BudgetRef {
 /// One workload by name, or the workloads of one kind that match a label selector.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("oneOf" = [{"required": ["name"]}, {"required": ["selector"]}]))]
+// CEL rules rather than `oneOf`: they name the entry (`spec.workloads[1]`, where `oneOf`
+// names only the list), and a failing `oneOf` branch reports `Required value`, an error that
+// makes the server skip every CEL rule of the object.
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.name) || has(self.selector)",
+        "reason": "FieldValueRequired",
+        "message": "set exactly one of name and selector",
+    },
+    {
+        "rule": "!has(self.name) || !has(self.selector)",
+        "fieldPath": ".selector",
+        "reason": "FieldValueForbidden",
+        "message": "set exactly one of name and selector, not both",
+    },
+]))]
 pub struct WorkloadSelector {
     /// Deployment, StatefulSet, Job or CronJob.
     pub kind: WorkloadKind,
@@ -90,17 +108,63 @@ pub struct WorkloadSelector {
     /// Selects workloads of `kind` by their labels. Exactly one of `name` and `selector` is
     /// required.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "selector_schema")]
     pub selector: Option<LabelSelector>,
 }
 
 /// Where and how the operator reads each bound pod's token counters.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-// "custom exactly when format is Custom" is checked by the operator (Ready=False, reason
-// InvalidSpec): the schema alone cannot say it, and CEL rules break `kubectl apply` on 1.20.
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": format!(
+            "!{} || !{} || duration(self.timeout) <= duration(self.interval)",
+            cel_is_duration("self.timeout"),
+            cel_is_duration("self.interval")
+        ),
+        "fieldPath": ".timeout",
+        "messageExpression": "self.timeout + ' is longer than the interval ' + self.interval + ' (spec.metrics.interval)'",
+        "message": "must not be longer than spec.metrics.interval",
+    },
+    {
+        "rule": "self.format != 'Custom' || has(self.custom)",
+        "fieldPath": ".custom",
+        "reason": "FieldValueRequired",
+        "message": "required with format Custom: the counters to read",
+    },
+    {
+        "rule": "!has(self.custom) || self.format == 'Custom'",
+        "fieldPath": ".custom",
+        "reason": "FieldValueForbidden",
+        "messageExpression": "'only allowed with format Custom, not ' + self.format",
+        "message": "only allowed with format Custom",
+    },
+    {
+        // Silently scraping in plain text what the user meant to protect would be worse than
+        // not scraping at all.
+        "rule": "!has(self.tls) || self.scheme == 'https'",
+        "fieldPath": ".tls",
+        "reason": "FieldValueForbidden",
+        "messageExpression": "'only allowed with scheme https, not ' + self.scheme",
+        "message": "only allowed with scheme https",
+    },
+]))]
 pub struct MetricsEndpoint {
     /// The container port serving metrics, as a number or as the name of a container port.
     #[serde(default = "default_port")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "type(self) != int || (self >= 1 && self <= 65535)",
+            "messageExpression": "string(self) + ' is not a port number from 1 to 65535'",
+            "message": "must be a port number from 1 to 65535",
+        },
+        {
+            // IANA_SVC_NAME, as for a container port's name.
+            "rule": "type(self) != string || (size(self) <= 15 && self.matches('^[a-z0-9]([a-z0-9-]*[a-z0-9])?$') && self.matches('[a-z]') && !self.contains('--'))",
+            "messageExpression": r#"'"' + string(self) + '" is neither a port number nor a container port name (1-15 lowercase letters, digits and "-")'"#,
+            "message": "must be a port number or a container port name (1-15 lowercase letters, digits and '-')",
+        },
+    ]))]
     pub port: IntOrString,
 
     /// The HTTP path of the metrics endpoint.
@@ -120,12 +184,18 @@ pub struct MetricsEndpoint {
 
     /// How often each pod is scraped, as a duration such as "15s" or "1m".
     #[serde(default = "default_interval")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(regex(pattern = DURATION_PATTERN), extend("x-kubernetes-validations" = [
+        duration_rule("duration(self) >= duration('1s')", "must be at least 1s"),
+        at_most_a_year(),
+    ]))]
     pub interval: String,
 
     /// How long one scrape may take before it counts as failed.
     #[serde(default = "default_timeout")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(regex(pattern = DURATION_PATTERN), extend("x-kubernetes-validations" = [
+        duration_rule("duration(self) > duration('0s')", "must be more than 0s"),
+        at_most_a_year(),
+    ]))]
     pub timeout: String,
 
     /// The metric names and labels the pods expose: OpenTelemetry (GenAI semantic
@@ -177,7 +247,15 @@ pub struct TlsConfig {
     /// sent as the TLS server name (SNI). Default: the pod's IP address, which the
     /// certificate must then list as an IP subject alternative name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    // Lenient on purpose, so it never refuses a name the operator's TLS library (rustls)
+    // accepts: DNS labels (with '_', as rustls allows) or the characters of an IP address.
+    // The finer rules (an all-numeric last label, a malformed IPv6 address) stay with the
+    // operator.
+    #[schemars(length(min = 1, max = 253), extend("x-kubernetes-validations" = [{
+        "rule": r"self.matches('^[A-Za-z0-9_]([-A-Za-z0-9_]{0,61}[A-Za-z0-9_])?(\\.[A-Za-z0-9_]([-A-Za-z0-9_]{0,61}[A-Za-z0-9_])?)*\\.?$') || self.matches('^[0-9A-Fa-f:.]+$')",
+        "messageExpression": r#"'"' + self + '" is neither a DNS name nor an IP address'"#,
+        "message": "must be a DNS name or an IP address",
+    }]))]
     pub server_name: Option<String>,
 }
 
@@ -213,7 +291,20 @@ impl MetricsFormat {
 /// One counter of token usage, for format Custom.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("oneOf" = [{"required": ["tokenType"]}, {"required": ["tokenTypeLabel"]}]))]
+// CEL rules rather than `oneOf`, as for WorkloadSelector.
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.tokenType) || has(self.tokenTypeLabel)",
+        "reason": "FieldValueRequired",
+        "message": "set exactly one of tokenType and tokenTypeLabel",
+    },
+    {
+        "rule": "!has(self.tokenType) || !has(self.tokenTypeLabel)",
+        "fieldPath": ".tokenTypeLabel",
+        "reason": "FieldValueForbidden",
+        "message": "set exactly one of tokenType and tokenTypeLabel, not both",
+    },
+]))]
 pub struct CustomMetric {
     /// The metric (family) name, e.g. `my_tokens_total`.
     #[schemars(regex(pattern = r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"), length(max = 256))]

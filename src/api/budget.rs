@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    DECIMAL_PATTERN, DURATION_PATTERN, QUANTITY_PATTERN, TokenType, WorkloadKind, conditions_schema,
+    DECIMAL_PATTERN, DURATION_PATTERN, QUANTITY_PATTERN, TokenType, WorkloadKind, at_most_a_year, conditions_schema,
     optional_enum_schema,
 };
 
@@ -65,6 +65,22 @@ use super::common::{
     )
 )]
 #[serde(rename_all = "camelCase")]
+// Rules across fields sit on the smallest object that holds the fields they compare (here the
+// spec), so that validation ratcheting can let an unchanged invalid subtree through an update.
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.limits.cost) || (has(self.pricing) && size(self.pricing) > 0)",
+        "fieldPath": ".pricing",
+        "reason": "FieldValueRequired",
+        "message": "a cost limit (spec.limits.cost) needs spec.pricing: without prices nothing costs anything",
+    },
+    {
+        "rule": "!self.enforcement.freezeQuota || has(self.computeQuota)",
+        "fieldPath": ".computeQuota",
+        "reason": "FieldValueRequired",
+        "message": "spec.enforcement.freezeQuota needs spec.computeQuota, the quota it would freeze",
+    },
+]))]
 pub struct TokenBudgetSpec {
     /// What may be spent per period. At least one of `tokens` and `cost` is required; when
     /// both are set, the budget is exhausted as soon as either is reached.
@@ -110,7 +126,13 @@ pub struct TokenBudgetSpec {
 /// What may be spent per period.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("anyOf" = [{"required": ["tokens"]}, {"required": ["cost"]}]))]
+// A CEL rule rather than `anyOf`: an `anyOf` branch that fails reports `Required value`, and
+// that error makes the server skip every CEL rule of the object.
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.tokens) || has(self.cost)",
+    "reason": "FieldValueRequired",
+    "message": "at least one of spec.limits.tokens and spec.limits.cost is required",
+}]))]
 pub struct BudgetLimits {
     /// Tokens per period, counting the types in `tokenTypes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -193,7 +215,9 @@ pub struct Enforcement {
     /// With ScaleDown: how long after exhaustion the workloads stay up (annotated) before they
     /// are scaled down, as a duration such as "0s", "5m" or "1h".
     #[serde(default = "default_grace_period")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(regex(pattern = DURATION_PATTERN), extend("x-kubernetes-validations" = [
+        at_most_a_year(),
+    ]))]
     pub grace_period: String,
 
     /// When exhausted, also set `pods: "0"` on the budget's computeQuota, so that no new pod of

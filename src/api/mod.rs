@@ -1,9 +1,12 @@
 //! The `tokenbudget.io/v1alpha1` API: the two custom resources and nothing else.
 //!
 //! Every spec field's doc comment becomes its description in the generated CRD (so
-//! `kubectl explain tb.spec.period` is useful), and the validation a 1.20 API server must
-//! enforce on its own (it drops CEL rules) lives in the OpenAPI schema: `minimum`, `enum`,
-//! `pattern`, `required`, `oneOf`/`anyOf`.
+//! `kubectl explain tb.spec.period` is useful), and the API server validates every spec
+//! against the schema: OpenAPI keywords (`minimum`, `enum`, `pattern`, `required`, ...) for
+//! single fields, and CEL rules (`x-kubernetes-validations`) for rules across fields, each on
+//! the smallest object that holds the fields it compares, so that validation ratcheting lets
+//! an unchanged invalid part of a stored object through updates of other parts. What the
+//! schema cannot check is left to [`crate::validate`].
 
 // clippy reads the repeated `printcolumn(name = .., type_ = ..)` keys of `#[kube]` as duplicated
 // attributes; they are separate columns.
