@@ -230,7 +230,7 @@ cmd_up() {
     --cert-dir="$d/certs" --token-auth-file="$d/tokens.csv" --authorization-mode=RBAC \
     --service-account-key-file="$d/sa.pub" --service-account-signing-key-file="$d/sa.key" \
     --service-account-issuer=https://kubernetes.default.svc --service-cluster-ip-range=10.96.0.0/16 \
-    --endpoint-reconciler-type=none
+    --endpoint-reconciler-type=none --kubelet-preferred-address-types=InternalIP,Hostname
   wait_for apiserver 180 curl -ksf -m 2 -H "Authorization: Bearer $ADMIN_TOKEN" "https://127.0.0.1:$ap/readyz" \
     || { tail -n 30 "$d/logs/kube-apiserver.log" >&2; cmd_down; die "kube-apiserver did not become ready"; }
 
@@ -253,7 +253,7 @@ KCFG
 
   start_daemon kube-controller-manager "$K8S_BIN/kube-controller-manager" --kubeconfig="$d/kubeconfig" \
     --service-account-private-key-file="$d/sa.key" --root-ca-file="$d/certs/apiserver.crt" \
-    --use-service-account-credentials=true --controllers='*,-node-lifecycle-controller' \
+    --use-service-account-credentials=true --controllers='*' \
     --leader-elect=false --bind-address=127.0.0.1 --secure-port=0
   # The controller-manager is working once it has given `default` its ServiceAccount.
   wait_for controller-manager 120 "$K8S_BIN/kubectl" --kubeconfig "$d/kubeconfig" get serviceaccount default -n default \
