@@ -105,9 +105,11 @@ async fn an_invalid_budget_is_not_ready_until_fixed() {
     let _operator = Operator::start(&ns.name);
     let budgets: Api<TokenBudget> = ns.api(&client);
 
-    // The schema accepts this, but a cost limit without prices can never be reached.
+    // The schema accepts this (CEL has no time zone database), but the operator cannot tell
+    // when a period of this zone starts.
     let tb: TokenBudget = from_yaml(
-        "apiVersion: tokenbudget.io/v1alpha1\nkind: TokenBudget\nmetadata: {name: money}\nspec: {limits: {cost: '10.00'}}",
+        "apiVersion: tokenbudget.io/v1alpha1\nkind: TokenBudget\nmetadata: {name: money}\n\
+         spec: {limits: {tokens: 1000}, period: {timezone: Mars/Olympus_Mons}}",
     );
     budgets
         .create(&PostParams::default(), &tb)
@@ -118,10 +120,10 @@ async fn an_invalid_budget_is_not_ready_until_fixed() {
     })
     .await;
     let message = &tb.status.as_ref().unwrap().conditions[0].message;
-    assert!(message.contains("spec.limits.cost"), "{message}");
+    assert!(message.contains("spec.period.timezone"), "{message}");
     assert_eq!(tb.status.as_ref().unwrap().observed_generation, Some(1));
 
-    let fix = serde_json::json!({"spec": {"pricing": [{"model": "gpt-4o-mini", "input": "0.15", "output": "0.60"}]}});
+    let fix = serde_json::json!({"spec": {"period": {"timezone": "Europe/Berlin"}}});
     budgets
         .patch("money", &PatchParams::default(), &Patch::Merge(&fix))
         .await
