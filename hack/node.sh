@@ -390,6 +390,12 @@ cmd_down() {
     log "error: mounts under $NODE_DIR remain; not removing it"
     return 1
   fi
+  # The kubelet links each container's log into /var/log/containers whatever podLogsDir says:
+  # our links (into the state folder) go with it.
+  local l
+  for l in /var/log/containers/*.log; do
+    if [ -L "$l" ]; then case $(readlink "$l") in "$NODE_DIR"/*) rm -f "$l" ;; esac; fi
+  done
   rm -rf "$NODE_DIR"
   # 4. What containerd 1.6, the CNI plugins and the kubelet put in fixed places whatever their
   # configuration says; removed only where nothing else is left in them.
