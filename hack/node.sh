@@ -320,7 +320,10 @@ cmd_up() {
     die "another node runs on this machine (one per machine): $other; stop it with hack/node.sh down and its TESTBED_DIR"
   fi
   # Whatever a crashed or half-started run left behind goes first.
-  cmd_down >/dev/null || die "could not clean up what an earlier node left: see hack/node.sh down"
+  if [ -d "$NODE_DIR" ]; then
+    log "clearing what an earlier node of this testbed left"
+    cmd_down >/dev/null || die "could not clear what an earlier node left: see hack/node.sh down"
+  fi
   local t=$SECONDS
   install_packages
   testbed install-node
@@ -401,7 +404,7 @@ cmd_down() {
   # configuration says; removed only where nothing else is left in them.
   rm -f /var/lib/kubelet/device-plugins/kubelet.sock
   rmdir /var/lib/kubelet/device-plugins /var/lib/kubelet/plugins_registry /var/lib/kubelet/plugins \
-    /var/lib/kubelet /var/log/containers /var/log/pods /run/containerd/s /run/containerd 2>/dev/null || true
+    /var/lib/kubelet /var/log/containers /run/containerd/s /run/containerd 2>/dev/null || true
   rm -f /var/lib/cni/results/"$CNI_NETWORK"-* 2>/dev/null || true
   rmdir /var/lib/cni/results /var/lib/cni 2>/dev/null || true
   ip link del "$BRIDGE" 2>/dev/null || true
