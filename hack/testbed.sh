@@ -5,6 +5,7 @@
 # downloaded prebuilt. See docs/testbed.md.
 #
 #   hack/testbed.sh install   build (once per version) and cache the binaries, install packages
+#   hack/testbed.sh install-node   also build kubelet and kube-scheduler (for hack/node.sh)
 #   hack/testbed.sh up        install if needed, start (idempotent), wait for readiness
 #   hack/testbed.sh down      stop exactly the processes `up` started (safe without `up`)
 #   hack/testbed.sh env       print `export KUBECONFIG=... PATH=<kubectl of this version>:...`
@@ -85,11 +86,12 @@ cache_binary() {
 # k8s.io/kubernetes replaces each staging module (k8s.io/api, k8s.io/client-go, ...) with a
 # path inside its own tree, so it cannot be built as a dependency as it is: the module here
 # requires it and replaces each of those with the published module of the same release.
+# Builds the commands "$@" (names under k8s.io/kubernetes/cmd/) of $K8S_VERSION into $K8S_BIN.
 build_kubernetes() {
-  local v=$K8S_VERSION minor work gomod pkg bin
+  local v=$K8S_VERSION minor work gomod pkg bin pkgs=()
   minor=${v#1.}; minor=${minor%%.*}
   work=$(mktemp -d "${TMPDIR:-/tmp}/tokenbudget-k8s-build.XXXXXX")
-  log "building kube-apiserver, kube-controller-manager and kubectl $v from Go modules (first run only)"
+  log "building $* $v from Go modules (first run only)"
   gomod=$(cd "$work" && GOFLAGS=-mod=mod go mod download -json "k8s.io/kubernetes@v$v" \
     | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')
   [ -n "$gomod" ] && [ -f "$gomod" ] || { rm -rf "$work"; die "the Go module proxy does not serve k8s.io/kubernetes v$v"; }
@@ -106,10 +108,20 @@ build_kubernetes() {
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ldflags+=" -X $pkg.gitVersion=v$v -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
   done
-  go_build "$work" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kubectl || { rm -rf "$work"; die "building Kubernetes $v failed"; }
-  for bin in kube-apiserver kube-controller-manager kubectl; do cache_binary "$work/out/$bin" "$K8S_BIN/$bin"; done
+  for bin in "$@"; do pkgs+=("k8s.io/kubernetes/cmd/$bin"); done
+  go_build "$work" "${pkgs[@]}" || { rm -rf "$work"; die "building Kubernetes $v failed"; }
+  for bin in "$@"; do cache_binary "$work/out/$bin" "$K8S_BIN/$bin"; done
   rm -rf "$work"
+}
+
+# Builds (once) those of the Kubernetes commands "$@" that are not cached yet.
+build_kubernetes_commands() {
+  local missing=() bin t=$SECONDS
+  for bin in "$@"; do [ -x "$K8S_BIN/$bin" ] || missing+=("$bin"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  check_go
+  build_kubernetes "${missing[@]}"
+  log "built ${missing[*]} $K8S_VERSION in $((SECONDS - t))s: $(du -sh "$K8S_BIN" | cut -f1) in $K8S_BIN"
 }
 
 # etcd's server module is its main package (the binary it builds is named `server`).
@@ -125,12 +137,7 @@ build_etcd() {
 }
 
 build_binaries() {
-  if [ ! -x "$K8S_BIN/kube-apiserver" ] || [ ! -x "$K8S_BIN/kube-controller-manager" ] || [ ! -x "$K8S_BIN/kubectl" ]; then
-    check_go
-    local t=$SECONDS
-    build_kubernetes
-    log "built Kubernetes $K8S_VERSION in $((SECONDS - t))s: $(du -sh "$K8S_BIN" | cut -f1) in $K8S_BIN"
-  fi
+  build_kubernetes_commands kube-apiserver kube-controller-manager kubectl
   if [ ! -x "$ETCD_BIN/etcd" ]; then
     check_go
     local t=$SECONDS
@@ -140,6 +147,10 @@ build_binaries() {
 }
 
 cmd_install() { install_runtime; build_binaries; }
+
+# What a node beside the control plane needs (hack/node.sh): kubelet and kube-scheduler of the
+# same version, built the same way into the same cache folder.
+cmd_install_node() { cmd_install; build_kubernetes_commands kubelet kube-scheduler; }
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
@@ -177,6 +188,8 @@ server_url() { sed -n 's/^ *server: //p' "$TESTBED_DIR/kubeconfig" | head -n1; }
 
 cmd_down() {
   [ -d "$TESTBED_DIR" ] || { log "not running"; return 0; }
+  # A real node (hack/node.sh) keeps its state in here, with mounts in it: it goes first.
+  if [ -d "$TESTBED_DIR/node" ]; then "$REPO/hack/node.sh" down || die "hack/node.sh down failed"; fi
   stop_one kube-controller-manager
   stop_one kube-apiserver
   stop_one etcd
@@ -275,9 +288,10 @@ cmd_status() {
 
 case "${1:-}" in
   install) cmd_install ;;
+  install-node) cmd_install_node ;;
   up) cmd_up ;;
   down) cmd_down ;;
   env) cmd_env ;;
   status) cmd_status ;;
-  *) echo "usage: $0 install|up|down|env|status" >&2; exit 2 ;;
+  *) echo "usage: $0 install|install-node|up|down|env|status" >&2; exit 2 ;;
 esac

@@ -12,6 +12,15 @@
 //! `--rate` spends that many tokens per second (3/4 input, 1/4 output). `POST /spend?input=N&output=M&model=X`
 //! spends exactly that much at once; `POST /reset` forgets everything, as a restarted process would.
 //!
+//! For a real container (hack/node.sh runs it as the image `localhost/agent-sim:local`, as PID
+//! 1 of its container):
+//! - `POST /exit?code=N` answers, then ends the process with exit code N (default 1): a real
+//!   crash, after which the kubelet starts the container again with its counters at zero.
+//! - SIGTERM (what the kubelet sends when the pod is deleted) is handled: it keeps serving for
+//!   `--drain DURATION` (`5s`, `500ms`; default 0), as an agent finishing in-flight work would,
+//!   then exits 0. The handler is always installed because the kernel drops signals without a
+//!   handler that are sent to a PID 1, which would leave the pod to its grace period's SIGKILL.
+//!
 //!   agent-sim --listen 127.0.3.7:9464 --hostile MODE
 //!
 //! serves a broken endpoint instead, to show that the operator survives it: `big-body` (a
@@ -106,6 +115,8 @@ struct Options {
     hostile: Option<Hostile>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    /// How long to keep serving after SIGTERM.
+    drain: Duration,
 }
 
 /// A broken metrics endpoint, for the operator's robustness tests and demos.
@@ -147,6 +158,7 @@ fn parse_args() -> Result<Options, String> {
         hostile: None,
         tls_cert: None,
         tls_key: None,
+        drain: Duration::ZERO,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -166,9 +178,10 @@ fn parse_args() -> Result<Options, String> {
             "--hostile" => options.hostile = Some(Hostile::parse(&value()?)?),
             "--tls-cert" => options.tls_cert = Some(value()?.into()),
             "--tls-key" => options.tls_key = Some(value()?.into()),
+            "--drain" => options.drain = parse_duration(&value()?).map_err(|e| format!("--drain: {e}"))?,
             "-h" | "--help" => {
                 println!(
-                    "usage: agent-sim --listen ADDR [--model NAME] [--rate TOKENS_PER_S] [--format OpenTelemetry|VLLM|LiteLLM] [--tls-cert PEM --tls-key PEM]\n       \
+                    "usage: agent-sim --listen ADDR [--model NAME] [--rate TOKENS_PER_S] [--format OpenTelemetry|VLLM|LiteLLM] [--tls-cert PEM --tls-key PEM] [--drain 5s]\n       \
                      agent-sim --listen ADDR --hostile big-body|silent|trickle|garbage|value=V"
                 );
                 std::process::exit(0);
@@ -180,6 +193,30 @@ fn parse_args() -> Result<Options, String> {
         return Err("--tls-cert and --tls-key go together".into());
     }
     Ok(options)
+}
+
+/// `5s`, `500ms`, `2m` or plain seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let n: u64 = number.parse().map_err(|_| format!("not a duration: {text:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("not a duration: {text:?} (use ms, s or m)")),
+    }
+}
+
+/// A line on stdout (the container's log), even when nobody reads it any more: the tests read
+/// only the first line, and a write to a closed pipe must not end the process.
+fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 /// The TLS acceptor for `--tls-cert` and `--tls-key`, if given.
@@ -223,6 +260,18 @@ fn handle(req: &Request<hyper::body::Incoming>, spent: &Mutex<Spent>, options: &
             *spent = Spent::default();
             (StatusCode::OK, "reset\n".into())
         }
+        (&Method::POST, "/exit") => {
+            let code = query_value(req.uri().query().unwrap_or(""), "code")
+                .and_then(|v| v.parse::<i32>().ok())
+                .unwrap_or(1);
+            say(&format!("agent-sim: exiting with code {code} as asked"));
+            // After the answer has gone out: the caller learns that it was heard.
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                std::process::exit(code);
+            });
+            (StatusCode::OK, format!("exiting with code {code}\n"))
+        }
         _ => (StatusCode::NOT_FOUND, "not found\n".into()),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -253,6 +302,7 @@ async fn main() {
             std::process::exit(1);
         }
     };
+    tokio::spawn(drain_on_sigterm(options.drain));
     if let Some(mode) = &options.hostile {
         println!("agent-sim listening on {} (hostile: {mode:?})", options.listen);
         serve_hostile(listener, mode.clone()).await;
@@ -295,6 +345,22 @@ async fn main() {
             };
         });
     }
+}
+
+/// On SIGTERM: serve on for `drain`, then exit 0.
+async fn drain_on_sigterm(drain: Duration) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return;
+    };
+    term.recv().await;
+    say(&format!(
+        "agent-sim: SIGTERM, serving {}ms more, then exiting",
+        drain.as_millis()
+    ));
+    tokio::time::sleep(drain).await;
+    say("agent-sim: drained, exiting");
+    std::process::exit(0);
 }
 
 /// Serves one broken endpoint forever; every connection on its own task, which ends when the
@@ -394,6 +460,17 @@ mod tests {
         assert!(matches!(Hostile::parse("value=+Inf"), Ok(Hostile::Value(v)) if v == "+Inf"));
         for bad in ["value=", "value=1 2", "slow", ""] {
             assert!(Hostile::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn drain_durations() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        for bad in ["", "s", "5h", "-1s", "1.5s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
     }
 }

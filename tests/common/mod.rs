@@ -353,6 +353,22 @@ pub fn http_get(address: SocketAddr, path: &str) -> std::io::Result<(u16, String
     Ok((status, body))
 }
 
+/// POSTs `path` to the agent-sim at `address` (`ip:port`; a loopback agent or a real pod's IP)
+/// and asserts that it answers 200.
+pub fn agent_post(address: &str, path: &str) {
+    let address: SocketAddr = address.parse().expect("an ip:port");
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("agent at {address} reachable: {e}"));
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(stream, "POST {path} HTTP/1.0\r\nHost: agent\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200"),
+        "{response}"
+    );
+}
+
 /// A simulated agent (`agent-sim`) listening on its own loopback address, as one pod's
 /// containers would.
 pub struct Agent {
@@ -392,15 +408,7 @@ impl Agent {
     }
 
     fn post(&self, path: &str) {
-        let address: SocketAddr = format!("{}:{}", self.ip, self.port).parse().unwrap();
-        let mut stream = TcpStream::connect(address).expect("agent reachable");
-        write!(stream, "POST {path} HTTP/1.0\r\nHost: agent\r\n\r\n").unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        assert!(
-            response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200"),
-            "{response}"
-        );
+        agent_post(&format!("{}:{}", self.ip, self.port), path);
     }
 
     /// Spends exactly this many tokens of `model`.
