@@ -17,27 +17,36 @@ use kube::{
 use tokenbudget::{
     api::TokenBudget,
     plugin::{
-        Command, Invocation, Scope, USAGE, parse_args,
+        self, Command, Invocation, Scope, parse_args,
         render::{self, Listing, Options, Rendered},
     },
 };
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let invocation = match parse_args(std::env::args().skip(1)) {
+    let invocation = match parse_args(std::env::args_os().skip(1)) {
         Ok(i) => i,
+        // --help and --version.
+        Err(answer) if !answer.use_stderr() => {
+            let _ = std::io::stdout().lock().write_all(answer.to_string().as_bytes());
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
-            eprintln!("error: {e} (see kubectl tokenbudget --help)");
+            eprintln!("error: {} (see kubectl tokenbudget --help)", plugin::one_line(&e));
             return ExitCode::FAILURE;
         }
     };
     let result = match invocation.command {
         Command::Help => Ok(Rendered {
-            stdout: format!("{USAGE}\n"),
+            stdout: plugin::help(),
             stderr: String::new(),
         }),
         Command::Version => Ok(Rendered {
-            stdout: format!("kubectl-tokenbudget {}\n", env!("CARGO_PKG_VERSION")),
+            stdout: format!("{} {}\n", plugin::BINARY, env!("CARGO_PKG_VERSION")),
+            stderr: String::new(),
+        }),
+        Command::Completion(shell) => Ok(Rendered {
+            stdout: plugin::completion(shell),
             stderr: String::new(),
         }),
         _ => run(&invocation).await,
@@ -109,7 +118,7 @@ async fn run(invocation: &Invocation) -> Result<Rendered, String> {
             out.stderr.insert_str(0, &warnings);
             Ok(out)
         }
-        Command::Help | Command::Version => unreachable!("answered without a cluster"),
+        Command::Help | Command::Version | Command::Completion(_) => unreachable!("answered without a cluster"),
     }
 }
 

@@ -2,73 +2,14 @@
 
 use std::{io::IsTerminal, process::ExitCode, sync::Arc};
 
+use clap::Parser;
 use kube::{Client, Config};
 use tokenbudget::{
     clock::SystemClock,
-    controller::run::{self, Options},
+    controller::{cli::Cli, run},
     usage::scrape::{self, ScrapeCa},
 };
 use tracing_subscriber::EnvFilter;
-
-const USAGE: &str = "\
-tokenbudget-operator: caps the LLM tokens that Kubernetes workloads spend
-
-USAGE: tokenbudget-operator [--bind-address ADDR] [--namespace NS] [--scrape-ca-file PATH]
-
-  --bind-address ADDR  where /healthz, /readyz and /metrics are served (default 0.0.0.0:8080)
-  --namespace NS       watch only this namespace (default: all namespaces)
-  --max-concurrent-scrapes N   scrapes in flight at once, over all pods (default 64)
-  --max-body-bytes N   largest metrics body read from a pod (default 16 MiB)
-  --scrape-ca-file PATH  PEM CA bundle that pods' certificates are verified against when a
-                       binding scrapes over https (default: in a cluster the service
-                       account's ca.crt, otherwise the kubeconfig cluster's CA)
-
-The cluster is the one of KUBECONFIG (or ~/.kube/config), or the in-cluster service account.
-Log level and filters: RUST_LOG (default info); LOG_FORMAT=json for JSON logs.";
-
-fn parse_args() -> Result<(Options, Option<std::path::PathBuf>), String> {
-    let mut scrape_ca_file = None;
-    let mut options = Options {
-        instance: std::env::var("POD_NAME").ok(),
-        ..Options::default()
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) => (f.to_string(), Some(v.to_string())),
-            None => (arg.clone(), None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or(format!("{flag} needs a value"))
-        };
-        match flag.as_str() {
-            "--bind-address" => {
-                let v = value()?;
-                options.bind_address = v.parse().map_err(|e| format!("--bind-address {v:?}: {e}"))?;
-            }
-            "--namespace" => options.namespace = Some(value()?),
-            "--max-concurrent-scrapes" => {
-                let v = value()?;
-                options.max_concurrent_scrapes =
-                    v.parse().map_err(|e| format!("--max-concurrent-scrapes {v:?}: {e}"))?;
-            }
-            "--max-body-bytes" => {
-                let v = value()?;
-                options.max_body_bytes = v.parse().map_err(|e| format!("--max-body-bytes {v:?}: {e}"))?;
-            }
-            "--scrape-ca-file" => scrape_ca_file = Some(value()?.into()),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown argument {other:?}\n\n{USAGE}")),
-        }
-    }
-    Ok((options, scrape_ca_file))
-}
 
 fn init_tracing() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -93,8 +34,10 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Help, --version and bad flags end here, before any logging.
+    let cli = Cli::parse();
     init_tracing();
-    match run().await {
+    match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tokenbudget-operator: {e}");
@@ -103,13 +46,14 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run() -> Result<(), String> {
-    let (mut options, scrape_ca_file) = parse_args()?;
+async fn run(cli: Cli) -> Result<(), String> {
+    let mut options = cli.options();
+    options.instance = std::env::var("POD_NAME").ok();
     let config = Config::infer()
         .await
         .map_err(|e| format!("no Kubernetes configuration: {e}"))?;
     options.scrape_ca = ScrapeCa::discover(
-        scrape_ca_file.as_deref(),
+        cli.scrape_ca_file.as_deref(),
         std::path::Path::new(scrape::SERVICE_ACCOUNT_CA),
         config.root_cert.as_deref(),
     )?;
@@ -119,4 +63,85 @@ async fn run() -> Result<(), String> {
     }
     let client = Client::try_from(config).map_err(|e| format!("no Kubernetes configuration: {e}"))?;
     run::run(client, options, Arc::new(SystemClock), shutdown_signal()).await
+}
+
+#[cfg(test)]
+mod tests {
+    //! The `TOKENBUDGET_*` variables. Here and not with the other tests of the flags
+    //! (`tokenbudget::controller::cli`): setting a variable needs `unsafe`, which the library
+    //! forbids. One test, so that no other test of this binary sees them set.
+
+    use clap::{Parser, error::ErrorKind};
+    use tokenbudget::controller::cli::Cli;
+
+    const VARS: [(&str, &str); 5] = [
+        ("TOKENBUDGET_BIND_ADDRESS", "127.0.0.1:9090"),
+        ("TOKENBUDGET_NAMESPACE", "agents"),
+        ("TOKENBUDGET_MAX_CONCURRENT_SCRAPES", "8"),
+        ("TOKENBUDGET_MAX_BODY_BYTES", "1024"),
+        ("TOKENBUDGET_SCRAPE_CA_FILE", "/etc/ca.pem"),
+    ];
+
+    fn set(name: &str, value: Option<&str>) {
+        // SAFETY: the only test of this binary, so no other thread reads the environment.
+        unsafe {
+            match value {
+                Some(v) => std::env::set_var(name, v),
+                None => std::env::remove_var(name),
+            }
+        }
+    }
+
+    #[test]
+    fn each_flag_falls_back_to_its_variable_and_the_flag_wins() {
+        for (name, value) in VARS {
+            set(name, Some(value));
+        }
+        let cli = Cli::try_parse_from(["tokenbudget-operator"]).unwrap();
+        assert_eq!(cli.bind_address, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(cli.namespace.as_deref(), Some("agents"));
+        assert_eq!(cli.max_concurrent_scrapes, 8);
+        assert_eq!(cli.max_body_bytes, 1024);
+        assert_eq!(cli.scrape_ca_file, Some("/etc/ca.pem".into()));
+
+        let cli =
+            Cli::try_parse_from(["tokenbudget-operator", "--namespace=other", "--max-body-bytes", "2048"]).unwrap();
+        assert_eq!(cli.namespace.as_deref(), Some("other"));
+        assert_eq!(cli.max_body_bytes, 2048);
+        assert_eq!(cli.max_concurrent_scrapes, 8);
+
+        // A bad value in a variable is named like a bad flag.
+        set("TOKENBUDGET_MAX_CONCURRENT_SCRAPES", Some("lots"));
+        let err = Cli::try_parse_from(["tokenbudget-operator"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+        assert!(
+            err.to_string()
+                .starts_with("error: invalid value 'lots' for '--max-concurrent-scrapes <N>'"),
+            "{err}"
+        );
+
+        // An empty variable is refused like an empty flag, not taken for "all namespaces".
+        set("TOKENBUDGET_MAX_CONCURRENT_SCRAPES", None);
+        set("TOKENBUDGET_NAMESPACE", Some(""));
+        let err = Cli::try_parse_from(["tokenbudget-operator"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("error: a value is required for '--namespace <NS>' but none was supplied"),
+            "{err}"
+        );
+        set("TOKENBUDGET_NAMESPACE", None);
+        set("TOKENBUDGET_SCRAPE_CA_FILE", Some(""));
+        let err = Cli::try_parse_from(["tokenbudget-operator"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("error: a value is required for '--scrape-ca-file <PATH>' but none was supplied"),
+            "{err}"
+        );
+
+        for (name, _) in VARS {
+            set(name, None);
+        }
+        let cli = Cli::try_parse_from(["tokenbudget-operator"]).unwrap();
+        assert_eq!(cli.options().bind_address, "0.0.0.0:8080".parse().unwrap());
+    }
 }

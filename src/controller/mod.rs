@@ -8,6 +8,7 @@
 pub mod accounting;
 pub mod binding;
 pub mod budget;
+pub mod cli;
 pub mod conditions;
 pub mod enforcement;
 pub mod run;
