@@ -41,7 +41,7 @@ if [ -n "${KUBECONFIG:-}" ] && [ -z "${DEMO_ON_TESTBED:-}" ]; then
   log_dir=$REPO/target/demo
 else
   hack/testbed.sh status >/dev/null 2>&1 || started_testbed=1
-  say "starting a local control plane (the first run builds it from the Kubernetes sources: about FIXME minutes)"
+  say "starting a local control plane (the first run builds it from the Kubernetes sources: about 10 minutes)"
   hack/testbed.sh up
   eval "$(hack/testbed.sh env)"
   log_dir=${TESTBED_DIR:-$REPO/.testbed}
