@@ -17,28 +17,40 @@ pub fn all() -> Vec<(String, String)> {
             let name = crd.metadata.name.clone().unwrap_or_default();
             let (plural, group) = name.split_once('.').unwrap_or((&name, ""));
             let mut value = serde_json::to_value(&crd).expect("a CRD always serializes");
-            strip_nullable(&mut value);
+            for_kubernetes(&mut value);
             let yaml = serde_yaml::to_string(&value).expect("a CRD always serializes to YAML");
             (format!("{group}_{plural}.yaml"), yaml)
         })
         .collect()
 }
 
-/// Removes every `nullable: true` that the generator puts on `Option` fields.
+/// Fixes, in every schema object of a CRD, what the generator writes for Rust types that the
+/// API server reads differently:
 ///
-/// Without `nullable`, the API server prunes an explicit `null` before defaulting, so
-/// `port: null` becomes the default 9464 instead of a value the operator cannot read (one
-/// unreadable object would stall the whole watch). The operator never writes nulls: absent
-/// optional fields are omitted.
-fn strip_nullable(value: &mut serde_json::Value) {
+/// - `nullable: true` on `Option` fields is removed. Without it, the API server prunes an
+///   explicit `null` before defaulting, so `port: null` becomes the default 9464 instead of a
+///   value the operator cannot read (one unreadable object would stall the whole watch). The
+///   operator never writes nulls: absent optional fields are omitted.
+/// - The formats of unsigned integers (`uint8` for the thresholds' `u8`, ...) are not OpenAPI
+///   formats: the API server warns `unrecognized format` on every apply of the CRD. They
+///   become `int32` or `int64`; the schema's `minimum` and `maximum` keep the bounds.
+fn for_kubernetes(value: &mut serde_json::Value) {
     match value {
         serde_json::Value::Object(map) => {
             if map.get("nullable") == Some(&serde_json::Value::Bool(true)) {
                 map.remove("nullable");
             }
-            map.values_mut().for_each(strip_nullable);
+            let format = match map.get("format").and_then(|f| f.as_str()) {
+                Some("uint8" | "uint16") => Some("int32"),
+                Some("uint32" | "uint64" | "uint") => Some("int64"),
+                _ => None,
+            };
+            if let Some(format) = format {
+                map.insert("format".into(), format.into());
+            }
+            map.values_mut().for_each(for_kubernetes);
         }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_nullable),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(for_kubernetes),
         _ => {}
     }
 }
@@ -62,6 +74,42 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The formats the API server knows for the types the CRDs use; any other is warned
+    /// about on every `kubectl apply` of the CRD.
+    #[test]
+    fn every_format_is_one_the_api_server_knows() {
+        fn formats(value: &serde_json::Value, found: &mut Vec<String>) {
+            match value {
+                serde_json::Value::Object(map) => {
+                    // A schema object: it has a type. (A property may also be named `format`.)
+                    if let (Some(_), Some(serde_json::Value::String(f))) = (map.get("type"), map.get("format")) {
+                        found.push(f.clone());
+                    }
+                    map.values().for_each(|v| formats(v, found));
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|v| formats(v, found)),
+                _ => {}
+            }
+        }
+        for (file, yaml) in all() {
+            let mut found = Vec::new();
+            formats(&serde_yaml::from_str(&yaml).expect("a CRD parses"), &mut found);
+            for format in found {
+                assert!(
+                    ["int32", "int64", "date-time"].contains(&format.as_str()),
+                    "{file}: {format}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn unsigned_formats_become_openapi_formats() {
+        let mut schema = serde_json::json!({"type": "array", "items": {"type": "integer", "format": "uint8"}});
+        for_kubernetes(&mut schema);
+        assert_eq!(schema["items"]["format"], "int32");
     }
 
     #[test]
