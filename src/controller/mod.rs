@@ -35,6 +35,7 @@ use kube::{
     },
 };
 use serde::{Serialize, de::DeserializeOwned};
+use tracing::Instrument;
 
 use crate::{
     api::{BudgetBinding, TokenBudget},
@@ -309,7 +310,9 @@ impl Backoffs {
     }
 }
 
-/// Wraps a reconcile with metrics, logs and the backoff bookkeeping.
+/// Wraps a reconcile with metrics, logs and the backoff bookkeeping, in a span that names the
+/// object, so that every log line of one reconcile (its scrapes and writes too) can be found
+/// together: `reconcile{controller=tokenbudget namespace=agents name=research}`.
 pub(crate) async fn instrumented<K>(
     controller: &'static str,
     obj: Arc<K>,
@@ -325,7 +328,14 @@ where
         .with_label_values(&[controller])
         .start_timer();
     ctx.metrics.reconciles.with_label_values(&[controller]).inc();
-    let result = reconcile(obj.clone(), ctx.clone()).await;
+    let meta = obj.meta();
+    let span = tracing::info_span!(
+        "reconcile",
+        controller,
+        namespace = meta.namespace.as_deref().unwrap_or_default(),
+        name = meta.name.as_deref().unwrap_or_default(),
+    );
+    let result = reconcile(obj.clone(), ctx.clone()).instrument(span).await;
     timer.observe_duration();
     if result.is_ok() {
         ctx.backoff.succeeded(obj.as_ref());
