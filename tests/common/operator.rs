@@ -1,0 +1,168 @@
+//! The operator under test: its binary in a child process, or the same library call in the
+//! test process with a clock of the test's choosing, and its HTTP endpoints.
+
+use super::*;
+
+/// The operator binary, running against the test cluster in one namespace.
+pub struct Operator {
+    pub child: Child,
+    pub address: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl Operator {
+    pub fn start(namespace: &str) -> Self {
+        Self::start_with_env(namespace, &[])
+    }
+
+    /// As [`Operator::start`], with extra environment variables: `KUBECONFIG` to run it as
+    /// another identity (tests/rbac.rs runs it as the Helm chart's ServiceAccount).
+    pub fn start_with_env(namespace: &str, env: &[(&str, &str)]) -> Self {
+        Self::spawn(&["--namespace", namespace], namespace, env)
+    }
+
+    /// An operator watching every namespace (no `--namespace`, the binary's default). It
+    /// also reconciles whatever other tests (or earlier runs) left in the cluster, so a test
+    /// that starts one must not run beside tests with operators of their own.
+    pub fn start_all_namespaces() -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let label = format!(
+            "all-namespaces-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        Self::spawn(&[], &label, &[])
+    }
+
+    fn spawn(args: &[&str], label: &str, env: &[(&str, &str)]) -> Self {
+        kubeconfig();
+        let address = free_port();
+        let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("operator-{label}.log"));
+        let log_file = std::fs::File::create(&log).expect("operator log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_tokenbudget-operator"))
+            .args(args)
+            .args(["--bind-address", &address.to_string()])
+            .env("RUST_LOG", "info,tokenbudget=debug")
+            .envs(env.iter().copied())
+            .stdout(log_file.try_clone().expect("log file"))
+            .stderr(log_file)
+            .spawn()
+            .expect("the operator starts");
+        Self { child, address, log }
+    }
+
+    /// GETs a path of the operator's HTTP endpoint: (status code, body).
+    pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        http_get(self.address, path)
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        wait_ready(self.address).await;
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until the operator at `address` answers 200 on `/readyz`.
+pub async fn wait_ready(address: SocketAddr) {
+    within(
+        async {
+            loop {
+                // Off the runtime's threads: the operator may run on them (in-process).
+                let answer = tokio::task::spawn_blocking(move || http_get(address, "/readyz")).await;
+                if matches!(answer, Ok(Ok((200, _)))) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        },
+        "the operator's /readyz",
+    )
+    .await;
+}
+
+/// The operator running inside the test process, through the same library call as the binary
+/// (`tokenbudget::controller::run::run`) but with a clock of the test's choosing, in one
+/// namespace. Stopped by [`InProcessOperator::stop`]; dropping it aborts it.
+pub struct InProcessOperator {
+    pub address: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), String>>>,
+}
+
+impl InProcessOperator {
+    pub async fn start(client: &Client, namespace: &str, clock: Arc<dyn tokenbudget::clock::Clock>) -> Self {
+        let address = free_port();
+        let options = tokenbudget::controller::run::Options {
+            bind_address: address,
+            namespace: Some(namespace.to_string()),
+            ..Default::default()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(tokenbudget::controller::run::run(
+            client.clone(),
+            options,
+            clock,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let operator = Self {
+            address,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        wait_ready(address).await;
+        operator
+    }
+
+    /// Shuts the operator down and waits until it has stopped, cleanly.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().expect("running").send(());
+        let task = self.task.take().expect("running");
+        let result = within(task, "the in-process operator to stop").await;
+        assert_eq!(result.expect("the operator task ends without panicking"), Ok(()));
+    }
+}
+
+impl Drop for InProcessOperator {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+pub fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().expect("bound address")
+}
+
+/// A minimal HTTP/1.0 GET: enough for the operator's own endpoints.
+pub fn http_get(address: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {response:?}")))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
