@@ -8,7 +8,6 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::{
     Api, Client,
     api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams},
-    runtime::wait::{await_condition, conditions},
 };
 use serde_json::json;
 
@@ -690,22 +689,7 @@ fn ratchet_crd(with_rules: bool) -> CustomResourceDefinition {
 }
 
 async fn install_ratchet_crd(client: &Client, with_rules: bool) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = ratchet_crd(with_rules);
-    let name = crd.metadata.name.clone().expect("a name");
-    crds.patch(
-        &name,
-        &PatchParams::apply("tokenbudget-tests").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("the ratchet CRD applies");
-    within(
-        await_condition(crds, &name, conditions::is_crd_established()),
-        "the ratchet CRD established",
-    )
-    .await
-    .expect("watching the ratchet CRD");
+    apply_crd(client, &ratchet_crd(with_rules)).await;
 }
 
 fn ratchet_budget(name: &str, spec: serde_json::Value) -> DynamicObject {

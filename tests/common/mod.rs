@@ -59,24 +59,29 @@ pub async fn client() -> Client {
 /// Installs (server-side applies) the CRDs generated from the types and waits until the API
 /// server serves them.
 pub async fn ensure_crds(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for (_, yaml) in tokenbudget::crds::all() {
-        let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml).expect("generated CRD parses");
-        let name = crd.metadata.name.clone().expect("CRDs have names");
-        crds.patch(
-            &name,
-            &PatchParams::apply("tokenbudget-tests").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .expect("the CRD applies");
-        within(
-            await_condition(crds.clone(), &name, conditions::is_crd_established()),
-            "CRD established",
-        )
-        .await
-        .unwrap_or_else(|e| panic!("watching CRD {name}: {e}"));
+        apply_crd(client, &serde_yaml::from_str(&yaml).expect("generated CRD parses")).await;
     }
+}
+
+/// Server-side applies one CRD (the tests' field manager, forced) and waits until it is
+/// established.
+pub async fn apply_crd(client: &Client, crd: &CustomResourceDefinition) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let name = crd.metadata.name.clone().expect("CRDs have names");
+    crds.patch(
+        &name,
+        &PatchParams::apply("tokenbudget-tests").force(),
+        &Patch::Apply(crd),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("the CRD {name} applies: {e}"));
+    within(
+        await_condition(crds, &name, conditions::is_crd_established()),
+        "CRD established",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("watching CRD {name}: {e}"));
 }
 
 /// A namespace for one test, deleted when the test ends.
