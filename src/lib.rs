@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod clock;
+pub mod conditions;
 pub mod controller;
 pub mod crds;
 pub mod enforce;
@@ -19,3 +20,4 @@ pub mod metrics;
 pub mod plugin;
 pub mod usage;
 pub mod validate;
+pub mod workloads;

@@ -10,11 +10,21 @@
 //! existed, stays stored, and validation ratcheting lets its invalid part through later
 //! updates as long as that part is unchanged, so the server never reports it.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use k8s_openapi::apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString};
+use jiff::tz::TimeZone;
+use k8s_openapi::apimachinery::pkg::{
+    api::resource::Quantity, apis::meta::v1::LabelSelector, util::intstr::IntOrString,
+};
+use rust_decimal::Decimal;
 
-use crate::api::{BudgetBindingSpec, MetricsFormat, Scheme, TokenBudgetSpec};
+use crate::{
+    api::{
+        BudgetBindingSpec, EnforcementAction, MetricsEndpoint, MetricsFormat, ResetPeriod, Scheme, TokenBudgetSpec,
+        TokenType, WorkloadKind,
+    },
+    usage::{Extractor, PriceTable, pricing},
+};
 
 /// Everything wrong with a spec, each message naming its field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,41 +38,123 @@ impl std::fmt::Display for SpecErrors {
 
 impl std::error::Error for SpecErrors {}
 
-fn finish(errors: Vec<String>) -> Result<(), SpecErrors> {
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(SpecErrors(errors))
+/// A TokenBudget's spec, checked, parsed and with its defaults applied: what accounting and
+/// enforcement read, so that no value is parsed (or defaulted) twice.
+#[derive(Clone, Debug)]
+pub struct ValidBudget {
+    /// `limits.tokens`.
+    pub limit_tokens: Option<u64>,
+    /// `limits.cost`, in the budget's currency.
+    pub limit_cost: Option<Decimal>,
+    /// `pricing`, parsed; empty without pricing.
+    pub prices: PriceTable,
+    /// The token types that count against the limit; `None`: all of them.
+    pub token_types: Option<Vec<TokenType>>,
+    pub reset: ResetPeriod,
+    pub time_zone: TimeZone,
+    /// `thresholds`, in ascending order.
+    pub thresholds: Vec<u8>,
+    pub action: EnforcementAction,
+    pub grace_period: Duration,
+    pub freeze_quota: bool,
+    /// `computeQuota.hard`, when the budget owns a quota.
+    pub quota: Option<BTreeMap<String, Quantity>>,
+}
+
+impl ValidBudget {
+    /// Whether the budget prices its models (and so has a cost).
+    pub fn priced(&self) -> bool {
+        !self.prices.entries().is_empty()
     }
 }
 
-/// Validates a TokenBudget's spec beyond its schema.
-pub fn budget(spec: &TokenBudgetSpec) -> Result<(), SpecErrors> {
-    let mut errors = Vec::new();
+/// A BudgetBinding's spec, checked and parsed.
+#[derive(Clone, Debug)]
+pub struct ValidBinding {
+    /// The name of the TokenBudget (in the binding's namespace) it charges.
+    pub budget: String,
+    pub workloads: Vec<WorkloadEntry>,
+    /// `metrics` as written: port, path, scheme and TLS of the endpoint.
+    pub endpoint: MetricsEndpoint,
+    /// What reads the token counters out of a scraped body, for `metrics.format`.
+    pub extractor: Arc<Extractor>,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+/// One entry of `spec.workloads`: a kind, and either a name or a label selector.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkloadEntry {
+    pub kind: WorkloadKind,
+    pub selection: Selection,
+}
+
+/// How a workload entry picks its workloads.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Selection {
+    Name(String),
+    /// Never empty: an empty selector is refused.
+    Labels(LabelSelector),
+}
+
+/// The errors found so far, each naming its field.
+#[derive(Default)]
+struct Errors(Vec<String>);
+
+impl Errors {
+    fn push(&mut self, message: impl Into<String>) {
+        self.0.push(message.into());
+    }
+
+    /// The value, or `None` with the error recorded under `field`.
+    fn check<T, E: std::fmt::Display>(&mut self, field: &str, result: Result<T, E>) -> Option<T> {
+        result.map_err(|e| self.push(format!("{field}: {e}"))).ok()
+    }
+
+    /// `value` when nothing was wrong.
+    fn finish<T>(self, value: Option<T>) -> Result<T, SpecErrors> {
+        match value {
+            Some(value) if self.0.is_empty() => Ok(value),
+            _ => Err(SpecErrors(self.0)),
+        }
+    }
+}
+
+/// Validates a TokenBudget's spec beyond its schema, into the values the operator uses.
+pub fn budget(spec: &TokenBudgetSpec) -> Result<ValidBudget, SpecErrors> {
+    let mut errors = Errors::default();
     if spec.limits.tokens.is_none() && spec.limits.cost.is_none() {
-        errors.push("spec.limits: at least one of tokens and cost is required".to_string());
+        errors.push("spec.limits: at least one of tokens and cost is required");
     }
-    if spec.limits.tokens.is_some_and(|t| t < 0) {
-        errors.push("spec.limits.tokens: must be >= 0".to_string());
-    }
+    let limit_tokens = match spec.limits.tokens.map(u64::try_from) {
+        Some(Err(_)) => {
+            errors.push("spec.limits.tokens: must be >= 0");
+            None
+        }
+        Some(Ok(tokens)) => Some(tokens),
+        None => None,
+    };
+    let mut limit_cost = None;
     if let Some(cost) = &spec.limits.cost {
-        if !is_decimal(cost) {
+        if is_decimal(cost) {
+            limit_cost = pricing::parse_money(cost).ok();
+        } else {
             errors.push(format!(
                 "spec.limits.cost: {cost:?} is not a decimal number such as \"250.00\""
             ));
         }
         if spec.pricing.is_empty() {
-            errors.push(
-                "spec.limits.cost: a cost limit needs spec.pricing (without prices nothing costs anything)".to_string(),
-            );
+            errors.push("spec.limits.cost: a cost limit needs spec.pricing (without prices nothing costs anything)");
         }
     }
-    if jiff::tz::TimeZone::get(&spec.period.timezone).is_err() {
-        errors.push(format!(
-            "spec.period.timezone: {:?} is not an IANA time zone such as \"Europe/Berlin\"",
-            spec.period.timezone
-        ));
-    }
+    let time_zone = TimeZone::get(&spec.period.timezone)
+        .map_err(|_| {
+            errors.push(format!(
+                "spec.period.timezone: {:?} is not an IANA time zone such as \"Europe/Berlin\"",
+                spec.period.timezone
+            ))
+        })
+        .ok();
     for (i, price) in spec.pricing.iter().enumerate() {
         for (field, value) in [("input", &price.input), ("output", &price.output)] {
             if !is_decimal(value) {
@@ -72,6 +164,7 @@ pub fn budget(spec: &TokenBudgetSpec) -> Result<(), SpecErrors> {
             }
         }
     }
+    let prices = PriceTable::new(&spec.pricing).ok();
     for (i, t) in spec.thresholds.iter().enumerate() {
         if !(1..=100).contains(t) {
             errors.push(format!("spec.thresholds[{i}]: {t} is not a percentage from 1 to 100"));
@@ -80,40 +173,87 @@ pub fn budget(spec: &TokenBudgetSpec) -> Result<(), SpecErrors> {
             errors.push(format!("spec.thresholds[{i}]: {t} is listed twice"));
         }
     }
-    if let Err(e) = parse_duration(&spec.enforcement.grace_period) {
-        errors.push(format!("spec.enforcement.gracePeriod: {e}"));
-    }
+    let grace_period = errors.check(
+        "spec.enforcement.gracePeriod",
+        parse_duration(&spec.enforcement.grace_period),
+    );
     if spec.enforcement.freeze_quota && spec.compute_quota.is_none() {
-        errors.push("spec.enforcement.freezeQuota: needs spec.computeQuota, the quota it would freeze".to_string());
+        errors.push("spec.enforcement.freezeQuota: needs spec.computeQuota, the quota it would freeze");
     }
-    finish(errors)
+    let mut thresholds = spec.thresholds.clone();
+    thresholds.sort_unstable();
+    let valid = (|| {
+        Some(ValidBudget {
+            limit_tokens,
+            limit_cost,
+            prices: prices?,
+            token_types: spec.token_types.clone(),
+            reset: spec.period.reset,
+            time_zone: time_zone?,
+            thresholds,
+            action: spec.enforcement.action,
+            grace_period: grace_period?,
+            freeze_quota: spec.enforcement.freeze_quota,
+            quota: spec.compute_quota.as_ref().map(|q| q.hard.clone()),
+        })
+    })();
+    errors.finish(valid)
 }
 
-/// Validates a BudgetBinding's spec beyond its schema.
-pub fn binding(spec: &BudgetBindingSpec) -> Result<(), SpecErrors> {
-    let mut errors = Vec::new();
+/// Validates a BudgetBinding's spec beyond its schema, into the values the operator uses.
+pub fn binding(spec: &BudgetBindingSpec) -> Result<ValidBinding, SpecErrors> {
+    let mut errors = Errors::default();
     if spec.budget_ref.name.is_empty() {
-        errors.push("spec.budgetRef.name: must not be empty".to_string());
+        errors.push("spec.budgetRef.name: must not be empty");
     }
     if spec.workloads.is_empty() {
-        errors.push("spec.workloads: at least one workload is required".to_string());
+        errors.push("spec.workloads: at least one workload is required");
     }
-    for (i, w) in spec.workloads.iter().enumerate() {
-        match (&w.name, &w.selector) {
-            (Some(_), Some(_)) => errors.push(format!(
-                "spec.workloads[{i}]: set exactly one of name and selector, not both"
-            )),
-            (None, None) => errors.push(format!("spec.workloads[{i}]: set exactly one of name and selector")),
-            (None, Some(selector)) => check_selector(
-                selector,
-                w.kind.as_str(),
-                &format!("spec.workloads[{i}].selector"),
-                &mut errors,
-            ),
-            (Some(_), None) => {}
-        }
-    }
-    let m = &spec.metrics;
+    let workloads = spec
+        .workloads
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| {
+            let selection = match (&w.name, &w.selector) {
+                (Some(_), Some(_)) => {
+                    errors.push(format!(
+                        "spec.workloads[{i}]: set exactly one of name and selector, not both"
+                    ));
+                    return None;
+                }
+                (None, None) => {
+                    errors.push(format!("spec.workloads[{i}]: set exactly one of name and selector"));
+                    return None;
+                }
+                (None, Some(selector)) => {
+                    let field = format!("spec.workloads[{i}].selector");
+                    check_selector(selector, w.kind.as_str(), &field, &mut errors.0);
+                    Selection::Labels(selector.clone())
+                }
+                (Some(name), None) => Selection::Name(name.clone()),
+            };
+            Some(WorkloadEntry {
+                kind: w.kind,
+                selection,
+            })
+        })
+        .collect();
+    let (interval, timeout) = check_metrics(&spec.metrics, &mut errors);
+    let valid = (|| {
+        Some(ValidBinding {
+            budget: spec.budget_ref.name.clone(),
+            workloads,
+            endpoint: spec.metrics.clone(),
+            extractor: Arc::new(Extractor::for_endpoint(&spec.metrics)),
+            interval: interval?,
+            timeout: timeout?,
+        })
+    })();
+    errors.finish(valid)
+}
+
+/// Checks `spec.metrics`; returns its interval and timeout when they parse.
+fn check_metrics(m: &MetricsEndpoint, errors: &mut Errors) -> (Option<Duration>, Option<Duration>) {
     match &m.port {
         IntOrString::Int(p) if !(1..=65535).contains(p) => {
             errors.push(format!("spec.metrics.port: {p} is not a port number from 1 to 65535"));
@@ -123,17 +263,13 @@ pub fn binding(spec: &BudgetBindingSpec) -> Result<(), SpecErrors> {
         )),
         _ => {}
     }
-    let interval = parse_duration(&m.interval)
-        .map_err(|e| errors.push(format!("spec.metrics.interval: {e}")))
-        .ok();
-    let timeout = parse_duration(&m.timeout)
-        .map_err(|e| errors.push(format!("spec.metrics.timeout: {e}")))
-        .ok();
+    let interval = errors.check("spec.metrics.interval", parse_duration(&m.interval));
+    let timeout = errors.check("spec.metrics.timeout", parse_duration(&m.timeout));
     if interval.is_some_and(|i| i < Duration::from_secs(1)) {
-        errors.push("spec.metrics.interval: must be at least 1s".to_string());
+        errors.push("spec.metrics.interval: must be at least 1s");
     }
     if timeout.is_some_and(|t| t.is_zero()) {
-        errors.push("spec.metrics.timeout: must be more than 0s".to_string());
+        errors.push("spec.metrics.timeout: must be more than 0s");
     }
     if let (Some(i), Some(t)) = (interval, timeout)
         && t > i
@@ -143,10 +279,30 @@ pub fn binding(spec: &BudgetBindingSpec) -> Result<(), SpecErrors> {
             m.timeout, m.interval
         ));
     }
+    check_format(m, errors);
+    if let Some(tls) = &m.tls {
+        // Silently scraping in plain text what the user meant to protect would be worse than
+        // not scraping at all.
+        if m.scheme != Scheme::Https {
+            errors.push("spec.metrics.tls: only allowed with scheme https, not http");
+        }
+        if let Some(name) = &tls.server_name
+            && rustls::pki_types::ServerName::try_from(name.as_str()).is_err()
+        {
+            errors.push(format!(
+                "spec.metrics.tls.serverName: {name:?} is neither a DNS name nor an IP address"
+            ));
+        }
+    }
+    (interval, timeout)
+}
+
+/// `metrics.custom` goes with format Custom, and each custom metric names its token type once.
+fn check_format(m: &MetricsEndpoint, errors: &mut Errors) {
     match (m.format, &m.custom) {
-        (MetricsFormat::Custom, None) => errors.push("spec.metrics.custom: required with format Custom".to_string()),
+        (MetricsFormat::Custom, None) => errors.push("spec.metrics.custom: required with format Custom"),
         (MetricsFormat::Custom, Some(list)) if list.is_empty() => {
-            errors.push("spec.metrics.custom: list at least one metric".to_string())
+            errors.push("spec.metrics.custom: list at least one metric")
         }
         (format, Some(_)) if format != MetricsFormat::Custom => errors.push(format!(
             "spec.metrics.custom: only allowed with format Custom, not {}",
@@ -161,21 +317,6 @@ pub fn binding(spec: &BudgetBindingSpec) -> Result<(), SpecErrors> {
             ));
         }
     }
-    if let Some(tls) = &m.tls {
-        // Silently scraping in plain text what the user meant to protect would be worse than
-        // not scraping at all.
-        if m.scheme != Scheme::Https {
-            errors.push("spec.metrics.tls: only allowed with scheme https, not http".to_string());
-        }
-        if let Some(name) = &tls.server_name
-            && rustls::pki_types::ServerName::try_from(name.as_str()).is_err()
-        {
-            errors.push(format!(
-                "spec.metrics.tls.serverName: {name:?} is neither a DNS name nor an IP address"
-            ));
-        }
-    }
-    finish(errors)
 }
 
 /// A selector must select something specific: an empty one would bind (and, with ScaleDown,
@@ -262,9 +403,18 @@ fn is_label_value(value: &str) -> bool {
             && alnum(value.as_bytes().last()))
 }
 
+/// Why a text is not a duration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("{0:?} is not a duration such as \"15s\", \"1m30s\" or \"500ms\"")]
+    Malformed(String),
+    #[error("{0:?} is longer than a year")]
+    TooLong(String),
+}
+
 /// Parses a Go-style duration (`1h30m`, `15s`, `250ms`, `1.5h`) as Kubernetes users write them.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("{text:?} is not a duration such as \"15s\", \"1m30s\" or \"500ms\"");
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
+    let bad = || DurationError::Malformed(text.to_string());
     if text.is_empty() {
         return Err(bad());
     }
@@ -295,7 +445,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     // A year is far beyond any sensible interval or grace period, and keeps the float exact
     // enough and the conversion from panicking.
     if total > 366.0 * 24.0 * 3600.0 {
-        return Err(format!("{text:?} is longer than a year"));
+        return Err(DurationError::TooLong(text.to_string()));
     }
     Ok(Duration::from_secs_f64(total))
 }
@@ -350,7 +500,7 @@ mod tests {
 
     #[test]
     fn a_minimal_budget_is_valid() {
-        assert_eq!(budget(&budget_spec("limits: {tokens: 1000}")), Ok(()));
+        assert_eq!(budget(&budget_spec("limits: {tokens: 1000}")).map(drop), Ok(()));
     }
 
     #[test]
@@ -362,7 +512,7 @@ mod tests {
             "{err}"
         );
         let ok = budget_spec("limits: {cost: '10.00'}\npricing: [{model: 'gpt-*', input: '0.15', output: '0.60'}]");
-        assert_eq!(budget(&ok), Ok(()));
+        assert_eq!(budget(&ok).map(drop), Ok(()));
     }
 
     #[test]
@@ -388,7 +538,7 @@ mod tests {
         let good = binding_spec(
             "budgetRef: {name: b}\nworkloads: [{kind: Deployment, selector: {matchLabels: {app.kubernetes.io/part-of: agents, tier: ''}, matchExpressions: [{key: team, operator: In, values: [research, ml_ops]}]}}]",
         );
-        assert_eq!(binding(&good), Ok(()));
+        assert_eq!(binding(&good).map(drop), Ok(()));
         for key in ["a/b/c", "-a", "Example.com/x", "x/", &"k".repeat(64)] {
             assert!(!is_label_key(key), "{key:?} accepted");
         }
@@ -413,7 +563,7 @@ mod tests {
         );
         let ok =
             budget_spec("limits: {tokens: 5}\nenforcement: {freezeQuota: true}\ncomputeQuota: {hard: {pods: '3'}}");
-        assert_eq!(budget(&ok), Ok(()));
+        assert_eq!(budget(&ok).map(drop), Ok(()));
     }
 
     #[test]
@@ -425,7 +575,7 @@ mod tests {
     #[test]
     fn binding_checks() {
         let ok = binding_spec("budgetRef: {name: b}\nworkloads: [{kind: Deployment, name: a}]");
-        assert_eq!(binding(&ok), Ok(()));
+        assert_eq!(binding(&ok).map(drop), Ok(()));
 
         let both =
             binding_spec("budgetRef: {name: b}\nworkloads: [{kind: Job, name: a, selector: {matchLabels: {x: y}}}]");
@@ -485,7 +635,7 @@ mod tests {
         assert!(binding(&vllm_custom).unwrap_err().to_string().contains("not VLLM"));
 
         let named = binding_spec("budgetRef: {name: b}\nworkloads: [{kind: Job, name: a}]\nmetrics: {port: metrics}");
-        assert_eq!(binding(&named), Ok(()));
+        assert_eq!(binding(&named).map(drop), Ok(()));
         let bad_name =
             binding_spec("budgetRef: {name: b}\nworkloads: [{kind: Job, name: a}]\nmetrics: {port: Not_A_Port}");
         assert!(binding(&bad_name).is_err());
@@ -510,10 +660,10 @@ mod tests {
             let spec = binding_spec(&format!(
                 "budgetRef: {{name: b}}\nworkloads: [{{kind: Job, name: a}}]\nmetrics: {{scheme: https, tls: {tls}}}"
             ));
-            assert_eq!(binding(&spec), Ok(()), "tls: {tls}");
+            assert_eq!(binding(&spec).map(drop), Ok(()), "tls: {tls}");
         }
         let https = binding_spec("budgetRef: {name: b}\nworkloads: [{kind: Job, name: a}]\nmetrics: {scheme: https}");
-        assert_eq!(binding(&https), Ok(()));
+        assert_eq!(binding(&https).map(drop), Ok(()));
         // The CRD's rule lets this through (its characters are those of a name); rustls does
         // not (an all-numeric last label), so the operator must still say so.
         let numeric = binding_spec(

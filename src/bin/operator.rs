@@ -62,7 +62,9 @@ async fn run(cli: Cli) -> Result<(), String> {
         None => tracing::warn!("no CA for https scrapes: only bindings with insecureSkipVerify can scrape over https"),
     }
     let client = Client::try_from(config).map_err(|e| format!("no Kubernetes configuration: {e}"))?;
-    run::run(client, options, Arc::new(SystemClock), shutdown_signal()).await
+    run::run(client, options, Arc::new(SystemClock), shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

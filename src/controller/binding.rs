@@ -15,11 +15,15 @@ use kube::{
     },
 };
 
-use kube::runtime::events::EventType;
-
-use super::{Context, Error, RESYNC, accounting, apply_status, conditions, instrumented};
+use super::{
+    Context, Error, RESYNC, events, instrumented,
+    state::{BindingRef, BindingUsage, BudgetRef},
+    status,
+};
 use crate::{
     api::{BudgetBinding, BudgetBindingStatus, TokenBudget},
+    conditions,
+    usage::account,
     validate,
 };
 
@@ -58,8 +62,8 @@ pub fn desired_status(
     let valid = validate::binding(&bb.spec);
     let ready = match (&valid, budget) {
         (Err(e), _) => conditions::Desired::new("Ready", false, "InvalidSpec", e.to_string()),
-        (Ok(()), None) => conditions::Desired::new("Ready", false, "BudgetNotFound", budget_found.message.clone()),
-        (Ok(()), Some(_)) => {
+        (Ok(_), None) => conditions::Desired::new("Ready", false, "BudgetNotFound", budget_found.message.clone()),
+        (Ok(_), Some(_)) => {
             conditions::Desired::new("Ready", true, "Reconciled", format!("charging TokenBudget {name:?}"))
         }
     };
@@ -67,60 +71,39 @@ pub fn desired_status(
     // Usage only while the binding counts: valid, with its budget, and scraped at least once.
     let usage = usage.filter(|_| budget.is_some() && valid.is_ok());
     if let Some(u) = usage {
-        desired.push(accounting::scrape_condition(&u.report));
+        desired.push(account::scrape_condition(&u.report));
     }
     BudgetBindingStatus {
         budget: Some(name.clone()),
         workloads: usage.map(|u| u.report.workloads as i64),
         pods: usage.map(|u| u.report.pods as i64),
         scraped_pods: usage.map(|u| u.report.scraped_pods as i64),
-        last_scrape_time: usage.map(|u| accounting::timestamp(u.scraped_at)),
+        last_scrape_time: usage.map(|u| timestamp(u.scraped_at)),
         used_tokens: usage.map(|u| i64::try_from(u.report.used_tokens).unwrap_or(i64::MAX)),
         conditions: conditions::merge(&existing.conditions, &desired, generation, now),
         observed_generation: generation,
     }
 }
 
-/// What a budget's last accounting cycle saw of one binding.
-#[derive(Clone, Debug)]
-pub struct BindingUsage {
-    pub report: accounting::BindingReport,
-    pub scraped_at: Timestamp,
-}
-
-/// Events for the pods of a cycle that newly failed to scrape, on their binding.
-pub async fn announce_scrape_failures(ctx: &Context, ns: &str, report: &accounting::CycleReport) {
-    let Some(cluster) = ctx.accounting.as_ref().map(|a| &a.cluster) else {
-        return;
-    };
-    for b in &report.bindings {
-        let Some(current) = cluster.bindings.get(&ObjectRef::new(&b.name).within(ns)) else {
-            continue;
-        };
-        for problem in b.problems.iter().filter(|p| p.new) {
-            let note = format!("pod {}: {}", problem.pod, problem.reason);
-            ctx.publish(current.as_ref(), EventType::Warning, "ScrapeFailed", note)
-                .await;
-        }
-    }
+/// `lastScrapeTime`: the scrape time to the second.
+fn timestamp(t: Timestamp) -> String {
+    t.round(jiff::Unit::Second).unwrap_or(t).to_string()
 }
 
 async fn reconcile(guard: Arc<DeserializeGuard<BudgetBinding>>, ctx: Arc<Context>) -> Result<Action, Error> {
     let Ok(bb) = &guard.0 else {
-        return super::report_unreadable(guard.as_ref(), &ctx).await;
+        return status::report_unreadable(guard.as_ref(), &ctx).await;
     };
     let ns = bb.namespace().ok_or(Error::NoNamespace)?;
     let budgets: Api<TokenBudget> = Api::namespaced(ctx.client.clone(), &ns);
     // A direct read, not a cache: the budget watch that triggered us may be ahead of any store.
     let budget = budgets.get_opt(&bb.spec.budget_ref.name).await?;
-    let key = format!("{ns}/{}", bb.name_any());
-    let usage = ctx.accounting.as_ref().and_then(|a| a.binding_usage(&key));
-    let status = desired_status(bb, budget.as_ref(), usage.as_ref(), ctx.clock.now());
-    if bb.status.as_ref() != Some(&status) {
-        let api: Api<BudgetBinding> = Api::namespaced(ctx.client.clone(), &ns);
-        apply_status(&api, &bb.name_any(), &status).await?;
+    let usage = ctx.binding_usage.get(&BindingRef::from_obj(guard.as_ref()));
+    let new = desired_status(bb, budget.as_ref(), usage.as_ref(), ctx.clock.now());
+    if bb.status.as_ref() != Some(&new) {
+        status::apply(&Api::<BudgetBinding>::namespaced(ctx.client.clone(), &ns), bb, &new).await?;
         let old = bb.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
-        super::announce_not_ready(&ctx, bb, old, &status.conditions).await;
+        events::announce_not_ready(&ctx, bb, old, &new.conditions).await;
     }
     Ok(Action::requeue(RESYNC))
 }
@@ -134,9 +117,9 @@ async fn reconcile(guard: Arc<DeserializeGuard<BudgetBinding>>, ctx: Arc<Context
 pub fn controller(
     bindings: Api<DeserializeGuard<BudgetBinding>>,
     budgets: Api<DeserializeGuard<TokenBudget>>,
-    wake_budgets: futures::channel::mpsc::UnboundedSender<ObjectRef<DeserializeGuard<TokenBudget>>>,
+    wake_budgets: futures::channel::mpsc::UnboundedSender<BudgetRef>,
 ) -> Controller<DeserializeGuard<BudgetBinding>> {
-    let mut generations: HashMap<String, Option<i64>> = HashMap::new();
+    let mut generations: HashMap<BindingRef, Option<i64>> = HashMap::new();
     let controller = super::guarded_controller(bindings, move |event| {
         use kube::runtime::watcher::Event;
         let (guard, deleted) = match event {
@@ -144,7 +127,7 @@ pub fn controller(
             Event::Delete(g) => (g, true),
             Event::Init | Event::InitDone => return,
         };
-        let key = super::key_of(guard);
+        let key = BindingRef::from_obj(guard);
         let changed = if deleted {
             generations.remove(&key);
             true
@@ -153,7 +136,7 @@ pub fn controller(
         };
         if changed && let Ok(bb) = &guard.0 {
             let ns = guard.namespace().unwrap_or_default();
-            let _ = wake_budgets.unbounded_send(ObjectRef::new(&bb.spec.budget_ref.name).within(&ns));
+            let _ = wake_budgets.unbounded_send(BudgetRef::new(&bb.spec.budget_ref.name).within(&ns));
         }
     });
     let index = controller.store();

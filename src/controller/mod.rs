@@ -1,18 +1,25 @@
-//! Watches and reconcile wiring for both kinds; [`run::run`] runs the whole operator.
+//! The operator's controllers: watches, reconciles, and what they share.
 //!
-//! Each reconcile is observe -> compute -> write status: the compute step is a pure function
-//! (`budget::desired_status`, `binding::desired_status`) carrying most of the unit tests.
+//! - [`budget`]: the TokenBudget reconcile, a pipeline of observe, compute, act, write status
+//!   and announce, each step a module of its own.
+//! - [`binding`]: the BudgetBinding reconcile (its status, from the budget's last cycle).
+//! - [`cluster`]: the reflector stores everything is read from; [`scrapes`]: the scrapes of
+//!   a cycle; [`state`]: what is kept in memory between reconciles.
+//! - [`status`], [`events`]: writing status and publishing Events.
+//! - [`run`]: the whole operator; [`cli`]: its command line.
+//!
 //! Primary objects are watched through a generation predicate, so the operator's own status
 //! writes never trigger the next reconcile.
 
-pub mod accounting;
 pub mod binding;
 pub mod budget;
 pub mod cli;
-pub mod conditions;
-pub mod enforcement;
+pub mod cluster;
+pub mod events;
 pub mod run;
-pub mod workloads;
+pub mod scrapes;
+pub mod state;
+pub mod status;
 
 use std::{
     collections::HashMap,
@@ -21,26 +28,26 @@ use std::{
 };
 
 use futures::{StreamExt, future::BoxFuture};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{
     Api, Client, Resource,
-    api::{ListParams, Patch, PatchParams},
+    api::ListParams,
     core::DeserializeGuard,
     runtime::{
         Controller, WatchStreamExt,
         controller::Action,
-        events::{Event, EventType, Recorder, Reporter},
-        reflector::{self, ObjectRef},
+        events::Reporter,
+        reflector::{self, ObjectRef, Store},
         watcher::{self, watcher},
     },
 };
-use serde::{Serialize, de::DeserializeOwned};
+use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
 use crate::{
     api::{BudgetBinding, TokenBudget},
     clock::Clock,
     metrics::Metrics,
+    usage::scrape::Scraper,
 };
 
 /// The field manager of every write the operator makes.
@@ -69,175 +76,100 @@ impl Error {
     }
 }
 
+/// Why the operator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "the CRD {0} is not installed in this cluster: install it with `kubectl apply -f crds/` (or the Helm chart)"
+    )]
+    MissingCrd(&'static str),
+    #[error("cannot list {crd}: {source}")]
+    CannotList {
+        crd: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// What every reconcile shares.
 pub struct Context {
     pub client: Client,
     pub metrics: Metrics,
     pub clock: Arc<dyn Clock>,
+    /// Who the operator's Events say they come from.
     pub reporter: Reporter,
-    /// Usage accounting; `None` runs the controllers without scraping (unit tests).
-    pub accounting: Option<Accounting>,
+    /// The stores: pods, workloads, bindings.
+    pub cluster: cluster::Cluster,
+    pub scraper: Scraper,
+    /// Every budget's account.
+    pub accounts: state::Accounts,
+    /// The budget controller's store, to notice budgets that are gone.
+    pub budgets: Store<DeserializeGuard<TokenBudget>>,
+    /// What the budgets' cycles saw of their bindings, for the binding controller.
+    pub binding_usage: state::BindingUsages,
     backoff: Backoffs,
 }
 
-/// What the accounting part of the budget reconcile needs.
-pub struct Accounting {
-    pub cluster: accounting::Cluster,
-    pub scraper: crate::usage::scrape::Scraper,
-    pub accounts: accounting::Accounts,
-    /// The budget controller's store, to notice budgets that are gone.
-    pub budgets: kube::runtime::reflector::Store<DeserializeGuard<TokenBudget>>,
-    /// What the last cycle saw of each binding (`namespace/name`), for the binding controller.
-    pub binding_usage: Mutex<HashMap<String, binding::BindingUsage>>,
-    /// Wakes the binding controller for bindings whose usage changed.
-    pub wake_bindings: futures::channel::mpsc::UnboundedSender<ObjectRef<DeserializeGuard<BudgetBinding>>>,
-}
-
-impl Accounting {
-    /// Forgets a deleted budget: its account and its metric series.
-    pub fn forget_budget(&self, key: &str, metrics: &Metrics) {
-        self.accounts.retain(|k| k != key);
-        let (ns, name) = key.split_once('/').unwrap_or(("", key));
-        metrics.forget_budget(ns, name);
-    }
-
-    /// Hands a cycle's findings to the binding controller and wakes it for those bindings.
-    pub fn hand_over(&self, ns: &str, report: &accounting::CycleReport) {
-        let mut map = self.binding_usage.lock().unwrap_or_else(|e| e.into_inner());
-        for b in &report.bindings {
-            let usage = binding::BindingUsage {
-                report: b.clone(),
-                scraped_at: report.scrape_time,
-            };
-            map.insert(format!("{ns}/{}", b.name), usage);
-            let _ = self.wake_bindings.unbounded_send(ObjectRef::new(&b.name).within(ns));
-        }
-    }
-
-    /// What the last cycle saw of a binding.
-    pub fn binding_usage(&self, key: &str) -> Option<binding::BindingUsage> {
-        self.binding_usage
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-            .cloned()
-    }
+/// The parts of a [`Context`].
+pub struct Parts {
+    pub client: Client,
+    pub metrics: Metrics,
+    pub clock: Arc<dyn Clock>,
+    pub reporter: Reporter,
+    pub cluster: cluster::Cluster,
+    pub scraper: Scraper,
+    pub budgets: Store<DeserializeGuard<TokenBudget>>,
+    pub binding_usage: state::BindingUsages,
 }
 
 impl Context {
-    pub fn new(client: Client, metrics: Metrics, clock: Arc<dyn Clock>, reporter: Reporter) -> Self {
+    pub fn new(parts: Parts) -> Self {
+        let Parts {
+            client,
+            metrics,
+            clock,
+            reporter,
+            cluster,
+            scraper,
+            budgets,
+            binding_usage,
+        } = parts;
         Self {
             client,
             metrics,
             clock,
             reporter,
-            accounting: None,
+            cluster,
+            scraper,
+            accounts: Default::default(),
+            budgets,
+            binding_usage,
             backoff: Backoffs::default(),
-        }
-    }
-
-    /// Adds usage accounting.
-    pub fn with_accounting(mut self, accounting: Accounting) -> Self {
-        self.accounting = Some(accounting);
-        self
-    }
-
-    /// Publishes an Event about `obj`; a failure to publish is logged, never fatal.
-    pub async fn publish<K>(&self, obj: &K, type_: EventType, reason: &str, note: String)
-    where
-        K: Resource<DynamicType = ()>,
-    {
-        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = recorder.publish(&event, &obj.object_ref(&())).await {
-            tracing::warn!(error = %e, reason, "could not publish an Event");
         }
     }
 }
 
 /// Fails with one clear line when a CRD is missing, instead of failing watches forever.
-pub async fn check_crds(budgets: &Api<TokenBudget>, bindings: &Api<BudgetBinding>) -> Result<(), String> {
+pub async fn check_crds(budgets: &Api<TokenBudget>, bindings: &Api<BudgetBinding>) -> Result<(), StartError> {
     check_crd(budgets, "tokenbudgets.tokenbudget.io").await?;
     check_crd(bindings, "budgetbindings.tokenbudget.io").await
 }
 
-async fn check_crd<K>(api: &Api<K>, crd: &str) -> Result<(), String>
+async fn check_crd<K>(api: &Api<K>, crd: &'static str) -> Result<(), StartError>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
     match api.list_metadata(&ListParams::default().limit(1)).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Err(format!(
-            "the CRD {crd} is not installed in this cluster: install it with `kubectl apply -f crds/` (or the Helm chart)"
-        )),
-        Err(e) => Err(format!("cannot list {crd}: {e}")),
+        Err(kube::Error::Api(e)) if e.code == 404 => Err(StartError::MissingCrd(crd)),
+        Err(source) => Err(StartError::CannotList { crd, source }),
     }
-}
-
-/// Writes `status` through server-side apply on the status subresource of object `name`.
-pub async fn apply_status<K, S>(api: &Api<K>, name: &str, status: &S) -> Result<(), Error>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
-    S: Serialize,
-{
-    let patch = serde_json::json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "status": status,
-    });
-    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await?;
-    Ok(())
-}
-
-/// Publishes a Warning Event when the Ready condition has just become False, or False for a
-/// new reason: once per transition, not once per reconcile.
-pub(crate) async fn announce_not_ready<K>(ctx: &Context, obj: &K, old: &[Condition], new: &[Condition])
-where
-    K: Resource<DynamicType = ()>,
-{
-    if let Some(ready) = conditions::find(new, "Ready")
-        && ready.status == "False"
-        && conditions::find(old, "Ready").is_none_or(|c| c.status != "False" || c.reason != ready.reason)
-    {
-        ctx.publish(obj, EventType::Warning, &ready.reason, ready.message.clone())
-            .await;
-    }
-}
-
-/// An object the operator's types cannot read (written against another version of the CRD,
-/// say) gets `Ready=False` with reason `InvalidObject` and an Event, instead of stalling the
-/// watch of every other object of its kind. It waits for the next change of the object.
-pub(crate) async fn report_unreadable<K>(guard: &DeserializeGuard<K>, ctx: &Context) -> Result<Action, Error>
-where
-    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
-    let Err(invalid) = &guard.0 else {
-        return Ok(Action::await_change());
-    };
-    let meta = &invalid.metadata;
-    let (Some(name), Some(ns)) = (meta.name.as_deref(), meta.namespace.as_deref()) else {
-        return Err(Error::NoNamespace);
-    };
-    let message = format!("the operator cannot read this object: {}", invalid.error);
-    tracing::warn!(kind = %K::kind(&()), namespace = ns, name, error = %invalid.error, "unreadable object");
-    let ready = conditions::Desired::new("Ready", false, "InvalidObject", message.clone());
-    let status = serde_json::json!({
-        "conditions": conditions::merge(&[], &[ready], meta.generation, ctx.clock.now()),
-        "observedGeneration": meta.generation,
-    });
-    apply_status(&Api::<K>::namespaced(ctx.client.clone(), ns), name, &status).await?;
-    ctx.publish(guard, EventType::Warning, "InvalidObject", message).await;
-    Ok(Action::await_change())
 }
 
 /// A watch of `api` whose objects are kept in a store, triggering only when an object's
@@ -268,16 +200,6 @@ where
     Controller::for_stream(stream, reader)
 }
 
-/// `namespace/name` of an object.
-pub(crate) fn key_of<K: Resource>(obj: &K) -> String {
-    let meta = obj.meta();
-    format!(
-        "{}/{}",
-        meta.namespace.as_deref().unwrap_or_default(),
-        meta.name.as_deref().unwrap_or_default()
-    )
-}
-
 /// Changes when an object's spec changes (its generation) or its deletion begins (which does
 /// not always move the generation): the only changes that call for a reconcile.
 fn generation_or_deletion<K: Resource>(obj: &K) -> Option<u64> {
@@ -291,11 +213,11 @@ fn generation_or_deletion<K: Resource>(obj: &K) -> Option<u64> {
 /// Per-object exponential backoff for transient failures: 1s, 2s, 4s ... at most 5 minutes,
 /// reset by the next success.
 #[derive(Default)]
-struct Backoffs(Mutex<HashMap<String, u32>>);
+struct Backoffs(Mutex<HashMap<ObjectRef<kube::api::DynamicObject>, u32>>);
 
 impl Backoffs {
-    fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
-        ObjectRef::from_obj(obj).to_string()
+    fn key<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectRef<kube::api::DynamicObject> {
+        ObjectRef::from_obj(obj).erase()
     }
 
     fn failed<K: Resource<DynamicType = ()>>(&self, obj: &K) -> Duration {
@@ -411,7 +333,8 @@ mod tests {
         let client = Client::new(service, "default");
         let err = check_crds(&Api::all(client.clone()), &Api::all(client))
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             "the CRD tokenbudgets.tokenbudget.io is not installed in this cluster: install it with `kubectl apply -f crds/` (or the Helm chart)"
@@ -433,7 +356,8 @@ mod tests {
         let client = Client::new(service, "default");
         let err = check_crds(&Api::all(client.clone()), &Api::all(client))
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("cannot list tokenbudgets.tokenbudget.io"), "{err}");
         server.await.unwrap();
     }

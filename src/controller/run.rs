@@ -13,7 +13,11 @@ use futures::StreamExt;
 use kube::{Api, Client, core::DeserializeGuard, runtime::events::Reporter};
 use tokio::{sync::watch, task::JoinSet};
 
-use super::{Accounting, Context, FIELD_MANAGER, accounting::api};
+use super::{
+    Context, FIELD_MANAGER, Parts, StartError,
+    cluster::{Cluster, api},
+    state::{BindingUsages, BudgetRef},
+};
 use crate::{
     api::{BudgetBinding, TokenBudget},
     clock::Clock,
@@ -60,7 +64,7 @@ pub async fn run(
     options: Options,
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), String> {
+) -> Result<(), StartError> {
     let ns = options.namespace.as_deref();
     super::check_crds(&api(&client, ns), &api(&client, ns)).await?;
     let budgets: Api<DeserializeGuard<TokenBudget>> = api(&client, ns);
@@ -71,10 +75,12 @@ pub async fn run(
         metrics: metrics.clone(),
         ready: Default::default(),
     };
-    let listener = http::bind(options.bind_address)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", options.bind_address))?;
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let listen = |source| StartError::Listen {
+        address: options.bind_address,
+        source,
+    };
+    let listener = http::bind(options.bind_address).await.map_err(listen)?;
+    let local = listener.local_addr().map_err(listen)?;
     tracing::info!(address = %local, namespace = ns.unwrap_or("<all>"), "tokenbudget-operator starting");
 
     // Dropped on return: aborts every background task, so that an in-process operator stops
@@ -99,7 +105,7 @@ pub async fn run(
     // Bindings that change wake their budgets, after the binding store has seen the change.
     let (binding_changed_tx, binding_changed_rx) = futures::channel::mpsc::unbounded();
     let binding_controller = super::binding::controller(bindings, budgets.clone(), binding_changed_tx);
-    let (deleted_tx, mut deleted_rx) = futures::channel::mpsc::unbounded::<String>();
+    let (deleted_tx, mut deleted_rx) = futures::channel::mpsc::unbounded::<BudgetRef>();
     let budget_controller = super::budget::controller(budgets.clone(), deleted_tx);
     let (budget_store, binding_store) = (budget_controller.store(), binding_controller.store());
 
@@ -109,8 +115,7 @@ pub async fn run(
     // A workload whose enforcement someone undid (scaled up while exhausted) wakes its budget
     // at once, not at its next cycle.
     let (undone_tx, undone_rx) = futures::channel::mpsc::unbounded();
-    let (cluster, cluster_driver) =
-        super::accounting::Cluster::start(&client, ns, binding_store.clone(), terminating_tx, undone_tx);
+    let (cluster, cluster_driver) = Cluster::start(&client, ns, binding_store.clone(), terminating_tx, undone_tx);
     let trigger_cluster = cluster.clone();
     let terminating = terminating_rx.flat_map(move |pod| futures::stream::iter(trigger_cluster.budgets_for_pod(&pod)));
     let budget_controller = budget_controller
@@ -119,22 +124,21 @@ pub async fn run(
         .reconcile_on(undone_rx);
     let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded();
     let binding_controller = binding_controller.reconcile_on(wake_rx);
-    let accounting = Accounting {
+    let ctx = Arc::new(Context::new(Parts {
+        client: client.clone(),
+        metrics,
+        clock,
+        reporter,
         cluster,
         scraper: Scraper::new(options.max_concurrent_scrapes, options.max_body_bytes).with_ca(options.scrape_ca),
-        accounts: Default::default(),
         budgets: budget_store.clone(),
-        binding_usage: Default::default(),
-        wake_bindings: wake_tx,
-    };
-    let ctx = Arc::new(Context::new(client.clone(), metrics, clock, reporter).with_accounting(accounting));
+        binding_usage: BindingUsages::new(wake_tx),
+    }));
     tasks.spawn(cluster_driver);
     let forget_ctx = ctx.clone();
     tasks.spawn(async move {
-        while let Some(key) = deleted_rx.next().await {
-            if let Some(accounting) = &forget_ctx.accounting {
-                accounting.forget_budget(&key, &forget_ctx.metrics);
-            }
+        while let Some(budget) = deleted_rx.next().await {
+            forget_ctx.accounts.forget(&budget, &forget_ctx.metrics);
         }
     });
     let ready = endpoints.ready.clone();

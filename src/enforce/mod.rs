@@ -12,6 +12,7 @@
 
 pub mod act;
 pub mod decide;
+pub mod observe;
 
 /// The budget a workload (or pod) is charged to.
 pub const BUDGET: &str = "tokenbudget.io/budget";

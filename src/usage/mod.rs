@@ -10,6 +10,8 @@
 //!   strings of the status, and `percentUsed`.
 //! - [`scrape`]: fetches one pod's endpoint with deadlines, a size cap and a concurrency cap.
 
+pub mod account;
+pub mod cycle;
 pub mod ledger;
 pub mod parse;
 pub mod period;

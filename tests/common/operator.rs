@@ -97,7 +97,7 @@ pub async fn wait_ready(address: SocketAddr) {
 pub struct InProcessOperator {
     pub address: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), String>>>,
+    task: Option<tokio::task::JoinHandle<Result<(), tokenbudget::controller::StartError>>>,
 }
 
 impl InProcessOperator {
@@ -131,7 +131,8 @@ impl InProcessOperator {
         let _ = self.stop.take().expect("running").send(());
         let task = self.task.take().expect("running");
         let result = within(task, "the in-process operator to stop").await;
-        assert_eq!(result.expect("the operator task ends without panicking"), Ok(()));
+        let result = result.expect("the operator task ends without panicking");
+        assert_eq!(result.map_err(|e| e.to_string()), Ok(()));
     }
 }
 

@@ -29,23 +29,28 @@ impl Desired {
 pub fn merge(existing: &[Condition], desired: &[Desired], generation: Option<i64>, now: Timestamp) -> Vec<Condition> {
     desired
         .iter()
-        .map(|d| {
-            let status = if d.status { "True" } else { "False" };
-            let last_transition_time = existing
-                .iter()
-                .find(|c| c.type_ == d.type_ && c.status == status)
-                .map(|c| c.last_transition_time.clone())
-                .unwrap_or(Time(now));
-            Condition {
-                type_: d.type_.to_string(),
-                status: status.to_string(),
-                reason: d.reason.to_string(),
-                message: d.message.clone(),
-                observed_generation: generation,
-                last_transition_time,
-            }
+        .map(|d| Condition {
+            type_: d.type_.to_string(),
+            status: status_text(d.status).to_string(),
+            reason: d.reason.to_string(),
+            message: d.message.clone(),
+            observed_generation: generation,
+            last_transition_time: Time(since(existing, d, now)),
         })
         .collect()
+}
+
+/// Since when `desired` holds, once merged into `existing`: its `lastTransitionTime` when
+/// its status did not change, `now` when it did (or is new).
+pub fn since(existing: &[Condition], desired: &Desired, now: Timestamp) -> Timestamp {
+    existing
+        .iter()
+        .find(|c| c.type_ == desired.type_ && c.status == status_text(desired.status))
+        .map_or(now, |c| c.last_transition_time.0)
+}
+
+fn status_text(status: bool) -> &'static str {
+    if status { "True" } else { "False" }
 }
 
 /// The condition of this type, if any.

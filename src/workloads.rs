@@ -24,7 +24,10 @@ use k8s_openapi::{
 };
 use kube::{Resource, ResourceExt};
 
-use crate::api::{BudgetBindingSpec, WorkloadKind};
+use crate::{
+    api::WorkloadKind,
+    validate::{Selection, WorkloadEntry},
+};
 
 /// A snapshot of the workload objects of one namespace.
 #[derive(Default, Clone)]
@@ -90,17 +93,16 @@ pub struct Resolution {
     pub pods: Vec<BoundPod>,
 }
 
-/// Resolves a binding's workload entries to workloads and their pods.
-pub fn resolve<'a>(spec: &BudgetBindingSpec, snapshot: &'a Snapshot) -> Resolution {
+/// Resolves a binding's workload entries to workloads and their pods; `port` is its metrics
+/// port, where each pod is scraped.
+pub fn resolve<'a>(entries: &[WorkloadEntry], port: &IntOrString, snapshot: &'a Snapshot) -> Resolution {
     let owned = OwnerIndex::new(snapshot);
     let mut workloads: BTreeMap<WorkloadId, Vec<&'a Arc<Pod>>> = BTreeMap::new();
-    for entry in &spec.workloads {
-        let matches =
-            |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| match (&entry.name, &entry.selector) {
-                (Some(name), _) => meta.name.as_ref() == Some(name),
-                (None, Some(selector)) => selects(selector, meta.labels.as_ref()),
-                (None, None) => false,
-            };
+    for entry in entries {
+        let matches = |meta: &ObjectMeta| match &entry.selection {
+            Selection::Name(name) => meta.name.as_ref() == Some(name),
+            Selection::Labels(selector) => selects(selector, meta.labels.as_ref()),
+        };
         let mut add = |name: String, pods: Vec<&'a Arc<Pod>>| {
             workloads
                 .entry(WorkloadId { kind: entry.kind, name })
@@ -146,7 +148,7 @@ pub fn resolve<'a>(spec: &BudgetBindingSpec, snapshot: &'a Snapshot) -> Resoluti
             pods.entry(pod.name_any()).or_insert_with(|| BoundPod {
                 pod: Arc::clone(pod),
                 workload: workload.clone(),
-                endpoint: endpoint(pod, &spec.metrics.port),
+                endpoint: endpoint(pod, port),
             });
         }
     }
@@ -360,8 +362,11 @@ mod tests {
         }
     }
 
-    fn spec(yaml: &str) -> BudgetBindingSpec {
-        serde_yaml::from_str(yaml).expect("fixture parses")
+    /// Resolves the binding spec `yaml` over `snapshot`.
+    fn resolve_spec(yaml: &str, snapshot: &Snapshot) -> Resolution {
+        let spec: crate::api::BudgetBindingSpec = serde_yaml::from_str(yaml).expect("fixture parses");
+        let binding = crate::validate::binding(&spec).expect("a valid fixture");
+        resolve(&binding.workloads, &binding.endpoint.port, snapshot)
     }
 
     fn names(r: &Resolution) -> Vec<String> {
@@ -370,8 +375,8 @@ mod tests {
 
     #[test]
     fn a_deployment_by_name_brings_the_pods_of_all_its_replica_sets() {
-        let r = resolve(
-            &spec("budgetRef: {name: b}\nworkloads: [{kind: Deployment, name: summarizer}]"),
+        let r = resolve_spec(
+            "budgetRef: {name: b}\nworkloads: [{kind: Deployment, name: summarizer}]",
             &snapshot(),
         );
         assert_eq!(
@@ -387,11 +392,9 @@ mod tests {
 
     #[test]
     fn selectors_match_workload_labels_of_their_kind_only() {
-        let r = resolve(
-            &spec(
-                "budgetRef: {name: b}\nworkloads: [{kind: Deployment, selector: {matchLabels: {team: research}}}, \
+        let r = resolve_spec(
+            "budgetRef: {name: b}\nworkloads: [{kind: Deployment, selector: {matchLabels: {team: research}}}, \
                  {kind: StatefulSet, selector: {matchExpressions: [{key: team, operator: In, values: [research]}]}}]",
-            ),
             &snapshot(),
         );
         let kinds: Vec<_> = r.workloads.iter().map(|w| (w.kind, w.name.as_str())).collect();
@@ -409,8 +412,8 @@ mod tests {
 
     #[test]
     fn jobs_and_cron_jobs() {
-        let r = resolve(
-            &spec("budgetRef: {name: b}\nworkloads: [{kind: Job, name: batch}, {kind: CronJob, name: nightly}]"),
+        let r = resolve_spec(
+            "budgetRef: {name: b}\nworkloads: [{kind: Job, name: batch}, {kind: CronJob, name: nightly}]",
             &snapshot(),
         );
         assert_eq!(names(&r), ["batch-1", "nightly-1-a"]);
@@ -420,11 +423,9 @@ mod tests {
 
     #[test]
     fn a_pod_matched_twice_is_listed_once() {
-        let r = resolve(
-            &spec(
-                "budgetRef: {name: b}\nworkloads: [{kind: Deployment, name: summarizer}, \
+        let r = resolve_spec(
+            "budgetRef: {name: b}\nworkloads: [{kind: Deployment, name: summarizer}, \
                  {kind: Deployment, selector: {matchLabels: {team: research}}}]",
-            ),
             &snapshot(),
         );
         assert_eq!(names(&r), ["summarizer-abc-1", "summarizer-old-1"]);

@@ -1,0 +1,150 @@
+//! Compute: from the validated spec, the observed usage and workloads, and the time, the
+//! budget's desired status and its enforcement plan. Pure. The conditions are merged once,
+//! in [`status`], after the enforcement writes, whose failures the `Enforced` condition
+//! reports.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use kube::ResourceExt;
+
+use super::{
+    act::Acted,
+    observe::{Cycle, Observed},
+};
+use crate::{
+    api::{BudgetPhase, TokenBudget, TokenBudgetStatus},
+    conditions::{self, Desired},
+    controller::RESYNC,
+    enforce::{
+        decide::{self, Plan},
+        observe,
+    },
+    usage::account,
+    validate::{SpecErrors, ValidBudget},
+};
+
+/// The budget as it should be, before the enforcement writes.
+pub struct Intent {
+    /// The status without its conditions merged.
+    pub status: TokenBudgetStatus,
+    pub conditions: Vec<Desired>,
+    /// The changes to the workloads and the quota; `None` for an invalid spec, which
+    /// changes nothing until it is fixed.
+    pub plan: Option<Plan>,
+}
+
+/// The desired status and plan of a live budget.
+pub fn intent(tb: &TokenBudget, spec: &Result<ValidBudget, SpecErrors>, observed: &Observed, now: Timestamp) -> Intent {
+    let existing = tb.status.clone().unwrap_or_default();
+    let ready = ready_condition(spec);
+    let (Ok(spec), Some(cycle)) = (spec, &observed.cycle) else {
+        // Invalid: only Ready says so; the usage last counted stays as it was.
+        return Intent {
+            status: existing,
+            conditions: vec![ready],
+            plan: None,
+        };
+    };
+    let (mut status, usage_conditions) = account::usage_status(spec, &cycle.account, &cycle.window, now);
+    let mut conditions = vec![ready];
+    conditions.extend(usage_conditions);
+    let exhausted_since = conditions
+        .iter()
+        .find(|c| c.type_ == "Exhausted" && c.status)
+        .map(|c| conditions::since(&existing.conditions, c, now));
+    let budget = decide::Budget {
+        name: &tb.name_any(),
+        action: spec.action,
+        grace_period: spec.grace_period,
+        freeze_quota: spec.freeze_quota,
+        quota: spec.quota.as_ref(),
+        phase: status.phase.unwrap_or(BudgetPhase::Active),
+        exhausted_since,
+        remaining_tokens: status.remaining_tokens.map(|r| u64::try_from(r).unwrap_or(0)),
+        limit_tokens: spec.limit_tokens,
+        deleting: false,
+    };
+    let workloads = observe::workloads(&observed.snapshot, &cycle.bound, &tb.name_any());
+    let plan = decide::decide(&budget, &workloads, now);
+    status.enforced = plan.enforced.clone();
+    Intent {
+        status,
+        conditions,
+        plan: Some(plan),
+    }
+}
+
+/// The plan of a budget being deleted: every workload still carrying its marks restored (none
+/// is bound any more), its quota deleted. The spec plays no part but for its action, which
+/// words the condition; it need not even be valid.
+pub fn restore_plan(tb: &TokenBudget, observed: &Observed, now: Timestamp) -> Plan {
+    let name = tb.name_any();
+    let budget = decide::Budget {
+        name: &name,
+        action: tb.spec.enforcement.action,
+        grace_period: Duration::ZERO,
+        freeze_quota: false,
+        quota: None,
+        phase: tb.status.as_ref().and_then(|s| s.phase).unwrap_or(BudgetPhase::Active),
+        exhausted_since: None,
+        remaining_tokens: None,
+        limit_tokens: None,
+        deleting: true,
+    };
+    let workloads = observe::workloads(&observed.snapshot, &Default::default(), &name);
+    decide::decide(&budget, &workloads, now)
+}
+
+/// The status to write: the intent with what the writes achieved, and every condition merged
+/// once into the existing ones.
+pub fn status(tb: &TokenBudget, intent: Intent, acted: Option<&Acted>, now: Timestamp) -> TokenBudgetStatus {
+    let Intent {
+        mut status,
+        mut conditions,
+        plan,
+    } = intent;
+    if let (Some(plan), Some(acted)) = (plan, acted) {
+        conditions.push(acted.condition(&plan));
+        status.compute_quota = acted.compute_quota.clone();
+    }
+    let existing = tb.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    status.conditions = conditions::merge(existing, &conditions, tb.metadata.generation, now);
+    status.observed_generation = tb.metadata.generation;
+    status
+}
+
+/// When to reconcile again, measured from `now` (after the writes: a cycle lasts up to its
+/// slowest scrape): the bindings' shortest interval, the end of the period, the end of a
+/// grace period or a retry, whichever comes first; at least a second apart.
+pub fn requeue(cycle: Option<&Cycle>, plan_wake: Option<Timestamp>, now: Timestamp) -> Duration {
+    let Some(cycle) = cycle else {
+        return RESYNC;
+    };
+    let interval = cycle
+        .bindings
+        .iter()
+        .map(|b| b.interval)
+        .min()
+        .unwrap_or(RESYNC)
+        .max(Duration::from_secs(1));
+    let boundary = cycle.window.end.as_ref().map(|end| end.timestamp());
+    [boundary, plan_wake]
+        .into_iter()
+        .flatten()
+        .map(|at| wake_for_boundary(now, at))
+        .fold(interval, Duration::min)
+}
+
+/// How long from `now` until the cycle that starts the period after `end`: 50 ms past the
+/// boundary itself, not at the next scrape after it. A boundary already passed wakes at once.
+pub fn wake_for_boundary(now: Timestamp, end: Timestamp) -> Duration {
+    Duration::try_from(now.duration_until(end)).unwrap_or(Duration::ZERO) + Duration::from_millis(50)
+}
+
+fn ready_condition(spec: &Result<ValidBudget, SpecErrors>) -> Desired {
+    match spec {
+        Ok(_) => Desired::new("Ready", true, "Reconciled", "the budget is valid"),
+        Err(e) => Desired::new("Ready", false, "InvalidSpec", e.to_string()),
+    }
+}

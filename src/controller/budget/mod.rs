@@ -1,0 +1,255 @@
+//! The TokenBudget controller. One reconcile is a pipeline of five steps, each a call into
+//! its own module:
+//!
+//! 1. [`observe`]: the namespace's workloads from the stores and, for a valid budget, one
+//!    accounting cycle (plan, scrapes, fold into the account);
+//! 2. [`compute`]: the desired status and the enforcement plan (pure);
+//! 3. [`act`]: the enforcement writes (quota, workloads, pods);
+//! 4. write status: one server-side apply, only when the status changed;
+//! 5. [`announce`]: Events, and the cycle's findings handed to the binding controller.
+//!
+//! A budget being deleted restores what it changed ([`cleanup`]) before it lets go of its
+//! finalizer.
+
+mod act;
+mod announce;
+mod compute;
+mod observe;
+
+use std::{sync::Arc, time::Duration};
+
+use futures::FutureExt;
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    core::DeserializeGuard,
+    runtime::{Controller, controller::Action},
+};
+
+use super::{Context, Error, instrumented, state::BudgetRef, status};
+use crate::{api::TokenBudget, enforce, validate};
+
+pub use compute::wake_for_boundary;
+
+const CONTROLLER: &str = "tokenbudget";
+
+/// How soon to look again when the stores have not synced yet, or a restore is not complete.
+const SOON: Duration = Duration::from_secs(1);
+
+/// Whether the budget lives on, or is being deleted (and undoes everything).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lifecycle {
+    Live,
+    Deleting,
+}
+
+async fn reconcile(guard: Arc<DeserializeGuard<TokenBudget>>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let Ok(tb) = &guard.0 else {
+        return status::report_unreadable(guard.as_ref(), &ctx).await;
+    };
+    if tb.metadata.deletion_timestamp.is_some() {
+        return cleanup(tb, &ctx).await;
+    }
+    add_finalizer(&ctx, tb).await?;
+    let now = ctx.clock.now();
+    let spec = validate::budget(&tb.spec);
+    let Some(observed) = observe::observe(&ctx, tb, spec.as_ref().ok(), now).await else {
+        return Ok(Action::requeue(SOON));
+    };
+    let intent = compute::intent(tb, &spec, &observed, now);
+    let acted = match &intent.plan {
+        Some(plan) => Some(act::act(&ctx, tb, plan, Lifecycle::Live, answered(&observed)).await),
+        None => None,
+    };
+    let wake_at = intent
+        .plan
+        .as_ref()
+        .zip(acted.as_ref())
+        .and_then(|(p, a)| a.wake_at(p, now));
+    let new = compute::status(tb, intent, acted.as_ref(), now);
+    let old = tb.status.clone().unwrap_or_default();
+    if tb.status.as_ref() != Some(&new) {
+        status::apply(
+            &Api::<TokenBudget>::namespaced(ctx.client.clone(), &namespace(tb)?),
+            tb,
+            &new,
+        )
+        .await?;
+    }
+    if let Ok(spec) = &spec {
+        ctx.metrics.observe_budget(
+            &namespace(tb)?,
+            &tb.name_any(),
+            &new,
+            spec.limit_tokens.and_then(|t| i64::try_from(t).ok()),
+        );
+    }
+    let notices = acted.map(|a| a.notices).unwrap_or_default();
+    announce::announce(&ctx, tb, &old, &new, &notices, observed.cycle.as_ref()).await;
+    Ok(Action::requeue(compute::requeue(
+        observed.cycle.as_ref(),
+        wake_at,
+        ctx.clock.now(),
+    )))
+}
+
+/// A deleted budget restores every workload it changed, deletes its quota, and only then
+/// lets go of its finalizer.
+async fn cleanup(tb: &TokenBudget, ctx: &Context) -> Result<Action, Error> {
+    if !has_finalizer(tb) {
+        return Ok(Action::await_change());
+    }
+    let now = ctx.clock.now();
+    // Never decide on a partial view: an empty cache would restore nothing.
+    let Some(observed) = observe::observe(ctx, tb, None, now).await else {
+        return Ok(Action::requeue(SOON));
+    };
+    let plan = compute::restore_plan(tb, &observed, now);
+    let acted = act::act(ctx, tb, &plan, Lifecycle::Deleting, std::time::Instant::now()).await;
+    let status = tb.status.clone().unwrap_or_default();
+    announce::announce(ctx, tb, &status, &status, &acted.notices, None).await;
+    if !acted.complete() {
+        return Ok(Action::requeue(SOON));
+    }
+    let finalizers = tb
+        .finalizers()
+        .iter()
+        .filter(|f| *f != enforce::FINALIZER)
+        .cloned()
+        .collect();
+    set_finalizers(ctx, tb, finalizers).await?;
+    Ok(Action::await_change())
+}
+
+fn has_finalizer(tb: &TokenBudget) -> bool {
+    tb.finalizers().iter().any(|f| f == enforce::FINALIZER)
+}
+
+fn namespace(tb: &TokenBudget) -> Result<String, Error> {
+    tb.namespace().ok_or(Error::NoNamespace)
+}
+
+/// When the usage that the plan was made on was in; now, without a cycle.
+fn answered(observed: &observe::Observed) -> std::time::Instant {
+    observed
+        .cycle
+        .as_ref()
+        .map_or_else(std::time::Instant::now, |c| c.answered)
+}
+
+/// Adds the finalizer that makes a deleted budget restore its workloads first.
+async fn add_finalizer(ctx: &Context, tb: &TokenBudget) -> Result<(), Error> {
+    if has_finalizer(tb) {
+        return Ok(());
+    }
+    let mut finalizers = tb.finalizers().to_vec();
+    finalizers.push(enforce::FINALIZER.into());
+    set_finalizers(ctx, tb, finalizers).await
+}
+
+/// Sets the budget's finalizers, conditional on the version read.
+async fn set_finalizers(ctx: &Context, tb: &TokenBudget, finalizers: Vec<String>) -> Result<(), Error> {
+    let api: Api<TokenBudget> = Api::namespaced(ctx.client.clone(), &namespace(tb)?);
+    let patch = serde_json::json!({
+        "metadata": {"finalizers": finalizers, "resourceVersion": tb.resource_version()},
+    });
+    api.patch_metadata(&tb.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Builds the controller for the TokenBudgets in `api`'s scope. `deleted` hears every budget
+/// deleted, to forget its account and metric series.
+pub fn controller(
+    api: Api<DeserializeGuard<TokenBudget>>,
+    deleted: futures::channel::mpsc::UnboundedSender<BudgetRef>,
+) -> Controller<DeserializeGuard<TokenBudget>> {
+    super::guarded_controller(api, move |event| {
+        if let kube::runtime::watcher::Event::Delete(obj) = event {
+            let _ = deleted.unbounded_send(BudgetRef::from_obj(obj));
+        }
+    })
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    controller: Controller<DeserializeGuard<TokenBudget>>,
+    ctx: Arc<Context>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let stream = controller.graceful_shutdown_on(shutdown).run(
+        |tb, ctx| instrumented(CONTROLLER, tb, ctx, |tb, ctx| reconcile(tb, ctx).boxed()),
+        |tb, e, ctx| super::error_policy(CONTROLLER, tb, e, ctx),
+        ctx,
+    );
+    super::drain(CONTROLLER, stream).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{api::TokenBudgetStatus, conditions};
+
+    use jiff::Timestamp;
+
+    fn budget(yaml: &str) -> TokenBudget {
+        serde_yaml::from_str(yaml).expect("fixture parses")
+    }
+
+    /// The status a budget gets before any accounting cycle.
+    fn desired_status(tb: &TokenBudget, now: Timestamp) -> TokenBudgetStatus {
+        let observed = observe::Observed {
+            snapshot: Default::default(),
+            cycle: None,
+        };
+        let intent = compute::intent(tb, &validate::budget(&tb.spec), &observed, now);
+        compute::status(tb, intent, None, now)
+    }
+
+    const NOW: &str = "2026-11-28T12:00:00Z";
+
+    #[test]
+    fn a_valid_budget_is_ready_and_records_its_generation() {
+        let tb = budget(
+            "apiVersion: tokenbudget.io/v1alpha1\nkind: TokenBudget\nmetadata: {name: b, namespace: n, generation: 3}\nspec: {limits: {tokens: 10}}",
+        );
+        let status = desired_status(&tb, NOW.parse().unwrap());
+        assert_eq!(status.observed_generation, Some(3));
+        assert!(conditions::is_true(&status.conditions, "Ready"));
+        assert_eq!(status.conditions[0].observed_generation, Some(3));
+    }
+
+    #[test]
+    fn an_invalid_budget_says_why_and_keeps_its_usage() {
+        let tb = budget(
+            "apiVersion: tokenbudget.io/v1alpha1\nkind: TokenBudget\nmetadata: {name: b, namespace: n, generation: 1}\n\
+             spec: {limits: {cost: '5'}}\nstatus: {used: {tokens: 42, input: 40, output: 2}}",
+        );
+        let status = desired_status(&tb, NOW.parse().unwrap());
+        let ready = conditions::find(&status.conditions, "Ready").unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "InvalidSpec"));
+        assert!(ready.message.contains("spec.limits.cost"), "{}", ready.message);
+        assert_eq!(status.used.unwrap().tokens, 42);
+    }
+
+    #[test]
+    fn the_boundary_wakes_the_budget_just_after_it() {
+        let end: Timestamp = "2026-11-28T13:00:00Z".parse().unwrap();
+        let at = |t: &str| wake_for_boundary(t.parse().unwrap(), end);
+        assert_eq!(at("2026-11-28T12:59:58Z"), Duration::from_millis(2050));
+        assert_eq!(at("2026-11-28T13:00:00Z"), Duration::from_millis(50));
+        // A cycle that outlasted the boundary: the next one at once, not as long again later.
+        assert_eq!(at("2026-11-28T13:00:03Z"), Duration::from_millis(50));
+    }
+
+    #[test]
+    fn reconciling_twice_changes_nothing() {
+        let mut tb = budget(
+            "apiVersion: tokenbudget.io/v1alpha1\nkind: TokenBudget\nmetadata: {name: b, namespace: n, generation: 1}\nspec: {limits: {tokens: 10}}",
+        );
+        let first = desired_status(&tb, NOW.parse().unwrap());
+        tb.status = Some(first.clone());
+        let later = desired_status(&tb, "2026-11-28T13:00:00Z".parse().unwrap());
+        assert_eq!(first, later, "an unchanged budget must not cause a status write");
+    }
+}

@@ -1,0 +1,126 @@
+//! Observe: what the budget reconcile knows before it decides. The namespace's workloads
+//! from the stores and, for a valid budget, one accounting cycle: the period, the plan of
+//! scrapes, the scrapes, and the answers folded into the budget's account.
+
+use std::{collections::BTreeSet, time::Instant};
+
+use jiff::Timestamp;
+use kube::ResourceExt;
+
+use crate::{
+    api::{BudgetBinding, TokenBudget},
+    controller::{Context, scrapes, state::Lease},
+    usage::{
+        account::BindingReport,
+        cycle::{self, Binding},
+        period::{self, PeriodWindow},
+    },
+    validate::{self, ValidBinding, ValidBudget},
+    workloads::{Snapshot, WorkloadId},
+};
+
+/// What the reconcile of one budget observed.
+pub struct Observed<'a> {
+    /// The budget's namespace: its workloads and their pods.
+    pub snapshot: Snapshot,
+    /// The accounting cycle, for a valid budget.
+    pub cycle: Option<Cycle<'a>>,
+}
+
+/// One accounting cycle of a budget.
+pub struct Cycle<'a> {
+    /// The budget's account, back in the cache when this is dropped.
+    pub account: Lease<'a>,
+    pub window: PeriodWindow,
+    /// Whether this cycle began a new period.
+    pub period_reset: bool,
+    /// What the cycle saw of each valid binding, by name.
+    pub bindings: Vec<BindingReport>,
+    /// The workloads the valid bindings name.
+    pub bound: BTreeSet<WorkloadId>,
+    /// When the cycle began, on the operator's clock.
+    pub started_at: Timestamp,
+    /// When the answers were in: enforcement latency counts from here.
+    pub answered: Instant,
+}
+
+/// Observes the budget's namespace and, when `spec` is valid, runs its accounting cycle.
+/// `None` until the stores have synced: never account or enforce on a partial view.
+pub async fn observe<'a>(
+    ctx: &'a Context,
+    tb: &TokenBudget,
+    spec: Option<&ValidBudget>,
+    now: Timestamp,
+) -> Option<Observed<'a>> {
+    if !ctx.cluster.synced() {
+        return None;
+    }
+    let namespace = tb.namespace().unwrap_or_default();
+    let snapshot = ctx.cluster.snapshot(&namespace);
+    let cycle = match spec {
+        Some(spec) => Some(account(ctx, tb, spec, &snapshot, now).await),
+        None => None,
+    };
+    Some(Observed { snapshot, cycle })
+}
+
+/// One accounting cycle: the period, the plan, the scrapes, the fold.
+async fn account<'a>(
+    ctx: &'a Context,
+    tb: &TokenBudget,
+    spec: &ValidBudget,
+    snapshot: &Snapshot,
+    now: Timestamp,
+) -> Cycle<'a> {
+    ctx.accounts.forget_missing(&ctx.budgets, &ctx.metrics);
+    let origin = tb.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0);
+    let window = period::current(spec.reset, &spec.time_zone, now, origin);
+    let mut account = ctx.accounts.lease(tb);
+    let period_reset = account.begin_period(window.start.timestamp());
+
+    let bindings = valid_bindings(ctx, tb);
+    let bindings: Vec<Binding> = bindings
+        .iter()
+        .map(|(binding, valid)| Binding {
+            name: binding.metadata.name.as_deref().unwrap_or_default(),
+            created: binding.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0),
+            spec: valid,
+        })
+        .collect();
+    let plan = cycle::plan(&bindings, snapshot);
+    let bound = plan.bound.clone();
+    let answers = scrapes::scrape(&ctx.scraper, &ctx.metrics, &plan.scrapes, now).await;
+    let answered = Instant::now();
+    let reports = cycle::fold(
+        &mut account,
+        &bindings,
+        plan,
+        answers,
+        snapshot,
+        spec.token_types.as_deref(),
+        now,
+    );
+    Cycle {
+        account,
+        window,
+        period_reset,
+        bindings: reports,
+        bound,
+        started_at: now,
+        answered,
+    }
+}
+
+/// The budget's bindings whose spec is valid, by name. An invalid binding charges nothing
+/// (its own status says why).
+fn valid_bindings(ctx: &Context, tb: &TokenBudget) -> Vec<(BudgetBinding, ValidBinding)> {
+    let namespace = tb.namespace().unwrap_or_default();
+    ctx.cluster
+        .bindings_of(&namespace, &tb.name_any())
+        .into_iter()
+        .filter_map(|binding| {
+            let valid = validate::binding(&binding.spec).ok()?;
+            Some((binding, valid))
+        })
+        .collect()
+}

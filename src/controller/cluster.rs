@@ -1,0 +1,272 @@
+//! The reflector stores the budget controller reads: pods, the workloads that own them, and
+//! the bindings. Every read of the accounting cycle and of enforcement comes from here, never
+//! from a list call, and only once every store has synced.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::StreamExt;
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, ReplicaSet, StatefulSet},
+        batch::v1::{CronJob, Job},
+        core::v1::Pod,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    core::DeserializeGuard,
+    runtime::{
+        WatchStreamExt,
+        reflector::{self, ObjectRef, Store},
+        watcher::{self, watcher},
+    },
+};
+use serde::de::DeserializeOwned;
+
+use super::state::BudgetRef;
+use crate::{api::BudgetBinding, workloads::Snapshot};
+
+/// The reflector stores accounting reads, all of them in the operator's watch scope.
+#[derive(Clone)]
+pub struct Cluster {
+    pub pods: Store<Pod>,
+    pub replica_sets: Store<ReplicaSet>,
+    pub deployments: Store<Deployment>,
+    pub stateful_sets: Store<StatefulSet>,
+    pub jobs: Store<Job>,
+    pub cron_jobs: Store<CronJob>,
+    pub bindings: Store<DeserializeGuard<BudgetBinding>>,
+    synced: Arc<AtomicBool>,
+}
+
+/// An Api of a namespaced kind in the operator's watch scope: one namespace, or all.
+pub fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// A reflector whose store keeps objects without their managedFields (memory), driven by the
+/// returned future. `on_apply` sees each created or changed object once the store has it.
+fn reflect<K>(api: Api<K>, on_apply: impl Fn(&K) + Send + 'static) -> (Store<K>, impl Future<Output = ()> + Send)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(|obj| obj.meta_mut().managed_fields = None)
+        .reflect(writer)
+        .applied_objects();
+    (
+        reader,
+        stream.for_each(move |obj| {
+            if let Ok(obj) = obj {
+                on_apply(&obj);
+            }
+            async {}
+        }),
+    )
+}
+
+/// The budget to wake at once when someone undoes its enforcement on a workload (a manual
+/// scale-up while it is exhausted, a resumed Job): the operator's annotations on the workload
+/// name the budget, and the count above 0 (or `suspend` off) says it was undone. Anything else
+/// waits for the budget's next cycle.
+fn undone_enforcement(meta: &ObjectMeta, replicas: Option<i32>, suspended: Option<bool>) -> Option<BudgetRef> {
+    let annotations = meta.annotations.as_ref()?;
+    let budget = annotations.get(crate::enforce::BUDGET)?;
+    let scaled_up = annotations.contains_key(crate::enforce::PAUSED_REPLICAS) && replicas.is_some_and(|r| r > 0);
+    let resumed = annotations.get(crate::enforce::SUSPENDED).is_some_and(|v| v == "true") && suspended != Some(true);
+    (scaled_up || resumed).then(|| ObjectRef::new(budget).within(meta.namespace.as_deref().unwrap_or_default()))
+}
+
+impl Cluster {
+    /// Starts the reflectors. `terminating` receives every pod that starts terminating, so
+    /// that its budget can scrape it once more at once (accounting rule 5).
+    pub fn start(
+        client: &Client,
+        namespace: Option<&str>,
+        bindings: Store<DeserializeGuard<BudgetBinding>>,
+        terminating: futures::channel::mpsc::UnboundedSender<Arc<Pod>>,
+        enforcement_undone: futures::channel::mpsc::UnboundedSender<BudgetRef>,
+    ) -> (Self, impl Future<Output = ()> + Send + use<>) {
+        let (pods_reader, pods_writer) = reflector::store();
+        let pod_stream = watcher(api::<Pod>(client, namespace), watcher::Config::default())
+            .default_backoff()
+            .modify(|pod| pod.meta_mut().managed_fields = None)
+            .reflect(pods_writer)
+            .applied_objects()
+            .for_each(move |pod| {
+                if let Ok(pod) = pod
+                    && pod.metadata.deletion_timestamp.is_some()
+                {
+                    let _ = terminating.unbounded_send(Arc::new(pod));
+                }
+                async {}
+            });
+        let wake = move |budget: Option<BudgetRef>| {
+            if let Some(budget) = budget {
+                let _ = enforcement_undone.unbounded_send(budget);
+            }
+        };
+        let (replica_sets, rs) = reflect(api(client, namespace), |_: &ReplicaSet| {});
+        let w = wake.clone();
+        let (deployments, d) = reflect(api(client, namespace), move |o: &Deployment| {
+            w(undone_enforcement(&o.metadata, o.spec.replicas, None))
+        });
+        let w = wake.clone();
+        let (stateful_sets, s) = reflect(api(client, namespace), move |o: &StatefulSet| {
+            w(undone_enforcement(&o.metadata, o.spec.replicas, None))
+        });
+        let w = wake.clone();
+        let (jobs, j) = reflect(api(client, namespace), move |o: &Job| {
+            w(undone_enforcement(
+                &o.metadata,
+                None,
+                o.spec.as_ref().and_then(|s| s.suspend),
+            ))
+        });
+        let (cron_jobs, c) = reflect(api(client, namespace), move |o: &CronJob| {
+            wake(undone_enforcement(&o.metadata, None, o.spec.suspend))
+        });
+        let cluster = Cluster {
+            pods: pods_reader,
+            replica_sets,
+            deployments,
+            stateful_sets,
+            jobs,
+            cron_jobs,
+            bindings,
+            synced: Arc::default(),
+        };
+        let watch_sync = cluster.clone().watch_sync();
+        let driver = async move {
+            tokio::join!(pod_stream, rs, d, s, j, c, watch_sync);
+        };
+        (cluster, driver)
+    }
+
+    /// Sets `synced` once every store has listed its objects. Re-polls, because a store's
+    /// readiness signal wakes only its most recent waiter.
+    async fn watch_sync(self) {
+        loop {
+            let all = async {
+                self.pods.wait_until_ready().await.is_ok()
+                    && self.replica_sets.wait_until_ready().await.is_ok()
+                    && self.deployments.wait_until_ready().await.is_ok()
+                    && self.stateful_sets.wait_until_ready().await.is_ok()
+                    && self.jobs.wait_until_ready().await.is_ok()
+                    && self.cron_jobs.wait_until_ready().await.is_ok()
+                    && self.bindings.wait_until_ready().await.is_ok()
+            };
+            match tokio::time::timeout(Duration::from_millis(250), all).await {
+                Ok(true) => {
+                    self.synced.store(true, Ordering::Release);
+                    return;
+                }
+                Ok(false) => return,
+                Err(_) => continue,
+            }
+        }
+    }
+
+    /// Whether every store has synced: never account (or forget pods) on a partial view.
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    /// The workload objects of one namespace.
+    pub fn snapshot(&self, namespace: &str) -> Snapshot {
+        fn of<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>, ns: &str) -> Vec<Arc<K>> {
+            store.state_filter(|o| o.meta().namespace.as_deref() == Some(ns))
+        }
+        Snapshot {
+            deployments: of(&self.deployments, namespace),
+            replica_sets: of(&self.replica_sets, namespace),
+            stateful_sets: of(&self.stateful_sets, namespace),
+            jobs: of(&self.jobs, namespace),
+            cron_jobs: of(&self.cron_jobs, namespace),
+            pods: of(&self.pods, namespace),
+        }
+    }
+
+    /// The readable bindings of a budget, by name.
+    pub fn bindings_of(&self, namespace: &str, budget: &str) -> Vec<BudgetBinding> {
+        let mut list: Vec<BudgetBinding> = self
+            .bindings
+            .state()
+            .into_iter()
+            .filter_map(|guard| guard.0.as_ref().ok().cloned())
+            .filter(|bb| bb.namespace().as_deref() == Some(namespace) && bb.spec.budget_ref.name == budget)
+            .collect();
+        list.sort_by_key(|bb| bb.name_any());
+        list
+    }
+
+    /// The budgets a terminating pod may be charged to: those of every binding in its namespace.
+    pub fn budgets_for_pod(&self, pod: &Pod) -> Vec<BudgetRef> {
+        let ns = pod.namespace();
+        let mut refs: Vec<_> = self
+            .bindings
+            .state()
+            .into_iter()
+            .filter_map(|guard| guard.0.as_ref().ok().cloned())
+            .filter(|bb| bb.namespace() == ns)
+            .map(|bb| ObjectRef::new(&bb.spec.budget_ref.name).within(ns.as_deref().unwrap_or_default()))
+            .collect();
+        refs.sort_by(|a, b| a.name.cmp(&b.name));
+        refs.dedup();
+        refs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(yaml: &str) -> ObjectMeta {
+        serde_yaml::from_str(yaml).expect("fixture parses")
+    }
+
+    #[test]
+    fn only_an_undone_enforcement_wakes_its_budget_early() {
+        let paused = meta(
+            "{name: a, namespace: n, annotations: {tokenbudget.io/budget: research, tokenbudget.io/paused-replicas: '2'}}",
+        );
+        let woken = undone_enforcement(&paused, Some(3), None).expect("a scale-up while paused");
+        assert_eq!(
+            (woken.name.as_str(), woken.namespace.as_deref()),
+            ("research", Some("n"))
+        );
+        assert!(undone_enforcement(&paused, Some(0), None).is_none(), "still paused");
+
+        let suspended = meta(
+            "{name: j, namespace: n, annotations: {tokenbudget.io/budget: research, tokenbudget.io/suspended: 'true'}}",
+        );
+        assert!(
+            undone_enforcement(&suspended, None, Some(false)).is_some(),
+            "resumed by someone"
+        );
+        assert!(undone_enforcement(&suspended, None, Some(true)).is_none());
+
+        let annotated =
+            meta("{name: a, namespace: n, annotations: {tokenbudget.io/budget: research, tokenbudget.io/state: ok}}");
+        assert!(
+            undone_enforcement(&annotated, Some(3), None).is_none(),
+            "nothing enforced"
+        );
+        assert!(undone_enforcement(&meta("{name: x}"), Some(3), None).is_none());
+    }
+}

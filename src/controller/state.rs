@@ -1,0 +1,156 @@
+//! What the controllers keep in memory between reconciles: every budget's account, and what
+//! each budget's last cycle saw of its bindings (handed to the binding controller). Keyed by
+//! [`ObjectRef`], never by `namespace/name` strings.
+
+use std::{
+    collections::HashMap,
+    ops::{Deref, DerefMut},
+    sync::Mutex,
+};
+
+use futures::channel::mpsc::UnboundedSender;
+use jiff::Timestamp;
+use kube::{
+    Resource, ResourceExt,
+    core::DeserializeGuard,
+    runtime::reflector::{ObjectRef, Store},
+};
+
+use crate::{
+    api::{BudgetBinding, TokenBudget},
+    metrics::Metrics,
+    usage::account::{Account, BindingReport},
+};
+
+/// A TokenBudget, as the budget controller and its triggers name it.
+pub type BudgetRef = ObjectRef<DeserializeGuard<TokenBudget>>;
+/// A BudgetBinding, as the binding controller and its triggers name it.
+pub type BindingRef = ObjectRef<DeserializeGuard<BudgetBinding>>;
+
+/// The reference of a budget or binding that the controller reads as `guard`'s kind.
+pub fn object_ref<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectRef<DeserializeGuard<K>>
+where
+    DeserializeGuard<K>: Resource<DynamicType = ()>,
+{
+    ObjectRef::new(&obj.name_any()).within(&obj.namespace().unwrap_or_default())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Every budget's account.
+#[derive(Default)]
+pub struct Accounts(Mutex<HashMap<BudgetRef, Account>>);
+
+impl Accounts {
+    /// Takes the account of `budget` (the budget with `uid`) out for one cycle; it goes back
+    /// when the lease is dropped. A budget without an account in memory (the operator just
+    /// started), or whose uid changed (deleted and created again), resumes from what its
+    /// status persisted. The controller never runs two reconciles of one budget at once, so
+    /// nothing else wants the account meanwhile.
+    pub fn lease<'a>(&'a self, budget: &TokenBudget) -> Lease<'a> {
+        let key = object_ref(budget);
+        let uid = budget.uid().unwrap_or_default();
+        let account = match lock(&self.0).remove(&key) {
+            Some(account) if account.uid() == uid => account,
+            _ => Account::open(&uid, budget.status.as_ref().and_then(|s| s.accounting.as_ref())),
+        };
+        Lease {
+            accounts: self,
+            key,
+            account: Some(account),
+        }
+    }
+
+    /// Forgets a deleted budget: its account and its metric series.
+    pub fn forget(&self, budget: &BudgetRef, metrics: &Metrics) {
+        lock(&self.0).remove(budget);
+        metrics.forget_budget(budget.namespace.as_deref().unwrap_or_default(), &budget.name);
+    }
+
+    /// Forgets every budget that `budgets` no longer has (a delete missed while a watch
+    /// restarted, say).
+    pub fn forget_missing(&self, budgets: &Store<DeserializeGuard<TokenBudget>>, metrics: &Metrics) {
+        let gone: Vec<BudgetRef> = lock(&self.0)
+            .keys()
+            .filter(|key| budgets.get(key).is_none())
+            .cloned()
+            .collect();
+        for key in gone {
+            self.forget(&key, metrics);
+        }
+    }
+}
+
+/// A budget's account, out of [`Accounts`] for one cycle.
+pub struct Lease<'a> {
+    accounts: &'a Accounts,
+    key: BudgetRef,
+    account: Option<Account>,
+}
+
+impl Deref for Lease<'_> {
+    type Target = Account;
+
+    fn deref(&self) -> &Account {
+        self.account.as_ref().expect("a lease holds its account until dropped")
+    }
+}
+
+impl DerefMut for Lease<'_> {
+    fn deref_mut(&mut self) -> &mut Account {
+        self.account.as_mut().expect("a lease holds its account until dropped")
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(account) = self.account.take() {
+            lock(&self.accounts.0).insert(self.key.clone(), account);
+        }
+    }
+}
+
+/// What a budget's last cycle saw of one binding.
+#[derive(Clone, Debug)]
+pub struct BindingUsage {
+    pub report: BindingReport,
+    pub scraped_at: Timestamp,
+}
+
+/// The hand-over from the budget controller's cycles to the binding controller: the last
+/// usage of each binding, and a channel that wakes the binding controller for it.
+pub struct BindingUsages {
+    usage: Mutex<HashMap<BindingRef, BindingUsage>>,
+    wake: UnboundedSender<BindingRef>,
+}
+
+impl BindingUsages {
+    pub fn new(wake: UnboundedSender<BindingRef>) -> Self {
+        Self {
+            usage: Mutex::default(),
+            wake,
+        }
+    }
+
+    /// Hands over what a cycle of a budget in `namespace` saw of its bindings, and wakes
+    /// their controller.
+    pub fn hand_over(&self, namespace: &str, reports: &[BindingReport], scraped_at: Timestamp) {
+        let mut usage = lock(&self.usage);
+        for report in reports {
+            let binding: BindingRef = ObjectRef::new(&report.name).within(namespace);
+            let seen = BindingUsage {
+                report: report.clone(),
+                scraped_at,
+            };
+            usage.insert(binding.clone(), seen);
+            let _ = self.wake.unbounded_send(binding);
+        }
+    }
+
+    /// What the last cycle saw of a binding.
+    pub fn get(&self, binding: &BindingRef) -> Option<BindingUsage> {
+        lock(&self.usage).get(binding).cloned()
+    }
+}

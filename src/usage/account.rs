@@ -1,0 +1,383 @@
+//! What the operator keeps of one budget between reconciles, and the usage part of the
+//! budget's status computed from it. Pure: no client, no clock (the time comes in).
+//!
+//! The ledger lives in memory between reconciles (so a reconcile that runs before the watch
+//! has delivered the operator's last status write never reads a stale one) and is persisted
+//! in `status.accounting`, in the same status write as `used` (accounting rule 4).
+
+use std::{
+    collections::{HashMap, VecDeque},
+    time::Duration,
+};
+
+use jiff::{SignedDuration, Timestamp};
+use rust_decimal::Decimal;
+
+use super::{
+    ledger::Ledger,
+    period::{self, PeriodWindow},
+    pricing,
+};
+use crate::{
+    api::{AccountingState, BudgetPhase, ModelUsage, TokenBudgetStatus, TokenType, UsedTokens, WorkloadUsage},
+    conditions::Desired,
+    validate::ValidBudget,
+};
+
+/// How far back the burn rate looks.
+const BURN_WINDOW: SignedDuration = SignedDuration::from_hours(1);
+/// The least span of samples that gives a burn rate.
+const BURN_MIN_SPAN: SignedDuration = SignedDuration::from_secs(10);
+/// At most this many workloads in `status.workloads`.
+const TOP_WORKLOADS: usize = 20;
+/// At most this many failing pods named in a binding's ScrapeHealthy message.
+const LISTED_PROBLEMS: usize = 5;
+
+/// One budget's account: its ledger, the samples of its burn rate, and the pods whose scrape
+/// failed in the last cycle.
+pub struct Account {
+    /// The budget's uid: a budget deleted and created again starts afresh.
+    uid: String,
+    ledger: Ledger,
+    /// (time, tokens used in the period) after each cycle, for the burn rate.
+    samples: VecDeque<(Timestamp, u64)>,
+    /// The last scrape error per pod uid, so an Event is sent once per failure, not per cycle.
+    failing: HashMap<String, String>,
+}
+
+impl Account {
+    /// The account of the budget with `uid`, resumed from what its status persisted.
+    pub fn open(uid: &str, persisted: Option<&AccountingState>) -> Self {
+        Self {
+            uid: uid.to_string(),
+            ledger: Ledger::from_state(persisted),
+            samples: VecDeque::new(),
+            failing: HashMap::new(),
+        }
+    }
+
+    /// The uid of the budget this account belongs to.
+    pub fn uid(&self) -> &str {
+        &self.uid
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    pub fn ledger_mut(&mut self) -> &mut Ledger {
+        &mut self.ledger
+    }
+
+    /// Moves the account into the period starting at `start`. True when a period ended:
+    /// the ledger had one before and this is a new one (its burn-rate samples start again).
+    pub fn begin_period(&mut self, start: Timestamp) -> bool {
+        let had_period = self.ledger.period_start().is_some();
+        let reset = self.ledger.ensure_period(start) && had_period;
+        if reset {
+            self.samples.clear();
+        }
+        reset
+    }
+
+    /// Records the tokens used in the period at `now`, for the burn rate.
+    pub fn sample(&mut self, now: Timestamp, used: u64) {
+        self.samples.push_back((now, used));
+        while self
+            .samples
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > BURN_WINDOW)
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    /// Replaces the scrape failures of the last cycle with this cycle's (pod uid, reason), and
+    /// tells for each whether it is new: a pod that failed in the last cycle for the same
+    /// reason is not.
+    pub fn record_failures(&mut self, failures: &[(String, String)]) -> Vec<bool> {
+        let new = failures
+            .iter()
+            .map(|(uid, reason)| self.failing.get(uid) != Some(reason))
+            .collect();
+        self.failing = failures.iter().cloned().collect();
+        new
+    }
+
+    /// Tokens per hour over the last hour's samples, when they span long enough.
+    pub fn burn_rate(&self) -> Option<u64> {
+        burn_rate(&self.samples)
+    }
+}
+
+/// Tokens per hour over the samples, when they span long enough.
+fn burn_rate(samples: &VecDeque<(Timestamp, u64)>) -> Option<u64> {
+    let (first, last) = (samples.front()?, samples.back()?);
+    let span = last.0.duration_since(first.0);
+    if span < BURN_MIN_SPAN || last.1 < first.1 {
+        return None;
+    }
+    let per_hour = u128::from(last.1 - first.1) * 3_600_000 / span.as_millis().max(1) as u128;
+    Some(u64::try_from(per_hour).unwrap_or(u64::MAX))
+}
+
+/// What a cycle saw of one binding.
+#[derive(Clone, Debug, Default)]
+pub struct BindingReport {
+    pub name: String,
+    pub workloads: usize,
+    pub pods: usize,
+    pub scraped_pods: usize,
+    /// Pods not scraped because no container of theirs has started yet.
+    pub pending_pods: usize,
+    pub used_tokens: u64,
+    pub problems: Vec<PodProblem>,
+    /// The binding's scrape interval.
+    pub interval: Duration,
+}
+
+/// One scrape failure, for the binding's ScrapeHealthy condition and an Event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodProblem {
+    pub pod: String,
+    pub reason: String,
+    /// Whether this is new since the last cycle (an Event is due).
+    pub new: bool,
+}
+
+/// Cost per model, and the models without a price.
+struct Costs {
+    models: Vec<ModelUsage>,
+    total: Decimal,
+    unpriced: Vec<String>,
+}
+
+/// The usage per model, most tokens first, priced by `budget`'s price table.
+fn costs(budget: &ValidBudget, ledger: &Ledger) -> Costs {
+    let mut total = Decimal::ZERO;
+    let mut unpriced = Vec::new();
+    let mut models: Vec<ModelUsage> = ledger
+        .models()
+        .map(|(model, input, output)| {
+            let cost = budget.prices.cost(model, input, output);
+            match cost {
+                Some(c) => total += c,
+                None => unpriced.push(model.to_string()),
+            }
+            ModelUsage {
+                model: model.to_string(),
+                input: to_i64(input),
+                output: to_i64(output),
+                cost: cost.map(pricing::format_money),
+            }
+        })
+        .collect();
+    models.sort_by(|a, b| {
+        (b.input + b.output)
+            .cmp(&(a.input + a.output))
+            .then_with(|| a.model.cmp(&b.model))
+    });
+    Costs {
+        models,
+        total,
+        unpriced,
+    }
+}
+
+/// Where usage stands against the limits.
+struct Standing {
+    used: u64,
+    remaining: Option<u64>,
+    percent: Option<u64>,
+    /// The highest threshold crossed.
+    crossed: Option<u8>,
+    exhausted: bool,
+}
+
+impl Standing {
+    fn new(budget: &ValidBudget, used: u64, cost: Decimal) -> Self {
+        let percent = pricing::percent_used(used, budget.limit_tokens, cost, budget.limit_cost);
+        let crossed = budget
+            .thresholds
+            .iter()
+            .rev()
+            .find(|t| percent.is_some_and(|p| p >= u64::from(**t)))
+            .copied();
+        Self {
+            used,
+            remaining: budget.limit_tokens.map(|l| l.saturating_sub(used)),
+            percent,
+            crossed,
+            exhausted: percent.is_some_and(|p| p >= 100),
+        }
+    }
+
+    fn phase(&self) -> BudgetPhase {
+        if self.exhausted {
+            BudgetPhase::Exhausted
+        } else if self.crossed.is_some() {
+            BudgetPhase::Warning
+        } else {
+            BudgetPhase::Active
+        }
+    }
+
+    /// When the budget runs out at the current burn rate, if within the period.
+    fn projected_exhaustion(&self, burn_rate: Option<u64>, window: &PeriodWindow, now: Timestamp) -> Option<String> {
+        let (remaining, rate) = (self.remaining?, burn_rate?);
+        if rate == 0 || remaining == 0 {
+            return None;
+        }
+        let seconds = i64::try_from(u128::from(remaining) * 3600 / u128::from(rate)).unwrap_or(i64::MAX);
+        now.checked_add(SignedDuration::from_secs(seconds))
+            .ok()
+            .filter(|t| window.end.as_ref().is_none_or(|end| *t < end.timestamp()))
+            .map(|t| period::rfc3339(&t.to_zoned(window.start.time_zone().clone())))
+    }
+
+    /// ThresholdReached and Exhausted.
+    fn conditions(&self) -> [Desired; 2] {
+        let threshold = match self.crossed {
+            Some(t) => Desired::new(
+                "ThresholdReached",
+                true,
+                "ThresholdReached",
+                format!("{t}% of the budget is used"),
+            ),
+            None => Desired::new("ThresholdReached", false, "BelowThresholds", "no threshold is crossed"),
+        };
+        let exhausted = if self.exhausted {
+            Desired::new(
+                "Exhausted",
+                true,
+                "LimitReached",
+                "the budget is used up for this period",
+            )
+        } else {
+            Desired::new("Exhausted", false, "WithinLimits", "the budget has room")
+        };
+        [threshold, exhausted]
+    }
+}
+
+/// The UsageHealthy condition: whether every model in use has a price.
+fn pricing_condition(budget: &ValidBudget, unpriced: &[String]) -> Desired {
+    if !budget.priced() {
+        Desired::new(
+            "UsageHealthy",
+            true,
+            "Counting",
+            "counting tokens; no pricing, so no cost",
+        )
+    } else if unpriced.is_empty() {
+        Desired::new("UsageHealthy", true, "Counting", "every model in use has a price")
+    } else {
+        Desired::new(
+            "UsageHealthy",
+            false,
+            "UnpricedModels",
+            format!(
+                "no price for {}: their tokens count, their cost is 0",
+                unpriced.join(", ")
+            ),
+        )
+    }
+}
+
+/// The usage fields of a budget's status and their conditions (ThresholdReached, Exhausted,
+/// UsageHealthy), from its account.
+pub fn usage_status(
+    budget: &ValidBudget,
+    account: &Account,
+    window: &PeriodWindow,
+    now: Timestamp,
+) -> (TokenBudgetStatus, Vec<Desired>) {
+    let ledger = &account.ledger;
+    let burn_rate = account.burn_rate();
+    let costs = costs(budget, ledger);
+    let standing = Standing::new(budget, ledger.used_tokens(budget.token_types.as_deref()), costs.total);
+    let workloads = ledger
+        .workloads()
+        .into_iter()
+        .take(TOP_WORKLOADS)
+        .map(|(kind, name, tokens)| WorkloadUsage {
+            kind,
+            name: name.to_string(),
+            tokens: to_i64(tokens),
+        })
+        .collect();
+    let mut conditions = standing.conditions().to_vec();
+    conditions.push(pricing_condition(budget, &costs.unpriced));
+    let status = TokenBudgetStatus {
+        phase: Some(standing.phase()),
+        used: Some(UsedTokens {
+            tokens: to_i64(standing.used),
+            input: to_i64(ledger.tokens(TokenType::Input)),
+            output: to_i64(ledger.tokens(TokenType::Output)),
+            cost: budget.priced().then(|| pricing::format_money(costs.total)),
+        }),
+        remaining_tokens: standing.remaining.map(to_i64),
+        percent_used: standing.percent.map(to_i64),
+        period_start: Some(window.period_start()),
+        resets_at: window.resets_at(),
+        burn_rate: burn_rate.map(to_i64),
+        projected_exhaustion: standing.projected_exhaustion(burn_rate, window, now),
+        models: costs.models,
+        workloads,
+        accounting: Some(ledger.to_state()),
+        ..Default::default()
+    };
+    (status, conditions)
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A binding's ScrapeHealthy condition from what a cycle saw of it.
+pub fn scrape_condition(report: &BindingReport) -> Desired {
+    if report.problems.is_empty() {
+        let mut message = format!("{} of {} pods scraped", report.scraped_pods, report.pods);
+        if report.pending_pods > 0 {
+            message.push_str(&format!(", {} Pending", report.pending_pods));
+        }
+        return Desired::new("ScrapeHealthy", true, "Scraped", message);
+    }
+    let mut listed: Vec<String> = report
+        .problems
+        .iter()
+        .take(LISTED_PROBLEMS)
+        .map(|p| format!("{}: {}", p.pod, p.reason))
+        .collect();
+    if report.problems.len() > LISTED_PROBLEMS {
+        listed.push(format!("and {} more", report.problems.len() - LISTED_PROBLEMS));
+    }
+    Desired::new("ScrapeHealthy", false, "ScrapeFailed", listed.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_pods_are_no_scrape_failure() {
+        let mut report = BindingReport {
+            pods: 3,
+            scraped_pods: 2,
+            pending_pods: 1,
+            ..Default::default()
+        };
+        let healthy = scrape_condition(&report);
+        assert!(healthy.status);
+        assert_eq!(healthy.message, "2 of 3 pods scraped, 1 Pending");
+
+        report.problems.push(PodProblem {
+            pod: "a-1".into(),
+            reason: "the pod has no IP".into(),
+            new: true,
+        });
+        let failed = scrape_condition(&report);
+        assert!(!failed.status);
+        assert_eq!(failed.message, "a-1: the pod has no IP");
+    }
+}
