@@ -305,15 +305,19 @@ impl<'a> OwnerIndex<'a> {
     }
 }
 
+/// Objects of one namespace, `agents`, for the tests of resolution and of the accounting
+/// cycle: Deployments `summarizer` (two ReplicaSets, a pod each) and `web`, StatefulSet
+/// `memory` (a Pending pod), Job `batch` (a finished pod), CronJob `nightly` (a running pod),
+/// and a stray pod with matching labels but no owner.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use super::*;
 
-    fn load<K: serde::de::DeserializeOwned>(yaml: &str) -> Arc<K> {
+    pub fn load<K: serde::de::DeserializeOwned>(yaml: &str) -> Arc<K> {
         Arc::new(serde_yaml::from_str(yaml).expect("fixture parses"))
     }
 
-    fn owned(kind: &str, name: &str, uid: &str, owner_kind: &str, owner_uid: &str, labels: &str) -> String {
+    pub fn owned(kind: &str, name: &str, uid: &str, owner_kind: &str, owner_uid: &str, labels: &str) -> String {
         format!(
             "metadata: {{name: {name}, namespace: agents, uid: {uid}, labels: {labels}, \
              ownerReferences: [{{apiVersion: v1, kind: {owner_kind}, name: x, uid: {owner_uid}, controller: true}}]}}\n\
@@ -321,7 +325,7 @@ mod tests {
         )
     }
 
-    fn pod(name: &str, owner_kind: &str, owner_uid: &str, ip: Option<&str>, phase: &str) -> Arc<Pod> {
+    pub fn pod(name: &str, owner_kind: &str, owner_uid: &str, ip: Option<&str>, phase: &str) -> Arc<Pod> {
         let ip = ip.map(|ip| format!(", podIP: {ip}")).unwrap_or_default();
         load(&format!(
             "{}\nspec: {{containers: [{{name: agent, ports: [{{name: metrics, containerPort: 9464}}]}}]}}\n\
@@ -330,7 +334,7 @@ mod tests {
         ))
     }
 
-    fn snapshot() -> Snapshot {
+    pub fn snapshot() -> Snapshot {
         Snapshot {
             deployments: vec![
                 load("metadata: {name: summarizer, namespace: agents, uid: d1, labels: {team: research}}"),
@@ -361,6 +365,11 @@ mod tests {
             ],
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{fixtures::*, *};
 
     /// Resolves the binding spec `yaml` over `snapshot`.
     fn resolve_spec(yaml: &str, snapshot: &Snapshot) -> Resolution {

@@ -5,12 +5,19 @@
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, atomic::Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
-use futures::StreamExt;
-use kube::{Api, Client, core::DeserializeGuard, runtime::events::Reporter};
+use futures::{StreamExt, channel::mpsc};
+use kube::{
+    Api, Client,
+    core::DeserializeGuard,
+    runtime::{Controller, events::Reporter, reflector::Store},
+};
 use tokio::{sync::watch, task::JoinSet};
 
 use super::{
@@ -67,9 +74,6 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let ns = options.namespace.as_deref();
     super::check_crds(&api(&client, ns), &api(&client, ns)).await?;
-    let budgets: Api<DeserializeGuard<TokenBudget>> = api(&client, ns);
-    let bindings: Api<DeserializeGuard<BudgetBinding>> = api(&client, ns);
-
     let metrics = Metrics::new();
     let endpoints = Endpoints {
         metrics: metrics.clone(),
@@ -98,74 +102,101 @@ pub async fn run(
         let _ = stop_tx.send(true);
     });
 
-    let reporter = Reporter {
-        controller: FIELD_MANAGER.into(),
-        instance: options.instance.clone(),
-    };
-    // Bindings that change wake their budgets, after the binding store has seen the change.
-    let (binding_changed_tx, binding_changed_rx) = futures::channel::mpsc::unbounded();
-    let binding_controller = super::binding::controller(bindings, budgets.clone(), binding_changed_tx);
-    let (deleted_tx, mut deleted_rx) = futures::channel::mpsc::unbounded::<BudgetRef>();
-    let budget_controller = super::budget::controller(budgets.clone(), deleted_tx);
-    let (budget_store, binding_store) = (budget_controller.store(), binding_controller.store());
-
-    // Accounting reads pods and workloads from reflector stores; a pod that starts terminating
-    // wakes its budgets at once so that its last tokens count.
-    let (terminating_tx, terminating_rx) = futures::channel::mpsc::unbounded();
-    // A workload whose enforcement someone undid (scaled up while exhausted) wakes its budget
-    // at once, not at its next cycle.
-    let (undone_tx, undone_rx) = futures::channel::mpsc::unbounded();
-    let (cluster, cluster_driver) = Cluster::start(&client, ns, binding_store.clone(), terminating_tx, undone_tx);
-    let trigger_cluster = cluster.clone();
-    let terminating = terminating_rx.flat_map(move |pod| futures::stream::iter(trigger_cluster.budgets_for_pod(&pod)));
-    let budget_controller = budget_controller
-        .reconcile_on(binding_changed_rx)
-        .reconcile_on(terminating)
-        .reconcile_on(undone_rx);
-    let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded();
-    let binding_controller = binding_controller.reconcile_on(wake_rx);
-    let ctx = Arc::new(Context::new(Parts {
-        client: client.clone(),
-        metrics,
-        clock,
-        reporter,
-        cluster,
-        scraper: Scraper::new(options.max_concurrent_scrapes, options.max_body_bytes).with_ca(options.scrape_ca),
-        budgets: budget_store.clone(),
-        binding_usage: BindingUsages::new(wake_tx),
-    }));
-    tasks.spawn(cluster_driver);
-    let forget_ctx = ctx.clone();
-    tasks.spawn(async move {
-        while let Some(budget) = deleted_rx.next().await {
-            forget_ctx.accounts.forget(&budget, &forget_ctx.metrics);
-        }
-    });
-    let ready = endpoints.ready.clone();
-    tasks.spawn(async move {
-        // Re-poll: a store's readiness signal wakes only its most recent waiter, and the
-        // controllers wait on the same stores.
-        let synced = || async {
-            budget_store.wait_until_ready().await.is_ok() && binding_store.wait_until_ready().await.is_ok()
-        };
-        loop {
-            match tokio::time::timeout(Duration::from_millis(250), synced()).await {
-                Ok(true) => {
-                    ready.store(true, Ordering::Relaxed);
-                    tracing::info!("caches synced, ready");
-                    return;
-                }
-                Ok(false) => return,
-                Err(_) => continue,
-            }
-        }
-    });
-
+    let wiring = wire(client, &options, clock, metrics, &mut tasks);
+    tasks.spawn(ready_when_synced(
+        wiring.budgets.store(),
+        wiring.bindings.store(),
+        endpoints.ready.clone(),
+    ));
     tokio::join!(
         http::serve(listener, endpoints, stopped()),
-        super::budget::run(budget_controller, ctx.clone(), stopped()),
-        super::binding::run(binding_controller, ctx, stopped()),
+        super::budget::run(wiring.budgets, wiring.ctx.clone(), stopped()),
+        super::binding::run(wiring.bindings, wiring.ctx, stopped()),
     );
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Both controllers, wired to each other and to the stores, and the context they share.
+struct Wiring {
+    budgets: Controller<DeserializeGuard<TokenBudget>>,
+    bindings: Controller<DeserializeGuard<BudgetBinding>>,
+    ctx: Arc<Context>,
+}
+
+/// Builds both controllers and the stores, with every trigger between them; spawns on `tasks`
+/// what drives the stores.
+fn wire(client: Client, options: &Options, clock: Arc<dyn Clock>, metrics: Metrics, tasks: &mut JoinSet<()>) -> Wiring {
+    let ns = options.namespace.as_deref();
+    let budgets: Api<DeserializeGuard<TokenBudget>> = api(&client, ns);
+    // Bindings that change wake their budgets, after the binding store has seen the change.
+    let (binding_changed_tx, binding_changed_rx) = mpsc::unbounded();
+    let binding_controller = super::binding::controller(api(&client, ns), budgets.clone(), binding_changed_tx);
+    let (deleted_tx, deleted_rx) = mpsc::unbounded::<BudgetRef>();
+    let budget_controller = super::budget::controller(budgets, deleted_tx);
+
+    // Accounting reads pods and workloads from reflector stores; a pod that starts terminating
+    // wakes its budgets at once so that its last tokens count.
+    let (terminating_tx, terminating_rx) = mpsc::unbounded();
+    // A workload whose enforcement someone undid (scaled up while exhausted) wakes its budget
+    // at once, not at its next cycle.
+    let (undone_tx, undone_rx) = mpsc::unbounded();
+    let (cluster, cluster_driver) = Cluster::start(&client, ns, binding_controller.store(), terminating_tx, undone_tx);
+    tasks.spawn(cluster_driver);
+    let trigger_cluster = cluster.clone();
+    let terminating = terminating_rx.flat_map(move |pod| futures::stream::iter(trigger_cluster.budgets_for_pod(&pod)));
+    // Each budget's cycle wakes the bindings whose usage it saw.
+    let (wake_tx, wake_rx) = mpsc::unbounded();
+    let ctx = Arc::new(Context::new(Parts {
+        client,
+        metrics,
+        clock,
+        reporter: Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: options.instance.clone(),
+        },
+        cluster,
+        scraper: Scraper::new(options.max_concurrent_scrapes, options.max_body_bytes)
+            .with_ca(options.scrape_ca.clone()),
+        budgets: budget_controller.store(),
+        binding_usage: BindingUsages::new(wake_tx),
+    }));
+    tasks.spawn(forget_deleted(ctx.clone(), deleted_rx));
+    Wiring {
+        budgets: budget_controller
+            .reconcile_on(binding_changed_rx)
+            .reconcile_on(terminating)
+            .reconcile_on(undone_rx),
+        bindings: binding_controller.reconcile_on(wake_rx),
+        ctx,
+    }
+}
+
+/// Forgets the account and metric series of every budget deleted.
+async fn forget_deleted(ctx: Arc<Context>, mut deleted: mpsc::UnboundedReceiver<BudgetRef>) {
+    while let Some(budget) = deleted.next().await {
+        ctx.accounts.forget(&budget, &ctx.metrics);
+    }
+}
+
+/// Sets `ready` once both controllers' stores have listed their objects.
+async fn ready_when_synced(
+    budgets: Store<DeserializeGuard<TokenBudget>>,
+    bindings: Store<DeserializeGuard<BudgetBinding>>,
+    ready: Arc<AtomicBool>,
+) {
+    // Re-poll: a store's readiness signal wakes only its most recent waiter, and the
+    // controllers wait on the same stores.
+    let synced = || async { budgets.wait_until_ready().await.is_ok() && bindings.wait_until_ready().await.is_ok() };
+    loop {
+        match tokio::time::timeout(Duration::from_millis(250), synced()).await {
+            Ok(true) => {
+                ready.store(true, Ordering::Relaxed);
+                tracing::info!("caches synced, ready");
+                return;
+            }
+            Ok(false) => return,
+            Err(_) => continue,
+        }
+    }
 }

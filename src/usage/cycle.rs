@@ -203,3 +203,173 @@ fn forget_gone_pods(account: &mut Account, snapshot: &Snapshot) {
         account.ledger_mut().forget(&uid);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        api::BudgetBindingSpec,
+        validate,
+        workloads::fixtures::{pod, snapshot},
+    };
+
+    const NOW: &str = "2026-11-30T12:00:00Z";
+
+    fn valid(yaml: &str) -> ValidBinding {
+        let spec: BudgetBindingSpec = serde_yaml::from_str(yaml).expect("fixture parses");
+        validate::binding(&spec).expect("a valid fixture")
+    }
+
+    fn bindings<'a>(specs: &'a [(&'a str, ValidBinding)]) -> Vec<Binding<'a>> {
+        specs
+            .iter()
+            .map(|(name, spec)| Binding {
+                name,
+                created: "2026-11-01T00:00:00Z".parse().unwrap(),
+                spec,
+            })
+            .collect()
+    }
+
+    /// What an agent's endpoint says after `input` input tokens of model `m`.
+    fn usage(spec: &ValidBinding, input: u64) -> Result<Usage, ScrapeError> {
+        let body = format!(
+            "gen_ai_client_token_usage_sum{{gen_ai_token_type=\"input\",gen_ai_request_model=\"m\"}} {input}\n"
+        );
+        Ok(spec.extractor.extract(body.as_bytes()).expect("the body parses"))
+    }
+
+    fn names(plan: &Plan) -> Vec<(usize, String)> {
+        plan.scrapes.iter().map(|s| (s.binding, s.pod.pod.name_any())).collect()
+    }
+
+    /// Runs a cycle over `snapshot` whose scrapes answer with `answer(binding spec, pod name)`.
+    fn cycle(
+        account: &mut Account,
+        bindings: &[Binding],
+        snapshot: &Snapshot,
+        answer: impl Fn(&ValidBinding, &str) -> Result<Usage, ScrapeError>,
+    ) -> Vec<BindingReport> {
+        let plan = plan(bindings, snapshot);
+        let results = plan
+            .scrapes
+            .iter()
+            .map(|s| answer(bindings[s.binding].spec, &s.pod.pod.name_any()))
+            .collect();
+        let now: Timestamp = NOW.parse().unwrap();
+        let answers = Answers {
+            results,
+            answered_at: now,
+        };
+        fold(account, bindings, plan, answers, snapshot, None, now)
+    }
+
+    fn account() -> Account {
+        let mut account = Account::open("uid-budget", None);
+        account.begin_period("2026-11-01T00:00:00Z".parse().unwrap());
+        account
+    }
+
+    #[test]
+    fn each_pod_is_scraped_once_through_the_first_binding_that_binds_it() {
+        let specs = [
+            (
+                "a-named",
+                valid(
+                    "budgetRef: {name: b}\nworkloads: [{kind: Deployment, name: summarizer}, {kind: StatefulSet, name: memory}]",
+                ),
+            ),
+            (
+                "b-selected",
+                valid(
+                    "budgetRef: {name: b}\nworkloads: [{kind: Deployment, selector: {matchLabels: {team: research}}}]\nmetrics: {interval: 30s}",
+                ),
+            ),
+        ];
+        let plan = plan(&bindings(&specs), &snapshot());
+        assert_eq!(
+            names(&plan),
+            [(0, "summarizer-abc-1".to_string()), (0, "summarizer-old-1".to_string())]
+        );
+        let first = &plan.reports[0];
+        assert_eq!((first.workloads, first.pods, first.pending_pods), (2, 3, 1));
+        let second = &plan.reports[1];
+        // Both its pods are counted through the first binding: scraped, not scraped again.
+        assert_eq!((second.pods, second.scraped_pods), (2, 2));
+        assert_eq!(second.interval, Duration::from_secs(30));
+        let bound: Vec<_> = plan.bound.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(bound, ["summarizer", "memory"]);
+        assert_eq!(plan.scrapes[0].target.url, "http://10.0.0.1:9464/metrics");
+    }
+
+    #[test]
+    fn finished_pods_are_left_alone_and_unreachable_ones_are_problems() {
+        let specs = [(
+            "jobs",
+            valid("budgetRef: {name: b}\nworkloads: [{kind: Job, name: batch}, {kind: CronJob, name: nightly}]"),
+        )];
+        let mut snapshot = snapshot();
+        snapshot.pods.push(pod("nightly-1-b", "Job", "j2", None, "Running"));
+        let mut account = account();
+        let reports = cycle(&mut account, &bindings(&specs), &snapshot, |spec, _| usage(spec, 10));
+        let report = &reports[0];
+        assert_eq!((report.pods, report.scraped_pods), (3, 1), "batch-1 has finished");
+        assert_eq!(
+            report.problems,
+            [PodProblem {
+                pod: "nightly-1-b".into(),
+                reason: "the pod has no IP".into(),
+                new: true
+            }]
+        );
+    }
+
+    #[test]
+    fn answers_are_counted_and_a_failure_is_new_only_once() {
+        let specs = [(
+            "s",
+            valid("budgetRef: {name: b}\nworkloads: [{kind: Deployment, name: summarizer}]"),
+        )];
+        let bindings = bindings(&specs);
+        let mut account = account();
+        let timeout = || Err(ScrapeError::Timeout(Duration::from_secs(5)));
+        let answer = |input: u64| {
+            move |spec: &ValidBinding, pod: &str| match pod {
+                "summarizer-abc-1" => usage(spec, input),
+                _ => timeout(),
+            }
+        };
+        // The pods started before anything is known of them: their first values are baselines.
+        let first = cycle(&mut account, &bindings, &snapshot(), answer(100));
+        assert_eq!((first[0].scraped_pods, first[0].used_tokens), (1, 0));
+        assert_eq!(first[0].problems[0].reason, "no complete answer within 5s");
+        assert!(first[0].problems[0].new);
+
+        let second = cycle(&mut account, &bindings, &snapshot(), answer(150));
+        assert_eq!(second[0].used_tokens, 50);
+        assert!(!second[0].problems[0].new, "the same failure again is not news");
+        assert_eq!(account.ledger().used_tokens(None), 50);
+    }
+
+    #[test]
+    fn a_pod_gone_from_the_cluster_leaves_the_ledger_and_its_tokens_stay() {
+        let specs = [(
+            "s",
+            valid("budgetRef: {name: b}\nworkloads: [{kind: Deployment, name: summarizer}]"),
+        )];
+        let bindings = bindings(&specs);
+        let mut account = account();
+        cycle(&mut account, &bindings, &snapshot(), |spec, _| usage(spec, 100));
+        cycle(&mut account, &bindings, &snapshot(), |spec, _| usage(spec, 130));
+        assert_eq!(account.ledger().used_tokens(None), 60);
+
+        let mut without = snapshot();
+        without.pods.retain(|p| p.name_any() != "summarizer-old-1");
+        let reports = cycle(&mut account, &bindings, &without, |spec, _| usage(spec, 130));
+        assert!(!account.ledger().contains_pod("uid-summarizer-old-1"));
+        assert!(account.ledger().contains_pod("uid-summarizer-abc-1"));
+        assert_eq!(reports[0].used_tokens, 60, "the gone pod's tokens still count");
+    }
+}
