@@ -1,8 +1,11 @@
-//! One scrape cycle of the operator, end to end over loopback TCP: 1,000 agent endpoints, each
-//! serving the same ~35 KB exposition of ~210 samples (the OpenTelemetry GenAI token histogram
-//! of 2 models, HTTP server duration histograms, process and runtime metrics), scraped by one
-//! `Scraper` and one OpenTelemetry `Extractor` the way the accounting loop does it
-//! (`futures::future::join_all` over all targets, the scraper's semaphore capping concurrency).
+//! One accounting cycle of the operator, end to end over loopback TCP: 1,000 agent endpoints,
+//! each serving the same ~35 KB exposition of ~210 samples (the OpenTelemetry GenAI token
+//! histogram of 2 models, HTTP server duration histograms, process and runtime metrics). A
+//! measured cycle is the operator's own code, as a budget's reconcile runs it: the plan
+//! (`usage::cycle::plan`, resolving a binding over a snapshot of 1,000 pods of one Deployment),
+//! the scrapes (`controller::scrapes::scrape`: every target at once, the scraper's semaphore
+//! capping concurrency, each scrape timed in the operator's metrics) and the fold into the
+//! budget's account (`usage::cycle::fold`).
 //!
 //! Three kinds of process, all this binary:
 //!
@@ -42,8 +45,26 @@ use std::{
 use http_body_util::Full;
 use hyper::{Response, body::Bytes, header, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
-use tokenbudget::api::MetricsFormat;
-use tokenbudget::usage::{Extractor, Usage, scrape::ScrapeError, scrape::Scraper, scrape::Target};
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use k8s_openapi::api::{
+    apps::v1::{Deployment, ReplicaSet},
+    core::v1::Pod,
+};
+use tokenbudget::{
+    api::{BudgetBindingSpec, MetricsFormat},
+    controller::scrapes,
+    metrics::Metrics,
+    usage::{
+        Extractor, Usage,
+        account::Account,
+        cycle::{self, Binding},
+        scrape::{ScrapeError, Scraper, Target},
+    },
+    validate::{self, ValidBinding},
+    workloads::Snapshot,
+};
 use tokio::net::TcpListener;
 
 const PORT: u16 = 9464;
@@ -442,7 +463,7 @@ fn wrong<'a, T>(
         .collect()
 }
 
-fn fail(what: &str, wrong: &[(&str, String)]) -> ! {
+fn fail(what: &str, wrong: &[(impl std::fmt::Display, String)]) -> ! {
     panic!(
         "{what}: {} of the targets failed, first: {} {}",
         wrong.len(),
@@ -479,22 +500,26 @@ fn measure(options: &Options, concurrency: usize) {
         .build()
         .expect("tokio runtime");
     runtime.block_on(async {
-        let targets: Vec<Target> = (0..options.endpoints)
-            .map(|i| Target::http(&address(i).to_string(), PORT, "/metrics", TIMEOUT))
-            .collect();
+        let cluster = Cluster::new(options.endpoints);
         let rss_before = status_mib("VmRSS");
         let scraper = Scraper::new(concurrency, MAX_BODY_BYTES);
-        let extractor = Extractor::new(MetricsFormat::OpenTelemetry, &[]);
-        let scrape_all = || futures::future::join_all(targets.iter().map(|t| scraper.scrape(t, &extractor)));
+        let metrics = Metrics::new();
+        let mut account = Account::open("bench", None);
+        account.begin_period(cluster.now);
         let is_expected = |u: &Usage| *u == expected;
+        let targets: Vec<Target> = cycle::plan(&cluster.bindings(), &cluster.snapshot)
+            .scrapes
+            .into_iter()
+            .map(|s| s.target)
+            .collect();
+        let extractor = cluster.binding.extractor.clone();
 
         // Until every endpoint answers; the first complete cycle opens all connections.
         let deadline = Instant::now() + Duration::from_secs(30);
         let cold = loop {
             let start = Instant::now();
-            let results = scrape_all().await;
+            let wrong = cluster.cycle(&scraper, &metrics, &mut account, is_expected).await;
             let elapsed = start.elapsed();
-            let wrong = wrong(&targets, &results, is_expected);
             if wrong.is_empty() {
                 break elapsed;
             }
@@ -505,54 +530,51 @@ fn measure(options: &Options, concurrency: usize) {
         };
         let rss_cold = status_mib("VmRSS");
         for _ in 0..options.warmup {
-            let results = scrape_all().await;
-            let wrong = wrong(&targets, &results, is_expected);
+            let wrong = cluster.cycle(&scraper, &metrics, &mut account, is_expected).await;
             if !wrong.is_empty() {
                 fail("warm-up cycle", &wrong);
             }
         }
 
-        let run = |fetch_only: bool| {
-            let (targets, scraper, scrape_all) = (&targets, &scraper, &scrape_all);
-            async move {
-                let mut cycles = Vec::with_capacity(options.cycles);
-                for _ in 0..options.cycles {
-                    let (u0, s0) = cpu_ticks();
-                    let start = Instant::now();
-                    let wrong = if fetch_only {
-                        // Each body dropped as soon as it is read, as `scrape` does after parsing.
-                        let fetch = |t| async move { scraper.fetch(t).await.map(|b| b.len()) };
-                        let results = futures::future::join_all(targets.iter().map(fetch)).await;
-                        let wall = start.elapsed();
-                        let (u1, s1) = cpu_ticks();
-                        cycles.push(Cycle {
-                            wall,
-                            user: u1 - u0,
-                            system: s1 - s0,
-                        });
-                        wrong(targets, &results, |n: &usize| *n == body_len)
-                    } else {
-                        let results = scrape_all().await;
-                        let wall = start.elapsed();
-                        let (u1, s1) = cpu_ticks();
-                        cycles.push(Cycle {
-                            wall,
-                            user: u1 - u0,
-                            system: s1 - s0,
-                        });
-                        wrong(targets, &results, is_expected)
-                    };
-                    if !wrong.is_empty() {
-                        fail("measured cycle", &wrong);
-                    }
-                }
-                cycles
+        let mut cycles = Vec::with_capacity(options.cycles);
+        for _ in 0..options.cycles {
+            let (u0, s0) = cpu_ticks();
+            let start = Instant::now();
+            let wrong = cluster.cycle(&scraper, &metrics, &mut account, is_expected).await;
+            let wall = start.elapsed();
+            let (u1, s1) = cpu_ticks();
+            cycles.push(Cycle {
+                wall,
+                user: u1 - u0,
+                system: s1 - s0,
+            });
+            if !wrong.is_empty() {
+                fail("measured cycle", &wrong);
             }
-        };
-        let cycles = run(false).await;
+        }
         let peak = status_mib("VmHWM");
         let rss_end = status_mib("VmRSS");
-        let fetches = run(true).await;
+
+        // Fetching alone: each body dropped as soon as it is read, as `scrape` does after parsing.
+        let mut fetches = Vec::with_capacity(options.cycles);
+        for _ in 0..options.cycles {
+            let (u0, s0) = cpu_ticks();
+            let start = Instant::now();
+            let scraper = &scraper;
+            let fetch = |t| async move { scraper.fetch(t).await.map(|b| b.len()) };
+            let results = futures::future::join_all(targets.iter().map(fetch)).await;
+            let wall = start.elapsed();
+            let (u1, s1) = cpu_ticks();
+            fetches.push(Cycle {
+                wall,
+                user: u1 - u0,
+                system: s1 - s0,
+            });
+            let wrong = wrong(&targets, &results, |n: &usize| *n == body_len);
+            if !wrong.is_empty() {
+                fail("fetch-only cycle", &wrong);
+            }
+        }
 
         // Parsing alone: the extractor over one body per endpoint, on this thread.
         let body = scraper.fetch(&targets[0]).await.expect("a body");
@@ -612,6 +634,89 @@ fn measure(options: &Options, concurrency: usize) {
         );
         let _ = std::io::stdout().flush();
     });
+}
+
+/// What the operator's stores would hold: one Deployment whose ReplicaSet owns one running
+/// pod per endpoint (its IP the endpoint's address), and one binding naming the Deployment.
+struct Cluster {
+    snapshot: Snapshot,
+    binding: ValidBinding,
+    now: Timestamp,
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+    serde_json::from_value(v).expect("a valid object")
+}
+
+impl Cluster {
+    fn new(endpoints: usize) -> Self {
+        let owned_by = |kind: &str, uid: &str| serde_json::json!([{"apiVersion": "apps/v1", "kind": kind, "name": "agent", "uid": uid, "controller": true}]);
+        let deployment: Deployment = from_json(serde_json::json!({
+            "metadata": {"name": "agent", "namespace": "bench", "uid": "deployment"},
+        }));
+        let replica_set: ReplicaSet = from_json(serde_json::json!({
+            "metadata": {"name": "agent-1", "namespace": "bench", "uid": "replicaset",
+                         "ownerReferences": owned_by("Deployment", "deployment")},
+        }));
+        let pods = (0..endpoints)
+            .map(|i| {
+                let pod: Pod = from_json(serde_json::json!({
+                    "metadata": {"name": format!("agent-1-{i}"), "namespace": "bench", "uid": format!("pod-{i}"),
+                                 "ownerReferences": owned_by("ReplicaSet", "replicaset")},
+                    "spec": {"containers": [{"name": "agent", "ports": [{"name": "metrics", "containerPort": PORT}]}]},
+                    "status": {"phase": "Running", "podIP": address(i).to_string(),
+                               "startTime": "2026-11-30T00:00:00Z",
+                               "containerStatuses": [{"name": "agent", "restartCount": 0, "ready": true,
+                                                      "image": "agent", "imageID": "agent"}]},
+                }));
+                Arc::new(pod)
+            })
+            .collect();
+        let spec: BudgetBindingSpec = from_json(serde_json::json!({
+            "budgetRef": {"name": "bench"},
+            "workloads": [{"kind": "Deployment", "name": "agent"}],
+            "metrics": {"port": "metrics", "timeout": format!("{}s", TIMEOUT.as_secs())},
+        }));
+        Self {
+            snapshot: Snapshot {
+                deployments: vec![Arc::new(deployment)],
+                replica_sets: vec![Arc::new(replica_set)],
+                pods,
+                ..Default::default()
+            },
+            binding: validate::binding(&spec).expect("a valid binding"),
+            now: "2026-11-30T12:00:00Z".parse().expect("a timestamp"),
+        }
+    }
+
+    fn bindings(&self) -> Vec<Binding<'_>> {
+        vec![Binding {
+            name: "bench",
+            created: "2026-11-01T00:00:00Z".parse().expect("a timestamp"),
+            spec: &self.binding,
+        }]
+    }
+
+    /// One accounting cycle, the operator's code from plan to fold; the scrapes whose result
+    /// is an error or fails `ok`.
+    async fn cycle(
+        &self,
+        scraper: &Scraper,
+        metrics: &Metrics,
+        account: &mut Account,
+        ok: impl Fn(&Usage) -> bool,
+    ) -> Vec<(String, String)> {
+        let bindings = self.bindings();
+        let plan = cycle::plan(&bindings, &self.snapshot);
+        let answers = scrapes::scrape(scraper, metrics, &plan.scrapes, self.now).await;
+        let targets: Vec<Target> = plan.scrapes.iter().map(|s| s.target.clone()).collect();
+        let wrong = wrong(&targets, &answers.results, ok)
+            .into_iter()
+            .map(|(url, why)| (url.to_owned(), why))
+            .collect();
+        cycle::fold(account, &bindings, plan, answers, &self.snapshot, None, self.now);
+        wrong
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
