@@ -1,10 +1,14 @@
 //! tokenbudget-operator: per-workload LLM token budgets for Kubernetes.
 //!
-//! Layout (dependencies point one way: `api` <- `validate`, `usage`, `enforce` <- `controller` <- `bin`):
+//! Layout (dependencies point one way: `api` <- `validate`, `conditions`, `workloads` <-
+//! `usage`, `enforce` <- `controller` <- `bin`; docs/architecture.md follows one reconcile):
 //! - [`api`]: the CRD types, nothing else.
-//! - [`validate`]: what the OpenAPI schema cannot check, pure.
-//! - [`enforce`]: what a budget does to its workloads: decide (pure), then act.
-//! - [`controller`]: watches, reconcile wiring, status.
+//! - [`validate`]: specs into validated types (`ValidBudget`, `ValidBinding`), pure.
+//! - [`conditions`], [`workloads`]: status conditions, and which pods a binding charges; pure.
+//! - [`usage`]: metrics, scrapes, the ledger, a budget's account and its accounting cycle's
+//!   plan and fold; no Kubernetes client.
+//! - [`enforce`]: what a budget does to its workloads: observe and decide (pure), then act.
+//! - [`controller`]: watches, stores, the reconcile pipelines, status and Events.
 //! - [`metrics`], [`http`]: the operator's own endpoints.
 //! - [`plugin`]: the `kubectl tokenbudget` plugin (reads budgets, renders them).
 #![forbid(unsafe_code)]

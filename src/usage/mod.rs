@@ -1,5 +1,9 @@
 //! Token usage as the bound pods report it. No Kubernetes client here.
 //!
+//! - [`account`]: what the operator keeps of a budget between reconciles (ledger, burn rate,
+//!   failing pods) and the usage part of its status.
+//! - [`cycle`]: one accounting cycle without its I/O: the plan of scrapes, and the fold of
+//!   their answers into the account.
 //! - [`ledger`]: turns successive scrapes into a budget's usage (the accounting rules),
 //!   persisted in the budget's status.
 //! - [`parse`]: reads the token counters out of one scraped metrics body (Prometheus text

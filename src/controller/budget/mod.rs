@@ -1,14 +1,14 @@
 //! The TokenBudget controller. One reconcile is a pipeline of five steps, each a call into
 //! its own module:
 //!
-//! 1. [`observe`]: the namespace's workloads from the stores and, for a valid budget, one
+//! 1. `observe.rs`: the namespace's workloads from the stores and, for a valid budget, one
 //!    accounting cycle (plan, scrapes, fold into the account);
-//! 2. [`compute`]: the desired status and the enforcement plan (pure);
-//! 3. [`act`]: the enforcement writes (quota, workloads, pods);
+//! 2. `compute.rs`: the desired status and the enforcement plan (pure);
+//! 3. `act.rs`: the enforcement writes (quota, workloads, pods);
 //! 4. write status: one server-side apply, only when the status changed;
-//! 5. [`announce`]: Events, and the cycle's findings handed to the binding controller.
+//! 5. `announce.rs`: Events, and the cycle's findings handed to the binding controller.
 //!
-//! A budget being deleted restores what it changed ([`cleanup`]) before it lets go of its
+//! A budget being deleted restores what it changed (`cleanup`) before it lets go of its
 //! finalizer.
 
 mod act;
