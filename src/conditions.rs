@@ -4,17 +4,40 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+/// The status of a condition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    True,
+    False,
+}
+
+impl Status {
+    /// As `metav1.Condition` writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::True => "True",
+            Status::False => "False",
+        }
+    }
+}
+
+impl From<bool> for Status {
+    fn from(holds: bool) -> Self {
+        if holds { Status::True } else { Status::False }
+    }
+}
+
 /// A condition as a reconcile wants it, before timestamps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Desired {
     pub type_: &'static str,
-    pub status: bool,
+    pub status: Status,
     pub reason: &'static str,
     pub message: String,
 }
 
 impl Desired {
-    pub fn new(type_: &'static str, status: bool, reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(type_: &'static str, status: Status, reason: &'static str, message: impl Into<String>) -> Self {
         Self {
             type_,
             status,
@@ -31,7 +54,7 @@ pub fn merge(existing: &[Condition], desired: &[Desired], generation: Option<i64
         .iter()
         .map(|d| Condition {
             type_: d.type_.to_string(),
-            status: status_text(d.status).to_string(),
+            status: d.status.as_str().to_string(),
             reason: d.reason.to_string(),
             message: d.message.clone(),
             observed_generation: generation,
@@ -45,12 +68,8 @@ pub fn merge(existing: &[Condition], desired: &[Desired], generation: Option<i64
 pub fn since(existing: &[Condition], desired: &Desired, now: Timestamp) -> Timestamp {
     existing
         .iter()
-        .find(|c| c.type_ == desired.type_ && c.status == status_text(desired.status))
+        .find(|c| c.type_ == desired.type_ && c.status == desired.status.as_str())
         .map_or(now, |c| c.last_transition_time.0)
-}
-
-fn status_text(status: bool) -> &'static str {
-    if status { "True" } else { "False" }
 }
 
 /// The condition of this type, if any.
@@ -77,7 +96,7 @@ mod tests {
         let t1 = ts("2026-11-02T00:00:00Z");
         let first = merge(
             &[],
-            &[Desired::new("Ready", false, "BudgetNotFound", "missing")],
+            &[Desired::new("Ready", Status::False, "BudgetNotFound", "missing")],
             Some(1),
             t0,
         );
@@ -86,7 +105,7 @@ mod tests {
         // Same status, new message and reason: the transition time stays.
         let same = merge(
             &first,
-            &[Desired::new("Ready", false, "InvalidSpec", "bad")],
+            &[Desired::new("Ready", Status::False, "InvalidSpec", "bad")],
             Some(2),
             t1,
         );
@@ -95,7 +114,12 @@ mod tests {
         assert_eq!(same[0].observed_generation, Some(2));
 
         // A real transition gets the new time.
-        let flipped = merge(&same, &[Desired::new("Ready", true, "Reconciled", "ok")], Some(2), t1);
+        let flipped = merge(
+            &same,
+            &[Desired::new("Ready", Status::True, "Reconciled", "ok")],
+            Some(2),
+            t1,
+        );
         assert_eq!(flipped[0].last_transition_time, Time(t1));
         assert!(is_true(&flipped, "Ready"));
         assert!(!is_true(&flipped, "BudgetFound"));

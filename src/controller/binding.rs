@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     api::{BudgetBinding, BudgetBindingStatus, TokenBudget},
-    conditions,
+    conditions::{self, Status},
     usage::account,
     validate,
 };
@@ -48,24 +48,29 @@ pub fn desired_status(
     let budget_found = match budget {
         Some(_) => conditions::Desired::new(
             "BudgetFound",
-            true,
+            Status::True,
             "BudgetFound",
             format!("TokenBudget {name:?} exists"),
         ),
         None => conditions::Desired::new(
             "BudgetFound",
-            false,
+            Status::False,
             "BudgetNotFound",
             format!("TokenBudget {name:?} not found in namespace {ns:?}; usage is not counted until it exists"),
         ),
     };
     let valid = validate::binding(&bb.spec);
     let ready = match (&valid, budget) {
-        (Err(e), _) => conditions::Desired::new("Ready", false, "InvalidSpec", e.to_string()),
-        (Ok(_), None) => conditions::Desired::new("Ready", false, "BudgetNotFound", budget_found.message.clone()),
-        (Ok(_), Some(_)) => {
-            conditions::Desired::new("Ready", true, "Reconciled", format!("charging TokenBudget {name:?}"))
+        (Err(e), _) => conditions::Desired::new("Ready", Status::False, "InvalidSpec", e.to_string()),
+        (Ok(_), None) => {
+            conditions::Desired::new("Ready", Status::False, "BudgetNotFound", budget_found.message.clone())
         }
+        (Ok(_), Some(_)) => conditions::Desired::new(
+            "Ready",
+            Status::True,
+            "Reconciled",
+            format!("charging TokenBudget {name:?}"),
+        ),
     };
     let mut desired = vec![ready, budget_found];
     // Usage only while the binding counts: valid, with its budget, and scraped at least once.

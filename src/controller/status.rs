@@ -10,7 +10,7 @@ use kube::{
 use serde::{Serialize, de::DeserializeOwned};
 
 use super::{Context, Error, FIELD_MANAGER};
-use crate::conditions;
+use crate::conditions::{self, Status};
 
 /// Writes `status` as the status of `obj`.
 pub async fn apply<K, S>(api: &Api<K>, obj: &impl Resource, status: &S) -> Result<(), Error>
@@ -56,7 +56,7 @@ where
     };
     let message = format!("the operator cannot read this object: {}", invalid.error);
     tracing::warn!(kind = %K::kind(&()), error = %invalid.error, "unreadable object");
-    let ready = conditions::Desired::new("Ready", false, "InvalidObject", message.clone());
+    let ready = conditions::Desired::new("Ready", Status::False, "InvalidObject", message.clone());
     let status = serde_json::json!({
         "conditions": conditions::merge(&[], &[ready], meta.generation, ctx.clock.now()),
         "observedGeneration": meta.generation,

@@ -20,7 +20,7 @@ use super::{
 };
 use crate::{
     api::{AccountingState, BudgetPhase, ModelUsage, TokenBudgetStatus, TokenType, UsedTokens, WorkloadUsage},
-    conditions::Desired,
+    conditions::{Desired, Status},
     validate::ValidBudget,
 };
 
@@ -240,21 +240,26 @@ impl Standing {
         let threshold = match self.crossed {
             Some(t) => Desired::new(
                 "ThresholdReached",
-                true,
+                Status::True,
                 "ThresholdReached",
                 format!("{t}% of the budget is used"),
             ),
-            None => Desired::new("ThresholdReached", false, "BelowThresholds", "no threshold is crossed"),
+            None => Desired::new(
+                "ThresholdReached",
+                Status::False,
+                "BelowThresholds",
+                "no threshold is crossed",
+            ),
         };
         let exhausted = if self.exhausted {
             Desired::new(
                 "Exhausted",
-                true,
+                Status::True,
                 "LimitReached",
                 "the budget is used up for this period",
             )
         } else {
-            Desired::new("Exhausted", false, "WithinLimits", "the budget has room")
+            Desired::new("Exhausted", Status::False, "WithinLimits", "the budget has room")
         };
         [threshold, exhausted]
     }
@@ -265,16 +270,21 @@ fn pricing_condition(budget: &ValidBudget, unpriced: &[String]) -> Desired {
     if !budget.priced() {
         Desired::new(
             "UsageHealthy",
-            true,
+            Status::True,
             "Counting",
             "counting tokens; no pricing, so no cost",
         )
     } else if unpriced.is_empty() {
-        Desired::new("UsageHealthy", true, "Counting", "every model in use has a price")
+        Desired::new(
+            "UsageHealthy",
+            Status::True,
+            "Counting",
+            "every model in use has a price",
+        )
     } else {
         Desired::new(
             "UsageHealthy",
-            false,
+            Status::False,
             "UnpricedModels",
             format!(
                 "no price for {}: their tokens count, their cost is 0",
@@ -341,7 +351,7 @@ pub fn scrape_condition(report: &BindingReport) -> Desired {
         if report.pending_pods > 0 {
             message.push_str(&format!(", {} Pending", report.pending_pods));
         }
-        return Desired::new("ScrapeHealthy", true, "Scraped", message);
+        return Desired::new("ScrapeHealthy", Status::True, "Scraped", message);
     }
     let mut listed: Vec<String> = report
         .problems
@@ -352,7 +362,7 @@ pub fn scrape_condition(report: &BindingReport) -> Desired {
     if report.problems.len() > LISTED_PROBLEMS {
         listed.push(format!("and {} more", report.problems.len() - LISTED_PROBLEMS));
     }
-    Desired::new("ScrapeHealthy", false, "ScrapeFailed", listed.join("; "))
+    Desired::new("ScrapeHealthy", Status::False, "ScrapeFailed", listed.join("; "))
 }
 
 #[cfg(test)]
@@ -368,7 +378,7 @@ mod tests {
             ..Default::default()
         };
         let healthy = scrape_condition(&report);
-        assert!(healthy.status);
+        assert_eq!(healthy.status, Status::True);
         assert_eq!(healthy.message, "2 of 3 pods scraped, 1 Pending");
 
         report.problems.push(PodProblem {
@@ -377,7 +387,7 @@ mod tests {
             new: true,
         });
         let failed = scrape_condition(&report);
-        assert!(!failed.status);
+        assert_eq!(failed.status, Status::False);
         assert_eq!(failed.message, "a-1: the pod has no IP");
     }
 }

@@ -47,7 +47,7 @@ impl Acted {
         if !self.complete() {
             message = format!("{message}; not done yet: {}", self.failures.join("; "));
         }
-        Desired::new("Enforced", verdict.status, verdict.reason, message)
+        Desired::new("Enforced", verdict.status.into(), verdict.reason, message)
     }
 
     /// When to decide again: the end of a grace period, or a retry after a conflict.

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     api::{BudgetPhase, TokenBudget, TokenBudgetStatus},
-    conditions::{self, Desired},
+    conditions::{self, Desired, Status},
     controller::RESYNC,
     enforce::{
         decide::{self, Plan},
@@ -51,7 +51,7 @@ pub fn intent(tb: &TokenBudget, spec: &Result<ValidBudget, SpecErrors>, observed
     conditions.extend(usage_conditions);
     let exhausted_since = conditions
         .iter()
-        .find(|c| c.type_ == "Exhausted" && c.status)
+        .find(|c| c.type_ == "Exhausted" && c.status == Status::True)
         .map(|c| conditions::since(&existing.conditions, c, now));
     let budget = decide::Budget {
         name: &tb.name_any(),
@@ -144,7 +144,7 @@ pub fn wake_for_boundary(now: Timestamp, end: Timestamp) -> Duration {
 
 fn ready_condition(spec: &Result<ValidBudget, SpecErrors>) -> Desired {
     match spec {
-        Ok(_) => Desired::new("Ready", true, "Reconciled", "the budget is valid"),
-        Err(e) => Desired::new("Ready", false, "InvalidSpec", e.to_string()),
+        Ok(_) => Desired::new("Ready", Status::True, "Reconciled", "the budget is valid"),
+        Err(e) => Desired::new("Ready", Status::False, "InvalidSpec", e.to_string()),
     }
 }
