@@ -20,16 +20,12 @@ use kube::{
     api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams},
 };
 use tokenbudget::{
-    api::{BudgetBinding, BudgetPhase, TokenBudget},
+    api::{BudgetBinding, BudgetPhase, EnforcementAction::ScaleDown, TokenBudget, WorkloadKind},
     enforce::{BUDGET, PAUSED_REPLICAS, STATE},
 };
 
 /// Held by every test of this file from start to end: see the module comment.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
-    meta.annotations.as_ref()?.get(key).map(String::as_str)
-}
 
 /// The operator's annotations on an object (there should be none on a workload it does not own).
 fn ours(meta: &ObjectMeta) -> Vec<String> {
@@ -41,27 +37,13 @@ fn ours(meta: &ObjectMeta) -> Vec<String> {
         .collect()
 }
 
-fn phase(tb: &TokenBudget) -> Option<BudgetPhase> {
-    tb.status.as_ref()?.phase
-}
-
 fn used_tokens(tb: &TokenBudget) -> Option<i64> {
     Some(tb.status.as_ref()?.used.as_ref()?.tokens)
 }
 
-fn budget_yaml(name: &str, tokens: i64) -> String {
-    format!(
-        "apiVersion: tokenbudget.io/v1alpha1\nkind: TokenBudget\nmetadata: {{name: {name}}}\n\
-         spec:\n  limits: {{tokens: {tokens}}}\n  thresholds: [50]\n  enforcement: {{action: ScaleDown}}\n"
-    )
-}
-
-fn binding_yaml(name: &str, budget: &str, workloads: &str) -> String {
-    format!(
-        "apiVersion: tokenbudget.io/v1alpha1\nkind: BudgetBinding\nmetadata: {{name: {name}}}\n\
-         spec: {{budgetRef: {{name: {budget}}}, workloads: {workloads}, \
-         metrics: {{port: metrics, interval: 1s, timeout: 1s}}}}"
-    )
+/// The budgets of these tests: one threshold, at 50%, and scale-down when exhausted.
+fn scaling(name: &str, tokens: i64) -> BudgetBuilder {
+    budget(name).tokens(tokens).thresholds(&[50]).action(ScaleDown)
 }
 
 async fn raise_limit(budgets: &Api<TokenBudget>, name: &str) {
@@ -102,10 +84,7 @@ impl Tenant {
 
     /// Creates Deployment `name` (labels `app: name`, `team: research`).
     async fn deploy(&self, name: &str, replicas: i32) -> Deployment {
-        self.deployments
-            .create(&PostParams::default(), &deployment(name, replicas))
-            .await
-            .expect("Deployment created")
+        create(&self.deployments, deployment(name).replicas(replicas)).await
     }
 
     /// Plays the kubelet for the `count` pods labelled `app`: each gets an agent of its own.
@@ -120,9 +99,9 @@ impl Tenant {
         names
     }
 
-    fn apply(&self, yaml: &str) {
-        let out = kubectl(&["apply", "-n", &self.ns.name, "-f", "-"], Some(yaml));
-        assert!(out.status.success(), "kubectl apply: {}", text(&out.stderr));
+    async fn bind(&self, budget: BudgetBuilder, binding: BindingBuilder) {
+        create(&self.budgets, budget).await;
+        create(&self.bindings, binding).await;
     }
 }
 
@@ -217,8 +196,11 @@ async fn hpa_stops_while_its_deployment_is_scaled_down_and_works_again_after_the
         .expect("HPA created");
     let _operator = Operator::start(&t.ns.name);
     t.run_pods("agent", 2).await;
-    t.apply(&budget_yaml("research", 1000));
-    t.apply(&binding_yaml("agents", "research", "[{kind: Deployment, name: agent}]"));
+    t.bind(
+        scaling("research", 1000),
+        binding("agents", "research").deployment("agent"),
+    )
+    .await;
     // Marked ok, and both pods' counters read once: what they spend now counts.
     wait_for(&t.deployments, "agent", "the Deployment marked ok", |d| {
         annotation(&d.metadata, STATE) == Some("ok")
@@ -374,12 +356,8 @@ async fn an_operator_over_all_namespaces_enforces_a_selector_only_in_its_binding
     let operator = Operator::start_all_namespaces();
     operator.wait_ready().await;
 
-    a.apply(&budget_yaml("research", 1000));
-    a.apply(&binding_yaml(
-        "team",
-        "research",
-        "[{kind: Deployment, selector: {matchLabels: {team: research}}}]",
-    ));
+    let team = binding("team", "research").selecting(WorkloadKind::Deployment, &[("team", "research")]);
+    a.bind(scaling("research", 1000), team).await;
     // The selector matches one workload and its 2 pods, all in `a`, and all read once (so what
     // they spend from now on counts).
     let bb = wait_for(&a.bindings, "team", "both pods of the binding scraped", |bb| {

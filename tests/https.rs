@@ -8,10 +8,10 @@ use std::{path::Path, sync::Arc};
 
 use common::*;
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod, events::v1::Event};
-use kube::{Api, api::PostParams};
+use kube::Api;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
-use tokenbudget::api::{BudgetBinding, TokenBudget};
+use tokenbudget::api::{BudgetBinding, Scheme, TokenBudget};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Writes `cert.pem` and `key.pem` for `ip` into `dir`, signed by `issuer` (or by itself).
@@ -82,48 +82,17 @@ async fn https_pods_are_verified_against_the_scrape_ca() {
     std::fs::write(&ca_file, ca_params.self_signed(&ca_key).unwrap().pem()).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
 
-    // The operator, as common::Operator::start starts it, with the CA.
-    let address = free_port();
-    let log = dir.join("operator.log");
-    let log_file = std::fs::File::create(&log).unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tokenbudget-operator"))
-        .args(["--namespace", &ns.name, "--bind-address", &address.to_string()])
-        .args(["--scrape-ca-file", &ca_file.display().to_string()])
-        .env("RUST_LOG", "info,tokenbudget=debug")
-        .stdout(log_file.try_clone().unwrap())
-        .stderr(log_file)
-        .spawn()
-        .expect("the operator starts");
-    let operator = Operator { child, address, log };
+    // The operator, with the CA.
+    let operator = Operator::start_with_args(&ns.name, &["--scrape-ca-file", &ca_file.display().to_string()]);
     operator.wait_ready().await;
 
     let budgets: Api<TokenBudget> = ns.api(&client);
     let bindings: Api<BudgetBinding> = ns.api(&client);
     let pods: Api<Pod> = ns.api(&client);
-    budgets
-        .create(
-            &PostParams::default(),
-            &serde_yaml::from_str("apiVersion: tokenbudget.io/v1alpha1\nkind: TokenBudget\nmetadata: {name: b}\nspec: {limits: {tokens: 1000000}}").unwrap(),
-        )
-        .await
-        .unwrap();
-    bindings
-        .create(
-            &PostParams::default(),
-            &serde_yaml::from_str(
-                "apiVersion: tokenbudget.io/v1alpha1\nkind: BudgetBinding\nmetadata: {name: bb}\n\
-                 spec: {budgetRef: {name: b}, workloads: [{kind: Deployment, name: agent}], \
-                 metrics: {port: metrics, scheme: https, interval: 1s, timeout: 1s}}",
-            )
-            .unwrap(),
-        )
-        .await
-        .unwrap();
+    create(&budgets, budget("b")).await;
+    create(&bindings, binding("bb", "b").deployment("agent").scheme(Scheme::Https)).await;
     let deployments: Api<Deployment> = ns.api(&client);
-    deployments
-        .create(&PostParams::default(), &deployment("agent", 2))
-        .await
-        .unwrap();
+    create(&deployments, deployment("agent").replicas(2)).await;
     let names = pods_of(&pods, "agent", 2).await;
     let (good_ip, bad_ip) = (agent_ip(), agent_ip());
     let good = Agent::start(&good_ip, &strs(&certificate(&dir, "good", &good_ip, Some(&issuer))));

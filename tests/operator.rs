@@ -7,9 +7,9 @@ use common::*;
 use k8s_openapi::api::events::v1::Event;
 use kube::{
     Api,
-    api::{Patch, PatchParams, PostParams},
+    api::{Patch, PatchParams},
 };
-use tokenbudget::api::{BudgetBinding, TokenBudget};
+use tokenbudget::api::{BudgetBinding, MetricsEndpoint, TokenBudget};
 
 fn condition<'a>(
     conditions: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
@@ -35,10 +35,6 @@ fn budget_condition<'a>(tb: &'a TokenBudget, type_: &str) -> Option<(&'a str, &'
     )
 }
 
-fn from_yaml<T: serde::de::DeserializeOwned>(yaml: &str) -> T {
-    serde_yaml::from_str(yaml).expect("test manifest parses")
-}
-
 #[tokio::test]
 async fn binding_finds_its_budget_when_it_is_created_and_loses_it_when_deleted() {
     let client = client().await;
@@ -48,14 +44,10 @@ async fn binding_finds_its_budget_when_it_is_created_and_loses_it_when_deleted()
     let bindings: Api<BudgetBinding> = ns.api(&client);
     let budgets: Api<TokenBudget> = ns.api(&client);
 
-    let bb: BudgetBinding = from_yaml(
-        "apiVersion: tokenbudget.io/v1alpha1\nkind: BudgetBinding\nmetadata: {name: summarizer}\n\
-         spec: {budgetRef: {name: research}, workloads: [{kind: Deployment, name: summarizer}]}",
-    );
-    bindings
-        .create(&PostParams::default(), &bb)
-        .await
-        .expect("binding created");
+    let bb = binding("summarizer", "research")
+        .deployment("summarizer")
+        .metrics(MetricsEndpoint::default());
+    create(&bindings, bb).await;
     let bb = wait_for(&bindings, "summarizer", "BudgetFound=False", |bb| {
         binding_condition(bb, "BudgetFound") == Some(("False", "BudgetNotFound"))
     })
@@ -73,13 +65,7 @@ async fn binding_finds_its_budget_when_it_is_created_and_loses_it_when_deleted()
     })
     .await;
 
-    let tb: TokenBudget = from_yaml(
-        "apiVersion: tokenbudget.io/v1alpha1\nkind: TokenBudget\nmetadata: {name: research}\nspec: {limits: {tokens: 1000}}",
-    );
-    budgets
-        .create(&PostParams::default(), &tb)
-        .await
-        .expect("budget created");
+    create(&budgets, budget("research").tokens(1000)).await;
     let bb = wait_for(&bindings, "summarizer", "BudgetFound=True", |bb| {
         binding_condition(bb, "BudgetFound") == Some(("True", "BudgetFound"))
     })
@@ -107,14 +93,7 @@ async fn an_invalid_budget_is_not_ready_until_fixed() {
 
     // The schema accepts this (CEL has no time zone database), but the operator cannot tell
     // when a period of this zone starts.
-    let tb: TokenBudget = from_yaml(
-        "apiVersion: tokenbudget.io/v1alpha1\nkind: TokenBudget\nmetadata: {name: money}\n\
-         spec: {limits: {tokens: 1000}, period: {timezone: Mars/Olympus_Mons}}",
-    );
-    budgets
-        .create(&PostParams::default(), &tb)
-        .await
-        .expect("budget created");
+    create(&budgets, budget("money").tokens(1000).timezone("Mars/Olympus_Mons")).await;
     let tb = wait_for(&budgets, "money", "Ready=False", |tb| {
         budget_condition(tb, "Ready") == Some(("False", "InvalidSpec"))
     })
@@ -145,13 +124,7 @@ async fn endpoints_answer_and_sigterm_stops_cleanly() {
     assert_eq!(operator.get("/healthz").expect("healthz").0, 200);
 
     let budgets: Api<TokenBudget> = ns.api(&client);
-    let tb: TokenBudget = from_yaml(
-        "apiVersion: tokenbudget.io/v1alpha1\nkind: TokenBudget\nmetadata: {name: b}\nspec: {limits: {tokens: 10}}",
-    );
-    budgets
-        .create(&PostParams::default(), &tb)
-        .await
-        .expect("budget created");
+    create(&budgets, budget("b").tokens(10)).await;
     wait_for(&budgets, "b", "Ready", |tb| budget_condition(tb, "Ready").is_some()).await;
     let (code, metrics) = operator.get("/metrics").expect("metrics");
     assert_eq!(code, 200);

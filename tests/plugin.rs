@@ -15,10 +15,10 @@ use common::*;
 use jiff::{SignedDuration, Timestamp};
 use kube::{
     Api, Client,
-    api::{Patch, PatchParams, PostParams},
+    api::{Patch, PatchParams},
 };
 use serde_json::{Value, json};
-use tokenbudget::api::TokenBudget;
+use tokenbudget::api::{EnforcementAction, ResetPeriod, TokenBudget};
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_kubectl-tokenbudget");
 
@@ -93,30 +93,29 @@ fn condition(type_: &str, status: &str, reason: &str, message: &str) -> Value {
            "lastTransitionTime": from_now(-(2 * 3_600 + 10 * 60 + 5))})
 }
 
-/// Creates a budget from its spec and, when given, writes its status as the operator would.
-async fn budget(api: &Api<TokenBudget>, name: &str, spec: Value, status: Option<Value>) {
-    let tb: TokenBudget = serde_json::from_value(json!({
-        "apiVersion": "tokenbudget.io/v1alpha1", "kind": "TokenBudget",
-        "metadata": {"name": name}, "spec": spec
-    }))
-    .expect("a valid TokenBudget");
-    api.create(&PostParams::default(), &tb).await.expect("budget created");
-    if let Some(status) = status {
-        api.patch_status(name, &PatchParams::default(), &Patch::Merge(&json!({"status": status})))
-            .await
-            .expect("status written");
-    }
+/// Creates a budget and writes its status as the operator would.
+async fn with_status(api: &Api<TokenBudget>, budget: BudgetBuilder, status: Value) {
+    let name = create(api, budget).await.metadata.name.expect("named");
+    api.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"status": status})),
+    )
+    .await
+    .expect("status written");
 }
 
 /// Warning, both limits; resets in 3d4h and runs out in 2h13m (plus a margin for the test's
 /// own run time: relative times are rounded down).
 async fn research(api: &Api<TokenBudget>) {
-    budget(
+    with_status(
         api,
-        "research",
-        json!({"limits": {"tokens": 5_000_000, "cost": "250"}, "thresholds": [50, 80, 95],
-               "pricing": [{"model": "gpt-4o*", "input": "2.50", "output": "10.00"}]}),
-        Some(json!({
+        budget("research")
+            .tokens(5_000_000)
+            .cost("250")
+            .thresholds(&[50, 80, 95])
+            .price("gpt-4o*", "2.50", "10.00"),
+        json!({
             "phase": "Warning",
             "used": {"tokens": 4_200_000, "input": 3_500_000, "output": 700_000, "cost": "105.00"},
             "remainingTokens": 800_000, "percentUsed": 84, "burnRate": 12_345,
@@ -128,43 +127,43 @@ async fn research(api: &Api<TokenBudget>) {
                           {"kind": "Job", "name": "nightly-eval", "tokens": 1_200_000}],
             "conditions": [condition("Ready", "True", "Reconciled", "The budget is reconciled"),
                            condition("ThresholdReached", "True", "ThresholdReached", "84% used: the 80% threshold is crossed")],
-        })),
+        }),
     )
     .await;
 }
 
 /// Exhausted, Never resets.
 async fn frozen(api: &Api<TokenBudget>) {
-    budget(
+    with_status(
         api,
-        "frozen",
-        json!({"limits": {"tokens": 100_000}, "period": {"reset": "Never"},
-               "enforcement": {"action": "ScaleDown"}}),
-        Some(json!({
+        budget("frozen")
+            .tokens(100_000)
+            .period(ResetPeriod::Never)
+            .action(EnforcementAction::ScaleDown),
+        json!({
             "phase": "Exhausted",
             "used": {"tokens": 100_250, "input": 90_000, "output": 10_250},
             "remainingTokens": 0, "percentUsed": 100, "burnRate": 0,
             "workloads": [{"kind": "Deployment", "name": "scraper", "tokens": 100_250}],
             "enforced": [{"kind": "Deployment", "name": "scraper", "action": "ScaleDown", "since": from_now(-(3_600 + 5 * 60 + 5))}],
             "conditions": [condition("Exhausted", "True", "LimitReached", "100,250 of 100,000 tokens used")],
-        })),
+        }),
     )
     .await;
 }
 
 /// Active, token limit only.
 async fn starter(api: &Api<TokenBudget>) {
-    budget(
+    with_status(
         api,
-        "starter",
-        json!({"limits": {"tokens": 1_000_000}, "period": {"reset": "Daily"}}),
-        Some(json!({
+        budget("starter").tokens(1_000_000).period(ResetPeriod::Daily),
+        json!({
             "phase": "Active",
             "used": {"tokens": 120_000, "input": 100_000, "output": 20_000},
             "remainingTokens": 880_000, "percentUsed": 12, "burnRate": 3_600,
             "resetsAt": from_now(5 * 3_600 + 50 * 60 + 50),
             "workloads": [{"kind": "StatefulSet", "name": "chat-agent", "tokens": 120_000}],
-        })),
+        }),
     )
     .await;
 }
@@ -183,7 +182,7 @@ async fn status_lists_every_budget_of_the_namespace() {
     research(&api).await;
     frozen(&api).await;
     starter(&api).await;
-    budget(&api, "fresh", json!({"limits": {"tokens": 2000}}), None).await;
+    create(&api, budget("fresh").tokens(2000)).await;
 
     let out = ok(&["status", "-n", &ns.name]);
     let lines: Vec<&str> = out.lines().collect();

@@ -27,15 +27,12 @@ use std::{
 
 use common::*;
 use futures::FutureExt;
-use k8s_openapi::{
-    api::{
-        apps::v1::Deployment,
-        batch::v1::Job,
-        core::v1::{Namespace, Pod, ResourceQuota, Secret},
-        events::v1::Event,
-        rbac::v1::{ClusterRoleBinding, Role},
-    },
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    batch::v1::{CronJob, Job},
+    core::v1::{Namespace, Pod, ResourceQuota, Secret},
+    events::v1::Event,
+    rbac::v1::{ClusterRoleBinding, Role},
 };
 use kube::{
     Api, Client, ResourceExt,
@@ -43,7 +40,7 @@ use kube::{
 };
 use serde_json::json;
 use tokenbudget::{
-    api::{BudgetBinding, BudgetPhase, TokenBudget},
+    api::{BudgetBinding, BudgetPhase, EnforcementAction::ScaleDown, TokenBudget, WorkloadKind},
     enforce::{BUDGET, FINALIZER, PAUSED_REPLICAS, STATE},
 };
 
@@ -202,7 +199,7 @@ fn dry_patch() -> PatchParams {
 }
 
 /// What neither install may do in `ns`, where it works: one real request each, refused.
-async fn refused_in_namespace(release: &Release, ns: &str, agent: &Deployment, pod: &str, checks: &mut Refusals) {
+async fn refused_in_namespace(release: &Release, ns: &str, agent: &Deployment, agent_pod: &str, checks: &mut Refusals) {
     let client = release.client().await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
@@ -232,15 +229,14 @@ async fn refused_in_namespace(release: &Release, ns: &str, agent: &Deployment, p
             deployments.replace("agent", &dry_post(), agent),
         )
         .await;
-    checks.expect("delete a pod", pods.delete(pod, &dry_delete())).await;
     checks
-        .expect("create a pod", pods.create(&dry_post(), &intruder()))
+        .expect("delete a pod", pods.delete(agent_pod, &dry_delete()))
         .await;
     checks
-        .expect(
-            "create a TokenBudget",
-            budgets.create(&dry_post(), &budget("research", 1)),
-        )
+        .expect("create a pod", pods.create(&dry_post(), &pod("intruder")))
+        .await;
+    checks
+        .expect("create a TokenBudget", budgets.create(&dry_post(), &research(1)))
         .await;
     checks
         .expect("delete a TokenBudget", budgets.delete("research", &dry_delete()))
@@ -355,7 +351,7 @@ async fn refused_elsewhere(release: &Release, elsewhere: &str, checks: &mut Refu
 /// kind the operator watches when it is started without `--namespace`.
 async fn watches_every_namespace(release: &Release) {
     let client = release.client().await;
-    let cron_jobs = ApiResource::erase::<k8s_openapi::api::batch::v1::CronJob>(&());
+    let cron_jobs = ApiResource::erase::<CronJob>(&());
     let kinds: Vec<(&str, Api<DynamicObject>)> = vec![
         (
             "tokenbudgets",
@@ -400,34 +396,16 @@ async fn watches_every_namespace(release: &Release) {
     }
 }
 
-fn intruder() -> Pod {
-    serde_json::from_value(json!({
-        "metadata": {"name": "intruder"},
-        "spec": {"containers": [{"name": "c", "image": "busybox"}]}
-    }))
-    .unwrap()
-}
-
-fn budget(name: &str, tokens: i64) -> TokenBudget {
-    serde_json::from_value(json!({
-        "apiVersion": "tokenbudget.io/v1alpha1", "kind": "TokenBudget",
-        "metadata": {"name": name},
-        "spec": {
-            "limits": {"tokens": tokens},
-            "thresholds": [50],
-            "enforcement": {"action": "ScaleDown", "freezeQuota": true},
-            "computeQuota": {"hard": {"pods": "10"}}
-        }
-    }))
-    .unwrap()
-}
-
-fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
-    meta.annotations.as_ref()?.get(key).map(String::as_str)
-}
-
-fn quota_pods(q: &ResourceQuota) -> Option<&str> {
-    q.spec.as_ref()?.hard.as_ref()?.get("pods").map(|p| p.0.as_str())
+/// The budget of the test: a threshold at 50%, scale-down, and a quota of 10 pods that is
+/// frozen while the budget is exhausted.
+fn research(tokens: i64) -> TokenBudget {
+    budget("research")
+        .tokens(tokens)
+        .thresholds(&[50])
+        .action(ScaleDown)
+        .compute_quota(&[("pods", "10")])
+        .freeze_quota()
+        .build()
 }
 
 /// Polls `probe` every 200 ms until it returns `Some`, for objects that [`wait_for`] cannot
@@ -479,47 +457,23 @@ async fn the_chart_rbac_is_enough_for_everything_the_operator_does_and_no_more()
     let bindings: Api<BudgetBinding> = ns.api(&admin);
     let quotas: Api<ResourceQuota> = ns.api(&admin);
     let events: Api<Event> = ns.api(&admin);
-    let cron_resource = ApiResource::erase::<k8s_openapi::api::batch::v1::CronJob>(&());
+    let cron_resource = ApiResource::erase::<CronJob>(&());
     let cron_jobs: Api<DynamicObject> = Api::namespaced_with(admin.clone(), &ns.name, &cron_resource);
 
     // What the operator will find: a Deployment, a Job and a CronJob, a Secret it must not read,
     // and in another namespace a Deployment it must not touch.
-    deployments
-        .create(&PostParams::default(), &deployment("agent", 1))
-        .await
-        .unwrap();
-    let job: Job = serde_json::from_value(json!({
-        "metadata": {"name": "batch"},
-        "spec": {"parallelism": 1, "completions": 5, "template": {
-            "metadata": {"labels": {"app": "batch"}},
-            "spec": {"restartPolicy": "Never", "containers": [{
-                "name": "agent", "image": "agent:latest", "ports": [{"name": "metrics", "containerPort": 9464}]
-            }]}
-        }}
-    }))
-    .unwrap();
-    jobs.create(&PostParams::default(), &job).await.unwrap();
-    let cron_job: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": cron_resource.api_version, "kind": "CronJob",
-        "metadata": {"name": "nightly"},
-        "spec": {"schedule": "0 3 * * *", "jobTemplate": {"spec": {"template": {"spec": {
-            "restartPolicy": "Never", "containers": [{"name": "agent", "image": "agent:latest"}]
-        }}}}}
-    }))
-    .unwrap();
-    cron_jobs.create(&PostParams::default(), &cron_job).await.unwrap();
+    create(&deployments, deployment("agent")).await;
+    create(&jobs, job("batch").parallelism(1).completions(5)).await;
+    create(&ns.api::<CronJob>(&admin), cron_job("nightly")).await;
     let secret: Secret =
         serde_json::from_value(json!({"metadata": {"name": "credentials"}, "stringData": {"key": "sk-secret"}}))
             .unwrap();
-    ns.api::<Secret>(&admin)
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
-    elsewhere
-        .api::<Deployment>(&admin)
-        .create(&PostParams::default(), &deployment("bystander", 0))
-        .await
-        .unwrap();
+    create(&ns.api::<Secret>(&admin), secret).await;
+    create(
+        &elsewhere.api::<Deployment>(&admin),
+        deployment("bystander").replicas(0),
+    )
+    .await;
 
     let mut agents = Vec::new();
     for app in ["agent", "batch"] {
@@ -537,25 +491,12 @@ async fn the_chart_rbac_is_enough_for_everything_the_operator_does_and_no_more()
     // The scenario; when it fails, the operator's refusals say why.
     let scenario = async {
         operator.wait_ready().await;
-        budgets
-            .create(&PostParams::default(), &budget("research", 1000))
-            .await
-            .unwrap();
-        let binding: BudgetBinding = serde_json::from_value(json!({
-            "apiVersion": "tokenbudget.io/v1alpha1", "kind": "BudgetBinding",
-            "metadata": {"name": "agents"},
-            "spec": {
-                "budgetRef": {"name": "research"},
-                "workloads": [
-                    {"kind": "Deployment", "name": "agent"},
-                    {"kind": "Job", "name": "batch"},
-                    {"kind": "CronJob", "name": "nightly"}
-                ],
-                "metrics": {"port": "metrics", "interval": "1s", "timeout": "1s"}
-            }
-        }))
-        .unwrap();
-        bindings.create(&PostParams::default(), &binding).await.unwrap();
+        create(&budgets, research(1000)).await;
+        let bb = binding("agents", "research")
+            .deployment("agent")
+            .named(WorkloadKind::Job, "batch")
+            .named(WorkloadKind::CronJob, "nightly");
+        create(&bindings, bb).await;
 
         // Usage counted into the budget's and the binding's status; the quota created, owned by
         // the budget; workloads and pods marked (pods patched).

@@ -132,6 +132,19 @@ impl Drop for TestNamespace {
     }
 }
 
+/// Creates an object, from a builder of [`objects`] or typed, and returns it as the API server
+/// stored it; the test fails if the server refuses it.
+pub async fn create<K>(api: &Api<K>, object: impl Into<K>) -> K
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let object = object.into();
+    let name = object.meta().name.clone().unwrap_or_default();
+    api.create(&PostParams::default(), &object)
+        .await
+        .unwrap_or_else(|e| panic!("creating {} {name}: {e}", K::kind(&())))
+}
+
 /// Deletes an object, ignoring "not found".
 pub async fn delete<K>(api: &Api<K>, name: &str)
 where
