@@ -437,252 +437,29 @@ fn the_log_check_finds_refusals_and_nothing_else() {
 #[tokio::test]
 async fn the_chart_rbac_is_enough_for_everything_the_operator_does_and_no_more() {
     let started = Instant::now();
-    let admin = client().await;
-    ensure_crds(&admin).await;
-    // Namespaces first: dropped last, after the releases are uninstalled.
-    let ns = TestNamespace::new(&admin, "rbac").await;
-    let elsewhere = TestNamespace::new(&admin, "rbac-elsewhere").await;
-    let system = TestNamespace::new(&admin, "rbac-release").await;
-    let id = std::process::id();
-    // Namespace-scoped: a Role in the test namespace, the operator's whole grant.
-    let scoped = Release::install(&format!("rbac-{id}-ns"), &system.name, Some(&ns.name));
-    // The default install: a ClusterRole, for the cluster-wide checks.
-    let cluster_wide = Release::install(&format!("rbac-{id}-all"), &system.name, None);
+    let s = Scenario::install_the_chart_twice().await;
     eprintln!("rbac: charts installed after {:.1?}", started.elapsed());
-
-    let pods: Api<Pod> = ns.api(&admin);
-    let deployments: Api<Deployment> = ns.api(&admin);
-    let jobs: Api<Job> = ns.api(&admin);
-    let budgets: Api<TokenBudget> = ns.api(&admin);
-    let bindings: Api<BudgetBinding> = ns.api(&admin);
-    let quotas: Api<ResourceQuota> = ns.api(&admin);
-    let events: Api<Event> = ns.api(&admin);
-    let cron_resource = ApiResource::erase::<CronJob>(&());
-    let cron_jobs: Api<DynamicObject> = Api::namespaced_with(admin.clone(), &ns.name, &cron_resource);
-
-    // What the operator will find: a Deployment, a Job and a CronJob, a Secret it must not read,
-    // and in another namespace a Deployment it must not touch.
-    create(&deployments, deployment("agent")).await;
-    create(&jobs, job("batch").parallelism(1).completions(5)).await;
-    create(&ns.api::<CronJob>(&admin), cron_job("nightly")).await;
-    let secret: Secret =
-        serde_json::from_value(json!({"metadata": {"name": "credentials"}, "stringData": {"key": "sk-secret"}}))
-            .unwrap();
-    create(&ns.api::<Secret>(&admin), secret).await;
-    create(
-        &elsewhere.api::<Deployment>(&admin),
-        deployment("bystander").replicas(0),
-    )
-    .await;
-
-    let mut agents = Vec::new();
-    for app in ["agent", "batch"] {
-        for pod in pods_of(&pods, app, 1).await {
-            let agent = Agent::start(&agent_ip(), &[]);
-            run_pod(&pods, &pod, &agent.ip, 0).await;
-            agents.push(agent);
-        }
-    }
-
-    // The operator, as the chart's ServiceAccount of the namespace-scoped install.
-    let operator = Operator::start_with_env(&ns.name, &[("KUBECONFIG", scoped.kubeconfig.to_str().unwrap())]);
+    s.create_what_the_operator_will_find().await;
+    let agents = s.run_the_agents().await;
+    let operator = s.start_the_operator_as_the_charts_service_account();
     let setup = started.elapsed();
 
-    // The scenario; when it fails, the operator's refusals say why.
-    let scenario = async {
+    // The budget's whole life; when it fails, the operator's refusals say why.
+    let life = async {
         operator.wait_ready().await;
-        create(&budgets, research(1000)).await;
-        let bb = binding("agents", "research")
-            .deployment("agent")
-            .named(WorkloadKind::Job, "batch")
-            .named(WorkloadKind::CronJob, "nightly");
-        create(&bindings, bb).await;
-
-        // Usage counted into the budget's and the binding's status; the quota created, owned by
-        // the budget; workloads and pods marked (pods patched).
-        // The pods ran before their binding: their first scrape is their baseline (accounting rule 3).
-        wait_for(&bindings, "agents", "both pods scraped", |bb| {
-            bb.status.as_ref().and_then(|s| s.scraped_pods) == Some(2)
-        })
-        .await;
-        agents[0].spend("gpt-4o-mini", 100, 20);
-        let tb = wait_for(&budgets, "research", "120 tokens counted", |tb| {
-            tb.status.as_ref().and_then(|s| s.used.as_ref()).map(|u| u.tokens) == Some(120)
-        })
-        .await;
-        assert_eq!(tb.status.as_ref().unwrap().phase, Some(BudgetPhase::Active));
-        assert!(tb.finalizers().iter().any(|f| f == FINALIZER), "{:?}", tb.finalizers());
-        wait_for(&bindings, "agents", "the binding's usedTokens", |bb| {
-            bb.status.as_ref().and_then(|s| s.used_tokens) == Some(120)
-        })
-        .await;
-        let quota = wait_for(&quotas, "tokenbudget-research", "the budget's quota", |q| {
-            quota_pods(q) == Some("10")
-        })
-        .await;
-        assert!(
-            quota
-                .owner_references()
-                .iter()
-                .any(|o| o.kind == "TokenBudget" && o.name == "research"),
-            "{:?}",
-            quota.owner_references()
-        );
-        let agent_pod = pods_of(&pods, "agent", 1).await.remove(0);
-        wait_for(&pods, &agent_pod, "the agent's pod marked ok", |p| {
-            annotation(&p.metadata, STATE) == Some("ok")
-        })
-        .await;
-
-        // Exhausted: quota frozen, Deployment to 0, Job and CronJob paused, Events.
-        agents[1].spend("gpt-4o-mini", 500, 400);
-        wait_for(&budgets, "research", "phase Exhausted", |tb| {
-            tb.status.as_ref().and_then(|s| s.phase) == Some(BudgetPhase::Exhausted)
-        })
-        .await;
-        wait_for(&quotas, "tokenbudget-research", "the quota frozen", |q| {
-            quota_pods(q) == Some("0")
-        })
-        .await;
-        let d = wait_for(&deployments, "agent", "the Deployment scaled to 0", |d| {
-            d.spec.replicas == Some(0)
-        })
-        .await;
-        assert_eq!(annotation(&d.metadata, PAUSED_REPLICAS), Some("1"));
-        wait_for(&jobs, "batch", "the Job suspended", |j| {
-            j.spec.as_ref().and_then(|s| s.suspend) == Some(true)
-        })
-        .await;
-        let cron_suspend = |want: bool| {
-            let cron_jobs = cron_jobs.clone();
-            async move {
-                let cj = cron_jobs.get("nightly").await.ok()?;
-                (cj.data.pointer("/spec/suspend").and_then(|v| v.as_bool()) == Some(want)).then_some(())
-            }
-        };
-        poll("the CronJob suspended", || cron_suspend(true)).await;
-        for reason in ["Exhausted", "ScaledDown"] {
-            wait_event(&events, &format!("a {reason} Event"), |e| {
-                e.reason.as_deref() == Some(reason) && e.reporting_controller.as_deref() == Some("tokenbudget-operator")
-            })
-            .await;
-        }
-        wait_for(
-            &budgets,
-            "research",
-            "three workloads enforced, the quota in status",
-            |tb| {
-                tb.status.as_ref().is_some_and(|s| {
-                    s.enforced.len() == 3
-                        && s.compute_quota
-                            .as_ref()
-                            .is_some_and(|q| q.hard.get("pods").map(|p| p.0.as_str()) == Some("0"))
-                })
-            },
-        )
-        .await;
-
-        // The limit raised: everything restored, the quota thawed.
-        budgets
-            .patch(
-                "research",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"limits": {"tokens": 1_000_000}}})),
-            )
-            .await
-            .unwrap();
-        wait_for(&quotas, "tokenbudget-research", "the quota thawed", |q| {
-            quota_pods(q) == Some("10")
-        })
-        .await;
-        wait_for(&deployments, "agent", "the Deployment restored to 1", |d| {
-            d.spec.replicas == Some(1) && annotation(&d.metadata, PAUSED_REPLICAS).is_none()
-        })
-        .await;
-        wait_for(&jobs, "batch", "the Job resumed", |j| {
-            let spec = j.spec.as_ref();
-            spec.and_then(|s| s.parallelism) == Some(1) && spec.and_then(|s| s.suspend) != Some(true)
-        })
-        .await;
-        poll("the CronJob resumed", || cron_suspend(false)).await;
-        wait_event(&events, "a Restored Event", |e| {
-            e.reason.as_deref() == Some("Restored") && e.reporting_controller.as_deref() == Some("tokenbudget-operator")
-        })
-        .await;
-        wait_for(&budgets, "research", "phase Active, nothing enforced", |tb| {
-            tb.status
-                .as_ref()
-                .is_some_and(|s| s.phase == Some(BudgetPhase::Active) && s.enforced.is_empty())
-        })
-        .await;
-
-        // The budget deleted: the finalizer restores, deletes the quota, and lets go.
-        delete(&budgets, "research").await;
-        wait_gone(&budgets, "research", "the budget to be gone (its finalizer released)").await;
-        wait_gone(&quotas, "tokenbudget-research", "the quota to be gone").await;
-        wait_for(&deployments, "agent", "the Deployment unmarked", |d| {
-            d.metadata.annotations.as_ref().is_none_or(|a| !a.contains_key(BUDGET))
-        })
-        .await;
+        s.bind_the_workloads_to_a_budget().await;
+        s.spend_and_see_it_counted(&agents).await;
+        s.exhaust_the_budget(&agents).await;
+        s.raise_the_limit().await;
+        s.delete_the_budget().await;
     };
-    let outcome = AssertUnwindSafe(scenario).catch_unwind().await;
-
-    // Enough: not one refusal in the whole run.
-    let log_path = operator.log.clone();
-    drop(operator);
-    let log = std::fs::read_to_string(&log_path).expect("the operator's log");
-    let refused = refusals(&log);
-    if let Err(panic) = outcome {
-        // The operator is gone: its finalizer must not keep the namespace from being deleted.
-        let _ = budgets
-            .patch_metadata(
-                "research",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-            )
-            .await;
-        eprintln!(
-            "the scenario failed; what the API server refused the operator ({}):\n{}",
-            log_path.display(),
-            refused.join("\n")
-        );
-        std::panic::resume_unwind(panic);
-    }
-    assert!(
-        log.contains("caches synced, ready"),
-        "the operator never got ready:\n{log}"
-    );
-    assert!(
-        refused.is_empty(),
-        "the operator was refused with the chart's RBAC ({}):\n{}",
-        log_path.display(),
-        refused.join("\n")
-    );
+    let outcome = AssertUnwindSafe(life).catch_unwind().await;
+    // Enough: the operator was refused nothing.
+    s.check_the_log_holds_no_refusal(operator, outcome).await;
     let scenario_done = started.elapsed();
 
-    // Not more: the same token, and the cluster-wide install's, refused what the operator
-    // never does; the namespace-scoped one refused everything in another namespace.
-    let pod = pods_of(&pods, "agent", 1).await.remove(0);
-    let agent = deployments.get("agent").await.unwrap();
-    let mut checks = Refusals {
-        user: scoped.user(),
-        seen: Vec::new(),
-    };
-    refused_in_namespace(&scoped, &ns.name, &agent, &pod, &mut checks).await;
-    refused_elsewhere(&scoped, &elsewhere.name, &mut checks).await;
-    let mut wide = Refusals {
-        user: cluster_wide.user(),
-        seen: Vec::new(),
-    };
-    refused_in_namespace(&cluster_wide, &ns.name, &agent, &pod, &mut wide).await;
-    let all_secrets: Api<Secret> = Api::all(cluster_wide.client().await);
-    wide.expect(
-        "list Secrets in all namespaces",
-        all_secrets.list(&ListParams::default()),
-    )
-    .await;
-    watches_every_namespace(&cluster_wide).await;
-
+    // Not more: the ServiceAccounts are refused what the operator never does.
+    let (checks, wide) = s.check_the_rest_is_refused().await;
     eprintln!("rbac: refused to the namespace-scoped install's ServiceAccount:");
     for line in &checks.seen {
         eprintln!("  {line}");
@@ -696,4 +473,305 @@ async fn the_chart_rbac_is_enough_for_everything_the_operator_does_and_no_more()
         scenario_done - setup,
         started.elapsed() - scenario_done
     );
+}
+
+/// The test's namespaces, the chart's two installs, and the admin's view of the namespace the
+/// operator watches.
+struct Scenario {
+    // Fields drop in this order: the releases are uninstalled before their namespaces go.
+    /// Namespace-scoped: a Role in the test namespace, the operator's whole grant.
+    scoped: Release,
+    /// The default install: a ClusterRole, for the cluster-wide checks.
+    cluster_wide: Release,
+    ns: TestNamespace,
+    elsewhere: TestNamespace,
+    /// Where the releases are installed.
+    _system: TestNamespace,
+    admin: Client,
+    pods: Api<Pod>,
+    deployments: Api<Deployment>,
+    jobs: Api<Job>,
+    budgets: Api<TokenBudget>,
+    bindings: Api<BudgetBinding>,
+    quotas: Api<ResourceQuota>,
+    events: Api<Event>,
+    cron_jobs: Api<DynamicObject>,
+}
+
+impl Scenario {
+    async fn install_the_chart_twice() -> Self {
+        let admin = client().await;
+        ensure_crds(&admin).await;
+        let ns = TestNamespace::new(&admin, "rbac").await;
+        let elsewhere = TestNamespace::new(&admin, "rbac-elsewhere").await;
+        let system = TestNamespace::new(&admin, "rbac-release").await;
+        let id = std::process::id();
+        let scoped = Release::install(&format!("rbac-{id}-ns"), &system.name, Some(&ns.name));
+        let cluster_wide = Release::install(&format!("rbac-{id}-all"), &system.name, None);
+        let cron_resource = ApiResource::erase::<CronJob>(&());
+        Scenario {
+            scoped,
+            cluster_wide,
+            pods: ns.api(&admin),
+            deployments: ns.api(&admin),
+            jobs: ns.api(&admin),
+            budgets: ns.api(&admin),
+            bindings: ns.api(&admin),
+            quotas: ns.api(&admin),
+            events: ns.api(&admin),
+            cron_jobs: Api::namespaced_with(admin.clone(), &ns.name, &cron_resource),
+            ns,
+            elsewhere,
+            _system: system,
+            admin,
+        }
+    }
+
+    /// A Deployment, a Job and a CronJob, a Secret it must not read, and in another namespace
+    /// a Deployment it must not touch.
+    async fn create_what_the_operator_will_find(&self) {
+        create(&self.deployments, deployment("agent")).await;
+        create(&self.jobs, job("batch").parallelism(1).completions(5)).await;
+        create(&self.ns.api::<CronJob>(&self.admin), cron_job("nightly")).await;
+        let secret: Secret =
+            serde_json::from_value(json!({"metadata": {"name": "credentials"}, "stringData": {"key": "sk-secret"}}))
+                .unwrap();
+        create(&self.ns.api::<Secret>(&self.admin), secret).await;
+        create(
+            &self.elsewhere.api::<Deployment>(&self.admin),
+            deployment("bystander").replicas(0),
+        )
+        .await;
+    }
+
+    /// Plays the kubelet for the pod of the Deployment and the pod of the Job: an agent each.
+    async fn run_the_agents(&self) -> Vec<Agent> {
+        let mut agents = Vec::new();
+        for app in ["agent", "batch"] {
+            for pod in pods_of(&self.pods, app, 1).await {
+                let agent = Agent::start(&agent_ip(), &[]);
+                run_pod(&self.pods, &pod, &agent.ip, 0).await;
+                agents.push(agent);
+            }
+        }
+        agents
+    }
+
+    /// The operator, as the chart's ServiceAccount of the namespace-scoped install.
+    fn start_the_operator_as_the_charts_service_account(&self) -> Operator {
+        let kubeconfig = self.scoped.kubeconfig.to_str().unwrap();
+        Operator::start_with_env(&self.ns.name, &[("KUBECONFIG", kubeconfig)])
+    }
+
+    async fn bind_the_workloads_to_a_budget(&self) {
+        create(&self.budgets, research(1000)).await;
+        let bb = binding("agents", "research")
+            .deployment("agent")
+            .named(WorkloadKind::Job, "batch")
+            .named(WorkloadKind::CronJob, "nightly");
+        create(&self.bindings, bb).await;
+    }
+
+    /// Spends through an agent: usage counted into the budget's and the binding's status; the
+    /// quota created, owned by the budget; workloads and pods marked (pods patched).
+    async fn spend_and_see_it_counted(&self, agents: &[Agent]) {
+        // The pods ran before their binding: their first scrape is their baseline (accounting rule 3).
+        wait_for(&self.bindings, "agents", "both pods scraped", |bb| {
+            bb.status.as_ref().and_then(|s| s.scraped_pods) == Some(2)
+        })
+        .await;
+        agents[0].spend("gpt-4o-mini", 100, 20);
+        let tb = wait_for(&self.budgets, "research", "120 tokens counted", |tb| {
+            tb.status.as_ref().and_then(|s| s.used.as_ref()).map(|u| u.tokens) == Some(120)
+        })
+        .await;
+        assert_eq!(tb.status.as_ref().unwrap().phase, Some(BudgetPhase::Active));
+        assert!(tb.finalizers().iter().any(|f| f == FINALIZER), "{:?}", tb.finalizers());
+        wait_for(&self.bindings, "agents", "the binding's usedTokens", |bb| {
+            bb.status.as_ref().and_then(|s| s.used_tokens) == Some(120)
+        })
+        .await;
+        let quota = wait_for(&self.quotas, "tokenbudget-research", "the budget's quota", |q| {
+            quota_pods(q) == Some("10")
+        })
+        .await;
+        assert!(
+            quota
+                .owner_references()
+                .iter()
+                .any(|o| o.kind == "TokenBudget" && o.name == "research"),
+            "{:?}",
+            quota.owner_references()
+        );
+        let agent_pod = pods_of(&self.pods, "agent", 1).await.remove(0);
+        wait_for(&self.pods, &agent_pod, "the agent's pod marked ok", |p| {
+            annotation(&p.metadata, STATE) == Some("ok")
+        })
+        .await;
+    }
+
+    /// Spends past the limit. Exhausted: quota frozen, Deployment to 0, Job and CronJob paused,
+    /// Events.
+    async fn exhaust_the_budget(&self, agents: &[Agent]) {
+        agents[1].spend("gpt-4o-mini", 500, 400);
+        wait_for(&self.budgets, "research", "phase Exhausted", |tb| {
+            tb.status.as_ref().and_then(|s| s.phase) == Some(BudgetPhase::Exhausted)
+        })
+        .await;
+        wait_for(&self.quotas, "tokenbudget-research", "the quota frozen", |q| {
+            quota_pods(q) == Some("0")
+        })
+        .await;
+        let d = wait_for(&self.deployments, "agent", "the Deployment scaled to 0", |d| {
+            d.spec.replicas == Some(0)
+        })
+        .await;
+        assert_eq!(annotation(&d.metadata, PAUSED_REPLICAS), Some("1"));
+        wait_for(&self.jobs, "batch", "the Job suspended", |j| {
+            j.spec.as_ref().and_then(|s| s.suspend) == Some(true)
+        })
+        .await;
+        poll("the CronJob suspended", || self.cron_suspend(true)).await;
+        for reason in ["Exhausted", "ScaledDown"] {
+            wait_event(&self.events, &format!("a {reason} Event"), |e| {
+                e.reason.as_deref() == Some(reason) && e.reporting_controller.as_deref() == Some("tokenbudget-operator")
+            })
+            .await;
+        }
+        wait_for(
+            &self.budgets,
+            "research",
+            "three workloads enforced, the quota in status",
+            |tb| {
+                tb.status.as_ref().is_some_and(|s| {
+                    s.enforced.len() == 3
+                        && s.compute_quota
+                            .as_ref()
+                            .is_some_and(|q| q.hard.get("pods").map(|p| p.0.as_str()) == Some("0"))
+                })
+            },
+        )
+        .await;
+    }
+
+    /// The limit raised: everything restored, the quota thawed.
+    async fn raise_the_limit(&self) {
+        self.budgets
+            .patch(
+                "research",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"limits": {"tokens": 1_000_000}}})),
+            )
+            .await
+            .unwrap();
+        wait_for(&self.quotas, "tokenbudget-research", "the quota thawed", |q| {
+            quota_pods(q) == Some("10")
+        })
+        .await;
+        wait_for(&self.deployments, "agent", "the Deployment restored to 1", |d| {
+            d.spec.replicas == Some(1) && annotation(&d.metadata, PAUSED_REPLICAS).is_none()
+        })
+        .await;
+        wait_for(&self.jobs, "batch", "the Job resumed", |j| {
+            let spec = j.spec.as_ref();
+            spec.and_then(|s| s.parallelism) == Some(1) && spec.and_then(|s| s.suspend) != Some(true)
+        })
+        .await;
+        poll("the CronJob resumed", || self.cron_suspend(false)).await;
+        wait_event(&self.events, "a Restored Event", |e| {
+            e.reason.as_deref() == Some("Restored") && e.reporting_controller.as_deref() == Some("tokenbudget-operator")
+        })
+        .await;
+        wait_for(&self.budgets, "research", "phase Active, nothing enforced", |tb| {
+            tb.status
+                .as_ref()
+                .is_some_and(|s| s.phase == Some(BudgetPhase::Active) && s.enforced.is_empty())
+        })
+        .await;
+    }
+
+    /// The budget deleted: the finalizer restores, deletes the quota, and lets go.
+    async fn delete_the_budget(&self) {
+        delete(&self.budgets, "research").await;
+        wait_gone(
+            &self.budgets,
+            "research",
+            "the budget to be gone (its finalizer released)",
+        )
+        .await;
+        wait_gone(&self.quotas, "tokenbudget-research", "the quota to be gone").await;
+        wait_for(&self.deployments, "agent", "the Deployment unmarked", |d| {
+            d.metadata.annotations.as_ref().is_none_or(|a| !a.contains_key(BUDGET))
+        })
+        .await;
+    }
+
+    /// `Some` once the CronJob's `spec.suspend` is `want`.
+    async fn cron_suspend(&self, want: bool) -> Option<()> {
+        let cj = self.cron_jobs.get("nightly").await.ok()?;
+        (cj.data.pointer("/spec/suspend").and_then(|v| v.as_bool()) == Some(want)).then_some(())
+    }
+
+    /// Enough: not one refusal in the whole run. Stops the operator; when the budget's life
+    /// failed, shows what the API server refused the operator and fails with that failure.
+    async fn check_the_log_holds_no_refusal(&self, operator: Operator, outcome: std::thread::Result<()>) {
+        let log_path = operator.log.clone();
+        drop(operator);
+        let log = std::fs::read_to_string(&log_path).expect("the operator's log");
+        let refused = refusals(&log);
+        if let Err(panic) = outcome {
+            // The operator is gone: its finalizer must not keep the namespace from being deleted.
+            let _ = self
+                .budgets
+                .patch_metadata(
+                    "research",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+                )
+                .await;
+            eprintln!(
+                "the scenario failed; what the API server refused the operator ({}):\n{}",
+                log_path.display(),
+                refused.join("\n")
+            );
+            std::panic::resume_unwind(panic);
+        }
+        assert!(
+            log.contains("caches synced, ready"),
+            "the operator never got ready:\n{log}"
+        );
+        assert!(
+            refused.is_empty(),
+            "the operator was refused with the chart's RBAC ({}):\n{}",
+            log_path.display(),
+            refused.join("\n")
+        );
+    }
+
+    /// Not more: the same token, and the cluster-wide install's, refused what the operator
+    /// never does; the namespace-scoped one refused everything in another namespace. Returns
+    /// what each was refused.
+    async fn check_the_rest_is_refused(&self) -> (Refusals, Refusals) {
+        let pod = pods_of(&self.pods, "agent", 1).await.remove(0);
+        let agent = self.deployments.get("agent").await.unwrap();
+        let mut checks = Refusals {
+            user: self.scoped.user(),
+            seen: Vec::new(),
+        };
+        refused_in_namespace(&self.scoped, &self.ns.name, &agent, &pod, &mut checks).await;
+        refused_elsewhere(&self.scoped, &self.elsewhere.name, &mut checks).await;
+        let mut wide = Refusals {
+            user: self.cluster_wide.user(),
+            seen: Vec::new(),
+        };
+        refused_in_namespace(&self.cluster_wide, &self.ns.name, &agent, &pod, &mut wide).await;
+        let all_secrets: Api<Secret> = Api::all(self.cluster_wide.client().await);
+        wide.expect(
+            "list Secrets in all namespaces",
+            all_secrets.list(&ListParams::default()),
+        )
+        .await;
+        watches_every_namespace(&self.cluster_wide).await;
+        (checks, wide)
+    }
 }
