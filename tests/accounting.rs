@@ -5,11 +5,8 @@
 mod common;
 
 use common::*;
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
-use kube::{
-    Api,
-    api::{Patch, PatchParams},
-};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Patch, PatchParams};
 use tokenbudget::api::{BudgetBinding, ResetPeriod, TokenBudget, WorkloadKind};
 
 fn used(tb: &TokenBudget) -> i64 {
@@ -31,16 +28,7 @@ fn priced(name: &str) -> BudgetBuilder {
     budget(name).thresholds(&[50, 90]).price("gpt-4o-mini", "0.15", "0.60")
 }
 
-struct Scenario {
-    client: kube::Client,
-    ns: TestNamespace,
-    operator: Option<Operator>,
-    budgets: Api<TokenBudget>,
-    bindings: Api<BudgetBinding>,
-    pods: Api<Pod>,
-}
-
-impl Scenario {
+impl Tenant {
     /// Waits for a cycle of the binding's budget that started more than `after` from now:
     /// once the cycles running now are over, what it says is what full cycles say.
     async fn wait_cycle_after(&self, binding: &str, after: jiff::SignedDuration) -> BudgetBinding {
@@ -53,29 +41,6 @@ impl Scenario {
                 .is_some_and(|t| t > since)
         })
         .await
-    }
-
-    /// A namespace with the operator binary running in it.
-    async fn new(test: &str) -> Self {
-        let mut s = Self::without_operator(test).await;
-        s.operator = Some(Operator::start(&s.ns.name));
-        s
-    }
-
-    /// A namespace; the test starts an operator itself.
-    async fn without_operator(test: &str) -> Self {
-        let client = client().await;
-        ensure_crds(&client).await;
-        let ns = TestNamespace::new(&client, test).await;
-        let operator = None;
-        Scenario {
-            budgets: ns.api(&client),
-            bindings: ns.api(&client),
-            pods: ns.api(&client),
-            client,
-            ns,
-            operator,
-        }
     }
 
     /// A Deployment with `replicas` pods, each running an agent; returns (pod name, agent).
@@ -96,7 +61,7 @@ impl Scenario {
         deployment: impl Into<Deployment>,
         agents: &[Option<&[&str]>],
     ) -> Vec<(String, Option<Agent>)> {
-        let deployment = create(&self.ns.api(&self.client), deployment).await;
+        let deployment = create(&self.deployments, deployment).await;
         let name = deployment.metadata.name.clone().expect("named");
         let mut pods = Vec::new();
         for (pod, args) in pods_of(&self.pods, &name, agents.len()).await.into_iter().zip(agents) {
@@ -122,7 +87,7 @@ impl Scenario {
 
 #[tokio::test]
 async fn usage_appears_in_the_status_and_in_kubectl_get() {
-    let s = Scenario::new("usage").await;
+    let s = Tenant::new("usage").await.with_operator();
     create(&s.budgets, priced("research").tokens(10_000)).await;
     create(&s.bindings, binding("summarizer", "research").deployment("summarizer")).await;
     let agents = s.deploy("summarizer", 2).await;
@@ -200,7 +165,7 @@ async fn usage_appears_in_the_status_and_in_kubectl_get() {
 
 #[tokio::test]
 async fn restarts_count_exactly_and_a_killed_operator_continues_where_it_left_off() {
-    let mut s = Scenario::new("restarts").await;
+    let mut s = Tenant::new("restarts").await.with_operator();
     create(&s.budgets, priced("b")).await;
     create(&s.bindings, binding("bb", "b").deployment("agent")).await;
     let agents = s.deploy("agent", 1).await;
@@ -239,7 +204,7 @@ async fn restarts_count_exactly_and_a_killed_operator_continues_where_it_left_of
 
 #[tokio::test]
 async fn a_sidecar_restart_does_not_count_the_agent_again() {
-    let s = Scenario::new("sidecar").await;
+    let s = Tenant::new("sidecar").await.with_operator();
     create(&s.budgets, priced("b")).await;
     create(&s.bindings, binding("bb", "b").deployment("agent")).await;
     // The agent declares the metrics port; a proxy sidecar next to it does not.
@@ -289,7 +254,7 @@ async fn a_sidecar_restart_does_not_count_the_agent_again() {
 
 #[tokio::test]
 async fn two_bindings_on_one_pod_count_it_once() {
-    let s = Scenario::new("dedup").await;
+    let s = Tenant::new("dedup").await.with_operator();
     create(&s.budgets, priced("b")).await;
     create(&s.bindings, binding("first", "b").deployment("agent")).await;
     let by_label = binding("second", "b")
@@ -345,7 +310,7 @@ const fn bad(agent: Option<&'static [&'static str]>, reason: &'static str) -> Ro
 
 #[tokio::test]
 async fn hostile_endpoints_are_reported_and_never_corrupt_the_usage() {
-    let s = Scenario::new("hostile").await;
+    let s = Tenant::new("hostile").await.with_operator();
     create(&s.budgets, priced("b")).await;
     // Every `used` the API server holds, from the start: none may ever be a wrong total.
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -486,10 +451,9 @@ async fn hostile_endpoints_are_reported_and_never_corrupt_the_usage() {
         .await;
     }
     // And one Warning Event per bad pod, on its binding.
-    let events: Api<k8s_openapi::api::events::v1::Event> = s.ns.api(&s.client);
     for (binding, pod, reason) in &expected {
         let note = format!("pod {pod}: {reason}");
-        let event = wait_event(&events, &format!("a ScrapeFailed Event {note:?}"), |e| {
+        let event = wait_event(&s.events, &format!("a ScrapeFailed Event {note:?}"), |e| {
             e.reason.as_deref() == Some("ScrapeFailed") && e.note.as_deref().is_some_and(|n| n.starts_with(&note))
         })
         .await;
@@ -517,7 +481,8 @@ async fn hostile_endpoints_are_reported_and_never_corrupt_the_usage() {
     };
     let healthy = st.conditions.iter().find(|c| c.type_ == "ScrapeHealthy").unwrap();
     assert!(!healthy.message.contains(pending.as_str()), "{}", healthy.message);
-    let named = events
+    let named = s
+        .events
         .list(&Default::default())
         .await
         .unwrap()
@@ -589,7 +554,7 @@ async fn the_operator_wakes_for_the_period_boundary_itself() {
     use jiff::{RoundMode, SignedDuration, Timestamp, TimestampRound, Unit};
     // Time from the operator's start to the boundary: enough to start, scrape, spend, scrape.
     const LEAD: SignedDuration = SignedDuration::from_secs(20);
-    let s = Scenario::without_operator("boundary").await;
+    let s = Tenant::new("boundary").await;
     create(&s.budgets, budget("b").period(ResetPeriod::Hourly)).await;
     // An interval far beyond the test: only the boundary itself can wake the budget at the
     // boundary (nothing else changes in the namespace).
@@ -644,8 +609,7 @@ async fn the_operator_wakes_for_the_period_boundary_itself() {
         instant(status.resets_at.as_ref()),
         Some(boundary + SignedDuration::from_hours(1))
     );
-    let events: Api<k8s_openapi::api::events::v1::Event> = s.ns.api(&s.client);
-    let reset = wait_event(&events, "a PeriodReset Event", |e| {
+    let reset = wait_event(&s.events, "a PeriodReset Event", |e| {
         e.reason.as_deref() == Some("PeriodReset")
     })
     .await;
@@ -685,7 +649,7 @@ async fn the_operator_wakes_for_the_period_boundary_itself() {
 
 #[tokio::test]
 async fn a_terminating_pod_is_scraped_once_more_at_once() {
-    let s = Scenario::new("terminating").await;
+    let s = Tenant::new("terminating").await.with_operator();
     create(&s.budgets, priced("b")).await;
     // A long interval: only the terminating trigger can make the last tokens count quickly.
     create(&s.bindings, binding("bb", "b").deployment("agent").interval("10m")).await;

@@ -7,9 +7,9 @@ mod common;
 
 use common::*;
 use k8s_openapi::api::{
-    apps::v1::{Deployment, StatefulSet},
+    apps::v1::StatefulSet,
     batch::v1::{CronJob, Job},
-    core::v1::{Pod, ResourceQuota},
+    core::v1::ResourceQuota,
     events::v1::Event,
 };
 use kube::{
@@ -17,53 +17,11 @@ use kube::{
     api::{Patch, PatchParams},
 };
 use tokenbudget::{
-    api::{BudgetBinding, BudgetPhase, EnforcementAction::ScaleDown, TokenBudget, WorkloadKind},
+    api::{BudgetPhase, EnforcementAction::ScaleDown, TokenBudget, WorkloadKind},
     enforce::{BUDGET, PAUSED_REPLICAS, STATE, SUSPENDED},
 };
 
-struct Scenario {
-    client: kube::Client,
-    ns: TestNamespace,
-    _operator: Operator,
-    budgets: Api<TokenBudget>,
-    bindings: Api<BudgetBinding>,
-    pods: Api<Pod>,
-    deployments: Api<Deployment>,
-    events: Api<Event>,
-    agents: Vec<Agent>,
-}
-
-impl Scenario {
-    async fn new(test: &str) -> Self {
-        let client = client().await;
-        ensure_crds(&client).await;
-        let ns = TestNamespace::new(&client, test).await;
-        let operator = Operator::start(&ns.name);
-        Scenario {
-            budgets: ns.api(&client),
-            bindings: ns.api(&client),
-            pods: ns.api(&client),
-            deployments: ns.api(&client),
-            events: ns.api(&client),
-            client,
-            ns,
-            _operator: operator,
-            agents: Vec::new(),
-        }
-    }
-
-    /// Plays the kubelet for the `count` pods labelled `app`: each gets an agent of its own.
-    /// Returns the index of the first new agent.
-    async fn run_pods(&mut self, app: &str, count: usize) -> usize {
-        let first = self.agents.len();
-        for pod in pods_of(&self.pods, app, count).await {
-            let agent = Agent::start(&agent_ip(), &[]);
-            run_pod(&self.pods, &pod, &agent.ip, 0).await;
-            self.agents.push(agent);
-        }
-        first
-    }
-
+impl Tenant {
     async fn wait_budget(&self, name: &str, what: &str, cond: impl Fn(&TokenBudget) -> bool) -> TokenBudget {
         wait_for(&self.budgets, name, what, cond).await
     }
@@ -88,8 +46,8 @@ fn scaling(name: &str, tokens: i64) -> BudgetBuilder {
 
 #[tokio::test]
 async fn scale_down_is_undone_by_hand_then_restored_exactly_when_the_limit_is_raised() {
-    let mut s = Scenario::new("scale-down-restore").await;
-    let statefulsets: Api<StatefulSet> = s.ns.api(&s.client);
+    let mut s = Tenant::new("scale-down-restore").await.with_operator();
+    let statefulsets: Api<StatefulSet> = s.api();
     create(&s.deployments, deployment("agent").replicas(2)).await;
     create(&statefulsets, statefulset("memory")).await;
     s.run_pods("agent", 2).await;
@@ -179,14 +137,7 @@ async fn scale_down_is_undone_by_hand_then_restored_exactly_when_the_limit_is_ra
         .unwrap();
 
     // Raising the limit restores exactly: 3 (the last count asked for) and 1.
-    s.budgets
-        .patch(
-            "research",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"limits": {"tokens": 1000000}}})),
-        )
-        .await
-        .unwrap();
+    set_token_limit(&s.budgets, "research", 1_000_000).await;
     let d = wait_for(&s.deployments, "agent", "the Deployment restored to 3", |d| {
         d.spec.replicas == Some(3) && annotation(&d.metadata, PAUSED_REPLICAS).is_none()
     })
@@ -215,14 +166,14 @@ async fn scale_down_is_undone_by_hand_then_restored_exactly_when_the_limit_is_ra
 
 #[tokio::test]
 async fn freeze_quota_blocks_new_pods_and_deleting_the_binding_or_the_budget_restores() {
-    let mut s = Scenario::new("freeze-quota").await;
+    let mut s = Tenant::new("freeze-quota").await.with_operator();
     create(&s.deployments, deployment("agent")).await;
     s.run_pods("agent", 1).await;
     let frozen = scaling("research", 100).compute_quota(&[("pods", "10")]).freeze_quota();
     create(&s.budgets, frozen).await;
     let bb = binding("agents", "research").deployment("agent").build();
     create(&s.bindings, bb.clone()).await;
-    let quotas: Api<ResourceQuota> = s.ns.api(&s.client);
+    let quotas: Api<ResourceQuota> = s.api();
     let quota = wait_for(&quotas, "tokenbudget-research", "the budget's quota", |q| {
         quota_pods(q) == Some("10")
     })
@@ -332,8 +283,8 @@ async fn freeze_quota_blocks_new_pods_and_deleting_the_binding_or_the_budget_res
 
 #[tokio::test]
 async fn jobs_and_cron_jobs_are_paused_and_resumed() {
-    let mut s = Scenario::new("jobs-paused").await;
-    let jobs: Api<Job> = s.ns.api(&s.client);
+    let mut s = Tenant::new("jobs-paused").await.with_operator();
+    let jobs: Api<Job> = s.api();
     create(&jobs, job("batch").parallelism(2).completions(10)).await;
     // `held` is a Job its owner suspended: the budget must leave it suspended when it restores.
     create(&jobs, job("held").suspended()).await;
@@ -400,14 +351,7 @@ async fn jobs_and_cron_jobs_are_paused_and_resumed() {
     assert_eq!(cron_state("{.spec.suspend}"), "true");
     assert_eq!(cron_state("{.metadata.annotations.tokenbudget\\.io/suspended}"), "true");
 
-    s.budgets
-        .patch(
-            "research",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"limits": {"tokens": 1000000}}})),
-        )
-        .await
-        .unwrap();
+    set_token_limit(&s.budgets, "research", 1_000_000).await;
     let job = wait_for(&jobs, "batch", "the Job resumed", |j| {
         annotation(&j.metadata, SUSPENDED).is_none() && j.spec.as_ref().is_some_and(|s| s.suspend == Some(false))
     })
@@ -425,8 +369,8 @@ async fn jobs_and_cron_jobs_are_paused_and_resumed() {
 
 #[tokio::test]
 async fn a_quota_the_budget_does_not_own_is_left_alone_and_does_not_block_its_deletion() {
-    let s = Scenario::new("foreign-quota").await;
-    let quotas: Api<ResourceQuota> = s.ns.api(&s.client);
+    let s = Tenant::new("foreign-quota").await.with_operator();
+    let quotas: Api<ResourceQuota> = s.api();
     let theirs: ResourceQuota = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "tokenbudget-research", "labels": {"owner": "platform-team"}},
         "spec": {"hard": {"pods": "7"}}

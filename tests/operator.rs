@@ -4,11 +4,7 @@
 mod common;
 
 use common::*;
-use k8s_openapi::api::events::v1::Event;
-use kube::{
-    Api,
-    api::{Patch, PatchParams},
-};
+use kube::api::{Patch, PatchParams};
 use tokenbudget::api::{BudgetBinding, MetricsEndpoint, TokenBudget};
 
 fn condition<'a>(
@@ -37,18 +33,14 @@ fn budget_condition<'a>(tb: &'a TokenBudget, type_: &str) -> Option<(&'a str, &'
 
 #[tokio::test]
 async fn binding_finds_its_budget_when_it_is_created_and_loses_it_when_deleted() {
-    let client = client().await;
-    ensure_crds(&client).await;
-    let ns = TestNamespace::new(&client, "budget-found").await;
-    let operator = Operator::start(&ns.name);
-    let bindings: Api<BudgetBinding> = ns.api(&client);
-    let budgets: Api<TokenBudget> = ns.api(&client);
+    let t = Tenant::new("budget-found").await;
+    let operator = Operator::start(&t.ns.name);
 
     let bb = binding("summarizer", "research")
         .deployment("summarizer")
         .metrics(MetricsEndpoint::default());
-    create(&bindings, bb).await;
-    let bb = wait_for(&bindings, "summarizer", "BudgetFound=False", |bb| {
+    create(&t.bindings, bb).await;
+    let bb = wait_for(&t.bindings, "summarizer", "BudgetFound=False", |bb| {
         binding_condition(bb, "BudgetFound") == Some(("False", "BudgetNotFound"))
     })
     .await;
@@ -58,23 +50,22 @@ async fn binding_finds_its_budget_when_it_is_created_and_loses_it_when_deleted()
     assert_eq!(status.observed_generation, bb.metadata.generation);
 
     // The missing budget is also an Event on the binding.
-    let events: Api<Event> = ns.api(&client);
-    wait_event(&events, "a BudgetNotFound Event", |e| {
+    wait_event(&t.events, "a BudgetNotFound Event", |e| {
         e.reason.as_deref() == Some("BudgetNotFound")
             && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("summarizer")
     })
     .await;
 
-    create(&budgets, budget("research").tokens(1000)).await;
-    let bb = wait_for(&bindings, "summarizer", "BudgetFound=True", |bb| {
+    create(&t.budgets, budget("research").tokens(1000)).await;
+    let bb = wait_for(&t.bindings, "summarizer", "BudgetFound=True", |bb| {
         binding_condition(bb, "BudgetFound") == Some(("True", "BudgetFound"))
     })
     .await;
     assert_eq!(binding_condition(&bb, "Ready"), Some(("True", "Reconciled")));
 
-    delete(&budgets, "research").await;
+    delete(&t.budgets, "research").await;
     wait_for(
-        &bindings,
+        &t.bindings,
         "summarizer",
         "BudgetFound=False after the budget is deleted",
         |bb| binding_condition(bb, "BudgetFound") == Some(("False", "BudgetNotFound")),
@@ -85,16 +76,13 @@ async fn binding_finds_its_budget_when_it_is_created_and_loses_it_when_deleted()
 
 #[tokio::test]
 async fn an_invalid_budget_is_not_ready_until_fixed() {
-    let client = client().await;
-    ensure_crds(&client).await;
-    let ns = TestNamespace::new(&client, "invalid-spec").await;
-    let _operator = Operator::start(&ns.name);
-    let budgets: Api<TokenBudget> = ns.api(&client);
+    let t = Tenant::new("invalid-spec").await;
+    let _operator = Operator::start(&t.ns.name);
 
     // The schema accepts this (CEL has no time zone database), but the operator cannot tell
     // when a period of this zone starts.
-    create(&budgets, budget("money").tokens(1000).timezone("Mars/Olympus_Mons")).await;
-    let tb = wait_for(&budgets, "money", "Ready=False", |tb| {
+    create(&t.budgets, budget("money").tokens(1000).timezone("Mars/Olympus_Mons")).await;
+    let tb = wait_for(&t.budgets, "money", "Ready=False", |tb| {
         budget_condition(tb, "Ready") == Some(("False", "InvalidSpec"))
     })
     .await;
@@ -103,11 +91,11 @@ async fn an_invalid_budget_is_not_ready_until_fixed() {
     assert_eq!(tb.status.as_ref().unwrap().observed_generation, Some(1));
 
     let fix = serde_json::json!({"spec": {"period": {"timezone": "Europe/Berlin"}}});
-    budgets
+    t.budgets
         .patch("money", &PatchParams::default(), &Patch::Merge(&fix))
         .await
         .expect("patched");
-    let tb = wait_for(&budgets, "money", "Ready=True", |tb| {
+    let tb = wait_for(&t.budgets, "money", "Ready=True", |tb| {
         budget_condition(tb, "Ready") == Some(("True", "Reconciled"))
     })
     .await;
@@ -116,16 +104,13 @@ async fn an_invalid_budget_is_not_ready_until_fixed() {
 
 #[tokio::test]
 async fn endpoints_answer_and_sigterm_stops_cleanly() {
-    let client = client().await;
-    ensure_crds(&client).await;
-    let ns = TestNamespace::new(&client, "endpoints").await;
-    let mut operator = Operator::start(&ns.name);
+    let t = Tenant::new("endpoints").await;
+    let mut operator = Operator::start(&t.ns.name);
     operator.wait_ready().await;
     assert_eq!(operator.get("/healthz").expect("healthz").0, 200);
 
-    let budgets: Api<TokenBudget> = ns.api(&client);
-    create(&budgets, budget("b").tokens(10)).await;
-    wait_for(&budgets, "b", "Ready", |tb| budget_condition(tb, "Ready").is_some()).await;
+    create(&t.budgets, budget("b").tokens(10)).await;
+    wait_for(&t.budgets, "b", "Ready", |tb| budget_condition(tb, "Ready").is_some()).await;
     let (code, metrics) = operator.get("/metrics").expect("metrics");
     assert_eq!(code, 200);
     assert!(

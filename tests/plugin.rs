@@ -14,7 +14,7 @@ use std::{
 use common::*;
 use jiff::{SignedDuration, Timestamp};
 use kube::{
-    Api, Client,
+    Api,
     api::{Patch, PatchParams},
 };
 use serde_json::{Value, json};
@@ -168,21 +168,14 @@ async fn starter(api: &Api<TokenBudget>) {
     .await;
 }
 
-async fn setup(test: &str) -> (Client, TestNamespace) {
-    let client = client().await;
-    ensure_crds(&client).await;
-    let ns = TestNamespace::new(&client, test).await;
-    (client, ns)
-}
-
 #[tokio::test]
 async fn status_lists_every_budget_of_the_namespace() {
-    let (client, ns) = setup("plugin-status").await;
-    let api: Api<TokenBudget> = ns.api(&client);
-    research(&api).await;
-    frozen(&api).await;
-    starter(&api).await;
-    create(&api, budget("fresh").tokens(2000)).await;
+    let t = Tenant::new("plugin-status").await;
+    let (api, ns) = (&t.budgets, &t.ns);
+    research(api).await;
+    frozen(api).await;
+    starter(api).await;
+    create(api, budget("fresh").tokens(2000)).await;
 
     let out = ok(&["status", "-n", &ns.name]);
     let lines: Vec<&str> = out.lines().collect();
@@ -252,10 +245,10 @@ async fn status_lists_every_budget_of_the_namespace() {
 
 #[tokio::test]
 async fn status_name_describes_one_budget() {
-    let (client, ns) = setup("plugin-describe").await;
-    let api: Api<TokenBudget> = ns.api(&client);
-    research(&api).await;
-    frozen(&api).await;
+    let t = Tenant::new("plugin-describe").await;
+    let (api, ns) = (&t.budgets, &t.ns);
+    research(api).await;
+    frozen(api).await;
 
     let out = ok(&["status", "research", "-n", &ns.name]);
     for expected in [
@@ -340,11 +333,11 @@ async fn status_name_describes_one_budget() {
 
 #[tokio::test]
 async fn top_ranks_the_workloads_by_tokens() {
-    let (client, ns) = setup("plugin-top").await;
-    let api: Api<TokenBudget> = ns.api(&client);
-    research(&api).await;
-    frozen(&api).await;
-    starter(&api).await;
+    let t = Tenant::new("plugin-top").await;
+    let (api, ns) = (&t.budgets, &t.ns);
+    research(api).await;
+    frozen(api).await;
+    starter(api).await;
 
     let out = ok(&["top", "-n", &ns.name]);
     let rows: Vec<Vec<&str>> = out.lines().map(words).collect();
@@ -372,10 +365,9 @@ async fn top_ranks_the_workloads_by_tokens() {
 
 #[tokio::test]
 async fn all_namespaces_shows_the_namespace_column() {
-    let (client, a) = setup("plugin-all-a").await;
-    let b = TestNamespace::new(&client, "plugin-all-b").await;
-    research(&a.api(&client)).await;
-    starter(&b.api(&client)).await;
+    let (a, b) = (Tenant::new("plugin-all-a").await, Tenant::new("plugin-all-b").await);
+    research(&a.budgets).await;
+    starter(&b.budgets).await;
 
     // Other tests' namespaces may show up too: look only at ours.
     let out = ok(&["status", "-A"]);
@@ -395,11 +387,11 @@ async fn all_namespaces_shows_the_namespace_column() {
         ]
     );
     assert_eq!(
-        row(&out, &[a.name.as_str()])[1..4],
+        row(&out, &[a.ns.name.as_str()])[1..4],
         ["research", "█████████████████░░░", "84%"]
     );
     assert_eq!(
-        row(&out, &[b.name.as_str()])[1..4],
+        row(&out, &[b.ns.name.as_str()])[1..4],
         ["starter", "██░░░░░░░░░░░░░░░░░░", "12%"]
     );
 
@@ -409,9 +401,9 @@ async fn all_namespaces_shows_the_namespace_column() {
         ["NAMESPACE", "BUDGET", "KIND", "NAME", "TOKENS", "SHARE%"]
     );
     assert_eq!(
-        row(&out, &[a.name.as_str(), "research", "Deployment"]),
+        row(&out, &[a.ns.name.as_str(), "research", "Deployment"]),
         [
-            a.name.as_str(),
+            a.ns.name.as_str(),
             "research",
             "Deployment",
             "summarizer",
@@ -420,9 +412,9 @@ async fn all_namespaces_shows_the_namespace_column() {
         ]
     );
     assert_eq!(
-        row(&out, &[b.name.as_str()]),
+        row(&out, &[b.ns.name.as_str()]),
         [
-            b.name.as_str(),
+            b.ns.name.as_str(),
             "starter",
             "StatefulSet",
             "chat-agent",
@@ -459,8 +451,9 @@ fn kubeconfig_in_namespace(namespace: &str) -> PathBuf {
 
 #[tokio::test]
 async fn without_n_the_kubeconfig_context_namespace_is_used() {
-    let (client, ns) = setup("plugin-context-ns").await;
-    starter(&ns.api(&client)).await;
+    let t = Tenant::new("plugin-context-ns").await;
+    let ns = &t.ns;
+    starter(&t.budgets).await;
 
     let path = kubeconfig_in_namespace(&ns.name);
     let out = plugin_with(&["status"], path.to_str().unwrap());
@@ -485,7 +478,8 @@ async fn without_n_the_kubeconfig_context_namespace_is_used() {
 
 #[tokio::test]
 async fn not_found_and_empty_namespaces() {
-    let (_client, ns) = setup("plugin-not-found").await;
+    let t = Tenant::new("plugin-not-found").await;
+    let ns = &t.ns;
 
     let err = fails(plugin(&["status", "nope", "-n", &ns.name]));
     assert_eq!(

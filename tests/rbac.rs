@@ -437,10 +437,10 @@ fn the_log_check_finds_refusals_and_nothing_else() {
 #[tokio::test]
 async fn the_chart_rbac_is_enough_for_everything_the_operator_does_and_no_more() {
     let started = Instant::now();
-    let s = Scenario::install_the_chart_twice().await;
+    let mut s = Scenario::install_the_chart_twice().await;
     eprintln!("rbac: charts installed after {:.1?}", started.elapsed());
     s.create_what_the_operator_will_find().await;
-    let agents = s.run_the_agents().await;
+    s.run_the_agents().await;
     let operator = s.start_the_operator_as_the_charts_service_account();
     let setup = started.elapsed();
 
@@ -448,8 +448,8 @@ async fn the_chart_rbac_is_enough_for_everything_the_operator_does_and_no_more()
     let life = async {
         operator.wait_ready().await;
         s.bind_the_workloads_to_a_budget().await;
-        s.spend_and_see_it_counted(&agents).await;
-        s.exhaust_the_budget(&agents).await;
+        s.spend_and_see_it_counted().await;
+        s.exhaust_the_budget().await;
         s.raise_the_limit().await;
         s.delete_the_budget().await;
     };
@@ -483,111 +483,93 @@ struct Scenario {
     scoped: Release,
     /// The default install: a ClusterRole, for the cluster-wide checks.
     cluster_wide: Release,
-    ns: TestNamespace,
+    /// The namespace the operator watches, and the agents of its pods (as the admin sees it).
+    watched: Tenant,
     elsewhere: TestNamespace,
     /// Where the releases are installed.
     _system: TestNamespace,
-    admin: Client,
-    pods: Api<Pod>,
-    deployments: Api<Deployment>,
     jobs: Api<Job>,
-    budgets: Api<TokenBudget>,
-    bindings: Api<BudgetBinding>,
     quotas: Api<ResourceQuota>,
-    events: Api<Event>,
     cron_jobs: Api<DynamicObject>,
 }
 
 impl Scenario {
     async fn install_the_chart_twice() -> Self {
-        let admin = client().await;
-        ensure_crds(&admin).await;
-        let ns = TestNamespace::new(&admin, "rbac").await;
-        let elsewhere = TestNamespace::new(&admin, "rbac-elsewhere").await;
-        let system = TestNamespace::new(&admin, "rbac-release").await;
+        let watched = Tenant::new("rbac").await;
+        let admin = &watched.client;
+        let elsewhere = TestNamespace::new(admin, "rbac-elsewhere").await;
+        let system = TestNamespace::new(admin, "rbac-release").await;
         let id = std::process::id();
-        let scoped = Release::install(&format!("rbac-{id}-ns"), &system.name, Some(&ns.name));
+        let scoped = Release::install(&format!("rbac-{id}-ns"), &system.name, Some(&watched.ns.name));
         let cluster_wide = Release::install(&format!("rbac-{id}-all"), &system.name, None);
         let cron_resource = ApiResource::erase::<CronJob>(&());
         Scenario {
             scoped,
             cluster_wide,
-            pods: ns.api(&admin),
-            deployments: ns.api(&admin),
-            jobs: ns.api(&admin),
-            budgets: ns.api(&admin),
-            bindings: ns.api(&admin),
-            quotas: ns.api(&admin),
-            events: ns.api(&admin),
-            cron_jobs: Api::namespaced_with(admin.clone(), &ns.name, &cron_resource),
-            ns,
+            jobs: watched.api(),
+            quotas: watched.api(),
+            cron_jobs: Api::namespaced_with(admin.clone(), &watched.ns.name, &cron_resource),
             elsewhere,
             _system: system,
-            admin,
+            watched,
         }
     }
 
     /// A Deployment, a Job and a CronJob, a Secret it must not read, and in another namespace
     /// a Deployment it must not touch.
     async fn create_what_the_operator_will_find(&self) {
-        create(&self.deployments, deployment("agent")).await;
+        create(&self.watched.deployments, deployment("agent")).await;
         create(&self.jobs, job("batch").parallelism(1).completions(5)).await;
-        create(&self.ns.api::<CronJob>(&self.admin), cron_job("nightly")).await;
+        create(&self.watched.api::<CronJob>(), cron_job("nightly")).await;
         let secret: Secret =
             serde_json::from_value(json!({"metadata": {"name": "credentials"}, "stringData": {"key": "sk-secret"}}))
                 .unwrap();
-        create(&self.ns.api::<Secret>(&self.admin), secret).await;
+        create(&self.watched.api::<Secret>(), secret).await;
         create(
-            &self.elsewhere.api::<Deployment>(&self.admin),
+            &self.elsewhere.api::<Deployment>(&self.watched.client),
             deployment("bystander").replicas(0),
         )
         .await;
     }
 
     /// Plays the kubelet for the pod of the Deployment and the pod of the Job: an agent each.
-    async fn run_the_agents(&self) -> Vec<Agent> {
-        let mut agents = Vec::new();
+    async fn run_the_agents(&mut self) {
         for app in ["agent", "batch"] {
-            for pod in pods_of(&self.pods, app, 1).await {
-                let agent = Agent::start(&agent_ip(), &[]);
-                run_pod(&self.pods, &pod, &agent.ip, 0).await;
-                agents.push(agent);
-            }
+            self.watched.run_pods(app, 1).await;
         }
-        agents
     }
 
     /// The operator, as the chart's ServiceAccount of the namespace-scoped install.
     fn start_the_operator_as_the_charts_service_account(&self) -> Operator {
         let kubeconfig = self.scoped.kubeconfig.to_str().unwrap();
-        Operator::start_with_env(&self.ns.name, &[("KUBECONFIG", kubeconfig)])
+        Operator::start_with_env(&self.watched.ns.name, &[("KUBECONFIG", kubeconfig)])
     }
 
     async fn bind_the_workloads_to_a_budget(&self) {
-        create(&self.budgets, research(1000)).await;
+        create(&self.watched.budgets, research(1000)).await;
         let bb = binding("agents", "research")
             .deployment("agent")
             .named(WorkloadKind::Job, "batch")
             .named(WorkloadKind::CronJob, "nightly");
-        create(&self.bindings, bb).await;
+        create(&self.watched.bindings, bb).await;
     }
 
     /// Spends through an agent: usage counted into the budget's and the binding's status; the
     /// quota created, owned by the budget; workloads and pods marked (pods patched).
-    async fn spend_and_see_it_counted(&self, agents: &[Agent]) {
+    async fn spend_and_see_it_counted(&self) {
         // The pods ran before their binding: their first scrape is their baseline (accounting rule 3).
-        wait_for(&self.bindings, "agents", "both pods scraped", |bb| {
+        wait_for(&self.watched.bindings, "agents", "both pods scraped", |bb| {
             bb.status.as_ref().and_then(|s| s.scraped_pods) == Some(2)
         })
         .await;
-        agents[0].spend("gpt-4o-mini", 100, 20);
-        let tb = wait_for(&self.budgets, "research", "120 tokens counted", |tb| {
+        self.watched.agents[0].spend("gpt-4o-mini", 100, 20);
+        let tb = wait_for(&self.watched.budgets, "research", "120 tokens counted", |tb| {
             tb.status.as_ref().and_then(|s| s.used.as_ref()).map(|u| u.tokens) == Some(120)
         })
         .await;
         assert_eq!(tb.status.as_ref().unwrap().phase, Some(BudgetPhase::Active));
         assert!(tb.finalizers().iter().any(|f| f == FINALIZER), "{:?}", tb.finalizers());
-        wait_for(&self.bindings, "agents", "the binding's usedTokens", |bb| {
+        wait_for(&self.watched.bindings, "agents", "the binding's usedTokens", |bb| {
             bb.status.as_ref().and_then(|s| s.used_tokens) == Some(120)
         })
         .await;
@@ -603,8 +585,8 @@ impl Scenario {
             "{:?}",
             quota.owner_references()
         );
-        let agent_pod = pods_of(&self.pods, "agent", 1).await.remove(0);
-        wait_for(&self.pods, &agent_pod, "the agent's pod marked ok", |p| {
+        let agent_pod = pods_of(&self.watched.pods, "agent", 1).await.remove(0);
+        wait_for(&self.watched.pods, &agent_pod, "the agent's pod marked ok", |p| {
             annotation(&p.metadata, STATE) == Some("ok")
         })
         .await;
@@ -612,9 +594,9 @@ impl Scenario {
 
     /// Spends past the limit. Exhausted: quota frozen, Deployment to 0, Job and CronJob paused,
     /// Events.
-    async fn exhaust_the_budget(&self, agents: &[Agent]) {
-        agents[1].spend("gpt-4o-mini", 500, 400);
-        wait_for(&self.budgets, "research", "phase Exhausted", |tb| {
+    async fn exhaust_the_budget(&self) {
+        self.watched.agents[1].spend("gpt-4o-mini", 500, 400);
+        wait_for(&self.watched.budgets, "research", "phase Exhausted", |tb| {
             tb.status.as_ref().and_then(|s| s.phase) == Some(BudgetPhase::Exhausted)
         })
         .await;
@@ -622,7 +604,7 @@ impl Scenario {
             quota_pods(q) == Some("0")
         })
         .await;
-        let d = wait_for(&self.deployments, "agent", "the Deployment scaled to 0", |d| {
+        let d = wait_for(&self.watched.deployments, "agent", "the Deployment scaled to 0", |d| {
             d.spec.replicas == Some(0)
         })
         .await;
@@ -633,13 +615,13 @@ impl Scenario {
         .await;
         poll("the CronJob suspended", || self.cron_suspend(true)).await;
         for reason in ["Exhausted", "ScaledDown"] {
-            wait_event(&self.events, &format!("a {reason} Event"), |e| {
+            wait_event(&self.watched.events, &format!("a {reason} Event"), |e| {
                 e.reason.as_deref() == Some(reason) && e.reporting_controller.as_deref() == Some("tokenbudget-operator")
             })
             .await;
         }
         wait_for(
-            &self.budgets,
+            &self.watched.budgets,
             "research",
             "three workloads enforced, the quota in status",
             |tb| {
@@ -656,21 +638,17 @@ impl Scenario {
 
     /// The limit raised: everything restored, the quota thawed.
     async fn raise_the_limit(&self) {
-        self.budgets
-            .patch(
-                "research",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"limits": {"tokens": 1_000_000}}})),
-            )
-            .await
-            .unwrap();
+        set_token_limit(&self.watched.budgets, "research", 1_000_000).await;
         wait_for(&self.quotas, "tokenbudget-research", "the quota thawed", |q| {
             quota_pods(q) == Some("10")
         })
         .await;
-        wait_for(&self.deployments, "agent", "the Deployment restored to 1", |d| {
-            d.spec.replicas == Some(1) && annotation(&d.metadata, PAUSED_REPLICAS).is_none()
-        })
+        wait_for(
+            &self.watched.deployments,
+            "agent",
+            "the Deployment restored to 1",
+            |d| d.spec.replicas == Some(1) && annotation(&d.metadata, PAUSED_REPLICAS).is_none(),
+        )
         .await;
         wait_for(&self.jobs, "batch", "the Job resumed", |j| {
             let spec = j.spec.as_ref();
@@ -678,29 +656,34 @@ impl Scenario {
         })
         .await;
         poll("the CronJob resumed", || self.cron_suspend(false)).await;
-        wait_event(&self.events, "a Restored Event", |e| {
+        wait_event(&self.watched.events, "a Restored Event", |e| {
             e.reason.as_deref() == Some("Restored") && e.reporting_controller.as_deref() == Some("tokenbudget-operator")
         })
         .await;
-        wait_for(&self.budgets, "research", "phase Active, nothing enforced", |tb| {
-            tb.status
-                .as_ref()
-                .is_some_and(|s| s.phase == Some(BudgetPhase::Active) && s.enforced.is_empty())
-        })
+        wait_for(
+            &self.watched.budgets,
+            "research",
+            "phase Active, nothing enforced",
+            |tb| {
+                tb.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == Some(BudgetPhase::Active) && s.enforced.is_empty())
+            },
+        )
         .await;
     }
 
     /// The budget deleted: the finalizer restores, deletes the quota, and lets go.
     async fn delete_the_budget(&self) {
-        delete(&self.budgets, "research").await;
+        delete(&self.watched.budgets, "research").await;
         wait_gone(
-            &self.budgets,
+            &self.watched.budgets,
             "research",
             "the budget to be gone (its finalizer released)",
         )
         .await;
         wait_gone(&self.quotas, "tokenbudget-research", "the quota to be gone").await;
-        wait_for(&self.deployments, "agent", "the Deployment unmarked", |d| {
+        wait_for(&self.watched.deployments, "agent", "the Deployment unmarked", |d| {
             d.metadata.annotations.as_ref().is_none_or(|a| !a.contains_key(BUDGET))
         })
         .await;
@@ -722,6 +705,7 @@ impl Scenario {
         if let Err(panic) = outcome {
             // The operator is gone: its finalizer must not keep the namespace from being deleted.
             let _ = self
+                .watched
                 .budgets
                 .patch_metadata(
                     "research",
@@ -752,19 +736,19 @@ impl Scenario {
     /// never does; the namespace-scoped one refused everything in another namespace. Returns
     /// what each was refused.
     async fn check_the_rest_is_refused(&self) -> (Refusals, Refusals) {
-        let pod = pods_of(&self.pods, "agent", 1).await.remove(0);
-        let agent = self.deployments.get("agent").await.unwrap();
+        let pod = pods_of(&self.watched.pods, "agent", 1).await.remove(0);
+        let agent = self.watched.deployments.get("agent").await.unwrap();
         let mut checks = Refusals {
             user: self.scoped.user(),
             seen: Vec::new(),
         };
-        refused_in_namespace(&self.scoped, &self.ns.name, &agent, &pod, &mut checks).await;
+        refused_in_namespace(&self.scoped, &self.watched.ns.name, &agent, &pod, &mut checks).await;
         refused_elsewhere(&self.scoped, &self.elsewhere.name, &mut checks).await;
         let mut wide = Refusals {
             user: self.cluster_wide.user(),
             seen: Vec::new(),
         };
-        refused_in_namespace(&self.cluster_wide, &self.ns.name, &agent, &pod, &mut wide).await;
+        refused_in_namespace(&self.cluster_wide, &self.watched.ns.name, &agent, &pod, &mut wide).await;
         let all_secrets: Api<Secret> = Api::all(self.cluster_wide.client().await);
         wide.expect(
             "list Secrets in all namespaces",

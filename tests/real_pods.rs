@@ -16,12 +16,9 @@ use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{Node, Pod},
 };
-use kube::{
-    Api, Client,
-    api::{ListParams, Patch, PatchParams},
-};
+use kube::{Api, Client, api::ListParams};
 use tokenbudget::{
-    api::{BudgetBinding, BudgetPhase, EnforcementAction::ScaleDown, TokenBudget},
+    api::{BudgetPhase, EnforcementAction::ScaleDown, TokenBudget},
     enforce::PAUSED_REPLICAS,
 };
 
@@ -116,31 +113,12 @@ fn agent_deployment(name: &str, replicas: i32, drain: &str) -> Deployment {
         .build()
 }
 
-struct Scenario {
-    /// Deleted when the test ends.
-    _ns: TestNamespace,
-    _operator: Operator,
-    budgets: Api<TokenBudget>,
-    bindings: Api<BudgetBinding>,
-    pods: Api<Pod>,
-    deployments: Api<Deployment>,
-}
-
-impl Scenario {
-    async fn new(test: &str) -> Self {
-        let client = client().await;
-        require_node(&client).await;
-        ensure_crds(&client).await;
-        let ns = TestNamespace::new(&client, test).await;
-        let operator = Operator::start(&ns.name);
-        Scenario {
-            budgets: ns.api(&client),
-            bindings: ns.api(&client),
-            pods: ns.api(&client),
-            deployments: ns.api(&client),
-            _ns: ns,
-            _operator: operator,
-        }
+impl Tenant {
+    /// A namespace with the operator watching it, on a cluster with a node to run the pods.
+    async fn on_a_node(test: &str) -> Self {
+        let tenant = Tenant::new(test).await;
+        require_node(&tenant.client).await;
+        tenant.with_operator()
     }
 
     async fn create_budget(&self, budget: BudgetBuilder) {
@@ -203,7 +181,7 @@ fn spend(pod: &Pod, model: &str, input: u64, output: u64) {
 
 #[tokio::test]
 async fn two_real_replicas_are_counted_exactly() {
-    let s = Scenario::new("real-accounting").await;
+    let s = Tenant::on_a_node("real-accounting").await;
     s.create_budget(budget("b")).await;
     s.create_binding(binding("bb", "b").deployment("agent")).await;
     s.deploy("agent", 2, "0s").await;
@@ -230,7 +208,7 @@ async fn two_real_replicas_are_counted_exactly() {
 
 #[tokio::test]
 async fn a_real_crash_counts_both_containers_once() {
-    let s = Scenario::new("real-crash").await;
+    let s = Tenant::on_a_node("real-crash").await;
     s.create_budget(budget("b")).await;
     s.create_binding(binding("bb", "b").deployment("agent")).await;
     s.deploy("agent", 1, "0s").await;
@@ -283,7 +261,7 @@ async fn a_real_crash_counts_both_containers_once() {
 
 #[tokio::test]
 async fn a_deleted_pod_gets_sigterm_and_its_last_tokens_count() {
-    let s = Scenario::new("real-sigterm").await;
+    let s = Tenant::on_a_node("real-sigterm").await;
     // The pod runs before it is bound: its counter at the first scrape is its baseline.
     s.deploy("agent", 1, "5s").await;
     let pod = s.serving_pods("agent", 1).await.remove(0);
@@ -310,7 +288,7 @@ async fn a_deleted_pod_gets_sigterm_and_its_last_tokens_count() {
 
 #[tokio::test]
 async fn scale_down_stops_the_real_pods_and_a_raised_limit_brings_them_back() {
-    let s = Scenario::new("real-scale-down").await;
+    let s = Tenant::on_a_node("real-scale-down").await;
     s.create_budget(budget("b").tokens(1000).action(ScaleDown)).await;
     s.create_binding(binding("bb", "b").deployment("agent")).await;
     s.deploy("agent", 2, "0s").await;
@@ -340,14 +318,7 @@ async fn scale_down_stops_the_real_pods_and_a_raised_limit_brings_them_back() {
     );
 
     // Room again: the old replica count comes back, on new real pods.
-    s.budgets
-        .patch(
-            "b",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"limits": {"tokens": 5000}}})),
-        )
-        .await
-        .unwrap();
+    set_token_limit(&s.budgets, "b", 5000).await;
     // The scale and the annotation are two writes: restored once both are.
     wait_for(&s.deployments, "agent", "the Deployment restored to 2", |d| {
         d.spec.replicas == Some(2) && annotation(&d.metadata, PAUSED_REPLICAS).is_none()
