@@ -531,7 +531,9 @@ async fn run(client: &Client, fixture: &Fixture, n: usize, options: &Options) ->
     deployments
         .create(
             &PostParams::default(),
-            &deployment(&app, i32::try_from(options.replicas).expect("a replica count")),
+            &deployment(&app)
+                .replicas(i32::try_from(options.replicas).expect("a replica count"))
+                .build(),
         )
         .await
         .unwrap_or_else(|e| panic!("creating Deployment {app}: {e}"));

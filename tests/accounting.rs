@@ -5,12 +5,9 @@
 mod common;
 
 use common::*;
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
-use kube::{
-    Api,
-    api::{Patch, PatchParams, PostParams},
-};
-use tokenbudget::api::{BudgetBinding, TokenBudget};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Patch, PatchParams};
+use tokenbudget::api::{BudgetBinding, ResetPeriod, TokenBudget, WorkloadKind};
 
 fn used(tb: &TokenBudget) -> i64 {
     tb.status
@@ -26,44 +23,12 @@ fn used_of(status: &tokenbudget::api::TokenBudgetStatus) -> (i64, i64, i64) {
         .map_or((-1, -1, -1), |u| (u.tokens, u.input, u.output))
 }
 
-fn budget(name: &str, tokens: i64) -> TokenBudget {
-    serde_yaml::from_str(&format!(
-        "apiVersion: tokenbudget.io/v1alpha1\nkind: TokenBudget\nmetadata: {{name: {name}}}\n\
-         spec: {{limits: {{tokens: {tokens}}}, thresholds: [50, 90], \
-         pricing: [{{model: gpt-4o-mini, input: '0.15', output: '0.60'}}]}}"
-    ))
-    .unwrap()
+/// The budgets of these tests: thresholds at 50% and 90%, and a price for gpt-4o-mini.
+fn priced(name: &str) -> BudgetBuilder {
+    budget(name).thresholds(&[50, 90]).price("gpt-4o-mini", "0.15", "0.60")
 }
 
-fn binding(name: &str, budget: &str, workload: &str, interval: &str) -> BudgetBinding {
-    binding_of(name, budget, &[workload], interval)
-}
-
-/// A binding of the named Deployments, scraped at port `metrics` with a 1 s timeout.
-fn binding_of(name: &str, budget: &str, workloads: &[&str], interval: &str) -> BudgetBinding {
-    let workloads: Vec<String> = workloads
-        .iter()
-        .map(|w| format!("{{kind: Deployment, name: {w}}}"))
-        .collect();
-    serde_yaml::from_str(&format!(
-        "apiVersion: tokenbudget.io/v1alpha1\nkind: BudgetBinding\nmetadata: {{name: {name}}}\n\
-         spec: {{budgetRef: {{name: {budget}}}, workloads: [{}], \
-         metrics: {{port: metrics, interval: {interval}, timeout: 1s}}}}",
-        workloads.join(", ")
-    ))
-    .unwrap()
-}
-
-struct Scenario {
-    client: kube::Client,
-    ns: TestNamespace,
-    operator: Option<Operator>,
-    budgets: Api<TokenBudget>,
-    bindings: Api<BudgetBinding>,
-    pods: Api<Pod>,
-}
-
-impl Scenario {
+impl Tenant {
     /// Waits for a cycle of the binding's budget that started more than `after` from now:
     /// once the cycles running now are over, what it says is what full cycles say.
     async fn wait_cycle_after(&self, binding: &str, after: jiff::SignedDuration) -> BudgetBinding {
@@ -78,33 +43,10 @@ impl Scenario {
         .await
     }
 
-    /// A namespace with the operator binary running in it.
-    async fn new(test: &str) -> Self {
-        let mut s = Self::without_operator(test).await;
-        s.operator = Some(Operator::start(&s.ns.name));
-        s
-    }
-
-    /// A namespace; the test starts an operator itself.
-    async fn without_operator(test: &str) -> Self {
-        let client = client().await;
-        ensure_crds(&client).await;
-        let ns = TestNamespace::new(&client, test).await;
-        let operator = None;
-        Scenario {
-            budgets: ns.api(&client),
-            bindings: ns.api(&client),
-            pods: ns.api(&client),
-            client,
-            ns,
-            operator,
-        }
-    }
-
     /// A Deployment with `replicas` pods, each running an agent; returns (pod name, agent).
     async fn deploy(&self, name: &str, replicas: i32) -> Vec<(String, Agent)> {
         let agents: Vec<Option<&[&str]>> = vec![Some(&[]); replicas as usize];
-        self.deploy_agents(deployment(name, replicas), &agents)
+        self.deploy_agents(deployment(name).replicas(replicas), &agents)
             .await
             .into_iter()
             .map(|(pod, agent)| (pod, agent.expect("every pod runs")))
@@ -114,10 +56,13 @@ impl Scenario {
     /// Creates `deployment` and plays the kubelet for its pods, in name order: one agent-sim
     /// per entry of `agents`, with those arguments (`[]` for a well-behaved agent, `--hostile
     /// MODE` for a broken endpoint); `None` leaves the pod Pending without an IP.
-    async fn deploy_agents(&self, deployment: Deployment, agents: &[Option<&[&str]>]) -> Vec<(String, Option<Agent>)> {
+    async fn deploy_agents(
+        &self,
+        deployment: impl Into<Deployment>,
+        agents: &[Option<&[&str]>],
+    ) -> Vec<(String, Option<Agent>)> {
+        let deployment = create(&self.deployments, deployment).await;
         let name = deployment.metadata.name.clone().expect("named");
-        let deployments: Api<Deployment> = self.ns.api(&self.client);
-        deployments.create(&PostParams::default(), &deployment).await.unwrap();
         let mut pods = Vec::new();
         for (pod, args) in pods_of(&self.pods, &name, agents.len()).await.into_iter().zip(agents) {
             let agent = args.map(|args| Agent::start(&agent_ip(), args));
@@ -142,18 +87,9 @@ impl Scenario {
 
 #[tokio::test]
 async fn usage_appears_in_the_status_and_in_kubectl_get() {
-    let s = Scenario::new("usage").await;
-    s.budgets
-        .create(&PostParams::default(), &budget("research", 10_000))
-        .await
-        .unwrap();
-    s.bindings
-        .create(
-            &PostParams::default(),
-            &binding("summarizer", "research", "summarizer", "1s"),
-        )
-        .await
-        .unwrap();
+    let s = Tenant::new("usage").await.with_operator();
+    create(&s.budgets, priced("research").tokens(10_000)).await;
+    create(&s.bindings, binding("summarizer", "research").deployment("summarizer")).await;
     let agents = s.deploy("summarizer", 2).await;
     agents[0].1.spend("gpt-4o-mini", 1000, 200);
     agents[1].1.spend("other-model", 300, 0);
@@ -229,15 +165,9 @@ async fn usage_appears_in_the_status_and_in_kubectl_get() {
 
 #[tokio::test]
 async fn restarts_count_exactly_and_a_killed_operator_continues_where_it_left_off() {
-    let mut s = Scenario::new("restarts").await;
-    s.budgets
-        .create(&PostParams::default(), &budget("b", 1_000_000))
-        .await
-        .unwrap();
-    s.bindings
-        .create(&PostParams::default(), &binding("bb", "b", "agent", "1s"))
-        .await
-        .unwrap();
+    let mut s = Tenant::new("restarts").await.with_operator();
+    create(&s.budgets, priced("b")).await;
+    create(&s.bindings, binding("bb", "b").deployment("agent")).await;
     let agents = s.deploy("agent", 1).await;
     let (pod, agent) = &agents[0];
     agent.spend("gpt-4o-mini", 100, 0);
@@ -274,21 +204,11 @@ async fn restarts_count_exactly_and_a_killed_operator_continues_where_it_left_of
 
 #[tokio::test]
 async fn a_sidecar_restart_does_not_count_the_agent_again() {
-    let s = Scenario::new("sidecar").await;
-    s.budgets
-        .create(&PostParams::default(), &budget("b", 1_000_000))
-        .await
-        .unwrap();
-    s.bindings
-        .create(&PostParams::default(), &binding("bb", "b", "agent", "1s"))
-        .await
-        .unwrap();
+    let s = Tenant::new("sidecar").await.with_operator();
+    create(&s.budgets, priced("b")).await;
+    create(&s.bindings, binding("bb", "b").deployment("agent")).await;
     // The agent declares the metrics port; a proxy sidecar next to it does not.
-    let mut with_sidecar = deployment("agent", 1);
-    let template = with_sidecar.spec.template.spec.as_mut().unwrap();
-    template
-        .containers
-        .push(serde_json::from_value(serde_json::json!({"name": "proxy", "image": "proxy"})).unwrap());
+    let with_sidecar = deployment("agent").sidecar("proxy", "proxy");
     let agents = s.deploy_agents(with_sidecar, &[Some(&[])]).await;
     let (pod, agent) = (&agents[0].0, agents[0].1.as_ref().unwrap());
     agent.spend("gpt-4o-mini", 100, 0);
@@ -334,22 +254,13 @@ async fn a_sidecar_restart_does_not_count_the_agent_again() {
 
 #[tokio::test]
 async fn two_bindings_on_one_pod_count_it_once() {
-    let s = Scenario::new("dedup").await;
-    s.budgets
-        .create(&PostParams::default(), &budget("b", 1_000_000))
-        .await
-        .unwrap();
-    s.bindings
-        .create(&PostParams::default(), &binding("first", "b", "agent", "1s"))
-        .await
-        .unwrap();
-    let by_label: BudgetBinding = serde_yaml::from_str(
-        "apiVersion: tokenbudget.io/v1alpha1\nkind: BudgetBinding\nmetadata: {name: second}\n\
-         spec: {budgetRef: {name: b}, workloads: [{kind: Deployment, selector: {matchLabels: {team: research}}}], \
-         metrics: {port: 9464, interval: 1s, timeout: 1s}}",
-    )
-    .unwrap();
-    s.bindings.create(&PostParams::default(), &by_label).await.unwrap();
+    let s = Tenant::new("dedup").await.with_operator();
+    create(&s.budgets, priced("b")).await;
+    create(&s.bindings, binding("first", "b").deployment("agent")).await;
+    let by_label = binding("second", "b")
+        .selecting(WorkloadKind::Deployment, &[("team", "research")])
+        .port(9464);
+    create(&s.bindings, by_label).await;
     let agents = s.deploy("agent", 1).await;
     agents[0].1.spend("gpt-4o-mini", 40, 2);
     s.wait_used("b", 42).await;
@@ -399,11 +310,8 @@ const fn bad(agent: Option<&'static [&'static str]>, reason: &'static str) -> Ro
 
 #[tokio::test]
 async fn hostile_endpoints_are_reported_and_never_corrupt_the_usage() {
-    let s = Scenario::new("hostile").await;
-    s.budgets
-        .create(&PostParams::default(), &budget("b", 1_000_000))
-        .await
-        .unwrap();
+    let s = Tenant::new("hostile").await.with_operator();
+    create(&s.budgets, priced("b")).await;
     // Every `used` the API server holds, from the start: none may ever be a wrong total.
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let recorder = tokio::spawn({
@@ -432,18 +340,17 @@ async fn hostile_endpoints_are_reported_and_never_corrupt_the_usage() {
         ("stalling", &["stalling"]),
         ("values", &["values"]),
     ] {
-        s.bindings
-            .create(&PostParams::default(), &binding_of(name, "b", workloads, "1s"))
-            .await
-            .unwrap();
+        let bb = workloads.iter().fold(binding(name, "b"), |bb, w| bb.deployment(w));
+        create(&s.bindings, bb).await;
     }
-    let mut portless = deployment("portless", 3);
-    let template = portless.spec.template.spec.as_mut().unwrap();
-    template.containers[0].ports.as_mut().unwrap()[0].name = Some("http".into());
     let deployments: [(Deployment, &str, Vec<Role>); 4] = [
-        (deployment("counting", 2), "counting", vec![good(), good()]),
         (
-            portless,
+            deployment("counting").replicas(2).build(),
+            "counting",
+            vec![good(), good()],
+        ),
+        (
+            deployment("portless").replicas(3).metrics_port_name("http").build(),
             "counting",
             vec![
                 bad(Some(&[]), "no container of the pod has a port named \"metrics\""),
@@ -452,7 +359,7 @@ async fn hostile_endpoints_are_reported_and_never_corrupt_the_usage() {
             ],
         ),
         (
-            deployment("stalling", 4),
+            deployment("stalling").replicas(4).build(),
             "stalling",
             vec![
                 bad(Some(&["--hostile", "big-body"]), "body larger than 16777216 bytes"),
@@ -465,7 +372,7 @@ async fn hostile_endpoints_are_reported_and_never_corrupt_the_usage() {
             ],
         ),
         (
-            deployment("values", 4),
+            deployment("values").replicas(4).build(),
             "values",
             vec![
                 bad(
@@ -544,10 +451,9 @@ async fn hostile_endpoints_are_reported_and_never_corrupt_the_usage() {
         .await;
     }
     // And one Warning Event per bad pod, on its binding.
-    let events: Api<k8s_openapi::api::events::v1::Event> = s.ns.api(&s.client);
     for (binding, pod, reason) in &expected {
         let note = format!("pod {pod}: {reason}");
-        let event = wait_event(&events, &format!("a ScrapeFailed Event {note:?}"), |e| {
+        let event = wait_event(&s.events, &format!("a ScrapeFailed Event {note:?}"), |e| {
             e.reason.as_deref() == Some("ScrapeFailed") && e.note.as_deref().is_some_and(|n| n.starts_with(&note))
         })
         .await;
@@ -575,7 +481,8 @@ async fn hostile_endpoints_are_reported_and_never_corrupt_the_usage() {
     };
     let healthy = st.conditions.iter().find(|c| c.type_ == "ScrapeHealthy").unwrap();
     assert!(!healthy.message.contains(pending.as_str()), "{}", healthy.message);
-    let named = events
+    let named = s
+        .events
         .list(&Default::default())
         .await
         .unwrap()
@@ -647,23 +554,18 @@ async fn the_operator_wakes_for_the_period_boundary_itself() {
     use jiff::{RoundMode, SignedDuration, Timestamp, TimestampRound, Unit};
     // Time from the operator's start to the boundary: enough to start, scrape, spend, scrape.
     const LEAD: SignedDuration = SignedDuration::from_secs(20);
-    let s = Scenario::without_operator("boundary").await;
-    let hourly: TokenBudget = serde_yaml::from_str(
-        "apiVersion: tokenbudget.io/v1alpha1\nkind: TokenBudget\nmetadata: {name: b}\n\
-         spec: {limits: {tokens: 1000000}, period: {reset: Hourly}}",
-    )
-    .unwrap();
-    s.budgets.create(&PostParams::default(), &hourly).await.unwrap();
+    let s = Tenant::new("boundary").await;
+    create(&s.budgets, budget("b").period(ResetPeriod::Hourly)).await;
     // An interval far beyond the test: only the boundary itself can wake the budget at the
     // boundary (nothing else changes in the namespace).
-    s.bindings
-        .create(&PostParams::default(), &binding("bb", "b", "agent", "1h"))
-        .await
-        .unwrap();
+    create(&s.bindings, binding("bb", "b").deployment("agent").interval("1h")).await;
     // One agent, and one endpoint that never answers: every cycle lasts the binding's timeout,
     // and the wake-up must still come at the boundary, not a cycle's length after it.
     let agents = s
-        .deploy_agents(deployment("agent", 2), &[Some(&[]), Some(&["--hostile", "silent"])])
+        .deploy_agents(
+            deployment("agent").replicas(2),
+            &[Some(&[]), Some(&["--hostile", "silent"])],
+        )
         .await;
     let agent = agents[0].1.as_ref().unwrap();
 
@@ -707,8 +609,7 @@ async fn the_operator_wakes_for_the_period_boundary_itself() {
         instant(status.resets_at.as_ref()),
         Some(boundary + SignedDuration::from_hours(1))
     );
-    let events: Api<k8s_openapi::api::events::v1::Event> = s.ns.api(&s.client);
-    let reset = wait_event(&events, "a PeriodReset Event", |e| {
+    let reset = wait_event(&s.events, "a PeriodReset Event", |e| {
         e.reason.as_deref() == Some("PeriodReset")
     })
     .await;
@@ -748,16 +649,10 @@ async fn the_operator_wakes_for_the_period_boundary_itself() {
 
 #[tokio::test]
 async fn a_terminating_pod_is_scraped_once_more_at_once() {
-    let s = Scenario::new("terminating").await;
-    s.budgets
-        .create(&PostParams::default(), &budget("b", 1_000_000))
-        .await
-        .unwrap();
+    let s = Tenant::new("terminating").await.with_operator();
+    create(&s.budgets, priced("b")).await;
     // A long interval: only the terminating trigger can make the last tokens count quickly.
-    s.bindings
-        .create(&PostParams::default(), &binding("bb", "b", "agent", "10m"))
-        .await
-        .unwrap();
+    create(&s.bindings, binding("bb", "b").deployment("agent").interval("10m")).await;
     let agents = s.deploy("agent", 1).await;
     let (pod, agent) = &agents[0];
     // The first scrape (a new pod wakes nothing by itself: the binding's creation did) ...

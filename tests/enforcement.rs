@@ -7,94 +7,21 @@ mod common;
 
 use common::*;
 use k8s_openapi::api::{
-    apps::v1::{Deployment, StatefulSet},
-    core::v1::{Pod, ResourceQuota},
+    apps::v1::StatefulSet,
+    batch::v1::{CronJob, Job},
+    core::v1::ResourceQuota,
     events::v1::Event,
 };
 use kube::{
     Api,
-    api::{Patch, PatchParams, PostParams},
+    api::{Patch, PatchParams},
 };
 use tokenbudget::{
-    api::{BudgetBinding, BudgetPhase, TokenBudget},
+    api::{BudgetPhase, EnforcementAction::ScaleDown, TokenBudget, WorkloadKind},
     enforce::{BUDGET, PAUSED_REPLICAS, STATE, SUSPENDED},
 };
 
-fn annotation<'a>(meta: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, key: &str) -> Option<&'a str> {
-    meta.annotations.as_ref()?.get(key).map(String::as_str)
-}
-
-fn phase(tb: &TokenBudget) -> Option<BudgetPhase> {
-    tb.status.as_ref()?.phase
-}
-
-fn statefulset(name: &str, replicas: i32) -> StatefulSet {
-    serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name, "labels": {"app": name, "team": "research"}},
-        "spec": {
-            "replicas": replicas,
-            "serviceName": name,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{
-                    "name": "agent", "image": "agent:latest",
-                    "ports": [{"name": "metrics", "containerPort": 9464}]
-                }]}
-            }
-        }
-    }))
-    .unwrap()
-}
-
-struct Scenario {
-    client: kube::Client,
-    ns: TestNamespace,
-    _operator: Operator,
-    budgets: Api<TokenBudget>,
-    bindings: Api<BudgetBinding>,
-    pods: Api<Pod>,
-    deployments: Api<Deployment>,
-    events: Api<Event>,
-    agents: Vec<Agent>,
-}
-
-impl Scenario {
-    async fn new(test: &str) -> Self {
-        let client = client().await;
-        ensure_crds(&client).await;
-        let ns = TestNamespace::new(&client, test).await;
-        let operator = Operator::start(&ns.name);
-        Scenario {
-            budgets: ns.api(&client),
-            bindings: ns.api(&client),
-            pods: ns.api(&client),
-            deployments: ns.api(&client),
-            events: ns.api(&client),
-            client,
-            ns,
-            _operator: operator,
-            agents: Vec::new(),
-        }
-    }
-
-    /// Plays the kubelet for the `count` pods labelled `app`: each gets an agent of its own.
-    /// Returns the index of the first new agent.
-    async fn run_pods(&mut self, app: &str, count: usize) -> usize {
-        let first = self.agents.len();
-        for pod in pods_of(&self.pods, app, count).await {
-            let agent = Agent::start(&agent_ip(), &[]);
-            run_pod(&self.pods, &pod, &agent.ip, 0).await;
-            self.agents.push(agent);
-        }
-        first
-    }
-
-    async fn apply(&self, yaml: &str) {
-        let out = kubectl(&["apply", "-n", &self.ns.name, "-f", "-"], Some(yaml));
-        assert!(out.status.success(), "kubectl apply: {}", text(&out.stderr));
-    }
-
+impl Tenant {
     async fn wait_budget(&self, name: &str, what: &str, cond: impl Fn(&TokenBudget) -> bool) -> TokenBudget {
         wait_for(&self.budgets, name, what, cond).await
     }
@@ -112,43 +39,24 @@ impl Scenario {
     }
 }
 
-fn budget_yaml(name: &str, tokens: i64, extra: &str) -> String {
-    format!(
-        "apiVersion: tokenbudget.io/v1alpha1\nkind: TokenBudget\nmetadata: {{name: {name}}}\n\
-         spec:\n  limits: {{tokens: {tokens}}}\n  thresholds: [50]\n{extra}"
-    )
-}
-
-fn binding_yaml(name: &str, budget: &str, workloads: &str) -> String {
-    format!(
-        "apiVersion: tokenbudget.io/v1alpha1\nkind: BudgetBinding\nmetadata: {{name: {name}}}\n\
-         spec: {{budgetRef: {{name: {budget}}}, workloads: {workloads}, \
-         metrics: {{port: metrics, interval: 1s, timeout: 1s}}}}"
-    )
+/// The budgets of these tests: one threshold, at 50%, and scale-down when exhausted.
+fn scaling(name: &str, tokens: i64) -> BudgetBuilder {
+    budget(name).tokens(tokens).thresholds(&[50]).action(ScaleDown)
 }
 
 #[tokio::test]
 async fn scale_down_is_undone_by_hand_then_restored_exactly_when_the_limit_is_raised() {
-    let mut s = Scenario::new("scale-down-restore").await;
-    let statefulsets: Api<StatefulSet> = s.ns.api(&s.client);
-    s.deployments
-        .create(&PostParams::default(), &deployment("agent", 2))
-        .await
-        .unwrap();
-    statefulsets
-        .create(&PostParams::default(), &statefulset("memory", 1))
-        .await
-        .unwrap();
+    let mut s = Tenant::new("scale-down-restore").await.with_operator();
+    let statefulsets: Api<StatefulSet> = s.api();
+    create(&s.deployments, deployment("agent").replicas(2)).await;
+    create(&statefulsets, statefulset("memory")).await;
     s.run_pods("agent", 2).await;
     s.run_pods("memory", 1).await;
-    s.apply(&budget_yaml("research", 1000, "  enforcement: {action: ScaleDown}\n"))
-        .await;
-    s.apply(&binding_yaml(
-        "agents",
-        "research",
-        "[{kind: Deployment, name: agent}, {kind: StatefulSet, selector: {matchLabels: {team: research}}}]",
-    ))
-    .await;
+    create(&s.budgets, scaling("research", 1000)).await;
+    let bb = binding("agents", "research")
+        .deployment("agent")
+        .selecting(WorkloadKind::StatefulSet, &[("team", "research")]);
+    create(&s.bindings, bb).await;
 
     // Below the threshold: workloads and pods are marked ok.
     let d = wait_for(&s.deployments, "agent", "the Deployment marked ok", |d| {
@@ -229,14 +137,7 @@ async fn scale_down_is_undone_by_hand_then_restored_exactly_when_the_limit_is_ra
         .unwrap();
 
     // Raising the limit restores exactly: 3 (the last count asked for) and 1.
-    s.budgets
-        .patch(
-            "research",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"limits": {"tokens": 1000000}}})),
-        )
-        .await
-        .unwrap();
+    set_token_limit(&s.budgets, "research", 1_000_000).await;
     let d = wait_for(&s.deployments, "agent", "the Deployment restored to 3", |d| {
         d.spec.replicas == Some(3) && annotation(&d.metadata, PAUSED_REPLICAS).is_none()
     })
@@ -265,28 +166,16 @@ async fn scale_down_is_undone_by_hand_then_restored_exactly_when_the_limit_is_ra
 
 #[tokio::test]
 async fn freeze_quota_blocks_new_pods_and_deleting_the_binding_or_the_budget_restores() {
-    let mut s = Scenario::new("freeze-quota").await;
-    s.deployments
-        .create(&PostParams::default(), &deployment("agent", 1))
-        .await
-        .unwrap();
+    let mut s = Tenant::new("freeze-quota").await.with_operator();
+    create(&s.deployments, deployment("agent")).await;
     s.run_pods("agent", 1).await;
-    s.apply(&budget_yaml(
-        "research",
-        100,
-        "  enforcement: {action: ScaleDown, freezeQuota: true}\n  computeQuota: {hard: {pods: '10'}}\n",
-    ))
-    .await;
-    let bb = binding_yaml("agents", "research", "[{kind: Deployment, name: agent}]");
-    s.apply(&bb).await;
-    let quotas: Api<ResourceQuota> = s.ns.api(&s.client);
+    let frozen = scaling("research", 100).compute_quota(&[("pods", "10")]).freeze_quota();
+    create(&s.budgets, frozen).await;
+    let bb = binding("agents", "research").deployment("agent").build();
+    create(&s.bindings, bb.clone()).await;
+    let quotas: Api<ResourceQuota> = s.api();
     let quota = wait_for(&quotas, "tokenbudget-research", "the budget's quota", |q| {
-        q.spec
-            .as_ref()
-            .and_then(|s| s.hard.as_ref())
-            .and_then(|h| h.get("pods"))
-            .map(|q| q.0.as_str())
-            == Some("10")
+        quota_pods(q) == Some("10")
     })
     .await;
     assert!(
@@ -306,12 +195,7 @@ async fn freeze_quota_blocks_new_pods_and_deleting_the_binding_or_the_budget_res
     })
     .await;
     wait_for(&quotas, "tokenbudget-research", "the quota frozen", |q| {
-        q.spec
-            .as_ref()
-            .and_then(|s| s.hard.as_ref())
-            .and_then(|h| h.get("pods"))
-            .map(|q| q.0.as_str())
-            == Some("0")
+        quota_pods(q) == Some("0")
     })
     .await;
     wait_for(&s.deployments, "agent", "the Deployment scaled to 0", |d| {
@@ -368,7 +252,7 @@ async fn freeze_quota_blocks_new_pods_and_deleting_the_binding_or_the_budget_res
     assert_eq!(annotation(&d.metadata, STATE), None);
 
     // Bound again while still exhausted: scaled down again.
-    s.apply(&bb).await;
+    create(&s.bindings, bb).await;
     wait_for(&s.deployments, "agent", "scaled down again once bound", |d| {
         d.spec.replicas == Some(0) && annotation(&d.metadata, PAUSED_REPLICAS) == Some("1")
     })
@@ -399,30 +283,19 @@ async fn freeze_quota_blocks_new_pods_and_deleting_the_binding_or_the_budget_res
 
 #[tokio::test]
 async fn jobs_and_cron_jobs_are_paused_and_resumed() {
-    let mut s = Scenario::new("jobs-paused").await;
-    let jobs: Api<k8s_openapi::api::batch::v1::Job> = s.ns.api(&s.client);
+    let mut s = Tenant::new("jobs-paused").await.with_operator();
+    let jobs: Api<Job> = s.api();
+    create(&jobs, job("batch").parallelism(2).completions(10)).await;
     // `held` is a Job its owner suspended: the budget must leave it suspended when it restores.
-    s.apply(
-        "apiVersion: batch/v1\nkind: Job\nmetadata: {name: batch}\n\
-         spec:\n  parallelism: 2\n  completions: 10\n  template:\n    metadata: {labels: {app: batch}}\n    spec:\n      \
-         restartPolicy: Never\n      containers: [{name: agent, image: 'agent:latest', ports: [{name: metrics, containerPort: 9464}]}]\n\
-         ---\napiVersion: batch/v1\nkind: Job\nmetadata: {name: held}\n\
-         spec:\n  suspend: true\n  template:\n    spec:\n      \
-         restartPolicy: Never\n      containers: [{name: agent, image: 'agent:latest'}]\n\
-         ---\napiVersion: batch/v1\nkind: CronJob\nmetadata: {name: nightly}\n\
-         spec:\n  schedule: '0 3 * * *'\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          \
-         restartPolicy: Never\n          containers: [{name: agent, image: 'agent:latest'}]\n",
-    )
-    .await;
+    create(&jobs, job("held").suspended()).await;
+    create(&s.ns.api::<CronJob>(&s.client), cron_job("nightly")).await;
     s.run_pods("batch", 2).await;
-    s.apply(&budget_yaml("research", 100, "  enforcement: {action: ScaleDown}\n"))
-        .await;
-    s.apply(&binding_yaml(
-        "batch",
-        "research",
-        "[{kind: Job, name: batch}, {kind: Job, name: held}, {kind: CronJob, name: nightly}]",
-    ))
-    .await;
+    create(&s.budgets, scaling("research", 100)).await;
+    let batch = binding("batch", "research")
+        .named(WorkloadKind::Job, "batch")
+        .named(WorkloadKind::Job, "held")
+        .named(WorkloadKind::CronJob, "nightly");
+    create(&s.bindings, batch).await;
     let cron_state = |path: &str| {
         let out = kubectl(
             &[
@@ -478,14 +351,7 @@ async fn jobs_and_cron_jobs_are_paused_and_resumed() {
     assert_eq!(cron_state("{.spec.suspend}"), "true");
     assert_eq!(cron_state("{.metadata.annotations.tokenbudget\\.io/suspended}"), "true");
 
-    s.budgets
-        .patch(
-            "research",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"limits": {"tokens": 1000000}}})),
-        )
-        .await
-        .unwrap();
+    set_token_limit(&s.budgets, "research", 1_000_000).await;
     let job = wait_for(&jobs, "batch", "the Job resumed", |j| {
         annotation(&j.metadata, SUSPENDED).is_none() && j.spec.as_ref().is_some_and(|s| s.suspend == Some(false))
     })
@@ -503,14 +369,14 @@ async fn jobs_and_cron_jobs_are_paused_and_resumed() {
 
 #[tokio::test]
 async fn a_quota_the_budget_does_not_own_is_left_alone_and_does_not_block_its_deletion() {
-    let s = Scenario::new("foreign-quota").await;
-    let quotas: Api<ResourceQuota> = s.ns.api(&s.client);
+    let s = Tenant::new("foreign-quota").await.with_operator();
+    let quotas: Api<ResourceQuota> = s.api();
     let theirs: ResourceQuota = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "tokenbudget-research", "labels": {"owner": "platform-team"}},
         "spec": {"hard": {"pods": "7"}}
     }))
     .unwrap();
-    quotas.create(&PostParams::default(), &theirs).await.unwrap();
+    create(&quotas, theirs).await;
     let untouched = |q: &ResourceQuota, when: &str| {
         let hard = q.spec.as_ref().and_then(|s| s.hard.as_ref()).unwrap();
         assert_eq!(hard.len(), 1, "{when}: {hard:?}");
@@ -531,12 +397,10 @@ async fn a_quota_the_budget_does_not_own_is_left_alone_and_does_not_block_its_de
         assert!(!managers.contains(&"tokenbudget-operator"), "{when}: {managers:?}");
     };
 
-    s.apply(&budget_yaml(
-        "research",
-        100,
-        "  enforcement: {action: ScaleDown, freezeQuota: true}\n  computeQuota: {hard: {pods: '10', cpu: '4'}}\n",
-    ))
-    .await;
+    let frozen = scaling("research", 100)
+        .compute_quota(&[("pods", "10"), ("cpu", "4")])
+        .freeze_quota();
+    create(&s.budgets, frozen).await;
     let tb = s
         .wait_budget("research", "the Enforced condition to name the foreign quota", |tb| {
             tb.status.as_ref().is_some_and(|st| {

@@ -12,24 +12,20 @@ use std::time::Instant;
 
 use common::*;
 use k8s_openapi::{
-    api::{apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscalerCondition, core::v1::Pod, events::v1::Event},
+    api::{apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscalerCondition},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams},
+    api::{ApiResource, DynamicObject, ListParams, PostParams},
 };
 use tokenbudget::{
-    api::{BudgetBinding, BudgetPhase, TokenBudget},
+    api::{BudgetPhase, EnforcementAction::ScaleDown, TokenBudget, WorkloadKind},
     enforce::{BUDGET, PAUSED_REPLICAS, STATE},
 };
 
 /// Held by every test of this file from start to end: see the module comment.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
-    meta.annotations.as_ref()?.get(key).map(String::as_str)
-}
 
 /// The operator's annotations on an object (there should be none on a workload it does not own).
 fn ours(meta: &ObjectMeta) -> Vec<String> {
@@ -41,88 +37,24 @@ fn ours(meta: &ObjectMeta) -> Vec<String> {
         .collect()
 }
 
-fn phase(tb: &TokenBudget) -> Option<BudgetPhase> {
-    tb.status.as_ref()?.phase
-}
-
 fn used_tokens(tb: &TokenBudget) -> Option<i64> {
     Some(tb.status.as_ref()?.used.as_ref()?.tokens)
 }
 
-fn budget_yaml(name: &str, tokens: i64) -> String {
-    format!(
-        "apiVersion: tokenbudget.io/v1alpha1\nkind: TokenBudget\nmetadata: {{name: {name}}}\n\
-         spec:\n  limits: {{tokens: {tokens}}}\n  thresholds: [50]\n  enforcement: {{action: ScaleDown}}\n"
-    )
-}
-
-fn binding_yaml(name: &str, budget: &str, workloads: &str) -> String {
-    format!(
-        "apiVersion: tokenbudget.io/v1alpha1\nkind: BudgetBinding\nmetadata: {{name: {name}}}\n\
-         spec: {{budgetRef: {{name: {budget}}}, workloads: {workloads}, \
-         metrics: {{port: metrics, interval: 1s, timeout: 1s}}}}"
-    )
-}
-
-async fn raise_limit(budgets: &Api<TokenBudget>, name: &str) {
-    budgets
-        .patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"limits": {"tokens": 1000000}}})),
-        )
-        .await
-        .expect("limit raised");
-}
-
-/// One namespace of a test, with the kubelet played for its pods.
-struct Tenant {
-    ns: TestNamespace,
-    pods: Api<Pod>,
-    deployments: Api<Deployment>,
-    budgets: Api<TokenBudget>,
-    bindings: Api<BudgetBinding>,
-    events: Api<Event>,
-    agents: Vec<Agent>,
+/// The budgets of these tests: one threshold, at 50%, and scale-down when exhausted.
+fn scaling(name: &str, tokens: i64) -> BudgetBuilder {
+    budget(name).tokens(tokens).thresholds(&[50]).action(ScaleDown)
 }
 
 impl Tenant {
-    async fn new(client: &Client, test: &str) -> Self {
-        let ns = TestNamespace::new(client, test).await;
-        Tenant {
-            pods: ns.api(client),
-            deployments: ns.api(client),
-            budgets: ns.api(client),
-            bindings: ns.api(client),
-            events: ns.api(client),
-            ns,
-            agents: Vec::new(),
-        }
-    }
-
     /// Creates Deployment `name` (labels `app: name`, `team: research`).
     async fn deploy(&self, name: &str, replicas: i32) -> Deployment {
-        self.deployments
-            .create(&PostParams::default(), &deployment(name, replicas))
-            .await
-            .expect("Deployment created")
+        create(&self.deployments, deployment(name).replicas(replicas)).await
     }
 
-    /// Plays the kubelet for the `count` pods labelled `app`: each gets an agent of its own.
-    /// Returns the pods' names.
-    async fn run_pods(&mut self, app: &str, count: usize) -> Vec<String> {
-        let names = pods_of(&self.pods, app, count).await;
-        for pod in &names {
-            let agent = Agent::start(&agent_ip(), &[]);
-            run_pod(&self.pods, pod, &agent.ip, 0).await;
-            self.agents.push(agent);
-        }
-        names
-    }
-
-    fn apply(&self, yaml: &str) {
-        let out = kubectl(&["apply", "-n", &self.ns.name, "-f", "-"], Some(yaml));
-        assert!(out.status.success(), "kubectl apply: {}", text(&out.stderr));
+    async fn bind(&self, budget: BudgetBuilder, binding: BindingBuilder) {
+        create(&self.budgets, budget).await;
+        create(&self.bindings, binding).await;
     }
 }
 
@@ -203,22 +135,23 @@ fn show_hpa(stage: &str, hpa: &DynamicObject, started: Instant) {
 async fn hpa_stops_while_its_deployment_is_scaled_down_and_works_again_after_the_restore() {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
-    let client = client().await;
-    ensure_crds(&client).await;
-    let mut t = Tenant::new(&client, "hpa-interplay").await;
+    let mut t = Tenant::new("hpa-interplay").await;
     // The HPA first: its controller looks at an HPA one sync period (15 s by default) after
     // it appears and every period after that, whatever else happens, so everything below
     // usually runs inside its first period and the test waits for two of its visits, not
     // three (when setup is slower, the first wait below takes one period more).
     t.deploy("agent", 2).await;
-    let hpas = hpa_api(&client, &t.ns.name);
+    let hpas = hpa_api(&t.client, &t.ns.name);
     hpas.create(&PostParams::default(), &hpa("agent", 2, 4))
         .await
         .expect("HPA created");
     let _operator = Operator::start(&t.ns.name);
     t.run_pods("agent", 2).await;
-    t.apply(&budget_yaml("research", 1000));
-    t.apply(&binding_yaml("agents", "research", "[{kind: Deployment, name: agent}]"));
+    t.bind(
+        scaling("research", 1000),
+        binding("agents", "research").deployment("agent"),
+    )
+    .await;
     // Marked ok, and both pods' counters read once: what they spend now counts.
     wait_for(&t.deployments, "agent", "the Deployment marked ok", |d| {
         annotation(&d.metadata, STATE) == Some("ok")
@@ -254,7 +187,7 @@ async fn hpa_stops_while_its_deployment_is_scaled_down_and_works_again_after_the
     // Room again: restored to 2, and at its next visit the HPA works on it again. With no
     // metrics server on the testbed it then fails to read CPU (FailedGetResourceMetric), which
     // is the HPA back at work: it only reads metrics for a target it scales.
-    raise_limit(&t.budgets, "research").await;
+    set_token_limit(&t.budgets, "research", 1_000_000).await;
     let d = wait_for(&t.deployments, "agent", "the Deployment restored to 2", |d| {
         d.spec.replicas == Some(2) && annotation(&d.metadata, PAUSED_REPLICAS).is_none()
     })
@@ -349,12 +282,10 @@ async fn assert_untouched(t: &Tenant, before: &Deployment, pods_before: &[String
 async fn an_operator_over_all_namespaces_enforces_a_selector_only_in_its_bindings_namespace() {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
-    let client = client().await;
-    ensure_crds(&client).await;
     // Two namespaces, each with Deployment `agent` labelled `team: research`, 2 pods each
     // with an agent. Only `a` has a budget and a binding that selects `team: research`.
-    let mut a = Tenant::new(&client, "isolation-bound").await;
-    let mut b = Tenant::new(&client, "isolation-free").await;
+    let mut a = Tenant::new("isolation-bound").await;
+    let mut b = Tenant::new("isolation-free").await;
     a.deploy("agent", 2).await;
     let b_deployment = b.deploy("agent", 2).await;
     a.run_pods("agent", 2).await;
@@ -365,7 +296,7 @@ async fn an_operator_over_all_namespaces_enforces_a_selector_only_in_its_binding
     // operator removes) or of runs that were killed. This operator reconciles them too;
     // everything below looks only at `a` and `b`, so they cannot change the outcome.
     let mine = [a.ns.name.as_str(), b.ns.name.as_str()];
-    let leftovers = other_budgets(&client, &mine).await;
+    let leftovers = other_budgets(&a.client, &mine).await;
     println!(
         "budgets in other namespaces before: {} ({} being deleted)",
         leftovers.len(),
@@ -374,12 +305,8 @@ async fn an_operator_over_all_namespaces_enforces_a_selector_only_in_its_binding
     let operator = Operator::start_all_namespaces();
     operator.wait_ready().await;
 
-    a.apply(&budget_yaml("research", 1000));
-    a.apply(&binding_yaml(
-        "team",
-        "research",
-        "[{kind: Deployment, selector: {matchLabels: {team: research}}}]",
-    ));
+    let team = binding("team", "research").selecting(WorkloadKind::Deployment, &[("team", "research")]);
+    a.bind(scaling("research", 1000), team).await;
     // The selector matches one workload and its 2 pods, all in `a`, and all read once (so what
     // they spend from now on counts).
     let bb = wait_for(&a.bindings, "team", "both pods of the binding scraped", |bb| {
@@ -425,7 +352,7 @@ async fn an_operator_over_all_namespaces_enforces_a_selector_only_in_its_binding
     println!("[{:>5.1}s] exhausted, `b` untouched", started.elapsed().as_secs_f64());
 
     // Room again: `a` comes back, `b` still untouched.
-    raise_limit(&a.budgets, "research").await;
+    set_token_limit(&a.budgets, "research", 1_000_000).await;
     let d = wait_for(&a.deployments, "agent", "the Deployment in `a` restored to 2", |d| {
         d.spec.replicas == Some(2) && annotation(&d.metadata, PAUSED_REPLICAS).is_none()
     })
@@ -443,7 +370,7 @@ async fn an_operator_over_all_namespaces_enforces_a_selector_only_in_its_binding
     println!("[{:>5.1}s] restored, `b` untouched", started.elapsed().as_secs_f64());
 
     // What the operator did meanwhile to the leftovers (for the record, not asserted).
-    let after = other_budgets(&client, &mine).await;
+    let after = other_budgets(&a.client, &mine).await;
     let released: Vec<_> = leftovers
         .iter()
         .filter(|(key, _)| !after.iter().any(|(k, _)| k == key))

@@ -7,11 +7,9 @@ mod common;
 use std::{path::Path, sync::Arc};
 
 use common::*;
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod, events::v1::Event};
-use kube::{Api, api::PostParams};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
-use tokenbudget::api::{BudgetBinding, TokenBudget};
+use tokenbudget::api::Scheme;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Writes `cert.pem` and `key.pem` for `ip` into `dir`, signed by `issuer` (or by itself).
@@ -67,10 +65,8 @@ async fn spend(agent: &Agent, ca: &Path, input: u64) {
 
 #[tokio::test]
 async fn https_pods_are_verified_against_the_scrape_ca() {
-    let client = client().await;
-    ensure_crds(&client).await;
-    let ns = TestNamespace::new(&client, "https").await;
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(&ns.name);
+    let t = Tenant::new("https").await;
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(&t.ns.name);
     std::fs::create_dir_all(&dir).unwrap();
 
     // A CA the operator trusts, a pod certificate it signed, and a self-signed one.
@@ -82,57 +78,26 @@ async fn https_pods_are_verified_against_the_scrape_ca() {
     std::fs::write(&ca_file, ca_params.self_signed(&ca_key).unwrap().pem()).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
 
-    // The operator, as common::Operator::start starts it, with the CA.
-    let address = free_port();
-    let log = dir.join("operator.log");
-    let log_file = std::fs::File::create(&log).unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tokenbudget-operator"))
-        .args(["--namespace", &ns.name, "--bind-address", &address.to_string()])
-        .args(["--scrape-ca-file", &ca_file.display().to_string()])
-        .env("RUST_LOG", "info,tokenbudget=debug")
-        .stdout(log_file.try_clone().unwrap())
-        .stderr(log_file)
-        .spawn()
-        .expect("the operator starts");
-    let operator = Operator { child, address, log };
+    // The operator, with the CA.
+    let operator = Operator::start_with_args(&t.ns.name, &["--scrape-ca-file", &ca_file.display().to_string()]);
     operator.wait_ready().await;
 
-    let budgets: Api<TokenBudget> = ns.api(&client);
-    let bindings: Api<BudgetBinding> = ns.api(&client);
-    let pods: Api<Pod> = ns.api(&client);
-    budgets
-        .create(
-            &PostParams::default(),
-            &serde_yaml::from_str("apiVersion: tokenbudget.io/v1alpha1\nkind: TokenBudget\nmetadata: {name: b}\nspec: {limits: {tokens: 1000000}}").unwrap(),
-        )
-        .await
-        .unwrap();
-    bindings
-        .create(
-            &PostParams::default(),
-            &serde_yaml::from_str(
-                "apiVersion: tokenbudget.io/v1alpha1\nkind: BudgetBinding\nmetadata: {name: bb}\n\
-                 spec: {budgetRef: {name: b}, workloads: [{kind: Deployment, name: agent}], \
-                 metrics: {port: metrics, scheme: https, interval: 1s, timeout: 1s}}",
-            )
-            .unwrap(),
-        )
-        .await
-        .unwrap();
-    let deployments: Api<Deployment> = ns.api(&client);
-    deployments
-        .create(&PostParams::default(), &deployment("agent", 2))
-        .await
-        .unwrap();
-    let names = pods_of(&pods, "agent", 2).await;
+    create(&t.budgets, budget("b")).await;
+    create(
+        &t.bindings,
+        binding("bb", "b").deployment("agent").scheme(Scheme::Https),
+    )
+    .await;
+    create(&t.deployments, deployment("agent").replicas(2)).await;
+    let names = pods_of(&t.pods, "agent", 2).await;
     let (good_ip, bad_ip) = (agent_ip(), agent_ip());
     let good = Agent::start(&good_ip, &strs(&certificate(&dir, "good", &good_ip, Some(&issuer))));
     let bad = Agent::start(&bad_ip, &strs(&certificate(&dir, "bad", &bad_ip, None)));
-    run_pod(&pods, &names[0], &good.ip, 0).await;
-    run_pod(&pods, &names[1], &bad.ip, 0).await;
+    run_pod(&t.pods, &names[0], &good.ip, 0).await;
+    run_pod(&t.pods, &names[1], &bad.ip, 0).await;
 
     spend(&good, &ca_file, 1234).await;
-    wait_for(&budgets, "b", "1234 tokens scraped over https", |tb| {
+    wait_for(&t.budgets, "b", "1234 tokens scraped over https", |tb| {
         tb.status.as_ref().and_then(|s| s.used.as_ref()).map(|u| u.tokens) == Some(1234)
     })
     .await;
@@ -144,7 +109,7 @@ async fn https_pods_are_verified_against_the_scrape_ca() {
         ca_file.display()
     );
     wait_for(
-        &bindings,
+        &t.bindings,
         "bb",
         &format!("2 pods, 1 scraped, ScrapeHealthy=False saying {expected:?}"),
         |bb| {
@@ -157,14 +122,17 @@ async fn https_pods_are_verified_against_the_scrape_ca() {
         },
     )
     .await;
-    let events: Api<Event> = ns.api(&client);
     // The pod may have been reported before, as having no IP yet: a new reason is a new Event.
-    let event = wait_event(&events, "a ScrapeFailed Event naming the pod and UnknownIssuer", |e| {
-        e.reason.as_deref() == Some("ScrapeFailed")
-            && e.note
-                .as_deref()
-                .is_some_and(|n| n.contains(&names[1]) && n.contains("UnknownIssuer"))
-    })
+    let event = wait_event(
+        &t.events,
+        "a ScrapeFailed Event naming the pod and UnknownIssuer",
+        |e| {
+            e.reason.as_deref() == Some("ScrapeFailed")
+                && e.note
+                    .as_deref()
+                    .is_some_and(|n| n.contains(&names[1]) && n.contains("UnknownIssuer"))
+        },
+    )
     .await;
     assert_eq!(event.type_.as_deref(), Some("Warning"));
     let metrics = operator.get("/metrics").unwrap().1;

@@ -4,12 +4,8 @@
 mod common;
 
 use common::*;
-use k8s_openapi::api::events::v1::Event;
-use kube::{
-    Api,
-    api::{Patch, PatchParams, PostParams},
-};
-use tokenbudget::api::{BudgetBinding, TokenBudget};
+use kube::api::{Patch, PatchParams};
+use tokenbudget::api::{BudgetBinding, MetricsEndpoint, TokenBudget};
 
 fn condition<'a>(
     conditions: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
@@ -35,28 +31,16 @@ fn budget_condition<'a>(tb: &'a TokenBudget, type_: &str) -> Option<(&'a str, &'
     )
 }
 
-fn from_yaml<T: serde::de::DeserializeOwned>(yaml: &str) -> T {
-    serde_yaml::from_str(yaml).expect("test manifest parses")
-}
-
 #[tokio::test]
 async fn binding_finds_its_budget_when_it_is_created_and_loses_it_when_deleted() {
-    let client = client().await;
-    ensure_crds(&client).await;
-    let ns = TestNamespace::new(&client, "budget-found").await;
-    let operator = Operator::start(&ns.name);
-    let bindings: Api<BudgetBinding> = ns.api(&client);
-    let budgets: Api<TokenBudget> = ns.api(&client);
+    let t = Tenant::new("budget-found").await;
+    let operator = Operator::start(&t.ns.name);
 
-    let bb: BudgetBinding = from_yaml(
-        "apiVersion: tokenbudget.io/v1alpha1\nkind: BudgetBinding\nmetadata: {name: summarizer}\n\
-         spec: {budgetRef: {name: research}, workloads: [{kind: Deployment, name: summarizer}]}",
-    );
-    bindings
-        .create(&PostParams::default(), &bb)
-        .await
-        .expect("binding created");
-    let bb = wait_for(&bindings, "summarizer", "BudgetFound=False", |bb| {
+    let bb = binding("summarizer", "research")
+        .deployment("summarizer")
+        .metrics(MetricsEndpoint::default());
+    create(&t.bindings, bb).await;
+    let bb = wait_for(&t.bindings, "summarizer", "BudgetFound=False", |bb| {
         binding_condition(bb, "BudgetFound") == Some(("False", "BudgetNotFound"))
     })
     .await;
@@ -66,29 +50,22 @@ async fn binding_finds_its_budget_when_it_is_created_and_loses_it_when_deleted()
     assert_eq!(status.observed_generation, bb.metadata.generation);
 
     // The missing budget is also an Event on the binding.
-    let events: Api<Event> = ns.api(&client);
-    wait_event(&events, "a BudgetNotFound Event", |e| {
+    wait_event(&t.events, "a BudgetNotFound Event", |e| {
         e.reason.as_deref() == Some("BudgetNotFound")
             && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("summarizer")
     })
     .await;
 
-    let tb: TokenBudget = from_yaml(
-        "apiVersion: tokenbudget.io/v1alpha1\nkind: TokenBudget\nmetadata: {name: research}\nspec: {limits: {tokens: 1000}}",
-    );
-    budgets
-        .create(&PostParams::default(), &tb)
-        .await
-        .expect("budget created");
-    let bb = wait_for(&bindings, "summarizer", "BudgetFound=True", |bb| {
+    create(&t.budgets, budget("research").tokens(1000)).await;
+    let bb = wait_for(&t.bindings, "summarizer", "BudgetFound=True", |bb| {
         binding_condition(bb, "BudgetFound") == Some(("True", "BudgetFound"))
     })
     .await;
     assert_eq!(binding_condition(&bb, "Ready"), Some(("True", "Reconciled")));
 
-    delete(&budgets, "research").await;
+    delete(&t.budgets, "research").await;
     wait_for(
-        &bindings,
+        &t.bindings,
         "summarizer",
         "BudgetFound=False after the budget is deleted",
         |bb| binding_condition(bb, "BudgetFound") == Some(("False", "BudgetNotFound")),
@@ -99,23 +76,13 @@ async fn binding_finds_its_budget_when_it_is_created_and_loses_it_when_deleted()
 
 #[tokio::test]
 async fn an_invalid_budget_is_not_ready_until_fixed() {
-    let client = client().await;
-    ensure_crds(&client).await;
-    let ns = TestNamespace::new(&client, "invalid-spec").await;
-    let _operator = Operator::start(&ns.name);
-    let budgets: Api<TokenBudget> = ns.api(&client);
+    let t = Tenant::new("invalid-spec").await;
+    let _operator = Operator::start(&t.ns.name);
 
     // The schema accepts this (CEL has no time zone database), but the operator cannot tell
     // when a period of this zone starts.
-    let tb: TokenBudget = from_yaml(
-        "apiVersion: tokenbudget.io/v1alpha1\nkind: TokenBudget\nmetadata: {name: money}\n\
-         spec: {limits: {tokens: 1000}, period: {timezone: Mars/Olympus_Mons}}",
-    );
-    budgets
-        .create(&PostParams::default(), &tb)
-        .await
-        .expect("budget created");
-    let tb = wait_for(&budgets, "money", "Ready=False", |tb| {
+    create(&t.budgets, budget("money").tokens(1000).timezone("Mars/Olympus_Mons")).await;
+    let tb = wait_for(&t.budgets, "money", "Ready=False", |tb| {
         budget_condition(tb, "Ready") == Some(("False", "InvalidSpec"))
     })
     .await;
@@ -124,11 +91,11 @@ async fn an_invalid_budget_is_not_ready_until_fixed() {
     assert_eq!(tb.status.as_ref().unwrap().observed_generation, Some(1));
 
     let fix = serde_json::json!({"spec": {"period": {"timezone": "Europe/Berlin"}}});
-    budgets
+    t.budgets
         .patch("money", &PatchParams::default(), &Patch::Merge(&fix))
         .await
         .expect("patched");
-    let tb = wait_for(&budgets, "money", "Ready=True", |tb| {
+    let tb = wait_for(&t.budgets, "money", "Ready=True", |tb| {
         budget_condition(tb, "Ready") == Some(("True", "Reconciled"))
     })
     .await;
@@ -137,22 +104,13 @@ async fn an_invalid_budget_is_not_ready_until_fixed() {
 
 #[tokio::test]
 async fn endpoints_answer_and_sigterm_stops_cleanly() {
-    let client = client().await;
-    ensure_crds(&client).await;
-    let ns = TestNamespace::new(&client, "endpoints").await;
-    let mut operator = Operator::start(&ns.name);
+    let t = Tenant::new("endpoints").await;
+    let mut operator = Operator::start(&t.ns.name);
     operator.wait_ready().await;
     assert_eq!(operator.get("/healthz").expect("healthz").0, 200);
 
-    let budgets: Api<TokenBudget> = ns.api(&client);
-    let tb: TokenBudget = from_yaml(
-        "apiVersion: tokenbudget.io/v1alpha1\nkind: TokenBudget\nmetadata: {name: b}\nspec: {limits: {tokens: 10}}",
-    );
-    budgets
-        .create(&PostParams::default(), &tb)
-        .await
-        .expect("budget created");
-    wait_for(&budgets, "b", "Ready", |tb| budget_condition(tb, "Ready").is_some()).await;
+    create(&t.budgets, budget("b").tokens(10)).await;
+    wait_for(&t.budgets, "b", "Ready", |tb| budget_condition(tb, "Ready").is_some()).await;
     let (code, metrics) = operator.get("/metrics").expect("metrics");
     assert_eq!(code, 200);
     assert!(

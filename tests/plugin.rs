@@ -14,11 +14,11 @@ use std::{
 use common::*;
 use jiff::{SignedDuration, Timestamp};
 use kube::{
-    Api, Client,
-    api::{Patch, PatchParams, PostParams},
+    Api,
+    api::{Patch, PatchParams},
 };
 use serde_json::{Value, json};
-use tokenbudget::api::TokenBudget;
+use tokenbudget::api::{EnforcementAction, ResetPeriod, TokenBudget};
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_kubectl-tokenbudget");
 
@@ -93,30 +93,29 @@ fn condition(type_: &str, status: &str, reason: &str, message: &str) -> Value {
            "lastTransitionTime": from_now(-(2 * 3_600 + 10 * 60 + 5))})
 }
 
-/// Creates a budget from its spec and, when given, writes its status as the operator would.
-async fn budget(api: &Api<TokenBudget>, name: &str, spec: Value, status: Option<Value>) {
-    let tb: TokenBudget = serde_json::from_value(json!({
-        "apiVersion": "tokenbudget.io/v1alpha1", "kind": "TokenBudget",
-        "metadata": {"name": name}, "spec": spec
-    }))
-    .expect("a valid TokenBudget");
-    api.create(&PostParams::default(), &tb).await.expect("budget created");
-    if let Some(status) = status {
-        api.patch_status(name, &PatchParams::default(), &Patch::Merge(&json!({"status": status})))
-            .await
-            .expect("status written");
-    }
+/// Creates a budget and writes its status as the operator would.
+async fn with_status(api: &Api<TokenBudget>, budget: BudgetBuilder, status: Value) {
+    let name = create(api, budget).await.metadata.name.expect("named");
+    api.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"status": status})),
+    )
+    .await
+    .expect("status written");
 }
 
 /// Warning, both limits; resets in 3d4h and runs out in 2h13m (plus a margin for the test's
 /// own run time: relative times are rounded down).
 async fn research(api: &Api<TokenBudget>) {
-    budget(
+    with_status(
         api,
-        "research",
-        json!({"limits": {"tokens": 5_000_000, "cost": "250"}, "thresholds": [50, 80, 95],
-               "pricing": [{"model": "gpt-4o*", "input": "2.50", "output": "10.00"}]}),
-        Some(json!({
+        budget("research")
+            .tokens(5_000_000)
+            .cost("250")
+            .thresholds(&[50, 80, 95])
+            .price("gpt-4o*", "2.50", "10.00"),
+        json!({
             "phase": "Warning",
             "used": {"tokens": 4_200_000, "input": 3_500_000, "output": 700_000, "cost": "105.00"},
             "remainingTokens": 800_000, "percentUsed": 84, "burnRate": 12_345,
@@ -128,62 +127,55 @@ async fn research(api: &Api<TokenBudget>) {
                           {"kind": "Job", "name": "nightly-eval", "tokens": 1_200_000}],
             "conditions": [condition("Ready", "True", "Reconciled", "The budget is reconciled"),
                            condition("ThresholdReached", "True", "ThresholdReached", "84% used: the 80% threshold is crossed")],
-        })),
+        }),
     )
     .await;
 }
 
 /// Exhausted, Never resets.
 async fn frozen(api: &Api<TokenBudget>) {
-    budget(
+    with_status(
         api,
-        "frozen",
-        json!({"limits": {"tokens": 100_000}, "period": {"reset": "Never"},
-               "enforcement": {"action": "ScaleDown"}}),
-        Some(json!({
+        budget("frozen")
+            .tokens(100_000)
+            .period(ResetPeriod::Never)
+            .action(EnforcementAction::ScaleDown),
+        json!({
             "phase": "Exhausted",
             "used": {"tokens": 100_250, "input": 90_000, "output": 10_250},
             "remainingTokens": 0, "percentUsed": 100, "burnRate": 0,
             "workloads": [{"kind": "Deployment", "name": "scraper", "tokens": 100_250}],
             "enforced": [{"kind": "Deployment", "name": "scraper", "action": "ScaleDown", "since": from_now(-(3_600 + 5 * 60 + 5))}],
             "conditions": [condition("Exhausted", "True", "LimitReached", "100,250 of 100,000 tokens used")],
-        })),
+        }),
     )
     .await;
 }
 
 /// Active, token limit only.
 async fn starter(api: &Api<TokenBudget>) {
-    budget(
+    with_status(
         api,
-        "starter",
-        json!({"limits": {"tokens": 1_000_000}, "period": {"reset": "Daily"}}),
-        Some(json!({
+        budget("starter").tokens(1_000_000).period(ResetPeriod::Daily),
+        json!({
             "phase": "Active",
             "used": {"tokens": 120_000, "input": 100_000, "output": 20_000},
             "remainingTokens": 880_000, "percentUsed": 12, "burnRate": 3_600,
             "resetsAt": from_now(5 * 3_600 + 50 * 60 + 50),
             "workloads": [{"kind": "StatefulSet", "name": "chat-agent", "tokens": 120_000}],
-        })),
+        }),
     )
     .await;
 }
 
-async fn setup(test: &str) -> (Client, TestNamespace) {
-    let client = client().await;
-    ensure_crds(&client).await;
-    let ns = TestNamespace::new(&client, test).await;
-    (client, ns)
-}
-
 #[tokio::test]
 async fn status_lists_every_budget_of_the_namespace() {
-    let (client, ns) = setup("plugin-status").await;
-    let api: Api<TokenBudget> = ns.api(&client);
-    research(&api).await;
-    frozen(&api).await;
-    starter(&api).await;
-    budget(&api, "fresh", json!({"limits": {"tokens": 2000}}), None).await;
+    let t = Tenant::new("plugin-status").await;
+    let (api, ns) = (&t.budgets, &t.ns);
+    research(api).await;
+    frozen(api).await;
+    starter(api).await;
+    create(api, budget("fresh").tokens(2000)).await;
 
     let out = ok(&["status", "-n", &ns.name]);
     let lines: Vec<&str> = out.lines().collect();
@@ -253,10 +245,10 @@ async fn status_lists_every_budget_of_the_namespace() {
 
 #[tokio::test]
 async fn status_name_describes_one_budget() {
-    let (client, ns) = setup("plugin-describe").await;
-    let api: Api<TokenBudget> = ns.api(&client);
-    research(&api).await;
-    frozen(&api).await;
+    let t = Tenant::new("plugin-describe").await;
+    let (api, ns) = (&t.budgets, &t.ns);
+    research(api).await;
+    frozen(api).await;
 
     let out = ok(&["status", "research", "-n", &ns.name]);
     for expected in [
@@ -341,11 +333,11 @@ async fn status_name_describes_one_budget() {
 
 #[tokio::test]
 async fn top_ranks_the_workloads_by_tokens() {
-    let (client, ns) = setup("plugin-top").await;
-    let api: Api<TokenBudget> = ns.api(&client);
-    research(&api).await;
-    frozen(&api).await;
-    starter(&api).await;
+    let t = Tenant::new("plugin-top").await;
+    let (api, ns) = (&t.budgets, &t.ns);
+    research(api).await;
+    frozen(api).await;
+    starter(api).await;
 
     let out = ok(&["top", "-n", &ns.name]);
     let rows: Vec<Vec<&str>> = out.lines().map(words).collect();
@@ -373,10 +365,9 @@ async fn top_ranks_the_workloads_by_tokens() {
 
 #[tokio::test]
 async fn all_namespaces_shows_the_namespace_column() {
-    let (client, a) = setup("plugin-all-a").await;
-    let b = TestNamespace::new(&client, "plugin-all-b").await;
-    research(&a.api(&client)).await;
-    starter(&b.api(&client)).await;
+    let (a, b) = (Tenant::new("plugin-all-a").await, Tenant::new("plugin-all-b").await);
+    research(&a.budgets).await;
+    starter(&b.budgets).await;
 
     // Other tests' namespaces may show up too: look only at ours.
     let out = ok(&["status", "-A"]);
@@ -396,11 +387,11 @@ async fn all_namespaces_shows_the_namespace_column() {
         ]
     );
     assert_eq!(
-        row(&out, &[a.name.as_str()])[1..4],
+        row(&out, &[a.ns.name.as_str()])[1..4],
         ["research", "█████████████████░░░", "84%"]
     );
     assert_eq!(
-        row(&out, &[b.name.as_str()])[1..4],
+        row(&out, &[b.ns.name.as_str()])[1..4],
         ["starter", "██░░░░░░░░░░░░░░░░░░", "12%"]
     );
 
@@ -410,9 +401,9 @@ async fn all_namespaces_shows_the_namespace_column() {
         ["NAMESPACE", "BUDGET", "KIND", "NAME", "TOKENS", "SHARE%"]
     );
     assert_eq!(
-        row(&out, &[a.name.as_str(), "research", "Deployment"]),
+        row(&out, &[a.ns.name.as_str(), "research", "Deployment"]),
         [
-            a.name.as_str(),
+            a.ns.name.as_str(),
             "research",
             "Deployment",
             "summarizer",
@@ -421,9 +412,9 @@ async fn all_namespaces_shows_the_namespace_column() {
         ]
     );
     assert_eq!(
-        row(&out, &[b.name.as_str()]),
+        row(&out, &[b.ns.name.as_str()]),
         [
-            b.name.as_str(),
+            b.ns.name.as_str(),
             "starter",
             "StatefulSet",
             "chat-agent",
@@ -460,8 +451,9 @@ fn kubeconfig_in_namespace(namespace: &str) -> PathBuf {
 
 #[tokio::test]
 async fn without_n_the_kubeconfig_context_namespace_is_used() {
-    let (client, ns) = setup("plugin-context-ns").await;
-    starter(&ns.api(&client)).await;
+    let t = Tenant::new("plugin-context-ns").await;
+    let ns = &t.ns;
+    starter(&t.budgets).await;
 
     let path = kubeconfig_in_namespace(&ns.name);
     let out = plugin_with(&["status"], path.to_str().unwrap());
@@ -486,7 +478,8 @@ async fn without_n_the_kubeconfig_context_namespace_is_used() {
 
 #[tokio::test]
 async fn not_found_and_empty_namespaces() {
-    let (_client, ns) = setup("plugin-not-found").await;
+    let t = Tenant::new("plugin-not-found").await;
+    let ns = &t.ns;
 
     let err = fails(plugin(&["status", "nope", "-n", &ns.name]));
     assert_eq!(

@@ -27,15 +27,12 @@ use std::{
 
 use common::*;
 use futures::FutureExt;
-use k8s_openapi::{
-    api::{
-        apps::v1::Deployment,
-        batch::v1::Job,
-        core::v1::{Namespace, Pod, ResourceQuota, Secret},
-        events::v1::Event,
-        rbac::v1::{ClusterRoleBinding, Role},
-    },
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    batch::v1::{CronJob, Job},
+    core::v1::{Namespace, Pod, ResourceQuota, Secret},
+    events::v1::Event,
+    rbac::v1::{ClusterRoleBinding, Role},
 };
 use kube::{
     Api, Client, ResourceExt,
@@ -43,7 +40,7 @@ use kube::{
 };
 use serde_json::json;
 use tokenbudget::{
-    api::{BudgetBinding, BudgetPhase, TokenBudget},
+    api::{BudgetBinding, BudgetPhase, EnforcementAction::ScaleDown, TokenBudget, WorkloadKind},
     enforce::{BUDGET, FINALIZER, PAUSED_REPLICAS, STATE},
 };
 
@@ -202,7 +199,7 @@ fn dry_patch() -> PatchParams {
 }
 
 /// What neither install may do in `ns`, where it works: one real request each, refused.
-async fn refused_in_namespace(release: &Release, ns: &str, agent: &Deployment, pod: &str, checks: &mut Refusals) {
+async fn refused_in_namespace(release: &Release, ns: &str, agent: &Deployment, agent_pod: &str, checks: &mut Refusals) {
     let client = release.client().await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
@@ -232,15 +229,14 @@ async fn refused_in_namespace(release: &Release, ns: &str, agent: &Deployment, p
             deployments.replace("agent", &dry_post(), agent),
         )
         .await;
-    checks.expect("delete a pod", pods.delete(pod, &dry_delete())).await;
     checks
-        .expect("create a pod", pods.create(&dry_post(), &intruder()))
+        .expect("delete a pod", pods.delete(agent_pod, &dry_delete()))
         .await;
     checks
-        .expect(
-            "create a TokenBudget",
-            budgets.create(&dry_post(), &budget("research", 1)),
-        )
+        .expect("create a pod", pods.create(&dry_post(), &pod("intruder")))
+        .await;
+    checks
+        .expect("create a TokenBudget", budgets.create(&dry_post(), &research(1)))
         .await;
     checks
         .expect("delete a TokenBudget", budgets.delete("research", &dry_delete()))
@@ -355,7 +351,7 @@ async fn refused_elsewhere(release: &Release, elsewhere: &str, checks: &mut Refu
 /// kind the operator watches when it is started without `--namespace`.
 async fn watches_every_namespace(release: &Release) {
     let client = release.client().await;
-    let cron_jobs = ApiResource::erase::<k8s_openapi::api::batch::v1::CronJob>(&());
+    let cron_jobs = ApiResource::erase::<CronJob>(&());
     let kinds: Vec<(&str, Api<DynamicObject>)> = vec![
         (
             "tokenbudgets",
@@ -400,34 +396,16 @@ async fn watches_every_namespace(release: &Release) {
     }
 }
 
-fn intruder() -> Pod {
-    serde_json::from_value(json!({
-        "metadata": {"name": "intruder"},
-        "spec": {"containers": [{"name": "c", "image": "busybox"}]}
-    }))
-    .unwrap()
-}
-
-fn budget(name: &str, tokens: i64) -> TokenBudget {
-    serde_json::from_value(json!({
-        "apiVersion": "tokenbudget.io/v1alpha1", "kind": "TokenBudget",
-        "metadata": {"name": name},
-        "spec": {
-            "limits": {"tokens": tokens},
-            "thresholds": [50],
-            "enforcement": {"action": "ScaleDown", "freezeQuota": true},
-            "computeQuota": {"hard": {"pods": "10"}}
-        }
-    }))
-    .unwrap()
-}
-
-fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
-    meta.annotations.as_ref()?.get(key).map(String::as_str)
-}
-
-fn quota_pods(q: &ResourceQuota) -> Option<&str> {
-    q.spec.as_ref()?.hard.as_ref()?.get("pods").map(|p| p.0.as_str())
+/// The budget of the test: a threshold at 50%, scale-down, and a quota of 10 pods that is
+/// frozen while the budget is exhausted.
+fn research(tokens: i64) -> TokenBudget {
+    budget("research")
+        .tokens(tokens)
+        .thresholds(&[50])
+        .action(ScaleDown)
+        .compute_quota(&[("pods", "10")])
+        .freeze_quota()
+        .build()
 }
 
 /// Polls `probe` every 200 ms until it returns `Some`, for objects that [`wait_for`] cannot
@@ -459,289 +437,29 @@ fn the_log_check_finds_refusals_and_nothing_else() {
 #[tokio::test]
 async fn the_chart_rbac_is_enough_for_everything_the_operator_does_and_no_more() {
     let started = Instant::now();
-    let admin = client().await;
-    ensure_crds(&admin).await;
-    // Namespaces first: dropped last, after the releases are uninstalled.
-    let ns = TestNamespace::new(&admin, "rbac").await;
-    let elsewhere = TestNamespace::new(&admin, "rbac-elsewhere").await;
-    let system = TestNamespace::new(&admin, "rbac-release").await;
-    let id = std::process::id();
-    // Namespace-scoped: a Role in the test namespace, the operator's whole grant.
-    let scoped = Release::install(&format!("rbac-{id}-ns"), &system.name, Some(&ns.name));
-    // The default install: a ClusterRole, for the cluster-wide checks.
-    let cluster_wide = Release::install(&format!("rbac-{id}-all"), &system.name, None);
+    let mut s = Scenario::install_the_chart_twice().await;
     eprintln!("rbac: charts installed after {:.1?}", started.elapsed());
-
-    let pods: Api<Pod> = ns.api(&admin);
-    let deployments: Api<Deployment> = ns.api(&admin);
-    let jobs: Api<Job> = ns.api(&admin);
-    let budgets: Api<TokenBudget> = ns.api(&admin);
-    let bindings: Api<BudgetBinding> = ns.api(&admin);
-    let quotas: Api<ResourceQuota> = ns.api(&admin);
-    let events: Api<Event> = ns.api(&admin);
-    let cron_resource = ApiResource::erase::<k8s_openapi::api::batch::v1::CronJob>(&());
-    let cron_jobs: Api<DynamicObject> = Api::namespaced_with(admin.clone(), &ns.name, &cron_resource);
-
-    // What the operator will find: a Deployment, a Job and a CronJob, a Secret it must not read,
-    // and in another namespace a Deployment it must not touch.
-    deployments
-        .create(&PostParams::default(), &deployment("agent", 1))
-        .await
-        .unwrap();
-    let job: Job = serde_json::from_value(json!({
-        "metadata": {"name": "batch"},
-        "spec": {"parallelism": 1, "completions": 5, "template": {
-            "metadata": {"labels": {"app": "batch"}},
-            "spec": {"restartPolicy": "Never", "containers": [{
-                "name": "agent", "image": "agent:latest", "ports": [{"name": "metrics", "containerPort": 9464}]
-            }]}
-        }}
-    }))
-    .unwrap();
-    jobs.create(&PostParams::default(), &job).await.unwrap();
-    let cron_job: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": cron_resource.api_version, "kind": "CronJob",
-        "metadata": {"name": "nightly"},
-        "spec": {"schedule": "0 3 * * *", "jobTemplate": {"spec": {"template": {"spec": {
-            "restartPolicy": "Never", "containers": [{"name": "agent", "image": "agent:latest"}]
-        }}}}}
-    }))
-    .unwrap();
-    cron_jobs.create(&PostParams::default(), &cron_job).await.unwrap();
-    let secret: Secret =
-        serde_json::from_value(json!({"metadata": {"name": "credentials"}, "stringData": {"key": "sk-secret"}}))
-            .unwrap();
-    ns.api::<Secret>(&admin)
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
-    elsewhere
-        .api::<Deployment>(&admin)
-        .create(&PostParams::default(), &deployment("bystander", 0))
-        .await
-        .unwrap();
-
-    let mut agents = Vec::new();
-    for app in ["agent", "batch"] {
-        for pod in pods_of(&pods, app, 1).await {
-            let agent = Agent::start(&agent_ip(), &[]);
-            run_pod(&pods, &pod, &agent.ip, 0).await;
-            agents.push(agent);
-        }
-    }
-
-    // The operator, as the chart's ServiceAccount of the namespace-scoped install.
-    let operator = Operator::start_with_env(&ns.name, &[("KUBECONFIG", scoped.kubeconfig.to_str().unwrap())]);
+    s.create_what_the_operator_will_find().await;
+    s.run_the_agents().await;
+    let operator = s.start_the_operator_as_the_charts_service_account();
     let setup = started.elapsed();
 
-    // The scenario; when it fails, the operator's refusals say why.
-    let scenario = async {
+    // The budget's whole life; when it fails, the operator's refusals say why.
+    let life = async {
         operator.wait_ready().await;
-        budgets
-            .create(&PostParams::default(), &budget("research", 1000))
-            .await
-            .unwrap();
-        let binding: BudgetBinding = serde_json::from_value(json!({
-            "apiVersion": "tokenbudget.io/v1alpha1", "kind": "BudgetBinding",
-            "metadata": {"name": "agents"},
-            "spec": {
-                "budgetRef": {"name": "research"},
-                "workloads": [
-                    {"kind": "Deployment", "name": "agent"},
-                    {"kind": "Job", "name": "batch"},
-                    {"kind": "CronJob", "name": "nightly"}
-                ],
-                "metrics": {"port": "metrics", "interval": "1s", "timeout": "1s"}
-            }
-        }))
-        .unwrap();
-        bindings.create(&PostParams::default(), &binding).await.unwrap();
-
-        // Usage counted into the budget's and the binding's status; the quota created, owned by
-        // the budget; workloads and pods marked (pods patched).
-        // The pods ran before their binding: their first scrape is their baseline (accounting rule 3).
-        wait_for(&bindings, "agents", "both pods scraped", |bb| {
-            bb.status.as_ref().and_then(|s| s.scraped_pods) == Some(2)
-        })
-        .await;
-        agents[0].spend("gpt-4o-mini", 100, 20);
-        let tb = wait_for(&budgets, "research", "120 tokens counted", |tb| {
-            tb.status.as_ref().and_then(|s| s.used.as_ref()).map(|u| u.tokens) == Some(120)
-        })
-        .await;
-        assert_eq!(tb.status.as_ref().unwrap().phase, Some(BudgetPhase::Active));
-        assert!(tb.finalizers().iter().any(|f| f == FINALIZER), "{:?}", tb.finalizers());
-        wait_for(&bindings, "agents", "the binding's usedTokens", |bb| {
-            bb.status.as_ref().and_then(|s| s.used_tokens) == Some(120)
-        })
-        .await;
-        let quota = wait_for(&quotas, "tokenbudget-research", "the budget's quota", |q| {
-            quota_pods(q) == Some("10")
-        })
-        .await;
-        assert!(
-            quota
-                .owner_references()
-                .iter()
-                .any(|o| o.kind == "TokenBudget" && o.name == "research"),
-            "{:?}",
-            quota.owner_references()
-        );
-        let agent_pod = pods_of(&pods, "agent", 1).await.remove(0);
-        wait_for(&pods, &agent_pod, "the agent's pod marked ok", |p| {
-            annotation(&p.metadata, STATE) == Some("ok")
-        })
-        .await;
-
-        // Exhausted: quota frozen, Deployment to 0, Job and CronJob paused, Events.
-        agents[1].spend("gpt-4o-mini", 500, 400);
-        wait_for(&budgets, "research", "phase Exhausted", |tb| {
-            tb.status.as_ref().and_then(|s| s.phase) == Some(BudgetPhase::Exhausted)
-        })
-        .await;
-        wait_for(&quotas, "tokenbudget-research", "the quota frozen", |q| {
-            quota_pods(q) == Some("0")
-        })
-        .await;
-        let d = wait_for(&deployments, "agent", "the Deployment scaled to 0", |d| {
-            d.spec.replicas == Some(0)
-        })
-        .await;
-        assert_eq!(annotation(&d.metadata, PAUSED_REPLICAS), Some("1"));
-        wait_for(&jobs, "batch", "the Job suspended", |j| {
-            j.spec.as_ref().and_then(|s| s.suspend) == Some(true)
-        })
-        .await;
-        let cron_suspend = |want: bool| {
-            let cron_jobs = cron_jobs.clone();
-            async move {
-                let cj = cron_jobs.get("nightly").await.ok()?;
-                (cj.data.pointer("/spec/suspend").and_then(|v| v.as_bool()) == Some(want)).then_some(())
-            }
-        };
-        poll("the CronJob suspended", || cron_suspend(true)).await;
-        for reason in ["Exhausted", "ScaledDown"] {
-            wait_event(&events, &format!("a {reason} Event"), |e| {
-                e.reason.as_deref() == Some(reason) && e.reporting_controller.as_deref() == Some("tokenbudget-operator")
-            })
-            .await;
-        }
-        wait_for(
-            &budgets,
-            "research",
-            "three workloads enforced, the quota in status",
-            |tb| {
-                tb.status.as_ref().is_some_and(|s| {
-                    s.enforced.len() == 3
-                        && s.compute_quota
-                            .as_ref()
-                            .is_some_and(|q| q.hard.get("pods").map(|p| p.0.as_str()) == Some("0"))
-                })
-            },
-        )
-        .await;
-
-        // The limit raised: everything restored, the quota thawed.
-        budgets
-            .patch(
-                "research",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"limits": {"tokens": 1_000_000}}})),
-            )
-            .await
-            .unwrap();
-        wait_for(&quotas, "tokenbudget-research", "the quota thawed", |q| {
-            quota_pods(q) == Some("10")
-        })
-        .await;
-        wait_for(&deployments, "agent", "the Deployment restored to 1", |d| {
-            d.spec.replicas == Some(1) && annotation(&d.metadata, PAUSED_REPLICAS).is_none()
-        })
-        .await;
-        wait_for(&jobs, "batch", "the Job resumed", |j| {
-            let spec = j.spec.as_ref();
-            spec.and_then(|s| s.parallelism) == Some(1) && spec.and_then(|s| s.suspend) != Some(true)
-        })
-        .await;
-        poll("the CronJob resumed", || cron_suspend(false)).await;
-        wait_event(&events, "a Restored Event", |e| {
-            e.reason.as_deref() == Some("Restored") && e.reporting_controller.as_deref() == Some("tokenbudget-operator")
-        })
-        .await;
-        wait_for(&budgets, "research", "phase Active, nothing enforced", |tb| {
-            tb.status
-                .as_ref()
-                .is_some_and(|s| s.phase == Some(BudgetPhase::Active) && s.enforced.is_empty())
-        })
-        .await;
-
-        // The budget deleted: the finalizer restores, deletes the quota, and lets go.
-        delete(&budgets, "research").await;
-        wait_gone(&budgets, "research", "the budget to be gone (its finalizer released)").await;
-        wait_gone(&quotas, "tokenbudget-research", "the quota to be gone").await;
-        wait_for(&deployments, "agent", "the Deployment unmarked", |d| {
-            d.metadata.annotations.as_ref().is_none_or(|a| !a.contains_key(BUDGET))
-        })
-        .await;
+        s.bind_the_workloads_to_a_budget().await;
+        s.spend_and_see_it_counted().await;
+        s.exhaust_the_budget().await;
+        s.raise_the_limit().await;
+        s.delete_the_budget().await;
     };
-    let outcome = AssertUnwindSafe(scenario).catch_unwind().await;
-
-    // Enough: not one refusal in the whole run.
-    let log_path = operator.log.clone();
-    drop(operator);
-    let log = std::fs::read_to_string(&log_path).expect("the operator's log");
-    let refused = refusals(&log);
-    if let Err(panic) = outcome {
-        // The operator is gone: its finalizer must not keep the namespace from being deleted.
-        let _ = budgets
-            .patch_metadata(
-                "research",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-            )
-            .await;
-        eprintln!(
-            "the scenario failed; what the API server refused the operator ({}):\n{}",
-            log_path.display(),
-            refused.join("\n")
-        );
-        std::panic::resume_unwind(panic);
-    }
-    assert!(
-        log.contains("caches synced, ready"),
-        "the operator never got ready:\n{log}"
-    );
-    assert!(
-        refused.is_empty(),
-        "the operator was refused with the chart's RBAC ({}):\n{}",
-        log_path.display(),
-        refused.join("\n")
-    );
+    let outcome = AssertUnwindSafe(life).catch_unwind().await;
+    // Enough: the operator was refused nothing.
+    s.check_the_log_holds_no_refusal(operator, outcome).await;
     let scenario_done = started.elapsed();
 
-    // Not more: the same token, and the cluster-wide install's, refused what the operator
-    // never does; the namespace-scoped one refused everything in another namespace.
-    let pod = pods_of(&pods, "agent", 1).await.remove(0);
-    let agent = deployments.get("agent").await.unwrap();
-    let mut checks = Refusals {
-        user: scoped.user(),
-        seen: Vec::new(),
-    };
-    refused_in_namespace(&scoped, &ns.name, &agent, &pod, &mut checks).await;
-    refused_elsewhere(&scoped, &elsewhere.name, &mut checks).await;
-    let mut wide = Refusals {
-        user: cluster_wide.user(),
-        seen: Vec::new(),
-    };
-    refused_in_namespace(&cluster_wide, &ns.name, &agent, &pod, &mut wide).await;
-    let all_secrets: Api<Secret> = Api::all(cluster_wide.client().await);
-    wide.expect(
-        "list Secrets in all namespaces",
-        all_secrets.list(&ListParams::default()),
-    )
-    .await;
-    watches_every_namespace(&cluster_wide).await;
-
+    // Not more: the ServiceAccounts are refused what the operator never does.
+    let (checks, wide) = s.check_the_rest_is_refused().await;
     eprintln!("rbac: refused to the namespace-scoped install's ServiceAccount:");
     for line in &checks.seen {
         eprintln!("  {line}");
@@ -755,4 +473,289 @@ async fn the_chart_rbac_is_enough_for_everything_the_operator_does_and_no_more()
         scenario_done - setup,
         started.elapsed() - scenario_done
     );
+}
+
+/// The test's namespaces, the chart's two installs, and the admin's view of the namespace the
+/// operator watches.
+struct Scenario {
+    // Fields drop in this order: the releases are uninstalled before their namespaces go.
+    /// Namespace-scoped: a Role in the test namespace, the operator's whole grant.
+    scoped: Release,
+    /// The default install: a ClusterRole, for the cluster-wide checks.
+    cluster_wide: Release,
+    /// The namespace the operator watches, and the agents of its pods (as the admin sees it).
+    watched: Tenant,
+    elsewhere: TestNamespace,
+    /// Where the releases are installed.
+    _system: TestNamespace,
+    jobs: Api<Job>,
+    quotas: Api<ResourceQuota>,
+    cron_jobs: Api<DynamicObject>,
+}
+
+impl Scenario {
+    async fn install_the_chart_twice() -> Self {
+        let watched = Tenant::new("rbac").await;
+        let admin = &watched.client;
+        let elsewhere = TestNamespace::new(admin, "rbac-elsewhere").await;
+        let system = TestNamespace::new(admin, "rbac-release").await;
+        let id = std::process::id();
+        let scoped = Release::install(&format!("rbac-{id}-ns"), &system.name, Some(&watched.ns.name));
+        let cluster_wide = Release::install(&format!("rbac-{id}-all"), &system.name, None);
+        let cron_resource = ApiResource::erase::<CronJob>(&());
+        Scenario {
+            scoped,
+            cluster_wide,
+            jobs: watched.api(),
+            quotas: watched.api(),
+            cron_jobs: Api::namespaced_with(admin.clone(), &watched.ns.name, &cron_resource),
+            elsewhere,
+            _system: system,
+            watched,
+        }
+    }
+
+    /// A Deployment, a Job and a CronJob, a Secret it must not read, and in another namespace
+    /// a Deployment it must not touch.
+    async fn create_what_the_operator_will_find(&self) {
+        create(&self.watched.deployments, deployment("agent")).await;
+        create(&self.jobs, job("batch").parallelism(1).completions(5)).await;
+        create(&self.watched.api::<CronJob>(), cron_job("nightly")).await;
+        let secret: Secret =
+            serde_json::from_value(json!({"metadata": {"name": "credentials"}, "stringData": {"key": "sk-secret"}}))
+                .unwrap();
+        create(&self.watched.api::<Secret>(), secret).await;
+        create(
+            &self.elsewhere.api::<Deployment>(&self.watched.client),
+            deployment("bystander").replicas(0),
+        )
+        .await;
+    }
+
+    /// Plays the kubelet for the pod of the Deployment and the pod of the Job: an agent each.
+    async fn run_the_agents(&mut self) {
+        for app in ["agent", "batch"] {
+            self.watched.run_pods(app, 1).await;
+        }
+    }
+
+    /// The operator, as the chart's ServiceAccount of the namespace-scoped install.
+    fn start_the_operator_as_the_charts_service_account(&self) -> Operator {
+        let kubeconfig = self.scoped.kubeconfig.to_str().unwrap();
+        Operator::start_with_env(&self.watched.ns.name, &[("KUBECONFIG", kubeconfig)])
+    }
+
+    async fn bind_the_workloads_to_a_budget(&self) {
+        create(&self.watched.budgets, research(1000)).await;
+        let bb = binding("agents", "research")
+            .deployment("agent")
+            .named(WorkloadKind::Job, "batch")
+            .named(WorkloadKind::CronJob, "nightly");
+        create(&self.watched.bindings, bb).await;
+    }
+
+    /// Spends through an agent: usage counted into the budget's and the binding's status; the
+    /// quota created, owned by the budget; workloads and pods marked (pods patched).
+    async fn spend_and_see_it_counted(&self) {
+        // The pods ran before their binding: their first scrape is their baseline (accounting rule 3).
+        wait_for(&self.watched.bindings, "agents", "both pods scraped", |bb| {
+            bb.status.as_ref().and_then(|s| s.scraped_pods) == Some(2)
+        })
+        .await;
+        self.watched.agents[0].spend("gpt-4o-mini", 100, 20);
+        let tb = wait_for(&self.watched.budgets, "research", "120 tokens counted", |tb| {
+            tb.status.as_ref().and_then(|s| s.used.as_ref()).map(|u| u.tokens) == Some(120)
+        })
+        .await;
+        assert_eq!(tb.status.as_ref().unwrap().phase, Some(BudgetPhase::Active));
+        assert!(tb.finalizers().iter().any(|f| f == FINALIZER), "{:?}", tb.finalizers());
+        wait_for(&self.watched.bindings, "agents", "the binding's usedTokens", |bb| {
+            bb.status.as_ref().and_then(|s| s.used_tokens) == Some(120)
+        })
+        .await;
+        let quota = wait_for(&self.quotas, "tokenbudget-research", "the budget's quota", |q| {
+            quota_pods(q) == Some("10")
+        })
+        .await;
+        assert!(
+            quota
+                .owner_references()
+                .iter()
+                .any(|o| o.kind == "TokenBudget" && o.name == "research"),
+            "{:?}",
+            quota.owner_references()
+        );
+        let agent_pod = pods_of(&self.watched.pods, "agent", 1).await.remove(0);
+        wait_for(&self.watched.pods, &agent_pod, "the agent's pod marked ok", |p| {
+            annotation(&p.metadata, STATE) == Some("ok")
+        })
+        .await;
+    }
+
+    /// Spends past the limit. Exhausted: quota frozen, Deployment to 0, Job and CronJob paused,
+    /// Events.
+    async fn exhaust_the_budget(&self) {
+        self.watched.agents[1].spend("gpt-4o-mini", 500, 400);
+        wait_for(&self.watched.budgets, "research", "phase Exhausted", |tb| {
+            tb.status.as_ref().and_then(|s| s.phase) == Some(BudgetPhase::Exhausted)
+        })
+        .await;
+        wait_for(&self.quotas, "tokenbudget-research", "the quota frozen", |q| {
+            quota_pods(q) == Some("0")
+        })
+        .await;
+        let d = wait_for(&self.watched.deployments, "agent", "the Deployment scaled to 0", |d| {
+            d.spec.replicas == Some(0)
+        })
+        .await;
+        assert_eq!(annotation(&d.metadata, PAUSED_REPLICAS), Some("1"));
+        wait_for(&self.jobs, "batch", "the Job suspended", |j| {
+            j.spec.as_ref().and_then(|s| s.suspend) == Some(true)
+        })
+        .await;
+        poll("the CronJob suspended", || self.cron_suspend(true)).await;
+        for reason in ["Exhausted", "ScaledDown"] {
+            wait_event(&self.watched.events, &format!("a {reason} Event"), |e| {
+                e.reason.as_deref() == Some(reason) && e.reporting_controller.as_deref() == Some("tokenbudget-operator")
+            })
+            .await;
+        }
+        wait_for(
+            &self.watched.budgets,
+            "research",
+            "three workloads enforced, the quota in status",
+            |tb| {
+                tb.status.as_ref().is_some_and(|s| {
+                    s.enforced.len() == 3
+                        && s.compute_quota
+                            .as_ref()
+                            .is_some_and(|q| q.hard.get("pods").map(|p| p.0.as_str()) == Some("0"))
+                })
+            },
+        )
+        .await;
+    }
+
+    /// The limit raised: everything restored, the quota thawed.
+    async fn raise_the_limit(&self) {
+        set_token_limit(&self.watched.budgets, "research", 1_000_000).await;
+        wait_for(&self.quotas, "tokenbudget-research", "the quota thawed", |q| {
+            quota_pods(q) == Some("10")
+        })
+        .await;
+        wait_for(
+            &self.watched.deployments,
+            "agent",
+            "the Deployment restored to 1",
+            |d| d.spec.replicas == Some(1) && annotation(&d.metadata, PAUSED_REPLICAS).is_none(),
+        )
+        .await;
+        wait_for(&self.jobs, "batch", "the Job resumed", |j| {
+            let spec = j.spec.as_ref();
+            spec.and_then(|s| s.parallelism) == Some(1) && spec.and_then(|s| s.suspend) != Some(true)
+        })
+        .await;
+        poll("the CronJob resumed", || self.cron_suspend(false)).await;
+        wait_event(&self.watched.events, "a Restored Event", |e| {
+            e.reason.as_deref() == Some("Restored") && e.reporting_controller.as_deref() == Some("tokenbudget-operator")
+        })
+        .await;
+        wait_for(
+            &self.watched.budgets,
+            "research",
+            "phase Active, nothing enforced",
+            |tb| {
+                tb.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == Some(BudgetPhase::Active) && s.enforced.is_empty())
+            },
+        )
+        .await;
+    }
+
+    /// The budget deleted: the finalizer restores, deletes the quota, and lets go.
+    async fn delete_the_budget(&self) {
+        delete(&self.watched.budgets, "research").await;
+        wait_gone(
+            &self.watched.budgets,
+            "research",
+            "the budget to be gone (its finalizer released)",
+        )
+        .await;
+        wait_gone(&self.quotas, "tokenbudget-research", "the quota to be gone").await;
+        wait_for(&self.watched.deployments, "agent", "the Deployment unmarked", |d| {
+            d.metadata.annotations.as_ref().is_none_or(|a| !a.contains_key(BUDGET))
+        })
+        .await;
+    }
+
+    /// `Some` once the CronJob's `spec.suspend` is `want`.
+    async fn cron_suspend(&self, want: bool) -> Option<()> {
+        let cj = self.cron_jobs.get("nightly").await.ok()?;
+        (cj.data.pointer("/spec/suspend").and_then(|v| v.as_bool()) == Some(want)).then_some(())
+    }
+
+    /// Enough: not one refusal in the whole run. Stops the operator; when the budget's life
+    /// failed, shows what the API server refused the operator and fails with that failure.
+    async fn check_the_log_holds_no_refusal(&self, operator: Operator, outcome: std::thread::Result<()>) {
+        let log_path = operator.log.clone();
+        drop(operator);
+        let log = std::fs::read_to_string(&log_path).expect("the operator's log");
+        let refused = refusals(&log);
+        if let Err(panic) = outcome {
+            // The operator is gone: its finalizer must not keep the namespace from being deleted.
+            let _ = self
+                .watched
+                .budgets
+                .patch_metadata(
+                    "research",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+                )
+                .await;
+            eprintln!(
+                "the scenario failed; what the API server refused the operator ({}):\n{}",
+                log_path.display(),
+                refused.join("\n")
+            );
+            std::panic::resume_unwind(panic);
+        }
+        assert!(
+            log.contains("caches synced, ready"),
+            "the operator never got ready:\n{log}"
+        );
+        assert!(
+            refused.is_empty(),
+            "the operator was refused with the chart's RBAC ({}):\n{}",
+            log_path.display(),
+            refused.join("\n")
+        );
+    }
+
+    /// Not more: the same token, and the cluster-wide install's, refused what the operator
+    /// never does; the namespace-scoped one refused everything in another namespace. Returns
+    /// what each was refused.
+    async fn check_the_rest_is_refused(&self) -> (Refusals, Refusals) {
+        let pod = pods_of(&self.watched.pods, "agent", 1).await.remove(0);
+        let agent = self.watched.deployments.get("agent").await.unwrap();
+        let mut checks = Refusals {
+            user: self.scoped.user(),
+            seen: Vec::new(),
+        };
+        refused_in_namespace(&self.scoped, &self.watched.ns.name, &agent, &pod, &mut checks).await;
+        refused_elsewhere(&self.scoped, &self.elsewhere.name, &mut checks).await;
+        let mut wide = Refusals {
+            user: self.cluster_wide.user(),
+            seen: Vec::new(),
+        };
+        refused_in_namespace(&self.cluster_wide, &self.watched.ns.name, &agent, &pod, &mut wide).await;
+        let all_secrets: Api<Secret> = Api::all(self.cluster_wide.client().await);
+        wide.expect(
+            "list Secrets in all namespaces",
+            all_secrets.list(&ListParams::default()),
+        )
+        .await;
+        watches_every_namespace(&self.cluster_wide).await;
+        (checks, wide)
+    }
 }

@@ -16,17 +16,13 @@ use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{Node, Pod},
 };
-use kube::{
-    Api, Client,
-    api::{ListParams, Patch, PatchParams, PostParams},
-};
+use kube::{Api, Client, api::ListParams};
 use tokenbudget::{
-    api::{BudgetBinding, BudgetPhase, TokenBudget},
+    api::{BudgetPhase, EnforcementAction::ScaleDown, TokenBudget},
     enforce::PAUSED_REPLICAS,
 };
 
 const IMAGE: &str = "localhost/agent-sim:local";
-const PORT: u16 = 9464;
 
 /// Fails the test unless some node can run pods: Ready, schedulable, without taints that keep
 /// pods off it.
@@ -63,18 +59,10 @@ fn used(tb: &TokenBudget) -> (i64, i64, i64) {
         .map_or((-1, -1, -1), |u| (u.tokens, u.input, u.output))
 }
 
-fn phase(tb: &TokenBudget) -> Option<BudgetPhase> {
-    tb.status.as_ref()?.phase
-}
-
-fn annotation<'a>(d: &'a Deployment, key: &str) -> Option<&'a str> {
-    d.metadata.annotations.as_ref()?.get(key).map(String::as_str)
-}
-
 /// The pod's IP and the agent's port.
 fn address(pod: &Pod) -> String {
     let ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()).expect("a pod IP");
-    format!("{ip}:{PORT}")
+    format!("{ip}:{METRICS_PORT}")
 }
 
 fn restarts(pod: &Pod) -> i32 {
@@ -102,88 +90,47 @@ fn serving(pod: &Pod) -> bool {
 /// A Deployment of real agents: agent-sim on 0.0.0.0:9464 in the local image, which cannot be
 /// pulled. Pods get no ServiceAccount token: they never call the API.
 fn agent_deployment(name: &str, replicas: i32, drain: &str) -> Deployment {
-    serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "automountServiceAccountToken": false,
-                    "terminationGracePeriodSeconds": 30,
-                    "containers": [{
-                        "name": "agent",
-                        "image": IMAGE,
-                        "imagePullPolicy": "Never",
-                        "args": ["--listen", format!("0.0.0.0:{PORT}"), "--drain", drain],
-                        "ports": [{"name": "metrics", "containerPort": PORT}],
-                        "readinessProbe": {"httpGet": {"path": "/metrics", "port": "metrics"}, "periodSeconds": 1}
-                    }]
-                }
-            }
-        }
-    }))
-    .unwrap()
+    deployment(name)
+        .replicas(replicas)
+        .pod(|pod| {
+            pod.automount_service_account_token = Some(false);
+            pod.termination_grace_period_seconds = Some(30);
+            let agent = &mut pod.containers[0];
+            agent.image = Some(IMAGE.into());
+            agent.image_pull_policy = Some("Never".into());
+            agent.args = Some(
+                ["--listen", &format!("0.0.0.0:{METRICS_PORT}"), "--drain", drain]
+                    .map(String::from)
+                    .to_vec(),
+            );
+            agent.readiness_probe = Some(
+                serde_json::from_value(serde_json::json!(
+                    {"httpGet": {"path": "/metrics", "port": "metrics"}, "periodSeconds": 1}
+                ))
+                .unwrap(),
+            );
+        })
+        .build()
 }
 
-fn budget(name: &str, tokens: i64, extra: &str) -> TokenBudget {
-    serde_yaml::from_str(&format!(
-        "apiVersion: tokenbudget.io/v1alpha1\nkind: TokenBudget\nmetadata: {{name: {name}}}\n\
-         spec: {{limits: {{tokens: {tokens}}}{extra}}}"
-    ))
-    .unwrap()
-}
-
-fn binding(name: &str, budget: &str, deployment: &str, interval: &str) -> BudgetBinding {
-    serde_yaml::from_str(&format!(
-        "apiVersion: tokenbudget.io/v1alpha1\nkind: BudgetBinding\nmetadata: {{name: {name}}}\n\
-         spec: {{budgetRef: {{name: {budget}}}, workloads: [{{kind: Deployment, name: {deployment}}}], \
-         metrics: {{port: metrics, interval: {interval}, timeout: 1s}}}}"
-    ))
-    .unwrap()
-}
-
-struct Scenario {
-    /// Deleted when the test ends.
-    _ns: TestNamespace,
-    _operator: Operator,
-    budgets: Api<TokenBudget>,
-    bindings: Api<BudgetBinding>,
-    pods: Api<Pod>,
-    deployments: Api<Deployment>,
-}
-
-impl Scenario {
-    async fn new(test: &str) -> Self {
-        let client = client().await;
-        require_node(&client).await;
-        ensure_crds(&client).await;
-        let ns = TestNamespace::new(&client, test).await;
-        let operator = Operator::start(&ns.name);
-        Scenario {
-            budgets: ns.api(&client),
-            bindings: ns.api(&client),
-            pods: ns.api(&client),
-            deployments: ns.api(&client),
-            _ns: ns,
-            _operator: operator,
-        }
+impl Tenant {
+    /// A namespace with the operator watching it, on a cluster with a node to run the pods.
+    async fn on_a_node(test: &str) -> Self {
+        let tenant = Tenant::new(test).await;
+        require_node(&tenant.client).await;
+        tenant.with_operator()
     }
 
-    async fn create_budget(&self, budget: &TokenBudget) {
-        self.budgets.create(&PostParams::default(), budget).await.unwrap();
+    async fn create_budget(&self, budget: BudgetBuilder) {
+        create(&self.budgets, budget).await;
     }
 
-    async fn create_binding(&self, binding: &BudgetBinding) {
-        self.bindings.create(&PostParams::default(), binding).await.unwrap();
+    async fn create_binding(&self, binding: BindingBuilder) {
+        create(&self.bindings, binding).await;
     }
 
     async fn deploy(&self, name: &str, replicas: i32, drain: &str) {
-        self.deployments
-            .create(&PostParams::default(), &agent_deployment(name, replicas, drain))
-            .await
-            .unwrap();
+        create(&self.deployments, agent_deployment(name, replicas, drain)).await;
     }
 
     /// Waits until exactly `count` pods of `app` exist and all of them serve (none
@@ -234,9 +181,9 @@ fn spend(pod: &Pod, model: &str, input: u64, output: u64) {
 
 #[tokio::test]
 async fn two_real_replicas_are_counted_exactly() {
-    let s = Scenario::new("real-accounting").await;
-    s.create_budget(&budget("b", 1_000_000, "")).await;
-    s.create_binding(&binding("bb", "b", "agent", "1s")).await;
+    let s = Tenant::on_a_node("real-accounting").await;
+    s.create_budget(budget("b")).await;
+    s.create_binding(binding("bb", "b").deployment("agent")).await;
     s.deploy("agent", 2, "0s").await;
     let pods = s.serving_pods("agent", 2).await;
     assert_ne!(address(&pods[0]), address(&pods[1]), "each pod has an IP of its own");
@@ -261,9 +208,9 @@ async fn two_real_replicas_are_counted_exactly() {
 
 #[tokio::test]
 async fn a_real_crash_counts_both_containers_once() {
-    let s = Scenario::new("real-crash").await;
-    s.create_budget(&budget("b", 1_000_000, "")).await;
-    s.create_binding(&binding("bb", "b", "agent", "1s")).await;
+    let s = Tenant::on_a_node("real-crash").await;
+    s.create_budget(budget("b")).await;
+    s.create_binding(binding("bb", "b").deployment("agent")).await;
     s.deploy("agent", 1, "0s").await;
     let pod = s.serving_pods("agent", 1).await.remove(0);
     let name = pod.metadata.name.clone().unwrap();
@@ -314,15 +261,16 @@ async fn a_real_crash_counts_both_containers_once() {
 
 #[tokio::test]
 async fn a_deleted_pod_gets_sigterm_and_its_last_tokens_count() {
-    let s = Scenario::new("real-sigterm").await;
+    let s = Tenant::on_a_node("real-sigterm").await;
     // The pod runs before it is bound: its counter at the first scrape is its baseline.
     s.deploy("agent", 1, "5s").await;
     let pod = s.serving_pods("agent", 1).await.remove(0);
     let name = pod.metadata.name.clone().unwrap();
-    s.create_budget(&budget("b", 1_000_000, "")).await;
+    s.create_budget(budget("b")).await;
     // A long interval: after the first scrape (the binding's creation), only the scrape of a
     // pod that starts terminating can count anything within the test.
-    s.create_binding(&binding("bb", "b", "agent", "10m")).await;
+    s.create_binding(binding("bb", "b").deployment("agent").interval("10m"))
+        .await;
     wait_scraped(&s.bindings, "bb", 1).await;
     assert_eq!(used(&s.budgets.get("b").await.unwrap()).0, 0);
 
@@ -340,10 +288,9 @@ async fn a_deleted_pod_gets_sigterm_and_its_last_tokens_count() {
 
 #[tokio::test]
 async fn scale_down_stops_the_real_pods_and_a_raised_limit_brings_them_back() {
-    let s = Scenario::new("real-scale-down").await;
-    s.create_budget(&budget("b", 1000, ", enforcement: {action: ScaleDown}"))
-        .await;
-    s.create_binding(&binding("bb", "b", "agent", "1s")).await;
+    let s = Tenant::on_a_node("real-scale-down").await;
+    s.create_budget(budget("b").tokens(1000).action(ScaleDown)).await;
+    s.create_binding(binding("bb", "b").deployment("agent")).await;
     s.deploy("agent", 2, "0s").await;
     let pods = s.serving_pods("agent", 2).await;
     wait_scraped(&s.bindings, "bb", 2).await;
@@ -360,7 +307,7 @@ async fn scale_down_stops_the_real_pods_and_a_raised_limit_brings_them_back() {
         d.spec.replicas == Some(0)
     })
     .await;
-    assert_eq!(annotation(&d, PAUSED_REPLICAS), Some("2"));
+    assert_eq!(annotation(&d.metadata, PAUSED_REPLICAS), Some("2"));
     // The pods are gone once the kubelet has stopped their containers.
     s.list_until("agent", "the real pods to be gone", |pods| pods.is_empty())
         .await;
@@ -371,17 +318,10 @@ async fn scale_down_stops_the_real_pods_and_a_raised_limit_brings_them_back() {
     );
 
     // Room again: the old replica count comes back, on new real pods.
-    s.budgets
-        .patch(
-            "b",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"limits": {"tokens": 5000}}})),
-        )
-        .await
-        .unwrap();
+    set_token_limit(&s.budgets, "b", 5000).await;
     // The scale and the annotation are two writes: restored once both are.
     wait_for(&s.deployments, "agent", "the Deployment restored to 2", |d| {
-        d.spec.replicas == Some(2) && annotation(d, PAUSED_REPLICAS).is_none()
+        d.spec.replicas == Some(2) && annotation(&d.metadata, PAUSED_REPLICAS).is_none()
     })
     .await;
     let new = s.serving_pods("agent", 2).await;

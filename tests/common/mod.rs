@@ -2,7 +2,7 @@
 //! kubeconfig is in `KUBECONFIG` (`hack/test.sh` starts the testbed and sets it), each test in
 //! a namespace of its own. By concern: [`waits`], [`operator`], [`kubelet`] (what the tests
 //! play on a testbed without nodes), [`objects`]; the cluster connection and the test's
-//! namespace are here.
+//! namespace ([`TestNamespace`], and [`Tenant`], what most tests keep of it) are here.
 #![allow(dead_code)]
 
 mod kubelet;
@@ -33,7 +33,12 @@ use std::{
 };
 
 use k8s_openapi::{
-    api::core::v1::Namespace, apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    api::{
+        apps::v1::Deployment,
+        core::v1::{Namespace, Pod},
+        events::v1::Event,
+    },
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kube::{
     Api, Client, Resource,
@@ -41,6 +46,7 @@ use kube::{
     runtime::wait::{await_condition, conditions},
 };
 use serde::de::DeserializeOwned;
+use tokenbudget::api::{BudgetBinding, TokenBudget};
 
 /// How long any awaited condition may take before the test fails.
 pub const TIMEOUT: Duration = Duration::from_secs(60);
@@ -130,6 +136,89 @@ impl Drop for TestNamespace {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// Creates an object, from a builder of [`objects`] or typed, and returns it as the API server
+/// stored it; the test fails if the server refuses it.
+pub async fn create<K>(api: &Api<K>, object: impl Into<K>) -> K
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let object = object.into();
+    let name = object.meta().name.clone().unwrap_or_default();
+    api.create(&PostParams::default(), &object)
+        .await
+        .unwrap_or_else(|e| panic!("creating {} {name}: {e}", K::kind(&())))
+}
+
+/// One namespace of a test, the CRDs installed: handles on the kinds the tests create and read
+/// there, the operator when one watches it, and the agents of the pods whose kubelet the test
+/// plays. When the test ends the namespace is deleted, and the operator and the agents stop.
+pub struct Tenant {
+    pub client: Client,
+    pub ns: TestNamespace,
+    pub budgets: Api<TokenBudget>,
+    pub bindings: Api<BudgetBinding>,
+    pub deployments: Api<Deployment>,
+    pub pods: Api<Pod>,
+    pub events: Api<Event>,
+    pub operator: Option<Operator>,
+    pub agents: Vec<Agent>,
+}
+
+impl Tenant {
+    /// A new namespace for `test`, nothing running in it yet.
+    pub async fn new(test: &str) -> Self {
+        let client = client().await;
+        ensure_crds(&client).await;
+        let ns = TestNamespace::new(&client, test).await;
+        Tenant {
+            budgets: ns.api(&client),
+            bindings: ns.api(&client),
+            deployments: ns.api(&client),
+            pods: ns.api(&client),
+            events: ns.api(&client),
+            client,
+            ns,
+            operator: None,
+            agents: Vec::new(),
+        }
+    }
+
+    /// With the operator binary watching the namespace.
+    pub fn with_operator(mut self) -> Self {
+        self.operator = Some(Operator::start(&self.ns.name));
+        self
+    }
+
+    /// A handle on another kind in the namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+    {
+        self.ns.api(&self.client)
+    }
+
+    /// Plays the kubelet for the `count` pods labelled `app`: each gets an agent of its own,
+    /// appended to `agents`. Returns the pods' names.
+    pub async fn run_pods(&mut self, app: &str, count: usize) -> Vec<String> {
+        let names = pods_of(&self.pods, app, count).await;
+        for pod in &names {
+            let agent = Agent::start(&agent_ip(), &[]);
+            run_pod(&self.pods, pod, &agent.ip, 0).await;
+            self.agents.push(agent);
+        }
+        names
+    }
+}
+
+/// Sets a budget's token limit, as `kubectl patch` would (a merge patch of its spec).
+pub async fn set_token_limit(budgets: &Api<TokenBudget>, name: &str, tokens: i64) {
+    let limit = serde_json::json!({"spec": {"limits": {"tokens": tokens}}});
+    budgets
+        .patch(name, &PatchParams::default(), &Patch::Merge(&limit))
+        .await
+        .unwrap_or_else(|e| panic!("setting the token limit of {name}: {e}"));
 }
 
 /// Deletes an object, ignoring "not found".

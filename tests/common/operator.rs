@@ -21,6 +21,11 @@ impl Operator {
         Self::spawn(&["--namespace", namespace], namespace, env)
     }
 
+    /// As [`Operator::start`], with more arguments (tests/https.rs: `--scrape-ca-file`).
+    pub fn start_with_args(namespace: &str, args: &[&str]) -> Self {
+        Self::spawn(&[&["--namespace", namespace], args].concat(), namespace, &[])
+    }
+
     /// An operator watching every namespace (no `--namespace`, the binary's default). It
     /// also reconciles whatever other tests (or earlier runs) left in the cluster, so a test
     /// that starts one must not run beside tests with operators of their own.
