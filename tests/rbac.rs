@@ -22,7 +22,7 @@ use std::{
     panic::AssertUnwindSafe,
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use common::*;
@@ -408,23 +408,6 @@ fn research(tokens: i64) -> TokenBudget {
         .build()
 }
 
-/// Polls `probe` every 200 ms until it returns `Some`, for objects that [`wait_for`] cannot
-/// watch (CronJobs, read as dynamic objects because their version depends on the server).
-async fn poll<T, F: Future<Output = Option<T>>>(what: &str, probe: impl Fn() -> F) -> T {
-    within(
-        async {
-            loop {
-                if let Some(found) = probe().await {
-                    return found;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        },
-        what,
-    )
-    .await
-}
-
 #[test]
 fn the_log_check_finds_refusals_and_nothing_else() {
     let log = "2026-01-01T10:00:04.403Z INFO ok resourceVersion=14030 pod=agent-7c4f9-x403b took 403ms\n\
@@ -490,7 +473,7 @@ struct Scenario {
     _system: TestNamespace,
     jobs: Api<Job>,
     quotas: Api<ResourceQuota>,
-    cron_jobs: Api<DynamicObject>,
+    cron_jobs: Api<CronJob>,
 }
 
 impl Scenario {
@@ -502,13 +485,12 @@ impl Scenario {
         let id = std::process::id();
         let scoped = Release::install(&format!("rbac-{id}-ns"), &system.name, Some(&watched.ns.name));
         let cluster_wide = Release::install(&format!("rbac-{id}-all"), &system.name, None);
-        let cron_resource = ApiResource::erase::<CronJob>(&());
         Scenario {
             scoped,
             cluster_wide,
             jobs: watched.api(),
             quotas: watched.api(),
-            cron_jobs: Api::namespaced_with(admin.clone(), &watched.ns.name, &cron_resource),
+            cron_jobs: Api::namespaced(admin.clone(), &watched.ns.name),
             elsewhere,
             _system: system,
             watched,
@@ -613,7 +595,10 @@ impl Scenario {
             j.spec.as_ref().and_then(|s| s.suspend) == Some(true)
         })
         .await;
-        poll("the CronJob suspended", || self.cron_suspend(true)).await;
+        wait_for(&self.cron_jobs, "nightly", "the CronJob suspended", |cj| {
+            cj.spec.suspend == Some(true)
+        })
+        .await;
         for reason in ["Exhausted", "ScaledDown"] {
             wait_event(&self.watched.events, &format!("a {reason} Event"), |e| {
                 e.reason.as_deref() == Some(reason) && e.reporting_controller.as_deref() == Some("tokenbudget-operator")
@@ -655,7 +640,10 @@ impl Scenario {
             spec.and_then(|s| s.parallelism) == Some(1) && spec.and_then(|s| s.suspend) != Some(true)
         })
         .await;
-        poll("the CronJob resumed", || self.cron_suspend(false)).await;
+        wait_for(&self.cron_jobs, "nightly", "the CronJob resumed", |cj| {
+            cj.spec.suspend == Some(false)
+        })
+        .await;
         wait_event(&self.watched.events, "a Restored Event", |e| {
             e.reason.as_deref() == Some("Restored") && e.reporting_controller.as_deref() == Some("tokenbudget-operator")
         })
@@ -690,11 +678,6 @@ impl Scenario {
     }
 
     /// `Some` once the CronJob's `spec.suspend` is `want`.
-    async fn cron_suspend(&self, want: bool) -> Option<()> {
-        let cj = self.cron_jobs.get("nightly").await.ok()?;
-        (cj.data.pointer("/spec/suspend").and_then(|v| v.as_bool()) == Some(want)).then_some(())
-    }
-
     /// Enough: not one refusal in the whole run. Stops the operator; when the budget's life
     /// failed, shows what the API server refused the operator and fails with that failure.
     async fn check_the_log_holds_no_refusal(&self, operator: Operator, outcome: std::thread::Result<()>) {
