@@ -368,6 +368,91 @@ pub fn scrape_condition(report: &BindingReport) -> Desired {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{api::TokenBudgetSpec, validate};
+
+    const NOW: &str = "2026-11-30T12:00:00Z";
+
+    fn budget(yaml: &str) -> ValidBudget {
+        let spec: TokenBudgetSpec = serde_yaml::from_str(yaml).expect("fixture parses");
+        validate::budget(&spec).expect("a valid fixture")
+    }
+
+    /// An account that has counted `(model, input, output)` this month.
+    fn account(models: &[(&str, i64, i64)]) -> Account {
+        let models: Vec<String> = models
+            .iter()
+            .map(|(m, i, o)| format!("{{model: {m}, input: {i}, output: {o}}}"))
+            .collect();
+        let state: AccountingState = serde_yaml::from_str(&format!(
+            "{{periodStart: '2026-11-01T00:00:00Z', models: [{}]}}",
+            models.join(", ")
+        ))
+        .expect("fixture parses");
+        Account::open("uid", Some(&state))
+    }
+
+    fn window(budget: &ValidBudget) -> PeriodWindow {
+        let now: Timestamp = NOW.parse().unwrap();
+        period::current(budget.reset, &budget.time_zone, now, now)
+    }
+
+    fn condition<'a>(conditions: &'a [Desired], type_: &str) -> &'a Desired {
+        conditions.iter().find(|c| c.type_ == type_).expect("the condition")
+    }
+
+    #[test]
+    fn the_highest_threshold_crossed_is_a_warning_and_the_limit_exhausts() {
+        let budget = budget("limits: {tokens: 1000}\nthresholds: [90, 50]");
+        let (status, conditions) = usage_status(
+            &budget,
+            &account(&[("m", 600, 10)]),
+            &window(&budget),
+            NOW.parse().unwrap(),
+        );
+        assert_eq!(status.phase, Some(BudgetPhase::Warning));
+        assert_eq!((status.percent_used, status.remaining_tokens), (Some(61), Some(390)));
+        assert_eq!(
+            condition(&conditions, "ThresholdReached").message,
+            "50% of the budget is used"
+        );
+        assert_eq!(condition(&conditions, "Exhausted").status, Status::False);
+
+        let (status, conditions) = usage_status(
+            &budget,
+            &account(&[("m", 990, 10)]),
+            &window(&budget),
+            NOW.parse().unwrap(),
+        );
+        assert_eq!(status.phase, Some(BudgetPhase::Exhausted));
+        assert_eq!(status.remaining_tokens, Some(0));
+        assert_eq!(
+            condition(&conditions, "ThresholdReached").message,
+            "90% of the budget is used"
+        );
+        assert_eq!(condition(&conditions, "Exhausted").reason, "LimitReached");
+    }
+
+    #[test]
+    fn models_without_a_price_count_tokens_but_no_cost() {
+        let budget = budget("limits: {cost: '10.00'}\npricing: [{model: 'gpt-*', input: '1.00', output: '2.00'}]");
+        let account = account(&[("gpt-4o", 1_000_000, 500_000), ("llama", 7, 3)]);
+        let (status, conditions) = usage_status(&budget, &account, &window(&budget), NOW.parse().unwrap());
+        let used = status.used.expect("used");
+        assert_eq!((used.tokens, used.cost.as_deref()), (1_500_010, Some("2.00")));
+        assert_eq!(status.percent_used, Some(20));
+        let models: Vec<_> = status
+            .models
+            .iter()
+            .map(|m| (m.model.as_str(), m.cost.as_deref()))
+            .collect();
+        assert_eq!(models, [("gpt-4o", Some("2.00")), ("llama", None)]);
+        let health = condition(&conditions, "UsageHealthy");
+        assert_eq!((health.status, health.reason), (Status::False, "UnpricedModels"));
+        assert_eq!(
+            health.message,
+            "no price for llama: their tokens count, their cost is 0"
+        );
+    }
 
     #[test]
     fn pending_pods_are_no_scrape_failure() {
