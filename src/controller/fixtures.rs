@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 
 use super::{Context, FIELD_MANAGER, Parts, cluster::Cluster, state::BindingUsages};
 use crate::{
-    api::{BudgetBinding, TokenBudget, TokenBudgetStatus},
+    api::{BudgetBinding, BudgetBindingStatus, TokenBudget, TokenBudgetStatus},
     clock::ManualClock,
     metrics::Metrics,
     usage::scrape::Scraper,
@@ -176,6 +176,11 @@ impl BudgetBinding {
         }))
         .expect("a binding")
     }
+
+    pub fn with_status(mut self, status: BudgetBindingStatus) -> Self {
+        self.status = Some(status);
+        self
+    }
 }
 
 /// A Deployment without pods (none of its ReplicaSets is in the stores), at `version`.
@@ -244,6 +249,7 @@ impl Received {
 }
 
 const BUDGETS: &str = "/apis/tokenbudget.io/v1alpha1/namespaces/agents/tokenbudgets";
+const BINDINGS: &str = "/apis/tokenbudget.io/v1alpha1/namespaces/agents/budgetbindings";
 const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/agents/deployments";
 const MERGE_PATCH: &str = "application/merge-patch+json";
 const APPLY_PATCH: &str = "application/apply-patch+yaml";
@@ -330,6 +336,17 @@ impl ApiServerVerifier {
         finalizers
     }
 
+    /// The read of a budget by name (the binding reconcile's); answers `budget`, or 404.
+    pub async fn budget_read(&mut self, name: &str, budget: Option<&TokenBudget>) {
+        let request = self
+            .expect("a read of the budget", Method::GET, &format!("{BUDGETS}/{name}"))
+            .await;
+        match budget {
+            Some(tb) => request.answer(serde_json::to_value(tb).expect("a budget")),
+            None => request.refuse(404, "NotFound"),
+        }
+    }
+
     /// A server-side apply of the budget's whole status, by the operator's field manager.
     /// Answers with the budget carrying it; returns the status written.
     pub async fn budget_status_applied(&mut self, tb: &TokenBudget) -> TokenBudgetStatus {
@@ -352,6 +369,17 @@ impl ApiServerVerifier {
         let request = self.expect("the budget's status", Method::PATCH, &path).await;
         assert_server_side_apply(&request, "tokenbudget.io/v1alpha1", "TokenBudget");
         request
+    }
+
+    /// A server-side apply of the binding's whole status; returns it.
+    pub async fn binding_status_applied(&mut self, bb: &BudgetBinding) -> BudgetBindingStatus {
+        let path = format!("{BINDINGS}/{}/status", bb.name_any());
+        let request = self.expect("the binding's status", Method::PATCH, &path).await;
+        assert_server_side_apply(&request, "tokenbudget.io/v1alpha1", "BudgetBinding");
+        let status: BudgetBindingStatus =
+            serde_json::from_value(request.body["status"].clone()).expect("a BudgetBinding status");
+        request.answer(serde_json::to_value(bb.clone().with_status(status.clone())).expect("a binding"));
+        status
     }
 
     /// A merge patch of a Deployment's annotations, conditional on `version`. Answers with the
