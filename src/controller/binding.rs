@@ -29,6 +29,9 @@ use crate::{
 
 const CONTROLLER: &str = "budgetbinding";
 
+#[cfg(test)]
+mod scenarios;
+
 /// The status a binding should have, given whether its budget exists and what the budget's
 /// last accounting cycle saw of it. Pure. This controller is the only writer of a binding's
 /// status, and the accounting cycle hands its findings over in memory: the usage fields and

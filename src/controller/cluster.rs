@@ -232,6 +232,32 @@ impl Cluster {
     }
 }
 
+/// For the scenario tests: a cluster over stores filled by hand, synced as if every watch had
+/// listed them.
+#[cfg(test)]
+impl Cluster {
+    pub(crate) fn from_stores(
+        pods: Store<Pod>,
+        replica_sets: Store<ReplicaSet>,
+        deployments: Store<Deployment>,
+        stateful_sets: Store<StatefulSet>,
+        jobs: Store<Job>,
+        cron_jobs: Store<CronJob>,
+        bindings: Store<DeserializeGuard<BudgetBinding>>,
+    ) -> Self {
+        Cluster {
+            pods,
+            replica_sets,
+            deployments,
+            stateful_sets,
+            jobs,
+            cron_jobs,
+            bindings,
+            synced: Arc::new(AtomicBool::new(true)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

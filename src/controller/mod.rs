@@ -16,6 +16,8 @@ pub mod budget;
 pub mod cli;
 pub mod cluster;
 pub mod events;
+#[cfg(test)]
+mod fixtures;
 pub mod run;
 pub mod scrapes;
 pub mod state;

@@ -15,6 +15,8 @@ mod act;
 mod announce;
 mod compute;
 mod observe;
+#[cfg(test)]
+mod scenarios;
 
 use std::{sync::Arc, time::Duration};
 

@@ -1,0 +1,434 @@
+//! Scenario tests: whole reconciles of a budget against a mocked API server, asserting every
+//! request in order, and that there is none more.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::{core::DeserializeGuard, runtime::controller::Action};
+use serde_json::json;
+
+use super::{CONTROLLER, reconcile};
+use crate::{
+    api::{BudgetBinding, BudgetPhase, TokenBudget, TokenBudgetStatus},
+    conditions,
+    controller::{
+        Context, Error, RESYNC, error_policy,
+        fixtures::{NOW, Objects, deployment, now, settle},
+        state::BindingRef,
+    },
+    enforce::FINALIZER,
+};
+
+const LIMITED: &str = "limits: {tokens: 1000}";
+const SCALE_DOWN: &str = "{limits: {tokens: 1000}, enforcement: {action: ScaleDown}}";
+
+fn guard(tb: &TokenBudget) -> Arc<DeserializeGuard<TokenBudget>> {
+    Arc::new(DeserializeGuard(Ok(tb.clone())))
+}
+
+fn status(yaml: &str) -> TokenBudgetStatus {
+    serde_yaml::from_str(yaml).expect("a status fixture")
+}
+
+/// A condition's (status, reason, message).
+fn condition<'a>(status: &'a TokenBudgetStatus, type_: &str) -> (&'a str, &'a str, &'a str) {
+    let c = conditions::find(&status.conditions, type_).unwrap_or_else(|| panic!("no {type_} condition"));
+    (&c.status, &c.reason, &c.message)
+}
+
+fn annotations(pairs: &[(&str, Option<&str>)]) -> BTreeMap<String, Option<String>> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.map(String::from)))
+        .collect()
+}
+
+/// A new budget gets the finalizer first (so that its deletion will restore its workloads),
+/// then its first status, in one server-side apply.
+#[tokio::test]
+async fn a_new_budget_gets_its_finalizer_then_its_status() {
+    let tb = TokenBudget::test(LIMITED);
+    let (ctx, mut api) = Context::test(Objects {
+        budgets: vec![tb.clone()],
+        ..Default::default()
+    });
+    let server = tokio::spawn({
+        let tb = tb.clone();
+        async move {
+            let finalizers = api.finalizers_patched(&tb).await;
+            let status = api.budget_status_applied(&tb).await;
+            api.done().await;
+            (finalizers, status)
+        }
+    });
+    let (action, (finalizers, status)) = settle(ctx, async |ctx| reconcile(guard(&tb), ctx).await, server).await;
+
+    assert_eq!(finalizers, [FINALIZER]);
+    assert_eq!(status.phase, Some(BudgetPhase::Active));
+    let used = status.used.as_ref().expect("status.used");
+    assert_eq!((used.tokens, used.input, used.output), (0, 0, 0));
+    assert_eq!((status.remaining_tokens, status.percent_used), (Some(1000), Some(0)));
+    assert_eq!(status.period_start.as_deref(), Some("2026-11-01T00:00:00+00:00"));
+    assert_eq!(status.observed_generation, Some(1));
+    assert_eq!(
+        condition(&status, "Ready"),
+        ("True", "Reconciled", "the budget is valid")
+    );
+    assert_eq!(condition(&status, "Exhausted").0, "False");
+    assert_eq!(condition(&status, "Enforced").1, "NotExhausted");
+    assert!(
+        status
+            .conditions
+            .iter()
+            .all(|c| c.last_transition_time.0 == now() && c.observed_generation == Some(1)),
+        "every condition is new, at the test clock's time: {:?}",
+        status.conditions
+    );
+    let ledger = status.accounting.as_ref().expect("the ledger is persisted with used");
+    assert_eq!(ledger.period_start, "2026-11-01T00:00:00Z");
+    // No binding: nothing to scrape, so the budget looks again at the resync.
+    assert_eq!(action.expect("the reconcile succeeds"), Action::requeue(RESYNC));
+}
+
+/// A budget whose status is what the reconcile computes is not written at all: the second
+/// reconcile, on the status the first wrote, makes no request.
+#[tokio::test]
+async fn an_unchanged_budget_is_not_written_again() {
+    let tb = TokenBudget::test(LIMITED).finalized(&[]);
+    let (ctx, mut api) = Context::test(Objects {
+        budgets: vec![tb.clone()],
+        ..Default::default()
+    });
+    let (written_tx, written_rx) = futures::channel::oneshot::channel();
+    let server = tokio::spawn({
+        let tb = tb.clone();
+        async move {
+            let status = api.budget_status_applied(&tb).await;
+            written_tx.send(status).expect("the test waits for the status");
+            // The second reconcile: nothing at all.
+            api.done().await;
+        }
+    });
+    let ((first, second), ()) = settle(
+        ctx,
+        async |ctx| {
+            let first = reconcile(guard(&tb), ctx.clone()).await;
+            let written = written_rx.await.expect("the first reconcile wrote a status");
+            let mut updated = tb.clone().with_status(written);
+            updated.metadata.resource_version = Some("8".into());
+            let second = reconcile(guard(&updated), ctx).await;
+            (first, second)
+        },
+        server,
+    )
+    .await;
+    assert_eq!(first.expect("the first reconcile succeeds"), Action::requeue(RESYNC));
+    assert_eq!(second.expect("the second reconcile succeeds"), Action::requeue(RESYNC));
+}
+
+/// An operator that restarts (its accounts in memory lost) resumes from the status it wrote,
+/// and finds nothing to write either.
+#[tokio::test]
+async fn a_restarted_operator_does_not_rewrite_the_status_it_wrote() {
+    let tb = TokenBudget::test(LIMITED).finalized(&[]);
+    let (ctx, mut api) = Context::test(Objects {
+        budgets: vec![tb.clone()],
+        ..Default::default()
+    });
+    let server = tokio::spawn({
+        let tb = tb.clone();
+        async move {
+            let status = api.budget_status_applied(&tb).await;
+            api.done().await;
+            status
+        }
+    });
+    let (_, written) = settle(ctx, async |ctx| reconcile(guard(&tb), ctx).await, server).await;
+
+    let tb = tb.with_status(written);
+    let (ctx, api) = Context::test(Objects {
+        budgets: vec![tb.clone()],
+        ..Default::default()
+    });
+    let (action, ()) = settle(
+        ctx,
+        async |ctx| reconcile(guard(&tb), ctx).await,
+        tokio::spawn(api.done()),
+    )
+    .await;
+    assert_eq!(action.expect("the reconcile succeeds"), Action::requeue(RESYNC));
+}
+
+/// The persisted ledger of a budget of 1,000 tokens that has counted 1,200, already past its
+/// 80% threshold.
+const OVER_THE_LIMIT: &str = "
+phase: Warning
+conditions:
+  - {type: ThresholdReached, status: 'True', reason: ThresholdReached, message: 80% of the budget is used,
+     lastTransitionTime: '2026-11-20T08:00:00Z', observedGeneration: 1}
+accounting:
+  periodStart: '2026-11-01T00:00:00Z'
+  models: [{model: gpt-4o-mini, input: 900, output: 300}]
+  workloads: [{kind: Deployment, name: summarizer, tokens: 1200}]
+  bindings: [{name: summarizer, tokens: 1200}]
+";
+
+/// The stores of a ScaleDown budget over its limit, and its Deployment with 2 replicas.
+fn exhausted() -> (TokenBudget, Deployment, Objects) {
+    let tb = TokenBudget::test(SCALE_DOWN)
+        .finalized(&[])
+        .with_status(status(OVER_THE_LIMIT));
+    let summarizer = deployment("summarizer", 2, "41", &[]);
+    let objects = Objects {
+        budgets: vec![tb.clone()],
+        bindings: vec![BudgetBinding::test("research", "summarizer")],
+        deployments: vec![summarizer.clone()],
+    };
+    (tb, summarizer, objects)
+}
+
+/// An exhausted budget annotates its Deployment (the count to restore first), then scales it
+/// to 0 on the version the annotation left, then writes its status, then tells: ScaledDown and
+/// Exhausted, but not ThresholdReached again.
+#[tokio::test]
+async fn an_exhausted_budget_annotates_then_scales_down_then_writes_status() {
+    let (tb, summarizer, objects) = exhausted();
+    let (ctx, mut api) = Context::test(objects);
+    let server = tokio::spawn({
+        let tb = tb.clone();
+        async move {
+            let annotated = api.deployment_annotated(&summarizer, "41").await;
+            let replicas = api.deployment_scaled(&summarizer, "42").await;
+            let status = api.budget_status_applied(&tb).await;
+            let scaled = api.event_posted("ScaledDown").await;
+            let exhausted = api.event_posted("Exhausted").await;
+            api.done().await;
+            (annotated, replicas, status, [scaled, exhausted])
+        }
+    });
+    let ((action, handed_over), (annotated, replicas, status, events)) = settle(
+        ctx,
+        async |ctx| {
+            let action = reconcile(guard(&tb), ctx.clone()).await;
+            let binding: BindingRef = BindingRef::new("summarizer").within("agents");
+            (action, ctx.binding_usage.get(&binding))
+        },
+        server,
+    )
+    .await;
+
+    assert_eq!(
+        annotated,
+        annotations(&[
+            ("tokenbudget.io/budget", Some("research")),
+            ("tokenbudget.io/paused-replicas", Some("2")),
+            ("tokenbudget.io/remaining-tokens", Some("0")),
+            ("tokenbudget.io/state", Some("exhausted")),
+        ])
+    );
+    assert_eq!(replicas, 0);
+
+    assert_eq!(status.phase, Some(BudgetPhase::Exhausted));
+    assert_eq!(status.used.as_ref().map(|u| u.tokens), Some(1200));
+    assert_eq!((status.remaining_tokens, status.percent_used), (Some(0), Some(120)));
+    assert_eq!(
+        condition(&status, "Exhausted"),
+        ("True", "LimitReached", "the budget is used up for this period")
+    );
+    assert_eq!(
+        condition(&status, "Enforced"),
+        ("True", "ScaledDown", "scaled to 0: Deployment/summarizer")
+    );
+    let threshold = conditions::find(&status.conditions, "ThresholdReached").unwrap();
+    assert_eq!(
+        threshold.last_transition_time.0,
+        "2026-11-20T08:00:00Z".parse().unwrap(),
+        "a condition that did not change keeps its transition time"
+    );
+    let enforced: Vec<_> = status
+        .enforced
+        .iter()
+        .map(|e| (e.name.as_str(), e.action.as_str(), e.since.as_str()))
+        .collect();
+    assert_eq!(enforced, [("summarizer", "ScaleDown", NOW)]);
+    assert_eq!(
+        status.accounting.as_ref().map(|a| a.models.len()),
+        Some(1),
+        "the ledger goes on"
+    );
+
+    let [scaled, exhausted] = events;
+    assert_eq!(
+        scaled["note"],
+        "scaled Deployment/summarizer from 2 to 0 replicas: the budget is exhausted"
+    );
+    assert_eq!(
+        (&scaled["type"], &exhausted["type"]),
+        (&json!("Normal"), &json!("Warning"))
+    );
+    for event in [&scaled, &exhausted] {
+        assert_eq!(
+            (&event["regarding"]["kind"], &event["regarding"]["name"]),
+            (&json!("TokenBudget"), &json!("research"))
+        );
+    }
+
+    let usage = handed_over.expect("the cycle's findings are handed to the binding controller");
+    assert_eq!((usage.report.workloads, usage.report.pods), (1, 0));
+    assert_eq!(usage.report.used_tokens, 1200);
+    // The binding's scrape interval (15s by default) is the next cycle.
+    assert_eq!(
+        action.expect("the reconcile succeeds"),
+        Action::requeue(Duration::from_secs(15))
+    );
+}
+
+/// A deleted budget restores what it changed, in the order that never loses the count: the
+/// replicas back first, then its annotations removed; then (an Event) it lets go of its
+/// finalizer, and of nobody else's.
+#[tokio::test]
+async fn a_deleted_budget_restores_then_removes_its_finalizer() {
+    let tb = TokenBudget::test(SCALE_DOWN)
+        .finalized(&["example.com/keep"])
+        .deleted()
+        .with_status(status("phase: Exhausted"));
+    let summarizer = deployment(
+        "summarizer",
+        0,
+        "50",
+        &[
+            ("tokenbudget.io/budget", "research"),
+            ("tokenbudget.io/state", "exhausted"),
+            ("tokenbudget.io/remaining-tokens", "0"),
+            ("tokenbudget.io/paused-replicas", "2"),
+            ("example.com/owner", "team-a"),
+        ],
+    );
+    let (ctx, mut api) = Context::test(Objects {
+        budgets: vec![tb.clone()],
+        bindings: vec![BudgetBinding::test("research", "summarizer")],
+        deployments: vec![summarizer.clone()],
+    });
+    let server = tokio::spawn({
+        let tb = tb.clone();
+        async move {
+            // A quota the status never recorded is looked for too: there is none.
+            api.no_quota_read("research").await;
+            let replicas = api.deployment_scaled(&summarizer, "50").await;
+            let annotated = api.deployment_annotated(&summarizer, "51").await;
+            let restored = api.event_posted("Restored").await;
+            let finalizers = api.finalizers_patched(&tb).await;
+            api.done().await;
+            (replicas, annotated, restored, finalizers)
+        }
+    });
+    let (action, (replicas, annotated, restored, finalizers)) =
+        settle(ctx, async |ctx| reconcile(guard(&tb), ctx).await, server).await;
+
+    assert_eq!(replicas, 2, "the count before the scale-down");
+    assert_eq!(
+        annotated,
+        annotations(&[
+            ("tokenbudget.io/budget", None),
+            ("tokenbudget.io/paused-replicas", None),
+            ("tokenbudget.io/remaining-tokens", None),
+            ("tokenbudget.io/state", None),
+        ]),
+        "the operator's annotations removed, and nobody else's"
+    );
+    assert_eq!(restored["note"], "restored Deployment/summarizer to 2 replicas");
+    assert_eq!(finalizers, ["example.com/keep"]);
+    assert_eq!(action.expect("the cleanup succeeds"), Action::await_change());
+}
+
+/// A status write the server refuses fails the reconcile: no Event follows (nothing is
+/// announced that was not recorded), and the error policy retries with a growing backoff.
+#[tokio::test]
+async fn a_refused_status_write_fails_the_reconcile_and_backs_off() {
+    let tb = TokenBudget::test(LIMITED).finalized(&[]);
+    let (ctx, mut api) = Context::test(Objects {
+        budgets: vec![tb.clone()],
+        ..Default::default()
+    });
+    let server = tokio::spawn({
+        let tb = tb.clone();
+        async move {
+            api.budget_status_refused(&tb, 500, "InternalError").await;
+            api.done().await;
+        }
+    });
+    let ((error, backoff, counted), ()) = settle(
+        ctx,
+        async |ctx| {
+            let guard = guard(&tb);
+            let error = reconcile(guard.clone(), ctx.clone())
+                .await
+                .expect_err("a refused status write is an error");
+            let backoff = [1, 2].map(|_| error_policy(CONTROLLER, guard.clone(), &error, ctx.clone()));
+            let counted = ctx
+                .metrics
+                .reconcile_errors
+                .with_label_values(&[CONTROLLER, "api"])
+                .get();
+            (error, backoff, counted)
+        },
+        server,
+    )
+    .await;
+
+    assert!(
+        matches!(&error, Error::Kube(kube::Error::Api(s)) if s.code == 500),
+        "{error}"
+    );
+    assert_eq!(
+        backoff,
+        [
+            Action::requeue(Duration::from_secs(1)),
+            Action::requeue(Duration::from_secs(2))
+        ]
+    );
+    assert_eq!(counted, 2);
+}
+
+/// Someone changed the Deployment since the decision: its annotation write meets a conflict,
+/// nothing more is written to it (no scale-down on a stale decision), the reconcile itself
+/// succeeds, its status says what is not done yet, and it decides again within a second.
+#[tokio::test]
+async fn a_conflict_on_the_workload_is_reported_and_retried_soon() {
+    let (tb, summarizer, objects) = exhausted();
+    let (ctx, mut api) = Context::test(objects);
+    let server = tokio::spawn({
+        let tb = tb.clone();
+        async move {
+            api.deployment_annotation_conflict(&summarizer, "41").await;
+            let status = api.budget_status_applied(&tb).await;
+            // No ScaledDown: nothing was scaled.
+            api.event_posted("Exhausted").await;
+            api.done().await;
+            status
+        }
+    });
+    let ((action, failures), status) = settle(
+        ctx,
+        async |ctx| {
+            let action = reconcile(guard(&tb), ctx.clone()).await;
+            (action, ctx.metrics.enforcement_failures.get())
+        },
+        server,
+    )
+    .await;
+
+    assert_eq!(status.phase, Some(BudgetPhase::Exhausted));
+    let (enforced, _, message) = condition(&status, "Enforced");
+    assert_eq!(enforced, "True");
+    assert!(
+        message.ends_with("not done yet: Deployment/summarizer changed while it was being updated; retrying"),
+        "{message}"
+    );
+    assert_eq!(failures, 1);
+    // 500 ms to the retry, plus the 50 ms every wake-up waits past its moment.
+    assert_eq!(
+        action.expect("a failed enforcement write does not fail the reconcile"),
+        Action::requeue(Duration::from_millis(550))
+    );
+}
