@@ -2,7 +2,7 @@
 
 use prometheus::{
     GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    TextEncoder, core::Collector,
 };
 
 use crate::api::{BudgetPhase, TokenBudgetStatus};
@@ -41,108 +41,80 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Every metric, each registered in the registry that [`Metrics::render`] exposes.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let reconciles = IntCounterVec::new(
-            Opts::new("tokenbudget_reconcile_total", "Reconciles run, by controller"),
-            &["controller"],
-        )
-        .expect("valid metric");
-        let reconcile_errors = IntCounterVec::new(
-            Opts::new(
+        let r = &registry;
+        Self {
+            reconciles: counter_vec(
+                r,
+                "tokenbudget_reconcile_total",
+                "Reconciles run, by controller",
+                &["controller"],
+            ),
+            reconcile_errors: counter_vec(
+                r,
                 "tokenbudget_reconcile_errors_total",
                 "Reconciles that failed, by controller and error",
+                &["controller", "error"],
             ),
-            &["controller", "error"],
-        )
-        .expect("valid metric");
-        let reconcile_duration = HistogramVec::new(
-            HistogramOpts::new("tokenbudget_reconcile_duration_seconds", "How long reconciles take")
-                .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
-            &["controller"],
-        )
-        .expect("valid metric");
-        let budget_labels = ["namespace", "name"];
-        let gauge =
-            |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &budget_labels).expect("valid metric");
-        let used_tokens = gauge("tokenbudget_used_tokens", "Tokens used in the current period");
-        let limit_tokens = gauge("tokenbudget_limit_tokens", "Token limit per period");
-        let phase = gauge(
-            "tokenbudget_phase",
-            "Phase of the budget: 0 Active, 1 Warning, 2 Exhausted",
-        );
-        let used_cost = GaugeVec::new(
-            Opts::new(
-                "tokenbudget_used_cost",
-                "Cost used in the current period, in the budget's currency",
+            reconcile_duration: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new("tokenbudget_reconcile_duration_seconds", "How long reconciles take")
+                        .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
+                    &["controller"],
+                ),
             ),
-            &budget_labels,
-        )
-        .expect("valid metric");
-        let scrapes = IntCounterVec::new(
-            Opts::new("tokenbudget_scrapes_total", "Scrapes of agent pods, by result"),
-            &["result"],
-        )
-        .expect("valid metric");
-        let scrape_duration = Histogram::with_opts(
-            HistogramOpts::new(
+            used_tokens: budget_gauge(r, "tokenbudget_used_tokens", "Tokens used in the current period"),
+            limit_tokens: budget_gauge(r, "tokenbudget_limit_tokens", "Token limit per period"),
+            used_cost: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "tokenbudget_used_cost",
+                        "Cost used in the current period, in the budget's currency",
+                    ),
+                    &BUDGET_LABELS,
+                ),
+            ),
+            phase: budget_gauge(
+                r,
+                "tokenbudget_phase",
+                "Phase of the budget: 0 Active, 1 Warning, 2 Exhausted",
+            ),
+            scrapes: counter_vec(
+                r,
+                "tokenbudget_scrapes_total",
+                "Scrapes of agent pods, by result",
+                &["result"],
+            ),
+            scrape_duration: histogram(
+                r,
                 "tokenbudget_scrape_duration_seconds",
                 "How long scrapes of agent pods take",
-            )
-            .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
-        )
-        .expect("valid metric");
-        let enforcement_actions = IntCounterVec::new(
-            Opts::new(
+                vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0],
+            ),
+            enforcement_actions: counter_vec(
+                r,
                 "tokenbudget_enforcement_actions_total",
                 "Changes made to workloads, by action",
+                &["action"],
             ),
-            &["action"],
-        )
-        .expect("valid metric");
-        let enforcement_failures = IntCounter::new(
-            "tokenbudget_enforcement_failures_total",
-            "Writes to workloads or quotas that failed and are retried",
-        )
-        .expect("valid metric");
-        let enforcement_latency = Histogram::with_opts(
-            HistogramOpts::new(
+            enforcement_failures: register(
+                r,
+                IntCounter::new(
+                    "tokenbudget_enforcement_failures_total",
+                    "Writes to workloads or quotas that failed and are retried",
+                ),
+            ),
+            enforcement_latency: histogram(
+                r,
                 "tokenbudget_enforcement_latency_seconds",
                 "From the scrapes that found a budget exhausted to the scale-down accepted by the API server",
-            )
-            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0]),
-        )
-        .expect("valid metric");
-        for collector in [
-            Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(reconcile_errors.clone()),
-            Box::new(reconcile_duration.clone()),
-            Box::new(used_tokens.clone()),
-            Box::new(limit_tokens.clone()),
-            Box::new(used_cost.clone()),
-            Box::new(phase.clone()),
-            Box::new(scrapes.clone()),
-            Box::new(scrape_duration.clone()),
-            Box::new(enforcement_actions.clone()),
-            Box::new(enforcement_failures.clone()),
-            Box::new(enforcement_latency.clone()),
-        ] {
-            registry.register(collector).expect("metric names are unique");
-        }
-        Self {
+                vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0],
+            ),
             registry,
-            reconciles,
-            reconcile_errors,
-            reconcile_duration,
-            used_tokens,
-            limit_tokens,
-            used_cost,
-            phase,
-            scrapes,
-            scrape_duration,
-            enforcement_actions,
-            enforcement_failures,
-            enforcement_latency,
         }
     }
 
@@ -186,4 +158,35 @@ impl Metrics {
             .encode_to_string(&self.registry.gather())
             .unwrap_or_else(|e| format!("# error: {e}\n"))
     }
+}
+
+/// The labels of a budget's series.
+const BUDGET_LABELS: [&str; 2] = ["namespace", "name"];
+
+/// Registers a new metric in `registry`. Both can fail only on a mistake in this file (an
+/// invalid name or label, a name used twice), so both panic.
+fn register<M: Collector + Clone + 'static>(registry: &Registry, metric: prometheus::Result<M>) -> M {
+    let metric = metric.expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
+}
+
+/// A counter with these labels, registered.
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(registry, IntCounterVec::new(Opts::new(name, help), labels))
+}
+
+/// A gauge of each budget, registered.
+fn budget_gauge(registry: &Registry, name: &str, help: &str) -> IntGaugeVec {
+    register(registry, IntGaugeVec::new(Opts::new(name, help), &BUDGET_LABELS))
+}
+
+/// A histogram with these buckets, registered.
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    register(
+        registry,
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)),
+    )
 }

@@ -137,109 +137,132 @@ fn label_key(key: &str) -> String {
 /// takes. Each rule sits on the smallest part of the selector it reads.
 pub(crate) fn selector_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
     let mut schema = LabelSelector::json_schema(generator);
-    // Regular expressions rather than the `format` library's validators, whose estimated cost
-    // the server refuses in lists this long; they say the same (Kubernetes' IsQualifiedName
-    // and IsValidLabelValue).
-    let label_value = serde_json::json!([{
+    for (pointer, keyword, bound) in SELECTOR_BOUNDS {
+        selector_part(&mut schema, pointer).insert(keyword.into(), bound.into());
+    }
+    for (pointer, rules) in selector_rules() {
+        selector_part(&mut schema, pointer).insert("x-kubernetes-validations".into(), rules);
+    }
+    schema
+}
+
+/// Bounds that keep the estimated cost of the selector's rules within what the server allows
+/// (it multiplies the cost of a rule by the most items, entries and characters the schema
+/// allows), by JSON pointer into the selector's schema. Label keys and values are never
+/// longer; the counts leave room for any selector a person writes.
+const SELECTOR_BOUNDS: [(&str, &str, usize); 6] = [
+    ("/properties/matchLabels", "maxProperties", 32),
+    (
+        "/properties/matchLabels/additionalProperties",
+        "maxLength",
+        LABEL_VALUE_MAX,
+    ),
+    ("/properties/matchExpressions", "maxItems", 8),
+    (
+        "/properties/matchExpressions/items/properties/key",
+        "maxLength",
+        LABEL_KEY_MAX,
+    ),
+    ("/properties/matchExpressions/items/properties/values", "maxItems", 32),
+    (
+        "/properties/matchExpressions/items/properties/values/items",
+        "maxLength",
+        LABEL_VALUE_MAX,
+    ),
+];
+
+/// The CEL rules of the selector (`x-kubernetes-validations`), by JSON pointer into its
+/// schema.
+fn selector_rules() -> [(&'static str, serde_json::Value); 6] {
+    [
+        ("", not_empty_rules()),
+        ("/properties/matchLabels", match_labels_key_rules()),
+        ("/properties/matchLabels/additionalProperties", label_value_rules()),
+        ("/properties/matchExpressions/items", operator_rules()),
+        (
+            "/properties/matchExpressions/items/properties/key",
+            expression_key_rules(),
+        ),
+        (
+            "/properties/matchExpressions/items/properties/values/items",
+            label_value_rules(),
+        ),
+    ]
+}
+
+/// The part of the selector's schema at `pointer`.
+fn selector_part<'a>(
+    schema: &'a mut schemars::Schema,
+    pointer: &str,
+) -> &'a mut serde_json::Map<String, serde_json::Value> {
+    schema
+        .pointer_mut(pointer)
+        .and_then(serde_json::Value::as_object_mut)
+        .unwrap_or_else(|| panic!("LabelSelector's schema has no {pointer:?}"))
+}
+
+/// A selector must select something specific.
+fn not_empty_rules() -> serde_json::Value {
+    serde_json::json!([{
+        "rule": "(has(self.matchLabels) && size(self.matchLabels) > 0) || (has(self.matchExpressions) && size(self.matchExpressions) > 0)",
+        "message": "an empty selector would select every workload of its kind in the namespace; give matchLabels or matchExpressions",
+    }])
+}
+
+/// The keys of `matchLabels` are label keys.
+fn match_labels_key_rules() -> serde_json::Value {
+    serde_json::json!([{
+        "rule": format!("self.all(k, {})", label_key("k")),
+        "messageExpression": format!(
+            r#"'"' + self.filter(k, !({}))[0] + '" is not a valid label key: {LABEL_KEY_MESSAGE}'"#,
+            label_key("k")
+        ),
+        "message": LABEL_KEY_MESSAGE,
+    }])
+}
+
+/// The key of a `matchExpressions` item is a label key.
+fn expression_key_rules() -> serde_json::Value {
+    serde_json::json!([{
+        "rule": label_key("self"),
+        "messageExpression": format!(r#"'"' + self + '" is not a valid label key: {LABEL_KEY_MESSAGE}'"#),
+        "message": LABEL_KEY_MESSAGE,
+    }])
+}
+
+/// A label value. Regular expressions rather than the `format` library's validators, whose
+/// estimated cost the server refuses in lists this long; they say the same (Kubernetes'
+/// IsQualifiedName and IsValidLabelValue).
+fn label_value_rules() -> serde_json::Value {
+    serde_json::json!([{
         "rule": format!("self.matches('{LABEL_VALUE_RE}')"),
         "messageExpression": r#"'"' + self + '" is not a valid label value'"#,
         "message": "must be a valid label value",
-    }]);
-    let rules = [
-        (
-            "",
-            serde_json::json!([{
-                "rule": "(has(self.matchLabels) && size(self.matchLabels) > 0) || (has(self.matchExpressions) && size(self.matchExpressions) > 0)",
-                "message": "an empty selector would select every workload of its kind in the namespace; give matchLabels or matchExpressions",
-            }]),
-        ),
-        (
-            "/properties/matchLabels",
-            serde_json::json!([{
-                "rule": format!("self.all(k, {})", label_key("k")),
-                "messageExpression": format!(
-                    r#"'"' + self.filter(k, !({}))[0] + '" is not a valid label key: {LABEL_KEY_MESSAGE}'"#,
-                    label_key("k")
-                ),
-                "message": LABEL_KEY_MESSAGE,
-            }]),
-        ),
-        ("/properties/matchLabels/additionalProperties", label_value.clone()),
-        (
-            "/properties/matchExpressions/items",
-            serde_json::json!([
-                {
-                    "rule": "self.operator in ['In', 'NotIn', 'Exists', 'DoesNotExist']",
-                    "fieldPath": ".operator",
-                    "messageExpression": "'\"' + self.operator + '\" is not one of In, NotIn, Exists, DoesNotExist'",
-                    "message": "must be one of In, NotIn, Exists, DoesNotExist",
-                },
-                {
-                    "rule": "!(self.operator in ['In', 'NotIn']) || (has(self.values) && size(self.values) > 0)",
-                    "fieldPath": ".values",
-                    "reason": "FieldValueRequired",
-                    "messageExpression": "'operator ' + self.operator + ' needs values'",
-                    "message": "operators In and NotIn need values",
-                },
-                {
-                    "rule": "!(self.operator in ['Exists', 'DoesNotExist']) || !has(self.values) || size(self.values) == 0",
-                    "fieldPath": ".values",
-                    "reason": "FieldValueForbidden",
-                    "messageExpression": "'operator ' + self.operator + ' takes no values'",
-                    "message": "operators Exists and DoesNotExist take no values",
-                },
-            ]),
-        ),
-        (
-            "/properties/matchExpressions/items/properties/key",
-            serde_json::json!([{
-                "rule": label_key("self"),
-                "messageExpression": format!(r#"'"' + self + '" is not a valid label key: {LABEL_KEY_MESSAGE}'"#),
-                "message": LABEL_KEY_MESSAGE,
-            }]),
-        ),
-        (
-            "/properties/matchExpressions/items/properties/values/items",
-            label_value,
-        ),
-    ];
-    // Bounds that keep the estimated cost of these rules within what the server allows
-    // (it multiplies the cost of a rule by the most items, entries and characters the schema
-    // allows). Label keys and values are never longer; the counts leave room for any
-    // selector a person writes.
-    let bounds = [
-        ("/properties/matchLabels", "maxProperties", 32),
-        (
-            "/properties/matchLabels/additionalProperties",
-            "maxLength",
-            LABEL_VALUE_MAX,
-        ),
-        ("/properties/matchExpressions", "maxItems", 8),
-        (
-            "/properties/matchExpressions/items/properties/key",
-            "maxLength",
-            LABEL_KEY_MAX,
-        ),
-        ("/properties/matchExpressions/items/properties/values", "maxItems", 32),
-        (
-            "/properties/matchExpressions/items/properties/values/items",
-            "maxLength",
-            LABEL_VALUE_MAX,
-        ),
-    ];
-    for (pointer, keyword, bound) in bounds {
-        schema
-            .pointer_mut(pointer)
-            .and_then(serde_json::Value::as_object_mut)
-            .unwrap_or_else(|| panic!("LabelSelector's schema has no {pointer:?}"))
-            .insert(keyword.into(), bound.into());
-    }
-    for (pointer, rule) in rules {
-        schema
-            .pointer_mut(pointer)
-            .and_then(serde_json::Value::as_object_mut)
-            .unwrap_or_else(|| panic!("LabelSelector's schema has no {pointer:?}"))
-            .insert("x-kubernetes-validations".into(), rule);
-    }
-    schema
+    }])
+}
+
+/// Each operator of a `matchExpressions` item is known and gets the values it takes.
+fn operator_rules() -> serde_json::Value {
+    serde_json::json!([
+        {
+            "rule": "self.operator in ['In', 'NotIn', 'Exists', 'DoesNotExist']",
+            "fieldPath": ".operator",
+            "messageExpression": "'\"' + self.operator + '\" is not one of In, NotIn, Exists, DoesNotExist'",
+            "message": "must be one of In, NotIn, Exists, DoesNotExist",
+        },
+        {
+            "rule": "!(self.operator in ['In', 'NotIn']) || (has(self.values) && size(self.values) > 0)",
+            "fieldPath": ".values",
+            "reason": "FieldValueRequired",
+            "messageExpression": "'operator ' + self.operator + ' needs values'",
+            "message": "operators In and NotIn need values",
+        },
+        {
+            "rule": "!(self.operator in ['Exists', 'DoesNotExist']) || !has(self.values) || size(self.values) == 0",
+            "fieldPath": ".values",
+            "reason": "FieldValueForbidden",
+            "messageExpression": "'operator ' + self.operator + ' takes no values'",
+            "message": "operators Exists and DoesNotExist take no values",
+        },
+    ])
 }

@@ -41,7 +41,10 @@ use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-use tokio::net::TcpListener;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
 use tokio_rustls::TlsAcceptor;
 
 #[derive(Default)]
@@ -197,7 +200,6 @@ fn parse_args() -> Result<Options, String> {
     Ok(options)
 }
 
-/// `5s`, `500ms`, `2m` or plain seconds.
 /// A line on stdout (the container's log), even when nobody reads it any more: the tests read
 /// only the first line, and a write to a closed pipe must not end the process.
 fn say(line: &str) {
@@ -362,80 +364,109 @@ async fn serve_hostile(listener: TcpListener, mode: Hostile) -> ! {
     }
 }
 
-async fn hostile_connection(mut stream: tokio::net::TcpStream, mode: Hostile) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // The request head: read until its blank line (or the peer gives up).
+/// Answers one connection as `mode` says, once its request has come.
+async fn hostile_connection(mut stream: TcpStream, mode: Hostile) {
+    if !read_request_head(&mut stream).await {
+        return;
+    }
+    let answered = match mode {
+        Hostile::Silent => {
+            hold_until_closed(&mut stream).await;
+            Ok(())
+        }
+        Hostile::BigBody => send_big_body(&mut stream).await,
+        Hostile::Trickle => trickle(&mut stream).await,
+        Hostile::Garbage => {
+            send_garbage(&mut stream).await;
+            Ok(())
+        }
+        Hostile::Value(value) => {
+            send_value(&mut stream, &value).await;
+            Ok(())
+        }
+    };
+    // A failed write: the scraper has gone, there is nobody to say goodbye to.
+    if answered.is_ok() {
+        let _ = stream.shutdown().await;
+    }
+}
+
+/// Reads the request head, up to its blank line; false when the peer gives up first (or
+/// sends more than 64 KiB of head).
+async fn read_request_head(stream: &mut TcpStream) -> bool {
     let mut head = Vec::new();
     let mut buffer = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
         match stream.read(&mut buffer).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return false,
             Ok(n) => head.extend_from_slice(&buffer[..n]),
         }
         if head.len() > 64 * 1024 {
-            return;
+            return false;
         }
     }
-    let ok = |extra: &str| {
-        format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\nconnection: close\r\n{extra}\r\n")
-    };
-    match mode {
-        Hostile::Silent => {
-            // Hold the connection until the scraper closes it.
-            while matches!(stream.read(&mut buffer).await, Ok(n) if n > 0) {}
-        }
-        Hostile::BigBody => {
-            const TOTAL: usize = 100 * 1024 * 1024;
-            let mut chunk = Vec::with_capacity(64 * 1024);
-            while chunk.len() < 64 * 1024 {
-                chunk.extend_from_slice(
-                    b"# padding padding padding padding padding padding padding padding padding pad\n",
-                );
-            }
-            chunk.truncate(64 * 1024 - 1);
-            chunk.push(b'\n');
-            if stream.write_all(ok("").as_bytes()).await.is_err() {
-                return;
-            }
-            let mut sent = 0;
-            while sent < TOTAL {
-                if stream.write_all(&chunk).await.is_err() {
-                    return;
-                }
-                sent += chunk.len();
-            }
-        }
-        Hostile::Trickle => {
-            // The head at once, so that only a deadline on the whole body stops the scrape.
-            let body = Spent::default().render(Format::OpenTelemetry);
-            let head = ok(&format!("content-length: {}\r\n", body.len()));
-            if stream.write_all(head.as_bytes()).await.is_err() {
-                return;
-            }
-            for byte in body.as_bytes() {
-                if stream.write_all(std::slice::from_ref(byte)).await.is_err() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-        Hostile::Garbage => {
-            let body = b"\x00\x01\x02 not metrics {{{\n";
-            let answer = ok(&format!("content-length: {}\r\n", body.len()));
-            let _ = stream.write_all(answer.as_bytes()).await;
-            let _ = stream.write_all(body).await;
-        }
-        Hostile::Value(value) => {
-            let body = format!(
-                "# TYPE gen_ai_client_token_usage histogram\n\
-                 gen_ai_client_token_usage_sum{{gen_ai_request_model=\"gpt-4o-mini\",gen_ai_token_type=\"output\"}} 7\n\
-                 gen_ai_client_token_usage_sum{{gen_ai_request_model=\"gpt-4o-mini\",gen_ai_token_type=\"input\"}} {value}\n"
-            );
-            let answer = ok(&format!("content-length: {}\r\n", body.len())) + &body;
-            let _ = stream.write_all(answer.as_bytes()).await;
-        }
+    true
+}
+
+/// The head of a 200 answer in the text format, with `extra` header lines.
+fn ok_head(extra: &str) -> String {
+    format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\nconnection: close\r\n{extra}\r\n")
+}
+
+/// Holds the connection, answering nothing, until the scraper closes it.
+async fn hold_until_closed(stream: &mut TcpStream) {
+    let mut buffer = [0u8; 1024];
+    while matches!(stream.read(&mut buffer).await, Ok(n) if n > 0) {}
+}
+
+/// 100 MiB of comment lines, in 64 KiB writes, without a Content-Length.
+async fn send_big_body(stream: &mut TcpStream) -> std::io::Result<()> {
+    const TOTAL: usize = 100 * 1024 * 1024;
+    let mut chunk = Vec::with_capacity(64 * 1024);
+    while chunk.len() < 64 * 1024 {
+        chunk.extend_from_slice(b"# padding padding padding padding padding padding padding padding padding pad\n");
     }
-    let _ = stream.shutdown().await;
+    chunk.truncate(64 * 1024 - 1);
+    chunk.push(b'\n');
+    stream.write_all(ok_head("").as_bytes()).await?;
+    let mut sent = 0;
+    while sent < TOTAL {
+        stream.write_all(&chunk).await?;
+        sent += chunk.len();
+    }
+    Ok(())
+}
+
+/// A valid answer whose body comes one byte a second. The head goes at once, so that only a
+/// deadline on the whole body stops the scrape.
+async fn trickle(stream: &mut TcpStream) -> std::io::Result<()> {
+    let body = Spent::default().render(Format::OpenTelemetry);
+    let head = ok_head(&format!("content-length: {}\r\n", body.len()));
+    stream.write_all(head.as_bytes()).await?;
+    for byte in body.as_bytes() {
+        stream.write_all(std::slice::from_ref(byte)).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Ok(())
+}
+
+/// A 200 answer whose body is binary bytes.
+async fn send_garbage(stream: &mut TcpStream) {
+    let body = b"\x00\x01\x02 not metrics {{{\n";
+    let head = ok_head(&format!("content-length: {}\r\n", body.len()));
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(body).await;
+}
+
+/// A valid exposition whose input-token counter is `value`, verbatim.
+async fn send_value(stream: &mut TcpStream, value: &str) {
+    let body = format!(
+        "# TYPE gen_ai_client_token_usage histogram\n\
+         gen_ai_client_token_usage_sum{{gen_ai_request_model=\"gpt-4o-mini\",gen_ai_token_type=\"output\"}} 7\n\
+         gen_ai_client_token_usage_sum{{gen_ai_request_model=\"gpt-4o-mini\",gen_ai_token_type=\"input\"}} {value}\n"
+    );
+    let answer = ok_head(&format!("content-length: {}\r\n", body.len())) + &body;
+    let _ = stream.write_all(answer.as_bytes()).await;
 }
 
 #[cfg(test)]

@@ -56,7 +56,8 @@ async fn run(cli: Cli) -> Result<(), String> {
         cli.scrape_ca_file.as_deref(),
         std::path::Path::new(scrape::SERVICE_ACCOUNT_CA),
         config.root_cert.as_deref(),
-    )?;
+    )
+    .map_err(|e| e.to_string())?;
     match &options.scrape_ca {
         Some(ca) => tracing::info!(ca = ca.source(), "https scrapes verify pod certificates"),
         None => tracing::warn!("no CA for https scrapes: only bindings with insecureSkipVerify can scrape over https"),

@@ -110,181 +110,270 @@ pub struct Plan {
 
 /// Decides what every workload should look like now.
 pub fn decide(budget: &Budget, workloads: &[Workload], now: Timestamp) -> Plan {
-    let exhausted = budget.phase == BudgetPhase::Exhausted && !budget.deleting;
-    let grace_end = budget
-        .exhausted_since
-        .and_then(|t| t.checked_add(budget.grace_period).ok())
-        .filter(|_| exhausted);
-    let scale_down =
-        exhausted && budget.action == EnforcementAction::ScaleDown && grace_end.is_none_or(|end| now >= end);
-    let annotate = matches!(
-        budget.action,
-        EnforcementAction::Annotate | EnforcementAction::ScaleDown
-    ) && !budget.deleting;
-    let state = match budget.phase {
-        BudgetPhase::Exhausted => "exhausted",
-        BudgetPhase::Warning => "warning",
-        BudgetPhase::Active => "ok",
-    };
-    let since = |t: Option<Timestamp>| t.or(budget.exhausted_since).unwrap_or(now).to_string();
-
+    let stance = Stance::of(budget, now);
     let mut plans = Vec::new();
     let mut enforced = Vec::new();
     let mut claimed_elsewhere = Vec::new();
     for w in workloads {
-        let owner = w.annotations.get(BUDGET);
-        if owner.is_some_and(|o| o != budget.name) {
+        match w.annotations.get(BUDGET) {
             // Another budget enforces on it: one owner per workload, never a tug of war.
-            if w.bound {
-                claimed_elsewhere.push(format!("{}/{} (by budget {})", w.kind.as_str(), w.name, owner.unwrap()));
+            Some(owner) if owner != budget.name => {
+                if w.bound {
+                    claimed_elsewhere.push(format!("{} (by budget {owner})", label(w)));
+                }
             }
-            continue;
-        }
-        let bound = w.bound && !budget.deleting;
-
-        let mut want: BTreeMap<&str, String> = BTreeMap::new();
-        if bound && annotate {
-            want.insert(BUDGET, budget.name.to_string());
-            want.insert(STATE, state.to_string());
-            if let Some(remaining) = budget.remaining_tokens {
-                want.insert(
-                    REMAINING_TOKENS,
-                    remaining_annotation(w, state, remaining, budget.limit_tokens),
-                );
+            _ => {
+                let (plan, entry) = plan_workload(budget, &stance, w);
+                plans.extend(plan);
+                enforced.extend(entry);
             }
         }
+    }
+    let bound_count = workloads.iter().filter(|w| w.bound).count();
+    let condition = verdict(budget, &stance, &enforced, bound_count, &claimed_elsewhere);
+    Plan {
+        workloads: plans,
+        enforced,
+        condition,
+        quota: desired_quota(budget, stance.exhausted),
+        wake_at: stance
+            .grace_end
+            .filter(|end| budget.action == EnforcementAction::ScaleDown && now < *end),
+    }
+}
 
-        let mut before = Vec::new(); // writes before the annotations
-        let mut after = Vec::new(); // writes after them
-        let mut notice = None;
-        let label = format!("{}/{}", w.kind.as_str(), w.name);
+/// What the budget asks of its workloads now: the same for every one of them.
+struct Stance {
+    /// The budget is exhausted (and not being deleted).
+    exhausted: bool,
+    /// When the grace period of an exhausted budget ends.
+    grace_end: Option<Timestamp>,
+    /// Bound workloads are scaled down (or suspended) now: exhausted, `ScaleDown`, and the
+    /// grace period is over.
+    scale_down: bool,
+    /// Bound workloads carry the operator's annotations (`Annotate` or `ScaleDown`).
+    annotate: bool,
+    /// The value of the state annotation.
+    state: &'static str,
+    exhausted_since: Option<Timestamp>,
+    now: Timestamp,
+}
+
+impl Stance {
+    fn of(budget: &Budget, now: Timestamp) -> Self {
+        let exhausted = budget.phase == BudgetPhase::Exhausted && !budget.deleting;
+        let grace_end = budget
+            .exhausted_since
+            .and_then(|t| t.checked_add(budget.grace_period).ok())
+            .filter(|_| exhausted);
+        let scale_down =
+            exhausted && budget.action == EnforcementAction::ScaleDown && grace_end.is_none_or(|end| now >= end);
+        let annotate = matches!(
+            budget.action,
+            EnforcementAction::Annotate | EnforcementAction::ScaleDown
+        ) && !budget.deleting;
+        let state = match budget.phase {
+            BudgetPhase::Exhausted => "exhausted",
+            BudgetPhase::Warning => "warning",
+            BudgetPhase::Active => "ok",
+        };
+        Self {
+            exhausted,
+            grace_end,
+            scale_down,
+            annotate,
+            state,
+            exhausted_since: budget.exhausted_since,
+            now,
+        }
+    }
+
+    /// `status.enforced[].since`: `start`, else when the budget became exhausted, else now.
+    fn since(&self, start: Option<Timestamp>) -> String {
+        start.or(self.exhausted_since).unwrap_or(self.now).to_string()
+    }
+}
+
+/// The operator's annotations a workload should carry, by key.
+type Wanted = BTreeMap<&'static str, String>;
+
+/// The writes to a workload besides its annotations, and the notice they are worth.
+#[derive(Default)]
+struct Writes {
+    /// Before the annotations: a restore scales back up before it forgets the count.
+    before: Vec<Step>,
+    /// After them: a scale-down records the count to restore before it scales to 0.
+    after: Vec<Step>,
+    notice: Option<Notice>,
+}
+
+/// The changes to one workload of this budget and its pods (`None`: nothing to change), and
+/// its `status.enforced` entry.
+fn plan_workload(budget: &Budget, stance: &Stance, w: &Workload) -> (Option<WorkloadPlan>, Option<EnforcedWorkload>) {
+    let bound = w.bound && !budget.deleting;
+    let enforce = bound && stance.scale_down;
+    let mut want = wanted_annotations(budget, stance, w, bound);
+    let Writes { before, after, notice } = match w.replicas {
+        Some(current) => replica_writes(w, current, enforce, &mut want),
+        None => suspend_writes(w, enforce, &mut want),
+    };
+    let entry = enforced_entry(budget, stance, w, bound);
+
+    let patch = diff(&w.annotations, &want);
+    let mut steps = before;
+    if !patch.is_empty() {
+        steps.push(Step::Annotate(patch));
+    }
+    steps.extend(after);
+    let pods = pod_patches(w, &want);
+    let plan = (!steps.is_empty() || !pods.is_empty()).then(|| WorkloadPlan {
+        kind: w.kind,
+        name: w.name.clone(),
+        resource_version: w.resource_version.clone(),
+        steps,
+        pods,
+        notice,
+    });
+    (plan, entry)
+}
+
+/// The budget, state and remaining-tokens annotations a workload should carry: all of them
+/// while it is bound to a budget that annotates, none otherwise.
+fn wanted_annotations(budget: &Budget, stance: &Stance, w: &Workload, bound: bool) -> Wanted {
+    let mut want = Wanted::new();
+    if bound && stance.annotate {
+        want.insert(BUDGET, budget.name.to_string());
+        want.insert(STATE, stance.state.to_string());
+        if let Some(remaining) = budget.remaining_tokens {
+            want.insert(
+                REMAINING_TOKENS,
+                remaining_annotation(w, stance.state, remaining, budget.limit_tokens),
+            );
+        }
+    }
+    want
+}
+
+/// Deployments and StatefulSets: while enforced, scaled to 0 with the count to restore in an
+/// annotation; afterwards, scaled back to that count.
+fn replica_writes(w: &Workload, current: i32, enforce: bool, want: &mut Wanted) -> Writes {
+    let label = label(w);
+    let paused = w.annotations.get(PAUSED_REPLICAS).and_then(|p| p.parse::<i32>().ok());
+    let mut writes = Writes::default();
+    if enforce {
+        // The operator only ever scales to 0, so a count above 0 was asked for by
+        // someone else: that is the count to restore.
+        let keep = match paused {
+            Some(p) if current == 0 => p,
+            _ => current,
+        };
+        want.insert(PAUSED_REPLICAS, keep.to_string());
+        if current != 0 {
+            writes.after.push(Step::Scale(0));
+            writes.notice = Some(Notice {
+                reason: "ScaledDown",
+                message: match paused {
+                    None => format!("scaled {label} from {current} to 0 replicas: the budget is exhausted"),
+                    Some(_) => format!(
+                        "{label} was scaled to {current} by someone else while the budget is exhausted: \
+                         scaled to 0 again ({current} is what the restore brings back)"
+                    ),
+                },
+            });
+        }
+    } else if let Some(paused) = paused {
+        let target = if current > 0 { current } else { paused };
+        if current != target {
+            writes.before.push(Step::Scale(target));
+        }
+        writes.notice = Some(Notice {
+            reason: "Restored",
+            message: format!("restored {label} to {target} replicas"),
+        });
+    }
+    writes
+}
+
+/// Jobs and CronJobs: while enforced, suspended and marked as suspended by the operator;
+/// afterwards resumed, but only if the operator suspended them.
+fn suspend_writes(w: &Workload, enforce: bool, want: &mut Wanted) -> Writes {
+    let ours = w.annotations.get(SUSPENDED).is_some_and(|v| v == "true");
+    let mut writes = Writes::default();
+    if enforce {
+        if w.suspended != Some(true) {
+            want.insert(SUSPENDED, "true".into());
+            writes.after.push(Step::Suspend(true));
+            writes.notice = Some(Notice {
+                reason: "ScaledDown",
+                message: format!("suspended {}: the budget is exhausted", label(w)),
+            });
+        } else if ours {
+            want.insert(SUSPENDED, "true".into());
+        }
+    } else if ours {
+        if w.suspended == Some(true) {
+            writes.before.push(Step::Suspend(false));
+        }
+        writes.notice = Some(Notice {
+            reason: "Restored",
+            message: format!("resumed {}", label(w)),
+        });
+    }
+    writes
+}
+
+/// The `status.enforced` entry of a workload bound to an exhausted budget: scaled down (or
+/// suspended) since the grace period ended, or only annotated (or, for action `None`, what
+/// would be) since the budget became exhausted.
+fn enforced_entry(budget: &Budget, stance: &Stance, w: &Workload, bound: bool) -> Option<EnforcedWorkload> {
+    if !bound || !stance.exhausted {
+        return None;
+    }
+    Some(if stance.scale_down {
         let action = match w.kind {
             WorkloadKind::Deployment | WorkloadKind::StatefulSet => "ScaleDown",
             WorkloadKind::Job | WorkloadKind::CronJob => "Suspend",
         };
-        match w.replicas {
-            Some(current) => {
-                let paused = w.annotations.get(PAUSED_REPLICAS).and_then(|p| p.parse::<i32>().ok());
-                if bound && scale_down {
-                    // The operator only ever scales to 0, so a count above 0 was asked for by
-                    // someone else: that is the count to restore.
-                    let keep = match paused {
-                        Some(p) if current == 0 => p,
-                        _ => current,
-                    };
-                    want.insert(PAUSED_REPLICAS, keep.to_string());
-                    if current != 0 {
-                        after.push(Step::Scale(0));
-                        notice = Some(Notice {
-                            reason: "ScaledDown",
-                            message: match paused {
-                                None => format!("scaled {label} from {current} to 0 replicas: the budget is exhausted"),
-                                Some(_) => format!(
-                                    "{label} was scaled to {current} by someone else while the budget is exhausted: \
-                                     scaled to 0 again ({current} is what the restore brings back)"
-                                ),
-                            },
-                        });
-                    }
-                    enforced.push(entry(w, action, since(grace_end)));
-                } else if let Some(paused) = paused {
-                    let target = if current > 0 { current } else { paused };
-                    if current != target {
-                        before.push(Step::Scale(target));
-                    }
-                    notice = Some(Notice {
-                        reason: "Restored",
-                        message: format!("restored {label} to {target} replicas"),
-                    });
-                }
-            }
-            None => {
-                let ours = w.annotations.get(SUSPENDED).is_some_and(|v| v == "true");
-                if bound && scale_down {
-                    if w.suspended != Some(true) {
-                        want.insert(SUSPENDED, "true".into());
-                        after.push(Step::Suspend(true));
-                        notice = Some(Notice {
-                            reason: "ScaledDown",
-                            message: format!("suspended {label}: the budget is exhausted"),
-                        });
-                    } else if ours {
-                        want.insert(SUSPENDED, "true".into());
-                    }
-                    enforced.push(entry(w, action, since(grace_end)));
-                } else if ours {
-                    if w.suspended == Some(true) {
-                        before.push(Step::Suspend(false));
-                    }
-                    notice = Some(Notice {
-                        reason: "Restored",
-                        message: format!("resumed {label}"),
-                    });
-                }
-            }
-        }
-        if bound && exhausted && !scale_down {
-            let action = match budget.action {
-                EnforcementAction::None => "None",
-                _ => "Annotate",
-            };
-            enforced.push(entry(w, action, since(None)));
-        }
+        entry(w, action, stance.since(stance.grace_end))
+    } else {
+        let action = match budget.action {
+            EnforcementAction::None => "None",
+            _ => "Annotate",
+        };
+        entry(w, action, stance.since(None))
+    })
+}
 
-        let patch = diff(&w.annotations, &want);
-        let mut steps = before;
-        if !patch.is_empty() {
-            steps.push(Step::Annotate(patch));
-        }
-        steps.extend(after);
-        let pods = w
-            .pods
-            .iter()
-            .filter_map(|p| {
-                let mut pod_want = want.clone();
-                pod_want.remove(PAUSED_REPLICAS);
-                pod_want.remove(SUSPENDED);
-                let patch = diff(&p.annotations, &pod_want);
-                (!patch.is_empty()).then(|| (p.name.clone(), patch))
-            })
-            .collect::<Vec<_>>();
-        if !steps.is_empty() || !pods.is_empty() {
-            plans.push(WorkloadPlan {
-                kind: w.kind,
-                name: w.name.clone(),
-                resource_version: w.resource_version.clone(),
-                steps,
-                pods,
-                notice,
-            });
-        }
-    }
+/// The annotation patches of a workload's pods: the workload's own annotations, without the
+/// ones that only a workload carries.
+fn pod_patches(w: &Workload, want: &Wanted) -> Vec<(String, AnnotationPatch)> {
+    let mut pod_want = want.clone();
+    pod_want.remove(PAUSED_REPLICAS);
+    pod_want.remove(SUSPENDED);
+    w.pods
+        .iter()
+        .filter_map(|p| {
+            let patch = diff(&p.annotations, &pod_want);
+            (!patch.is_empty()).then(|| (p.name.clone(), patch))
+        })
+        .collect()
+}
 
-    let bound_count = workloads.iter().filter(|w| w.bound).count();
-    let condition = verdict(
-        budget,
-        exhausted,
-        scale_down,
-        grace_end,
-        &enforced,
-        bound_count,
-        &claimed_elsewhere,
-    );
-    let quota = budget.quota.filter(|_| !budget.deleting).map(|hard| {
+/// The `hard` limits the budget's ResourceQuota should have: the budget's own, with `pods: 0`
+/// while it is exhausted and freezes the quota; none while the budget is deleted.
+fn desired_quota(budget: &Budget, exhausted: bool) -> Option<BTreeMap<String, Quantity>> {
+    budget.quota.filter(|_| !budget.deleting).map(|hard| {
         let mut hard = hard.clone();
         if budget.freeze_quota && exhausted {
             hard.insert("pods".into(), Quantity("0".into()));
         }
         hard
-    });
-    let wake_at = grace_end.filter(|end| budget.action == EnforcementAction::ScaleDown && now < *end);
-    Plan {
-        workloads: plans,
-        enforced,
-        condition,
-        quota,
-        wake_at,
-    }
+    })
+}
+
+/// `kind/name`, as messages name a workload.
+fn label(w: &Workload) -> String {
+    format!("{}/{}", w.kind.as_str(), w.name)
 }
 
 fn entry(w: &Workload, action: &str, since: String) -> EnforcedWorkload {
@@ -326,11 +415,10 @@ fn diff(have: &BTreeMap<String, String>, want: &BTreeMap<&str, String>) -> Annot
         .collect()
 }
 
+/// The `Enforced` condition: what is enforced on which workloads, or why nothing is.
 fn verdict(
     budget: &Budget,
-    exhausted: bool,
-    scale_down: bool,
-    grace_end: Option<Timestamp>,
+    stance: &Stance,
     enforced: &[EnforcedWorkload],
     bound: usize,
     claimed_elsewhere: &[String],
@@ -342,7 +430,7 @@ fn verdict(
             .map(|e| format!("{}/{}", e.kind.as_str(), e.name))
             .collect::<Vec<_>>()
     };
-    let mut v = if !exhausted {
+    let mut v = if !stance.exhausted {
         Verdict {
             status: false,
             reason: "NotExhausted",
@@ -370,13 +458,13 @@ fn verdict(
                 reason: "Annotated",
                 message: format!("annotated exhausted: {}", names("Annotate").join(", ")),
             },
-            EnforcementAction::ScaleDown if !scale_down => Verdict {
+            EnforcementAction::ScaleDown if !stance.scale_down => Verdict {
                 status: true,
                 reason: "GracePeriod",
                 message: format!(
                     "annotated exhausted: {}; scaled down at {} unless the budget has room again",
                     names("Annotate").join(", "),
-                    grace_end.map(|t| t.to_string()).unwrap_or_default()
+                    stance.grace_end.map(|t| t.to_string()).unwrap_or_default()
                 ),
             },
             EnforcementAction::ScaleDown => {

@@ -7,7 +7,10 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
 
-use crate::api::{BudgetPhase, ResetPeriod, TokenBudget, TokenBudgetStatus, TokenType};
+use crate::api::{
+    BudgetPhase, Enforcement, EnforcementAction, ResetPeriod, TokenBudget, TokenBudgetSpec, TokenBudgetStatus,
+    TokenType,
+};
 use crate::usage::{format_money, parse_money, percent_used};
 
 /// Cells of the usage bar.
@@ -121,19 +124,46 @@ pub fn status_list(budgets: &[TokenBudget], listing: Listing, opts: &Options) ->
 pub fn status_detail(b: &TokenBudget, opts: &Options) -> String {
     let spec = &b.spec;
     let status = b.status.as_ref();
-    let phase = status.and_then(|s| s.phase);
-    let color = phase.map(phase_color);
+    let color = status.and_then(|s| s.phase).map(phase_color);
     let mut fields = Fields::default();
+    describe_identity(&mut fields, b, opts);
+    fields.add("Limits", limits_line(spec));
+    if let Some(s) = status {
+        describe_usage(&mut fields, spec, s, opts);
+    }
+    describe_period(&mut fields, b, opts);
+    if let Some(observed) = observed_line(b) {
+        fields.add("Observed", observed);
+    }
+    fields.add("Thresholds", thresholds_line(spec));
+    fields.add("Enforcement", enforcement_line(&spec.enforcement));
 
+    let empty = TokenBudgetStatus::default();
+    let s = status.unwrap_or(&empty);
+    let mut out = fields.render(opts.color);
+    out.push_str(&models_section(spec, s, opts));
+    out.push_str(&workloads_section(s, opts));
+    out.push_str(&enforced_section(s, color, opts));
+    out.push_str(&section("Conditions", s.conditions.is_empty()));
+    if !s.conditions.is_empty() {
+        out.push_str(&conditions(&s.conditions, opts));
+    }
+    out
+}
+
+/// The first lines of the detailed view: the budget's name and namespace, then its phase and
+/// usage bar, or that the operator has not reported yet.
+fn describe_identity(fields: &mut Fields, b: &TokenBudget, opts: &Options) {
     fields.add("Name", b.name_any());
     fields.add("Namespace", b.namespace().unwrap_or_default());
-    match status {
+    match &b.status {
         None => fields.add(
             "Status",
             "none yet: the operator has not reported on this budget (is tokenbudget-operator running?)",
         ),
         Some(s) => {
-            fields.add_colored("Phase", phase.map_or("-", phase_name), color);
+            let color = s.phase.map(phase_color);
+            fields.add_colored("Phase", s.phase.map_or("-", phase_name), color);
             let usage = match s.percent_used {
                 Some(p) => format!("{} {p}% of the tighter limit", paint(&bar(Some(p)), color, opts.color)),
                 None => bar(None),
@@ -141,6 +171,10 @@ pub fn status_detail(b: &TokenBudget, opts: &Options) -> String {
             fields.add("Usage", usage);
         }
     }
+}
+
+/// "5,000,000 tokens (input + output) and 250.00 USD per month".
+fn limits_line(spec: &TokenBudgetSpec) -> String {
     let mut limits = Vec::new();
     if let Some(tokens) = spec.limits.tokens {
         let types = match &spec.token_types {
@@ -152,13 +186,12 @@ pub fn status_detail(b: &TokenBudget, opts: &Options) -> String {
     if let Some(cost) = &spec.limits.cost {
         limits.push(format!("{} {}", money(cost), spec.currency));
     }
-    fields.add(
-        "Limits",
-        format!("{} {}", limits.join(" and "), per_period(spec.period.reset)),
-    );
-    if let Some(s) = status {
-        describe_usage(&mut fields, spec, s, opts);
-    }
+    format!("{} {}", limits.join(" and "), per_period(spec.period.reset))
+}
+
+/// The period lines of the detailed view: its kind and zone, its start and the next reset.
+fn describe_period(fields: &mut Fields, b: &TokenBudget, opts: &Options) {
+    let (spec, status) = (&b.spec, b.status.as_ref());
     let period = match spec.period.reset {
         ResetPeriod::Never => "Never (usage never resets)".to_string(),
         reset => format!("{reset:?} in {}", spec.period.timezone),
@@ -174,34 +207,40 @@ pub fn status_detail(b: &TokenBudget, opts: &Options) -> String {
             None => resets_cell(b, opts.now),
         },
     );
-    if let (Some(observed), Some(generation)) = (status.and_then(|s| s.observed_generation), b.metadata.generation)
-        && observed != generation
-    {
-        fields.add(
-            "Observed",
-            format!("generation {observed} of {generation}: the operator has not caught up with the last change"),
-        );
-    }
+}
+
+/// That the status speaks of an older generation of the spec, when it does.
+fn observed_line(b: &TokenBudget) -> Option<String> {
+    let observed = b.status.as_ref().and_then(|s| s.observed_generation)?;
+    let generation = b.metadata.generation?;
+    (observed != generation)
+        .then(|| format!("generation {observed} of {generation}: the operator has not caught up with the last change"))
+}
+
+/// "50%, 80%, 100%", or `<none>`.
+fn thresholds_line(spec: &TokenBudgetSpec) -> String {
     let mut thresholds: Vec<String> = spec.thresholds.iter().map(|t| format!("{t}%")).collect();
     if thresholds.is_empty() {
         thresholds.push("<none>".into());
     }
-    fields.add("Thresholds", thresholds.join(", "));
-    let e = &spec.enforcement;
+    thresholds.join(", ")
+}
+
+/// "ScaleDown, grace period 10m, freezes the compute quota when exhausted".
+fn enforcement_line(e: &Enforcement) -> String {
     let mut enforcement = format!("{:?}", e.action);
-    if e.action == crate::api::EnforcementAction::ScaleDown {
+    if e.action == EnforcementAction::ScaleDown {
         enforcement.push_str(&format!(", grace period {}", e.grace_period));
     }
     if e.freeze_quota {
         enforcement.push_str(", freezes the compute quota when exhausted");
     }
-    fields.add("Enforcement", enforcement);
+    enforcement
+}
 
-    let mut out = fields.render(opts.color);
-    let empty = TokenBudgetStatus::default();
-    let s = status.unwrap_or(&empty);
-
-    out.push_str(&section("Models", s.models.is_empty()));
+/// The Models section: tokens and cost per model.
+fn models_section(spec: &TokenBudgetSpec, s: &TokenBudgetStatus, opts: &Options) -> String {
+    let mut out = section("Models", s.models.is_empty());
     if !s.models.is_empty() {
         let mut table = Table::new(&["MODEL", "INPUT", "OUTPUT", "COST"]);
         for m in &s.models {
@@ -218,8 +257,12 @@ pub fn status_detail(b: &TokenBudget, opts: &Options) -> String {
         }
         out.push_str(&table.render("  ", opts.color));
     }
+    out
+}
 
-    out.push_str(&section("Workloads", s.workloads.is_empty()));
+/// The Workloads section: tokens per workload and its share of the budget's.
+fn workloads_section(s: &TokenBudgetStatus, opts: &Options) -> String {
+    let mut out = section("Workloads", s.workloads.is_empty());
     if !s.workloads.is_empty() {
         let total = workload_total(s);
         let mut table = Table::new(&["KIND", "NAME", "TOKENS", "SHARE%"]);
@@ -233,31 +276,29 @@ pub fn status_detail(b: &TokenBudget, opts: &Options) -> String {
         }
         out.push_str(&table.render("  ", opts.color));
     }
-
-    if !s.enforced.is_empty() {
-        out.push_str(&section("Enforced", false));
-        let mut table = Table::new(&["KIND", "NAME", "ACTION", "SINCE"]);
-        for e in &s.enforced {
-            table.push(vec![
-                Cell::plain(e.kind.as_str()),
-                Cell::plain(e.name.clone()),
-                Cell::new(e.action.clone(), color),
-                Cell::plain(relative(opts.now, &e.since)),
-            ]);
-        }
-        out.push_str(&table.render("  ", opts.color));
-    }
-
-    out.push_str(&section("Conditions", s.conditions.is_empty()));
-    if !s.conditions.is_empty() {
-        out.push_str(&conditions(&s.conditions, opts));
-    }
     out
+}
+
+/// The Enforced section, in the phase's colour; nothing at all when nothing is enforced.
+fn enforced_section(s: &TokenBudgetStatus, color: Option<Color>, opts: &Options) -> String {
+    if s.enforced.is_empty() {
+        return String::new();
+    }
+    let mut table = Table::new(&["KIND", "NAME", "ACTION", "SINCE"]);
+    for e in &s.enforced {
+        table.push(vec![
+            Cell::plain(e.kind.as_str()),
+            Cell::plain(e.name.clone()),
+            Cell::new(e.action.clone(), color),
+            Cell::plain(relative(opts.now, &e.since)),
+        ]);
+    }
+    section("Enforced", false) + &table.render("  ", opts.color)
 }
 
 /// The usage lines of the detailed view: used per limit and per token type, burn rate and
 /// projected exhaustion.
-fn describe_usage(fields: &mut Fields, spec: &crate::api::TokenBudgetSpec, s: &TokenBudgetStatus, opts: &Options) {
+fn describe_usage(fields: &mut Fields, spec: &TokenBudgetSpec, s: &TokenBudgetStatus, opts: &Options) {
     let used = s.used.clone().unwrap_or_default();
     let mut tokens = grouped(used.tokens);
     if let Some(limit) = spec.limits.tokens {

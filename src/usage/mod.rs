@@ -23,5 +23,5 @@ pub mod pricing;
 pub mod scrape;
 
 pub use parse::{Extractor, MAX_SERIES_VALUE, ParseError, UNKNOWN_MODEL, Usage};
-pub use period::PeriodWindow;
-pub use pricing::{ModelPriceDecimal, PriceTable, format_money, parse_money, percent_used};
+pub use period::{PeriodWindow, UnknownTimeZone};
+pub use pricing::{ModelPriceDecimal, MoneyError, PriceError, PriceTable, format_money, parse_money, percent_used};

@@ -44,6 +44,16 @@ pub struct ParseError {
     pub reason: String,
 }
 
+impl ParseError {
+    /// The error at line `line` (1-based), for `reason`.
+    fn at(line: usize, reason: impl std::fmt::Display) -> Self {
+        Self {
+            line,
+            reason: reason.to_string(),
+        }
+    }
+}
+
 /// The token counters of one scrape: per model and token type, the sum of all series' values.
 ///
 /// Only (model, type) pairs that some series reported are present (possibly with value 0).
@@ -87,15 +97,16 @@ impl Usage {
     }
 
     /// Adds one series' value. Allocates the model name only when it is new.
-    fn add(&mut self, model: &str, token_type: TokenType, value: u64) -> Result<(), String> {
+    fn add(&mut self, model: &str, token_type: TokenType, value: u64) -> Result<(), LineError> {
         if let Some(values) = self.models.get_mut(model) {
             let v = &mut values[slot(token_type)];
-            let sum = v.unwrap_or(0).checked_add(value).ok_or_else(|| {
-                format!(
-                    "the sum of the {} tokens of model {model:?} overflows",
-                    token_type.as_str()
-                )
-            })?;
+            let sum = v
+                .unwrap_or(0)
+                .checked_add(value)
+                .ok_or_else(|| LineError::SumOverflows {
+                    model: model.to_owned(),
+                    token_type,
+                })?;
             *v = Some(sum);
             return Ok(());
         }
@@ -295,19 +306,15 @@ impl Extractor {
                     }
                     continue;
                 }
-                Start::Bad => {
-                    return Err(ParseError {
-                        line: line_no,
-                        reason: format!("byte 0x{:02x} cannot start a metrics line", line[0]),
-                    });
-                }
+                Start::Bad => return Err(ParseError::at(line_no, LineError::BadStart(line[0]))),
                 Start::Candidate => {}
             }
             let Some(rule) = self.rules.iter().find(|r| names_sample(line, &r.sample)) else {
                 continue;
             };
-            let err = |reason: String| ParseError { line: line_no, reason };
-            let Some(sample) = parse_series(line, rule).map_err(|e| err(format!("{}: {e}", rule.sample)))? else {
+            let sample =
+                parse_series(line, rule).map_err(|e| ParseError::at(line_no, format_args!("{}: {e}", rule.sample)))?;
+            let Some(sample) = sample else {
                 continue;
             };
             let model = match sample.model {
@@ -318,7 +325,9 @@ impl Extractor {
                     scratch.as_str()
                 }
             };
-            usage.add(model, sample.token_type, sample.value).map_err(err)?;
+            usage
+                .add(model, sample.token_type, sample.value)
+                .map_err(|e| ParseError::at(line_no, e))?;
         }
         Ok(usage)
     }
@@ -360,154 +369,270 @@ static LABEL_NAME_BYTE: [bool; 256] = {
     t
 };
 
+/// What is wrong with one line of a metrics body: the `reason` of a [`ParseError`].
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+enum LineError {
+    #[error("byte 0x{0:02x} cannot start a metrics line")]
+    BadStart(u8),
+    #[error("invalid UTF-8 at byte {0}")]
+    InvalidUtf8(usize),
+    #[error("unterminated label set")]
+    UnterminatedLabelSet,
+    #[error("expected a label name at column {0}")]
+    ExpectedLabelName(usize),
+    #[error("expected '=' after label {0}")]
+    ExpectedEquals(String),
+    #[error("expected '\"' to open the value of label {0}")]
+    ExpectedQuote(String),
+    #[error("unterminated value of label {0}")]
+    UnterminatedValue(String),
+    #[error("duplicate label {0}")]
+    DuplicateLabel(String),
+    #[error("expected ',' or '}}' after the value of label {0}")]
+    ExpectedSeparator(String),
+    #[error("missing value")]
+    MissingValue,
+    #[error("invalid value {0:?}")]
+    InvalidValue(String),
+    #[error("invalid timestamp {0:?}")]
+    InvalidTimestamp(String),
+    #[error("unexpected text after the timestamp at column {0}")]
+    TextAfterTimestamp(usize),
+    #[error("value is NaN")]
+    NaN,
+    #[error("value is {sign}Inf")]
+    Infinite { sign: char },
+    #[error("value {0} is negative")]
+    Negative(f64),
+    #[error("value {0:e} is above the limit of 1e15 tokens per series")]
+    AboveLimit(f64),
+    #[error("value {0} is not a whole number of tokens")]
+    NotWhole(f64),
+    #[error("the sum of the {} tokens of model {model:?} overflows", .token_type.as_str())]
+    SumOverflows { model: String, token_type: TokenType },
+}
+
+/// A position in one series line, moved forward as its parts are read.
+struct Cursor<'a> {
+    line: &'a str,
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    #[inline]
+    fn bytes(&self) -> &'a [u8] {
+        self.line.as_bytes()
+    }
+
+    #[inline]
+    fn peek(&self) -> Option<u8> {
+        self.bytes().get(self.pos).copied()
+    }
+
+    #[inline]
+    fn skip_blanks(&mut self) {
+        let b = self.bytes();
+        while self.pos < b.len() && is_blank(b[self.pos]) {
+            self.pos += 1;
+        }
+    }
+
+    /// The run of non-blank bytes from here, possibly empty.
+    #[inline]
+    fn word(&mut self) -> &'a str {
+        let (b, start) = (self.bytes(), self.pos);
+        while self.pos < b.len() && !is_blank(b[self.pos]) {
+            self.pos += 1;
+        }
+        &self.line[start..self.pos]
+    }
+
+    /// The position as a 1-based column, for messages.
+    fn column(&self) -> usize {
+        self.pos + 1
+    }
+}
+
+/// The labels of a series that its rule reads, kept as the label set is read.
+#[derive(Default)]
+struct RuleLabels<'a> {
+    /// The model so far, with its label's index in `rule.model_labels` (a lower one wins).
+    model: Option<(usize, LabelValue<'a>)>,
+    /// Bit i: `rule.model_labels[i]` was seen.
+    seen_models: u64,
+    /// The value of the token type label, when the rule reads the type from a label.
+    type_value: Option<LabelValue<'a>>,
+}
+
+impl<'a> RuleLabels<'a> {
+    /// Keeps `name="value"` if the rule reads that label. Each label it reads may appear once.
+    fn keep(&mut self, rule: &Rule, name: &str, value: LabelValue<'a>) -> Result<(), LineError> {
+        if let Some(i) = rule.model_labels.iter().position(|l| l == name) {
+            if self.seen_models & (1 << i) != 0 {
+                return Err(LineError::DuplicateLabel(name.into()));
+            }
+            self.seen_models |= 1 << i;
+            if !value.raw.is_empty() && self.model.is_none_or(|(j, _)| i < j) {
+                self.model = Some((i, value));
+            }
+        }
+        if matches!(&rule.token_type, TypeSource::Label(l) if l == name) {
+            if self.type_value.is_some() {
+                return Err(LineError::DuplicateLabel(name.into()));
+            }
+            self.type_value = Some(value);
+        }
+        Ok(())
+    }
+
+    /// The token type of the series; `None` when it does not count (its type label is
+    /// missing or neither `input` nor `output`).
+    fn token_type(&self, rule: &Rule) -> Option<TokenType> {
+        match &rule.token_type {
+            TypeSource::Fixed(t) => Some(*t),
+            TypeSource::Label(_) => match self.type_value.map(|v| v.raw) {
+                Some("input") => Some(TokenType::Input),
+                Some("output") => Some(TokenType::Output),
+                _ => None,
+            },
+        }
+    }
+}
+
 /// Parses one line of a wanted sample (which `names_sample` accepted). `Ok(None)`: a
 /// well-formed series that does not count (its token type label is missing or neither
 /// `input` nor `output`).
-fn parse_series<'a>(line: &'a [u8], rule: &Rule) -> Result<Option<Series<'a>>, String> {
+fn parse_series<'a>(line: &'a [u8], rule: &Rule) -> Result<Option<Series<'a>>, LineError> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let line = std::str::from_utf8(line).map_err(|e| format!("invalid UTF-8 at byte {}", e.valid_up_to() + 1))?;
-    let b = line.as_bytes();
-    let skip_blanks = |mut pos: usize| {
-        while pos < b.len() && is_blank(b[pos]) {
-            pos += 1;
-        }
-        pos
+    let line = std::str::from_utf8(line).map_err(|e| LineError::InvalidUtf8(e.valid_up_to() + 1))?;
+    let mut cursor = Cursor {
+        line,
+        pos: rule.sample.len(),
     };
-
-    let mut model: Option<(usize, LabelValue)> = None; // (index in rule.model_labels, value)
-    let mut seen_models = 0u64; // bit i: rule.model_labels[i] was seen
-    let mut type_value: Option<LabelValue> = None;
-    let type_label = match &rule.token_type {
-        TypeSource::Label(l) => Some(l.as_str()),
-        TypeSource::Fixed(_) => None,
+    cursor.skip_blanks();
+    let labels = match cursor.peek() {
+        Some(b'{') => read_label_set(&mut cursor, rule)?,
+        _ => RuleLabels::default(),
     };
-
-    let mut pos = skip_blanks(rule.sample.len());
-    if b.get(pos) == Some(&b'{') {
-        pos += 1;
-        loop {
-            pos = skip_blanks(pos);
-            match b.get(pos) {
-                None => return Err("unterminated label set".into()),
-                Some(b'}') => {
-                    pos += 1;
-                    break;
-                }
-                Some(_) => {}
-            }
-            let name_start = pos;
-            pos += b[pos..]
-                .iter()
-                .position(|&c| !LABEL_NAME_BYTE[c as usize])
-                .unwrap_or(b.len() - pos);
-            if pos == name_start {
-                return Err(format!("expected a label name at column {}", pos + 1));
-            }
-            let name = &line[name_start..pos];
-            pos = skip_blanks(pos);
-            if b.get(pos) != Some(&b'=') {
-                return Err(format!("expected '=' after label {name}"));
-            }
-            pos = skip_blanks(pos + 1);
-            if b.get(pos) != Some(&b'"') {
-                return Err(format!("expected '\"' to open the value of label {name}"));
-            }
-            pos += 1;
-            let value_start = pos;
-            let mut escaped = false;
-            loop {
-                match memchr2(b'"', b'\\', &b[pos..]) {
-                    None => return Err(format!("unterminated value of label {name}")),
-                    Some(i) => {
-                        pos += i;
-                        if b[pos] == b'"' {
-                            break;
-                        }
-                        if pos + 1 >= b.len() {
-                            return Err(format!("unterminated value of label {name}"));
-                        }
-                        escaped = true;
-                        pos += 2;
-                    }
-                }
-            }
-            let value = LabelValue {
-                raw: &line[value_start..pos],
-                escaped,
-            };
-            pos += 1;
-
-            if let Some(i) = rule.model_labels.iter().position(|l| l == name) {
-                if seen_models & (1 << i) != 0 {
-                    return Err(format!("duplicate label {name}"));
-                }
-                seen_models |= 1 << i;
-                if !value.raw.is_empty() && model.is_none_or(|(j, _)| i < j) {
-                    model = Some((i, value));
-                }
-            }
-            if type_label == Some(name) {
-                if type_value.is_some() {
-                    return Err(format!("duplicate label {name}"));
-                }
-                type_value = Some(value);
-            }
-
-            pos = skip_blanks(pos);
-            match b.get(pos) {
-                Some(b',') => pos += 1,
-                Some(b'}') => {
-                    pos += 1;
-                    break;
-                }
-                None => return Err("unterminated label set".into()),
-                Some(_) => return Err(format!("expected ',' or '}}' after the value of label {name}")),
-            }
-        }
-        pos = skip_blanks(pos);
-    }
-
-    let value_start = pos;
-    while pos < b.len() && !is_blank(b[pos]) {
-        pos += 1;
-    }
-    if pos == value_start {
-        return Err("missing value".into());
-    }
-    let value =
-        parse_number(&line[value_start..pos]).ok_or_else(|| format!("invalid value {:?}", &line[value_start..pos]))?;
-
-    pos = skip_blanks(pos);
-    if pos < b.len() && b[pos] != b'#' {
-        let ts_start = pos;
-        while pos < b.len() && !is_blank(b[pos]) {
-            pos += 1;
-        }
-        let ts = &line[ts_start..pos];
-        if parse_number(ts).is_none_or(|t| !t.is_finite()) {
-            return Err(format!("invalid timestamp {ts:?}"));
-        }
-        pos = skip_blanks(pos);
-        if pos < b.len() && b[pos] != b'#' {
-            return Err(format!("unexpected text after the timestamp at column {}", pos + 1));
-        }
-    }
-    // Anything from '#' on is an OpenMetrics exemplar: not ours to check.
-
-    let token_type = match &rule.token_type {
-        TypeSource::Fixed(t) => *t,
-        TypeSource::Label(_) => match type_value.map(|v| v.raw) {
-            Some("input") => TokenType::Input,
-            Some("output") => TokenType::Output,
-            _ => return Ok(None),
-        },
+    let value = read_value(&mut cursor)?;
+    check_timestamp(&mut cursor)?;
+    let Some(token_type) = labels.token_type(rule) else {
+        return Ok(None);
     };
-    let value = counter_value(value)?;
     Ok(Some(Series {
-        model: model.map(|(_, v)| v),
+        model: labels.model.map(|(_, v)| v),
         token_type,
-        value,
+        value: counter_value(value)?,
     }))
+}
+
+/// Reads a label set, from its `{` through its `}`, keeping the labels `rule` reads.
+fn read_label_set<'a>(cursor: &mut Cursor<'a>, rule: &Rule) -> Result<RuleLabels<'a>, LineError> {
+    let mut labels = RuleLabels::default();
+    cursor.pos += 1; // the '{'
+    loop {
+        cursor.skip_blanks();
+        match cursor.peek() {
+            None => return Err(LineError::UnterminatedLabelSet),
+            Some(b'}') => {
+                cursor.pos += 1;
+                return Ok(labels);
+            }
+            Some(_) => {}
+        }
+        let (name, value) = read_label(cursor)?;
+        labels.keep(rule, name, value)?;
+        cursor.skip_blanks();
+        match cursor.peek() {
+            Some(b',') => cursor.pos += 1,
+            Some(b'}') => {
+                cursor.pos += 1;
+                return Ok(labels);
+            }
+            None => return Err(LineError::UnterminatedLabelSet),
+            Some(_) => return Err(LineError::ExpectedSeparator(name.into())),
+        }
+    }
+}
+
+/// Reads one `name="value"`.
+fn read_label<'a>(cursor: &mut Cursor<'a>) -> Result<(&'a str, LabelValue<'a>), LineError> {
+    let b = cursor.bytes();
+    let name_start = cursor.pos;
+    cursor.pos += b[cursor.pos..]
+        .iter()
+        .position(|&c| !LABEL_NAME_BYTE[c as usize])
+        .unwrap_or(b.len() - cursor.pos);
+    if cursor.pos == name_start {
+        return Err(LineError::ExpectedLabelName(cursor.column()));
+    }
+    let name = &cursor.line[name_start..cursor.pos];
+    cursor.skip_blanks();
+    if cursor.peek() != Some(b'=') {
+        return Err(LineError::ExpectedEquals(name.into()));
+    }
+    cursor.pos += 1;
+    cursor.skip_blanks();
+    if cursor.peek() != Some(b'"') {
+        return Err(LineError::ExpectedQuote(name.into()));
+    }
+    cursor.pos += 1;
+    let value = read_quoted(cursor).ok_or_else(|| LineError::UnterminatedValue(name.into()))?;
+    Ok((name, value))
+}
+
+/// Reads a label value from after its opening quote through its closing one; `None` when
+/// the line ends first.
+#[inline]
+fn read_quoted<'a>(cursor: &mut Cursor<'a>) -> Option<LabelValue<'a>> {
+    let b = cursor.bytes();
+    let start = cursor.pos;
+    let mut escaped = false;
+    loop {
+        cursor.pos += memchr2(b'"', b'\\', &b[cursor.pos..])?;
+        if b[cursor.pos] == b'"' {
+            break;
+        }
+        if cursor.pos + 1 >= b.len() {
+            return None;
+        }
+        escaped = true;
+        cursor.pos += 2;
+    }
+    let value = LabelValue {
+        raw: &cursor.line[start..cursor.pos],
+        escaped,
+    };
+    cursor.pos += 1;
+    Some(value)
+}
+
+/// Reads the sample value.
+fn read_value(cursor: &mut Cursor) -> Result<f64, LineError> {
+    cursor.skip_blanks();
+    let text = cursor.word();
+    if text.is_empty() {
+        return Err(LineError::MissingValue);
+    }
+    parse_number(text).ok_or_else(|| LineError::InvalidValue(text.into()))
+}
+
+/// Checks what may follow the value: a timestamp, and after it nothing but an exemplar.
+fn check_timestamp(cursor: &mut Cursor) -> Result<(), LineError> {
+    // Anything from '#' on is an OpenMetrics exemplar: not ours to check.
+    cursor.skip_blanks();
+    if cursor.peek().is_none_or(|b| b == b'#') {
+        return Ok(());
+    }
+    let timestamp = cursor.word();
+    if parse_number(timestamp).is_none_or(|t| !t.is_finite()) {
+        return Err(LineError::InvalidTimestamp(timestamp.into()));
+    }
+    cursor.skip_blanks();
+    if cursor.peek().is_some_and(|b| b != b'#') {
+        return Err(LineError::TextAfterTimestamp(cursor.column()));
+    }
+    Ok(())
 }
 
 /// A Prometheus float: plain digits quickly, everything else (`1.5e3`, `+Inf`, `NaN`, ...)
@@ -522,17 +647,19 @@ fn parse_number(s: &str) -> Option<f64> {
 }
 
 /// A counter value as a token count, or why it cannot be one.
-fn counter_value(v: f64) -> Result<u64, String> {
+fn counter_value(v: f64) -> Result<u64, LineError> {
     if v.is_nan() {
-        Err("value is NaN".into())
+        Err(LineError::NaN)
     } else if v.is_infinite() {
-        Err(format!("value is {}Inf", if v > 0.0 { "+" } else { "-" }))
+        Err(LineError::Infinite {
+            sign: if v > 0.0 { '+' } else { '-' },
+        })
     } else if v < 0.0 {
-        Err(format!("value {v} is negative"))
+        Err(LineError::Negative(v))
     } else if v > MAX_SERIES_VALUE as f64 {
-        Err(format!("value {v:e} is above the limit of 1e15 tokens per series"))
+        Err(LineError::AboveLimit(v))
     } else if v.fract() != 0.0 {
-        Err(format!("value {v} is not a whole number of tokens"))
+        Err(LineError::NotWhole(v))
     } else {
         Ok(v as u64)
     }

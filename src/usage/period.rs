@@ -74,9 +74,14 @@ pub fn rfc3339(z: &Zoned) -> String {
 
 /// The time zone of `spec.period.timezone`: an IANA name from jiff's bundled database (the
 /// same look-up the operator's validation uses).
-pub fn parse_timezone(name: &str) -> Result<TimeZone, String> {
-    TimeZone::get(name).map_err(|_| format!("{name:?} is not an IANA time zone such as \"Europe/Berlin\""))
+pub fn parse_timezone(name: &str) -> Result<TimeZone, UnknownTimeZone> {
+    TimeZone::get(name).map_err(|_| UnknownTimeZone(name.into()))
 }
+
+/// A `spec.period.timezone` that is no IANA time zone.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an IANA time zone such as \"Europe/Berlin\"")]
+pub struct UnknownTimeZone(pub String);
 
 /// The period that `now` falls into. `origin` is the budget's creation time, the start of a
 /// `Never` period; the other kinds start at calendar boundaries in `tz` (see the module docs).
@@ -673,7 +678,7 @@ mod tests {
     fn parse_timezone_accepts_iana_names_only() {
         assert!(parse_timezone("Europe/Berlin").is_ok());
         assert!(parse_timezone("UTC").is_ok());
-        let err = parse_timezone("Mars/Olympus").unwrap_err();
+        let err = parse_timezone("Mars/Olympus").unwrap_err().to_string();
         assert!(err.contains("Mars/Olympus"), "{err}");
         assert!(parse_timezone("").is_err());
     }

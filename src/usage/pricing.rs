@@ -27,6 +27,26 @@ pub struct ModelPriceDecimal {
     pub output: Decimal,
 }
 
+/// Why a money string (a price or `limits.cost`) is not an amount.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MoneyError {
+    #[error("{0:?} is not a decimal number such as \"0.15\" or \"250.00\"")]
+    NotDecimal(String),
+    #[error("{0:?} has more digits than can be kept exactly")]
+    TooManyDigits(String),
+}
+
+/// An unparsable price of `spec.pricing`, with the field it is in.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("spec.pricing[{index}].{field}: {source}")]
+pub struct PriceError {
+    /// The entry of `spec.pricing`.
+    pub index: usize,
+    /// `input` or `output`.
+    pub field: &'static str,
+    pub source: MoneyError,
+}
+
 /// The prices of a budget, in the order of `spec.pricing`: the first entry that matches a
 /// model wins.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -39,20 +59,21 @@ const MILLION_SCALE: u32 = 6;
 impl PriceTable {
     /// Parses `spec.pricing`. An unparsable price is an error naming its field, e.g.
     /// `spec.pricing[2].input: "1,5" is not a decimal number such as "0.15" or "250.00"`.
-    pub fn new(prices: &[ModelPrice]) -> Result<Self, String> {
+    pub fn new(prices: &[ModelPrice]) -> Result<Self, PriceError> {
         let entries = prices
             .iter()
             .enumerate()
-            .map(|(i, p)| {
-                let field =
-                    |name: &str, value: &str| parse_money(value).map_err(|e| format!("spec.pricing[{i}].{name}: {e}"));
+            .map(|(index, p)| {
+                let field = |field: &'static str, value: &str| {
+                    parse_money(value).map_err(|source| PriceError { index, field, source })
+                };
                 Ok(ModelPriceDecimal {
                     model: p.model.clone(),
                     input: field("input", &p.input)?,
                     output: field("output", &p.output)?,
                 })
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, PriceError>>()?;
         Ok(Self { entries })
     }
 
@@ -143,13 +164,13 @@ pub fn format_money(d: Decimal) -> String {
 /// digits, optionally a `.` and more digits. No sign, exponent, separators or spaces, and no
 /// more digits than Decimal holds exactly (28 or 29 significant digits; the schema allows 15
 /// before and 12 after the point).
-pub fn parse_money(s: &str) -> Result<Decimal, String> {
+pub fn parse_money(s: &str) -> Result<Decimal, MoneyError> {
     let (int, frac) = s.split_once('.').unwrap_or((s, "0"));
     let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
     if !digits(int) || !digits(frac) {
-        return Err(format!("{s:?} is not a decimal number such as \"0.15\" or \"250.00\""));
+        return Err(MoneyError::NotDecimal(s.into()));
     }
-    Decimal::from_str_exact(s).map_err(|_| format!("{s:?} has more digits than can be kept exactly"))
+    Decimal::from_str_exact(s).map_err(|_| MoneyError::TooManyDigits(s.into()))
 }
 
 /// `percentUsed`: the larger of the two percentages (the tighter limit), rounded down. A limit
@@ -320,11 +341,13 @@ mod tests {
 
     #[test]
     fn an_unparsable_price_names_its_field() {
-        let err = PriceTable::new(&[price("a", "1", "2"), price("b", "1,5", "2")]).unwrap_err();
+        let err = PriceTable::new(&[price("a", "1", "2"), price("b", "1,5", "2")])
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("spec.pricing[1].input: \"1,5\""), "{err}");
-        let err = PriceTable::new(&[price("a", "1", "-2")]).unwrap_err();
+        let err = PriceTable::new(&[price("a", "1", "-2")]).unwrap_err().to_string();
         assert!(err.starts_with("spec.pricing[0].output: \"-2\""), "{err}");
-        let err = PriceTable::new(&[price("a", "", "2")]).unwrap_err();
+        let err = PriceTable::new(&[price("a", "", "2")]).unwrap_err().to_string();
         assert!(err.starts_with("spec.pricing[0].input: \"\""), "{err}");
     }
 
@@ -418,7 +441,7 @@ mod tests {
         // Too many digits to keep exactly: an error, not a rounded amount.
         assert!(parse_money("79228162514264337593543950336").is_err());
         assert!(parse_money("0.00000000000000000000000000001").is_err());
-        let err = parse_money("abc").unwrap_err();
+        let err = parse_money("abc").unwrap_err().to_string();
         assert!(err.contains("\"abc\""), "{err}");
     }
 

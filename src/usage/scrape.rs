@@ -145,6 +145,34 @@ fn bracketed(ip: &str) -> String {
     }
 }
 
+/// Why the CA for https scrapes could not be loaded. Each names the certificates as
+/// [`ScrapeCa`]'s `source` does ("--scrape-ca-file FILE").
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("{ca}: {error}")]
+    Read {
+        ca: String,
+        #[source]
+        error: std::io::Error,
+    },
+    #[error("{ca}: not a PEM certificate bundle: {error}")]
+    NotPem {
+        ca: String,
+        #[source]
+        error: rustls::pki_types::pem::Error,
+    },
+    #[error("{ca}: no certificate in it")]
+    Empty { ca: String },
+    #[error("{ca}: certificate {number} is not a usable CA: {error}")]
+    Unusable {
+        ca: String,
+        /// Counting from 1.
+        number: usize,
+        #[source]
+        error: rustls::Error,
+    },
+}
+
 /// The CA certificates that pods' certificates are verified against, and where they came from
 /// (for error messages).
 #[derive(Clone, Debug)]
@@ -155,31 +183,35 @@ pub struct ScrapeCa {
 
 impl ScrapeCa {
     /// Every certificate of a PEM bundle. `source` names it in messages ("the CA in FILE").
-    pub fn from_pem(pem: &[u8], source: impl Into<String>) -> Result<Self, String> {
+    pub fn from_pem(pem: &[u8], source: impl Into<String>) -> Result<Self, CaError> {
         let source = source.into();
-        let certs = CertificateDer::pem_slice_iter(pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("{source}: not a PEM certificate bundle: {e}"))?;
-        Self::from_certs(certs, source)
+        match CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>() {
+            Ok(certs) => Self::from_certs(certs, source),
+            Err(error) => Err(CaError::NotPem { ca: source, error }),
+        }
     }
 
     /// DER certificates, as kube's `Config::root_cert` holds them.
-    pub fn from_der(certs: &[Vec<u8>], source: impl Into<String>) -> Result<Self, String> {
+    pub fn from_der(certs: &[Vec<u8>], source: impl Into<String>) -> Result<Self, CaError> {
         Self::from_certs(
             certs.iter().map(|der| CertificateDer::from(der.clone())).collect(),
             source.into(),
         )
     }
 
-    fn from_certs(certs: Vec<CertificateDer<'static>>, source: String) -> Result<Self, String> {
+    fn from_certs(certs: Vec<CertificateDer<'static>>, source: String) -> Result<Self, CaError> {
         if certs.is_empty() {
-            return Err(format!("{source}: no certificate in it"));
+            return Err(CaError::Empty { ca: source });
         }
         let mut roots = RootCertStore::empty();
         for (i, cert) in certs.into_iter().enumerate() {
-            roots
-                .add(cert)
-                .map_err(|e| format!("{source}: certificate {} is not a usable CA: {e}", i + 1))?;
+            if let Err(error) = roots.add(cert) {
+                return Err(CaError::Unusable {
+                    ca: source,
+                    number: i + 1,
+                    error,
+                });
+            }
         }
         Ok(Self {
             roots: Arc::new(roots),
@@ -199,10 +231,10 @@ impl ScrapeCa {
         flag: Option<&Path>,
         service_account: &Path,
         kubeconfig: Option<&[Vec<u8>]>,
-    ) -> Result<Option<Self>, String> {
-        let read = |path: &Path, source: String| {
-            let pem = std::fs::read(path).map_err(|e| format!("{source}: {e}"))?;
-            Self::from_pem(&pem, source)
+    ) -> Result<Option<Self>, CaError> {
+        let read = |path: &Path, source: String| match std::fs::read(path) {
+            Ok(pem) => Self::from_pem(&pem, source),
+            Err(error) => Err(CaError::Read { ca: source, error }),
         };
         if let Some(path) = flag {
             return read(path, format!("--scrape-ca-file {}", path.display())).map(Some);
@@ -1099,12 +1131,16 @@ mod tests {
             assert!(ScrapeCa::discover(None, &missing, None).unwrap().is_none());
             assert!(ScrapeCa::discover(None, &missing, Some(&[])).unwrap().is_none());
 
-            let err = ScrapeCa::discover(Some(&missing), &service_account, None).unwrap_err();
+            let err = ScrapeCa::discover(Some(&missing), &service_account, None)
+                .unwrap_err()
+                .to_string();
             assert!(
                 err.starts_with(&format!("--scrape-ca-file {}: ", missing.display())),
                 "{err}"
             );
-            let err = ScrapeCa::discover(Some(&garbage), &service_account, None).unwrap_err();
+            let err = ScrapeCa::discover(Some(&garbage), &service_account, None)
+                .unwrap_err()
+                .to_string();
             assert!(err.ends_with("no certificate in it"), "{err}");
             std::fs::remove_dir_all(&dir).unwrap();
         }
