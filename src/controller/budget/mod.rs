@@ -29,7 +29,10 @@ use kube::{
 };
 
 use super::{Context, Error, instrumented, state::BudgetRef, status};
-use crate::{api::TokenBudget, enforce, validate};
+use crate::{
+    api::{TokenBudget, TokenBudgetStatus},
+    enforce, validate,
+};
 
 pub use compute::wake_for_boundary;
 
@@ -70,22 +73,7 @@ async fn reconcile(guard: Arc<DeserializeGuard<TokenBudget>>, ctx: Arc<Context>)
         .and_then(|(p, a)| a.wake_at(p, now));
     let new = compute::status(tb, intent, acted.as_ref(), now);
     let old = tb.status.clone().unwrap_or_default();
-    if tb.status.as_ref() != Some(&new) {
-        status::apply(
-            &Api::<TokenBudget>::namespaced(ctx.client.clone(), &namespace(tb)?),
-            tb,
-            &new,
-        )
-        .await?;
-    }
-    if let Ok(spec) = &spec {
-        ctx.metrics.observe_budget(
-            &namespace(tb)?,
-            &tb.name_any(),
-            &new,
-            spec.limit_tokens.and_then(|t| i64::try_from(t).ok()),
-        );
-    }
+    write_status(&ctx, tb, spec.as_ref().ok(), &new).await?;
     let notices = acted.map(|a| a.notices).unwrap_or_default();
     announce::announce(&ctx, tb, &old, &new, &notices, observed.cycle.as_ref()).await;
     Ok(Action::requeue(compute::requeue(
@@ -93,6 +81,26 @@ async fn reconcile(guard: Arc<DeserializeGuard<TokenBudget>>, ctx: Arc<Context>)
         wake_at,
         ctx.clock.now(),
     )))
+}
+
+/// Step 4: the budget's metrics, then its status, when it changed. The metrics go first, so
+/// that whoever sees the new status finds them up to date too.
+async fn write_status(
+    ctx: &Context,
+    tb: &TokenBudget,
+    spec: Option<&validate::ValidBudget>,
+    new: &TokenBudgetStatus,
+) -> Result<(), Error> {
+    let namespace = namespace(tb)?;
+    if let Some(spec) = spec {
+        let limit = spec.limit_tokens.and_then(|t| i64::try_from(t).ok());
+        ctx.metrics.observe_budget(&namespace, &tb.name_any(), new, limit);
+    }
+    if tb.status.as_ref() != Some(new) {
+        let api = Api::<TokenBudget>::namespaced(ctx.client.clone(), &namespace);
+        status::apply(&api, tb, new).await?;
+    }
+    Ok(())
 }
 
 /// A deleted budget restores every workload it changed, deletes its quota, and only then
@@ -190,7 +198,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{api::TokenBudgetStatus, conditions};
+    use crate::conditions;
 
     use jiff::Timestamp;
 
