@@ -16,7 +16,7 @@ use kube::{
 };
 
 use super::{
-    Context, Error, RESYNC, events, instrumented,
+    Context, Error, RESYNC, events,
     state::{BindingRef, BindingUsage, BudgetRef},
     status,
 };
@@ -175,12 +175,10 @@ pub async fn run(
     ctx: Arc<Context>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let stream = controller.graceful_shutdown_on(shutdown).run(
-        |bb, ctx| instrumented(CONTROLLER, bb, ctx, |bb, ctx| reconcile(bb, ctx).boxed()),
-        |bb, e, ctx| super::error_policy(CONTROLLER, bb, e, ctx),
-        ctx,
-    );
-    super::drain(CONTROLLER, stream).await;
+    super::run_controller(CONTROLLER, controller, ctx, shutdown, |bb, ctx| {
+        reconcile(bb, ctx).boxed()
+    })
+    .await;
 }
 
 #[cfg(test)]

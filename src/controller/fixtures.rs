@@ -25,7 +25,7 @@ use kube::{
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
-use super::{Context, FIELD_MANAGER, Parts, cluster::Cluster, state::BindingUsages};
+use super::{Context, FIELD_MANAGER, cluster::Cluster, state::BindingUsages};
 use crate::{
     api::{BudgetBinding, BudgetBindingStatus, TokenBudget, TokenBudgetStatus},
     clock::ManualClock,
@@ -83,7 +83,7 @@ impl Context {
         );
         // Nobody wakes the binding controller here: the scenarios read the hand-over directly.
         let (wake, _) = futures::channel::mpsc::unbounded();
-        let ctx = Context::new(Parts {
+        let ctx = Context {
             client: kube::Client::new(service, NAMESPACE),
             metrics: Metrics::new(),
             clock: Arc::new(ManualClock::new(now())),
@@ -95,7 +95,9 @@ impl Context {
             scraper: Scraper::default(),
             budgets: store(objects.budgets.into_iter().map(|tb| DeserializeGuard(Ok(tb)))),
             binding_usage: BindingUsages::new(wake),
-        });
+            accounts: Default::default(),
+            backoff: Default::default(),
+        };
         (Arc::new(ctx), ApiServerVerifier(handle))
     }
 }

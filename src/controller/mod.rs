@@ -115,46 +115,8 @@ pub struct Context {
     pub budgets: Store<DeserializeGuard<TokenBudget>>,
     /// What the budgets' cycles saw of their bindings, for the binding controller.
     pub binding_usage: state::BindingUsages,
+    /// Per-object retry delays (children of this module build a `Context`).
     backoff: Backoffs,
-}
-
-/// The parts of a [`Context`].
-pub struct Parts {
-    pub client: Client,
-    pub metrics: Metrics,
-    pub clock: Arc<dyn Clock>,
-    pub reporter: Reporter,
-    pub cluster: cluster::Cluster,
-    pub scraper: Scraper,
-    pub budgets: Store<DeserializeGuard<TokenBudget>>,
-    pub binding_usage: state::BindingUsages,
-}
-
-impl Context {
-    pub fn new(parts: Parts) -> Self {
-        let Parts {
-            client,
-            metrics,
-            clock,
-            reporter,
-            cluster,
-            scraper,
-            budgets,
-            binding_usage,
-        } = parts;
-        Self {
-            client,
-            metrics,
-            clock,
-            reporter,
-            cluster,
-            scraper,
-            accounts: Default::default(),
-            budgets,
-            binding_usage,
-            backoff: Backoffs::default(),
-        }
-    }
 }
 
 /// Fails with one clear line when a CRD is missing, instead of failing watches forever.
@@ -285,6 +247,28 @@ where
         "reconcile failed"
     );
     Action::requeue(delay)
+}
+
+/// A reconcile function of one kind.
+pub(crate) type Reconcile<K> = fn(Arc<K>, Arc<Context>) -> BoxFuture<'static, Result<Action, Error>>;
+
+/// Runs `controller` with `reconcile` (instrumented, with the shared error policy) until
+/// `shutdown` resolves.
+pub(crate) async fn run_controller<K>(
+    name: &'static str,
+    controller: Controller<K>,
+    ctx: Arc<Context>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    reconcile: Reconcile<K>,
+) where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let stream = controller.graceful_shutdown_on(shutdown).run(
+        move |obj, ctx| instrumented(name, obj, ctx, reconcile),
+        move |obj, e, ctx| error_policy(name, obj, e, ctx),
+        ctx,
+    );
+    drain(name, stream).await;
 }
 
 /// Drains a controller's result stream, logging what it reports.

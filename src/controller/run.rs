@@ -21,7 +21,7 @@ use kube::{
 use tokio::{sync::watch, task::JoinSet};
 
 use super::{
-    Context, FIELD_MANAGER, Parts, StartError,
+    Context, FIELD_MANAGER, StartError,
     cluster::{Cluster, api},
     state::{BindingUsages, BudgetRef},
 };
@@ -147,7 +147,7 @@ fn wire(client: Client, options: &Options, clock: Arc<dyn Clock>, metrics: Metri
     let terminating = terminating_rx.flat_map(move |pod| futures::stream::iter(trigger_cluster.budgets_for_pod(&pod)));
     // Each budget's cycle wakes the bindings whose usage it saw.
     let (wake_tx, wake_rx) = mpsc::unbounded();
-    let ctx = Arc::new(Context::new(Parts {
+    let ctx = Arc::new(Context {
         client,
         metrics,
         clock,
@@ -160,7 +160,9 @@ fn wire(client: Client, options: &Options, clock: Arc<dyn Clock>, metrics: Metri
             .with_ca(options.scrape_ca.clone()),
         budgets: budget_controller.store(),
         binding_usage: BindingUsages::new(wake_tx),
-    }));
+        accounts: Default::default(),
+        backoff: Default::default(),
+    });
     tasks.spawn(forget_deleted(ctx.clone(), deleted_rx));
     Wiring {
         budgets: budget_controller

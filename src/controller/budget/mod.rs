@@ -28,7 +28,7 @@ use kube::{
     runtime::{Controller, controller::Action},
 };
 
-use super::{Context, Error, instrumented, state::BudgetRef, status};
+use super::{Context, Error, state::BudgetRef, status};
 use crate::{
     api::{TokenBudget, TokenBudgetStatus},
     enforce, validate,
@@ -187,12 +187,10 @@ pub async fn run(
     ctx: Arc<Context>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let stream = controller.graceful_shutdown_on(shutdown).run(
-        |tb, ctx| instrumented(CONTROLLER, tb, ctx, |tb, ctx| reconcile(tb, ctx).boxed()),
-        |tb, e, ctx| super::error_policy(CONTROLLER, tb, e, ctx),
-        ctx,
-    );
-    super::drain(CONTROLLER, stream).await;
+    super::run_controller(CONTROLLER, controller, ctx, shutdown, |tb, ctx| {
+        reconcile(tb, ctx).boxed()
+    })
+    .await;
 }
 
 #[cfg(test)]
