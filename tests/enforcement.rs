@@ -431,3 +431,43 @@ async fn a_quota_the_budget_does_not_own_is_left_alone_and_does_not_block_its_de
         "after the budget's deletion",
     );
 }
+
+/// Anyone who may edit a Deployment can annotate it: an annotation naming another budget lifts
+/// no enforcement unless that budget exists and binds the workload.
+#[tokio::test]
+async fn an_annotation_naming_a_budget_that_does_not_hold_the_workload_lifts_nothing() {
+    let mut s = Tenant::new("annotation-alone").await.with_operator();
+    create(&s.deployments, deployment("agent").replicas(1)).await;
+    s.run_pods("agent", 1).await;
+    create(&s.budgets, scaling("research", 100)).await;
+    // A budget that exists, but binds nothing of this namespace's agent.
+    create(&s.budgets, scaling("other", 1_000_000)).await;
+    create(&s.bindings, binding("agents", "research").deployment("agent")).await;
+    wait_scraped(&s.bindings, "agents", 1).await;
+    s.agents[0].spend("gpt-4o-mini", 150, 50);
+    wait_for(&s.deployments, "agent", "the Deployment scaled to 0", |d| {
+        d.spec.replicas == Some(0)
+    })
+    .await;
+
+    for claimed in ["ghost", "other"] {
+        // The tenant claims the workload for a budget that does not exist (or does not bind
+        // it), and scales it up.
+        let patch = serde_json::json!({
+            "metadata": {"annotations": {BUDGET: claimed}},
+            "spec": {"replicas": 2},
+        });
+        s.deployments
+            .patch("agent", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+        let d = wait_for(
+            &s.deployments,
+            "agent",
+            &format!("the Deployment claimed for {claimed:?} scaled to 0 again"),
+            |d| d.spec.replicas == Some(0) && annotation(&d.metadata, BUDGET) == Some("research"),
+        )
+        .await;
+        assert_eq!(annotation(&d.metadata, PAUSED_REPLICAS), Some("2"));
+    }
+}

@@ -204,12 +204,17 @@ impl Cluster {
 
     /// The readable bindings of a budget, by name.
     pub fn bindings_of(&self, namespace: &str, budget: &str) -> Vec<BudgetBinding> {
+        self.bindings_in(namespace, |b| b == budget)
+    }
+
+    /// The readable bindings of a namespace whose budget's name passes `budget`, by name.
+    pub fn bindings_in(&self, namespace: &str, budget: impl Fn(&str) -> bool) -> Vec<BudgetBinding> {
         let mut list: Vec<BudgetBinding> = self
             .bindings
             .state()
             .into_iter()
             .filter_map(|guard| guard.0.as_ref().ok().cloned())
-            .filter(|bb| bb.namespace().as_deref() == Some(namespace) && bb.spec.budget_ref.name == budget)
+            .filter(|bb| bb.namespace().as_deref() == Some(namespace) && budget(&bb.spec.budget_ref.name))
             .collect();
         list.sort_by_key(|bb| bb.name_any());
         list

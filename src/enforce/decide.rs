@@ -43,6 +43,10 @@ pub struct Workload {
     pub suspended: Option<bool>,
     /// Named by a binding of this budget now.
     pub bound: bool,
+    /// Another budget that holds the workload: its `tokenbudget.io/budget` annotation names
+    /// that budget, which exists and binds it through one of its valid bindings. The workload
+    /// is left to that budget. An annotation alone holds nothing.
+    pub held_by: Option<String>,
     pub pods: Vec<Pod>,
 }
 
@@ -115,7 +119,7 @@ pub fn decide(budget: &Budget, workloads: &[Workload], now: Timestamp) -> Plan {
     let mut enforced = Vec::new();
     let mut claimed_elsewhere = Vec::new();
     for w in workloads {
-        match w.annotations.get(BUDGET) {
+        match &w.held_by {
             // Another budget enforces on it: one owner per workload, never a tug of war.
             Some(owner) if owner != budget.name => {
                 if w.bound {
@@ -529,10 +533,17 @@ mod tests {
             replicas: Option<i32>,
             suspended: Option<bool>,
             bound: Option<bool>,
+            /// Whether the budget its annotation names holds it (default true).
+            held: Option<bool>,
             #[serde(default)]
             pods: Vec<String>,
         }
         let f: Fixture = serde_yaml::from_str(yaml).expect("fixture parses");
+        let held_by = f
+            .annotations
+            .get(BUDGET)
+            .filter(|owner| *owner != "research" && f.held.unwrap_or(true))
+            .cloned();
         Workload {
             kind: f.kind,
             name: f.name,
@@ -541,6 +552,7 @@ mod tests {
             replicas: f.replicas,
             suspended: f.suspended,
             bound: f.bound.unwrap_or(true),
+            held_by,
             pods: f
                 .pods
                 .into_iter()
@@ -849,6 +861,27 @@ mod tests {
             "{}",
             plan.condition.message
         );
+    }
+
+    #[test]
+    fn an_annotation_naming_a_budget_that_does_not_hold_the_workload_lifts_nothing() {
+        let w = workload(
+            "{kind: Deployment, name: a, replicas: 3, held: false, \
+              annotations: {tokenbudget.io/budget: ghost, tokenbudget.io/paused-replicas: '3'}}",
+        );
+        let plan = decide(
+            &budget(BudgetPhase::Exhausted, EnforcementAction::ScaleDown),
+            &[w],
+            now(),
+        );
+        let steps = &plan.workloads[0].steps;
+        let Step::Annotate(patch) = &steps[0] else {
+            panic!("annotated first: {steps:?}")
+        };
+        assert_eq!(patch.get(BUDGET), Some(&Some("research".to_string())));
+        assert_eq!(steps[1], Step::Scale(0));
+        assert!(!plan.condition.message.contains("ghost"), "{}", plan.condition.message);
+        assert_eq!(plan.enforced.len(), 1);
     }
 
     #[test]

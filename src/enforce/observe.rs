@@ -3,7 +3,7 @@
 //! since removed, which must be restored), with their pods. Pure: it reads a snapshot of one
 //! namespace.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString};
 use kube::ResourceExt;
@@ -11,12 +11,21 @@ use kube::ResourceExt;
 use super::{BUDGET, decide};
 use crate::{
     api::WorkloadKind,
-    validate::{Selection, WorkloadEntry},
+    validate::{Selection, ValidBinding, WorkloadEntry},
     workloads::{self, Snapshot, WorkloadId},
 };
 
-/// The workloads of budget `budget` in `snapshot`; `bound` are those its valid bindings name.
-pub fn workloads(snapshot: &Snapshot, bound: &BTreeSet<WorkloadId>, budget: &str) -> Vec<decide::Workload> {
+/// The workloads that other budgets hold, with the budget holding each.
+pub type Holds = BTreeMap<WorkloadId, String>;
+
+/// The workloads of budget `budget` in `snapshot`; `bound` are those its valid bindings name,
+/// `holds` those that other budgets hold.
+pub fn workloads(
+    snapshot: &Snapshot,
+    bound: &BTreeSet<WorkloadId>,
+    budget: &str,
+    holds: &Holds,
+) -> Vec<decide::Workload> {
     let mut all = bound.clone();
     all.extend(marked_by(snapshot, budget));
     // Their pods, through the same ownership rules as accounting.
@@ -43,6 +52,7 @@ pub fn workloads(snapshot: &Snapshot, bound: &BTreeSet<WorkloadId>, budget: &str
                 .collect();
             Some(decide::Workload {
                 bound: bound.contains(&id),
+                held_by: holds.get(&id).cloned(),
                 kind: id.kind,
                 name: id.name,
                 resource_version: meta.resource_version,
@@ -52,6 +62,37 @@ pub fn workloads(snapshot: &Snapshot, bound: &BTreeSet<WorkloadId>, budget: &str
                 pods,
             })
         })
+        .collect()
+}
+
+/// The workloads of `snapshot` whose annotation names another budget than `budget` that holds
+/// them: one of `others` (the valid bindings of the other budgets that exist, with the name
+/// of their budget) binds the workload. A workload annotated with a budget that does not
+/// exist, or does not bind it, is held by nobody: an annotation alone lifts no enforcement.
+pub fn holds(snapshot: &Snapshot, budget: &str, others: &[(&str, &ValidBinding)]) -> Holds {
+    let claimed: Vec<(WorkloadId, &str)> = snapshot
+        .workload_metas()
+        .filter_map(|(kind, meta)| {
+            let owner = meta.annotations.as_ref()?.get(BUDGET)?;
+            let id = WorkloadId {
+                kind,
+                name: meta.name.clone().unwrap_or_default(),
+            };
+            (owner != budget).then_some((id, owner.as_str()))
+        })
+        .collect();
+    if claimed.is_empty() {
+        return Holds::new();
+    }
+    let mut bound_by: BTreeSet<(WorkloadId, &str)> = BTreeSet::new();
+    for (owner, binding) in others {
+        let resolution = workloads::resolve(&binding.workloads, &binding.endpoint.port, snapshot);
+        bound_by.extend(resolution.workloads.into_iter().map(|id| (id, *owner)));
+    }
+    claimed
+        .into_iter()
+        .filter(|(id, owner)| bound_by.contains(&(id.clone(), *owner)))
+        .map(|(id, owner)| (id, owner.to_string()))
         .collect()
 }
 

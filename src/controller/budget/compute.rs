@@ -65,7 +65,7 @@ pub fn intent(tb: &TokenBudget, spec: &Result<ValidBudget, SpecErrors>, observed
         limit_tokens: spec.limit_tokens,
         deleting: false,
     };
-    let workloads = observe::workloads(&observed.snapshot, &cycle.bound, &tb.name_any());
+    let workloads = observe::workloads(&observed.snapshot, &cycle.bound, &tb.name_any(), &observed.holds);
     let plan = decide::decide(&budget, &workloads, now);
     status.enforced = plan.enforced.clone();
     Intent {
@@ -92,7 +92,7 @@ pub fn restore_plan(tb: &TokenBudget, observed: &Observed, now: Timestamp) -> Pl
         limit_tokens: None,
         deleting: true,
     };
-    let workloads = observe::workloads(&observed.snapshot, &Default::default(), &name);
+    let workloads = observe::workloads(&observed.snapshot, &Default::default(), &name, &Default::default());
     decide::decide(&budget, &workloads, now)
 }
 

@@ -208,6 +208,7 @@ mod tests {
     fn desired_status(tb: &TokenBudget, now: Timestamp) -> TokenBudgetStatus {
         let observed = observe::Observed {
             snapshot: Default::default(),
+            holds: Default::default(),
             cycle: None,
         };
         let intent = compute::intent(tb, &validate::budget(&tb.spec), &observed, now);

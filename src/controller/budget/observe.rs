@@ -9,7 +9,11 @@ use kube::ResourceExt;
 
 use crate::{
     api::{BudgetBinding, TokenBudget},
-    controller::{Context, scrapes, state::Lease},
+    controller::{
+        Context, scrapes,
+        state::{BudgetRef, Lease},
+    },
+    enforce::{self, observe::Holds},
     usage::{
         account::BindingReport,
         cycle::{self, Binding},
@@ -23,6 +27,8 @@ use crate::{
 pub struct Observed<'a> {
     /// The budget's namespace: its workloads and their pods.
     pub snapshot: Snapshot,
+    /// The workloads of the namespace that other budgets hold.
+    pub holds: Holds,
     /// The accounting cycle, for a valid budget.
     pub cycle: Option<Cycle<'a>>,
 }
@@ -57,11 +63,36 @@ pub async fn observe<'a>(
     }
     let namespace = tb.namespace().unwrap_or_default();
     let snapshot = ctx.cluster.snapshot(&namespace);
-    let cycle = match spec {
-        Some(spec) => Some(account(ctx, tb, spec, &snapshot, now).await),
-        None => None,
+    let (holds, cycle) = match spec {
+        Some(spec) => (
+            holds(ctx, tb, &snapshot),
+            Some(account(ctx, tb, spec, &snapshot, now).await),
+        ),
+        None => Default::default(),
     };
-    Some(Observed { snapshot, cycle })
+    Some(Observed { snapshot, holds, cycle })
+}
+
+/// The workloads of the namespace that other budgets hold: annotated with the name of a
+/// budget that exists and binds them through one of its valid bindings.
+fn holds(ctx: &Context, tb: &TokenBudget, snapshot: &Snapshot) -> Holds {
+    let namespace = tb.namespace().unwrap_or_default();
+    let name = tb.name_any();
+    let exists = |budget: &str| ctx.budgets.get(&BudgetRef::new(budget).within(&namespace)).is_some();
+    let others: Vec<(BudgetBinding, ValidBinding)> = ctx
+        .cluster
+        .bindings_in(&namespace, |budget| budget != name && exists(budget))
+        .into_iter()
+        .filter_map(|binding| {
+            let valid = validate::binding(&binding.spec).ok()?;
+            Some((binding, valid))
+        })
+        .collect();
+    let others: Vec<(&str, &ValidBinding)> = others
+        .iter()
+        .map(|(binding, valid)| (binding.spec.budget_ref.name.as_str(), valid))
+        .collect();
+    enforce::observe::holds(snapshot, &name, &others)
 }
 
 /// One accounting cycle: the period, the plan, the scrapes, the fold.
