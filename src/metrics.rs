@@ -21,6 +21,9 @@ pub struct Metrics {
     limit_tokens: IntGaugeVec,
     used_cost: GaugeVec,
     phase: IntGaugeVec,
+    last_cycle: GaugeVec,
+    /// Status writes by kind (`TokenBudget`, `BudgetBinding`).
+    pub status_writes: IntCounterVec,
     /// Scrapes by result (`ok` or the error kind).
     pub scrapes: IntCounterVec,
     /// Scrape durations.
@@ -82,6 +85,22 @@ impl Metrics {
                 r,
                 "tokenbudget_phase",
                 "Phase of the budget: 0 Active, 1 Warning, 2 Exhausted",
+            ),
+            last_cycle: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "tokenbudget_last_cycle_timestamp_seconds",
+                        "When the budget's last accounting cycle began (Unix time)",
+                    ),
+                    &BUDGET_LABELS,
+                ),
+            ),
+            status_writes: counter_vec(
+                r,
+                "tokenbudget_status_writes_total",
+                "Status writes, by kind of object",
+                &["kind"],
             ),
             scrapes: counter_vec(
                 r,
@@ -150,6 +169,15 @@ impl Metrics {
         let _ = self.limit_tokens.remove_label_values(&labels);
         let _ = self.used_cost.remove_label_values(&labels);
         let _ = self.phase.remove_label_values(&labels);
+        let _ = self.last_cycle.remove_label_values(&labels);
+    }
+
+    /// Records when a budget's accounting cycle scraped its pods (its bindings' status keeps
+    /// the time of the last cycle that changed it, so that idle bindings are never written).
+    pub fn observe_cycle(&self, namespace: &str, name: &str, at: jiff::Timestamp) {
+        self.last_cycle
+            .with_label_values(&[namespace, name])
+            .set(at.as_millisecond() as f64 / 1000.0);
     }
 
     /// The Prometheus text exposition of every metric.

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Patch, PatchParams};
-use tokenbudget::api::{BudgetBinding, ResetPeriod, TokenBudget, WorkloadKind};
+use tokenbudget::api::{ResetPeriod, TokenBudget, WorkloadKind};
 
 fn used(tb: &TokenBudget) -> i64 {
     tb.status
@@ -29,18 +29,27 @@ fn priced(name: &str) -> BudgetBuilder {
 }
 
 impl Tenant {
-    /// Waits for a cycle of the binding's budget that started more than `after` from now:
-    /// once the cycles running now are over, what it says is what full cycles say.
-    async fn wait_cycle_after(&self, binding: &str, after: jiff::SignedDuration) -> BudgetBinding {
-        let since = jiff::Timestamp::now() + after;
-        wait_for(&self.bindings, binding, &format!("a cycle after {since}"), |bb| {
-            bb.status
-                .as_ref()
-                .and_then(|st| st.last_scrape_time.as_deref())
-                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-                .is_some_and(|t| t > since)
-        })
-        .await
+    /// Waits until a cycle of `budget` that began more than `after` from now is over (its
+    /// status written), and returns the budget: once the cycles running now are over, what it
+    /// says is what full cycles say. The operator's metric tells when a cycle began; an idle
+    /// status is not written again, so the status itself cannot tell.
+    async fn wait_cycle_after(&self, budget: &str, after: jiff::SignedDuration) -> TokenBudget {
+        let since = (jiff::Timestamp::now() + after).as_millisecond() as f64 / 1000.0;
+        let operator = self.operator.as_ref().expect("an operator");
+        let series = format!(
+            "tokenbudget_last_cycle_timestamp_seconds{{name=\"{budget}\",namespace=\"{}\"}}",
+            self.ns.name
+        );
+        within(
+            async {
+                while gauge(operator, &series).is_none_or(|t| t <= since) {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            &format!("a cycle of {budget} after {since}"),
+        )
+        .await;
+        self.budgets.get(budget).await.expect("the budget")
     }
 
     /// A Deployment with `replicas` pods, each running an agent; returns (pod name, agent).
@@ -247,9 +256,10 @@ async fn a_sidecar_restart_does_not_count_the_agent_again() {
     agent.spend("gpt-4o-mini", 1, 0);
     s.wait_used("b", 101).await;
     // Cycles that saw the sidecar's restart still count only the agent's increases.
-    let bb = s.wait_cycle_after("bb", jiff::SignedDuration::from_secs(2)).await;
+    let tb = s.wait_cycle_after("b", jiff::SignedDuration::from_secs(2)).await;
+    let bb = s.bindings.get("bb").await.unwrap();
     assert_eq!(bb.status.unwrap().used_tokens, Some(101));
-    assert_eq!(used(&s.budgets.get("b").await.unwrap()), 101);
+    assert_eq!(used(&tb), 101);
 }
 
 #[tokio::test]
@@ -472,8 +482,8 @@ async fn hostile_endpoints_are_reported_and_never_corrupt_the_usage() {
     s.wait_used("b", 1904).await;
 
     // Another full cycle over every bad endpoint changes nothing.
-    let bb = s.wait_cycle_after("counting", jiff::SignedDuration::from_secs(1)).await;
-    let st = bb.status.unwrap();
+    s.wait_cycle_after("b", jiff::SignedDuration::from_secs(1)).await;
+    let st = s.bindings.get("counting").await.unwrap().status.unwrap();
     assert_eq!(st.used_tokens, Some(1904));
     // The Pending pod is among the binding's pods, but no failure: never named, no Event.
     let [pending] = &pending_pods[..] else {
@@ -679,4 +689,64 @@ async fn a_terminating_pod_is_scraped_once_more_at_once() {
         .patch(pod, &PatchParams::default(), &Patch::Merge(&release))
         .await
         .unwrap();
+}
+
+/// The value of the operator's series `series`, if it has one.
+fn gauge(operator: &Operator, series: &str) -> Option<f64> {
+    let metrics = operator.get("/metrics").expect("the operator's metrics").1;
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse::<f64>().ok())
+}
+
+/// The value of the operator's counter `series` (0 while it has no such series).
+fn counter(operator: &Operator, series: &str) -> u64 {
+    gauge(operator, series).map_or(0, |v| v as u64)
+}
+
+/// With usage unchanged, cycle after cycle, nothing is written: no status of a budget or a
+/// binding moves, so nothing that watches them (a GitOps tool, say) wakes every cycle.
+#[tokio::test]
+async fn an_idle_budget_and_its_binding_are_not_written_again() {
+    let s = Tenant::new("idle").await.with_operator();
+    create(&s.budgets, priced("research").tokens(10_000)).await;
+    create(&s.bindings, binding("summarizer", "research").deployment("summarizer")).await;
+    let agents = s.deploy("summarizer", 1).await;
+    agents[0].1.spend("gpt-4o-mini", 100, 20);
+    s.wait_used("research", 120).await;
+    // Settled: the burn rate needs 10 s of samples, and then stays at 0 while nothing is spent.
+    wait_for(&s.budgets, "research", "a burn rate of 0", |tb| {
+        tb.status.as_ref().and_then(|st| st.burn_rate) == Some(0)
+    })
+    .await;
+    wait_scraped(&s.bindings, "summarizer", 1).await;
+
+    let operator = s.operator.as_ref().expect("an operator");
+    let scrapes = "tokenbudget_scrapes_total{result=\"ok\"}";
+    // One pod, one scrape per cycle, a cycle a second.
+    let cycles_after = |n: u64| {
+        let target = counter(operator, scrapes) + n;
+        within(
+            async move {
+                while counter(operator, scrapes) < target {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            "more cycles",
+        )
+    };
+    // One more cycle, so that the writes of the cycle that settled are done.
+    cycles_after(1).await;
+    let writes = "tokenbudget_status_writes_total{kind=\"BudgetBinding\"}";
+    let budget_writes = "tokenbudget_status_writes_total{kind=\"TokenBudget\"}";
+    let (bindings_before, budgets_before) = (counter(operator, writes), counter(operator, budget_writes));
+    let tb = s.budgets.get("research").await.unwrap();
+    let bb = s.bindings.get("summarizer").await.unwrap();
+    cycles_after(3).await;
+    assert_eq!(counter(operator, writes), bindings_before, "binding status writes");
+    assert_eq!(counter(operator, budget_writes), budgets_before, "budget status writes");
+    let now_tb = s.budgets.get("research").await.unwrap();
+    let now_bb = s.bindings.get("summarizer").await.unwrap();
+    assert_eq!(now_tb.metadata.resource_version, tb.metadata.resource_version);
+    assert_eq!(now_bb.metadata.resource_version, bb.metadata.resource_version);
 }

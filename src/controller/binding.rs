@@ -81,7 +81,7 @@ pub fn desired_status(
     if let Some(u) = usage {
         desired.push(account::scrape_condition(&u.report));
     }
-    BudgetBindingStatus {
+    let status = BudgetBindingStatus {
         budget: Some(name.clone()),
         workloads: usage.map(|u| u.report.workloads as i64),
         pods: usage.map(|u| u.report.pods as i64),
@@ -90,12 +90,26 @@ pub fn desired_status(
         used_tokens: usage.map(|u| i64::try_from(u.report.used_tokens).unwrap_or(i64::MAX)),
         conditions: conditions::merge(&existing.conditions, &desired, generation, now),
         observed_generation: generation,
-    }
+    };
+    keep_scrape_time_when_idle(&existing, status)
 }
 
 /// `lastScrapeTime`: the scrape time to the second.
 fn timestamp(t: Timestamp) -> String {
     t.round(jiff::Unit::Second).unwrap_or(t).to_string()
+}
+
+/// A cycle that changed nothing else leaves `lastScrapeTime` as it was: an idle binding is
+/// never written, so nothing that watches bindings (GitOps tools, say) wakes every cycle. The
+/// time of each budget's latest cycle is the metric `tokenbudget_last_cycle_timestamp_seconds`.
+fn keep_scrape_time_when_idle(existing: &BudgetBindingStatus, mut status: BudgetBindingStatus) -> BudgetBindingStatus {
+    if existing.last_scrape_time.is_some() && status.last_scrape_time.is_some() {
+        let fresh = std::mem::replace(&mut status.last_scrape_time, existing.last_scrape_time.clone());
+        if status != *existing {
+            status.last_scrape_time = fresh;
+        }
+    }
+    status
 }
 
 async fn reconcile(guard: Arc<DeserializeGuard<BudgetBinding>>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -109,7 +123,13 @@ async fn reconcile(guard: Arc<DeserializeGuard<BudgetBinding>>, ctx: Arc<Context
     let usage = ctx.binding_usage.get(&BindingRef::from_obj(guard.as_ref()));
     let new = desired_status(bb, budget.as_ref(), usage.as_ref(), ctx.clock.now());
     if bb.status.as_ref() != Some(&new) {
-        status::apply(&Api::<BudgetBinding>::namespaced(ctx.client.clone(), &ns), bb, &new).await?;
+        status::apply(
+            &ctx,
+            &Api::<BudgetBinding>::namespaced(ctx.client.clone(), &ns),
+            bb,
+            &new,
+        )
+        .await?;
         let old = bb.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
         events::announce_not_ready(&ctx, bb, old, &new.conditions).await;
     }
@@ -221,6 +241,33 @@ mod tests {
         assert!(conditions::is_true(&status.conditions, "Ready"));
         let found = conditions::find(&status.conditions, "BudgetFound").unwrap();
         assert_eq!(found.last_transition_time.0, later);
+    }
+
+    #[test]
+    fn an_idle_cycle_leaves_the_scrape_time_and_a_change_moves_it() {
+        let mut bb: BudgetBinding = serde_yaml::from_str(BINDING).unwrap();
+        let tb: TokenBudget = serde_yaml::from_str(BUDGET).unwrap();
+        let usage = |tokens: u64, at: &str| BindingUsage {
+            report: account::BindingReport {
+                name: "s".into(),
+                pods: 1,
+                scraped_pods: 1,
+                used_tokens: tokens,
+                ..Default::default()
+            },
+            scraped_at: at.parse().unwrap(),
+        };
+        bb.status = Some(desired_status(
+            &bb,
+            Some(&tb),
+            Some(&usage(5, "2026-11-28T12:00:00Z")),
+            now(),
+        ));
+        let idle = desired_status(&bb, Some(&tb), Some(&usage(5, "2026-11-28T12:00:15Z")), now());
+        assert_eq!(Some(&idle), bb.status.as_ref(), "nothing to write");
+        let busy = desired_status(&bb, Some(&tb), Some(&usage(9, "2026-11-28T12:00:30Z")), now());
+        assert_eq!(busy.last_scrape_time.as_deref(), Some("2026-11-28T12:00:30Z"));
+        assert_eq!(busy.used_tokens, Some(9));
     }
 
     #[test]

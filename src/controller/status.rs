@@ -13,20 +13,21 @@ use super::{Context, Error, FIELD_MANAGER};
 use crate::conditions::{self, Status};
 
 /// Writes `status` as the status of `obj`.
-pub async fn apply<K, S>(api: &Api<K>, obj: &impl Resource, status: &S) -> Result<(), Error>
+pub async fn apply<K, S>(ctx: &Context, api: &Api<K>, obj: &impl Resource, status: &S) -> Result<(), Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     S: Serialize,
 {
-    apply_named(api, &obj.name_any(), status).await
+    apply_named(ctx, api, &obj.name_any(), status).await
 }
 
 /// Writes `status` as the status of the object `name`.
-async fn apply_named<K, S>(api: &Api<K>, name: &str, status: &S) -> Result<(), Error>
+async fn apply_named<K, S>(ctx: &Context, api: &Api<K>, name: &str, status: &S) -> Result<(), Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     S: Serialize,
 {
+    ctx.metrics.status_writes.with_label_values(&[&K::kind(&())]).inc();
     let patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
@@ -61,7 +62,7 @@ where
         "conditions": conditions::merge(&[], &[ready], meta.generation, ctx.clock.now()),
         "observedGeneration": meta.generation,
     });
-    apply_named(&Api::<K>::namespaced(ctx.client.clone(), ns), name, &status).await?;
+    apply_named(ctx, &Api::<K>::namespaced(ctx.client.clone(), ns), name, &status).await?;
     ctx.publish(guard, EventType::Warning, "InvalidObject", message).await;
     Ok(Action::await_change())
 }

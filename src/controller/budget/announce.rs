@@ -3,7 +3,7 @@
 //! bindings for pods that newly fail to scrape, and the cycle's findings handed to the
 //! binding controller. Each Event is sent once per transition, not once per reconcile.
 
-use kube::runtime::events::EventType;
+use kube::{ResourceExt, runtime::events::EventType};
 
 use super::observe::Cycle;
 use crate::{
@@ -38,6 +38,7 @@ pub async fn announce(
             ctx.publish(tb, EventType::Normal, "PeriodReset", note).await;
         }
         let namespace = tb.metadata.namespace.as_deref().unwrap_or_default();
+        ctx.metrics.observe_cycle(namespace, &tb.name_any(), cycle.started_at);
         ctx.binding_usage
             .hand_over(namespace, &cycle.bindings, cycle.started_at);
         scrape_failures(ctx, namespace, cycle).await;

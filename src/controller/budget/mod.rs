@@ -98,7 +98,7 @@ async fn write_status(
     }
     if tb.status.as_ref() != Some(new) {
         let api = Api::<TokenBudget>::namespaced(ctx.client.clone(), &namespace);
-        status::apply(&api, tb, new).await?;
+        status::apply(ctx, &api, tb, new).await?;
     }
     Ok(())
 }
