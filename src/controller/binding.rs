@@ -147,7 +147,9 @@ pub fn controller(
     budgets: Api<DeserializeGuard<TokenBudget>>,
     wake_budgets: futures::channel::mpsc::UnboundedSender<BudgetRef>,
 ) -> Controller<DeserializeGuard<BudgetBinding>> {
-    let mut generations: HashMap<BindingRef, Option<i64>> = HashMap::new();
+    // Each binding's generation and budget as last seen: a binding that moves to another
+    // budget wakes the one it left too, which stops counting its pods at once.
+    let mut seen: HashMap<BindingRef, (Option<i64>, Option<BudgetRef>)> = HashMap::new();
     let controller = super::guarded_controller(bindings, move |event| {
         use kube::runtime::watcher::Event;
         let (guard, deleted) = match event {
@@ -156,15 +158,24 @@ pub fn controller(
             Event::Init | Event::InitDone => return,
         };
         let key = BindingRef::from_obj(guard);
-        let changed = if deleted {
-            generations.remove(&key);
-            true
+        let ns = guard.namespace().unwrap_or_default();
+        let budget = guard
+            .0
+            .as_ref()
+            .ok()
+            .map(|bb| BudgetRef::new(&bb.spec.budget_ref.name).within(&ns));
+        let generation = guard.meta().generation;
+        let before = if deleted {
+            seen.remove(&key)
         } else {
-            generations.insert(key, guard.meta().generation) != Some(guard.meta().generation)
+            seen.insert(key, (generation, budget.clone()))
         };
-        if changed && let Ok(bb) = &guard.0 {
-            let ns = guard.namespace().unwrap_or_default();
-            let _ = wake_budgets.unbounded_send(BudgetRef::new(&bb.spec.budget_ref.name).within(&ns));
+        if !deleted && before.as_ref().is_some_and(|(g, _)| *g == generation) {
+            return;
+        }
+        let left = before.and_then(|(_, b)| b).filter(|b| Some(b) != budget.as_ref());
+        for budget in budget.into_iter().chain(left) {
+            let _ = wake_budgets.unbounded_send(budget);
         }
     });
     let index = controller.store();
