@@ -22,6 +22,6 @@ pub mod period;
 pub mod pricing;
 pub mod scrape;
 
-pub use parse::{Extractor, MAX_SERIES_VALUE, ParseError, UNKNOWN_MODEL, Usage};
+pub use parse::{Extraction, Extractor, MAX_LINE_BYTES, MAX_SERIES_VALUE, ParseError, UNKNOWN_MODEL, Usage};
 pub use period::{PeriodWindow, UnknownTimeZone};
 pub use pricing::{ModelPriceDecimal, MoneyError, PriceError, PriceTable, format_money, parse_money, percent_used};
