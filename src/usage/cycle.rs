@@ -89,7 +89,13 @@ pub fn plan(bindings: &[Binding], snapshot: &Snapshot) -> Plan {
             match &bound.endpoint {
                 Ok((ip, port)) => plan.scrapes.push(Scrape {
                     binding: index,
-                    target: Target::for_endpoint(&spec.endpoint, ip, *port, spec.timeout),
+                    target: Target::for_endpoint(
+                        &spec.endpoint,
+                        &bound.pod.namespace().unwrap_or_default(),
+                        ip,
+                        *port,
+                        spec.timeout,
+                    ),
                     extractor: spec.extractor.clone(),
                     pod: bound,
                 }),
