@@ -13,12 +13,13 @@ use kube::ResourceExt;
 
 use super::{
     Extractor, Usage,
-    account::{Account, BindingReport, PodProblem},
+    account::{Account, BindingReport, MAX_REASON_BYTES, PodProblem},
     ledger::PodObservation,
     scrape::{ScrapeError, Target},
 };
 use crate::{
     api::TokenType,
+    conditions,
     validate::ValidBinding,
     workloads::{self, BoundPod, Snapshot, Unscrapable, WorkloadId},
 };
@@ -155,7 +156,7 @@ pub fn fold(
                 binding: scrape.binding,
                 pod_uid: pod.uid().unwrap_or_default(),
                 pod: pod.name_any(),
-                reason: e.to_string(),
+                reason: conditions::cut(&e.to_string(), MAX_REASON_BYTES),
             }),
         }
     }

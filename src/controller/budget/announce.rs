@@ -40,6 +40,7 @@ pub async fn announce(
         let namespace = tb.metadata.namespace.as_deref().unwrap_or_default();
         ctx.binding_usage
             .hand_over(namespace, &cycle.bindings, cycle.started_at);
+        ctx.binding_usage.forget_missing(&ctx.cluster.bindings);
         scrape_failures(ctx, namespace, cycle).await;
     }
 }
