@@ -867,6 +867,12 @@ mod tests {
                 2,
                 "the hostile namespace holds its share, no more"
             );
+            // One more of its scrapes waits for the share, for its own timeout at most.
+            let late = scraper.fetch(&target(silent, 100).in_namespace("hostile")).await;
+            assert_eq!(
+                late.unwrap_err().to_string(),
+                "no scrape slot free within 100ms: too many scrapes in flight in the namespace, or over all"
+            );
             // Each within its own timeout, which would pass waiting for a slot otherwise.
             let quiet = target(good, 500).in_namespace("quiet");
             let busy = target(good, 500).in_namespace("busy");
@@ -879,14 +885,10 @@ mod tests {
             assert_eq!(usage.unwrap().get("m", TokenType::Input), Some(42));
         }
         // The hostile namespace's own scrapes each ended at their deadline, counted from when
-        // they were asked for: 2 hung in a slot, 6 never had one.
+        // they were asked for, none in a second round: 2 hung in a slot, the others timed out
+        // waiting (or got a slot in the very tick of their deadline, and timed out in it).
         let kinds: Vec<&str> = hostile.iter().map(|r| r.as_ref().unwrap_err().kind()).collect();
-        assert_eq!(kinds.iter().filter(|k| **k == "timeout").count(), 2, "{kinds:?}");
-        assert_eq!(kinds.iter().filter(|k| **k == "no_slot").count(), 6, "{kinds:?}");
-        assert_eq!(
-            hostile[7].as_ref().unwrap_err().to_string(),
-            "no scrape slot free within 1.5s: too many scrapes in flight in the namespace, or over all"
-        );
+        assert!(kinds.iter().all(|k| ["timeout", "no_slot"].contains(k)), "{kinds:?}");
         assert!(
             started.elapsed() < Duration::from_millis(2900),
             "{:?}",
