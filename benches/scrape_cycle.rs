@@ -14,8 +14,9 @@
 //! - `--serve`: the 1,000 endpoints, 127.42.x.y:9464 (Linux routes all of 127/8 to `lo`), on a
 //!   multi-threaded tokio runtime with **one** worker, so that it takes as little as possible
 //!   of the CPU the measured process runs on; HTTP/1.1 keep-alive, a pre-rendered `Bytes` body;
-//! - `--measure C`: builds `Scraper::new(C, 16 MiB)` on a default multi-threaded runtime (one
-//!   worker per CPU, as `#[tokio::main]` in the operator), waits until every endpoint answers
+//! - `--measure C`: builds `Scraper::new(C, 16 MiB)`, all C slots for the pods' one namespace,
+//!   on a default multi-threaded runtime (one worker per CPU, as `#[tokio::main]` in the
+//!   operator), waits until every endpoint answers
 //!   (that first cycle opens the connections and is reported as "cold"), runs warm-up cycles,
 //!   then the measured ones; every result must be the expected usage or the bench panics.
 //!   Its own CPU time (utime + stime of `/proc/self/stat`) and peak RSS (`VmHWM` of
@@ -502,7 +503,9 @@ fn measure(options: &Options, concurrency: usize) {
     runtime.block_on(async {
         let cluster = Cluster::new(options.endpoints);
         let rss_before = status_mib("VmRSS");
-        let scraper = Scraper::new(concurrency, MAX_BODY_BYTES);
+        // Every pod is in one namespace: its share is every slot, so that `concurrency` scrapes
+        // are in flight (the operator's default share is a quarter).
+        let scraper = Scraper::new(concurrency, MAX_BODY_BYTES).with_share(concurrency);
         let metrics = Metrics::new();
         let mut account = Account::open("bench", None);
         account.begin_period(cluster.now);

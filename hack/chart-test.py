@@ -441,7 +441,7 @@ def _():
         "podLabels": {"team": "platform"},
         "priorityClassName": "system-cluster-critical",
         "operator": {"logLevel": "info,tokenbudget=debug", "logFormat": "text", "maxConcurrentScrapes": 128,
-                     "maxBodyBytes": 33554432, "extraEnv": [{"name": "TZ", "value": "UTC"}]},
+                     "maxConcurrentScrapesPerNamespace": 32, "maxBodyBytes": 33554432, "extraEnv": [{"name": "TZ", "value": "UTC"}]},
         "metrics": {"port": 9090, "service": {"port": 80}},
     })
     deployment = one(objects, "Deployment")
@@ -457,8 +457,8 @@ def _():
     equal(pod["spec"]["priorityClassName"], "system-cluster-critical", "priorityClassName")
     equal(pod["metadata"]["annotations"], {"example.com/owner": "platform"}, "podAnnotations")
     equal(pod["metadata"]["labels"]["team"], "platform", "podLabels")
-    equal(c["args"], ["--bind-address=0.0.0.0:9090", "--max-concurrent-scrapes=128", "--max-body-bytes=33554432"],
-          "args")
+    equal(c["args"], ["--bind-address=0.0.0.0:9090", "--max-concurrent-scrapes=128",
+                      "--max-concurrent-scrapes-per-namespace=32", "--max-body-bytes=33554432"], "args")
     env = {e["name"]: e.get("value") for e in c["env"]}
     equal((env["RUST_LOG"], "LOG_FORMAT" in env, env["TZ"]), ("info,tokenbudget=debug", False, "UTC"), "env")
     equal(c["ports"][0]["containerPort"], 9090, "container port")
@@ -522,6 +522,7 @@ BAD_VALUES = [
     {"crds": {"install": "yes"}},
     {"operator": {"logFormat": "xml"}},
     {"operator": {"maxConcurrentScrapes": 0}},
+    {"operator": {"maxConcurrentScrapesPerNamespace": 0}},
     {"prometheusRule": {"scrapeFailureRatio": 2}},
     {"imagePullSecrets": ["regcred"]},
     {"replicaCount": 2},

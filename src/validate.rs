@@ -20,8 +20,8 @@ use rust_decimal::Decimal;
 
 use crate::{
     api::{
-        BudgetBindingSpec, EnforcementAction, MetricsEndpoint, MetricsFormat, ResetPeriod, Scheme, TokenBudgetSpec,
-        TokenType, WorkloadKind,
+        BudgetBindingSpec, EnforcementAction, MAX_SCRAPE_TIMEOUT, MetricsEndpoint, MetricsFormat, ResetPeriod, Scheme,
+        TokenBudgetSpec, TokenType, WorkloadKind,
     },
     usage::{Extractor, PriceTable, pricing},
 };
@@ -270,6 +270,13 @@ fn check_metrics(m: &MetricsEndpoint, errors: &mut Errors) -> (Option<Duration>,
     }
     if timeout.is_some_and(|t| t.is_zero()) {
         errors.push("spec.metrics.timeout: must be more than 0s");
+    }
+    let max_timeout = parse_duration(MAX_SCRAPE_TIMEOUT).expect("the maximum is a duration");
+    if timeout.is_some_and(|t| t > max_timeout) {
+        errors.push(format!(
+            "spec.metrics.timeout: {} is longer than {MAX_SCRAPE_TIMEOUT}, the most one scrape may take",
+            m.timeout
+        ));
     }
     if let (Some(i), Some(t)) = (interval, timeout)
         && t > i
@@ -614,6 +621,20 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("spec.metrics.port: 70000"), "{err}");
+
+        // A scrape holds a slot for at most a minute, however long the interval.
+        let hour = binding_spec(
+            "budgetRef: {name: b}\nworkloads: [{kind: Job, name: a}]\nmetrics: {interval: 1h, timeout: 1h}",
+        );
+        let err = binding(&hour).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "spec.metrics.timeout: 1h is longer than 60s, the most one scrape may take"
+        );
+        let minute = binding_spec(
+            "budgetRef: {name: b}\nworkloads: [{kind: Job, name: a}]\nmetrics: {interval: 1h, timeout: 1m}",
+        );
+        assert_eq!(binding(&minute).unwrap().timeout, Duration::from_secs(60));
 
         let everything = binding_spec("budgetRef: {name: b}\nworkloads: [{kind: Deployment, selector: {}}]");
         let err = binding(&everything).unwrap_err().to_string();

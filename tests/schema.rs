@@ -462,6 +462,14 @@ async fn cross_field_mistakes_are_rejected_by_the_server() {
             ],
         ),
         (
+            "a timeout longer than a minute, whatever the interval",
+            binding(&with_metrics("{interval: 1h, timeout: 1h}")),
+            vec![(
+                "spec.metrics.timeout: Invalid value",
+                "1h is longer than 60s, the most one scrape may take",
+            )],
+        ),
+        (
             "an interval longer than a year",
             binding(&with_metrics("{interval: 9000h, timeout: 5s}")),
             vec![(
@@ -615,6 +623,8 @@ async fn cel_rules_accept_valid_edge_cases() {
     for (i, metrics) in [
         "{interval: 10s, timeout: 10s}",
         "{interval: 1s, timeout: 1ns}",
+        "{interval: 1h, timeout: 60s}",
+        "{interval: 1h, timeout: 1m0s}",
         "{interval: 8784h}",
         "{port: 65535}",
         "{port: 1}",

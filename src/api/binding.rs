@@ -13,6 +13,22 @@ use super::common::{
     optional_enum_schema, selector_schema,
 };
 
+/// The longest `spec.metrics.timeout`: a scrape holds one of the operator's scrape slots (a
+/// share of them per namespace) for at most this long. The operator's own check
+/// ([`crate::validate::binding`]) agrees.
+pub const MAX_SCRAPE_TIMEOUT: &str = "60s";
+
+/// CEL rule of `spec.metrics.timeout`: at most [`MAX_SCRAPE_TIMEOUT`].
+fn at_most_max_scrape_timeout() -> serde_json::Value {
+    let mut rule = duration_rule(
+        &format!("duration(self) <= duration('{MAX_SCRAPE_TIMEOUT}')"),
+        &format!("must be at most {MAX_SCRAPE_TIMEOUT}"),
+    );
+    rule["messageExpression"] =
+        format!("self + ' is longer than {MAX_SCRAPE_TIMEOUT}, the most one scrape may take'").into();
+    rule
+}
+
 /// Charges the pods of some workloads to a TokenBudget in the same namespace, and says how
 /// those pods report the tokens they use.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -190,11 +206,13 @@ pub struct MetricsEndpoint {
     ]))]
     pub interval: String,
 
-    /// How long one scrape may take before it counts as failed.
+    /// How long one scrape may take before it counts as failed, from the moment it is due
+    /// (waiting for one of the operator's scrape slots counts): at most 60s, and not longer
+    /// than `interval`.
     #[serde(default = "default_timeout")]
     #[schemars(regex(pattern = DURATION_PATTERN), extend("x-kubernetes-validations" = [
         duration_rule("duration(self) > duration('0s')", "must be more than 0s"),
-        at_most_a_year(),
+        at_most_max_scrape_timeout(),
     ]))]
     pub timeout: String,
 

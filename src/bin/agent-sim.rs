@@ -26,7 +26,8 @@
 //! serves a broken endpoint instead, to show that the operator survives it: `big-body` (a
 //! 100 MiB body, streamed), `silent` (accepts and never answers), `trickle` (the headers, then
 //! the body one byte a second), `garbage` (binary bytes), `value=V` (a token counter whose
-//! value is `V` verbatim, such as `NaN`, `+Inf`, `-5` or `1e30`).
+//! value is `V` verbatim, such as `NaN`, `+Inf`, `-5` or `1e30`), `fat=N` (one valid sample,
+//! then a token counter whose value runs on for N MiB without a newline).
 
 use std::{
     collections::BTreeMap,
@@ -135,6 +136,8 @@ enum Hostile {
     Garbage,
     /// A valid exposition whose input-token counter has this value, verbatim.
     Value(String),
+    /// One valid sample, then a counter whose value runs on for this many MiB, no newline.
+    Fat(usize),
 }
 
 impl Hostile {
@@ -144,8 +147,12 @@ impl Hostile {
             "silent" => Hostile::Silent,
             "trickle" => Hostile::Trickle,
             "garbage" => Hostile::Garbage,
-            _ => match mode.strip_prefix("value=") {
-                Some(v) if !v.is_empty() && !v.contains(char::is_whitespace) => Hostile::Value(v.to_string()),
+            _ => match (mode.strip_prefix("value="), mode.strip_prefix("fat=")) {
+                (Some(v), _) if !v.is_empty() && !v.contains(char::is_whitespace) => Hostile::Value(v.to_string()),
+                (_, Some(mib)) => match mib.parse() {
+                    Ok(mib) if mib > 0 => Hostile::Fat(mib),
+                    _ => return Err(format!("--hostile: fat=N needs a number of MiB, not {mib:?}")),
+                },
                 _ => return Err(format!("--hostile: unknown mode {mode:?}")),
             },
         })
@@ -187,7 +194,7 @@ fn parse_args() -> Result<Options, String> {
             "-h" | "--help" => {
                 println!(
                     "usage: agent-sim --listen ADDR [--model NAME] [--rate TOKENS_PER_S] [--format OpenTelemetry|VLLM|LiteLLM] [--tls-cert PEM --tls-key PEM] [--drain 5s]\n       \
-                     agent-sim --listen ADDR --hostile big-body|silent|trickle|garbage|value=V"
+                     agent-sim --listen ADDR --hostile big-body|silent|trickle|garbage|value=V|fat=MIB"
                 );
                 std::process::exit(0);
             }
@@ -384,6 +391,7 @@ async fn hostile_connection(mut stream: TcpStream, mode: Hostile) {
             send_value(&mut stream, &value).await;
             Ok(())
         }
+        Hostile::Fat(mib) => send_fat(&mut stream, mib).await,
     };
     // A failed write: the scraper has gone, there is nobody to say goodbye to.
     if answered.is_ok() {
@@ -469,6 +477,24 @@ async fn send_value(stream: &mut TcpStream, value: &str) {
     let _ = stream.write_all(answer.as_bytes()).await;
 }
 
+/// One valid sample, then an input-token counter whose value is `7` and N MiB of `x`, without
+/// a newline: a body under the operator's size cap, whose bad line is megabytes long.
+async fn send_fat(stream: &mut TcpStream, mib: usize) -> std::io::Result<()> {
+    let start = "# TYPE gen_ai_client_token_usage histogram\n\
+         gen_ai_client_token_usage_sum{gen_ai_request_model=\"gpt-4o-mini\",gen_ai_token_type=\"output\"} 7\n\
+         gen_ai_client_token_usage_sum{gen_ai_request_model=\"gpt-4o-mini\",gen_ai_token_type=\"input\"} 7";
+    let chunk = vec![b'x'; 64 * 1024];
+    let length = start.len() + mib * 1024 * 1024;
+    stream
+        .write_all(ok_head(&format!("content-length: {length}\r\n")).as_bytes())
+        .await?;
+    stream.write_all(start.as_bytes()).await?;
+    for _ in 0..mib * 16 {
+        stream.write_all(&chunk).await?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,7 +503,8 @@ mod tests {
     fn hostile_modes() {
         assert!(matches!(Hostile::parse("big-body"), Ok(Hostile::BigBody)));
         assert!(matches!(Hostile::parse("value=+Inf"), Ok(Hostile::Value(v)) if v == "+Inf"));
-        for bad in ["value=", "value=1 2", "slow", ""] {
+        assert!(matches!(Hostile::parse("fat=15"), Ok(Hostile::Fat(15))));
+        for bad in ["value=", "value=1 2", "slow", "", "fat=", "fat=0", "fat=lots"] {
             assert!(Hostile::parse(bad).is_err(), "{bad:?}");
         }
     }

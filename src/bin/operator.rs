@@ -77,10 +77,11 @@ mod tests {
     use clap::{Parser, error::ErrorKind};
     use tokenbudget::controller::cli::Cli;
 
-    const VARS: [(&str, &str); 5] = [
+    const VARS: [(&str, &str); 6] = [
         ("TOKENBUDGET_BIND_ADDRESS", "127.0.0.1:9090"),
         ("TOKENBUDGET_NAMESPACE", "agents"),
         ("TOKENBUDGET_MAX_CONCURRENT_SCRAPES", "8"),
+        ("TOKENBUDGET_MAX_CONCURRENT_SCRAPES_PER_NAMESPACE", "2"),
         ("TOKENBUDGET_MAX_BODY_BYTES", "1024"),
         ("TOKENBUDGET_SCRAPE_CA_FILE", "/etc/ca.pem"),
     ];
@@ -104,6 +105,7 @@ mod tests {
         assert_eq!(cli.bind_address, "127.0.0.1:9090".parse().unwrap());
         assert_eq!(cli.namespace.as_deref(), Some("agents"));
         assert_eq!(cli.max_concurrent_scrapes, 8);
+        assert_eq!(cli.max_concurrent_scrapes_per_namespace, Some(2));
         assert_eq!(cli.max_body_bytes, 1024);
         assert_eq!(cli.scrape_ca_file, Some("/etc/ca.pem".into()));
 

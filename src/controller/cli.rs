@@ -34,6 +34,11 @@ pub struct Cli {
     #[arg(long, value_name = "N", env = "TOKENBUDGET_MAX_CONCURRENT_SCRAPES", default_value_t = scrape::DEFAULT_MAX_CONCURRENT)]
     pub max_concurrent_scrapes: usize,
 
+    /// scrapes in flight at once for the pods of one namespace, so that one namespace's
+    /// hanging pods cannot hold every slot (default: a quarter of --max-concurrent-scrapes)
+    #[arg(long, value_name = "N", env = "TOKENBUDGET_MAX_CONCURRENT_SCRAPES_PER_NAMESPACE")]
+    pub max_concurrent_scrapes_per_namespace: Option<usize>,
+
     /// largest metrics body read from a pod, in bytes (16 MiB)
     #[arg(long, value_name = "N", env = "TOKENBUDGET_MAX_BODY_BYTES", default_value_t = scrape::DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
@@ -53,6 +58,7 @@ impl Cli {
             bind_address: self.bind_address,
             namespace: self.namespace.clone(),
             max_concurrent_scrapes: self.max_concurrent_scrapes,
+            max_concurrent_scrapes_per_namespace: self.max_concurrent_scrapes_per_namespace,
             max_body_bytes: self.max_body_bytes,
             ..Options::default()
         }
@@ -86,6 +92,7 @@ mod tests {
         assert_eq!(options.bind_address, defaults.bind_address);
         assert_eq!(options.namespace, None);
         assert_eq!(options.max_concurrent_scrapes, 64);
+        assert_eq!(options.max_concurrent_scrapes_per_namespace, None);
         assert_eq!(options.max_body_bytes, 16 * 1024 * 1024);
         assert_eq!(options.instance, None);
         assert!(options.scrape_ca.is_none());
@@ -97,6 +104,7 @@ mod tests {
             bind_address: "127.0.0.1:9090".parse().unwrap(),
             namespace: Some("agents".into()),
             max_concurrent_scrapes: 8,
+            max_concurrent_scrapes_per_namespace: Some(2),
             max_body_bytes: 1024,
             scrape_ca_file: Some("/etc/ca.pem".into()),
         };
@@ -107,6 +115,8 @@ mod tests {
             "agents",
             "--max-concurrent-scrapes",
             "8",
+            "--max-concurrent-scrapes-per-namespace",
+            "2",
             "--max-body-bytes",
             "1024",
             "--scrape-ca-file",
@@ -117,6 +127,7 @@ mod tests {
             "--bind-address=127.0.0.1:9090",
             "--namespace=agents",
             "--max-concurrent-scrapes=8",
+            "--max-concurrent-scrapes-per-namespace=2",
             "--max-body-bytes=1024",
             "--scrape-ca-file=/etc/ca.pem",
         ]);
@@ -191,6 +202,7 @@ mod tests {
             "[env: TOKENBUDGET_NAMESPACE=]",
             "[env: TOKENBUDGET_MAX_CONCURRENT_SCRAPES=]",
             "[default: 64]",
+            "[env: TOKENBUDGET_MAX_CONCURRENT_SCRAPES_PER_NAMESPACE=]",
             "[env: TOKENBUDGET_MAX_BODY_BYTES=]",
             "[default: 16777216]",
             "[env: TOKENBUDGET_SCRAPE_CA_FILE=]",

@@ -42,6 +42,9 @@ pub struct Options {
     pub namespace: Option<String>,
     /// Scrapes in flight at once, over all pods.
     pub max_concurrent_scrapes: usize,
+    /// Scrapes in flight at once for the pods of one namespace; `None`: a quarter of
+    /// `max_concurrent_scrapes` ([`scrape::default_share`]).
+    pub max_concurrent_scrapes_per_namespace: Option<usize>,
     /// The largest metrics body read from a pod.
     pub max_body_bytes: usize,
     /// The `reportingInstance` of the operator's Events (the pod's name in a cluster).
@@ -56,6 +59,7 @@ impl Default for Options {
             bind_address: ([0, 0, 0, 0], 8080).into(),
             namespace: None,
             max_concurrent_scrapes: scrape::DEFAULT_MAX_CONCURRENT,
+            max_concurrent_scrapes_per_namespace: None,
             max_body_bytes: scrape::DEFAULT_MAX_BODY_BYTES,
             instance: None,
             scrape_ca: None,
@@ -157,6 +161,11 @@ fn wire(client: Client, options: &Options, clock: Arc<dyn Clock>, metrics: Metri
         },
         cluster,
         scraper: Scraper::new(options.max_concurrent_scrapes, options.max_body_bytes)
+            .with_share(
+                options
+                    .max_concurrent_scrapes_per_namespace
+                    .unwrap_or_else(|| scrape::default_share(options.max_concurrent_scrapes)),
+            )
             .with_ca(options.scrape_ca.clone()),
         budgets: budget_controller.store(),
         binding_usage: BindingUsages::new(wake_tx),

@@ -120,7 +120,9 @@ pub struct BindingUsage {
 }
 
 /// The hand-over from the budget controller's cycles to the binding controller: the last
-/// usage of each binding, and a channel that wakes the binding controller for it.
+/// usage of each binding, and a channel that wakes the binding controller for it. A
+/// binding's entry goes with the binding ([`BindingUsages::forget_missing`]), so that what
+/// is kept is bounded by the bindings that exist.
 pub struct BindingUsages {
     usage: Mutex<HashMap<BindingRef, BindingUsage>>,
     wake: UnboundedSender<BindingRef>,
@@ -152,5 +154,60 @@ impl BindingUsages {
     /// What the last cycle saw of a binding.
     pub fn get(&self, binding: &BindingRef) -> Option<BindingUsage> {
         lock(&self.usage).get(binding).cloned()
+    }
+
+    /// Forgets every binding that `bindings` no longer has: deleted, or missed while a watch
+    /// restarted.
+    pub fn forget_missing(&self, bindings: &Store<DeserializeGuard<BudgetBinding>>) {
+        lock(&self.usage).retain(|binding, _| bindings.get(binding).is_some());
+    }
+
+    /// The bindings whose usage is kept.
+    pub fn len(&self) -> usize {
+        lock(&self.usage).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::runtime::{reflector, watcher};
+
+    use super::*;
+
+    fn binding(name: &str) -> DeserializeGuard<BudgetBinding> {
+        let yaml = format!(
+            "apiVersion: tokenbudget.io/v1alpha1\nkind: BudgetBinding\n\
+             metadata: {{name: {name}, namespace: agents}}\n\
+             spec: {{budgetRef: {{name: b}}, workloads: [{{kind: Deployment, name: d}}]}}"
+        );
+        DeserializeGuard(Ok(serde_yaml::from_str(&yaml).unwrap()))
+    }
+
+    fn report(name: &str) -> BindingReport {
+        BindingReport {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_deleted_bindings_usage_is_forgotten() {
+        let (wake, _woken) = futures::channel::mpsc::unbounded();
+        let usages = BindingUsages::new(wake);
+        let now = "2026-11-30T12:00:00Z".parse().unwrap();
+        usages.hand_over("agents", &[report("kept"), report("deleted")], now);
+        assert_eq!(usages.len(), 2);
+
+        let (store, mut writer) = reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Apply(binding("kept")));
+        usages.forget_missing(&store);
+        let key = |name: &str| BindingRef::new(name).within("agents");
+        assert!(usages.get(&key("kept")).is_some());
+        assert!(usages.get(&key("deleted")).is_none());
+        assert_eq!(usages.len(), 1);
     }
 }

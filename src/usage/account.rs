@@ -20,7 +20,7 @@ use super::{
 };
 use crate::{
     api::{AccountingState, BudgetPhase, ModelUsage, TokenBudgetStatus, TokenType, UsedTokens, WorkloadUsage},
-    conditions::{Desired, Status},
+    conditions::{self, Desired, Status},
     validate::ValidBudget,
 };
 
@@ -32,6 +32,10 @@ const BURN_MIN_SPAN: SignedDuration = SignedDuration::from_secs(10);
 const TOP_WORKLOADS: usize = 20;
 /// At most this many failing pods named in a binding's ScrapeHealthy message.
 const LISTED_PROBLEMS: usize = 5;
+/// The longest reason kept for one pod's failure, in bytes: it is kept per pod and copied
+/// into conditions and Events. A parse error quotes a short excerpt of the line already
+/// (`usage::parse`); this also bounds what TLS and HTTP libraries say.
+pub const MAX_REASON_BYTES: usize = 256;
 
 /// One budget's account: its ledger, the samples of its burn rate, and the pods whose scrape
 /// failed in the last cycle.
@@ -140,9 +144,17 @@ pub struct BindingReport {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodProblem {
     pub pod: String,
+    /// At most [`MAX_REASON_BYTES`].
     pub reason: String,
     /// Whether this is new since the last cycle (an Event is due).
     pub new: bool,
+}
+
+/// `<pod>: <reason>`, as the ScrapeHealthy message lists it.
+impl std::fmt::Display for PodProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.pod, self.reason)
+    }
 }
 
 /// Cost per model, and the models without a price.
@@ -282,14 +294,15 @@ fn pricing_condition(budget: &ValidBudget, unpriced: &[String]) -> Desired {
             "every model in use has a price",
         )
     } else {
+        const AFTER: &str = ": their tokens count, their cost is 0";
+        const BEFORE: &str = "no price for ";
+        let room = conditions::MAX_MESSAGE_BYTES - BEFORE.len() - AFTER.len();
+        let models = conditions::bounded_list(unpriced, ", ", usize::MAX, room);
         Desired::new(
             "UsageHealthy",
             Status::False,
             "UnpricedModels",
-            format!(
-                "no price for {}: their tokens count, their cost is 0",
-                unpriced.join(", ")
-            ),
+            format!("{BEFORE}{models}{AFTER}"),
         )
     }
 }
@@ -353,16 +366,8 @@ pub fn scrape_condition(report: &BindingReport) -> Desired {
         }
         return Desired::new("ScrapeHealthy", Status::True, "Scraped", message);
     }
-    let mut listed: Vec<String> = report
-        .problems
-        .iter()
-        .take(LISTED_PROBLEMS)
-        .map(|p| format!("{}: {}", p.pod, p.reason))
-        .collect();
-    if report.problems.len() > LISTED_PROBLEMS {
-        listed.push(format!("and {} more", report.problems.len() - LISTED_PROBLEMS));
-    }
-    Desired::new("ScrapeHealthy", Status::False, "ScrapeFailed", listed.join("; "))
+    let listed = conditions::bounded_list(&report.problems, "; ", LISTED_PROBLEMS, conditions::MAX_MESSAGE_BYTES);
+    Desired::new("ScrapeHealthy", Status::False, "ScrapeFailed", listed)
 }
 
 #[cfg(test)]
@@ -474,5 +479,57 @@ mod tests {
         let failed = scrape_condition(&report);
         assert_eq!(failed.status, Status::False);
         assert_eq!(failed.message, "a-1: the pod has no IP");
+    }
+
+    #[test]
+    fn the_scrape_failures_listed_fit_in_a_bounded_message() {
+        let problem = |i: usize| PodProblem {
+            pod: format!("fat-{i}"),
+            reason: format!("unparsable metrics: line 3: {}", "x".repeat(MAX_REASON_BYTES)),
+            new: true,
+        };
+        let report = BindingReport {
+            pods: 80,
+            problems: (0..80).map(problem).collect(),
+            ..Default::default()
+        };
+        let failed = scrape_condition(&report);
+        assert!(
+            failed.message.len() <= conditions::MAX_MESSAGE_BYTES,
+            "{} bytes",
+            failed.message.len()
+        );
+        assert!(
+            failed.message.starts_with("fat-0: unparsable metrics"),
+            "{}",
+            failed.message
+        );
+        assert!(failed.message.ends_with(" more"), "{}", failed.message);
+    }
+
+    #[test]
+    fn many_unpriced_models_fit_in_a_bounded_message() {
+        let budget = budget("limits: {cost: '10.00'}\npricing: [{model: 'gpt-*', input: '1.00', output: '2.00'}]");
+        let models: Vec<(String, i64, i64)> = (0..500)
+            .map(|i| (format!("model-{i:03}-{}", "m".repeat(40)), 1, 1))
+            .collect();
+        let models: Vec<(&str, i64, i64)> = models.iter().map(|(m, i, o)| (m.as_str(), *i, *o)).collect();
+        let (_, conditions) = usage_status(&budget, &account(&models), &window(&budget), NOW.parse().unwrap());
+        let health = condition(&conditions, "UsageHealthy");
+        assert!(
+            health.message.len() <= conditions::MAX_MESSAGE_BYTES,
+            "{}",
+            health.message.len()
+        );
+        assert!(
+            health.message.starts_with("no price for model-000-"),
+            "{}",
+            health.message
+        );
+        assert!(
+            health.message.ends_with(" more: their tokens count, their cost is 0"),
+            "{}",
+            health.message
+        );
     }
 }

@@ -13,12 +13,13 @@ use kube::ResourceExt;
 
 use super::{
     Extractor, Usage,
-    account::{Account, BindingReport, PodProblem},
+    account::{Account, BindingReport, MAX_REASON_BYTES, PodProblem},
     ledger::PodObservation,
     scrape::{ScrapeError, Target},
 };
 use crate::{
     api::TokenType,
+    conditions,
     validate::ValidBinding,
     workloads::{self, BoundPod, Snapshot, Unscrapable, WorkloadId},
 };
@@ -89,7 +90,13 @@ pub fn plan(bindings: &[Binding], snapshot: &Snapshot) -> Plan {
             match &bound.endpoint {
                 Ok((ip, port)) => plan.scrapes.push(Scrape {
                     binding: index,
-                    target: Target::for_endpoint(&spec.endpoint, ip, *port, spec.timeout),
+                    target: Target::for_endpoint(
+                        &spec.endpoint,
+                        &bound.pod.namespace().unwrap_or_default(),
+                        ip,
+                        *port,
+                        spec.timeout,
+                    ),
                     extractor: spec.extractor.clone(),
                     pod: bound,
                 }),
@@ -149,7 +156,7 @@ pub fn fold(
                 binding: scrape.binding,
                 pod_uid: pod.uid().unwrap_or_default(),
                 pod: pod.name_any(),
-                reason: e.to_string(),
+                reason: conditions::cut(&e.to_string(), MAX_REASON_BYTES),
             }),
         }
     }

@@ -12,7 +12,9 @@
 //!   boundaries in its time zone, DST included.
 //! - [`pricing`]: prices per model (exact names or `*` globs), exact decimal cost, the money
 //!   strings of the status, and `percentUsed`.
-//! - [`scrape`]: fetches one pod's endpoint with deadlines, a size cap and a concurrency cap.
+//! - [`scrape`]: scrapes one pod's endpoint with a deadline and a size cap, reading the body
+//!   as it streams.
+//! - [`slots`]: how many scrapes are in flight at once, shared fairly between namespaces.
 
 pub mod account;
 pub mod cycle;
@@ -21,7 +23,8 @@ pub mod parse;
 pub mod period;
 pub mod pricing;
 pub mod scrape;
+pub mod slots;
 
-pub use parse::{Extractor, MAX_SERIES_VALUE, ParseError, UNKNOWN_MODEL, Usage};
+pub use parse::{Extraction, Extractor, MAX_LINE_BYTES, MAX_SERIES_VALUE, ParseError, UNKNOWN_MODEL, Usage};
 pub use period::{PeriodWindow, UnknownTimeZone};
 pub use pricing::{ModelPriceDecimal, MoneyError, PriceError, PriceTable, format_money, parse_money, percent_used};

@@ -104,7 +104,7 @@ impl Usage {
                 .unwrap_or(0)
                 .checked_add(value)
                 .ok_or_else(|| LineError::SumOverflows {
-                    model: model.to_owned(),
+                    model: Excerpt::quoted(model),
                     token_type,
                 })?;
             *v = Some(sum);
@@ -273,63 +273,210 @@ impl Extractor {
     /// metrics text line (a name character, `{`, `#` or whitespace), so that an HTML page or
     /// a compressed body is an error rather than "no usage". Reading stops at `# EOF`. A wanted
     /// series must be well-formed (valid UTF-8, terminated label set, a value, at most a
-    /// timestamp and an exemplar after it) and, when it counts, its value must be an integral
-    /// number in `0..=MAX_SERIES_VALUE`. An empty body is zero usage.
+    /// timestamp and an exemplar after it, at most [`MAX_LINE_BYTES`] long) and, when it
+    /// counts, its value must be an integral number in `0..=MAX_SERIES_VALUE`. An empty body
+    /// is zero usage.
     pub fn extract(&self, body: &[u8]) -> Result<Usage, ParseError> {
-        let mut usage = Usage::default();
-        let mut scratch = String::new();
-        // A UTF-8 byte order mark is no line content.
-        let mut pos = if body.starts_with(b"\xef\xbb\xbf") { 3 } else { 0 };
-        let mut line_no = 0;
-        while pos < body.len() {
-            line_no += 1;
-            let rest = &body[pos..];
-            let len = memchr(b'\n', rest).unwrap_or(rest.len());
-            pos += len + 1;
-            let mut line = &rest[..len];
-            let mut start = match line.first() {
-                Some(&b) => self.start[b as usize],
-                None => continue,
-            };
-            if start == Start::Blank {
-                line = line.trim_ascii_start();
-                match line.first() {
-                    Some(&b) => start = self.start[b as usize],
-                    None => continue,
-                }
-            }
-            match start {
-                Start::Skip | Start::Blank => continue,
-                Start::Comment => {
-                    if line.trim_ascii_end() == b"# EOF" {
-                        break;
-                    }
-                    continue;
-                }
-                Start::Bad => return Err(ParseError::at(line_no, LineError::BadStart(line[0]))),
-                Start::Candidate => {}
-            }
-            let Some(rule) = self.rules.iter().find(|r| names_sample(line, &r.sample)) else {
-                continue;
-            };
-            let sample =
-                parse_series(line, rule).map_err(|e| ParseError::at(line_no, format_args!("{}: {e}", rule.sample)))?;
-            let Some(sample) = sample else {
-                continue;
-            };
-            let model = match sample.model {
-                None => UNKNOWN_MODEL,
-                Some(LabelValue { raw, escaped: false }) => raw,
-                Some(LabelValue { raw, escaped: true }) => {
-                    unescape(raw, &mut scratch);
-                    scratch.as_str()
-                }
-            };
-            usage
-                .add(model, sample.token_type, sample.value)
-                .map_err(|e| ParseError::at(line_no, e))?;
+        let mut extraction = self.extraction();
+        extraction.feed(body)?;
+        extraction.finish()
+    }
+
+    /// Reads a body piece by piece, as it streams: [`Extraction::feed`] each piece, then
+    /// [`Extraction::finish`]. The answer is [`Extractor::extract`]'s over the whole body,
+    /// however it is cut into pieces, and nothing of the body is held but the start of the
+    /// line a piece ends in, up to [`MAX_LINE_BYTES`].
+    pub fn extraction(&self) -> Extraction<'_> {
+        Extraction {
+            extractor: self,
+            usage: Usage::default(),
+            scratch: String::new(),
+            lines: 0,
+            held: Vec::new(),
+            skipping: false,
+            ended: false,
         }
-        Ok(usage)
+    }
+
+    /// What a line is, told from its first [`MAX_LINE_BYTES`] bytes (`head`, byte order mark
+    /// removed).
+    #[inline]
+    fn kind(&self, head: &[u8]) -> Result<LineKind<'_>, LineError> {
+        let Some(&first) = head.first() else {
+            return Ok(LineKind::Other);
+        };
+        let (mut line, mut start) = (head, self.start[first as usize]);
+        if start == Start::Blank {
+            line = head.trim_ascii_start();
+            let Some(&first) = line.first() else {
+                return Ok(LineKind::Other);
+            };
+            start = self.start[first as usize];
+        }
+        Ok(match start {
+            Start::Skip | Start::Blank => LineKind::Other,
+            Start::Comment if line.trim_ascii_end() == b"# EOF" => LineKind::Eof,
+            Start::Comment => LineKind::Other,
+            Start::Bad => return Err(LineError::BadStart(line[0])),
+            Start::Candidate => match self.rules.iter().find(|r| names_sample(line, &r.sample)) {
+                Some(rule) => LineKind::Series {
+                    rule,
+                    indent: head.len() - line.len(),
+                },
+                None => LineKind::Other,
+            },
+        })
+    }
+}
+
+/// The longest line of a wanted series: a longer one is an error. Lines of other metrics may
+/// be of any length: they are skipped as they stream, never held. A line is told apart by its
+/// first `MAX_LINE_BYTES` bytes.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
+const BYTE_ORDER_MARK: &[u8] = b"\xef\xbb\xbf";
+
+/// What a line is.
+enum LineKind<'r> {
+    /// Not a series of the format (another metric, a comment, a blank line): skipped.
+    Other,
+    /// `# EOF`: nothing after it is read.
+    Eof,
+    /// A series of `rule`, starting `indent` bytes into the line.
+    Series { rule: &'r Rule, indent: usize },
+}
+
+/// A metrics body being read as it streams, from [`Extractor::extraction`]. What it holds
+/// of the body is at most [`MAX_LINE_BYTES`]: the start of the current line, when that line
+/// began in an earlier piece. Past that, the line is told apart and skipped to its end (or
+/// is an error, if it is a wanted series).
+pub struct Extraction<'x> {
+    extractor: &'x Extractor,
+    usage: Usage,
+    /// A model name with its escapes resolved.
+    scratch: String,
+    /// Lines completed so far.
+    lines: usize,
+    /// The start of the current line, when it began in an earlier piece.
+    held: Vec<u8>,
+    /// The current line is skipped to its end: it is too long to hold and no wanted series.
+    skipping: bool,
+    /// `# EOF` was read: the rest is not.
+    ended: bool,
+}
+
+impl Extraction<'_> {
+    /// Reads the next piece of the body.
+    pub fn feed(&mut self, mut piece: &[u8]) -> Result<(), ParseError> {
+        while !self.ended && !piece.is_empty() {
+            let Some(end) = memchr(b'\n', piece) else {
+                return self.hold(piece);
+            };
+            let line = &piece[..end];
+            piece = &piece[end + 1..];
+            if !self.skipping && self.held.is_empty() {
+                self.line(line)?;
+                continue;
+            }
+            self.hold(line)?;
+            if self.skipping || self.ended {
+                self.skipping = false;
+                self.lines += 1;
+                continue;
+            }
+            let held = std::mem::take(&mut self.held);
+            let read = self.line(&held);
+            self.held = held;
+            self.held.clear();
+            read?;
+        }
+        Ok(())
+    }
+
+    /// The usage of the whole body, once its last piece is in.
+    pub fn finish(mut self) -> Result<Usage, ParseError> {
+        if !self.ended && !self.skipping && !self.held.is_empty() {
+            let held = std::mem::take(&mut self.held);
+            self.line(&held)?;
+        }
+        Ok(self.usage)
+    }
+
+    /// Keeps `piece` as the start of the current line, up to [`MAX_LINE_BYTES`]; past that,
+    /// the line is skipped to its end, or is an error if it is a wanted series.
+    fn hold(&mut self, piece: &[u8]) -> Result<(), ParseError> {
+        if self.skipping {
+            return Ok(());
+        }
+        let room = MAX_LINE_BYTES - self.held.len();
+        if piece.len() <= room {
+            self.held.extend_from_slice(piece);
+            return Ok(());
+        }
+        self.held.extend_from_slice(&piece[..room]);
+        let number = self.lines + 1;
+        match self.extractor.kind(head(&self.held, number)) {
+            Err(e) => return Err(ParseError::at(number, e)),
+            Ok(LineKind::Other) => self.skipping = true,
+            Ok(LineKind::Eof) => self.ended = true,
+            Ok(LineKind::Series { rule, .. }) => {
+                return Err(ParseError::at(
+                    number,
+                    format_args!("{}: {}", rule.sample, LineError::TooLong),
+                ));
+            }
+        }
+        self.held.clear();
+        Ok(())
+    }
+
+    /// Reads one whole line (without its newline).
+    fn line(&mut self, raw: &[u8]) -> Result<(), ParseError> {
+        self.lines += 1;
+        let number = self.lines;
+        let (rule, indent) = match self.extractor.kind(head(raw, number)) {
+            Err(e) => return Err(ParseError::at(number, e)),
+            Ok(LineKind::Other) => return Ok(()),
+            Ok(LineKind::Eof) => {
+                self.ended = true;
+                return Ok(());
+            }
+            Ok(LineKind::Series { rule, indent }) => (rule, indent),
+        };
+        let series_error = |e: LineError| ParseError::at(number, format_args!("{}: {e}", rule.sample));
+        if raw.len() > MAX_LINE_BYTES {
+            return Err(series_error(LineError::TooLong));
+        }
+        let line = if number == 1 {
+            raw.strip_prefix(BYTE_ORDER_MARK).unwrap_or(raw)
+        } else {
+            raw
+        };
+        let Some(sample) = parse_series(&line[indent..], rule).map_err(series_error)? else {
+            return Ok(());
+        };
+        let model = match sample.model {
+            None => UNKNOWN_MODEL,
+            Some(LabelValue { raw, escaped: false }) => raw,
+            Some(LabelValue { raw, escaped: true }) => {
+                unescape(raw, &mut self.scratch);
+                self.scratch.as_str()
+            }
+        };
+        self.usage
+            .add(model, sample.token_type, sample.value)
+            .map_err(|e| ParseError::at(number, e))
+    }
+}
+
+/// The first [`MAX_LINE_BYTES`] bytes of line `number` (from 1), without the byte order mark
+/// that may open the body: what tells the line apart.
+fn head(raw: &[u8], number: usize) -> &[u8] {
+    let head = &raw[..raw.len().min(MAX_LINE_BYTES)];
+    if number == 1 {
+        head.strip_prefix(BYTE_ORDER_MARK).unwrap_or(head)
+    } else {
+        head
     }
 }
 
@@ -381,21 +528,21 @@ enum LineError {
     #[error("expected a label name at column {0}")]
     ExpectedLabelName(usize),
     #[error("expected '=' after label {0}")]
-    ExpectedEquals(String),
+    ExpectedEquals(Excerpt),
     #[error("expected '\"' to open the value of label {0}")]
-    ExpectedQuote(String),
+    ExpectedQuote(Excerpt),
     #[error("unterminated value of label {0}")]
-    UnterminatedValue(String),
+    UnterminatedValue(Excerpt),
     #[error("duplicate label {0}")]
-    DuplicateLabel(String),
+    DuplicateLabel(Excerpt),
     #[error("expected ',' or '}}' after the value of label {0}")]
-    ExpectedSeparator(String),
+    ExpectedSeparator(Excerpt),
     #[error("missing value")]
     MissingValue,
-    #[error("invalid value {0:?}")]
-    InvalidValue(String),
-    #[error("invalid timestamp {0:?}")]
-    InvalidTimestamp(String),
+    #[error("invalid value {0}")]
+    InvalidValue(Excerpt),
+    #[error("invalid timestamp {0}")]
+    InvalidTimestamp(Excerpt),
     #[error("unexpected text after the timestamp at column {0}")]
     TextAfterTimestamp(usize),
     #[error("value is NaN")]
@@ -408,8 +555,54 @@ enum LineError {
     AboveLimit(f64),
     #[error("value {0} is not a whole number of tokens")]
     NotWhole(f64),
-    #[error("the sum of the {} tokens of model {model:?} overflows", .token_type.as_str())]
-    SumOverflows { model: String, token_type: TokenType },
+    #[error("the sum of the {} tokens of model {model} overflows", .token_type.as_str())]
+    SumOverflows { model: Excerpt, token_type: TokenType },
+    #[error("longer than {} bytes", MAX_LINE_BYTES)]
+    TooLong,
+}
+
+/// At most this many characters of a line are quoted in an error.
+const EXCERPT_CHARS: usize = 40;
+
+/// A piece of a line quoted in an error: escaped, and cut after [`EXCERPT_CHARS`]
+/// characters, with the length of the whole in bytes. An error (kept per pod, copied into
+/// conditions and Events) is then short whatever the line holds: a value that runs on for
+/// megabytes reads `"7xxxxxxxxx…" (15728641 bytes)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Excerpt(String);
+
+impl Excerpt {
+    /// A value, quoted and escaped as Rust's `{:?}` writes a string.
+    fn quoted(text: &str) -> Self {
+        let (head, cut) = cut(text);
+        let quoted = format!("{head:?}");
+        match cut {
+            false => Self(quoted),
+            true => Self(format!("{}…\" ({} bytes)", &quoted[..quoted.len() - 1], text.len())),
+        }
+    }
+
+    /// A label name, as written: it has only `[a-zA-Z0-9_]`, nothing to escape.
+    fn name(text: &str) -> Self {
+        match cut(text) {
+            (head, false) => Self(head.to_string()),
+            (head, true) => Self(format!("{head}… ({} bytes)", text.len())),
+        }
+    }
+}
+
+impl std::fmt::Display for Excerpt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The first [`EXCERPT_CHARS`] characters of `text`, and whether that is not all of it.
+fn cut(text: &str) -> (&str, bool) {
+    match text.char_indices().nth(EXCERPT_CHARS) {
+        Some((end, _)) => (&text[..end], true),
+        None => (text, false),
+    }
 }
 
 /// A position in one series line, moved forward as its parts are read.
@@ -469,7 +662,7 @@ impl<'a> RuleLabels<'a> {
     fn keep(&mut self, rule: &Rule, name: &str, value: LabelValue<'a>) -> Result<(), LineError> {
         if let Some(i) = rule.model_labels.iter().position(|l| l == name) {
             if self.seen_models & (1 << i) != 0 {
-                return Err(LineError::DuplicateLabel(name.into()));
+                return Err(LineError::DuplicateLabel(Excerpt::name(name)));
             }
             self.seen_models |= 1 << i;
             if !value.raw.is_empty() && self.model.is_none_or(|(j, _)| i < j) {
@@ -478,7 +671,7 @@ impl<'a> RuleLabels<'a> {
         }
         if matches!(&rule.token_type, TypeSource::Label(l) if l == name) {
             if self.type_value.is_some() {
-                return Err(LineError::DuplicateLabel(name.into()));
+                return Err(LineError::DuplicateLabel(Excerpt::name(name)));
             }
             self.type_value = Some(value);
         }
@@ -550,7 +743,7 @@ fn read_label_set<'a>(cursor: &mut Cursor<'a>, rule: &Rule) -> Result<RuleLabels
                 return Ok(labels);
             }
             None => return Err(LineError::UnterminatedLabelSet),
-            Some(_) => return Err(LineError::ExpectedSeparator(name.into())),
+            Some(_) => return Err(LineError::ExpectedSeparator(Excerpt::name(name))),
         }
     }
 }
@@ -569,15 +762,15 @@ fn read_label<'a>(cursor: &mut Cursor<'a>) -> Result<(&'a str, LabelValue<'a>), 
     let name = &cursor.line[name_start..cursor.pos];
     cursor.skip_blanks();
     if cursor.peek() != Some(b'=') {
-        return Err(LineError::ExpectedEquals(name.into()));
+        return Err(LineError::ExpectedEquals(Excerpt::name(name)));
     }
     cursor.pos += 1;
     cursor.skip_blanks();
     if cursor.peek() != Some(b'"') {
-        return Err(LineError::ExpectedQuote(name.into()));
+        return Err(LineError::ExpectedQuote(Excerpt::name(name)));
     }
     cursor.pos += 1;
-    let value = read_quoted(cursor).ok_or_else(|| LineError::UnterminatedValue(name.into()))?;
+    let value = read_quoted(cursor).ok_or_else(|| LineError::UnterminatedValue(Excerpt::name(name)))?;
     Ok((name, value))
 }
 
@@ -614,7 +807,7 @@ fn read_value(cursor: &mut Cursor) -> Result<f64, LineError> {
     if text.is_empty() {
         return Err(LineError::MissingValue);
     }
-    parse_number(text).ok_or_else(|| LineError::InvalidValue(text.into()))
+    parse_number(text).ok_or_else(|| LineError::InvalidValue(Excerpt::quoted(text)))
 }
 
 /// Checks what may follow the value: a timestamp, and after it nothing but an exemplar.
@@ -626,7 +819,7 @@ fn check_timestamp(cursor: &mut Cursor) -> Result<(), LineError> {
     }
     let timestamp = cursor.word();
     if parse_number(timestamp).is_none_or(|t| !t.is_finite()) {
-        return Err(LineError::InvalidTimestamp(timestamp.into()));
+        return Err(LineError::InvalidTimestamp(Excerpt::quoted(timestamp)));
     }
     cursor.skip_blanks();
     if cursor.peek().is_some_and(|b| b != b'#') {
@@ -1184,6 +1377,132 @@ litellm_output_tokens_metric_total{model="caf\u00e9 ü",x="\\"} 1
         assert!(e.reason.contains("overflows"), "{e}");
     }
 
+    /// What `x` reads of `body` fed in pieces of `sizes` bytes (taken in turn).
+    fn extract_in_pieces(x: &Extractor, body: &[u8], sizes: &[usize]) -> Result<Usage, ParseError> {
+        let mut extraction = x.extraction();
+        let mut rest = body;
+        for size in sizes.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (piece, after) = rest.split_at((*size).clamp(1, rest.len()));
+            extraction.feed(piece)?;
+            rest = after;
+        }
+        extraction.finish()
+    }
+
+    const INPUT_SAMPLE: &str = "gen_ai_client_token_usage_sum{gen_ai_request_model=\"m\",gen_ai_token_type=\"input\"}";
+
+    #[test]
+    fn a_bad_value_is_quoted_as_a_short_escaped_excerpt() {
+        // A value that runs on, with a quote and a control character in it.
+        let value = format!("7\"\u{7}{}", "x".repeat(60_000));
+        let body = format!("{INPUT_SAMPLE} 5\n{INPUT_SAMPLE} {value}\n");
+        let e = error(&otel(), body.as_bytes());
+        assert_eq!(e.line, 2);
+        assert_eq!(
+            e.reason,
+            format!(
+                "gen_ai_client_token_usage_sum: invalid value \"7\\\"\\u{{7}}{}…\" (60003 bytes)",
+                "x".repeat(37)
+            )
+        );
+        // Short values are quoted whole, as before.
+        let e = error(&otel(), format!("{INPUT_SAMPLE} 12abc\n").as_bytes());
+        assert_eq!(e.reason, "gen_ai_client_token_usage_sum: invalid value \"12abc\"");
+        // So are timestamps, label names and model names.
+        let e = error(&otel(), format!("{INPUT_SAMPLE} 5 {}\n", "9:".repeat(100)).as_bytes());
+        assert!(e.reason.ends_with("…\" (200 bytes)"), "{e}");
+        assert!(e.reason.len() < 150, "{e}");
+        let label = "l".repeat(1000);
+        let e = error(
+            &otel(),
+            format!("gen_ai_client_token_usage_sum{{{label}}} 5\n").as_bytes(),
+        );
+        assert_eq!(
+            e.reason,
+            format!(
+                "gen_ai_client_token_usage_sum: expected '=' after label {}… (1000 bytes)",
+                "l".repeat(40)
+            )
+        );
+        let model = "m".repeat(1000);
+        let x = Extractor::new(MetricsFormat::LiteLlm, &[]);
+        let line = format!("litellm_input_tokens_metric_total{{model=\"{model}\"}} 1e15\n");
+        let e = error(&x, line.repeat(18_447).as_bytes());
+        assert!(
+            e.reason
+                .contains(&format!("model \"{}…\" (1000 bytes) overflows", "m".repeat(40))),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_series_line_longer_than_the_limit_is_an_error_and_other_long_lines_are_skipped() {
+        let long = "x".repeat(15 * 1024 * 1024);
+        // A series whose value runs on for 15 MiB, with or without its newline.
+        for end in ["", "\n"] {
+            let body = format!("{INPUT_SAMPLE} 5\n{INPUT_SAMPLE} 7{long}{end}");
+            for sizes in [&[usize::MAX][..], &[16 * 1024], &[1000, 7]] {
+                let e = extract_in_pieces(&otel(), body.as_bytes(), sizes).unwrap_err();
+                assert_eq!(
+                    e.to_string(),
+                    "line 2: gen_ai_client_token_usage_sum: longer than 65536 bytes",
+                    "pieces of {sizes:?}"
+                );
+            }
+        }
+        // A line of exactly the limit is read; one more byte is too long.
+        let exact = format!("{INPUT_SAMPLE} 5 # {{}}");
+        let exact = format!("{exact}{}\n", " ".repeat(MAX_LINE_BYTES - exact.len()));
+        assert_eq!(exact.len(), MAX_LINE_BYTES + 1);
+        assert_eq!(extract(&otel(), &exact).get("m", Input), Some(5));
+        let over = format!("{} \n", &exact[..exact.len() - 1]);
+        assert!(
+            error(&otel(), over.as_bytes())
+                .reason
+                .ends_with("longer than 65536 bytes")
+        );
+        // Other metrics and comments of any length are skipped, however they arrive.
+        let body =
+            format!("# HELP big {long}\nbig_info{{text=\"{long}\"}} 1\n{INPUT_SAMPLE} 5\n{long}\n\n# EOF {long}\n");
+        for sizes in [&[usize::MAX][..], &[65536], &[65535, 3]] {
+            let usage = extract_in_pieces(&otel(), body.as_bytes(), sizes).unwrap();
+            assert_eq!(usage.get("m", Input), Some(5), "pieces of {sizes:?}");
+        }
+        // A long line that starts like no metrics line is still an error.
+        let e = error(&otel(), format!("{INPUT_SAMPLE} 5\n\x00{long}").as_bytes());
+        assert_eq!(e.to_string(), "line 2: byte 0x00 cannot start a metrics line");
+    }
+
+    #[test]
+    fn pieces_cut_anywhere_read_as_the_whole_body() {
+        let bodies = [
+            OTEL_HISTOGRAM.to_string(),
+            format!("\u{feff}{OTEL_HISTOGRAM}"),
+            format!("{OTEL_HISTOGRAM}# EOF\n{INPUT_SAMPLE} NaN\n"),
+            format!("{OTEL_HISTOGRAM}{INPUT_SAMPLE} NaN"),
+            format!("\u{feff}{INPUT_SAMPLE} 1{}\n", "0".repeat(MAX_LINE_BYTES)),
+            format!(
+                "\u{feff}{INPUT_SAMPLE} 1{}",
+                " ".repeat(MAX_LINE_BYTES - INPUT_SAMPLE.len() - 5)
+            ),
+            format!("{}\r\n{INPUT_SAMPLE} 3\r\n", " ".repeat(MAX_LINE_BYTES + 10)),
+        ];
+        for body in &bodies {
+            let whole = otel().extract(body.as_bytes());
+            for sizes in [&[1][..], &[2, 3], &[4096], &[MAX_LINE_BYTES - 1], &[MAX_LINE_BYTES, 1]] {
+                assert_eq!(
+                    extract_in_pieces(&otel(), body.as_bytes(), sizes),
+                    whole,
+                    "pieces of {sizes:?} of {:?}",
+                    &body[..body.len().min(200)]
+                );
+            }
+        }
+    }
+
     #[test]
     fn unescape_rules() {
         let mut s = String::new();
@@ -1274,6 +1593,29 @@ litellm_output_tokens_metric_total{model="caf\u00e9 ü",x="\\"} 1
                 let got: BTreeMap<(String, usize), u64> =
                     got.iter().map(|(m, t, v)| ((m.to_owned(), slot(t)), v)).collect();
                 prop_assert_eq!(got, want);
+            }
+
+            #[test]
+            fn pieces_never_change_the_answer(
+                all in proptest::collection::vec(
+                    (series(), proptest::collection::vec(0usize..8, 8), 0usize..4, any::<u8>()),
+                    0..20,
+                ),
+                noise in proptest::collection::vec(any::<u8>(), 0..40),
+                at in any::<proptest::sample::Index>(),
+                sizes in proptest::collection::vec(1usize..300, 1..8),
+            ) {
+                let mut body = b"# TYPE gen_ai_client_token_usage histogram\n".to_vec();
+                for (s, order, extras, style) in &all {
+                    body.extend_from_slice(render(*s, order, *extras, *style).as_bytes());
+                }
+                let whole = otel().extract(&body);
+                prop_assert_eq!(&extract_in_pieces(&otel(), &body, &sizes), &whole);
+                // With noise somewhere: an error or not, the same one.
+                let at = at.index(body.len() + 1);
+                body.splice(at..at, noise);
+                let whole = otel().extract(&body);
+                prop_assert_eq!(extract_in_pieces(&otel(), &body, &sizes), whole);
             }
 
             #[test]

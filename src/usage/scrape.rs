@@ -1,6 +1,14 @@
-//! Scraping one pod's metrics endpoint: one shared HTTP client with keep-alive, a global cap on
-//! concurrent scrapes, a deadline on the whole exchange (so an endpoint that accepts and never
-//! answers, or trickles a byte a second, fails at its timeout), and a cap on the body size.
+//! Scraping one pod's metrics endpoint: one shared HTTP client with keep-alive, the slots that
+//! cap the scrapes in flight, shared between namespaces ([`Slots`]), a deadline on the whole
+//! scrape from the moment it is asked for (so an endpoint that accepts and never answers, or
+//! trickles a byte a second, fails at its timeout, and so does a scrape that waited that long
+//! for a slot), and a cap on the body size.
+//!
+//! The body is never held: [`Scraper::scrape`] hands each piece to the parser as it arrives
+//! ([`Extractor::extraction`]), which keeps at most the start of one unfinished line
+//! ([`MAX_LINE_BYTES`](super::MAX_LINE_BYTES), 64 KiB). What all scrapes together buffer is
+//! therefore bounded by the configuration, the slots times that line plus hyper's read
+//! buffer (16 KiB), and not by what the pods serve: a 15 MB body costs time, not memory.
 //!
 //! https targets go through the same deadline, caps and request code, over a shared keep-alive
 //! client per TLS setting (rustls with the `ring` provider, the one kube uses): the pod's
@@ -34,10 +42,12 @@ use rustls::{
     crypto::CryptoProvider,
     pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject},
 };
-use tokio::sync::Semaphore;
 use tower_service::Service;
 
-use super::parse::{Extractor, ParseError, Usage};
+use super::{
+    parse::{Extractor, ParseError, Usage},
+    slots::Slots,
+};
 use crate::api::{MetricsEndpoint, Scheme, TlsConfig};
 
 /// The default cap on a metrics body: above it the scrape fails, the operator stays up.
@@ -45,6 +55,12 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 /// The default cap on scrapes in flight at once, over all pods.
 pub const DEFAULT_MAX_CONCURRENT: usize = 64;
+
+/// The default cap on one namespace's scrapes in flight: a quarter of all the slots (at least
+/// one), so that up to three namespaces whose pods hang leave the others a quarter.
+pub fn default_share(max_concurrent: usize) -> usize {
+    (max_concurrent / 4).max(1)
+}
 
 /// Where a pod's service account finds the cluster CA; the operator's default scrape CA when
 /// it runs in a cluster.
@@ -66,6 +82,8 @@ pub enum ScrapeError {
     Tls(String),
     #[error("no complete answer within {0:?}")]
     Timeout(Duration),
+    #[error("no scrape slot free within {0:?}: too many scrapes in flight in the namespace, or over all")]
+    NoSlot(Duration),
     #[error("HTTP status {0}")]
     Status(StatusCode),
     #[error("body larger than {limit} bytes")]
@@ -84,6 +102,7 @@ impl ScrapeError {
             ScrapeError::Connect(_) => "connect",
             ScrapeError::Tls(_) => "tls",
             ScrapeError::Timeout(_) => "timeout",
+            ScrapeError::NoSlot(_) => "no_slot",
             ScrapeError::Status(_) => "status",
             ScrapeError::TooLarge { .. } => "too_large",
             ScrapeError::Body(_) => "body",
@@ -97,7 +116,10 @@ impl ScrapeError {
 pub struct Target {
     /// `http://IP:PORT/path` or `https://IP:PORT/path`.
     pub url: String,
-    /// The deadline for the whole exchange: connect, TLS handshake, headers and body.
+    /// The pod's namespace: scrapes share the slots fairly between namespaces.
+    pub namespace: String,
+    /// The deadline for the whole scrape, from the moment it is asked for: the wait for a
+    /// slot, connect, TLS handshake, headers and body.
     pub timeout: Duration,
     /// How the pod's certificate is checked: `Some` exactly for https.
     pub tls: Option<TlsConfig>,
@@ -108,6 +130,7 @@ impl Target {
     pub fn http(ip: &str, port: u16, path: &str, timeout: Duration) -> Self {
         Self {
             url: format!("http://{}:{port}{path}", bracketed(ip)),
+            namespace: String::new(),
             timeout,
             tls: None,
         }
@@ -117,14 +140,16 @@ impl Target {
     pub fn https(ip: &str, port: u16, path: &str, timeout: Duration, tls: TlsConfig) -> Self {
         Self {
             url: format!("https://{}:{port}{path}", bracketed(ip)),
+            namespace: String::new(),
             timeout,
             tls: Some(tls),
         }
     }
 
-    /// The target for a pod at `ip:port` of a binding with `spec.metrics` = `endpoint`.
-    pub fn for_endpoint(endpoint: &MetricsEndpoint, ip: &str, port: u16, timeout: Duration) -> Self {
-        match endpoint.scheme {
+    /// The target for a pod in `namespace` at `ip:port`, of a binding with `spec.metrics` =
+    /// `endpoint`.
+    pub fn for_endpoint(endpoint: &MetricsEndpoint, namespace: &str, ip: &str, port: u16, timeout: Duration) -> Self {
+        let target = match endpoint.scheme {
             Scheme::Http => Self::http(ip, port, &endpoint.path, timeout),
             Scheme::Https => Self::https(
                 ip,
@@ -133,7 +158,14 @@ impl Target {
                 timeout,
                 endpoint.tls.clone().unwrap_or_default(),
             ),
-        }
+        };
+        target.in_namespace(namespace)
+    }
+
+    /// The same target, for a pod in `namespace`.
+    pub fn in_namespace(mut self, namespace: &str) -> Self {
+        self.namespace = namespace.to_string();
+        self
     }
 }
 
@@ -258,7 +290,7 @@ impl ScrapeCa {
 pub struct Scraper {
     http: Client<HttpConnector, Empty<Bytes>>,
     https: Arc<HttpsClients>,
-    in_flight: Arc<Semaphore>,
+    slots: Slots,
     max_body_bytes: usize,
 }
 
@@ -270,14 +302,27 @@ impl Default for Scraper {
 
 impl Scraper {
     /// A scraper without a CA: https targets can be scraped only with `insecureSkipVerify`
-    /// until [`Scraper::with_ca`] gives it one.
+    /// until [`Scraper::with_ca`] gives it one. At most `max_concurrent` scrapes are in flight,
+    /// at most [`default_share`] of them for one namespace until [`Scraper::with_share`] says
+    /// otherwise.
     pub fn new(max_concurrent: usize, max_body_bytes: usize) -> Self {
         Self {
             http: client_builder().build(tcp_connector()),
             https: Arc::new(HttpsClients::new(None)),
-            in_flight: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            slots: Slots::new(max_concurrent, default_share(max_concurrent)),
             max_body_bytes,
         }
+    }
+
+    /// At most `share` scrapes of one namespace in flight at once.
+    pub fn with_share(mut self, share: usize) -> Self {
+        self.slots = Slots::new(self.slots.total(), share);
+        self
+    }
+
+    /// The slots, to see how many are held.
+    pub fn slots(&self) -> &Slots {
+        &self.slots
     }
 
     /// Verifies pods' certificates against `ca` (none: every verified https scrape fails).
@@ -286,8 +331,36 @@ impl Scraper {
         self
     }
 
-    /// Fetches the body of `target`, within its deadline and the size cap.
+    /// Scrapes `target` and extracts its token usage, within its deadline and the size cap.
+    /// The body is parsed as it arrives, never held.
+    pub async fn scrape(&self, target: &Target, extractor: &Extractor) -> Result<Usage, ScrapeError> {
+        let mut extraction = extractor.extraction();
+        self.read(target, |piece| Ok(extraction.feed(piece)?)).await?;
+        Ok(extraction.finish()?)
+    }
+
+    /// Fetches the whole body of `target`, within its deadline and the size cap, for tools
+    /// and tests: it holds the body, up to the cap. The operator's cycles use
+    /// [`Scraper::scrape`].
     pub async fn fetch(&self, target: &Target) -> Result<Bytes, ScrapeError> {
+        let mut body = Vec::new();
+        self.read(target, |piece| {
+            body.extend_from_slice(piece);
+            Ok(())
+        })
+        .await?;
+        Ok(Bytes::from(body))
+    }
+
+    /// Reads the body of `target` piece by piece into `sink`. The deadline starts now: the
+    /// wait for a slot counts, so a scrape never waits longer than its timeout, whatever
+    /// holds the slots.
+    async fn read(
+        &self,
+        target: &Target,
+        sink: impl FnMut(&[u8]) -> Result<(), ScrapeError>,
+    ) -> Result<(), ScrapeError> {
+        let deadline = tokio::time::Instant::now() + target.timeout;
         let uri: Uri = target
             .url
             .parse()
@@ -296,21 +369,24 @@ impl Scraper {
             Some(tls) => Some(self.https.client(tls)?),
             None => None,
         };
-        let _permit = self.in_flight.acquire().await.expect("the semaphore is never closed");
-        // The deadline covers everything from here: connecting, the TLS handshake, the
-        // request, headers and the whole body.
-        tokio::time::timeout(target.timeout, self.exchange(uri, https.as_ref()))
+        let _slot = tokio::time::timeout_at(deadline, self.slots.acquire(&target.namespace))
+            .await
+            .ok()
+            // A slot freed just as the deadline passed is too late all the same.
+            .filter(|_| tokio::time::Instant::now() < deadline)
+            .ok_or(ScrapeError::NoSlot(target.timeout))?;
+        // Connecting, the TLS handshake, the request, headers and the whole body.
+        tokio::time::timeout_at(deadline, self.exchange(uri, https.as_ref(), sink))
             .await
             .map_err(|_| ScrapeError::Timeout(target.timeout))?
     }
 
-    /// Fetches and extracts the token usage of `target`.
-    pub async fn scrape(&self, target: &Target, extractor: &Extractor) -> Result<Usage, ScrapeError> {
-        let body = self.fetch(target).await?;
-        Ok(extractor.extract(&body)?)
-    }
-
-    async fn exchange(&self, uri: Uri, https: Option<&HttpsClient>) -> Result<Bytes, ScrapeError> {
+    async fn exchange(
+        &self,
+        uri: Uri,
+        https: Option<&HttpsClient>,
+        mut sink: impl FnMut(&[u8]) -> Result<(), ScrapeError>,
+    ) -> Result<(), ScrapeError> {
         let request = Request::get(uri)
             .header(
                 header::ACCEPT,
@@ -338,17 +414,19 @@ impl Scraper {
         if body.size_hint().lower() > limit as u64 {
             return Err(ScrapeError::TooLarge { limit });
         }
-        let mut buffer = Vec::with_capacity(body.size_hint().exact().map_or(64 * 1024, |n| n as usize));
+        // Each piece is as large as hyper's read buffer at most (`client_builder`).
+        let mut read = 0;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| ScrapeError::Body(error_chain(&e)))?;
             if let Ok(data) = frame.into_data() {
-                if buffer.len() + data.len() > limit {
+                read += data.len();
+                if read > limit {
                     return Err(ScrapeError::TooLarge { limit });
                 }
-                buffer.extend_from_slice(&data);
+                sink(&data)?;
             }
         }
-        Ok(Bytes::from(buffer))
+        Ok(())
     }
 }
 
@@ -762,6 +840,117 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_namespace_whose_pods_hang_cannot_hold_up_another_namespaces_scrapes() {
+        let silent = serve(|stream| async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(stream);
+        })
+        .await;
+        let good = serve(|s| {
+            respond_with(
+                s,
+                "gen_ai_client_inference_usage_input_tokens_total{gen_ai_request_model=\"m\"} 42\n",
+            )
+        })
+        .await;
+        // 8 slots, 2 for one namespace.
+        let scraper = Scraper::new(8, 1024 * 1024);
+        assert_eq!((scraper.slots().total(), scraper.slots().share()), (8, 2));
+        let hostile: Vec<Target> = (0..8).map(|_| target(silent, 1500).in_namespace("hostile")).collect();
+        let started = std::time::Instant::now();
+        let hanging = futures::future::join_all(hostile.iter().map(|t| scraper.fetch(t)));
+        let others = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert_eq!(
+                scraper.slots().held(),
+                2,
+                "the hostile namespace holds its share, no more"
+            );
+            // One more of its scrapes waits for the share, for its own timeout at most.
+            let late = scraper.fetch(&target(silent, 100).in_namespace("hostile")).await;
+            assert_eq!(
+                late.unwrap_err().to_string(),
+                "no scrape slot free within 100ms: too many scrapes in flight in the namespace, or over all"
+            );
+            // Each within its own timeout, which would pass waiting for a slot otherwise.
+            let quiet = target(good, 500).in_namespace("quiet");
+            let busy = target(good, 500).in_namespace("busy");
+            let extractor = otel();
+            futures::future::join_all((0..6).map(|i| scraper.scrape(if i < 3 { &quiet } else { &busy }, &extractor)))
+                .await
+        };
+        let (hostile, others) = tokio::join!(hanging, others);
+        for usage in others {
+            assert_eq!(usage.unwrap().get("m", TokenType::Input), Some(42));
+        }
+        // The hostile namespace's own scrapes each ended at their deadline, counted from when
+        // they were asked for, none in a second round: 2 hung in a slot, the others timed out
+        // waiting (or got a slot in the very tick of their deadline, and timed out in it).
+        let kinds: Vec<&str> = hostile.iter().map(|r| r.as_ref().unwrap_err().kind()).collect();
+        assert!(kinds.iter().all(|k| ["timeout", "no_slot"].contains(k)), "{kinds:?}");
+        assert!(
+            started.elapsed() < Duration::from_millis(2900),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!((scraper.slots().held(), scraper.slots().namespaces()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_fat_body_is_read_as_it_streams_and_its_error_is_short() {
+        // One valid sample, then a counter whose value runs on for 15 MiB without a newline.
+        let fat = serve(|mut stream| async move {
+            let start = "gen_ai_client_inference_usage_output_tokens_total{gen_ai_request_model=\"m\"} 7\n\
+                         gen_ai_client_inference_usage_input_tokens_total{gen_ai_request_model=\"m\"} 7";
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+                start.len() + (15 << 20)
+            );
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(start.as_bytes()).await;
+            let chunk = vec![b'x'; 1 << 20];
+            for _ in 0..15 {
+                if stream.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        let err = Scraper::default()
+            .scrape(&target(fat, 5000), &otel())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unparsable metrics: line 2: gen_ai_client_inference_usage_input_tokens_total: longer than 65536 bytes"
+        );
+        // A body of 15 MiB that is fine is read whole, piece by piece.
+        let fine = serve(|mut stream| async move {
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await;
+            let line = b"# padding padding padding padding padding padding padding padding padding pad\n";
+            let chunk: Vec<u8> = line.iter().copied().cycle().take(line.len() * 13_000).collect();
+            for _ in 0..15 {
+                let head = format!("{:x}\r\n", chunk.len());
+                if stream.write_all(head.as_bytes()).await.is_err()
+                    || stream.write_all(&chunk).await.is_err()
+                    || stream.write_all(b"\r\n").await.is_err()
+                {
+                    return;
+                }
+            }
+            let last = b"gen_ai_client_inference_usage_input_tokens_total{gen_ai_request_model=\"m\"} 42\n";
+            let _ = stream.write_all(format!("{:x}\r\n", last.len()).as_bytes()).await;
+            let _ = stream.write_all(last).await;
+            let _ = stream.write_all(b"\r\n0\r\n\r\n").await;
+        })
+        .await;
+        let usage = Scraper::default().scrape(&target(fine, 5000), &otel()).await.unwrap();
+        assert_eq!(usage.get("m", TokenType::Input), Some(42));
+    }
+
     #[test]
     fn ipv6_targets_are_bracketed() {
         assert_eq!(
@@ -777,17 +966,18 @@ mod tests {
     #[test]
     fn targets_follow_the_binding_scheme() {
         let mut endpoint = MetricsEndpoint::default();
-        let http = Target::for_endpoint(&endpoint, "10.0.0.7", 9464, Duration::from_secs(5));
+        let http = Target::for_endpoint(&endpoint, "agents", "10.0.0.7", 9464, Duration::from_secs(5));
         assert_eq!((http.url.as_str(), http.tls), ("http://10.0.0.7:9464/metrics", None));
+        assert_eq!(http.namespace, "agents");
         endpoint.scheme = Scheme::Https;
-        let https = Target::for_endpoint(&endpoint, "10.0.0.7", 9464, Duration::from_secs(5));
+        let https = Target::for_endpoint(&endpoint, "agents", "10.0.0.7", 9464, Duration::from_secs(5));
         assert_eq!(https.url, "https://10.0.0.7:9464/metrics");
         assert_eq!(https.tls, Some(TlsConfig::default()));
         endpoint.tls = Some(TlsConfig {
             insecure_skip_verify: false,
             server_name: Some("agent.agents.svc".into()),
         });
-        let named = Target::for_endpoint(&endpoint, "10.0.0.7", 9464, Duration::from_secs(5));
+        let named = Target::for_endpoint(&endpoint, "agents", "10.0.0.7", 9464, Duration::from_secs(5));
         assert_eq!(named.tls, endpoint.tls);
     }
 

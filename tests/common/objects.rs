@@ -166,6 +166,11 @@ impl BindingBuilder {
         self
     }
 
+    pub fn timeout(mut self, timeout: &str) -> Self {
+        self.0.spec.metrics.timeout = timeout.into();
+        self
+    }
+
     pub fn scheme(mut self, scheme: Scheme) -> Self {
         self.0.spec.metrics.scheme = scheme;
         self

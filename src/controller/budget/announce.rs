@@ -41,6 +41,7 @@ pub async fn announce(
         ctx.metrics.observe_cycle(namespace, &tb.name_any(), cycle.started_at);
         ctx.binding_usage
             .hand_over(namespace, &cycle.bindings, cycle.started_at);
+        ctx.binding_usage.forget_missing(&ctx.cluster.bindings);
         scrape_failures(ctx, namespace, cycle).await;
     }
 }
