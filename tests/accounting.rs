@@ -710,10 +710,12 @@ fn counter(operator: &Operator, series: &str) -> u64 {
 async fn an_idle_budget_and_its_binding_are_not_written_again() {
     let s = Tenant::new("idle").await.with_operator();
     create(&s.budgets, priced("research").tokens(10_000)).await;
-    create(&s.bindings, binding("summarizer", "research").deployment("summarizer")).await;
+    // The agent spent before its pod was bound: its counters are a baseline, and the budget's
+    // usage stays 0 from its first cycle on. (A budget that counted tokens in the last hour
+    // has a burn rate that moves every cycle until that hour is over.)
     let agents = s.deploy("summarizer", 1).await;
     agents[0].1.spend("gpt-4o-mini", 100, 20);
-    s.wait_used("research", 120).await;
+    create(&s.bindings, binding("summarizer", "research").deployment("summarizer")).await;
     // Settled: the burn rate needs 10 s of samples, and then stays at 0 while nothing is spent.
     wait_for(&s.budgets, "research", "a burn rate of 0", |tb| {
         tb.status.as_ref().and_then(|st| st.burn_rate) == Some(0)
