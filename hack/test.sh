@@ -40,8 +40,8 @@ cargo fmt --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
 
-step "unit tests"
-cargo test --locked --lib --bins
+step "unit tests, and the fuzz corpus replayed through the parser"
+cargo test --locked --lib --bins --test fuzz_corpus
 
 export TESTBED_DIR=$REPO/.testbed-test
 COMPAT_DIR=$REPO/.testbed-compat
@@ -65,11 +65,12 @@ step "Helm chart: lint, render with several value sets, install, upgrade, uninst
 step "integration tests against $(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}')"
 # Every integration test but real_pods, by name: they play the kubelet, and a real node would
 # run their pods and overwrite the statuses they write. real_pods fails without a node, so it
-# cannot be left out silently: it runs in the next step, explicitly.
+# cannot be left out silently: it runs in the next step, explicitly. fuzz_corpus needs no
+# cluster and ran with the unit tests.
 integration=()
 for t in tests/*.rs; do
   t=$(basename "$t" .rs)
-  [ "$t" = real_pods ] || integration+=(--test "$t")
+  case "$t" in real_pods | fuzz_corpus) ;; *) integration+=(--test "$t") ;; esac
 done
 cargo test --locked "${integration[@]}"
 

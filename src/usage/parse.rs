@@ -696,7 +696,12 @@ impl<'a> RuleLabels<'a> {
 /// well-formed series that does not count (its token type label is missing or neither
 /// `input` nor `output`).
 fn parse_series<'a>(line: &'a [u8], rule: &Rule) -> Result<Option<Series<'a>>, LineError> {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    // A CR that ends the line is no content, unless it is the last byte of the sample name
+    // itself (a custom name the API server refuses, but `Extractor::new` takes).
+    let line = match line.strip_suffix(b"\r") {
+        Some(stripped) if stripped.len() >= rule.sample.len() => stripped,
+        _ => line,
+    };
     let line = std::str::from_utf8(line).map_err(|e| LineError::InvalidUtf8(e.valid_up_to() + 1))?;
     let mut cursor = Cursor {
         line,
@@ -1091,6 +1096,16 @@ litellm_spend_metric_total{model="gpt-4o"} 0.0123
         // Custom entries mean nothing to other formats.
         let v = Extractor::new(MetricsFormat::Vllm, &[custom("t_total", Some(Input), None, None)]);
         assert!(extract(&v, "t_total 2\n").is_empty());
+    }
+
+    #[test]
+    fn custom_name_ending_in_cr_does_not_panic() {
+        // Found writing the fuzz targets (docs/fuzzing.md): the final CR of the line was cut
+        // from inside the sample name, and the value then looked for past the end of the line.
+        let x = Extractor::new(MetricsFormat::Custom, &[custom("a\r", Some(Input), None, None)]);
+        assert_eq!(error(&x, b"a\r\n").line, 1);
+        assert_eq!(error(&x, b"up 1\na\r").line, 2);
+        assert_eq!(pairs(&extract(&x, "a\r 5\r\n")), vec![p(UNKNOWN_MODEL, Input, 5)]);
     }
 
     #[test]
