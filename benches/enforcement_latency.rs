@@ -319,16 +319,7 @@ async fn http(address: SocketAddr, method: &str, path: &str) -> std::io::Result<
     tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response))
         .await
         .map_err(|_| std::io::Error::other("response timed out"))??;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {response:?}")))?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+    common::parse_response(&response)
 }
 
 /// An `agent-sim` on its own loopback address, as one pod's container.

@@ -161,6 +161,11 @@ pub fn http_get(address: SocketAddr, path: &str) -> std::io::Result<(u16, String
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
+    parse_response(&response)
+}
+
+/// The status code and body of a whole HTTP/1.0 response.
+pub fn parse_response(response: &str) -> std::io::Result<(u16, String)> {
     let status = response
         .split_whitespace()
         .nth(1)
