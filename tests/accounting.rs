@@ -705,25 +705,38 @@ fn counter(operator: &Operator, series: &str) -> u64 {
 }
 
 /// With usage unchanged, cycle after cycle, nothing is written: no status of a budget or a
-/// binding moves, so nothing that watches them (a GitOps tool, say) wakes every cycle.
+/// binding moves, so nothing that watches them (a GitOps tool, say) wakes every cycle. That
+/// holds for a budget that has counted nothing, and for one that just counted tokens (whose
+/// burn rate is measured when usage changes, not every cycle).
 #[tokio::test]
 async fn an_idle_budget_and_its_binding_are_not_written_again() {
     let s = Tenant::new("idle").await.with_operator();
     create(&s.budgets, priced("research").tokens(10_000)).await;
     // The agent spent before its pod was bound: its counters are a baseline, and the budget's
-    // usage stays 0 from its first cycle on. (A budget that counted tokens in the last hour
-    // has a burn rate that moves every cycle until that hour is over.)
+    // usage stays 0 from its first cycle on.
     let agents = s.deploy("summarizer", 1).await;
     agents[0].1.spend("gpt-4o-mini", 100, 20);
+    next_second_after(jiff::Timestamp::now()).await;
     create(&s.bindings, binding("summarizer", "research").deployment("summarizer")).await;
-    // Settled: the burn rate needs 10 s of samples, and then stays at 0 while nothing is spent.
+    // Settled: the burn rate needs 10 s of samples.
     wait_for(&s.budgets, "research", "a burn rate of 0", |tb| {
         tb.status.as_ref().and_then(|st| st.burn_rate) == Some(0)
     })
     .await;
     wait_scraped(&s.bindings, "summarizer", 1).await;
-
     let operator = s.operator.as_ref().expect("an operator");
+    assert_idle(&s, operator).await;
+
+    // Now it spends, once: the burn rate measured then stays while nothing more is spent.
+    agents[0].1.spend("gpt-4o-mini", 1_000, 200);
+    let tb = s.wait_used("research", 1_200).await;
+    assert!(tb.status.and_then(|st| st.burn_rate).is_some_and(|rate| rate > 0));
+    assert_idle(&s, operator).await;
+}
+
+/// Asserts that three cycles of the operator in `s` write no status, of its budget `research`
+/// or its binding `summarizer` (whose one pod is scraped each cycle).
+async fn assert_idle(s: &Tenant, operator: &Operator) {
     let scrapes = "tokenbudget_scrapes_total{result=\"ok\"}";
     // One pod, one scrape per cycle, a cycle a second.
     let cycles_after = |n: u64| {

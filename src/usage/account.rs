@@ -45,6 +45,8 @@ pub struct Account {
     ledger: Ledger,
     /// (time, tokens used in the period) after each cycle, for the burn rate.
     samples: VecDeque<(Timestamp, u64)>,
+    /// The burn rate the status shows, and when it was measured (see [`Account::sample`]).
+    published: Option<(u64, Timestamp)>,
     /// The last scrape error per pod uid, so an Event is sent once per failure, not per cycle.
     failing: HashMap<String, String>,
 }
@@ -56,6 +58,7 @@ impl Account {
             uid: uid.to_string(),
             ledger: Ledger::from_state(persisted),
             samples: VecDeque::new(),
+            published: None,
             failing: HashMap::new(),
         }
     }
@@ -80,12 +83,19 @@ impl Account {
         let reset = self.ledger.ensure_period(start) && had_period;
         if reset {
             self.samples.clear();
+            self.published = None;
         }
         reset
     }
 
     /// Records the tokens used in the period at `now`, for the burn rate.
+    ///
+    /// The burn rate shown is measured when usage changes, and kept while it does not: an
+    /// idle budget's status stays as it is, so nothing is written and no watcher wakes
+    /// (issue 11, item 7). It is measured anew when the first rate is known (the samples
+    /// span [`BURN_MIN_SPAN`]), and falls to 0 once the last hour saw no tokens at all.
     pub fn sample(&mut self, now: Timestamp, used: u64) {
+        let changed = self.samples.back().is_none_or(|(_, last)| *last != used);
         self.samples.push_back((now, used));
         while self
             .samples
@@ -93,6 +103,16 @@ impl Account {
             .is_some_and(|(t, _)| now.duration_since(*t) > BURN_WINDOW)
         {
             self.samples.pop_front();
+        }
+        let measured = burn_rate(&self.samples);
+        let stale = match (self.published, measured) {
+            (None, _) => true,
+            // An hour without tokens: the rate published when they were counted is over.
+            (Some((published, _)), Some(0)) => published != 0,
+            _ => false,
+        };
+        if changed || stale {
+            self.published = measured.map(|rate| (rate, now));
         }
     }
 
@@ -108,9 +128,11 @@ impl Account {
         new
     }
 
-    /// Tokens per hour over the last hour's samples, when they span long enough.
-    pub fn burn_rate(&self) -> Option<u64> {
-        burn_rate(&self.samples)
+    /// Tokens per hour over the last hour's samples, as measured when usage last changed
+    /// (see [`Account::sample`]), and when that was; none while the samples span less than
+    /// [`BURN_MIN_SPAN`].
+    pub fn burn_rate(&self) -> Option<(u64, Timestamp)> {
+        self.published
     }
 }
 
@@ -234,14 +256,17 @@ impl Standing {
         }
     }
 
-    /// When the budget runs out at the current burn rate, if within the period.
-    fn projected_exhaustion(&self, burn_rate: Option<u64>, window: &PeriodWindow, now: Timestamp) -> Option<String> {
-        let (remaining, rate) = (self.remaining?, burn_rate?);
+    /// When the budget runs out at the burn rate measured at `measured`, if within the
+    /// period; in whole seconds.
+    fn projected_exhaustion(&self, burn_rate: Option<(u64, Timestamp)>, window: &PeriodWindow) -> Option<String> {
+        let (remaining, (rate, measured)) = (self.remaining?, burn_rate?);
         if rate == 0 || remaining == 0 {
             return None;
         }
         let seconds = i64::try_from(u128::from(remaining) * 3600 / u128::from(rate)).unwrap_or(i64::MAX);
-        now.checked_add(SignedDuration::from_secs(seconds))
+        Timestamp::from_second(measured.as_second())
+            .ok()?
+            .checked_add(SignedDuration::from_secs(seconds))
             .ok()
             .filter(|t| window.end.as_ref().is_none_or(|end| *t < end.timestamp()))
             .map(|t| period::rfc3339(&t.to_zoned(window.start.time_zone().clone())))
@@ -313,7 +338,6 @@ pub fn usage_status(
     budget: &ValidBudget,
     account: &Account,
     window: &PeriodWindow,
-    now: Timestamp,
 ) -> (TokenBudgetStatus, Vec<Desired>) {
     let ledger = &account.ledger;
     let burn_rate = account.burn_rate();
@@ -343,8 +367,8 @@ pub fn usage_status(
         percent_used: standing.percent.map(to_i64),
         period_start: Some(window.period_start()),
         resets_at: window.resets_at(),
-        burn_rate: burn_rate.map(to_i64),
-        projected_exhaustion: standing.projected_exhaustion(burn_rate, window, now),
+        burn_rate: burn_rate.map(|(rate, _)| to_i64(rate)),
+        projected_exhaustion: standing.projected_exhaustion(burn_rate, window),
         models: costs.models,
         workloads,
         accounting: Some(ledger.to_state()),
@@ -408,12 +432,7 @@ mod tests {
     #[test]
     fn the_highest_threshold_crossed_is_a_warning_and_the_limit_exhausts() {
         let budget = budget("limits: {tokens: 1000}\nthresholds: [90, 50]");
-        let (status, conditions) = usage_status(
-            &budget,
-            &account(&[("m", 600, 10)]),
-            &window(&budget),
-            NOW.parse().unwrap(),
-        );
+        let (status, conditions) = usage_status(&budget, &account(&[("m", 600, 10)]), &window(&budget));
         assert_eq!(status.phase, Some(BudgetPhase::Warning));
         assert_eq!((status.percent_used, status.remaining_tokens), (Some(61), Some(390)));
         assert_eq!(
@@ -422,12 +441,7 @@ mod tests {
         );
         assert_eq!(condition(&conditions, "Exhausted").status, Status::False);
 
-        let (status, conditions) = usage_status(
-            &budget,
-            &account(&[("m", 990, 10)]),
-            &window(&budget),
-            NOW.parse().unwrap(),
-        );
+        let (status, conditions) = usage_status(&budget, &account(&[("m", 990, 10)]), &window(&budget));
         assert_eq!(status.phase, Some(BudgetPhase::Exhausted));
         assert_eq!(status.remaining_tokens, Some(0));
         assert_eq!(
@@ -441,7 +455,7 @@ mod tests {
     fn models_without_a_price_count_tokens_but_no_cost() {
         let budget = budget("limits: {cost: '10.00'}\npricing: [{model: 'gpt-*', input: '1.00', output: '2.00'}]");
         let account = account(&[("gpt-4o", 1_000_000, 500_000), ("llama", 7, 3)]);
-        let (status, conditions) = usage_status(&budget, &account, &window(&budget), NOW.parse().unwrap());
+        let (status, conditions) = usage_status(&budget, &account, &window(&budget));
         let used = status.used.expect("used");
         assert_eq!((used.tokens, used.cost.as_deref()), (1_500_010, Some("2.00")));
         assert_eq!(status.percent_used, Some(20));
@@ -514,7 +528,7 @@ mod tests {
             .map(|i| (format!("model-{i:03}-{}", "m".repeat(40)), 1, 1))
             .collect();
         let models: Vec<(&str, i64, i64)> = models.iter().map(|(m, i, o)| (m.as_str(), *i, *o)).collect();
-        let (_, conditions) = usage_status(&budget, &account(&models), &window(&budget), NOW.parse().unwrap());
+        let (_, conditions) = usage_status(&budget, &account(&models), &window(&budget));
         let health = condition(&conditions, "UsageHealthy");
         assert!(
             health.message.len() <= conditions::MAX_MESSAGE_BYTES,
@@ -531,5 +545,62 @@ mod tests {
             "{}",
             health.message
         );
+    }
+
+    /// An account sampled once a second for `seconds`, with `used(second)` tokens.
+    fn sampled(account: &mut Account, from: i64, seconds: i64, used: impl Fn(i64) -> u64) {
+        let start: Timestamp = NOW.parse().unwrap();
+        for second in from..from + seconds {
+            account.sample(start + SignedDuration::from_secs(second), used(second));
+        }
+    }
+
+    #[test]
+    fn the_burn_rate_moves_with_usage_only() {
+        let budget = budget("limits: {tokens: 10000}");
+        let mut account = account(&[]);
+        // Under 10 s of samples: no rate yet.
+        sampled(&mut account, 0, 10, |_| 0);
+        assert_eq!(account.burn_rate(), None);
+        // 10 s: the first rate is shown, 0.
+        sampled(&mut account, 10, 1, |_| 0);
+        assert_eq!(account.burn_rate().map(|(r, _)| r), Some(0));
+
+        // 10 tokens a second for a minute: 36,000 an hour, measured at the last change.
+        sampled(&mut account, 11, 60, |s| (s as u64 - 10) * 10);
+        let (rate, measured) = account.burn_rate().expect("a rate");
+        assert_eq!(
+            measured,
+            NOW.parse::<Timestamp>().unwrap() + SignedDuration::from_secs(70)
+        );
+        assert_eq!(rate, 600 * 3600 / 70);
+        let status = |account: &Account| usage_status(&budget, account, &window(&budget)).0;
+        let shown = status(&account);
+        assert!(shown.projected_exhaustion.is_some());
+
+        // Idle for 59 minutes: the status does not move, however the window slides.
+        sampled(&mut account, 71, 59 * 60, |_| 600);
+        let idle = status(&account);
+        assert_eq!(
+            (&idle.burn_rate, &idle.projected_exhaustion),
+            (&shown.burn_rate, &shown.projected_exhaustion)
+        );
+        // An hour without tokens: 0, and no projection.
+        sampled(&mut account, 71 + 59 * 60, 60, |_| 600);
+        let over = status(&account);
+        assert_eq!((over.burn_rate, over.projected_exhaustion), (Some(0), None));
+        let at = account.burn_rate().expect("a rate").1;
+        // ... and it stays so.
+        sampled(&mut account, 71 + 60 * 60, 600, |_| 600);
+        assert_eq!(account.burn_rate(), Some((0, at)));
+    }
+
+    #[test]
+    fn a_new_period_measures_the_burn_rate_afresh() {
+        let mut account = account(&[]);
+        sampled(&mut account, 0, 20, |s| s as u64);
+        assert!(account.burn_rate().is_some());
+        assert!(account.begin_period("2026-12-01T00:00:00Z".parse().unwrap()));
+        assert_eq!(account.burn_rate(), None);
     }
 }

@@ -10,6 +10,18 @@ pub async fn within<F: Future>(future: F, what: &str) -> F::Output {
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
+/// Waits until the wall clock is in a later second than `since`. The API server keeps
+/// creation and start times in whole seconds, and accounting rule 3 counts a pod that started
+/// in the second its binding was created: a test that needs "started before it was bound"
+/// creates the binding only after this.
+pub async fn next_second_after(since: jiff::Timestamp) {
+    let boundary = jiff::Timestamp::from_second(since.as_second() + 1).expect("a time in range");
+    let wait = boundary.duration_since(jiff::Timestamp::now());
+    if wait.is_positive() {
+        tokio::time::sleep(wait.unsigned_abs()).await;
+    }
+}
+
 /// Waits until the object satisfies `cond` (through a watch, not a sleep) and returns it. On
 /// a timeout, the failure shows the object's last status.
 pub async fn wait_for<K>(api: &Api<K>, name: &str, what: &str, cond: impl Fn(&K) -> bool) -> K

@@ -46,7 +46,7 @@ pub fn intent(tb: &TokenBudget, spec: &Result<ValidBudget, SpecErrors>, observed
             plan: None,
         };
     };
-    let (mut status, usage_conditions) = account::usage_status(spec, &cycle.account, &cycle.window, now);
+    let (mut status, usage_conditions) = account::usage_status(spec, &cycle.account, &cycle.window);
     let mut conditions = vec![ready];
     conditions.extend(usage_conditions);
     let exhausted_since = conditions
