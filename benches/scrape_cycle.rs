@@ -60,7 +60,7 @@ use tokenbudget::{
     usage::{
         Extractor, Usage,
         account::Account,
-        cycle::{self, Binding},
+        cycle::{self, Binding, Times},
         scrape::{ScrapeError, Scraper, Target},
     },
     validate::{self, ValidBinding},
@@ -510,11 +510,16 @@ fn measure(options: &Options, concurrency: usize) {
         let mut account = Account::open("bench", None);
         account.begin_period(cluster.now);
         let is_expected = |u: &Usage| *u == expected;
-        let targets: Vec<Target> = cycle::plan(&cluster.bindings(), &cluster.snapshot)
-            .scrapes
-            .into_iter()
-            .map(|s| s.target)
-            .collect();
+        let targets: Vec<Target> = cycle::plan(
+            &cluster.bindings(),
+            &cluster.snapshot,
+            account.ledger().bound(),
+            cluster.times(),
+        )
+        .scrapes
+        .into_iter()
+        .map(|s| s.target)
+        .collect();
         let extractor = cluster.binding.extractor.clone();
 
         // Until every endpoint answers; the first complete cycle opens all connections.
@@ -692,10 +697,17 @@ impl Cluster {
         }
     }
 
+    fn times(&self) -> Times {
+        Times {
+            now: self.now,
+            budget_created: "2026-11-01T00:00:00Z".parse().expect("a timestamp"),
+        }
+    }
+
     fn bindings(&self) -> Vec<Binding<'_>> {
         vec![Binding {
             name: "bench",
-            created: "2026-11-01T00:00:00Z".parse().expect("a timestamp"),
+            since: "2026-11-01T00:00:00Z".parse().expect("a timestamp"),
             spec: &self.binding,
         }]
     }
@@ -710,14 +722,14 @@ impl Cluster {
         ok: impl Fn(&Usage) -> bool,
     ) -> Vec<(String, String)> {
         let bindings = self.bindings();
-        let plan = cycle::plan(&bindings, &self.snapshot);
+        let plan = cycle::plan(&bindings, &self.snapshot, account.ledger().bound(), self.times());
         let answers = scrapes::scrape(scraper, metrics, &plan.scrapes, self.now).await;
         let targets: Vec<Target> = plan.scrapes.iter().map(|s| s.target.clone()).collect();
         let wrong = wrong(&targets, &answers.results, ok)
             .into_iter()
             .map(|(url, why)| (url.to_owned(), why))
             .collect();
-        cycle::fold(account, &bindings, plan, answers, &self.snapshot, None, self.now);
+        cycle::fold(account, &bindings, plan, answers, None, self.now);
         wrong
     }
 }

@@ -34,7 +34,12 @@ impl Tenant {
     /// says is what full cycles say. The operator's metric tells when a cycle began; an idle
     /// status is not written again, so the status itself cannot tell.
     async fn wait_cycle_after(&self, budget: &str, after: jiff::SignedDuration) -> TokenBudget {
-        let since = (jiff::Timestamp::now() + after).as_millisecond() as f64 / 1000.0;
+        self.wait_cycle_since(budget, jiff::Timestamp::now() + after).await
+    }
+
+    /// Waits until a cycle of `budget` that began after `since` is over; returns the budget.
+    async fn wait_cycle_since(&self, budget: &str, since: jiff::Timestamp) -> TokenBudget {
+        let since = since.as_millisecond() as f64 / 1000.0;
         let operator = self.operator.as_ref().expect("an operator");
         let series = format!(
             "tokenbudget_last_cycle_timestamp_seconds{{name=\"{budget}\",namespace=\"{}\"}}",
@@ -764,4 +769,39 @@ async fn assert_idle(s: &Tenant, operator: &Operator) {
     let now_bb = s.bindings.get("summarizer").await.unwrap();
     assert_eq!(now_tb.metadata.resource_version, tb.metadata.resource_version);
     assert_eq!(now_bb.metadata.resource_version, bb.metadata.resource_version);
+}
+
+/// Accounting rule 3 across budgets: a binding moved to another budget brings its pods'
+/// future tokens, not the ones the first budget already counted.
+#[tokio::test]
+async fn a_binding_moved_to_another_budget_counts_every_token_once() {
+    let s = Tenant::new("moved").await.with_operator();
+    create(&s.budgets, priced("a")).await;
+    create(&s.budgets, priced("b")).await;
+    create(&s.bindings, binding("mover", "a").deployment("agent")).await;
+    let agents = s.deploy("agent", 1).await;
+    agents[0].1.spend("gpt-4o-mini", 1000, 0);
+    s.wait_used("a", 1000).await;
+
+    let moved_at = jiff::Timestamp::now();
+    let moved = serde_json::json!({"spec": {"budgetRef": {"name": "b"}}});
+    s.bindings
+        .patch("mover", &PatchParams::default(), &Patch::Merge(&moved))
+        .await
+        .unwrap();
+    // b's first scrape of the pod: its counter then is b's baseline.
+    wait_for(&s.budgets, "b", "b to have scraped the pod", |tb| {
+        tb.status
+            .as_ref()
+            .and_then(|st| st.accounting.as_ref())
+            .is_some_and(|a| a.pods.len() == 1)
+    })
+    .await;
+    agents[0].1.spend("gpt-4o-mini", 200, 0);
+    s.wait_used("b", 200).await;
+    // The budget it left is woken by the move (it has no binding left, so nothing else
+    // would run a cycle of it for minutes), and counts nothing more.
+    let a = s.wait_cycle_since("a", moved_at).await;
+    assert_eq!(used(&a), 1000);
+    assert_eq!(used(&s.budgets.get("b").await.unwrap()), 200);
 }

@@ -429,6 +429,35 @@ pub struct AccountingState {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub bindings: Vec<BindingTokens>,
+
+    /// Since when each binding has charged this budget, and each of its workloads been bound
+    /// to it: a pod counts its whole counters at its first scrape only if it started after its
+    /// workload became bound (accounting rule 3).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["binding"]))]
+    pub bound: Vec<BoundBinding>,
+}
+
+/// A binding that charges the budget, since when, and the workloads it binds.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BoundBinding {
+    pub binding: String,
+    /// RFC 3339.
+    pub since: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["kind", "name"]))]
+    pub workloads: Vec<BoundWorkload>,
+}
+
+/// A workload bound to the budget, and since when.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BoundWorkload {
+    pub kind: WorkloadKind,
+    pub name: String,
+    /// RFC 3339.
+    pub since: String,
 }
 
 /// What the operator last saw of one pod.

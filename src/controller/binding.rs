@@ -76,13 +76,15 @@ pub fn desired_status(
         ),
     };
     let mut desired = vec![ready, budget_found];
-    // Usage only while the binding counts: valid, with its budget, and scraped at least once.
-    let usage = usage.filter(|_| budget.is_some() && valid.is_ok());
+    // Usage only while the binding counts: valid, with its budget, and scraped at least once
+    // by that budget.
+    let usage = usage.filter(|u| budget.is_some() && valid.is_ok() && u.budget == *name);
     if let Some(u) = usage {
         desired.push(account::scrape_condition(&u.report));
     }
     let status = BudgetBindingStatus {
         budget: Some(name.clone()),
+        since: Some(charging_since(bb, &existing, now)),
         workloads: usage.map(|u| u.report.workloads as i64),
         pods: usage.map(|u| u.report.pods as i64),
         scraped_pods: usage.map(|u| u.report.scraped_pods as i64),
@@ -92,6 +94,23 @@ pub fn desired_status(
         observed_generation: generation,
     };
     keep_scrape_time_when_idle(&existing, status)
+}
+
+/// Since when the binding charges its budget (`status.since`): kept while `budgetRef` names
+/// the budget the status does; the binding's creation the first time (nothing else can have
+/// counted its pods), or a status written before `since` existed; and `now` when `budgetRef`
+/// changed, so that the new budget does not count what the old one did (accounting rule 3).
+fn charging_since(bb: &BudgetBinding, existing: &BudgetBindingStatus, now: Timestamp) -> String {
+    let created = || bb.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0).to_string();
+    let since = existing.since.as_deref().map(str::parse::<Timestamp>);
+    match (&existing.budget, since) {
+        (Some(budget), Some(Ok(since))) if *budget == bb.spec.budget_ref.name => since.to_string(),
+        (Some(budget), None) if *budget == bb.spec.budget_ref.name => created(),
+        (None, _) => created(),
+        // Moved to another budget, or a `since` that is no time (written by hand). To the
+        // second below, as creation times are: never before the move.
+        (Some(_), _) => Timestamp::from_second(now.as_second()).unwrap_or(now).to_string(),
+    }
 }
 
 /// `lastScrapeTime`: the scrape time to the second.
@@ -123,13 +142,14 @@ async fn reconcile(guard: Arc<DeserializeGuard<BudgetBinding>>, ctx: Arc<Context
     let usage = ctx.binding_usage.get(&BindingRef::from_obj(guard.as_ref()));
     let new = desired_status(bb, budget.as_ref(), usage.as_ref(), ctx.clock.now());
     if bb.status.as_ref() != Some(&new) {
-        status::apply(
-            &ctx,
-            &Api::<BudgetBinding>::namespaced(ctx.client.clone(), &ns),
-            bb,
-            &new,
-        )
-        .await?;
+        let api = Api::<BudgetBinding>::namespaced(ctx.client.clone(), &ns);
+        if bb.status.as_ref().and_then(|s| s.since.as_ref()) == new.since.as_ref() {
+            status::apply(&ctx, &api, bb, &new).await?;
+        } else {
+            // A new `since` is computed from this copy of the binding: written only if it is
+            // still the latest, so that a reconcile of an older copy cannot move it again.
+            status::apply_unchanged(&ctx, &api, bb, &new).await?;
+        }
         let old = bb.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
         events::announce_not_ready(&ctx, bb, old, &new.conditions).await;
     }
@@ -140,16 +160,19 @@ async fn reconcile(guard: Arc<DeserializeGuard<BudgetBinding>>, ctx: Arc<Context
 /// that wakes the bindings referring to a budget when it appears, changes or goes away.
 ///
 /// `wake_budgets` hears the budget of every binding that is created, deleted or whose spec
-/// changes (its status writes, every cycle, do not count: they would start the next cycle at
-/// once), after the binding store has seen the change.
+/// changes, or whose status names a budget (`budget` and `since`, with which the budget
+/// begins counting it) anew; its other status writes, every cycle, do not count: they would
+/// start the next cycle at once. It hears them after the binding store has seen the change.
 pub fn controller(
     bindings: Api<DeserializeGuard<BudgetBinding>>,
     budgets: Api<DeserializeGuard<TokenBudget>>,
     wake_budgets: futures::channel::mpsc::UnboundedSender<BudgetRef>,
 ) -> Controller<DeserializeGuard<BudgetBinding>> {
-    // Each binding's generation and budget as last seen: a binding that moves to another
-    // budget wakes the one it left too, which stops counting its pods at once.
-    let mut seen: HashMap<BindingRef, (Option<i64>, Option<BudgetRef>)> = HashMap::new();
+    // Each binding's generation, budget and status (`budget`, `since`) as last seen: a binding
+    // that moves to another budget wakes the one it left too, which stops counting its pods
+    // at once.
+    type Seen = (Option<i64>, Option<BudgetRef>, Option<(String, String)>);
+    let mut seen: HashMap<BindingRef, Seen> = HashMap::new();
     let controller = super::guarded_controller(bindings, move |event| {
         use kube::runtime::watcher::Event;
         let (guard, deleted) = match event {
@@ -165,15 +188,23 @@ pub fn controller(
             .ok()
             .map(|bb| BudgetRef::new(&bb.spec.budget_ref.name).within(&ns));
         let generation = guard.meta().generation;
+        let charging = guard.0.as_ref().ok().and_then(|bb| {
+            let status = bb.status.as_ref()?;
+            Some((status.budget.clone()?, status.since.clone()?))
+        });
         let before = if deleted {
             seen.remove(&key)
         } else {
-            seen.insert(key, (generation, budget.clone()))
+            seen.insert(key, (generation, budget.clone(), charging.clone()))
         };
-        if !deleted && before.as_ref().is_some_and(|(g, _)| *g == generation) {
+        if !deleted
+            && before
+                .as_ref()
+                .is_some_and(|(g, _, c)| *g == generation && *c == charging)
+        {
             return;
         }
-        let left = before.and_then(|(_, b)| b).filter(|b| Some(b) != budget.as_ref());
+        let left = before.and_then(|(_, b, _)| b).filter(|b| Some(b) != budget.as_ref());
         for budget in budget.into_iter().chain(left) {
             let _ = wake_budgets.unbounded_send(budget);
         }
@@ -259,6 +290,7 @@ mod tests {
         let mut bb: BudgetBinding = serde_yaml::from_str(BINDING).unwrap();
         let tb: TokenBudget = serde_yaml::from_str(BUDGET).unwrap();
         let usage = |tokens: u64, at: &str| BindingUsage {
+            budget: "research".into(),
             report: account::BindingReport {
                 name: "s".into(),
                 pods: 1,
@@ -290,5 +322,30 @@ mod tests {
         let ready = conditions::find(&status.conditions, "Ready").unwrap();
         assert_eq!(ready.reason, "InvalidSpec");
         assert!(conditions::is_true(&status.conditions, "BudgetFound"));
+    }
+
+    #[test]
+    fn a_binding_charges_since_its_creation_and_a_moved_one_since_the_move() {
+        let mut bb: BudgetBinding = serde_yaml::from_str(BINDING).unwrap();
+        bb.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            "2026-11-01T00:00:00Z".parse().unwrap(),
+        ));
+        let since = |bb: &BudgetBinding| desired_status(bb, None, None, now()).since;
+        // New: since its creation; nothing else counted its pods.
+        assert_eq!(since(&bb).as_deref(), Some("2026-11-01T00:00:00Z"));
+        // Kept while it charges the same budget, whatever else changes.
+        bb.status = Some(desired_status(&bb, None, None, now()));
+        bb.spec.workloads.clear();
+        assert_eq!(since(&bb).as_deref(), Some("2026-11-01T00:00:00Z"));
+        // Moved to another budget: since now.
+        bb.spec.budget_ref.name = "other".into();
+        assert_eq!(since(&bb).as_deref(), Some("2026-11-28T12:00:00Z"));
+        // A status written before `since` existed: since its creation.
+        bb.spec.budget_ref.name = "research".into();
+        bb.status.as_mut().unwrap().since = None;
+        assert_eq!(since(&bb).as_deref(), Some("2026-11-01T00:00:00Z"));
+        // A `since` that is no time, written by hand: since now.
+        bb.status.as_mut().unwrap().since = Some("yesterday".into());
+        assert_eq!(since(&bb).as_deref(), Some("2026-11-28T12:00:00Z"));
     }
 }

@@ -179,6 +179,16 @@ impl BudgetBinding {
         .expect("a binding")
     }
 
+    /// As the binding controller leaves a new binding: charging its budget since its creation.
+    pub fn charging(self) -> Self {
+        let status = BudgetBindingStatus {
+            budget: Some(self.spec.budget_ref.name.clone()),
+            since: Some("2026-10-01T00:00:00Z".into()),
+            ..Default::default()
+        };
+        self.with_status(status)
+    }
+
     pub fn with_status(mut self, status: BudgetBindingStatus) -> Self {
         self.status = Some(status);
         self
@@ -373,10 +383,20 @@ impl ApiServerVerifier {
         request
     }
 
-    /// A server-side apply of the binding's whole status; returns it.
+    /// A server-side apply of the binding's whole status; returns it. A status that sets
+    /// `since` anew is written only if `bb` is still the latest version of the binding.
     pub async fn binding_status_applied(&mut self, bb: &BudgetBinding) -> BudgetBindingStatus {
         let path = format!("{BINDINGS}/{}/status", bb.name_any());
-        let request = self.expect("the binding's status", Method::PATCH, &path).await;
+        let mut request = self.expect("the binding's status", Method::PATCH, &path).await;
+        let old_since = bb.status.as_ref().and_then(|s| s.since.as_deref());
+        if request.body["status"]["since"].as_str() != old_since {
+            let precondition = request.body.as_object_mut().and_then(|o| o.remove("metadata"));
+            assert_eq!(
+                precondition,
+                Some(json!({"resourceVersion": bb.resource_version()})),
+                "a new since, written on the binding's version only"
+            );
+        }
         assert_server_side_apply(&request, "tokenbudget.io/v1alpha1", "BudgetBinding");
         let status: BudgetBindingStatus =
             serde_json::from_value(request.body["status"].clone()).expect("a BudgetBinding status");
@@ -492,9 +512,15 @@ fn assert_server_side_apply(request: &Received, api_version: &str, kind: &str) {
         (&request.body["apiVersion"], &request.body["kind"]),
         (&json!(api_version), &json!(kind))
     );
+    let mut fields: Vec<&str> = request
+        .body
+        .as_object()
+        .map(|o| o.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    fields.sort_unstable();
     assert_eq!(
-        request.body.as_object().map(|o| o.len()),
-        Some(3),
+        fields,
+        ["apiVersion", "kind", "status"],
         "only apiVersion, kind and status: {}",
         request.body
     );

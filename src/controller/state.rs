@@ -115,6 +115,9 @@ impl Drop for Lease<'_> {
 /// What a budget's last cycle saw of one binding.
 #[derive(Clone, Debug)]
 pub struct BindingUsage {
+    /// The budget whose cycle it was: a binding moved to another budget shows nothing of
+    /// the old one's.
+    pub budget: String,
     pub report: BindingReport,
     pub scraped_at: Timestamp,
 }
@@ -136,13 +139,14 @@ impl BindingUsages {
         }
     }
 
-    /// Hands over what a cycle of a budget in `namespace` saw of its bindings, and wakes
+    /// Hands over what a cycle of `budget` in `namespace` saw of its bindings, and wakes
     /// their controller.
-    pub fn hand_over(&self, namespace: &str, reports: &[BindingReport], scraped_at: Timestamp) {
+    pub fn hand_over(&self, namespace: &str, budget: &str, reports: &[BindingReport], scraped_at: Timestamp) {
         let mut usage = lock(&self.usage);
         for report in reports {
             let binding: BindingRef = ObjectRef::new(&report.name).within(namespace);
             let seen = BindingUsage {
+                budget: budget.to_string(),
                 report: report.clone(),
                 scraped_at,
             };
@@ -199,7 +203,7 @@ mod tests {
         let (wake, _woken) = futures::channel::mpsc::unbounded();
         let usages = BindingUsages::new(wake);
         let now = "2026-11-30T12:00:00Z".parse().unwrap();
-        usages.hand_over("agents", &[report("kept"), report("deleted")], now);
+        usages.hand_over("agents", "research", &[report("kept"), report("deleted")], now);
         assert_eq!(usages.len(), 2);
 
         let (store, mut writer) = reflector::store();

@@ -21,19 +21,42 @@ where
     apply_named(ctx, api, &obj.name_any(), status).await
 }
 
+/// Writes `status` as the status of `obj`, only if `obj` is the latest version of the object
+/// (its `resourceVersion` is a precondition): a status computed from an older copy fails with
+/// a conflict, and the reconcile is retried on the newer one.
+pub async fn apply_unchanged<K, S>(ctx: &Context, api: &Api<K>, obj: &impl Resource, status: &S) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    S: Serialize,
+{
+    let mut patch = status_patch::<K>(status);
+    patch["metadata"] = serde_json::json!({"resourceVersion": obj.resource_version()});
+    write(ctx, api, &obj.name_any(), &patch).await
+}
+
 /// Writes `status` as the status of the object `name`.
 async fn apply_named<K, S>(ctx: &Context, api: &Api<K>, name: &str, status: &S) -> Result<(), Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     S: Serialize,
 {
-    ctx.metrics.status_writes.with_label_values(&[&K::kind(&())]).inc();
-    let patch = serde_json::json!({
+    write(ctx, api, name, &status_patch::<K>(status)).await
+}
+
+fn status_patch<K: Resource<DynamicType = ()>>(status: &impl Serialize) -> serde_json::Value {
+    serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
         "status": status,
-    });
-    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+    })
+}
+
+async fn write<K>(ctx: &Context, api: &Api<K>, name: &str, patch: &serde_json::Value) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    ctx.metrics.status_writes.with_label_values(&[&K::kind(&())]).inc();
+    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch))
         .await?;
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! finished pods, pods that are gone) are tested here on fixtures.
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     sync::Arc,
 };
 
@@ -14,11 +14,11 @@ use kube::ResourceExt;
 use super::{
     Extractor, Usage,
     account::{Account, BindingReport, MAX_REASON_BYTES, PodProblem},
-    ledger::PodObservation,
+    ledger::{Bound, BoundBy, PodObservation},
     scrape::{ScrapeError, Target},
 };
 use crate::{
-    api::TokenType,
+    api::{TokenType, WorkloadKind},
     conditions,
     validate::ValidBinding,
     workloads::{self, BoundPod, Snapshot, Unscrapable, WorkloadId},
@@ -27,9 +27,18 @@ use crate::{
 /// A valid binding of the budget, as a cycle reads it.
 pub struct Binding<'a> {
     pub name: &'a str,
-    /// When the binding was created: usage from before does not count (accounting rule 3).
-    pub created: Timestamp,
+    /// Since when it charges the budget: its `status.since`.
+    pub since: Timestamp,
     pub spec: &'a ValidBinding,
+}
+
+/// The times a cycle dates what becomes bound by.
+#[derive(Clone, Copy, Debug)]
+pub struct Times {
+    /// When the cycle began.
+    pub now: Timestamp,
+    /// When the budget was created.
+    pub budget_created: Timestamp,
 }
 
 /// One pod to scrape, through the binding at `binding` (an index into the cycle's bindings).
@@ -49,6 +58,13 @@ pub struct Plan {
     unscrapable: Vec<Failure>,
     /// Every workload the bindings name now: what enforcement acts on.
     pub bound: BTreeSet<WorkloadId>,
+    /// Since when each binding binds each of its workloads, for the ledger to keep.
+    since: Bound,
+    /// The uids of every pod bound now (scraped or not).
+    bound_pods: HashSet<String>,
+    /// Bindings that left the budget and came back since the last cycle (their `since` moved):
+    /// their pods' last counters are forgotten, and their next scrape is a baseline.
+    rejoined: Vec<String>,
 }
 
 /// A pod that could not be scraped, through the binding at `binding`.
@@ -60,13 +76,17 @@ struct Failure {
 }
 
 /// Which pod is scraped through which binding: each pod once, through the first binding (by
-/// the order given, which is by name) that binds it (accounting rule 1).
-pub fn plan(bindings: &[Binding], snapshot: &Snapshot) -> Plan {
+/// the order given, which is by name) that binds it (accounting rule 1). `previous` is since
+/// when the bindings bound their workloads at the last cycle (the ledger's).
+pub fn plan(bindings: &[Binding], snapshot: &Snapshot, previous: &Bound, times: Times) -> Plan {
     let mut plan = Plan {
         scrapes: Vec::new(),
         reports: Vec::with_capacity(bindings.len()),
         unscrapable: Vec::new(),
         bound: BTreeSet::new(),
+        since: Bound::new(),
+        bound_pods: HashSet::new(),
+        rejoined: Vec::new(),
     };
     let mut claimed: HashSet<String> = HashSet::new();
     for (index, binding) in bindings.iter().enumerate() {
@@ -79,9 +99,17 @@ pub fn plan(bindings: &[Binding], snapshot: &Snapshot) -> Plan {
             pods: resolution.pods.len(),
             ..Default::default()
         };
+        if previous.get(binding.name).is_some_and(|by| rejoined(by, binding)) {
+            plan.rejoined.push(binding.name.to_string());
+        }
+        plan.since.insert(
+            binding.name.to_string(),
+            bound_by(binding, &resolution.workloads, snapshot, previous, times),
+        );
         plan.bound.extend(resolution.workloads);
         for bound in resolution.pods {
             let Some(pod_uid) = bound.pod.uid() else { continue };
+            plan.bound_pods.insert(pod_uid.clone());
             if !claimed.insert(pod_uid.clone()) {
                 // Counted through an earlier binding: rule 1, once per budget.
                 report.scraped_pods += 1;
@@ -118,6 +146,54 @@ pub fn plan(bindings: &[Binding], snapshot: &Snapshot) -> Plan {
     plan
 }
 
+/// Since when `binding` charges the budget and binds each of `workloads` (accounting rule 3).
+/// What the last cycle recorded stands, unless the binding's own `since` is later: then it
+/// left the budget and came back, and [`Plan::rejoined`] says so. A binding new to the budget
+/// charges it since its `since` (or since the budget was created, if later). A workload new to a binding
+/// is bound since it was created if that was after the binding began charging the budget (a
+/// workload created to match it); otherwise it joined later, relabelled into a selector or
+/// added to the binding's list, and is bound from now on. So a pod's tokens that another
+/// budget counted, or that were spent before it was bound, are never counted here.
+fn bound_by(
+    binding: &Binding,
+    workloads: &[WorkloadId],
+    snapshot: &Snapshot,
+    previous: &Bound,
+    times: Times,
+) -> BoundBy {
+    let known = previous.get(binding.name).filter(|by| !rejoined(by, binding));
+    let since = match known {
+        Some(by) => by.since,
+        None => binding.since.max(times.budget_created),
+    };
+    let created = |id: &WorkloadId| {
+        snapshot
+            .workload_metas()
+            .find(|(kind, meta)| *kind == id.kind && meta.name.as_deref() == Some(id.name.as_str()))
+            .and_then(|(_, meta)| meta.creation_timestamp.as_ref().map(|t| t.0))
+    };
+    let workloads = workloads
+        .iter()
+        .map(|id| {
+            let key = (id.kind, id.name.clone());
+            let recorded = known.and_then(|by| by.workloads.get(&key)).copied();
+            let at = recorded.unwrap_or_else(|| match created(id) {
+                Some(created) if created >= since => created.min(times.now),
+                _ if known.is_none() => since,
+                _ => times.now,
+            });
+            (key, at)
+        })
+        .collect();
+    BoundBy { since, workloads }
+}
+
+/// Whether `binding` charges the budget since later than the last cycle recorded: it left the
+/// budget and came back meanwhile.
+fn rejoined(recorded: &BoundBy, binding: &Binding) -> bool {
+    recorded.since.as_second() < binding.since.as_second()
+}
+
 /// What a cycle's scrapes answered, in the order of the plan's scrapes, and when the last
 /// answer was in.
 pub struct Answers {
@@ -126,15 +202,14 @@ pub struct Answers {
 }
 
 /// Folds a cycle's answers into the account: each successful scrape into the ledger, each
-/// failure into the binding's problems; pods that are gone from `snapshot` are forgotten
-/// (their tokens stay counted); and a burn-rate sample at `now`. Returns the bindings'
+/// failure into the binding's problems; pods no longer bound are forgotten (their tokens stay
+/// counted); since when each workload is bound; and a burn-rate sample at `now`. Returns the bindings'
 /// reports with their tokens.
 pub fn fold(
     account: &mut Account,
     bindings: &[Binding],
     plan: Plan,
     answers: Answers,
-    snapshot: &Snapshot,
     token_types: Option<&[TokenType]>,
     now: Timestamp,
 ) -> Vec<BindingReport> {
@@ -142,14 +217,31 @@ pub fn fold(
         scrapes,
         mut reports,
         unscrapable: mut failures,
+        since,
+        bound_pods,
+        rejoined,
         ..
     } = plan;
+    for binding in &rejoined {
+        account.ledger_mut().forget_pods_of(binding);
+    }
+    // A workload bound by several bindings is bound since the earliest.
+    let mut workload_since: HashMap<(WorkloadKind, &str), Timestamp> = HashMap::new();
+    for ((kind, name), at) in since.values().flat_map(|by| &by.workloads) {
+        let entry = workload_since.entry((*kind, name.as_str())).or_insert(*at);
+        *entry = (*entry).min(*at);
+    }
     for (scrape, result) in scrapes.into_iter().zip(answers.results) {
         let binding = &bindings[scrape.binding];
         let pod = &scrape.pod.pod;
+        let workload = &scrape.pod.workload;
+        let bound_since = workload_since
+            .get(&(workload.kind, workload.name.as_str()))
+            .copied()
+            .unwrap_or(now);
         match result {
             Ok(usage) => {
-                observe(account, binding, &scrape.pod, &usage, answers.answered_at);
+                observe(account, binding, &scrape.pod, &usage, bound_since, answers.answered_at);
                 reports[scrape.binding].scraped_pods += 1;
             }
             Err(e) => failures.push(Failure {
@@ -168,7 +260,8 @@ pub fn fold(
             new,
         });
     }
-    forget_gone_pods(account, snapshot);
+    forget_unbound_pods(account, &bound_pods);
+    account.ledger_mut().set_bound(since);
     for report in &mut reports {
         report.used_tokens = account.ledger().binding_tokens(&report.name);
     }
@@ -178,7 +271,14 @@ pub fn fold(
 }
 
 /// Folds one pod's scraped usage into the ledger.
-fn observe(account: &mut Account, binding: &Binding, bound: &BoundPod, usage: &Usage, scraped_at: Timestamp) {
+fn observe(
+    account: &mut Account,
+    binding: &Binding,
+    bound: &BoundPod,
+    usage: &Usage,
+    bound_since: Timestamp,
+    scraped_at: Timestamp,
+) {
     let pod = &bound.pod;
     let (uid, name) = (pod.uid().unwrap_or_default(), pod.name_any());
     let container = workloads::metrics_container(pod, &binding.spec.endpoint.port);
@@ -189,21 +289,21 @@ fn observe(account: &mut Account, binding: &Binding, bound: &BoundPod, usage: &U
         workload: (bound.workload.kind, &bound.workload.name),
         restarts: workloads::restarts(pod, container),
         started_at: pod.status.as_ref().and_then(|s| s.start_time.as_ref()).map(|t| t.0),
-        binding_created: binding.created,
+        bound_since,
         container_started: workloads::container_started(pod, container),
         scraped_at,
     };
     account.ledger_mut().observe(&observation, usage);
 }
 
-/// Pods that are gone from the cluster are gone from the ledger (their totals stay). Pods that
-/// still exist but are no longer bound keep their baseline.
-fn forget_gone_pods(account: &mut Account, snapshot: &Snapshot) {
-    let existing: HashSet<String> = snapshot.pods.iter().filter_map(|p| p.uid()).collect();
+/// Pods that are no longer bound to the budget (gone from the cluster, or unbound) are gone
+/// from the ledger; what they counted stays in the totals. A pod bound again later starts
+/// from a baseline (accounting rule 3): what it spent meanwhile is not this budget's.
+fn forget_unbound_pods(account: &mut Account, bound: &HashSet<String>) {
     let gone: Vec<String> = account
         .ledger()
         .pod_uids()
-        .filter(|uid| !existing.contains(*uid))
+        .filter(|uid| !bound.contains(*uid))
         .map(String::from)
         .collect();
     for uid in gone {
@@ -234,7 +334,7 @@ mod tests {
             .iter()
             .map(|(name, spec)| Binding {
                 name,
-                created: "2026-11-01T00:00:00Z".parse().unwrap(),
+                since: "2026-11-01T00:00:00Z".parse().unwrap(),
                 spec,
             })
             .collect()
@@ -259,7 +359,7 @@ mod tests {
         snapshot: &Snapshot,
         answer: impl Fn(&ValidBinding, &str) -> Result<Usage, ScrapeError>,
     ) -> Vec<BindingReport> {
-        let plan = plan(bindings, snapshot);
+        let plan = plan(bindings, snapshot, account.ledger().bound(), times());
         let results = plan
             .scrapes
             .iter()
@@ -270,7 +370,14 @@ mod tests {
             results,
             answered_at: now,
         };
-        fold(account, bindings, plan, answers, snapshot, None, now)
+        fold(account, bindings, plan, answers, None, now)
+    }
+
+    fn times() -> Times {
+        Times {
+            now: NOW.parse().unwrap(),
+            budget_created: "2026-11-01T00:00:00Z".parse().unwrap(),
+        }
     }
 
     fn account() -> Account {
@@ -295,7 +402,7 @@ mod tests {
                 ),
             ),
         ];
-        let plan = plan(&bindings(&specs), &snapshot());
+        let plan = plan(&bindings(&specs), &snapshot(), &Bound::new(), times());
         assert_eq!(
             names(&plan),
             [(0, "summarizer-abc-1".to_string()), (0, "summarizer-old-1".to_string())]
@@ -378,5 +485,146 @@ mod tests {
         assert!(!account.ledger().contains_pod("uid-summarizer-old-1"));
         assert!(account.ledger().contains_pod("uid-summarizer-abc-1"));
         assert_eq!(reports[0].used_tokens, 60, "the gone pod's tokens still count");
+    }
+}
+
+#[cfg(test)]
+mod bound_since {
+    //! Accounting rule 3: a pod seen for the first time counts its whole counters only if it
+    //! started after its workload became bound to the budget.
+    use super::*;
+    use crate::{api::BudgetBindingSpec, validate, workloads::fixtures::snapshot};
+
+    /// The summarizer pods of the fixture, started on 2026-11-10.
+    fn started_snapshot() -> Snapshot {
+        let mut snapshot = snapshot();
+        for pod in &mut snapshot.pods {
+            let mut p = (**pod).clone();
+            if let Some(status) = p.status.as_mut() {
+                status.start_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    "2026-11-10T00:00:00Z".parse().unwrap(),
+                ));
+            }
+            *pod = Arc::new(p);
+        }
+        snapshot
+    }
+
+    /// What the last cycle recorded of binding `s`: since 2026-11-01, binding `workload`.
+    fn known(kind: WorkloadKind, workload: &str) -> Bound {
+        let since: Timestamp = "2026-11-01T00:00:00Z".parse().unwrap();
+        let by = BoundBy {
+            since,
+            workloads: [((kind, workload.to_string()), since)].into(),
+        };
+        [("s".to_string(), by)].into()
+    }
+
+    /// Tokens counted by one cycle of binding `s` (charging the budget since `since`) whose pods
+    /// each report 100 input tokens, given what the ledger knew of the bindings before.
+    fn counted(since: &str, previous: Bound) -> u64 {
+        counted_in(started_snapshot(), since, previous)
+    }
+
+    fn counted_in(snapshot: Snapshot, since: &str, previous: Bound) -> u64 {
+        let mut account = Account::open("uid", None);
+        account.begin_period("2026-11-01T00:00:00Z".parse().unwrap());
+        account.ledger_mut().set_bound(previous);
+        cycle(&mut account, &snapshot, since, 100);
+        account.ledger().used_tokens(None)
+    }
+
+    /// One cycle of binding `s`, charging the budget since `since`, whose pods each report
+    /// `input` tokens.
+    fn cycle(account: &mut Account, snapshot: &Snapshot, since: &str, input: u64) {
+        let spec: BudgetBindingSpec =
+            serde_yaml::from_str("budgetRef: {name: b}\nworkloads: [{kind: Deployment, name: summarizer}]").unwrap();
+        let spec = validate::binding(&spec).unwrap();
+        let bindings = [Binding {
+            name: "s",
+            since: since.parse().unwrap(),
+            spec: &spec,
+        }];
+        let times = Times {
+            now: "2026-11-30T12:00:00Z".parse().unwrap(),
+            budget_created: "2026-10-01T00:00:00Z".parse().unwrap(),
+        };
+        let plan = plan(&bindings, snapshot, account.ledger().bound(), times);
+        let body = format!(
+            "gen_ai_client_token_usage_sum{{gen_ai_token_type=\"input\",gen_ai_request_model=\"m\"}} {input}\n"
+        );
+        let results = plan
+            .scrapes
+            .iter()
+            .map(|_| Ok(spec.extractor.extract(body.as_bytes()).unwrap()))
+            .collect();
+        let answers = Answers {
+            results,
+            answered_at: times.now,
+        };
+        fold(account, &bindings, plan, answers, None, times.now);
+    }
+
+    /// Charging since before the pods started (2026-11-10).
+    const BEFORE: &str = "2026-11-01T00:00:00Z";
+    /// Charging since after the pods started: the binding moved here on 2026-11-20.
+    const MOVED: &str = "2026-11-20T00:00:00Z";
+
+    #[test]
+    fn a_new_binding_counts_pods_started_since_it_charges_the_budget() {
+        assert_eq!(counted(BEFORE, Bound::new()), 200);
+    }
+
+    #[test]
+    fn a_binding_moved_from_another_budget_counts_only_from_then() {
+        // What its pods spent before was the other budget's.
+        assert_eq!(counted(MOVED, Bound::new()), 0);
+    }
+
+    #[test]
+    fn a_binding_that_left_and_came_back_starts_from_a_baseline() {
+        let mut account = Account::open("uid", None);
+        account.begin_period("2026-11-01T00:00:00Z".parse().unwrap());
+        let snapshot = started_snapshot();
+        cycle(&mut account, &snapshot, BEFORE, 100);
+        assert_eq!(account.ledger().used_tokens(None), 200);
+        // Still here: 50 more per pod.
+        cycle(&mut account, &snapshot, BEFORE, 150);
+        assert_eq!(account.ledger().used_tokens(None), 300);
+        // It charged another budget meanwhile (its `since` moved): what its pods spent then
+        // was that budget's; from here on it counts again.
+        cycle(&mut account, &snapshot, MOVED, 400);
+        assert_eq!(account.ledger().used_tokens(None), 300);
+        cycle(&mut account, &snapshot, MOVED, 410);
+        assert_eq!(account.ledger().used_tokens(None), 320);
+    }
+
+    #[test]
+    fn a_workload_relabelled_into_a_known_binding_counts_only_from_now() {
+        // The fixture's Deployment is older than the binding's charging (it has no creation
+        // time): it joined the binding later.
+        assert_eq!(counted(BEFORE, known(WorkloadKind::StatefulSet, "memory")), 0);
+    }
+
+    #[test]
+    fn a_workload_created_after_its_binding_counts_from_its_creation() {
+        let mut snapshot = started_snapshot();
+        for d in &mut snapshot.deployments {
+            let mut new = (**d).clone();
+            new.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-11-05T00:00:00Z".parse().unwrap(),
+            ));
+            *d = Arc::new(new);
+        }
+        // Known to the budget before the Deployment existed.
+        assert_eq!(
+            counted_in(snapshot, BEFORE, known(WorkloadKind::StatefulSet, "memory")),
+            200
+        );
+    }
+
+    #[test]
+    fn a_workload_bound_all_along_keeps_its_time() {
+        assert_eq!(counted(BEFORE, known(WorkloadKind::Deployment, "summarizer")), 200);
     }
 }

@@ -29,8 +29,8 @@ use jiff::Timestamp;
 
 use super::Usage;
 use crate::api::{
-    AccountingState, BindingTokens, ModelTokens, PodLedger, PodWorkload, SeriesCounter, TokenType, WorkloadKind,
-    WorkloadTokens,
+    AccountingState, BindingTokens, BoundBinding, BoundWorkload, ModelTokens, PodLedger, PodWorkload, SeriesCounter,
+    TokenType, WorkloadKind, WorkloadTokens,
 };
 
 /// The largest value the ledger stores: what fits the API's `i64`.
@@ -52,8 +52,8 @@ pub struct PodObservation<'a> {
     pub restarts: u64,
     /// `status.startTime`; `None` (not started yet) makes a new pod a baseline only.
     pub started_at: Option<Timestamp>,
-    /// `metadata.creationTimestamp` of the binding that scraped it.
-    pub binding_created: Timestamp,
+    /// Since when the pod's workload has been bound to the budget (see [`Bound`]).
+    pub bound_since: Timestamp,
     /// When that container started (`state.running.startedAt`), if known: tells a restart
     /// that an earlier scrape already saw (reported late by the kubelet) from one that came
     /// after it.
@@ -103,6 +103,21 @@ pub struct Ledger {
     models: BTreeMap<String, [u64; 2]>,
     workloads: BTreeMap<(WorkloadKind, String), u64>,
     bindings: BTreeMap<String, u64>,
+    /// Since when each binding charges the budget and binds each of its workloads. Not part of
+    /// a period: it outlives resets.
+    bound: Bound,
+}
+
+/// Since when each binding (by name) charges the budget, and binds each of its workloads.
+pub type Bound = BTreeMap<String, BoundBy>;
+
+/// What one binding binds to the budget, and since when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundBy {
+    /// Since when the binding charges the budget.
+    pub since: Timestamp,
+    /// (kind, name) -> since when the workload is bound through it.
+    pub workloads: BTreeMap<(WorkloadKind, String), Timestamp>,
 }
 
 impl Ledger {
@@ -155,6 +170,15 @@ impl Ledger {
         }
         for b in &state.bindings {
             ledger.bindings.insert(b.name.clone(), from_i64(b.tokens));
+        }
+        for b in &state.bound {
+            let Ok(since) = b.since.parse() else { continue };
+            let workloads = b
+                .workloads
+                .iter()
+                .filter_map(|w| Some(((w.kind, w.name.clone()), w.since.parse().ok()?)))
+                .collect();
+            ledger.bound.insert(b.binding.clone(), BoundBy { since, workloads });
         }
         ledger
     }
@@ -219,6 +243,23 @@ impl Ledger {
                     tokens: to_i64(*tokens),
                 })
                 .collect(),
+            bound: self
+                .bound
+                .iter()
+                .map(|(binding, by)| BoundBinding {
+                    binding: binding.clone(),
+                    since: by.since.to_string(),
+                    workloads: by
+                        .workloads
+                        .iter()
+                        .map(|((kind, name), since)| BoundWorkload {
+                            kind: *kind,
+                            name: name.clone(),
+                            since: since.to_string(),
+                        })
+                        .collect(),
+                })
+                .collect(),
         }
     }
 
@@ -233,7 +274,8 @@ impl Ledger {
     ///   series for a while (or a second binding reading other series of the pod) never makes it
     ///   count twice.
     /// - A new pod counts its whole counters if it started inside the current period and not
-    ///   before its binding was created (`started_at >= max(period_start, binding_created)`);
+    ///   before its workload became bound to the budget (`started_at >= max(period_start,
+    ///   bound_since)`);
     ///   otherwise, or when either time is unknown, its values are only the baseline.
     /// - The increase is charged to the pod's first binding and workload, whichever binding
     ///   scraped it now: a second binding calling with the same values adds 0.
@@ -272,7 +314,7 @@ impl Ledger {
             }
             None => {
                 let counts = match (pod.started_at, self.period_start) {
-                    (Some(started), Some(period_start)) => started >= period_start.max(pod.binding_created),
+                    (Some(started), Some(period_start)) => started >= period_start.max(pod.bound_since),
                     _ => false,
                 };
                 let mut counters = BTreeMap::new();
@@ -344,6 +386,21 @@ impl Ledger {
         }
         self.reset(period_start);
         true
+    }
+
+    /// Since when each binding binds each of its workloads.
+    pub fn bound(&self) -> &Bound {
+        &self.bound
+    }
+
+    /// Forgets the last counters of every pod counted through `binding` (their totals stay).
+    pub fn forget_pods_of(&mut self, binding: &str) {
+        self.pods.retain(|_, pod| pod.binding != binding);
+    }
+
+    /// Replaces what the bindings bind, and since when.
+    pub fn set_bound(&mut self, bound: Bound) {
+        self.bound = bound;
     }
 
     /// The start of the period the totals belong to.
@@ -494,7 +551,7 @@ mod tests {
             workload: (WorkloadKind::Deployment, "summarizer"),
             restarts: 0,
             started_at: Some(ts("2026-11-02T00:00:00Z")),
-            binding_created: ts("2026-10-15T00:00:00Z"),
+            bound_since: ts("2026-10-15T00:00:00Z"),
             container_started: None,
             scraped_at: ts("2026-11-10T00:00:00Z"),
         }
@@ -696,7 +753,7 @@ mod tests {
         let binding_later = ts("2026-11-05T00:00:00Z");
         let at_binding = PodObservation {
             started_at: Some(binding_later),
-            binding_created: binding_later,
+            bound_since: binding_later,
             container_started: None,
             ..pod("q")
         };
@@ -713,7 +770,7 @@ mod tests {
             },
             // Started in the period but before its binding was created.
             PodObservation {
-                binding_created: ts("2026-11-03T00:00:00Z"),
+                bound_since: ts("2026-11-03T00:00:00Z"),
                 container_started: None,
                 ..pod("p")
             },
@@ -1100,7 +1157,7 @@ mod tests {
         base: Timestamp,
         now: i64,
         period_start: Timestamp,
-        binding_created: [Timestamp; 2],
+        bound_since: [Timestamp; 2],
         pods: [Option<SimPod>; 4],
         next_uid: usize,
         ledger: Ledger,
@@ -1114,7 +1171,7 @@ mod tests {
                 base,
                 now: 0,
                 period_start: base,
-                binding_created: [base, base + jiff::SignedDuration::from_secs(b_created_after)],
+                bound_since: [base, base + jiff::SignedDuration::from_secs(b_created_after)],
                 pods: Default::default(),
                 next_uid: 0,
                 ledger: Ledger::new(base),
@@ -1130,7 +1187,7 @@ mod tests {
         fn can_scrape(&self, slot: usize, b: usize) -> bool {
             self.pods[slot]
                 .as_ref()
-                .is_some_and(|p| p.bound[b] && self.binding_created[b] <= self.time())
+                .is_some_and(|p| p.bound[b] && self.bound_since[b] <= self.time())
         }
 
         /// A successful scrape: the ledger's count must be exactly the oracle's.
@@ -1142,7 +1199,7 @@ mod tests {
             } else {
                 pod.scraped = true;
                 pod.owner = Some(b);
-                pod.started_at >= self.period_start.max(self.binding_created[b])
+                pod.started_at >= self.period_start.max(self.bound_since[b])
             };
             // A restart the status reports for the first time: the counters are all new if its
             // container started after the last scrape (count from zero); if not, that scrape
@@ -1193,11 +1250,11 @@ mod tests {
                 workload: (kind, name),
                 restarts: pod.reported.0,
                 started_at: Some(pod.started_at),
-                binding_created: self.binding_created[b],
+                bound_since: self.bound_since[b],
                 container_started: Some(pod.reported.1),
                 scraped_at: now,
             };
-            assert!(self.binding_created[b] <= now);
+            assert!(self.bound_since[b] <= now);
             let added = self.ledger.observe(&observation, &pod.usage());
             assert_eq!(added, expected, "scrape of {} through {}", pod.uid, BINDINGS[b]);
         }

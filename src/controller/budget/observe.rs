@@ -16,7 +16,7 @@ use crate::{
     enforce::{self, observe::Holds},
     usage::{
         account::BindingReport,
-        cycle::{self, Binding},
+        cycle::{self, Binding, Times},
         period::{self, PeriodWindow},
     },
     validate::{self, ValidBinding, ValidBudget},
@@ -112,25 +112,23 @@ async fn account<'a>(
     let bindings = valid_bindings(ctx, tb);
     let bindings: Vec<Binding> = bindings
         .iter()
-        .map(|(binding, valid)| Binding {
-            name: binding.metadata.name.as_deref().unwrap_or_default(),
-            created: binding.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0),
-            spec: valid,
+        .filter_map(|(binding, valid)| {
+            Some(Binding {
+                name: binding.metadata.name.as_deref().unwrap_or_default(),
+                since: charging_since(binding, &tb.name_any())?,
+                spec: valid,
+            })
         })
         .collect();
-    let plan = cycle::plan(&bindings, snapshot);
+    let times = Times {
+        now,
+        budget_created: origin,
+    };
+    let plan = cycle::plan(&bindings, snapshot, account.ledger().bound(), times);
     let bound = plan.bound.clone();
     let answers = scrapes::scrape(&ctx.scraper, &ctx.metrics, &plan.scrapes, now).await;
     let answered = Instant::now();
-    let reports = cycle::fold(
-        &mut account,
-        &bindings,
-        plan,
-        answers,
-        snapshot,
-        spec.token_types.as_deref(),
-        now,
-    );
+    let reports = cycle::fold(&mut account, &bindings, plan, answers, spec.token_types.as_deref(), now);
     Cycle {
         account,
         window,
@@ -139,6 +137,21 @@ async fn account<'a>(
         bound,
         started_at: now,
         answered,
+    }
+}
+
+/// Since when `binding` charges the budget `budget`, as its status says; `None` until its
+/// status names the budget: a binding just created, or moved here from another budget, is
+/// counted once the binding controller has written since when (accounting rule 3), which
+/// wakes the budget. A status written before `since` existed dates from the binding's creation.
+fn charging_since(binding: &BudgetBinding, budget: &str) -> Option<Timestamp> {
+    let status = binding.status.as_ref()?;
+    if status.budget.as_deref() != Some(budget) {
+        return None;
+    }
+    match &status.since {
+        Some(since) => since.parse().ok(),
+        None => binding.metadata.creation_timestamp.as_ref().map(|t| t.0),
     }
 }
 

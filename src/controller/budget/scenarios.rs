@@ -181,7 +181,7 @@ fn exhausted() -> (TokenBudget, Deployment, Objects) {
     let summarizer = deployment("summarizer", 2, "41", &[]);
     let objects = Objects {
         budgets: vec![tb.clone()],
-        bindings: vec![BudgetBinding::test("research", "summarizer")],
+        bindings: vec![BudgetBinding::test("research", "summarizer").charging()],
         deployments: vec![summarizer.clone()],
     };
     (tb, summarizer, objects)
@@ -306,7 +306,7 @@ async fn a_deleted_budget_restores_then_removes_its_finalizer() {
     );
     let (ctx, mut api) = Context::test(Objects {
         budgets: vec![tb.clone()],
-        bindings: vec![BudgetBinding::test("research", "summarizer")],
+        bindings: vec![BudgetBinding::test("research", "summarizer").charging()],
         deployments: vec![summarizer.clone()],
     });
     let server = tokio::spawn({
