@@ -18,7 +18,7 @@ use k8s_openapi::{
         core::v1::{Container, ContainerPort, ContainerStatus, Pod},
     },
     apimachinery::pkg::{
-        apis::meta::v1::{LabelSelector, ObjectMeta},
+        apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference},
         util::intstr::IntOrString,
     },
 };
@@ -222,6 +222,37 @@ pub fn container_started(pod: &Pod, container: Option<&str>) -> Option<jiff::Tim
         .filter_map(|c| c.state.as_ref()?.running.as_ref()?.started_at.as_ref())
         .map(|t| t.0)
         .max()
+}
+
+/// The CronJob that controls a Job: its controller ownerReference, when that names a CronJob.
+/// Only a reference whose uid is the CronJob's own counts (see [`runs_of`]): a name alone is
+/// anyone's to write.
+pub fn controlling_cron_job(meta: &ObjectMeta) -> Option<&OwnerReference> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .filter(|o| o.kind == "CronJob")
+}
+
+/// The Jobs of `snapshot` that `cron_job` controls: their controller ownerReference names it,
+/// by kind, name and uid. The snapshot is one namespace, the CronJob's: a Job elsewhere is never
+/// one of its runs, whatever its ownerReferences say.
+pub fn runs_of<'a>(snapshot: &'a Snapshot, cron_job: &'a ObjectMeta) -> impl Iterator<Item = &'a Arc<Job>> + 'a {
+    snapshot.jobs.iter().filter(move |job| {
+        job.metadata.namespace == cron_job.namespace
+            && controlling_cron_job(&job.metadata)
+                .is_some_and(|o| Some(&o.uid) == cron_job.uid.as_ref() && Some(&o.name) == cron_job.name.as_ref())
+    })
+}
+
+/// Whether a Job has finished: its `Complete` or `Failed` condition is true. A finished Job
+/// runs no pod any more, suspended or not.
+pub fn job_finished(job: &Job) -> bool {
+    job.status
+        .iter()
+        .flat_map(|s| s.conditions.iter().flatten())
+        .any(|c| matches!(c.type_.as_str(), "Complete" | "Failed") && c.status == "True")
 }
 
 /// Whether a label selector selects these labels. An empty selector selects nothing here

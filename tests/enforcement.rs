@@ -367,6 +367,110 @@ async fn jobs_and_cron_jobs_are_paused_and_resumed() {
     assert_eq!(annotation(&held.metadata, SUSPENDED), None);
 }
 
+/// Suspending a CronJob stops new runs, not the running one, which keeps spending: its runs
+/// are suspended with it, one created just before the suspension too, and the restore resumes
+/// exactly the runs the operator suspended, never one its owner suspended.
+#[tokio::test]
+async fn the_running_jobs_of_a_cron_job_are_suspended_with_it_and_resumed_exactly() {
+    let mut s = Tenant::new("cron-job-runs").await.with_operator();
+    let jobs: Api<Job> = s.api();
+    let cron_jobs: Api<CronJob> = s.api();
+    let nightly = create(&cron_jobs, cron_job("nightly")).await;
+    // The test plays the CronJob controller: a running run, and one its owner suspended.
+    create(&jobs, run_of(&nightly, "nightly-1")).await;
+    create(&jobs, run_of(&nightly, "nightly-held").suspended()).await;
+    s.run_pods("nightly", 1).await;
+    create(&s.budgets, scaling("research", 100)).await;
+    let bb = binding("nightly", "research").named(WorkloadKind::CronJob, "nightly");
+    create(&s.bindings, bb).await;
+    let suspended_by_us = |j: &Job| {
+        j.spec.as_ref().and_then(|s| s.suspend) == Some(true) && annotation(&j.metadata, SUSPENDED) == Some("true")
+    };
+    let resumed = |j: &Job| {
+        j.spec.as_ref().and_then(|s| s.suspend) == Some(false) && annotation(&j.metadata, SUSPENDED).is_none()
+    };
+
+    wait_scraped(&s.bindings, "nightly", 1).await;
+    s.agents[0].spend("gpt-4o-mini", 80, 40);
+    s.wait_budget("research", "phase Exhausted", |tb| {
+        phase(tb) == Some(BudgetPhase::Exhausted)
+    })
+    .await;
+    let cron = wait_for(&cron_jobs, "nightly", "the CronJob suspended", |c| {
+        c.spec.suspend == Some(true)
+    })
+    .await;
+    assert_eq!(annotation(&cron.metadata, SUSPENDED), Some("true"));
+    wait_for(&jobs, "nightly-1", "its running Job suspended", suspended_by_us).await;
+    // The job controller ends the suspended run's pod.
+    pods_of(&s.pods, "nightly", 0).await;
+    s.wait_event("ScaledDown", "suspended Job/nightly-1 (a run of CronJob/nightly)")
+        .await;
+    let tb = s
+        .wait_budget("research", "status.enforced to list the CronJob and its run", |tb| {
+            tb.status.as_ref().is_some_and(|st| st.enforced.len() == 2)
+        })
+        .await;
+    let enforced: Vec<_> = tb
+        .status
+        .as_ref()
+        .unwrap()
+        .enforced
+        .iter()
+        .map(|e| (e.kind, e.name.as_str(), e.action.as_str()))
+        .collect();
+    assert_eq!(
+        enforced,
+        [
+            (WorkloadKind::CronJob, "nightly", "Suspend"),
+            (WorkloadKind::Job, "nightly-1", "Suspend")
+        ]
+    );
+    let held = jobs.get("nightly-held").await.unwrap();
+    assert_eq!(
+        annotation(&held.metadata, SUSPENDED),
+        None,
+        "suspended by its owner, not the budget"
+    );
+
+    // A run the CronJob controller created just before the suspension: with the next scrape an
+    // hour away, its own appearance wakes the budget, which suspends it. (A cycle still under
+    // way when it appears may suspend it first; the wake itself is unit-tested in
+    // `controller::cluster`.)
+    s.bindings
+        .patch(
+            "nightly",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"metrics": {"interval": "1h"}}})),
+        )
+        .await
+        .unwrap();
+    create(&jobs, run_of(&nightly, "nightly-2")).await;
+    wait_for(&jobs, "nightly-2", "the late run suspended", suspended_by_us).await;
+
+    // Raising the limit resumes the CronJob and the runs the operator suspended.
+    set_token_limit(&s.budgets, "research", 1_000_000).await;
+    wait_for(&cron_jobs, "nightly", "the CronJob resumed", |c| {
+        c.spec.suspend == Some(false) && annotation(&c.metadata, SUSPENDED).is_none()
+    })
+    .await;
+    wait_for(&jobs, "nightly-1", "the run resumed", resumed).await;
+    wait_for(&jobs, "nightly-2", "the late run resumed", resumed).await;
+    // Resuming them starts their pods again.
+    pods_of(&s.pods, "nightly", 2).await;
+    // The restore is done (all three Events are out): the owner's run is still suspended.
+    for what in [
+        "resumed CronJob/nightly",
+        "resumed Job/nightly-1 ",
+        "resumed Job/nightly-2 ",
+    ] {
+        s.wait_event("Restored", what).await;
+    }
+    let held = jobs.get("nightly-held").await.unwrap();
+    assert_eq!(held.spec.unwrap().suspend, Some(true));
+    assert_eq!(annotation(&held.metadata, SUSPENDED), None);
+}
+
 #[tokio::test]
 async fn a_quota_the_budget_does_not_own_is_left_alone_and_does_not_block_its_deletion() {
     let s = Tenant::new("foreign-quota").await.with_operator();

@@ -31,7 +31,10 @@ use kube::{
 use serde::de::DeserializeOwned;
 
 use super::state::BudgetRef;
-use crate::{api::BudgetBinding, workloads::Snapshot};
+use crate::{
+    api::BudgetBinding,
+    workloads::{self, Snapshot},
+};
 
 /// The reflector stores accounting reads, all of them in the operator's watch scope.
 #[derive(Clone)]
@@ -92,6 +95,24 @@ fn undone_enforcement(meta: &ObjectMeta, replicas: Option<i32>, suspended: Optio
     (scaled_up || resumed).then(|| ObjectRef::new(budget).within(meta.namespace.as_deref().unwrap_or_default()))
 }
 
+/// The budget to wake at once when a Job runs whose CronJob that budget keeps suspended: one
+/// the CronJob created just before it was suspended, or one someone resumed. Its next cycle
+/// suspends it; the Job's own annotations need not name the budget.
+fn running_under_suspension(job: &Job, cron_job: Option<&CronJob>) -> Option<BudgetRef> {
+    let cron_job = cron_job?;
+    let owner = workloads::controlling_cron_job(&job.metadata)?;
+    let annotations = cron_job.metadata.annotations.as_ref()?;
+    let budget = annotations.get(crate::enforce::BUDGET)?;
+    let ours = annotations.get(crate::enforce::SUSPENDED).is_some_and(|v| v == "true");
+    let running = job.spec.as_ref().and_then(|s| s.suspend) != Some(true) && !workloads::job_finished(job);
+    (Some(&owner.uid) == cron_job.metadata.uid.as_ref()
+        && job.metadata.namespace == cron_job.metadata.namespace
+        && ours
+        && cron_job.spec.suspend == Some(true)
+        && running)
+        .then(|| ObjectRef::new(budget).within(job.metadata.namespace.as_deref().unwrap_or_default()))
+}
+
 impl Cluster {
     /// Starts the reflectors. `terminating` receives every pod that starts terminating, so
     /// that its budget can scrape it once more at once (accounting rule 5).
@@ -131,15 +152,20 @@ impl Cluster {
             w(undone_enforcement(&o.metadata, o.spec.replicas, None))
         });
         let w = wake.clone();
+        let (cron_jobs, c) = reflect(api(client, namespace), move |o: &CronJob| {
+            w(undone_enforcement(&o.metadata, None, o.spec.suspend))
+        });
+        let owners = cron_jobs.clone();
         let (jobs, j) = reflect(api(client, namespace), move |o: &Job| {
-            w(undone_enforcement(
+            wake(undone_enforcement(
                 &o.metadata,
                 None,
                 o.spec.as_ref().and_then(|s| s.suspend),
-            ))
-        });
-        let (cron_jobs, c) = reflect(api(client, namespace), move |o: &CronJob| {
-            wake(undone_enforcement(&o.metadata, None, o.spec.suspend))
+            ));
+            let owner = workloads::controlling_cron_job(&o.metadata).and_then(|owner| {
+                owners.get(&ObjectRef::new(&owner.name).within(o.metadata.namespace.as_deref().unwrap_or_default()))
+            });
+            wake(running_under_suspension(o, owner.as_deref()))
         });
         let cluster = Cluster {
             pods: pods_reader,
@@ -299,5 +325,54 @@ mod tests {
             "nothing enforced"
         );
         assert!(undone_enforcement(&meta("{name: x}"), Some(3), None).is_none());
+    }
+
+    #[test]
+    fn a_running_job_of_a_cron_job_its_budget_suspended_wakes_the_budget() {
+        let cron_job = |annotations: &str, suspend: bool| -> CronJob {
+            serde_yaml::from_str(&format!(
+                "metadata: {{name: nightly, namespace: n, uid: c1, annotations: {annotations}}}\n\
+                 spec: {{schedule: '0 3 * * *', suspend: {suspend}, jobTemplate: {{}}}}"
+            ))
+            .expect("fixture parses")
+        };
+        let job = |uid: &str, rest: &str| -> Job {
+            serde_yaml::from_str(&format!(
+                "metadata: {{name: nightly-1, namespace: n, ownerReferences: \
+                 [{{apiVersion: batch/v1, kind: CronJob, name: nightly, uid: {uid}, controller: true}}]}}\n{rest}"
+            ))
+            .expect("fixture parses")
+        };
+        let enforced = cron_job(
+            "{tokenbudget.io/budget: research, tokenbudget.io/suspended: 'true'}",
+            true,
+        );
+        let running = job("c1", "spec: {template: {}}");
+        let woken = running_under_suspension(&running, Some(&enforced)).expect("a run of a suspended CronJob");
+        assert_eq!(
+            (woken.name.as_str(), woken.namespace.as_deref()),
+            ("research", Some("n"))
+        );
+        // Suspended already, finished, not the CronJob's (another uid), or a CronJob its owner
+        // suspended or the budget resumed: nothing to do at once.
+        let suspended = job("c1", "spec: {suspend: true, template: {}}");
+        let finished = job("c1", "status: {conditions: [{type: Failed, status: 'True'}]}");
+        let forged = job("c9", "spec: {template: {}}");
+        for (job, cron_job) in [
+            (&suspended, &enforced),
+            (&finished, &enforced),
+            (&forged, &enforced),
+            (&running, &cron_job("{tokenbudget.io/budget: research}", true)),
+            (
+                &running,
+                &cron_job(
+                    "{tokenbudget.io/budget: research, tokenbudget.io/suspended: 'true'}",
+                    false,
+                ),
+            ),
+        ] {
+            assert!(running_under_suspension(job, Some(cron_job)).is_none(), "{job:?}");
+        }
+        assert!(running_under_suspension(&running, None).is_none());
     }
 }

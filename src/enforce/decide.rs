@@ -48,6 +48,22 @@ pub struct Workload {
     /// is left to that budget. An annotation alone holds nothing.
     pub held_by: Option<String>,
     pub pods: Vec<Pod>,
+    /// CronJobs: the Jobs it controls that no other budget binds, and that are not workloads
+    /// of this budget themselves. Suspending a CronJob stops new Jobs, not the running ones:
+    /// enforcement suspends these with it.
+    pub runs: Vec<Run>,
+}
+
+/// A Job a CronJob controls (a run of it).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Run {
+    pub name: String,
+    pub resource_version: Option<String>,
+    pub annotations: BTreeMap<String, String>,
+    /// `spec.suspend`.
+    pub suspended: bool,
+    /// Complete or Failed: nothing left to stop.
+    pub finished: bool,
 }
 
 /// A pod of a workload.
@@ -130,6 +146,11 @@ pub fn decide(budget: &Budget, workloads: &[Workload], now: Timestamp) -> Plan {
                 let (plan, entry) = plan_workload(budget, &stance, w);
                 plans.extend(plan);
                 enforced.extend(entry);
+                for run in &w.runs {
+                    let (plan, entry) = plan_run(budget, &stance, w, run);
+                    plans.extend(plan);
+                    enforced.extend(entry);
+                }
             }
         }
     }
@@ -301,29 +322,84 @@ fn replica_writes(w: &Workload, current: i32, enforce: bool, want: &mut Wanted) 
 /// Jobs and CronJobs: while enforced, suspended and marked as suspended by the operator;
 /// afterwards resumed, but only if the operator suspended them.
 fn suspend_writes(w: &Workload, enforce: bool, want: &mut Wanted) -> Writes {
-    let ours = w.annotations.get(SUSPENDED).is_some_and(|v| v == "true");
+    let suspended = w.suspended == Some(true);
+    toggle_suspend(&label(w), &w.annotations, suspended, enforce, want)
+}
+
+/// The writes that keep a Job or CronJob (`label`) suspended while `enforce`, marked as the
+/// operator's doing, and that resume it afterwards only if the mark says the operator
+/// suspended it. One suspended by someone else is never marked, so never resumed.
+fn toggle_suspend(
+    label: &str,
+    annotations: &BTreeMap<String, String>,
+    suspended: bool,
+    enforce: bool,
+    want: &mut Wanted,
+) -> Writes {
+    let ours = annotations.get(SUSPENDED).is_some_and(|v| v == "true");
     let mut writes = Writes::default();
     if enforce {
-        if w.suspended != Some(true) {
+        if !suspended {
             want.insert(SUSPENDED, "true".into());
             writes.after.push(Step::Suspend(true));
             writes.notice = Some(Notice {
                 reason: "ScaledDown",
-                message: format!("suspended {}: the budget is exhausted", label(w)),
+                message: format!("suspended {label}: the budget is exhausted"),
             });
         } else if ours {
             want.insert(SUSPENDED, "true".into());
         }
     } else if ours {
-        if w.suspended == Some(true) {
+        if suspended {
             writes.before.push(Step::Suspend(false));
         }
         writes.notice = Some(Notice {
             reason: "Restored",
-            message: format!("resumed {}", label(w)),
+            message: format!("resumed {label}"),
         });
     }
     writes
+}
+
+/// The changes to a run of a CronJob `cron` (a Job it controls), and its `status.enforced`
+/// entry. While the CronJob is suspended by enforcement, its unfinished runs are suspended too
+/// (and marked, as any Job the operator suspends); otherwise, and once a run has finished
+/// (nothing left to stop), a run the operator suspended is resumed. A run someone else
+/// suspended is left as it is. Only the suspend mark is ever written on a run: the CronJob and
+/// the pods carry the budget's other annotations.
+fn plan_run(
+    budget: &Budget,
+    stance: &Stance,
+    cron: &Workload,
+    run: &Run,
+) -> (Option<WorkloadPlan>, Option<EnforcedWorkload>) {
+    let enforce = cron.bound && !budget.deleting && stance.scale_down && !run.finished;
+    let label = format!("{} (a run of {})", label_of(WorkloadKind::Job, &run.name), label(cron));
+    let mut want = Wanted::new();
+    let Writes { before, after, notice } = toggle_suspend(&label, &run.annotations, run.suspended, enforce, &mut want);
+    let mut steps = before;
+    let have = run.annotations.get(SUSPENDED);
+    let new = want.get(SUSPENDED);
+    if have != new {
+        steps.push(Step::Annotate([(SUSPENDED.to_string(), new.cloned())].into()));
+    }
+    steps.extend(after);
+    // Listed while the operator keeps it suspended.
+    let entry = want.contains_key(SUSPENDED).then(|| EnforcedWorkload {
+        kind: WorkloadKind::Job,
+        name: run.name.clone(),
+        action: "Suspend".into(),
+        since: stance.since(stance.grace_end),
+    });
+    let plan = (!steps.is_empty()).then(|| WorkloadPlan {
+        kind: WorkloadKind::Job,
+        name: run.name.clone(),
+        resource_version: run.resource_version.clone(),
+        steps,
+        pods: Vec::new(),
+        notice,
+    });
+    (plan, entry)
 }
 
 /// The `status.enforced` entry of a workload bound to an exhausted budget: scaled down (or
@@ -377,7 +453,11 @@ fn desired_quota(budget: &Budget, exhausted: bool) -> Option<BTreeMap<String, Qu
 
 /// `kind/name`, as messages name a workload.
 fn label(w: &Workload) -> String {
-    format!("{}/{}", w.kind.as_str(), w.name)
+    label_of(w.kind, &w.name)
+}
+
+fn label_of(kind: WorkloadKind, name: &str) -> String {
+    format!("{}/{name}", kind.as_str())
 }
 
 fn entry(w: &Workload, action: &str, since: String) -> EnforcedWorkload {
@@ -522,7 +602,8 @@ mod tests {
     }
 
     /// A workload from YAML: `kind`, `name`, optional `annotations`, `replicas`, `suspended`,
-    /// `bound` (default true) and `pods` (names, or `{name, annotations}`).
+    /// `bound` (default true), `pods` (names) and a CronJob's `runs` (`{name, suspended,
+    /// finished, annotations}`).
     fn workload(yaml: &str) -> Workload {
         #[derive(serde::Deserialize)]
         struct Fixture {
@@ -537,6 +618,18 @@ mod tests {
             held: Option<bool>,
             #[serde(default)]
             pods: Vec<String>,
+            #[serde(default)]
+            runs: Vec<RunFixture>,
+        }
+        #[derive(serde::Deserialize)]
+        struct RunFixture {
+            name: String,
+            #[serde(default)]
+            suspended: bool,
+            #[serde(default)]
+            finished: bool,
+            #[serde(default)]
+            annotations: BTreeMap<String, String>,
         }
         let f: Fixture = serde_yaml::from_str(yaml).expect("fixture parses");
         let held_by = f
@@ -559,6 +652,17 @@ mod tests {
                 .map(|name| Pod {
                     name,
                     annotations: BTreeMap::new(),
+                })
+                .collect(),
+            runs: f
+                .runs
+                .into_iter()
+                .map(|r| Run {
+                    name: r.name,
+                    resource_version: Some("5".into()),
+                    annotations: r.annotations,
+                    suspended: r.suspended,
+                    finished: r.finished,
                 })
                 .collect(),
         }
@@ -800,6 +904,180 @@ mod tests {
         let plan = decide(&room, &[ours, theirs], now());
         assert_eq!(steps(&plan, "j")[0], Step::Suspend(false));
         assert!(!steps(&plan, "c").iter().any(|s| matches!(s, Step::Suspend(_))));
+    }
+
+    fn plan_of<'a>(plan: &'a Plan, name: &str) -> &'a WorkloadPlan {
+        plan.workloads
+            .iter()
+            .find(|w| w.name == name)
+            .unwrap_or_else(|| panic!("a plan for {name}: {plan:?}"))
+    }
+
+    fn mark(value: Option<&str>) -> Step {
+        Step::Annotate([(SUSPENDED.to_string(), value.map(String::from))].into())
+    }
+
+    #[test]
+    fn the_running_jobs_of_a_suspended_cron_job_are_suspended_with_it() {
+        let b = budget(BudgetPhase::Exhausted, EnforcementAction::ScaleDown);
+        let cron = workload(
+            "{kind: CronJob, name: nightly, suspended: false, runs: [\
+               {name: nightly-1}, \
+               {name: nightly-2, suspended: true}, \
+               {name: nightly-0, finished: true}]}",
+        );
+        let plan = decide(&b, &[cron], now());
+        // The CronJob first (no new runs), then its running Job; each marked before it is
+        // suspended, so that a restart in between still knows what to resume.
+        let names: Vec<_> = plan.workloads.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["nightly", "nightly-1"]);
+        let run = plan_of(&plan, "nightly-1");
+        assert_eq!(run.kind, WorkloadKind::Job);
+        assert_eq!(run.resource_version.as_deref(), Some("5"));
+        assert_eq!(run.steps, [mark(Some("true")), Step::Suspend(true)]);
+        assert!(run.pods.is_empty(), "the CronJob's plan annotates the pods of its runs");
+        let notice = run.notice.as_ref().unwrap();
+        assert_eq!(
+            (notice.reason, notice.message.as_str()),
+            (
+                "ScaledDown",
+                "suspended Job/nightly-1 (a run of CronJob/nightly): the budget is exhausted"
+            )
+        );
+        // Suspended by someone else, or finished: not the budget's doing, nothing listed.
+        let enforced: Vec<_> = plan
+            .enforced
+            .iter()
+            .map(|e| (e.kind, e.name.as_str(), e.action.as_str()))
+            .collect();
+        assert_eq!(
+            enforced,
+            [
+                (WorkloadKind::CronJob, "nightly", "Suspend"),
+                (WorkloadKind::Job, "nightly-1", "Suspend")
+            ]
+        );
+        assert_eq!(plan.condition.message, "suspended: CronJob/nightly, Job/nightly-1");
+    }
+
+    #[test]
+    fn a_run_stays_suspended_while_the_budget_is_exhausted_and_a_resumed_one_is_suspended_again() {
+        let b = budget(BudgetPhase::Exhausted, EnforcementAction::ScaleDown);
+        let enforced_cron = |runs: &str| {
+            workload(&format!(
+                "{{kind: CronJob, name: nightly, suspended: true, annotations: {{tokenbudget.io/budget: research, \
+                 tokenbudget.io/state: exhausted, tokenbudget.io/remaining-tokens: '0', tokenbudget.io/suspended: 'true'}}, \
+                 runs: {runs}}}"
+            ))
+        };
+        let kept =
+            enforced_cron("[{name: nightly-1, suspended: true, annotations: {tokenbudget.io/suspended: 'true'}}]");
+        let plan = decide(&b, &[kept], now());
+        assert!(plan.workloads.is_empty(), "{plan:?}");
+        assert_eq!(plan.enforced.len(), 2);
+
+        // Someone resumed it: suspended again (it is still the operator's to resume).
+        let resumed = enforced_cron("[{name: nightly-1, annotations: {tokenbudget.io/suspended: 'true'}}]");
+        let plan = decide(&b, &[resumed], now());
+        assert_eq!(steps(&plan, "nightly-1"), [Step::Suspend(true)]);
+
+        // A run the CronJob created just before it was suspended: suspended at the next decision.
+        let late = enforced_cron("[{name: nightly-2}]");
+        let plan = decide(&b, &[late], now());
+        assert_eq!(steps(&plan, "nightly-2"), [mark(Some("true")), Step::Suspend(true)]);
+    }
+
+    #[test]
+    fn restore_resumes_only_the_runs_the_operator_suspended() {
+        let room = budget(BudgetPhase::Active, EnforcementAction::ScaleDown);
+        let cron = workload(
+            "{kind: CronJob, name: nightly, suspended: true, annotations: {tokenbudget.io/budget: research, \
+             tokenbudget.io/state: exhausted, tokenbudget.io/remaining-tokens: '0', tokenbudget.io/suspended: 'true'}, runs: [\
+               {name: ours, suspended: true, annotations: {tokenbudget.io/suspended: 'true', keep: me}}, \
+               {name: theirs, suspended: true}, \
+               {name: finished, suspended: true, finished: true, annotations: {tokenbudget.io/suspended: 'true'}}, \
+               {name: resumed-by-hand, annotations: {tokenbudget.io/suspended: 'true'}}]}",
+        );
+        let plan = decide(&room, &[cron], now());
+        assert_eq!(steps(&plan, "nightly")[0], Step::Suspend(false));
+        // Resumed first, the mark removed afterwards: a restart in between resumes it again.
+        assert_eq!(steps(&plan, "ours"), [Step::Suspend(false), mark(None)]);
+        assert_eq!(
+            plan_of(&plan, "ours").notice.as_ref().unwrap().message,
+            "resumed Job/ours (a run of CronJob/nightly)"
+        );
+        // A run that finished while suspended: resumed as it was (the job controller starts
+        // nothing for a finished Job).
+        assert_eq!(steps(&plan, "finished"), [Step::Suspend(false), mark(None)]);
+        assert_eq!(steps(&plan, "resumed-by-hand"), [mark(None)]);
+        assert!(
+            !plan.workloads.iter().any(|w| w.name == "theirs"),
+            "suspended by someone else: left as it is"
+        );
+        assert!(plan.enforced.is_empty());
+    }
+
+    #[test]
+    fn a_run_that_finished_while_suspended_is_given_back_at_once() {
+        let b = budget(BudgetPhase::Exhausted, EnforcementAction::ScaleDown);
+        let cron = workload(
+            "{kind: CronJob, name: nightly, suspended: true, annotations: {tokenbudget.io/budget: research, \
+             tokenbudget.io/state: exhausted, tokenbudget.io/remaining-tokens: '0', tokenbudget.io/suspended: 'true'}, runs: [\
+               {name: done, suspended: true, finished: true, annotations: {tokenbudget.io/suspended: 'true'}}]}",
+        );
+        let plan = decide(&b, &[cron], now());
+        assert_eq!(steps(&plan, "done"), [Step::Suspend(false), mark(None)]);
+        assert_eq!(plan.enforced.len(), 1, "only the CronJob: {:?}", plan.enforced);
+    }
+
+    #[test]
+    fn runs_are_left_alone_without_scale_down() {
+        let run = "runs: [{name: nightly-1}]";
+        for (phase, action) in [
+            (BudgetPhase::Exhausted, EnforcementAction::Annotate),
+            (BudgetPhase::Exhausted, EnforcementAction::None),
+            (BudgetPhase::Warning, EnforcementAction::ScaleDown),
+        ] {
+            let cron = workload(&format!("{{kind: CronJob, name: nightly, suspended: false, {run}}}"));
+            let plan = decide(&budget(phase, action), &[cron], now());
+            assert!(steps(&plan, "nightly-1").is_empty(), "{action:?} {phase:?}: {plan:?}");
+        }
+        // And during the grace period.
+        let mut b = budget(BudgetPhase::Exhausted, EnforcementAction::ScaleDown);
+        b.grace_period = Duration::from_secs(7200);
+        let cron = workload(&format!("{{kind: CronJob, name: nightly, suspended: false, {run}}}"));
+        assert!(steps(&decide(&b, &[cron], now()), "nightly-1").is_empty());
+    }
+
+    #[test]
+    fn the_runs_of_an_unbound_or_deleted_budgets_cron_job_are_resumed() {
+        let cron = |bound: bool| {
+            workload(&format!(
+                "{{kind: CronJob, name: nightly, suspended: true, bound: {bound}, annotations: {{tokenbudget.io/budget: research, \
+                 tokenbudget.io/suspended: 'true'}}, runs: [{{name: ours, suspended: true, annotations: {{tokenbudget.io/suspended: 'true'}}}}]}}"
+            ))
+        };
+        let exhausted = budget(BudgetPhase::Exhausted, EnforcementAction::ScaleDown);
+        let plan = decide(&exhausted, &[cron(false)], now());
+        assert_eq!(steps(&plan, "ours"), [Step::Suspend(false), mark(None)]);
+        let mut deleting = exhausted.clone();
+        deleting.deleting = true;
+        let plan = decide(&deleting, &[cron(true)], now());
+        assert_eq!(steps(&plan, "ours"), [Step::Suspend(false), mark(None)]);
+    }
+
+    #[test]
+    fn the_runs_of_a_cron_job_another_budget_holds_are_left_to_it() {
+        let cron = workload(
+            "{kind: CronJob, name: nightly, suspended: false, annotations: {tokenbudget.io/budget: other}, \
+             runs: [{name: nightly-1}]}",
+        );
+        let plan = decide(
+            &budget(BudgetPhase::Exhausted, EnforcementAction::ScaleDown),
+            &[cron],
+            now(),
+        );
+        assert!(plan.workloads.is_empty(), "{plan:?}");
     }
 
     #[test]

@@ -15,11 +15,19 @@ use crate::{
     workloads::{self, Snapshot, WorkloadId},
 };
 
-/// The workloads that other budgets hold, with the budget holding each.
-pub type Holds = BTreeMap<WorkloadId, String>;
+/// What other budgets hold of a namespace.
+#[derive(Clone, Debug, Default)]
+pub struct Holds {
+    /// The workloads other budgets hold, with the budget holding each.
+    pub held: BTreeMap<WorkloadId, String>,
+    /// Every workload that a valid binding of another budget binds. A Job among them is that
+    /// budget's to enforce on, never suspended as the run of this budget's CronJob.
+    pub bound: BTreeSet<WorkloadId>,
+}
 
 /// The workloads of budget `budget` in `snapshot`; `bound` are those its valid bindings name,
-/// `holds` those that other budgets hold.
+/// `holds` what other budgets hold. A CronJob comes with its runs: the Jobs it controls, but
+/// for those that are workloads of this budget themselves or that another budget binds.
 pub fn workloads(
     snapshot: &Snapshot,
     bound: &BTreeSet<WorkloadId>,
@@ -38,39 +46,70 @@ pub fn workloads(
         .collect();
     // The port plays no part: only the pods are wanted, not where to scrape them.
     let resolution = workloads::resolve(&entries, &IntOrString::Int(0), snapshot);
-    all.into_iter()
+    all.iter()
         .filter_map(|id| {
-            let (meta, replicas, suspended) = state(snapshot, &id)?;
+            let (meta, replicas, suspended) = state(snapshot, id)?;
+            let runs = match id.kind {
+                WorkloadKind::CronJob => runs(snapshot, &meta, |job| {
+                    let job = WorkloadId {
+                        kind: WorkloadKind::Job,
+                        name: job.to_string(),
+                    };
+                    all.contains(&job) || holds.bound.contains(&job)
+                }),
+                _ => Vec::new(),
+            };
             let pods = resolution
                 .pods
                 .iter()
-                .filter(|p| p.workload == id && p.pod.metadata.deletion_timestamp.is_none())
+                .filter(|p| p.workload == *id && p.pod.metadata.deletion_timestamp.is_none())
                 .map(|p| decide::Pod {
                     name: p.pod.name_any(),
                     annotations: p.pod.metadata.annotations.clone().unwrap_or_default(),
                 })
                 .collect();
             Some(decide::Workload {
-                bound: bound.contains(&id),
-                held_by: holds.get(&id).cloned(),
+                bound: bound.contains(id),
+                held_by: holds.held.get(id).cloned(),
                 kind: id.kind,
-                name: id.name,
+                name: id.name.clone(),
                 resource_version: meta.resource_version,
                 annotations: meta.annotations.unwrap_or_default(),
                 replicas,
                 suspended,
                 pods,
+                runs,
             })
         })
         .collect()
 }
 
-/// The workloads of `snapshot` whose annotation names another budget than `budget` that holds
-/// them: one of `others` (the valid bindings of the other budgets that exist, with the name
-/// of their budget) binds the workload. A workload annotated with a budget that does not
-/// exist, or does not bind it, is held by nobody: an annotation alone lifts no enforcement.
+/// The runs of a CronJob: the Jobs of `snapshot` it controls (by uid), but those `excluded`.
+fn runs(snapshot: &Snapshot, cron_job: &ObjectMeta, excluded: impl Fn(&str) -> bool) -> Vec<decide::Run> {
+    workloads::runs_of(snapshot, cron_job)
+        .filter(|job| !excluded(&job.name_any()))
+        .map(|job| decide::Run {
+            name: job.name_any(),
+            resource_version: job.metadata.resource_version.clone(),
+            annotations: job.metadata.annotations.clone().unwrap_or_default(),
+            suspended: job.spec.as_ref().and_then(|s| s.suspend).unwrap_or(false),
+            finished: workloads::job_finished(job),
+        })
+        .collect()
+}
+
+/// What `others` (the valid bindings of the other budgets that exist, with the name of their
+/// budget) hold of `snapshot`: every workload they bind, and among those the workloads whose
+/// annotation names another budget than `budget` that binds them. A workload annotated with a
+/// budget that does not exist, or does not bind it, is held by nobody: an annotation alone
+/// lifts no enforcement.
 pub fn holds(snapshot: &Snapshot, budget: &str, others: &[(&str, &ValidBinding)]) -> Holds {
-    let claimed: Vec<(WorkloadId, &str)> = snapshot
+    let mut bound_by: BTreeSet<(WorkloadId, &str)> = BTreeSet::new();
+    for (owner, binding) in others {
+        let resolution = workloads::resolve(&binding.workloads, &binding.endpoint.port, snapshot);
+        bound_by.extend(resolution.workloads.into_iter().map(|id| (id, *owner)));
+    }
+    let held = snapshot
         .workload_metas()
         .filter_map(|(kind, meta)| {
             let owner = meta.annotations.as_ref()?.get(BUDGET)?;
@@ -78,22 +117,13 @@ pub fn holds(snapshot: &Snapshot, budget: &str, others: &[(&str, &ValidBinding)]
                 kind,
                 name: meta.name.clone().unwrap_or_default(),
             };
-            (owner != budget).then_some((id, owner.as_str()))
+            (owner != budget && bound_by.contains(&(id.clone(), owner.as_str()))).then(|| (id, owner.clone()))
         })
         .collect();
-    if claimed.is_empty() {
-        return Holds::new();
+    Holds {
+        held,
+        bound: bound_by.into_iter().map(|(id, _)| id).collect(),
     }
-    let mut bound_by: BTreeSet<(WorkloadId, &str)> = BTreeSet::new();
-    for (owner, binding) in others {
-        let resolution = workloads::resolve(&binding.workloads, &binding.endpoint.port, snapshot);
-        bound_by.extend(resolution.workloads.into_iter().map(|id| (id, *owner)));
-    }
-    claimed
-        .into_iter()
-        .filter(|(id, owner)| bound_by.contains(&(id.clone(), *owner)))
-        .map(|(id, owner)| (id, owner.to_string()))
-        .collect()
 }
 
 /// The workloads annotated with `budget`'s name.
@@ -136,5 +166,86 @@ fn state(snapshot: &Snapshot, id: &WorkloadId) -> Option<(ObjectMeta, Option<i32
             .iter()
             .find(|o| named(&o.metadata))
             .map(|o| (o.metadata.clone(), None, Some(o.spec.suspend.unwrap_or(false)))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workloads::fixtures::load;
+
+    /// A Job of namespace `ns` whose one ownerReference is `owner` (YAML).
+    fn job(name: &str, ns: &str, owner: &str, rest: &str) -> std::sync::Arc<k8s_openapi::api::batch::v1::Job> {
+        load(&format!(
+            "metadata: {{name: {name}, namespace: {ns}, uid: uid-{name}, resourceVersion: '3', ownerReferences: [{owner}]}}\n{rest}"
+        ))
+    }
+
+    fn id(kind: WorkloadKind, name: &str) -> WorkloadId {
+        WorkloadId {
+            kind,
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn a_cron_jobs_runs_are_the_jobs_it_controls_by_uid_that_nobody_else_binds() {
+        let nightly = "{apiVersion: batch/v1, kind: CronJob, name: nightly, uid: c1, controller: true}";
+        let snapshot = Snapshot {
+            cron_jobs: vec![load("metadata: {name: nightly, namespace: agents, uid: c1}")],
+            jobs: vec![
+                job("nightly-1", "agents", nightly, "spec: {suspend: true, template: {}}"),
+                job(
+                    "nightly-0",
+                    "agents",
+                    nightly,
+                    "status: {conditions: [{type: Complete, status: 'True'}]}",
+                ),
+                // Another name, another uid, not the controller, another namespace: not its runs.
+                job(
+                    "renamed",
+                    "agents",
+                    "{apiVersion: batch/v1, kind: CronJob, name: other, uid: c1, controller: true}",
+                    "",
+                ),
+                job(
+                    "forged",
+                    "agents",
+                    "{apiVersion: batch/v1, kind: CronJob, name: nightly, uid: c9, controller: true}",
+                    "",
+                ),
+                job(
+                    "adopted",
+                    "agents",
+                    "{apiVersion: batch/v1, kind: CronJob, name: nightly, uid: c1}",
+                    "",
+                ),
+                job("elsewhere", "tenant-b", nightly, ""),
+                // Bound by this budget itself, or by another budget: not runs.
+                job("bound-here", "agents", nightly, ""),
+                job("bound-there", "agents", nightly, ""),
+            ],
+            ..Default::default()
+        };
+        let bound = [
+            id(WorkloadKind::CronJob, "nightly"),
+            id(WorkloadKind::Job, "bound-here"),
+        ]
+        .into();
+        let holds = Holds {
+            bound: [id(WorkloadKind::Job, "bound-there")].into(),
+            ..Default::default()
+        };
+        let workloads = workloads(&snapshot, &bound, "research", &holds);
+        let cron = workloads.iter().find(|w| w.kind == WorkloadKind::CronJob).unwrap();
+        let runs: Vec<_> = cron
+            .runs
+            .iter()
+            .map(|r| (r.name.as_str(), r.suspended, r.finished))
+            .collect();
+        assert_eq!(runs, [("nightly-1", true, false), ("nightly-0", false, true)]);
+        assert_eq!(cron.runs[0].resource_version.as_deref(), Some("3"));
+        let job = workloads.iter().find(|w| w.kind == WorkloadKind::Job).unwrap();
+        assert_eq!((job.name.as_str(), job.runs.len()), ("bound-here", 0));
     }
 }

@@ -13,7 +13,7 @@ use k8s_openapi::{
     },
     apimachinery::pkg::{
         api::resource::Quantity,
-        apis::meta::v1::{LabelSelector, ObjectMeta},
+        apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference},
         util::intstr::IntOrString,
     },
 };
@@ -236,6 +236,23 @@ pub fn cron_job(name: &str) -> WorkloadBuilder<CronJob> {
         name,
         json!({"schedule": "0 3 * * *", "jobTemplate": {"spec": {"template": job_pod(name)}}}),
     ))
+}
+
+/// A run of `cron_job`, as the CronJob controller creates one: a Job from its template,
+/// controlled by it (an ownerReference with its uid). The tests create runs themselves: the
+/// schedule of [`cron_job`] never fires during a test.
+pub fn run_of(cron_job: &CronJob, name: &str) -> WorkloadBuilder<Job> {
+    let template = cron_job.spec.job_template.spec.clone().expect("a Job template");
+    let mut job: Job = workload(name, json!(template));
+    job.metadata.owner_references = Some(vec![OwnerReference {
+        api_version: "batch/v1".into(),
+        kind: "CronJob".into(),
+        name: cron_job.metadata.name.clone().expect("a name"),
+        uid: cron_job.metadata.uid.clone().expect("a created CronJob"),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }]);
+    WorkloadBuilder(job)
 }
 
 fn workload<K: serde::de::DeserializeOwned>(name: &str, spec: serde_json::Value) -> K {
