@@ -66,7 +66,9 @@ step "integration tests against $(kubectl config view --minify -o jsonpath='{.cl
 # Every integration test but real_pods, by name: they play the kubelet, and a real node would
 # run their pods and overwrite the statuses they write. real_pods fails without a node, so it
 # cannot be left out silently: it runs in the next step, explicitly. fuzz_corpus needs no
-# cluster and ran with the unit tests.
+# cluster and ran with the unit tests. outage stops this testbed's API server, then its etcd,
+# for 30 s each (about 2.5 minutes): cargo runs the test binaries one after another, so no other
+# test runs meanwhile.
 integration=()
 for t in tests/*.rs; do
   t=$(basename "$t" .rs)

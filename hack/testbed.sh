@@ -10,6 +10,8 @@
 #   hack/testbed.sh down      stop exactly the processes `up` started (safe without `up`)
 #   hack/testbed.sh env       print `export KUBECONFIG=... PATH=<kubectl of this version>:...`
 #   hack/testbed.sh status    say whether it runs, where, and which version
+#   hack/testbed.sh stop apiserver|etcd    stop that one process, keeping every other and all data
+#   hack/testbed.sh start apiserver|etcd   start it again, as before, and wait until the API is ready
 #
 # Environment:
 #   TESTBED_K8S_VERSION   Kubernetes version; default 1.37.2 (supported: docs/compatibility.md)
@@ -212,12 +214,101 @@ wait_for() {
   return 1
 }
 
+# The ports `up` picked, which `start` uses again: EP (etcd clients), PP (etcd peers), AP (API).
+read_ports() {
+  [ -f "$TESTBED_DIR/ports" ] || die "no $TESTBED_DIR/ports: this testbed was not started by this script's up (run down, then up)"
+  # shellcheck disable=SC1091
+  . "$TESTBED_DIR/ports"
+}
+
+# etcd, with the data of $TESTBED_DIR/etcd (kept across stop and start).
+start_etcd() {
+  local d=$TESTBED_DIR
+  start_daemon etcd "$ETCD_BIN/etcd" --name tokenbudget-testbed --data-dir "$d/etcd" \
+    --listen-client-urls "http://127.0.0.1:$EP" --advertise-client-urls "http://127.0.0.1:$EP" \
+    --listen-peer-urls "http://127.0.0.1:$PP" --initial-advertise-peer-urls "http://127.0.0.1:$PP" \
+    --initial-cluster "tokenbudget-testbed=http://127.0.0.1:$PP"
+  wait_for etcd 60 curl -sf -m 2 "http://127.0.0.1:$EP/health" || { tail -n 20 "$d/logs/etcd.log" >&2; return 1; }
+}
+
+# kube-apiserver; its serving certificate in $TESTBED_DIR/certs is made once and reused.
+start_apiserver() {
+  local d=$TESTBED_DIR
+  start_daemon kube-apiserver "$K8S_BIN/kube-apiserver" --etcd-servers="http://127.0.0.1:$EP" \
+    --secure-port="$AP" --bind-address=127.0.0.1 --advertise-address=127.0.0.1 \
+    --cert-dir="$d/certs" --token-auth-file="$d/tokens.csv" --authorization-mode=RBAC \
+    --service-account-key-file="$d/sa.pub" --service-account-signing-key-file="$d/sa.key" \
+    --service-account-issuer=https://kubernetes.default.svc --service-cluster-ip-range=10.96.0.0/16 \
+    --endpoint-reconciler-type=none --kubelet-preferred-address-types=InternalIP,Hostname
+  api_ready 180 || { tail -n 30 "$d/logs/kube-apiserver.log" >&2; return 1; }
+}
+
+api_ready() {
+  wait_for apiserver "$1" curl -ksf -m 2 -H "Authorization: Bearer $ADMIN_TOKEN" "https://127.0.0.1:$AP/readyz"
+}
+
+# The process of a component name on the command line.
+component_process() {
+  case "$1" in
+    apiserver | kube-apiserver) echo kube-apiserver ;;
+    etcd) echo etcd ;;
+    *) die "stop and start take apiserver or etcd, not '$1'" ;;
+  esac
+}
+
+# Stops one component of a running testbed, as an outage would, and marks it stopped on
+# purpose: its data and every other process stay.
+cmd_stop() {
+  local name
+  name=$(component_process "${1:-}")
+  [ -f "$TESTBED_DIR/kubeconfig" ] || die "not running; start it with: hack/testbed.sh up"
+  stop_one "$name"
+  touch "$TESTBED_DIR/$name.stopped"
+  log "stopped $name (data kept; hack/testbed.sh start ${1})"
+}
+
+# Starts a component that `stop` stopped, with the same ports, flags and data, and waits until
+# the API server answers /readyz again (etcd: through the API server, if that runs).
+cmd_start() {
+  local name t=$SECONDS
+  name=$(component_process "${1:-}")
+  [ -f "$TESTBED_DIR/kubeconfig" ] || die "not running; start it with: hack/testbed.sh up"
+  read_ports
+  # The binaries of the versions that `up` started, whatever the environment asks for now.
+  K8S_BIN=$TESTBED_CACHE/k8s-$(running_version)
+  ETCD_BIN=$TESTBED_CACHE/etcd-$(cat "$TESTBED_DIR/etcd-version" 2>/dev/null || echo "$ETCD_VERSION")
+  if ! pid_alive "$name"; then
+    case "$name" in
+      etcd) start_etcd || die "etcd did not become healthy" ;;
+      kube-apiserver) start_apiserver || die "kube-apiserver did not become ready" ;;
+    esac
+  fi
+  rm -f "$TESTBED_DIR/$name.stopped"
+  if pid_alive kube-apiserver; then
+    api_ready 180 || { tail -n 30 "$TESTBED_DIR/logs/kube-apiserver.log" >&2; die "kube-apiserver did not become ready"; }
+  fi
+  log "started $name in $((SECONDS - t))s"
+}
+
+# Names the components `stop` stopped, one a line.
+stopped_components() {
+  local f
+  for f in "$TESTBED_DIR"/*.stopped; do [ -e "$f" ] && basename "$f" .stopped; done
+  return 0
+}
+
 cmd_up() {
   if healthy; then
     [ "$(running_version)" = "$K8S_VERSION" ] \
       || die "Kubernetes $(running_version) is up in $TESTBED_DIR, not $K8S_VERSION: run down first, or set TESTBED_DIR"
     log "already up: Kubernetes $K8S_VERSION at $(server_url)"
     return 0
+  fi
+  # A component stopped with `stop` is started again, with its data, not wiped.
+  if [ -n "$(stopped_components)" ] && pid_alive kube-controller-manager; then
+    local c
+    for c in etcd kube-apiserver; do [ -e "$TESTBED_DIR/$c.stopped" ] && cmd_start "$c"; done
+    healthy && { log "up: Kubernetes $(running_version) at $(server_url)"; return 0; }
   fi
   # Whatever a crashed or half-started run left behind goes first.
   cmd_down >/dev/null 2>&1 || true
@@ -231,21 +322,10 @@ cmd_up() {
   openssl rsa -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
   echo "$ADMIN_TOKEN,admin,admin,system:masters" >"$d/tokens.csv"
 
-  start_daemon etcd "$ETCD_BIN/etcd" --name tokenbudget-testbed --data-dir "$d/etcd" \
-    --listen-client-urls "http://127.0.0.1:$ep" --advertise-client-urls "http://127.0.0.1:$ep" \
-    --listen-peer-urls "http://127.0.0.1:$pp" --initial-advertise-peer-urls "http://127.0.0.1:$pp" \
-    --initial-cluster "tokenbudget-testbed=http://127.0.0.1:$pp"
-  wait_for etcd 60 curl -sf -m 2 "http://127.0.0.1:$ep/health" \
-    || { tail -n 20 "$d/logs/etcd.log" >&2; cmd_down; die "etcd did not become healthy"; }
-
-  start_daemon kube-apiserver "$K8S_BIN/kube-apiserver" --etcd-servers="http://127.0.0.1:$ep" \
-    --secure-port="$ap" --bind-address=127.0.0.1 --advertise-address=127.0.0.1 \
-    --cert-dir="$d/certs" --token-auth-file="$d/tokens.csv" --authorization-mode=RBAC \
-    --service-account-key-file="$d/sa.pub" --service-account-signing-key-file="$d/sa.key" \
-    --service-account-issuer=https://kubernetes.default.svc --service-cluster-ip-range=10.96.0.0/16 \
-    --endpoint-reconciler-type=none --kubelet-preferred-address-types=InternalIP,Hostname
-  wait_for apiserver 180 curl -ksf -m 2 -H "Authorization: Bearer $ADMIN_TOKEN" "https://127.0.0.1:$ap/readyz" \
-    || { tail -n 30 "$d/logs/kube-apiserver.log" >&2; cmd_down; die "kube-apiserver did not become ready"; }
+  printf 'EP=%s\nPP=%s\nAP=%s\n' "$ep" "$pp" "$ap" >"$d/ports"
+  read_ports
+  start_etcd || { cmd_down; die "etcd did not become healthy"; }
+  start_apiserver || { cmd_down; die "kube-apiserver did not become ready"; }
 
   cat >"$d/kubeconfig" <<KCFG
 apiVersion: v1
@@ -272,6 +352,7 @@ KCFG
   wait_for controller-manager 120 "$K8S_BIN/kubectl" --kubeconfig "$d/kubeconfig" get serviceaccount default -n default \
     || { tail -n 30 "$d/logs/kube-controller-manager.log" >&2; cmd_down; die "kube-controller-manager did not start"; }
   echo "$K8S_VERSION" >"$d/version"
+  echo "$ETCD_VERSION" >"$d/etcd-version"
   log "up: Kubernetes $K8S_VERSION at https://127.0.0.1:$ap (kubeconfig $d/kubeconfig)"
 }
 
@@ -283,6 +364,9 @@ cmd_env() {
 
 cmd_status() {
   if healthy; then echo "running: Kubernetes $(running_version) at $(server_url) kubeconfig=$TESTBED_DIR/kubeconfig"
+  elif [ -n "$(stopped_components)" ]; then
+    echo "stopped by hack/testbed.sh stop: $(stopped_components | tr '\n' ' ')(hack/testbed.sh start apiserver|etcd)"
+    return 1
   else echo "not running"; return 1; fi
 }
 
@@ -293,5 +377,7 @@ case "${1:-}" in
   down) cmd_down ;;
   env) cmd_env ;;
   status) cmd_status ;;
-  *) echo "usage: $0 install|install-node|up|down|env|status" >&2; exit 2 ;;
+  stop) cmd_stop "${2:-}" ;;
+  start) cmd_start "${2:-}" ;;
+  *) echo "usage: $0 install|install-node|up|down|env|status|stop apiserver|etcd|start apiserver|etcd" >&2; exit 2 ;;
 esac

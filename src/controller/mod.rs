@@ -76,6 +76,17 @@ impl Error {
             Error::NoNamespace => "no_namespace",
         }
     }
+
+    /// Whether the API server could not be reached or could not serve the request: it is
+    /// down or starting (connection refused, 503), or its etcd is (504). Such a failure says
+    /// nothing about the object, and ends when the API server is back.
+    pub fn unavailable(&self) -> bool {
+        match self {
+            Error::Kube(kube::Error::Api(status)) => matches!(status.code, 502..=504),
+            Error::Kube(kube::Error::HyperError(_) | kube::Error::Service(_)) => true,
+            _ => false,
+        }
+    }
 }
 
 /// Why the operator could not start.
@@ -175,20 +186,31 @@ fn generation_or_deletion<K: Resource>(obj: &K) -> Option<u64> {
 }
 
 /// Per-object exponential backoff for transient failures: 1s, 2s, 4s ... at most 5 minutes,
-/// reset by the next success.
+/// reset by the next success. While the API server is unavailable the delay stays at most
+/// [`UNAVAILABLE_RETRY`]: otherwise an outage of a few minutes would leave every object
+/// waiting minutes more after the API server is back, with its usage unwritten and its
+/// enforcement not done.
 #[derive(Default)]
 struct Backoffs(Mutex<HashMap<ObjectRef<kube::api::DynamicObject>, u32>>);
+
+/// The longest retry delay while the API server is unavailable ([`Error::unavailable`]).
+pub const UNAVAILABLE_RETRY: Duration = Duration::from_secs(10);
 
 impl Backoffs {
     fn key<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectRef<kube::api::DynamicObject> {
         ObjectRef::from_obj(obj).erase()
     }
 
-    fn failed<K: Resource<DynamicType = ()>>(&self, obj: &K) -> Duration {
+    fn failed<K: Resource<DynamicType = ()>>(&self, obj: &K, error: &Error) -> Duration {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let failures = map.entry(Self::key(obj)).or_insert(0);
         *failures = failures.saturating_add(1);
-        Duration::from_secs(1u64 << (*failures - 1).min(8)).min(Duration::from_secs(300))
+        let delay = Duration::from_secs(1u64 << (*failures - 1).min(8)).min(Duration::from_secs(300));
+        if error.unavailable() {
+            delay.min(UNAVAILABLE_RETRY)
+        } else {
+            delay
+        }
     }
 
     fn succeeded<K: Resource<DynamicType = ()>>(&self, obj: &K) {
@@ -238,7 +260,7 @@ where
         .reconcile_errors
         .with_label_values(&[controller, error.metric_label()])
         .inc();
-    let delay = ctx.backoff.failed(obj.as_ref());
+    let delay = ctx.backoff.failed(obj.as_ref(), error);
     tracing::warn!(
         controller,
         object = %ObjectRef::from_obj(obj.as_ref()),
@@ -326,6 +348,30 @@ mod tests {
             "the CRD tokenbudgets.tokenbudget.io is not installed in this cluster: install it with `kubectl apply -f crds/` (or the Helm chart)"
         );
         server.await.unwrap();
+    }
+
+    fn api_error(code: u16) -> Error {
+        Error::Kube(kube::Error::Api(Box::new(
+            kube::core::Status::failure("failed", "Failed").with_code(code),
+        )))
+    }
+
+    #[test]
+    fn an_unavailable_api_server_is_retried_within_ten_seconds_however_long_it_was_down() {
+        let backoffs = Backoffs::default();
+        let pod: k8s_openapi::api::core::v1::Pod =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "p", "namespace": "n"}})).unwrap();
+        let unreachable = Error::Kube(kube::Error::Service("client error (Connect)".into()));
+        let delays: Vec<u64> = (0..12).map(|_| backoffs.failed(&pod, &unreachable).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 10, 10, 10, 10, 10, 10, 10, 10]);
+        // Starting (503) or without etcd (504): the same.
+        assert_eq!(backoffs.failed(&pod, &api_error(503)), UNAVAILABLE_RETRY);
+        assert_eq!(backoffs.failed(&pod, &api_error(504)), UNAVAILABLE_RETRY);
+        // Any other failure backs off as far as the failures before it took it (256 s by now).
+        assert_eq!(backoffs.failed(&pod, &api_error(409)), Duration::from_secs(256));
+        assert_eq!(backoffs.failed(&pod, &api_error(500)), Duration::from_secs(256));
+        backoffs.succeeded(&pod);
+        assert_eq!(backoffs.failed(&pod, &api_error(403)), Duration::from_secs(1));
     }
 
     #[tokio::test]

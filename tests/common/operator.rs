@@ -66,6 +66,19 @@ impl Operator {
         wait_ready(self.address).await;
     }
 
+    /// The value of the series `series` (`name{labels}`) on `/metrics`, if it has one.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let metrics = self.get("/metrics").expect("the operator's metrics").1;
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse::<f64>().ok())
+    }
+
+    /// Whether the process still runs (it has not exited, for whatever reason).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
