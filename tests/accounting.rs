@@ -200,7 +200,7 @@ async fn restarts_count_exactly_and_a_killed_operator_continues_where_it_left_of
         tb.status
             .as_ref()
             .and_then(|st| st.accounting.as_ref())
-            .is_some_and(|a| a.pods.iter().any(|p| p.restarts == 1))
+            .is_some_and(|a| a.pod_ledgers().iter().any(|p| p.restarts == 1))
     })
     .await;
 
@@ -532,17 +532,22 @@ async fn hostile_endpoints_are_reported_and_never_corrupt_the_usage() {
             .collect::<Vec<_>>(),
         [("counting", 1904)]
     );
-    // The ledger knows only the pods that answered well.
-    let mut ledger_pods: Vec<&str> = status
+    // The ledger knows only the pods that answered well (by uid).
+    let mut ledger_pods: Vec<String> = status
         .accounting
         .as_ref()
         .unwrap()
-        .pods
-        .iter()
-        .map(|p| p.name.as_str())
+        .pod_ledgers()
+        .into_iter()
+        .map(|p| p.uid)
         .collect();
     ledger_pods.sort_unstable();
-    assert_eq!(ledger_pods, [counting[0].0.as_str(), counting[1].0.as_str()]);
+    let mut answered = Vec::new();
+    for (pod, _) in &counting[..2] {
+        answered.push(s.pods.get(pod).await.unwrap().metadata.uid.unwrap());
+    }
+    answered.sort_unstable();
+    assert_eq!(ledger_pods, answered);
 
     recorder.abort();
     let seen = seen.lock().unwrap().clone();
@@ -794,7 +799,7 @@ async fn a_binding_moved_to_another_budget_counts_every_token_once() {
         tb.status
             .as_ref()
             .and_then(|st| st.accounting.as_ref())
-            .is_some_and(|a| a.pods.len() == 1)
+            .is_some_and(|a| a.pod_ledgers().len() == 1)
     })
     .await;
     agents[0].1.spend("gpt-4o-mini", 200, 0);

@@ -214,6 +214,7 @@ async fn a_real_crash_counts_both_containers_once() {
     s.deploy("agent", 1, "0s").await;
     let pod = s.serving_pods("agent", 1).await.remove(0);
     let name = pod.metadata.name.clone().unwrap();
+    let uid = pod.metadata.uid.clone();
     wait_scraped(&s.bindings, "bb", 1).await;
 
     spend(&pod, "gpt-4o-mini", 100, 0);
@@ -247,7 +248,11 @@ async fn a_real_crash_counts_both_containers_once() {
         tb.status
             .as_ref()
             .and_then(|st| st.accounting.as_ref())
-            .is_some_and(|a| a.pods.iter().any(|p| p.name == name && p.restarts == 1))
+            .is_some_and(|a| {
+                a.pod_ledgers()
+                    .iter()
+                    .any(|p| Some(&p.uid) == uid.as_ref() && p.restarts == 1)
+            })
     })
     .await;
 

@@ -844,3 +844,83 @@ async fn unchanged_invalid_fields_are_ratcheted() {
         .await
         .expect("the ratchet CRD is deleted");
 }
+
+/// The largest status the operator writes: the ledger of 10,000 pods in one budget, each with
+/// two models and counters in the millions, written as the operator writes it (server-side
+/// apply of the status, its field manager) to the real API server. The object stays well under
+/// etcd's 1.5 MiB limit, with its managedFields, and reads back whole.
+#[tokio::test]
+async fn the_ledger_of_ten_thousand_pods_fits_in_one_object() {
+    use tokenbudget::api::{AccountingState, PodGroup, PodWorkload, TokenBudget, WorkloadKind};
+    let client = client().await;
+    ensure_crds(&client).await;
+    let ns = TestNamespace::new(&client, "big-ledger").await;
+    let budgets: Api<TokenBudget> = ns.api(&client);
+    create(&budgets, budget("research").tokens(1_000_000_000)).await;
+    let pods = (0..10_000)
+        .map(|i| {
+            PodGroup::encode(
+                &format!("0f8c2a5e-1d2b-4c3d-9e8f-{i:012}"),
+                2,
+                &[(0, 9_876_543, 0), (1, 123_456_789, 12_345_678)],
+            )
+        })
+        .collect();
+    let accounting = AccountingState {
+        period_start: "2026-11-01T00:00:00Z".into(),
+        pod_groups: vec![PodGroup {
+            binding: "summarizer".into(),
+            workload: PodWorkload {
+                kind: WorkloadKind::Deployment,
+                name: "summarizer".into(),
+            },
+            pods,
+        }],
+        counter_models: vec!["claude-sonnet-4".into(), "gpt-4o-mini".into()],
+        ..Default::default()
+    };
+    let patch = json!({
+        "apiVersion": "tokenbudget.io/v1alpha1", "kind": "TokenBudget",
+        "status": {"accounting": accounting},
+    });
+    let params = PatchParams::apply(tokenbudget::controller::FIELD_MANAGER).force();
+    budgets
+        .patch_status("research", &params, &Patch::Apply(&patch))
+        .await
+        .expect("the status is written");
+    // Written again with one pod's counter moved: the write that happens every cycle.
+    let mut moved = accounting.clone();
+    moved.pod_groups[0].pods[0] = PodGroup::encode("0f8c2a5e-1d2b-4c3d-9e8f-000000000000", 2, &[(0, 9_876_544, 0)]);
+    let patch = json!({
+        "apiVersion": "tokenbudget.io/v1alpha1", "kind": "TokenBudget",
+        "status": {"accounting": moved},
+    });
+    budgets
+        .patch_status("research", &params, &Patch::Apply(&patch))
+        .await
+        .expect("the status is written again");
+
+    let raw = client
+        .request_text(
+            http::Request::get(format!(
+                "/apis/tokenbudget.io/v1alpha1/namespaces/{}/tokenbudgets/research",
+                ns.name
+            ))
+            .body(Vec::new())
+            .unwrap(),
+        )
+        .await
+        .expect("the budget reads back");
+    let managed = serde_json::from_str::<serde_json::Value>(&raw).unwrap()["metadata"]["managedFields"].to_string();
+    println!(
+        "the object with 10,000 pods: {} bytes, of which managedFields {} bytes",
+        raw.len(),
+        managed.len()
+    );
+    assert!(raw.len() < 1024 * 1024, "{} bytes", raw.len());
+    assert!(managed.len() < 4096, "managedFields: {} bytes", managed.len());
+    let tb = budgets.get("research").await.unwrap();
+    let ledger = tb.status.unwrap().accounting.unwrap().pod_ledgers();
+    assert_eq!(ledger.len(), 10_000);
+    assert_eq!(ledger[0].counters[0].value, 9_876_544);
+}

@@ -14,7 +14,7 @@ use jiff::{SignedDuration, Timestamp};
 use rust_decimal::Decimal;
 
 use super::{
-    ledger::Ledger,
+    ledger::{self, Ledger, OTHER_MODELS},
     period::{self, PeriodWindow},
     pricing,
 };
@@ -303,8 +303,25 @@ impl Standing {
 }
 
 /// The UsageHealthy condition: whether every model in use has a price.
-fn pricing_condition(budget: &ValidBudget, unpriced: &[String]) -> Desired {
-    if !budget.priced() {
+fn pricing_condition(budget: &ValidBudget, unpriced: &[String], models_capped: bool) -> Desired {
+    if models_capped {
+        Desired::new(
+            "UsageHealthy",
+            Status::False,
+            "TooManyModels",
+            format!(
+                "the pods reported more than {} model names this period, or names longer than {} bytes: \
+                 the tokens of those count as model {OTHER_MODELS:?}{}",
+                ledger::MAX_MODELS - 1,
+                ledger::MAX_MODEL_NAME_BYTES,
+                if unpriced.is_empty() {
+                    ""
+                } else {
+                    "; some models have no price, their cost is 0"
+                },
+            ),
+        )
+    } else if !budget.priced() {
         Desired::new(
             "UsageHealthy",
             Status::True,
@@ -354,7 +371,7 @@ pub fn usage_status(
         })
         .collect();
     let mut conditions = standing.conditions().to_vec();
-    conditions.push(pricing_condition(budget, &costs.unpriced));
+    conditions.push(pricing_condition(budget, &costs.unpriced, ledger.models_capped()));
     let status = TokenBudgetStatus {
         phase: Some(standing.phase()),
         used: Some(UsedTokens {
@@ -519,6 +536,16 @@ mod tests {
             failed.message
         );
         assert!(failed.message.ends_with(" more"), "{}", failed.message);
+    }
+
+    #[test]
+    fn models_counted_as_other_make_usage_unhealthy() {
+        let budget = budget("limits: {tokens: 1000}");
+        let (status, conditions) = usage_status(&budget, &account(&[("(other)", 5, 0), ("m", 1, 1)]), &window(&budget));
+        assert_eq!(status.used.map(|u| u.tokens), Some(7));
+        let health = condition(&conditions, "UsageHealthy");
+        assert_eq!((health.status, health.reason), (Status::False, "TooManyModels"));
+        assert!(health.message.contains("\"(other)\""), "{}", health.message);
     }
 
     #[test]

@@ -23,18 +23,27 @@
 //! parser), the API stores `i64`: every stored value and total saturates at `i64::MAX`, so
 //! nothing panics and a round trip through the status is exact.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::Timestamp;
 
 use super::Usage;
 use crate::api::{
-    AccountingState, BindingTokens, BoundBinding, BoundWorkload, ModelTokens, PodLedger, PodWorkload, SeriesCounter,
-    TokenType, WorkloadKind, WorkloadTokens,
+    AccountingState, BindingTokens, BoundBinding, BoundWorkload, ModelTokens, PodGroup, PodWorkload, TokenType,
+    WorkloadKind, WorkloadTokens,
 };
 
 /// The largest value the ledger stores: what fits the API's `i64`.
 const CAP: u64 = i64::MAX as u64;
+
+/// At most this many model names in a budget's ledger (in a period, and among the pods'
+/// last-seen counters): a pod names its models, and must not grow the status without bound.
+pub const MAX_MODELS: usize = 100;
+/// The longest model name kept, in bytes.
+pub const MAX_MODEL_NAME_BYTES: usize = 128;
+/// What the models beyond [`MAX_MODELS`], and names longer than [`MAX_MODEL_NAME_BYTES`], are
+/// counted as: their tokens count, under this name.
+pub const OTHER_MODELS: &str = "(other)";
 
 /// One successful scrape's view of a pod: who it is and what the pod status said at the time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +74,6 @@ pub struct PodObservation<'a> {
 /// What the ledger knows of one pod. Equality is over what is persisted (not `last_scraped`).
 #[derive(Debug, Clone)]
 struct PodEntry {
-    name: String,
     /// The owner: the binding that first counted the pod.
     binding: String,
     workload: (WorkloadKind, String),
@@ -80,21 +88,16 @@ struct PodEntry {
 
 impl PartialEq for PodEntry {
     fn eq(&self, other: &Self) -> bool {
-        (&self.name, &self.binding, &self.workload, self.restarts, &self.counters)
-            == (
-                &other.name,
-                &other.binding,
-                &other.workload,
-                other.restarts,
-                &other.counters,
-            )
+        (&self.binding, &self.workload, self.restarts, &self.counters)
+            == (&other.binding, &other.workload, other.restarts, &other.counters)
     }
 }
 
 impl Eq for PodEntry {}
 
 /// The accounting state of one budget: last-seen counters per pod and the period's totals.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Equality is over what is persisted.
+#[derive(Debug, Clone, Default)]
 pub struct Ledger {
     /// The period the totals belong to; `None` until [`Ledger::reset`] names one.
     period_start: Option<Timestamp>,
@@ -106,7 +109,32 @@ pub struct Ledger {
     /// Since when each binding charges the budget and binds each of its workloads. Not part of
     /// a period: it outlives resets.
     bound: Bound,
+    /// The model names the ledger keeps (at most [`MAX_MODELS`]): those of the period's totals
+    /// and of the pods' counters. Derived from them, never persisted on its own.
+    admitted: BTreeSet<String>,
 }
+
+impl PartialEq for Ledger {
+    fn eq(&self, other: &Self) -> bool {
+        (
+            self.period_start,
+            &self.pods,
+            &self.models,
+            &self.workloads,
+            &self.bindings,
+            &self.bound,
+        ) == (
+            other.period_start,
+            &other.pods,
+            &other.models,
+            &other.workloads,
+            &other.bindings,
+            &other.bound,
+        )
+    }
+}
+
+impl Eq for Ledger {}
 
 /// Since when each binding (by name) charges the budget, and binds each of its workloads.
 pub type Bound = BTreeMap<String, BoundBy>;
@@ -141,7 +169,7 @@ impl Ledger {
             period_start: state.period_start.parse().ok(),
             ..Ledger::default()
         };
-        for pod in &state.pods {
+        for pod in state.pod_ledgers() {
             let mut counters = BTreeMap::new();
             for c in &pod.counters {
                 let value = from_i64(c.value);
@@ -151,7 +179,6 @@ impl Ledger {
                 }
             }
             let entry = PodEntry {
-                name: pod.name.clone(),
                 binding: pod.binding.clone(),
                 workload: (pod.workload.kind, pod.workload.name.clone()),
                 restarts: from_i64(pod.restarts),
@@ -180,43 +207,69 @@ impl Ledger {
                 .collect();
             ledger.bound.insert(b.binding.clone(), BoundBy { since, workloads });
         }
+        ledger.admit_known();
         ledger
+    }
+
+    /// Makes the admitted models those the totals and the pods' counters name (a status written
+    /// by hand may name more than [`MAX_MODELS`]: all are kept, and no new one is admitted).
+    fn admit_known(&mut self) {
+        self.admitted = self
+            .models
+            .keys()
+            .chain(self.pods.values().flat_map(|pod| pod.counters.keys()))
+            .cloned()
+            .collect();
+    }
+
+    /// The name a scraped model is kept under: its own if it is admitted already, or if it is
+    /// short enough and there is room for it; [`OTHER_MODELS`] otherwise.
+    fn model_key<'m>(&mut self, model: &'m str) -> &'m str {
+        if self.admitted.contains(model) {
+            return model;
+        }
+        let named = self.admitted.len() - usize::from(self.admitted.contains(OTHER_MODELS));
+        // Room for the named ones and one more: OTHER_MODELS.
+        if model.len() > MAX_MODEL_NAME_BYTES || named + 1 >= MAX_MODELS {
+            self.admitted.insert(OTHER_MODELS.to_string());
+            return OTHER_MODELS;
+        }
+        self.admitted.insert(model.to_string());
+        model
+    }
+
+    /// The scraped series by the model names the ledger keeps them under: the series of the
+    /// models counted as [`OTHER_MODELS`] are summed (each type that none reports stays `None`).
+    fn reported<'u>(&mut self, usage: &'u Usage) -> BTreeMap<&'u str, [Option<u64>; 2]> {
+        let mut reported: BTreeMap<&str, [Option<u64>; 2]> = BTreeMap::new();
+        for (model, token_type, value) in usage.iter() {
+            if value == 0 && !self.admitted.contains(model) {
+                // The same as no series: it takes no room.
+                continue;
+            }
+            let values = reported.entry(self.model_key(model)).or_default();
+            let value = value.min(CAP);
+            let slot = &mut values[slot(token_type)];
+            *slot = Some(slot.map_or(value, |sum| add(sum, value)));
+        }
+        reported
+    }
+
+    /// Whether models were counted as [`OTHER_MODELS`] this period.
+    pub fn models_capped(&self) -> bool {
+        self.models.contains_key(OTHER_MODELS)
     }
 
     /// The state to persist, in a deterministic order (pods by uid, counters by model then
     /// input before output, models and bindings by name, workloads by kind and name), so that an
     /// unchanged ledger gives an unchanged status.
     pub fn to_state(&self) -> AccountingState {
+        let (pod_groups, counter_models) = self.pod_groups();
         AccountingState {
             period_start: self.period_start.map(|t| t.to_string()).unwrap_or_default(),
-            pods: self
-                .pods
-                .iter()
-                .map(|(uid, pod)| PodLedger {
-                    uid: uid.clone(),
-                    name: pod.name.clone(),
-                    binding: pod.binding.clone(),
-                    workload: PodWorkload {
-                        kind: pod.workload.0,
-                        name: pod.workload.1.clone(),
-                    },
-                    restarts: to_i64(pod.restarts),
-                    counters: pod
-                        .counters
-                        .iter()
-                        .flat_map(|(model, values)| {
-                            TokenType::ALL
-                                .into_iter()
-                                .filter(|t| values[slot(*t)] > 0)
-                                .map(|t| SeriesCounter {
-                                    model: model.clone(),
-                                    token_type: t,
-                                    value: to_i64(values[slot(t)]),
-                                })
-                        })
-                        .collect(),
-                })
-                .collect(),
+            pod_groups,
+            counter_models,
+            pods: Vec::new(),
             models: self
                 .models
                 .iter()
@@ -263,6 +316,44 @@ impl Ledger {
         }
     }
 
+    /// The pods, grouped by binding and workload, in the compact form of [`PodGroup`], and
+    /// the model names they refer to.
+    fn pod_groups(&self) -> (Vec<PodGroup>, Vec<String>) {
+        let counter_models: Vec<String> = self
+            .pods
+            .values()
+            .flat_map(|pod| pod.counters.keys())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .cloned()
+            .collect();
+        let index = |model: &String| counter_models.binary_search(model).unwrap_or_default();
+        let mut groups: BTreeMap<(&str, WorkloadKind, &str), Vec<String>> = BTreeMap::new();
+        for (uid, pod) in &self.pods {
+            let counters: Vec<(usize, i64, i64)> = pod
+                .counters
+                .iter()
+                .map(|(model, [input, output])| (index(model), to_i64(*input), to_i64(*output)))
+                .collect();
+            groups
+                .entry((&pod.binding, pod.workload.0, &pod.workload.1))
+                .or_default()
+                .push(PodGroup::encode(uid, to_i64(pod.restarts), &counters));
+        }
+        let groups = groups
+            .into_iter()
+            .map(|((binding, kind, name), pods)| PodGroup {
+                binding: binding.to_string(),
+                workload: PodWorkload {
+                    kind,
+                    name: name.to_string(),
+                },
+                pods,
+            })
+            .collect();
+        (groups, counter_models)
+    }
+
     /// Counts one successful scrape of a pod and returns the tokens (all types) it added.
     ///
     /// - A known pod (same uid): every series counts its increase since the last successful
@@ -280,6 +371,14 @@ impl Ledger {
     /// - The increase is charged to the pod's first binding and workload, whichever binding
     ///   scraped it now: a second binding calling with the same values adds 0.
     pub fn observe(&mut self, pod: &PodObservation<'_>, usage: &Usage) -> u64 {
+        let reported = self.reported(usage);
+        let series = || {
+            reported.iter().flat_map(|(model, values)| {
+                TokenType::ALL
+                    .into_iter()
+                    .filter_map(move |t| Some((*model, t, values[slot(t)]?)))
+            })
+        };
         let mut increases: Vec<(&str, TokenType, u64)> = Vec::new();
         let restarts = pod.restarts.min(CAP);
         let entry = match self.pods.get_mut(pod.uid) {
@@ -300,8 +399,7 @@ impl Ledger {
                     }
                     entry.restarts = restarts;
                 }
-                for (model, token_type, value) in usage.iter() {
-                    let value = value.min(CAP);
+                for (model, token_type, value) in series() {
                     let last = entry.counters.get(model).map_or(0, |v| v[slot(token_type)]);
                     let increase = if value >= last { value - last } else { value };
                     if increase > 0 {
@@ -318,15 +416,13 @@ impl Ledger {
                     _ => false,
                 };
                 let mut counters = BTreeMap::new();
-                for (model, token_type, value) in usage.iter() {
-                    let value = value.min(CAP);
+                for (model, token_type, value) in series() {
                     if counts && value > 0 {
                         increases.push((model, token_type, value));
                     }
                     set_counter(&mut counters, model, token_type, value);
                 }
                 let entry = PodEntry {
-                    name: pod.name.to_owned(),
                     binding: pod.binding.to_owned(),
                     workload: (pod.workload.0, pod.workload.1.to_owned()),
                     restarts,
@@ -376,6 +472,7 @@ impl Ledger {
         self.models.clear();
         self.workloads.clear();
         self.bindings.clear();
+        self.admit_known();
     }
 
     /// Makes `period_start` the current period: [`Ledger::reset`]s if the ledger has another
@@ -715,7 +812,7 @@ mod tests {
         assert_eq!(l.observe(&one, &usage(&[("m", Input, 110)])), 10);
         // ...and neither is coming back to the old sum.
         assert_eq!(l.observe(&two, &usage(&[("m", Input, 120)])), 10);
-        assert_eq!(l.to_state().pods[0].restarts, 2);
+        assert_eq!(l.to_state().pod_ledgers()[0].restarts, 2);
     }
 
     #[test]
@@ -803,7 +900,7 @@ mod tests {
         assert_eq!(l.observe(&pod("p"), &usage(&[("m", Input, 120)])), 0);
         assert_eq!(l.bindings().collect::<Vec<_>>(), [(A, 120)]);
         assert_eq!(l.binding_tokens(B), 0);
-        assert_eq!(l.to_state().pods[0].binding, A);
+        assert_eq!(l.to_state().pod_ledgers()[0].binding, A);
     }
 
     #[test]
@@ -906,10 +1003,11 @@ mod tests {
         l.observe(&pod("a-pod"), &usage(&[("m", Input, 100)]));
         let state = l.to_state();
         assert_eq!(state.period_start, "2026-11-01T00:00:00Z");
-        let uids: Vec<_> = state.pods.iter().map(|p| p.uid.as_str()).collect();
+        let pods = state.pod_ledgers();
+        let uids: Vec<_> = pods.iter().map(|p| p.uid.as_str()).collect();
         assert_eq!(uids, ["a-pod", "b-pod"]);
         // Zero counters are not stored; the rest by model, input before output.
-        let counters: Vec<_> = state.pods[1]
+        let counters: Vec<_> = pods[1]
             .counters
             .iter()
             .map(|c| (c.model.as_str(), c.token_type, c.value))
@@ -921,12 +1019,17 @@ mod tests {
         assert_eq!(Ledger::from_state(Some(&back)), l);
         assert_eq!(l.to_state(), state);
         assert_eq!(
-            serde_json::to_value(&state.pods[1]).unwrap(),
+            serde_json::to_value(&state).unwrap(),
             serde_json::json!({
-                "uid": "b-pod", "name": "b-pod", "binding": "bb-a",
-                "workload": {"kind": "Deployment", "name": "summarizer"},
-                "restarts": 3,
-                "counters": [{"model": "a", "type": "output", "value": 2}, {"model": "z", "type": "output", "value": 5}]
+                "periodStart": "2026-11-01T00:00:00Z",
+                "podGroups": [{
+                    "binding": "bb-a", "workload": {"kind": "Deployment", "name": "summarizer"},
+                    "pods": ["a-pod 0 1:100:0", "b-pod 3 0:0:2 2:0:5"],
+                }],
+                "counterModels": ["a", "m", "z"],
+                "models": [{"model": "a", "output": 2}, {"model": "m", "input": 100}, {"model": "z", "output": 5}],
+                "workloads": [{"kind": "Deployment", "name": "summarizer", "tokens": 107}],
+                "bindings": [{"name": "bb-a", "tokens": 107}],
             })
         );
         assert_eq!(
@@ -963,7 +1066,7 @@ mod tests {
         assert_eq!(l.period_start(), None);
         assert_eq!(l.tokens(Input), 0);
         assert_eq!(l.tokens(Output), i64::MAX as u64);
-        assert!(l.to_state().pods[0].counters.is_empty());
+        assert!(l.to_state().pod_ledgers()[0].counters.is_empty());
         let job = PodObservation {
             workload: (WorkloadKind::Job, "j"),
             ..pod("p")
@@ -1001,28 +1104,95 @@ mod tests {
         assert_eq!(l.tokens(Input), i64::MAX as u64);
         assert_eq!(l.used_tokens(None), i64::MAX as u64);
         let state = l.to_state();
-        assert_eq!(state.pods[0].restarts, i64::MAX);
+        assert_eq!(state.pod_ledgers()[0].restarts, i64::MAX);
         assert_eq!(Ledger::from_state(Some(&state)), l);
     }
 
-    /// What one pod costs in the status: a Deployment pod with a generated name, one model.
+    /// What pods cost in the status: 10,000 Deployment pods, each with two models and counters
+    /// in the millions, take under half of etcd's 1.5 MiB object limit (about 74 bytes a pod).
     #[test]
-    fn a_pod_takes_a_few_hundred_bytes_of_status() {
+    fn ten_thousand_pods_fit_well_under_the_object_size_limit() {
         let mut l = fresh();
-        let p = PodObservation {
-            uid: "0f8c2a5e-1d2b-4c3d-9e8f-0123456789ab",
-            name: "summarizer-7d9f8b6c5d-x2k4p",
-            binding: "summarizer",
-            workload: (WorkloadKind::Deployment, "summarizer"),
-            restarts: 2,
-            ..pod("")
-        };
+        let uids: Vec<String> = (0..10_000)
+            .map(|i| format!("0f8c2a5e-1d2b-4c3d-9e8f-{i:012}"))
+            .collect();
+        for uid in &uids {
+            let p = PodObservation {
+                uid,
+                binding: "summarizer",
+                workload: (WorkloadKind::Deployment, "summarizer"),
+                restarts: 2,
+                ..pod("")
+            };
+            l.observe(
+                &p,
+                &usage(&[
+                    ("gpt-4o-mini", Input, 123_456_789),
+                    ("gpt-4o-mini", Output, 12_345_678),
+                    ("claude-sonnet-4", Input, 9_876_543),
+                ]),
+            );
+        }
+        let state = l.to_state();
+        let bytes = serde_json::to_string(&state).unwrap().len();
+        assert!(bytes < 768 * 1024, "{bytes} bytes");
+        assert_eq!(state.pod_ledgers().len(), 10_000);
+        assert_eq!(Ledger::from_state(Some(&state)), l);
+    }
+
+    #[test]
+    fn models_beyond_the_limit_and_long_names_count_as_other() {
+        let mut l = fresh();
+        let many: Vec<(String, TokenType, u64)> = (0..MAX_MODELS + 20)
+            .map(|i| (format!("model-{i:03}"), Input, 10))
+            .chain([("x".repeat(MAX_MODEL_NAME_BYTES + 1), Output, 7)])
+            .collect();
+        let many_ref: Vec<(&str, TokenType, u64)> = many.iter().map(|(m, t, v)| (m.as_str(), *t, *v)).collect();
+        l.observe(&pod("p"), &usage(&many_ref));
+        // Every token counts; the names kept are bounded.
+        assert_eq!(l.used_tokens(None), (MAX_MODELS as u64 + 20) * 10 + 7);
+        assert!(l.models_capped());
+        let models: Vec<(&str, u64, u64)> = l.models().collect();
+        assert_eq!(models.len(), MAX_MODELS);
+        assert_eq!(models.first(), Some(&(OTHER_MODELS, 210, 7)));
+        // The pod's counters too: the rest summed under one name.
+        let state = l.to_state();
+        assert_eq!(state.counter_models.len(), MAX_MODELS);
+        // The next scrape counts only the increase, the summed ones included.
+        let mut more = many_ref.clone();
+        more[MAX_MODELS + 5].2 = 15;
+        l.observe(&pod("p"), &usage(&more));
+        assert_eq!(l.used_tokens(None), (MAX_MODELS as u64 + 20) * 10 + 7 + 5);
+        // A restarted operator keeps the same names.
+        let mut restarted = Ledger::from_state(Some(&l.to_state()));
+        more[0].2 = 11;
+        more[MAX_MODELS + 6].2 = 12;
+        restarted.observe(&pod("p"), &usage(&more));
+        assert_eq!(restarted.used_tokens(None), (MAX_MODELS as u64 + 20) * 10 + 7 + 5 + 3);
+    }
+
+    #[test]
+    fn the_pods_of_an_older_status_are_read() {
+        let state: AccountingState = serde_json::from_value(serde_json::json!({
+            "periodStart": "2026-11-01T00:00:00Z",
+            "pods": [{"uid": "p", "name": "p", "binding": "bb-a",
+                      "workload": {"kind": "Deployment", "name": "summarizer"}, "restarts": 1,
+                      "counters": [{"model": "m", "type": "input", "value": 100}]}],
+            "models": [{"model": "m", "input": 100}],
+        }))
+        .unwrap();
+        let mut l = Ledger::from_state(Some(&state));
         l.observe(
-            &p,
-            &usage(&[("gpt-4o-mini", Input, 123_456_789), ("gpt-4o-mini", Output, 12_345_678)]),
+            &PodObservation {
+                restarts: 1,
+                ..pod("p")
+            },
+            &usage(&[("m", Input, 130)]),
         );
-        let bytes = serde_json::to_string(&l.to_state().pods[0]).unwrap().len();
-        assert!(bytes < 300, "{bytes} bytes");
+        assert_eq!(l.used_tokens(None), 130);
+        let written = l.to_state();
+        assert!(written.pods.is_empty());
+        assert_eq!(written.pod_groups[0].pods, ["p 1 0:130:0"]);
     }
 
     // The simulation for the property test: a few pods whose true counters grow, crash and get
