@@ -44,6 +44,10 @@ pub const MAX_MODEL_NAME_BYTES: usize = 128;
 /// What the models beyond [`MAX_MODELS`], and names longer than [`MAX_MODEL_NAME_BYTES`], are
 /// counted as: their tokens count, under this name.
 pub const OTHER_MODELS: &str = "(other)";
+/// At most this many workloads, and this many bindings, have totals of their own in a budget's
+/// period (with `reset: Never`, the budget's whole life); the tokens of further ones count
+/// under the name [`OTHER_MODELS`] (per kind, for workloads).
+pub const MAX_TOTALS: usize = 1000;
 
 /// One successful scrape's view of a pod: who it is and what the pod status said at the time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -448,8 +452,18 @@ impl Ledger {
                 }
             }
         }
+        let workload = if self.workloads.contains_key(&workload) || self.workloads.len() < MAX_TOTALS {
+            workload
+        } else {
+            (workload.0, OTHER_MODELS.to_string())
+        };
         let workload = self.workloads.entry(workload).or_default();
         *workload = add(*workload, added);
+        let binding = if self.bindings.contains_key(&binding) || self.bindings.len() < MAX_TOTALS {
+            binding
+        } else {
+            OTHER_MODELS.to_string()
+        };
         let binding = self.bindings.entry(binding).or_default();
         *binding = add(*binding, added);
         added
@@ -1169,6 +1183,27 @@ mod tests {
         more[MAX_MODELS + 6].2 = 12;
         restarted.observe(&pod("p"), &usage(&more));
         assert_eq!(restarted.used_tokens(None), (MAX_MODELS as u64 + 20) * 10 + 7 + 5 + 3);
+    }
+
+    #[test]
+    fn workloads_and_bindings_beyond_the_limit_count_as_other() {
+        let mut l = fresh();
+        let names: Vec<String> = (0..MAX_TOTALS + 10).map(|i| format!("w{i:04}")).collect();
+        for name in &names {
+            let p = PodObservation {
+                uid: name,
+                binding: name,
+                workload: (WorkloadKind::Job, name),
+                ..pod("")
+            };
+            l.observe(&p, &usage(&[("m", Input, 5)]));
+        }
+        assert_eq!(l.used_tokens(None), (MAX_TOTALS as u64 + 10) * 5);
+        let workloads = l.workloads();
+        assert_eq!(workloads.len(), MAX_TOTALS + 1);
+        assert_eq!(workloads[0], (WorkloadKind::Job, OTHER_MODELS, 50));
+        assert_eq!(l.bindings().count(), MAX_TOTALS + 1);
+        assert_eq!(l.binding_tokens(OTHER_MODELS), 50);
     }
 
     #[test]
