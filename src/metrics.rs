@@ -112,7 +112,7 @@ impl Metrics {
                 r,
                 "tokenbudget_scrape_duration_seconds",
                 "How long scrapes of agent pods take",
-                vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0],
+                vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0],
             ),
             enforcement_actions: counter_vec(
                 r,
