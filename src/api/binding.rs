@@ -354,7 +354,7 @@ pub struct BudgetBindingStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<String>,
 
-    /// Since when it charges `budget` (RFC 3339): its creation, or the time the operator saw
+    /// Since when it charges `budget` (RFC 3339): its creation, or the second after the operator saw
     /// `budgetRef` change. A pod counts its whole counters at its first scrape only if it
     /// started after this (accounting rule 3); the budget counts the binding's pods only once
     /// this names it.

@@ -107,9 +107,10 @@ fn charging_since(bb: &BudgetBinding, existing: &BudgetBindingStatus, now: Times
         (Some(budget), Some(Ok(since))) if *budget == bb.spec.budget_ref.name => since.to_string(),
         (Some(budget), None) if *budget == bb.spec.budget_ref.name => created(),
         (None, _) => created(),
-        // Moved to another budget, or a `since` that is no time (written by hand). To the
-        // second below, as creation times are: never before the move.
-        (Some(_), _) => Timestamp::from_second(now.as_second()).unwrap_or(now).to_string(),
+        // Moved to another budget, or a `since` that is no time (written by hand). Start times
+        // are whole seconds, and a pod that started in the second of `since` counts whole:
+        // the next whole second, so that a pod the old budget counted never does.
+        (Some(_), _) => Timestamp::from_second(now.as_second() + 1).unwrap_or(now).to_string(),
     }
 }
 
@@ -337,15 +338,15 @@ mod tests {
         bb.status = Some(desired_status(&bb, None, None, now()));
         bb.spec.workloads.clear();
         assert_eq!(since(&bb).as_deref(), Some("2026-11-01T00:00:00Z"));
-        // Moved to another budget: since now.
+        // Moved to another budget: since the next whole second.
         bb.spec.budget_ref.name = "other".into();
-        assert_eq!(since(&bb).as_deref(), Some("2026-11-28T12:00:00Z"));
+        assert_eq!(since(&bb).as_deref(), Some("2026-11-28T12:00:01Z"));
         // A status written before `since` existed: since its creation.
         bb.spec.budget_ref.name = "research".into();
         bb.status.as_mut().unwrap().since = None;
         assert_eq!(since(&bb).as_deref(), Some("2026-11-01T00:00:00Z"));
-        // A `since` that is no time, written by hand: since now.
+        // A `since` that is no time, written by hand: as for a move.
         bb.status.as_mut().unwrap().since = Some("yesterday".into());
-        assert_eq!(since(&bb).as_deref(), Some("2026-11-28T12:00:00Z"));
+        assert_eq!(since(&bb).as_deref(), Some("2026-11-28T12:00:01Z"));
     }
 }
