@@ -11,7 +11,10 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
 use jiff::Timestamp;
-use k8s_openapi::{api::apps::v1::Deployment, apimachinery::pkg::apis::meta::v1::Time};
+use k8s_openapi::{
+    api::apps::v1::Deployment,
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+};
 use kube::{
     Resource, ResourceExt,
     client::Body,
@@ -247,9 +250,14 @@ impl Received {
 
     /// Answers with a `Status` failure, as the API server does.
     fn refuse(self, code: u16, reason: &str) {
+        self.refuse_saying(code, reason, &format!("test: {reason}"));
+    }
+
+    /// Answers with a `Status` failure whose message is `message`.
+    fn refuse_saying(self, code: u16, reason: &str, message: &str) {
         let body = json!({
             "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": format!("test: {reason}"), "reason": reason, "code": code,
+            "message": message, "reason": reason, "code": code,
         });
         self.respond.send_response(
             Response::builder()
@@ -374,6 +382,49 @@ impl ApiServerVerifier {
     /// The same write, refused with `code`.
     pub async fn budget_status_refused(&mut self, tb: &TokenBudget, code: u16, reason: &str) {
         self.budget_status(tb).await.refuse(code, reason);
+    }
+
+    /// The same write, refused with `code` and the server's `message`.
+    pub async fn budget_status_refused_saying(&mut self, tb: &TokenBudget, code: u16, reason: &str, message: &str) {
+        self.budget_status(tb).await.refuse_saying(code, reason, message);
+    }
+
+    /// A merge patch of the budget's `status.conditions` alone, by the operator's field
+    /// manager (what reports a failed status write). Answers with the budget carrying them
+    /// (`answer`: with that code instead); returns the conditions written.
+    pub async fn budget_conditions_patched(&mut self, tb: &TokenBudget, answer: Option<u16>) -> Vec<Condition> {
+        let path = format!("{BUDGETS}/{}/status", tb.name_any());
+        let request = self.expect("the budget's conditions", Method::PATCH, &path).await;
+        assert_eq!(request.content_type, MERGE_PATCH);
+        assert_eq!(request.param("fieldManager"), Some(FIELD_MANAGER));
+        assert_eq!(
+            request
+                .body
+                .as_object()
+                .map(|o| o.keys().map(String::as_str).collect::<Vec<_>>()),
+            Some(vec!["status"])
+        );
+        assert_eq!(
+            request.body["status"]
+                .as_object()
+                .map(|o| o.keys().map(String::as_str).collect::<Vec<_>>()),
+            Some(vec!["conditions"]),
+            "only the conditions: {}",
+            request.body
+        );
+        let conditions: Vec<Condition> =
+            serde_json::from_value(request.body["status"]["conditions"].clone()).expect("conditions, a list");
+        match answer {
+            Some(code) => request.refuse(code, "InternalError"),
+            None => {
+                let mut status = tb.status.clone().unwrap_or_default();
+                status.conditions = conditions.clone();
+                let mut written = tb.clone().with_status(status);
+                written.metadata.resource_version = Some(next_version(tb.resource_version().as_deref().unwrap_or("0")));
+                request.answer(serde_json::to_value(written).expect("a budget"));
+            }
+        }
+        conditions
     }
 
     async fn budget_status(&mut self, tb: &TokenBudget) -> Received {

@@ -84,7 +84,9 @@ async fn reconcile(guard: Arc<DeserializeGuard<TokenBudget>>, ctx: Arc<Context>)
 }
 
 /// Step 4: the budget's metrics, then its status, when it changed. The metrics go first, so
-/// that whoever sees the new status finds them up to date too.
+/// that whoever sees the new status finds them up to date too. A write that fails (a status
+/// grown too large for etcd, say) is reported on the budget, and fails the reconcile: it is
+/// retried with backoff, and nothing is announced that was not recorded.
 async fn write_status(
     ctx: &Context,
     tb: &TokenBudget,
@@ -98,7 +100,11 @@ async fn write_status(
     }
     if tb.status.as_ref() != Some(new) {
         let api = Api::<TokenBudget>::namespaced(ctx.client.clone(), &namespace);
-        status::apply(ctx, &api, tb, new).await?;
+        if let Err(error) = status::apply(ctx, &api, tb, new).await {
+            let existing = tb.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+            status::report_failed_write(ctx, &api, tb, existing, &error).await;
+            return Err(error);
+        }
     }
     Ok(())
 }
