@@ -74,6 +74,11 @@ impl Context {
     /// A context whose client talks to the returned verifier, whose stores hold `objects`
     /// (synced), and whose clock shows [`NOW`].
     pub fn test(objects: Objects) -> (Arc<Context>, ApiServerVerifier) {
+        Self::test_with_clock(objects, ManualClock::new(now()))
+    }
+
+    /// The same, on `clock`, which the scenario moves.
+    pub fn test_with_clock(objects: Objects, clock: ManualClock) -> (Arc<Context>, ApiServerVerifier) {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let cluster = Cluster::from_stores(
             store([]),
@@ -89,7 +94,7 @@ impl Context {
         let ctx = Context {
             client: kube::Client::new(service, NAMESPACE),
             metrics: Metrics::new(),
-            clock: Arc::new(ManualClock::new(now())),
+            clock: Arc::new(clock),
             reporter: Reporter {
                 controller: FIELD_MANAGER.into(),
                 instance: Some("test".into()),
@@ -384,9 +389,19 @@ impl ApiServerVerifier {
         self.budget_status(tb).await.refuse(code, reason);
     }
 
-    /// The same write, refused with `code` and the server's `message`.
-    pub async fn budget_status_refused_saying(&mut self, tb: &TokenBudget, code: u16, reason: &str, message: &str) {
-        self.budget_status(tb).await.refuse_saying(code, reason, message);
+    /// The same write, refused with `code` and the server's `message`; returns the status
+    /// that was not written.
+    pub async fn budget_status_refused_saying(
+        &mut self,
+        tb: &TokenBudget,
+        code: u16,
+        reason: &str,
+        message: &str,
+    ) -> TokenBudgetStatus {
+        let request = self.budget_status(tb).await;
+        let status = serde_json::from_value(request.body["status"].clone()).expect("a TokenBudget status");
+        request.refuse_saying(code, reason, message);
+        status
     }
 
     /// A merge patch of the budget's `status.conditions` alone, by the operator's field

@@ -58,10 +58,10 @@ async fn reconcile(guard: Arc<DeserializeGuard<TokenBudget>>, ctx: Arc<Context>)
     add_finalizer(&ctx, tb).await?;
     let now = ctx.clock.now();
     let spec = validate::budget(&tb.spec);
-    let Some(observed) = observe::observe(&ctx, tb, spec.as_ref().ok(), now).await else {
+    let Some(mut observed) = observe::observe(&ctx, tb, spec.as_ref().ok(), now).await else {
         return Ok(Action::requeue(SOON));
     };
-    let intent = compute::intent(tb, &spec, &observed, now);
+    let intent = compute::intent(tb, &spec, &mut observed, now);
     let acted = match &intent.plan {
         Some(plan) => Some(act::act(&ctx, tb, plan, Lifecycle::Live, answered(&observed)).await),
         None => None,
@@ -212,12 +212,12 @@ mod tests {
 
     /// The status a budget gets before any accounting cycle.
     fn desired_status(tb: &TokenBudget, now: Timestamp) -> TokenBudgetStatus {
-        let observed = observe::Observed {
+        let mut observed = observe::Observed {
             snapshot: Default::default(),
             holds: Default::default(),
             cycle: None,
         };
-        let intent = compute::intent(tb, &validate::budget(&tb.spec), &observed, now);
+        let intent = compute::intent(tb, &validate::budget(&tb.spec), &mut observed, now);
         compute::status(tb, intent, None, now)
     }
 

@@ -632,3 +632,101 @@ async fn a_conflict_on_the_workload_is_reported_and_retried_soon() {
         Action::requeue(Duration::from_millis(550))
     );
 }
+
+/// A ScaleDown budget with a grace period of 10 minutes, exhausted, whose status writes all
+/// fail (too large for etcd): its status never comes to say since when it is exhausted, yet
+/// the grace period runs from when the operator first saw it, and the scale-down comes when
+/// it is over. What the status would say (refused) names that time, and dates `Exhausted`
+/// from the start.
+#[tokio::test]
+async fn the_grace_period_ends_on_time_while_status_writes_fail() {
+    let tb = TokenBudget::test("{limits: {tokens: 1000}, enforcement: {action: ScaleDown, gracePeriod: 10m}}")
+        .finalized(&[])
+        .with_status(status(OVER_THE_LIMIT));
+    let summarizer = deployment("summarizer", 2, "41", &[]);
+    let clock = crate::clock::ManualClock::new(now());
+    let (ctx, mut api) = Context::test_with_clock(
+        Objects {
+            budgets: vec![tb.clone()],
+            bindings: vec![BudgetBinding::test("research", "summarizer").charging()],
+            deployments: vec![summarizer.clone()],
+        },
+        clock.clone(),
+    );
+    let (reported_tx, reported_rx) = futures::channel::oneshot::channel();
+    let server = tokio::spawn({
+        let tb = tb.clone();
+        async move {
+            const ETCD: &str = "etcdserver: request is too large";
+            // At 12:00: annotated exhausted; the status refused; reported.
+            let annotated = api.deployment_annotated(&summarizer, "41").await;
+            api.budget_status_refused_saying(&tb, 500, "InternalError", ETCD).await;
+            let conditions = api.budget_conditions_patched(&tb, None).await;
+            api.event_posted(WRITE_FAILED).await;
+            reported_tx.send(conditions).expect("the test waits for the conditions");
+            // At 12:05, on the budget that says the write failed: annotated again (the
+            // store has not seen the first write), the status refused again, nothing more.
+            let mut reported = tb.clone();
+            reported.metadata.resource_version = Some("8".into());
+            api.deployment_annotated(&summarizer, "41").await;
+            let midway = api
+                .budget_status_refused_saying(&reported, 500, "InternalError", ETCD)
+                .await;
+            // At 12:10: the grace period is over: scaled down.
+            api.deployment_annotated(&summarizer, "41").await;
+            let replicas = api.deployment_scaled(&summarizer, "42").await;
+            let over = api
+                .budget_status_refused_saying(&reported, 500, "InternalError", ETCD)
+                .await;
+            api.done().await;
+            (annotated, midway, replicas, over)
+        }
+    });
+    let (failures, (annotated, midway, replicas, over)) = settle(
+        ctx,
+        async |ctx| {
+            reconcile(guard(&tb), ctx.clone())
+                .await
+                .expect_err("the status is refused");
+            let mut status = tb.status.clone().unwrap();
+            status.conditions = reported_rx.await.expect("the conditions were written");
+            let mut reported = tb.clone().with_status(status);
+            reported.metadata.resource_version = Some("8".into());
+            for minutes in [5, 5] {
+                clock.advance(jiff::SignedDuration::from_mins(minutes));
+                reconcile(guard(&reported), ctx.clone())
+                    .await
+                    .expect_err("the status is refused");
+            }
+            ctx.metrics
+                .status_write_failures
+                .with_label_values(&["TokenBudget", "too_large"])
+                .get()
+        },
+        server,
+    )
+    .await;
+
+    assert_eq!(annotated.get("tokenbudget.io/state"), Some(&Some("exhausted".into())));
+    assert_eq!(
+        condition(&midway, "Enforced"),
+        (
+            "True",
+            "GracePeriod",
+            "annotated exhausted: Deployment/summarizer; scaled down at 2026-11-28T12:10:00Z unless the budget has room again"
+        ),
+        "at 12:05, the end of the grace period has not moved"
+    );
+    assert_eq!(replicas, 0, "scaled down at 12:10");
+    assert_eq!(
+        condition(&over, "Enforced"),
+        ("True", "ScaledDown", "scaled to 0: Deployment/summarizer")
+    );
+    let exhausted = conditions::find(&over.conditions, "Exhausted").expect("Exhausted");
+    assert_eq!(
+        (exhausted.status.as_str(), exhausted.last_transition_time.0),
+        ("True", now()),
+        "exhausted since 12:00, when the operator saw it, not since the write that succeeds"
+    );
+    assert_eq!(failures, 3);
+}
