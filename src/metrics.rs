@@ -24,6 +24,8 @@ pub struct Metrics {
     last_cycle: GaugeVec,
     /// Status writes by kind (`TokenBudget`, `BudgetBinding`).
     pub status_writes: IntCounterVec,
+    /// Status writes that failed, by kind and reason (`controller::status::failure_reason`).
+    pub status_write_failures: IntCounterVec,
     /// Scrapes by result (`ok` or the error kind).
     pub scrapes: IntCounterVec,
     /// Scrape durations.
@@ -101,6 +103,12 @@ impl Metrics {
                 "tokenbudget_status_writes_total",
                 "Status writes, by kind of object",
                 &["kind"],
+            ),
+            status_write_failures: counter_vec(
+                r,
+                "tokenbudget_status_write_failures_total",
+                "Status writes that failed, by kind of object and reason",
+                &["kind", "reason"],
             ),
             scrapes: counter_vec(
                 r,

@@ -5,8 +5,11 @@
 mod common;
 
 use common::*;
-use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Patch, PatchParams};
+use k8s_openapi::api::{apps::v1::Deployment, batch::v1::Job};
+use kube::{
+    Api,
+    api::{Patch, PatchParams},
+};
 use tokenbudget::api::{ResetPeriod, TokenBudget, WorkloadKind};
 
 fn used(tb: &TokenBudget) -> i64 {
@@ -699,6 +702,51 @@ async fn a_terminating_pod_is_scraped_once_more_at_once() {
         .patch(pod, &PatchParams::default(), &Patch::Merge(&release))
         .await
         .unwrap();
+}
+
+/// The pods of a Job that finish leave the budget's ledger (`status.accounting.pods`) while
+/// they still exist, and what they counted stays in `used`: a Job of many completions no
+/// longer fills the status.
+#[tokio::test]
+async fn finished_pods_leave_the_ledger_and_their_tokens_stay() {
+    let mut s = Tenant::new("finished").await.with_operator();
+    let jobs: Api<Job> = s.api();
+    create(&jobs, job("batch").parallelism(2).completions(2)).await;
+    create(&s.budgets, priced("b")).await;
+    create(&s.bindings, binding("bb", "b").named(WorkloadKind::Job, "batch")).await;
+    let pods = s.run_pods("batch", 2).await;
+    // Their counters are a baseline until a first scrape has seen them.
+    wait_scraped(&s.bindings, "bb", 2).await;
+    s.agents[0].spend("gpt-4o-mini", 30, 5);
+    s.agents[1].spend("gpt-4o-mini", 7, 0);
+    let tb = s.wait_used("b", 42).await;
+    let mut uids = Vec::new();
+    for pod in &pods {
+        uids.push(s.pods.get(pod).await.unwrap().metadata.uid.expect("a uid"));
+    }
+    // The pods the ledger lists, by uid, whatever the layout of `status.accounting`.
+    let ledger = |tb: &TokenBudget| -> Vec<String> {
+        let accounting = tb.status.as_ref().and_then(|s| s.accounting.as_ref());
+        let text = serde_json::to_string(&accounting).expect("the ledger serializes");
+        uids.iter().filter(|uid| text.contains(uid.as_str())).cloned().collect()
+    };
+    assert_eq!(ledger(&tb), uids, "both running pods are in the ledger");
+
+    // Both pods finish, one well and one not; the pods stay, as a Job's pods do.
+    finish_pod(&s.pods, &pods[0], "Succeeded").await;
+    finish_pod(&s.pods, &pods[1], "Failed").await;
+    let tb = wait_for(&s.budgets, "b", "the finished pods gone from the ledger", |tb| {
+        ledger(tb).is_empty()
+    })
+    .await;
+    assert_eq!(used(&tb), 42, "their tokens stay counted");
+    assert_eq!(
+        tb.status.as_ref().and_then(|s| s.workloads.first()).map(|w| w.tokens),
+        Some(42)
+    );
+    for pod in &pods {
+        assert!(s.pods.get_opt(pod).await.unwrap().is_some(), "{pod} still exists");
+    }
 }
 
 /// The value of the operator's series `series`, if it has one.

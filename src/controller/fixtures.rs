@@ -11,7 +11,10 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
 use jiff::Timestamp;
-use k8s_openapi::{api::apps::v1::Deployment, apimachinery::pkg::apis::meta::v1::Time};
+use k8s_openapi::{
+    api::apps::v1::Deployment,
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+};
 use kube::{
     Resource, ResourceExt,
     client::Body,
@@ -71,6 +74,11 @@ impl Context {
     /// A context whose client talks to the returned verifier, whose stores hold `objects`
     /// (synced), and whose clock shows [`NOW`].
     pub fn test(objects: Objects) -> (Arc<Context>, ApiServerVerifier) {
+        Self::test_with_clock(objects, ManualClock::new(now()))
+    }
+
+    /// The same, on `clock`, which the scenario moves.
+    pub fn test_with_clock(objects: Objects, clock: ManualClock) -> (Arc<Context>, ApiServerVerifier) {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let cluster = Cluster::from_stores(
             store([]),
@@ -86,7 +94,7 @@ impl Context {
         let ctx = Context {
             client: kube::Client::new(service, NAMESPACE),
             metrics: Metrics::new(),
-            clock: Arc::new(ManualClock::new(now())),
+            clock: Arc::new(clock),
             reporter: Reporter {
                 controller: FIELD_MANAGER.into(),
                 instance: Some("test".into()),
@@ -247,9 +255,14 @@ impl Received {
 
     /// Answers with a `Status` failure, as the API server does.
     fn refuse(self, code: u16, reason: &str) {
+        self.refuse_saying(code, reason, &format!("test: {reason}"));
+    }
+
+    /// Answers with a `Status` failure whose message is `message`.
+    fn refuse_saying(self, code: u16, reason: &str, message: &str) {
         let body = json!({
             "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": format!("test: {reason}"), "reason": reason, "code": code,
+            "message": message, "reason": reason, "code": code,
         });
         self.respond.send_response(
             Response::builder()
@@ -374,6 +387,59 @@ impl ApiServerVerifier {
     /// The same write, refused with `code`.
     pub async fn budget_status_refused(&mut self, tb: &TokenBudget, code: u16, reason: &str) {
         self.budget_status(tb).await.refuse(code, reason);
+    }
+
+    /// The same write, refused with `code` and the server's `message`; returns the status
+    /// that was not written.
+    pub async fn budget_status_refused_saying(
+        &mut self,
+        tb: &TokenBudget,
+        code: u16,
+        reason: &str,
+        message: &str,
+    ) -> TokenBudgetStatus {
+        let request = self.budget_status(tb).await;
+        let status = serde_json::from_value(request.body["status"].clone()).expect("a TokenBudget status");
+        request.refuse_saying(code, reason, message);
+        status
+    }
+
+    /// A merge patch of the budget's `status.conditions` alone, by the operator's field
+    /// manager (what reports a failed status write). Answers with the budget carrying them
+    /// (`answer`: with that code instead); returns the conditions written.
+    pub async fn budget_conditions_patched(&mut self, tb: &TokenBudget, answer: Option<u16>) -> Vec<Condition> {
+        let path = format!("{BUDGETS}/{}/status", tb.name_any());
+        let request = self.expect("the budget's conditions", Method::PATCH, &path).await;
+        assert_eq!(request.content_type, MERGE_PATCH);
+        assert_eq!(request.param("fieldManager"), Some(FIELD_MANAGER));
+        assert_eq!(
+            request
+                .body
+                .as_object()
+                .map(|o| o.keys().map(String::as_str).collect::<Vec<_>>()),
+            Some(vec!["status"])
+        );
+        assert_eq!(
+            request.body["status"]
+                .as_object()
+                .map(|o| o.keys().map(String::as_str).collect::<Vec<_>>()),
+            Some(vec!["conditions"]),
+            "only the conditions: {}",
+            request.body
+        );
+        let conditions: Vec<Condition> =
+            serde_json::from_value(request.body["status"]["conditions"].clone()).expect("conditions, a list");
+        match answer {
+            Some(code) => request.refuse(code, "InternalError"),
+            None => {
+                let mut status = tb.status.clone().unwrap_or_default();
+                status.conditions = conditions.clone();
+                let mut written = tb.clone().with_status(status);
+                written.metadata.resource_version = Some(next_version(tb.resource_version().as_deref().unwrap_or("0")));
+                request.answer(serde_json::to_value(written).expect("a budget"));
+            }
+        }
+        conditions
     }
 
     async fn budget_status(&mut self, tb: &TokenBudget) -> Received {

@@ -37,8 +37,8 @@ const LISTED_PROBLEMS: usize = 5;
 /// (`usage::parse`); this also bounds what TLS and HTTP libraries say.
 pub const MAX_REASON_BYTES: usize = 256;
 
-/// One budget's account: its ledger, the samples of its burn rate, and the pods whose scrape
-/// failed in the last cycle.
+/// One budget's account: its ledger, the samples of its burn rate, the pods whose scrape
+/// failed in the last cycle, and since when the budget is exhausted.
 pub struct Account {
     /// The budget's uid: a budget deleted and created again starts afresh.
     uid: String,
@@ -49,6 +49,9 @@ pub struct Account {
     published: Option<(u64, Timestamp)>,
     /// The last scrape error per pod uid, so an Event is sent once per failure, not per cycle.
     failing: HashMap<String, String>,
+    /// Since when the budget is exhausted, as this operator saw it: the `Exhausted`
+    /// condition's `lastTransitionTime` says so too, but only once a status write succeeds.
+    exhausted_since: Option<Timestamp>,
 }
 
 impl Account {
@@ -60,6 +63,7 @@ impl Account {
             samples: VecDeque::new(),
             published: None,
             failing: HashMap::new(),
+            exhausted_since: None,
         }
     }
 
@@ -84,8 +88,23 @@ impl Account {
         if reset {
             self.samples.clear();
             self.published = None;
+            self.exhausted_since = None;
         }
         reset
+    }
+
+    /// Since when the budget is exhausted, the earlier of `persisted` (the `Exhausted`
+    /// condition's `lastTransitionTime`, or now when the status does not say so) and what
+    /// this account remembers; `None` (forgotten) when it is not exhausted. Remembering it here
+    /// keeps a grace period running while status writes fail: measured from the status alone
+    /// it would start again at every reconcile, and the scale-down never come. Forgotten when
+    /// the budget has room again, and at a new period.
+    pub fn exhausted_since(&mut self, persisted: Option<Timestamp>) -> Option<Timestamp> {
+        self.exhausted_since = match (persisted, self.exhausted_since) {
+            (Some(persisted), Some(remembered)) => Some(persisted.min(remembered)),
+            (persisted, _) => persisted,
+        };
+        self.exhausted_since
     }
 
     /// Records the tokens used in the period at `now`, for the burn rate.
@@ -620,6 +639,25 @@ mod tests {
         // ... and it stays so.
         sampled(&mut account, 71 + 60 * 60, 600, |_| 600);
         assert_eq!(account.burn_rate(), Some((0, at)));
+    }
+
+    #[test]
+    fn the_time_the_budget_became_exhausted_is_remembered_until_it_has_room() {
+        let at = |minutes: i64| NOW.parse::<Timestamp>().unwrap() + SignedDuration::from_mins(minutes);
+        let mut account = account(&[]);
+        assert_eq!(account.exhausted_since(Some(at(0))), Some(at(0)));
+        // The status could not say so: each reconcile finds "now" there. The account keeps
+        // the first time.
+        assert_eq!(account.exhausted_since(Some(at(5))), Some(at(0)));
+        assert_eq!(account.exhausted_since(Some(at(10))), Some(at(0)));
+        // A status written earlier says earlier (an operator restarted meanwhile, say).
+        assert_eq!(account.exhausted_since(Some(at(-30))), Some(at(-30)));
+        // Room again: forgotten; exhausted again later: from then.
+        assert_eq!(account.exhausted_since(None), None);
+        assert_eq!(account.exhausted_since(Some(at(20))), Some(at(20)));
+        // A new period forgets it too.
+        assert!(account.begin_period("2026-12-01T00:00:00Z".parse().unwrap()));
+        assert_eq!(account.exhausted_since(Some(at(40))), Some(at(40)));
     }
 
     #[test]

@@ -62,6 +62,9 @@ pub struct Plan {
     since: Bound,
     /// The uids of every pod bound now (scraped or not).
     bound_pods: HashSet<String>,
+    /// The uids of the bound pods that have finished (`Succeeded` or `Failed`): never scraped
+    /// again, so the ledger lets go of them.
+    finished: Vec<String>,
     /// Bindings that left the budget and came back since the last cycle (their `since` moved):
     /// their pods' last counters are forgotten, and their next scrape is a baseline.
     rejoined: Vec<String>,
@@ -86,6 +89,7 @@ pub fn plan(bindings: &[Binding], snapshot: &Snapshot, previous: &Bound, times: 
         bound: BTreeSet::new(),
         since: Bound::new(),
         bound_pods: HashSet::new(),
+        finished: Vec::new(),
         rejoined: Vec::new(),
     };
     let mut claimed: HashSet<String> = HashSet::new();
@@ -128,8 +132,9 @@ pub fn plan(bindings: &[Binding], snapshot: &Snapshot, previous: &Bound, times: 
                     extractor: spec.extractor.clone(),
                     pod: bound,
                 }),
-                // A finished pod has nothing more to say: its last successful scrape stands.
-                Err(Unscrapable::Finished(_)) => {}
+                // A finished pod has nothing more to say: its last successful scrape stands,
+                // and the ledger lets go of it (see [`forget_finished_pods`]).
+                Err(Unscrapable::Finished(_)) => plan.finished.push(pod_uid),
                 // A pod that has not started has nothing to say yet, and nothing is wrong:
                 // its first scrape counts its whole counter (rule 3).
                 Err(Unscrapable::Pending) => report.pending_pods += 1,
@@ -202,9 +207,9 @@ pub struct Answers {
 }
 
 /// Folds a cycle's answers into the account: each successful scrape into the ledger, each
-/// failure into the binding's problems; pods no longer bound are forgotten (their tokens stay
-/// counted); since when each workload is bound; and a burn-rate sample at `now`. Returns the bindings'
-/// reports with their tokens.
+/// failure into the binding's problems; pods no longer bound, and pods that have finished, are
+/// forgotten (their tokens stay counted); since when each workload is bound; and a burn-rate
+/// sample at `now`. Returns the bindings' reports with their tokens.
 pub fn fold(
     account: &mut Account,
     bindings: &[Binding],
@@ -219,6 +224,7 @@ pub fn fold(
         unscrapable: mut failures,
         since,
         bound_pods,
+        finished,
         rejoined,
         ..
     } = plan;
@@ -261,6 +267,7 @@ pub fn fold(
         });
     }
     forget_unbound_pods(account, &bound_pods);
+    forget_finished_pods(account, &finished);
     account.ledger_mut().set_bound(since);
     for report in &mut reports {
         report.used_tokens = account.ledger().binding_tokens(&report.name);
@@ -308,6 +315,19 @@ fn forget_unbound_pods(account: &mut Account, bound: &HashSet<String>) {
         .collect();
     for uid in gone {
         account.ledger_mut().forget(&uid);
+    }
+}
+
+/// Pods that have finished are gone from the ledger while they still exist (a Job of 5,000
+/// completions keeps its pods until it is deleted: their entries would fill the status);
+/// what they counted stays in the totals. Nothing more can be counted from such a pod: its
+/// containers no longer run, so it is never scraped again ([`plan`]), and its phase never
+/// changes back (both phases are terminal: the kubelet never leaves them).
+/// A pod on its way out that still runs (terminating, rule 5) is not finished: it keeps its
+/// entry, and its last scrape counts against it, until its phase says its containers ended.
+fn forget_finished_pods(account: &mut Account, finished: &[String]) {
+    for uid in finished {
+        account.ledger_mut().forget(uid);
     }
 }
 
@@ -437,6 +457,65 @@ mod tests {
                 reason: "the pod has no IP".into(),
                 new: true
             }]
+        );
+    }
+
+    /// The fixture's snapshot with the pod `name` replaced by `change(pod)`.
+    fn with_pod(name: &str, change: impl FnOnce(&mut k8s_openapi::api::core::v1::Pod)) -> Snapshot {
+        let mut snapshot = snapshot();
+        let pod = snapshot
+            .pods
+            .iter_mut()
+            .find(|p| p.name_any() == name)
+            .expect("a pod of the fixture");
+        let mut changed = (**pod).clone();
+        change(&mut changed);
+        *pod = Arc::new(changed);
+        snapshot
+    }
+
+    #[test]
+    fn a_finished_pod_leaves_the_ledger_after_its_last_scrape_and_its_tokens_stay() {
+        let specs = [(
+            "nightly",
+            valid("budgetRef: {name: b}\nworkloads: [{kind: CronJob, name: nightly}]"),
+        )];
+        let bindings = bindings(&specs);
+        let mut account = account();
+        // nightly-1-a runs: a baseline of 100, then 40 more.
+        cycle(&mut account, &bindings, &snapshot(), |spec, _| usage(spec, 100));
+        cycle(&mut account, &bindings, &snapshot(), |spec, _| usage(spec, 140));
+        assert_eq!(account.ledger().used_tokens(None), 40);
+
+        // Terminating, still running: scraped once more, and kept.
+        let terminating = with_pod("nightly-1-a", |pod| {
+            pod.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                NOW.parse().unwrap(),
+            ))
+        });
+        cycle(&mut account, &bindings, &terminating, |spec, _| usage(spec, 150));
+        assert!(account.ledger().contains_pod("uid-nightly-1-a"));
+        assert_eq!(account.ledger().used_tokens(None), 50);
+
+        // Its containers ended: nothing more to count, so the ledger lets go of it.
+        let finished = with_pod("nightly-1-a", |pod| {
+            pod.status.as_mut().expect("a status").phase = Some("Succeeded".into())
+        });
+        let reports = cycle(&mut account, &bindings, &finished, |_, pod| {
+            panic!("{pod} has finished: nothing is scraped")
+        });
+        assert!(!account.ledger().contains_pod("uid-nightly-1-a"));
+        assert_eq!(account.ledger().pod_count(), 0);
+        assert!(account.ledger().to_state().pods.is_empty());
+        assert_eq!(reports[0].used_tokens, 50, "its tokens still count");
+        assert_eq!(account.ledger().used_tokens(None), 50);
+        assert_eq!((reports[0].pods, reports[0].scraped_pods), (1, 0));
+
+        // And it stays out, cycle after cycle, counting nothing more.
+        cycle(&mut account, &bindings, &finished, |_, pod| panic!("{pod} is scraped"));
+        assert_eq!(
+            (account.ledger().pod_count(), account.ledger().used_tokens(None)),
+            (0, 50)
         );
     }
 

@@ -92,3 +92,20 @@ pub async fn run_pod(pods: &Api<k8s_openapi::api::core::v1::Pod>, name: &str, ip
         .await
         .expect("pod status patched");
 }
+
+/// Plays the kubelet for a pod whose containers have all ended: phase `Succeeded` (exit code
+/// 0) or `Failed` (exit code 1).
+pub async fn finish_pod(pods: &Api<k8s_openapi::api::core::v1::Pod>, name: &str, phase: &str) {
+    let now = jiff::Timestamp::now().to_string();
+    let exit_code = if phase == "Succeeded" { 0 } else { 1 };
+    let status = serde_json::json!({"status": {
+        "phase": phase,
+        "conditions": [{"type": "Ready", "status": "False"}],
+        "containerStatuses": [{"name": "agent", "ready": false, "restartCount": 0, "image": "agent:latest",
+            "imageID": "agent", "started": false,
+            "state": {"terminated": {"exitCode": exit_code, "startedAt": now, "finishedAt": now}}}]
+    }});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("pod status patched");
+}

@@ -1,6 +1,7 @@
 //! Compute: from the validated spec, the observed usage and workloads, and the time, the
-//! budget's desired status and its enforcement plan. Pure. The conditions are merged once,
-//! in [`status`], after the enforcement writes, whose failures the `Enforced` condition
+//! budget's desired status and its enforcement plan. Pure (no I/O); the one thing it changes
+//! is the account's memory of since when the budget is exhausted. The conditions are merged
+//! once, in [`status`], after the enforcement writes, whose failures the `Enforced` condition
 //! reports.
 
 use std::time::Duration;
@@ -32,27 +33,38 @@ pub struct Intent {
     /// The changes to the workloads and the quota; `None` for an invalid spec, which
     /// changes nothing until it is fixed.
     pub plan: Option<Plan>,
+    /// Since when the budget is exhausted, as enforcement measures it.
+    pub exhausted_since: Option<Timestamp>,
 }
 
-/// The desired status and plan of a live budget.
-pub fn intent(tb: &TokenBudget, spec: &Result<ValidBudget, SpecErrors>, observed: &Observed, now: Timestamp) -> Intent {
+/// The desired status and plan of a live budget. A grace period runs from when the budget
+/// became exhausted: the earlier of what its status says and what its account remembers, so
+/// that it ends on time even while status writes fail.
+pub fn intent(
+    tb: &TokenBudget,
+    spec: &Result<ValidBudget, SpecErrors>,
+    observed: &mut Observed,
+    now: Timestamp,
+) -> Intent {
     let existing = tb.status.clone().unwrap_or_default();
     let ready = ready_condition(spec);
-    let (Ok(spec), Some(cycle)) = (spec, &observed.cycle) else {
+    let (Ok(spec), Some(cycle)) = (spec, &mut observed.cycle) else {
         // Invalid: only Ready says so; the usage last counted stays as it was.
         return Intent {
             status: existing,
             conditions: vec![ready],
             plan: None,
+            exhausted_since: None,
         };
     };
     let (mut status, usage_conditions) = account::usage_status(spec, &cycle.account, &cycle.window);
     let mut conditions = vec![ready];
     conditions.extend(usage_conditions);
-    let exhausted_since = conditions
+    let persisted = conditions
         .iter()
         .find(|c| c.type_ == "Exhausted" && c.status == Status::True)
         .map(|c| conditions::since(&existing.conditions, c, now));
+    let exhausted_since = cycle.account.exhausted_since(persisted);
     let budget = decide::Budget {
         name: &tb.name_any(),
         action: spec.action,
@@ -72,6 +84,7 @@ pub fn intent(tb: &TokenBudget, spec: &Result<ValidBudget, SpecErrors>, observed
         status,
         conditions,
         plan: Some(plan),
+        exhausted_since,
     }
 }
 
@@ -97,12 +110,14 @@ pub fn restore_plan(tb: &TokenBudget, observed: &Observed, now: Timestamp) -> Pl
 }
 
 /// The status to write: the intent with what the writes achieved, and every condition merged
-/// once into the existing ones.
+/// once into the existing ones. `Exhausted` dates from when the budget became exhausted, even
+/// if the status could not say so then (its writes failed).
 pub fn status(tb: &TokenBudget, intent: Intent, acted: Option<&Acted>, now: Timestamp) -> TokenBudgetStatus {
     let Intent {
         mut status,
         mut conditions,
         plan,
+        exhausted_since,
     } = intent;
     if let (Some(plan), Some(acted)) = (plan, acted) {
         conditions.push(acted.condition(&plan));
@@ -110,6 +125,14 @@ pub fn status(tb: &TokenBudget, intent: Intent, acted: Option<&Acted>, now: Time
     }
     let existing = tb.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
     status.conditions = conditions::merge(existing, &conditions, tb.metadata.generation, now);
+    if let Some(since) = exhausted_since
+        && let Some(exhausted) = status
+            .conditions
+            .iter_mut()
+            .find(|c| c.type_ == "Exhausted" && c.status == "True")
+    {
+        exhausted.last_transition_time.0 = exhausted.last_transition_time.0.min(since);
+    }
     status.observed_generation = tb.metadata.generation;
     status
 }

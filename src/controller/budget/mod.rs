@@ -58,10 +58,10 @@ async fn reconcile(guard: Arc<DeserializeGuard<TokenBudget>>, ctx: Arc<Context>)
     add_finalizer(&ctx, tb).await?;
     let now = ctx.clock.now();
     let spec = validate::budget(&tb.spec);
-    let Some(observed) = observe::observe(&ctx, tb, spec.as_ref().ok(), now).await else {
+    let Some(mut observed) = observe::observe(&ctx, tb, spec.as_ref().ok(), now).await else {
         return Ok(Action::requeue(SOON));
     };
-    let intent = compute::intent(tb, &spec, &observed, now);
+    let intent = compute::intent(tb, &spec, &mut observed, now);
     let acted = match &intent.plan {
         Some(plan) => Some(act::act(&ctx, tb, plan, Lifecycle::Live, answered(&observed)).await),
         None => None,
@@ -84,7 +84,9 @@ async fn reconcile(guard: Arc<DeserializeGuard<TokenBudget>>, ctx: Arc<Context>)
 }
 
 /// Step 4: the budget's metrics, then its status, when it changed. The metrics go first, so
-/// that whoever sees the new status finds them up to date too.
+/// that whoever sees the new status finds them up to date too. A write that fails (a status
+/// grown too large for etcd, say) is reported on the budget, and fails the reconcile: it is
+/// retried with backoff, and nothing is announced that was not recorded.
 async fn write_status(
     ctx: &Context,
     tb: &TokenBudget,
@@ -98,7 +100,11 @@ async fn write_status(
     }
     if tb.status.as_ref() != Some(new) {
         let api = Api::<TokenBudget>::namespaced(ctx.client.clone(), &namespace);
-        status::apply(ctx, &api, tb, new).await?;
+        if let Err(error) = status::apply(ctx, &api, tb, new).await {
+            let existing = tb.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+            status::report_failed_write(ctx, &api, tb, existing, &error).await;
+            return Err(error);
+        }
     }
     Ok(())
 }
@@ -206,12 +212,12 @@ mod tests {
 
     /// The status a budget gets before any accounting cycle.
     fn desired_status(tb: &TokenBudget, now: Timestamp) -> TokenBudgetStatus {
-        let observed = observe::Observed {
+        let mut observed = observe::Observed {
             snapshot: Default::default(),
             holds: Default::default(),
             cycle: None,
         };
-        let intent = compute::intent(tb, &validate::budget(&tb.spec), &observed, now);
+        let intent = compute::intent(tb, &validate::budget(&tb.spec), &mut observed, now);
         compute::status(tb, intent, None, now)
     }
 

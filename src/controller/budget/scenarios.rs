@@ -15,6 +15,7 @@ use crate::{
         Context, Error, RESYNC, error_policy,
         fixtures::{NOW, Objects, deployment, now, settle},
         state::BindingRef,
+        status::WRITE_FAILED,
     },
     enforce::FINALIZER,
 };
@@ -341,7 +342,8 @@ async fn a_deleted_budget_restores_then_removes_its_finalizer() {
     assert_eq!(action.expect("the cleanup succeeds"), Action::await_change());
 }
 
-/// A status write the server refuses fails the reconcile: no Event follows (nothing is
+/// A status write the server refuses fails the reconcile: it is reported (a Ready=False
+/// condition written alone, a Warning Event), but no transition is announced (nothing is
 /// announced that was not recorded), and the error policy retries with a growing backoff.
 #[tokio::test]
 async fn a_refused_status_write_fails_the_reconcile_and_backs_off() {
@@ -354,6 +356,8 @@ async fn a_refused_status_write_fails_the_reconcile_and_backs_off() {
         let tb = tb.clone();
         async move {
             api.budget_status_refused(&tb, 500, "InternalError").await;
+            api.budget_conditions_patched(&tb, None).await;
+            api.event_posted(WRITE_FAILED).await;
             api.done().await;
         }
     });
@@ -388,6 +392,202 @@ async fn a_refused_status_write_fails_the_reconcile_and_backs_off() {
         ]
     );
     assert_eq!(counted, 2);
+}
+
+/// The status of a budget that was Ready, with a threshold crossed.
+const READY: &str = "
+phase: Warning
+conditions:
+  - {type: Ready, status: 'True', reason: Reconciled, message: the budget is valid,
+     lastTransitionTime: '2026-11-01T08:00:00Z', observedGeneration: 1}
+  - {type: ThresholdReached, status: 'True', reason: ThresholdReached, message: 80% of the budget is used,
+     lastTransitionTime: '2026-11-20T08:00:00Z', observedGeneration: 1}
+";
+
+/// The answers an API server gives a status too large to keep: its request limit (413), a
+/// validation of the size (422), etcd's own limit (500); the 422 quotes at length what it
+/// refused, as the API server does for a big invalid object.
+fn too_large_answers() -> [(u16, &'static str, String); 3] {
+    let quoted: String = (0..5000)
+        .map(|i| format!("* status.accounting.pods[{i}]: Too long: may not be longer than 1572864\n"))
+        .collect();
+    [
+        (
+            413,
+            "RequestEntityTooLarge",
+            "Request entity too large: limit is 3145728".into(),
+        ),
+        (
+            422,
+            "Invalid",
+            format!("TokenBudget.tokenbudget.io \"research\" is invalid: {quoted}"),
+        ),
+        (500, "InternalError", "etcdserver: request is too large".into()),
+    ]
+}
+
+/// A status the API server refuses for its size is reported on the budget: Ready=False,
+/// reason StatusWriteFailed, written alone (a merge patch of the conditions, which keeps the
+/// others as they were), a Warning Event, both bounded whatever the server quotes; and the
+/// failure counted by reason. The reconcile still fails, to be retried.
+#[tokio::test]
+async fn a_status_too_large_to_write_is_reported_by_condition_event_and_metric() {
+    for (code, reason, message) in too_large_answers() {
+        let tb = TokenBudget::test(LIMITED).finalized(&[]).with_status(status(READY));
+        let (ctx, mut api) = Context::test(Objects {
+            budgets: vec![tb.clone()],
+            ..Default::default()
+        });
+        let server = tokio::spawn({
+            let tb = tb.clone();
+            async move {
+                api.budget_status_refused_saying(&tb, code, reason, &message).await;
+                let conditions = api.budget_conditions_patched(&tb, None).await;
+                let event = api.event_posted(WRITE_FAILED).await;
+                api.done().await;
+                (conditions, event)
+            }
+        });
+        let ((result, failures), (conditions, event)) = settle(
+            ctx,
+            async |ctx| {
+                let result = reconcile(guard(&tb), ctx.clone()).await;
+                let failures = |reason: &str| {
+                    ctx.metrics
+                        .status_write_failures
+                        .with_label_values(&["TokenBudget", reason])
+                        .get()
+                };
+                (result, [failures("too_large"), failures("api"), failures("invalid")])
+            },
+            server,
+        )
+        .await;
+
+        assert!(
+            matches!(&result, Err(Error::Kube(kube::Error::Api(s))) if s.code == code),
+            "{code}: {result:?}"
+        );
+        assert_eq!(failures, [1, 0, 0], "{code}: counted once, as too_large");
+        let ready = conditions::find(&conditions, "Ready").expect("Ready");
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", WRITE_FAILED));
+        assert_eq!(ready.last_transition_time.0, now(), "Ready changed now");
+        assert!(
+            ready
+                .message
+                .starts_with("the status is too large for the API server and is not written"),
+            "{code}: {}",
+            ready.message
+        );
+        assert!(ready.message.contains(&format!("({code} {reason})")) || ready.message.ends_with('…'));
+        assert!(
+            ready.message.len() <= conditions::MAX_MESSAGE_BYTES,
+            "{code}: {}",
+            ready.message.len()
+        );
+        let threshold = conditions::find(&conditions, "ThresholdReached").expect("kept");
+        assert_eq!(
+            threshold,
+            conditions::find(&tb.status.as_ref().unwrap().conditions, "ThresholdReached").unwrap(),
+            "the other conditions are written as they were"
+        );
+        assert_eq!(conditions.len(), 2);
+
+        assert_eq!(event["type"], "Warning");
+        assert_eq!(event["regarding"]["name"], "research");
+        let note = event["note"].as_str().expect("a note");
+        assert_eq!(note, ready.message, "{code}");
+    }
+}
+
+/// A write that fails again, on a budget that says so already, is counted but not reported
+/// again: no second condition write, no second Event.
+#[tokio::test]
+async fn a_status_write_that_fails_again_is_reported_once() {
+    let (code, reason, message) = too_large_answers().into_iter().next().unwrap();
+    let tb = TokenBudget::test(LIMITED).finalized(&[]).with_status(status(READY));
+    let (ctx, mut api) = Context::test(Objects {
+        budgets: vec![tb.clone()],
+        ..Default::default()
+    });
+    let (written_tx, written_rx) = futures::channel::oneshot::channel();
+    let server = tokio::spawn({
+        let tb = tb.clone();
+        async move {
+            api.budget_status_refused_saying(&tb, code, reason, &message).await;
+            let conditions = api.budget_conditions_patched(&tb, None).await;
+            api.event_posted(WRITE_FAILED).await;
+            written_tx.send(conditions).expect("the test waits for the conditions");
+            // The retry, on the budget that says StatusWriteFailed: only the write again.
+            let reported = tb.clone();
+            api.budget_status_refused_saying(&reported, code, reason, &message)
+                .await;
+            api.done().await;
+        }
+    });
+    let (failures, ()) = settle(
+        ctx,
+        async |ctx| {
+            reconcile(guard(&tb), ctx.clone()).await.expect_err("refused");
+            let mut status = tb.status.clone().unwrap();
+            status.conditions = written_rx.await.expect("the conditions were written");
+            let reported = tb.clone().with_status(status);
+            reconcile(guard(&reported), ctx.clone())
+                .await
+                .expect_err("refused again");
+            ctx.metrics
+                .status_write_failures
+                .with_label_values(&["TokenBudget", "too_large"])
+                .get()
+        },
+        server,
+    )
+    .await;
+    assert_eq!(failures, 2);
+}
+
+/// When even the conditions cannot be written, the Event still tells, and both failures are
+/// counted.
+#[tokio::test]
+async fn a_status_write_failure_is_told_by_an_event_when_no_condition_can_be_written() {
+    let tb = TokenBudget::test(LIMITED).finalized(&[]).with_status(status(READY));
+    let (ctx, mut api) = Context::test(Objects {
+        budgets: vec![tb.clone()],
+        ..Default::default()
+    });
+    let server = tokio::spawn({
+        let tb = tb.clone();
+        async move {
+            api.budget_status_refused_saying(&tb, 422, "Invalid", "status.used: Invalid value")
+                .await;
+            api.budget_conditions_patched(&tb, Some(500)).await;
+            let event = api.event_posted(WRITE_FAILED).await;
+            api.done().await;
+            event
+        }
+    });
+    let ((result, failures), event) = settle(
+        ctx,
+        async |ctx| {
+            let result = reconcile(guard(&tb), ctx.clone()).await;
+            let failures = |reason: &str| {
+                ctx.metrics
+                    .status_write_failures
+                    .with_label_values(&["TokenBudget", reason])
+                    .get()
+            };
+            (result, [failures("invalid"), failures("api")])
+        },
+        server,
+    )
+    .await;
+    assert!(matches!(&result, Err(Error::Kube(kube::Error::Api(s))) if s.code == 422));
+    assert_eq!(failures, [1, 1]);
+    assert_eq!(
+        event["note"],
+        "the status could not be written: status.used: Invalid value (422 Invalid)"
+    );
+    assert_eq!(event["type"], "Warning");
 }
 
 /// Someone changed the Deployment since the decision: its annotation write meets a conflict,
@@ -431,4 +631,102 @@ async fn a_conflict_on_the_workload_is_reported_and_retried_soon() {
         action.expect("a failed enforcement write does not fail the reconcile"),
         Action::requeue(Duration::from_millis(550))
     );
+}
+
+/// A ScaleDown budget with a grace period of 10 minutes, exhausted, whose status writes all
+/// fail (too large for etcd): its status never comes to say since when it is exhausted, yet
+/// the grace period runs from when the operator first saw it, and the scale-down comes when
+/// it is over. What the status would say (refused) names that time, and dates `Exhausted`
+/// from the start.
+#[tokio::test]
+async fn the_grace_period_ends_on_time_while_status_writes_fail() {
+    let tb = TokenBudget::test("{limits: {tokens: 1000}, enforcement: {action: ScaleDown, gracePeriod: 10m}}")
+        .finalized(&[])
+        .with_status(status(OVER_THE_LIMIT));
+    let summarizer = deployment("summarizer", 2, "41", &[]);
+    let clock = crate::clock::ManualClock::new(now());
+    let (ctx, mut api) = Context::test_with_clock(
+        Objects {
+            budgets: vec![tb.clone()],
+            bindings: vec![BudgetBinding::test("research", "summarizer").charging()],
+            deployments: vec![summarizer.clone()],
+        },
+        clock.clone(),
+    );
+    let (reported_tx, reported_rx) = futures::channel::oneshot::channel();
+    let server = tokio::spawn({
+        let tb = tb.clone();
+        async move {
+            const ETCD: &str = "etcdserver: request is too large";
+            // At 12:00: annotated exhausted; the status refused; reported.
+            let annotated = api.deployment_annotated(&summarizer, "41").await;
+            api.budget_status_refused_saying(&tb, 500, "InternalError", ETCD).await;
+            let conditions = api.budget_conditions_patched(&tb, None).await;
+            api.event_posted(WRITE_FAILED).await;
+            reported_tx.send(conditions).expect("the test waits for the conditions");
+            // At 12:05, on the budget that says the write failed: annotated again (the
+            // store has not seen the first write), the status refused again, nothing more.
+            let mut reported = tb.clone();
+            reported.metadata.resource_version = Some("8".into());
+            api.deployment_annotated(&summarizer, "41").await;
+            let midway = api
+                .budget_status_refused_saying(&reported, 500, "InternalError", ETCD)
+                .await;
+            // At 12:10: the grace period is over: scaled down.
+            api.deployment_annotated(&summarizer, "41").await;
+            let replicas = api.deployment_scaled(&summarizer, "42").await;
+            let over = api
+                .budget_status_refused_saying(&reported, 500, "InternalError", ETCD)
+                .await;
+            api.done().await;
+            (annotated, midway, replicas, over)
+        }
+    });
+    let (failures, (annotated, midway, replicas, over)) = settle(
+        ctx,
+        async |ctx| {
+            reconcile(guard(&tb), ctx.clone())
+                .await
+                .expect_err("the status is refused");
+            let mut status = tb.status.clone().unwrap();
+            status.conditions = reported_rx.await.expect("the conditions were written");
+            let mut reported = tb.clone().with_status(status);
+            reported.metadata.resource_version = Some("8".into());
+            for minutes in [5, 5] {
+                clock.advance(jiff::SignedDuration::from_mins(minutes));
+                reconcile(guard(&reported), ctx.clone())
+                    .await
+                    .expect_err("the status is refused");
+            }
+            ctx.metrics
+                .status_write_failures
+                .with_label_values(&["TokenBudget", "too_large"])
+                .get()
+        },
+        server,
+    )
+    .await;
+
+    assert_eq!(annotated.get("tokenbudget.io/state"), Some(&Some("exhausted".into())));
+    assert_eq!(
+        condition(&midway, "Enforced"),
+        (
+            "True",
+            "GracePeriod",
+            "annotated exhausted: Deployment/summarizer; scaled down at 2026-11-28T12:10:00Z unless the budget has room again"
+        ),
+        "at 12:05, the end of the grace period has not moved"
+    );
+    assert_eq!(replicas, 0, "scaled down at 12:10");
+    assert_eq!(
+        condition(&over, "Enforced"),
+        ("True", "ScaledDown", "scaled to 0: Deployment/summarizer")
+    );
+    let exhausted = conditions::find(&over.conditions, "Exhausted").expect("Exhausted");
+    assert_eq!(
+        (exhausted.status.as_str(), exhausted.last_transition_time.0),
+        ("True", now()),
+        "exhausted since 12:00, when the operator saw it, not since the write that succeeds"
+    );
+    assert_eq!(failures, 3);
 }
