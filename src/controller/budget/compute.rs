@@ -30,8 +30,11 @@ pub struct Intent {
     pub status: TokenBudgetStatus,
     pub conditions: Vec<Desired>,
     /// The changes to the workloads and the quota; `None` for an invalid spec, which
-    /// changes nothing until it is fixed.
+    /// changes nothing until it is fixed, and for a decision held.
     pub plan: Option<Plan>,
+    /// Whether enforcement took no decision because the view was stale: what it last decided
+    /// (the `Enforced` condition, `enforced`, `computeQuota`) stays as it is.
+    pub held: bool,
 }
 
 /// The desired status and plan of a live budget.
@@ -44,11 +47,24 @@ pub fn intent(tb: &TokenBudget, spec: &Result<ValidBudget, SpecErrors>, observed
             status: existing,
             conditions: vec![ready],
             plan: None,
+            held: false,
         };
     };
     let (mut status, usage_conditions) = account::usage_status(spec, &cycle.account, &cycle.window);
     let mut conditions = vec![ready];
     conditions.extend(usage_conditions);
+    if !observed.view.is_current() {
+        // A store may be behind (a binding deleted, a workload scaled meanwhile): the usage is
+        // counted, but nothing is decided until every watch has listed again.
+        status.enforced = existing.enforced;
+        status.compute_quota = existing.compute_quota;
+        return Intent {
+            status,
+            conditions,
+            plan: None,
+            held: true,
+        };
+    }
     let exhausted_since = conditions
         .iter()
         .find(|c| c.type_ == "Exhausted" && c.status == Status::True)
@@ -72,6 +88,7 @@ pub fn intent(tb: &TokenBudget, spec: &Result<ValidBudget, SpecErrors>, observed
         status,
         conditions,
         plan: Some(plan),
+        held: false,
     }
 }
 
@@ -103,6 +120,7 @@ pub fn status(tb: &TokenBudget, intent: Intent, acted: Option<&Acted>, now: Time
         mut status,
         mut conditions,
         plan,
+        held,
     } = intent;
     if let (Some(plan), Some(acted)) = (plan, acted) {
         conditions.push(acted.condition(&plan));
@@ -110,6 +128,11 @@ pub fn status(tb: &TokenBudget, intent: Intent, acted: Option<&Acted>, now: Time
     }
     let existing = tb.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
     status.conditions = conditions::merge(existing, &conditions, tb.metadata.generation, now);
+    if held {
+        status
+            .conditions
+            .extend(existing.iter().filter(|c| c.type_ == "Enforced").cloned());
+    }
     status.observed_generation = tb.metadata.generation;
     status
 }
