@@ -145,9 +145,17 @@ impl Watches {
     }
 
     /// Remembers that `budget` took no decision on a stale view, to wake it once the view is
-    /// current.
+    /// current (at once, if it became current since the budget looked).
     pub fn hold(&self, budget: BudgetRef) {
-        self.lock().held.insert(budget);
+        let mut inner = self.lock();
+        if View::of(&inner.states).is_current() {
+            drop(inner);
+            if let Some(wake) = &self.wake {
+                let _ = wake.unbounded_send(budget);
+            }
+        } else {
+            inner.held.insert(budget);
+        }
     }
 
     fn observe<K>(&self, resource: &'static str, event: &Result<Event<K>, watcher::Error>) {
@@ -392,6 +400,10 @@ mod tests {
         let budget = woken.try_recv().expect("the held budget woken");
         assert_eq!(budget.name, "research");
         assert!(woken.try_recv().is_err(), "once");
+
+        // Held just after the view became current again (it looked before): woken at once.
+        watches.hold(BudgetRef::new("late").within("agents"));
+        assert_eq!(woken.try_recv().expect("woken at once").name, "late");
     }
 
     #[test]
