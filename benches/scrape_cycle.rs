@@ -729,7 +729,15 @@ impl Cluster {
             .into_iter()
             .map(|(url, why)| (url.to_owned(), why))
             .collect();
-        cycle::fold(account, &bindings, plan, answers, None, self.now);
+        cycle::fold(
+            account,
+            &bindings,
+            plan,
+            answers,
+            None,
+            self.now,
+            cycle::Freshness::Current,
+        );
         wrong
     }
 }

@@ -37,6 +37,11 @@ pub struct Metrics {
     /// From the end of the scrapes that found a budget exhausted to the scale-down (or
     /// suspend) accepted by the API server.
     pub enforcement_latency: Histogram,
+    /// 1 while a watch's store is current, 0 from a watch error until it has listed again (and
+    /// before its first listing), by resource (`pods`, `deployments`, ..., `tokenbudgets`).
+    pub watch_synced: IntGaugeVec,
+    /// Budget reconciles that took no enforcement decision because a store was not current.
+    pub enforcement_held: IntCounter,
 }
 
 impl Default for Metrics {
@@ -140,6 +145,23 @@ impl Metrics {
                 "tokenbudget_enforcement_latency_seconds",
                 "From the scrapes that found a budget exhausted to the scale-down accepted by the API server",
                 vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0],
+            ),
+            watch_synced: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tokenbudget_watch_synced",
+                        "1 while the watch of a resource is current, 0 from a watch error until it has listed again",
+                    ),
+                    &["resource"],
+                ),
+            ),
+            enforcement_held: register(
+                r,
+                IntCounter::new(
+                    "tokenbudget_enforcement_held_total",
+                    "Budget reconciles that took no enforcement decision because a watch was not current",
+                ),
             ),
             registry,
         }

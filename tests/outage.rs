@@ -4,6 +4,11 @@
 //! API answers again every token is in the status, counted once; a workload it scaled down for
 //! an exhausted budget stays down, nothing is restored, and enforcement works again.
 //!
+//! While the API server is down every watch has failed: the operator says so
+//! (`tokenbudget_watch_synced` 0 for each resource, `tokenbudget_enforcement_held_total`
+//! rising), keeps counting, and decides nothing until every watch has listed again; then the
+//! gauges are back to 1.
+//!
 //! This stops the API server every test uses. `cargo test` runs test binaries one after
 //! another, and this binary has one test (the scenarios in sequence), so nothing else talks to
 //! the testbed meanwhile.
@@ -122,6 +127,19 @@ impl Tenant {
         self.operator().metric(&series)
     }
 
+    /// Every series of `tokenbudget_watch_synced`: (resource, value).
+    fn watches_synced(&mut self) -> Vec<(String, f64)> {
+        let metrics = self.operator().get("/metrics").expect("the operator's metrics").1;
+        metrics
+            .lines()
+            .filter_map(|line| {
+                let rest = line.strip_prefix("tokenbudget_watch_synced{resource=\"")?;
+                let (resource, value) = rest.split_once("\"} ")?;
+                Some((resource.to_string(), value.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
     fn enforcement_actions(&mut self, action: &str) -> u64 {
         let series = format!("tokenbudget_enforcement_actions_total{{action=\"{action}\"}}");
         self.operator().metric(&series).map_or(0, |v| v as u64)
@@ -136,6 +154,8 @@ struct Outcome {
     counted_during: i64,
     /// From the API server answering again to the budget's status showing every token.
     resumed: Duration,
+    /// From the API server answering again to every watch current again.
+    resynced: Duration,
 }
 
 /// Stops `component` for [`OUTAGE`] while the agents of budget `counted` spend, starts it
@@ -166,6 +186,22 @@ async fn outage(testbed: &Testbed, s: &mut Tenant, component: &'static str, spen
         }
         assert!(s.operator().running(), "the operator exited while {component} was down");
     }
+    let held = s.operator().metric("tokenbudget_enforcement_held_total").unwrap_or(0.0);
+    let synced = s.watches_synced();
+    if component == "apiserver" {
+        // Every watch failed when the API server went: no store counts as current, and the
+        // budgets' cycles (which went on counting) took no decision.
+        assert_eq!(synced.len(), 8, "one series per watched resource: {synced:?}");
+        assert!(
+            synced.iter().all(|(_, v)| *v == 0.0),
+            "watches still current without an API server: {synced:?}"
+        );
+        assert!(
+            held > 0.0,
+            "no reconcile held its decision while the API server was down"
+        );
+    }
+    println!("{component} down: watches synced {synced:?}, {held} reconciles held");
     stopped.start().await;
     let back = Instant::now();
     let total = *spent;
@@ -177,6 +213,17 @@ async fn outage(testbed: &Testbed, s: &mut Tenant, component: &'static str, spen
     )
     .await;
     let resumed = back.elapsed();
+    // Each watch lists again, and says so.
+    within(
+        async {
+            while s.watches_synced().iter().any(|(_, v)| *v != 1.0) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        },
+        "every watch current again",
+    )
+    .await;
+    let resynced = back.elapsed();
     assert!(
         s.operator().running(),
         "the operator exited after {component} came back"
@@ -190,6 +237,7 @@ async fn outage(testbed: &Testbed, s: &mut Tenant, component: &'static str, spen
         spent: total - before,
         counted_during,
         resumed,
+        resynced,
     }
 }
 
@@ -239,8 +287,8 @@ async fn the_operator_lives_through_outages_of_the_api_server_and_etcd_and_loses
         let outcome = outage(&testbed, &mut s, component, &mut spent).await;
         println!(
             "{component} down for {OUTAGE:?}: {} tokens spent meanwhile, {} of them counted before it came back; \
-             the status had all {spent} {:?} after the API server answered again",
-            outcome.spent, outcome.counted_during, outcome.resumed
+             the status had all {spent} {:?} after the API server answered again, every watch current after {:?}",
+            outcome.spent, outcome.counted_during, outcome.resumed, outcome.resynced
         );
         assert!(outcome.spent > 0);
         if component == "apiserver" {

@@ -167,6 +167,7 @@ async fn reconcile(guard: Arc<DeserializeGuard<BudgetBinding>>, ctx: Arc<Context
 pub fn controller(
     bindings: Api<DeserializeGuard<BudgetBinding>>,
     budgets: Api<DeserializeGuard<TokenBudget>>,
+    health: super::sync::WatchHealth,
     wake_budgets: futures::channel::mpsc::UnboundedSender<BudgetRef>,
 ) -> Controller<DeserializeGuard<BudgetBinding>> {
     // Each binding's generation, budget and status (`budget`, `since`) as last seen: a binding
@@ -174,7 +175,7 @@ pub fn controller(
     // at once.
     type Seen = (Option<i64>, Option<BudgetRef>, Option<(String, String)>);
     let mut seen: HashMap<BindingRef, Seen> = HashMap::new();
-    let controller = super::guarded_controller(bindings, move |event| {
+    let controller = super::guarded_controller(bindings, health, move |event| {
         use kube::runtime::watcher::Event;
         let (guard, deleted) = match event {
             Event::Apply(g) | Event::InitApply(g) => (g, false),

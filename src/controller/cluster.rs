@@ -1,14 +1,9 @@
 //! The reflector stores the budget controller reads: pods, the workloads that own them, and
 //! the bindings. Every read of the accounting cycle and of enforcement comes from here, never
-//! from a list call, and only once every store has synced.
+//! from a list call, and only once every store has listed; enforcement decides only while
+//! every watch is healthy too ([`sync`](super::sync)).
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::{
@@ -25,12 +20,14 @@ use kube::{
     runtime::{
         WatchStreamExt,
         reflector::{self, ObjectRef, Store},
-        watcher::{self, watcher},
     },
 };
 use serde::de::DeserializeOwned;
 
-use super::state::BudgetRef;
+use super::{
+    state::BudgetRef,
+    sync::{self, View, WatchHealth, Watches},
+};
 use crate::{
     api::BudgetBinding,
     workloads::{self, Snapshot},
@@ -46,7 +43,8 @@ pub struct Cluster {
     pub jobs: Store<Job>,
     pub cron_jobs: Store<CronJob>,
     pub bindings: Store<DeserializeGuard<BudgetBinding>>,
-    synced: Arc<AtomicBool>,
+    /// Whether each store, these and the budgets', is current.
+    pub watches: Watches,
 }
 
 /// An Api of a namespaced kind in the operator's watch scope: one namespace, or all.
@@ -61,16 +59,21 @@ where
 }
 
 /// A reflector whose store keeps objects without their managedFields (memory), driven by the
-/// returned future. `on_apply` sees each created or changed object once the store has it.
-fn reflect<K>(api: Api<K>, on_apply: impl Fn(&K) + Send + 'static) -> (Store<K>, impl Future<Output = ()> + Send)
+/// returned future, its watch's health reported to `health` once the store has applied each
+/// event. `on_apply` sees each created or changed object once the store has it.
+fn reflect<K>(
+    api: Api<K>,
+    health: WatchHealth,
+    on_apply: impl Fn(&K) + Send + 'static,
+) -> (Store<K>, impl Future<Output = ()> + Send)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
+    let stream = sync::relisting(api)
         .modify(|obj| obj.meta_mut().managed_fields = None)
         .reflect(writer)
+        .inspect(move |event| health.observe(event))
         .applied_objects();
     (
         reader,
@@ -114,20 +117,23 @@ fn running_under_suspension(job: &Job, cron_job: Option<&CronJob>) -> Option<Bud
 }
 
 impl Cluster {
-    /// Starts the reflectors. `terminating` receives every pod that starts terminating, so
-    /// that its budget can scrape it once more at once (accounting rule 5).
+    /// Starts the reflectors, each registered in `watches` (where the bindings' and budgets'
+    /// watches are too). `terminating` receives every pod that starts terminating, so that its
+    /// budget can scrape it once more at once (accounting rule 5).
     pub fn start(
         client: &Client,
         namespace: Option<&str>,
         bindings: Store<DeserializeGuard<BudgetBinding>>,
+        watches: Watches,
         terminating: futures::channel::mpsc::UnboundedSender<Arc<Pod>>,
         enforcement_undone: futures::channel::mpsc::UnboundedSender<BudgetRef>,
     ) -> (Self, impl Future<Output = ()> + Send + use<>) {
         let (pods_reader, pods_writer) = reflector::store();
-        let pod_stream = watcher(api::<Pod>(client, namespace), watcher::Config::default())
-            .default_backoff()
+        let pods_health = watches.register("pods");
+        let pod_stream = sync::relisting(api::<Pod>(client, namespace))
             .modify(|pod| pod.meta_mut().managed_fields = None)
             .reflect(pods_writer)
+            .inspect(move |event| pods_health.observe(event))
             .applied_objects()
             .for_each(move |pod| {
                 if let Ok(pod) = pod
@@ -142,21 +148,31 @@ impl Cluster {
                 let _ = enforcement_undone.unbounded_send(budget);
             }
         };
-        let (replica_sets, rs) = reflect(api(client, namespace), |_: &ReplicaSet| {});
+        let (replica_sets, rs) = reflect(
+            api(client, namespace),
+            watches.register("replicasets"),
+            |_: &ReplicaSet| {},
+        );
         let w = wake.clone();
-        let (deployments, d) = reflect(api(client, namespace), move |o: &Deployment| {
-            w(undone_enforcement(&o.metadata, o.spec.replicas, None))
-        });
+        let (deployments, d) = reflect(
+            api(client, namespace),
+            watches.register("deployments"),
+            move |o: &Deployment| w(undone_enforcement(&o.metadata, o.spec.replicas, None)),
+        );
         let w = wake.clone();
-        let (stateful_sets, s) = reflect(api(client, namespace), move |o: &StatefulSet| {
-            w(undone_enforcement(&o.metadata, o.spec.replicas, None))
-        });
+        let (stateful_sets, s) = reflect(
+            api(client, namespace),
+            watches.register("statefulsets"),
+            move |o: &StatefulSet| w(undone_enforcement(&o.metadata, o.spec.replicas, None)),
+        );
         let w = wake.clone();
-        let (cron_jobs, c) = reflect(api(client, namespace), move |o: &CronJob| {
-            w(undone_enforcement(&o.metadata, None, o.spec.suspend))
-        });
+        let (cron_jobs, c) = reflect(
+            api(client, namespace),
+            watches.register("cronjobs"),
+            move |o: &CronJob| w(undone_enforcement(&o.metadata, None, o.spec.suspend)),
+        );
         let owners = cron_jobs.clone();
-        let (jobs, j) = reflect(api(client, namespace), move |o: &Job| {
+        let (jobs, j) = reflect(api(client, namespace), watches.register("jobs"), move |o: &Job| {
             wake(undone_enforcement(
                 &o.metadata,
                 None,
@@ -175,42 +191,18 @@ impl Cluster {
             jobs,
             cron_jobs,
             bindings,
-            synced: Arc::default(),
+            watches,
         };
-        let watch_sync = cluster.clone().watch_sync();
         let driver = async move {
-            tokio::join!(pod_stream, rs, d, s, j, c, watch_sync);
+            tokio::join!(pod_stream, rs, d, s, j, c);
         };
         (cluster, driver)
     }
 
-    /// Sets `synced` once every store has listed its objects. Re-polls, because a store's
-    /// readiness signal wakes only its most recent waiter.
-    async fn watch_sync(self) {
-        loop {
-            let all = async {
-                self.pods.wait_until_ready().await.is_ok()
-                    && self.replica_sets.wait_until_ready().await.is_ok()
-                    && self.deployments.wait_until_ready().await.is_ok()
-                    && self.stateful_sets.wait_until_ready().await.is_ok()
-                    && self.jobs.wait_until_ready().await.is_ok()
-                    && self.cron_jobs.wait_until_ready().await.is_ok()
-                    && self.bindings.wait_until_ready().await.is_ok()
-            };
-            match tokio::time::timeout(Duration::from_millis(250), all).await {
-                Ok(true) => {
-                    self.synced.store(true, Ordering::Release);
-                    return;
-                }
-                Ok(false) => return,
-                Err(_) => continue,
-            }
-        }
-    }
-
-    /// Whether every store has synced: never account (or forget pods) on a partial view.
-    pub fn synced(&self) -> bool {
-        self.synced.load(Ordering::Acquire)
+    /// What the stores are worth now: never account on a store that has not listed, never
+    /// decide on one whose watch failed since.
+    pub fn view(&self) -> View {
+        self.watches.view()
     }
 
     /// The workload objects of one namespace.
@@ -263,8 +255,8 @@ impl Cluster {
     }
 }
 
-/// For the scenario tests: a cluster over stores filled by hand, synced as if every watch had
-/// listed them.
+/// For the scenario tests: a cluster over stores filled by hand, as if every watch had listed
+/// them and were healthy (no watch registered: the view is current).
 #[cfg(test)]
 impl Cluster {
     pub(crate) fn from_stores(
@@ -284,7 +276,7 @@ impl Cluster {
             jobs,
             cron_jobs,
             bindings,
-            synced: Arc::new(AtomicBool::new(true)),
+            watches: Watches::default(),
         }
     }
 }

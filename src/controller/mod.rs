@@ -3,8 +3,9 @@
 //! - [`budget`]: the TokenBudget reconcile, a pipeline of observe, compute, act, write status
 //!   and announce, each step a module of its own.
 //! - [`binding`]: the BudgetBinding reconcile (its status, from the budget's last cycle).
-//! - [`cluster`]: the reflector stores everything is read from; [`scrapes`]: the scrapes of
-//!   a cycle; [`state`]: what is kept in memory between reconciles.
+//! - [`cluster`]: the reflector stores everything is read from; [`sync`]: whether each is
+//!   current; [`scrapes`]: the scrapes of a cycle; [`state`]: what is kept in memory between
+//!   reconciles.
 //! - [`status`], [`events`]: writing status and publishing Events.
 //! - [`run`]: the whole operator; [`cli`]: its command line.
 //!
@@ -22,6 +23,7 @@ pub mod run;
 pub mod scrapes;
 pub mod state;
 pub mod status;
+pub mod sync;
 
 use std::{
     collections::HashMap,
@@ -39,7 +41,7 @@ use kube::{
         controller::Action,
         events::Reporter,
         reflector::{self, ObjectRef, Store},
-        watcher::{self, watcher},
+        watcher,
     },
 };
 use serde::de::DeserializeOwned;
@@ -150,22 +152,24 @@ where
 /// A watch of `api` whose objects are kept in a store, triggering only when an object's
 /// generation changes (so that status writes, ours or anyone's, never trigger a reconcile).
 /// Objects that do not deserialize arrive as `Err` inside the guard rather than breaking the
-/// watch.
+/// watch. The watch lists again after any error, and reports its health to `health`
+/// ([`sync`]).
 ///
 /// `on_event` sees every watch event right after the store has applied it, so whatever it
 /// wakes finds the store already up to date.
 pub(crate) fn guarded_controller<K>(
     api: Api<DeserializeGuard<K>>,
+    health: sync::WatchHealth,
     mut on_event: impl FnMut(&watcher::Event<DeserializeGuard<K>>) + Send + 'static,
 ) -> Controller<DeserializeGuard<K>>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
+    let stream = sync::relisting(api)
         .reflect(writer)
         .inspect(move |event| {
+            health.observe(event);
             if let Ok(event) = event {
                 on_event(event);
             }

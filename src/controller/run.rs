@@ -24,6 +24,7 @@ use super::{
     Context, FIELD_MANAGER, StartError,
     cluster::{Cluster, api},
     state::{BindingUsages, BudgetRef},
+    sync::Watches,
 };
 use crate::{
     api::{BudgetBinding, TokenBudget},
@@ -133,11 +134,20 @@ struct Wiring {
 fn wire(client: Client, options: &Options, clock: Arc<dyn Clock>, metrics: Metrics, tasks: &mut JoinSet<()>) -> Wiring {
     let ns = options.namespace.as_deref();
     let budgets: Api<DeserializeGuard<TokenBudget>> = api(&client, ns);
+    // Every watch the budget controller reads reports whether its store is current; budgets
+    // that held a decision on a stale view are woken once every store is current again.
+    let (resynced_tx, resynced_rx) = mpsc::unbounded();
+    let watches = Watches::new(metrics.watch_synced.clone(), resynced_tx);
     // Bindings that change wake their budgets, after the binding store has seen the change.
     let (binding_changed_tx, binding_changed_rx) = mpsc::unbounded();
-    let binding_controller = super::binding::controller(api(&client, ns), budgets.clone(), binding_changed_tx);
+    let binding_controller = super::binding::controller(
+        api(&client, ns),
+        budgets.clone(),
+        watches.register("budgetbindings"),
+        binding_changed_tx,
+    );
     let (deleted_tx, deleted_rx) = mpsc::unbounded::<BudgetRef>();
-    let budget_controller = super::budget::controller(budgets, deleted_tx);
+    let budget_controller = super::budget::controller(budgets, watches.register("tokenbudgets"), deleted_tx);
 
     // Accounting reads pods and workloads from reflector stores; a pod that starts terminating
     // wakes its budgets at once so that its last tokens count.
@@ -145,7 +155,14 @@ fn wire(client: Client, options: &Options, clock: Arc<dyn Clock>, metrics: Metri
     // A workload whose enforcement someone undid (scaled up while exhausted) wakes its budget
     // at once, not at its next cycle.
     let (undone_tx, undone_rx) = mpsc::unbounded();
-    let (cluster, cluster_driver) = Cluster::start(&client, ns, binding_controller.store(), terminating_tx, undone_tx);
+    let (cluster, cluster_driver) = Cluster::start(
+        &client,
+        ns,
+        binding_controller.store(),
+        watches,
+        terminating_tx,
+        undone_tx,
+    );
     tasks.spawn(cluster_driver);
     let trigger_cluster = cluster.clone();
     let terminating = terminating_rx.flat_map(move |pod| futures::stream::iter(trigger_cluster.budgets_for_pod(&pod)));
@@ -177,7 +194,8 @@ fn wire(client: Client, options: &Options, clock: Arc<dyn Clock>, metrics: Metri
         budgets: budget_controller
             .reconcile_on(binding_changed_rx)
             .reconcile_on(terminating)
-            .reconcile_on(undone_rx),
+            .reconcile_on(undone_rx)
+            .reconcile_on(resynced_rx),
         bindings: binding_controller.reconcile_on(wake_rx),
         ctx,
     }

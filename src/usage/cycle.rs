@@ -199,6 +199,16 @@ fn rejoined(recorded: &BoundBy, binding: &Binding) -> bool {
     recorded.since.as_second() < binding.since.as_second()
 }
 
+/// Whether the stores a cycle was planned on were all current, or some may be out of date
+/// (their watch failed and has not listed again). On a stale view a cycle counts what it
+/// scrapes, but a pod or a workload missing from it proves nothing, so nothing is forgotten
+/// for being missing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Freshness {
+    Current,
+    Stale,
+}
+
 /// What a cycle's scrapes answered, in the order of the plan's scrapes, and when the last
 /// answer was in.
 pub struct Answers {
@@ -209,7 +219,10 @@ pub struct Answers {
 /// Folds a cycle's answers into the account: each successful scrape into the ledger, each
 /// failure into the binding's problems; pods no longer bound, and pods that have finished, are
 /// forgotten (their tokens stay counted); since when each workload is bound; and a burn-rate
-/// sample at `now`. Returns the bindings' reports with their tokens.
+/// sample at `now`. Returns the bindings' reports with their tokens. On a [`Freshness::Stale`]
+/// view, pods no longer bound stay in the ledger and what the last cycle recorded as bound
+/// stays recorded: a later cycle on a current view forgets what is really gone. (A finished
+/// pod is forgotten either way: its phase is news, not an absence.)
 pub fn fold(
     account: &mut Account,
     bindings: &[Binding],
@@ -217,6 +230,7 @@ pub fn fold(
     answers: Answers,
     token_types: Option<&[TokenType]>,
     now: Timestamp,
+    freshness: Freshness,
 ) -> Vec<BindingReport> {
     let Plan {
         scrapes,
@@ -266,9 +280,17 @@ pub fn fold(
             new,
         });
     }
-    forget_unbound_pods(account, &bound_pods);
+    match freshness {
+        Freshness::Current => {
+            forget_unbound_pods(account, &bound_pods);
+            account.ledger_mut().set_bound(since);
+        }
+        Freshness::Stale => {
+            let bound = keep_recorded(account.ledger().bound(), since);
+            account.ledger_mut().set_bound(bound);
+        }
+    }
     forget_finished_pods(account, &finished);
-    account.ledger_mut().set_bound(since);
     for report in &mut reports {
         report.used_tokens = account.ledger().binding_tokens(&report.name);
     }
@@ -301,6 +323,22 @@ fn observe(
         scraped_at,
     };
     account.ledger_mut().observe(&observation, usage);
+}
+
+/// What a cycle on a stale view records as bound: what it found, and what the last cycle
+/// recorded that it did not find (a binding or a workload missing from a stale store may
+/// still be there).
+fn keep_recorded(recorded: &Bound, found: Bound) -> Bound {
+    let mut bound = recorded.clone();
+    for (binding, by) in found {
+        match bound.get_mut(&binding) {
+            Some(kept) if kept.since == by.since => kept.workloads.extend(by.workloads),
+            _ => {
+                bound.insert(binding, by);
+            }
+        }
+    }
+    bound
 }
 
 /// Pods that are no longer bound to the budget (gone from the cluster, or unbound) are gone
@@ -379,6 +417,17 @@ mod tests {
         snapshot: &Snapshot,
         answer: impl Fn(&ValidBinding, &str) -> Result<Usage, ScrapeError>,
     ) -> Vec<BindingReport> {
+        cycle_on(Freshness::Current, account, bindings, snapshot, answer)
+    }
+
+    /// As [`cycle`], on a view of this freshness.
+    fn cycle_on(
+        freshness: Freshness,
+        account: &mut Account,
+        bindings: &[Binding],
+        snapshot: &Snapshot,
+        answer: impl Fn(&ValidBinding, &str) -> Result<Usage, ScrapeError>,
+    ) -> Vec<BindingReport> {
         let plan = plan(bindings, snapshot, account.ledger().bound(), times());
         let results = plan
             .scrapes
@@ -390,7 +439,7 @@ mod tests {
             results,
             answered_at: now,
         };
-        fold(account, bindings, plan, answers, None, now)
+        fold(account, bindings, plan, answers, None, now, freshness)
     }
 
     fn times() -> Times {
@@ -565,6 +614,44 @@ mod tests {
         assert!(account.ledger().contains_pod("uid-summarizer-abc-1"));
         assert_eq!(reports[0].used_tokens, 60, "the gone pod's tokens still count");
     }
+
+    #[test]
+    fn nothing_missing_from_a_stale_view_is_forgotten() {
+        let specs = [(
+            "s",
+            valid("budgetRef: {name: b}\nworkloads: [{kind: Deployment, name: summarizer}]"),
+        )];
+        let bindings = bindings(&specs);
+        let mut account = account();
+        cycle(&mut account, &bindings, &snapshot(), |spec, _| usage(spec, 100));
+        cycle(&mut account, &bindings, &snapshot(), |spec, _| usage(spec, 130));
+        assert_eq!(account.ledger().used_tokens(None), 60);
+        let recorded = account.ledger().bound().clone();
+
+        // A pod missing from a stale store (its watch failed, the store may be behind): its
+        // last counters stay, and so does what the binding binds.
+        let mut without = snapshot();
+        without.pods.retain(|p| p.name_any() != "summarizer-old-1");
+        cycle_on(Freshness::Stale, &mut account, &bindings, &without, |spec, _| {
+            usage(spec, 150)
+        });
+        assert!(account.ledger().contains_pod("uid-summarizer-old-1"));
+        assert_eq!(account.ledger().used_tokens(None), 80);
+        // A binding missing too: still recorded, its pods still known.
+        cycle_on(Freshness::Stale, &mut account, &[], &without, |spec, _| {
+            usage(spec, 150)
+        });
+        assert_eq!(account.ledger().bound(), &recorded);
+        assert!(account.ledger().contains_pod("uid-summarizer-abc-1"));
+
+        // Seen again once the view is current: the pod counts on from its last counter, not
+        // from a new baseline, so what it spent meanwhile (40) is not lost.
+        cycle(&mut account, &bindings, &snapshot(), |spec, pod| {
+            usage(spec, if pod == "summarizer-old-1" { 170 } else { 150 })
+        });
+        assert_eq!(account.ledger().used_tokens(None), 120);
+        assert_eq!(account.ledger().bound(), &recorded);
+    }
 }
 
 #[cfg(test)]
@@ -641,7 +728,7 @@ mod bound_since {
             results,
             answered_at: times.now,
         };
-        fold(account, &bindings, plan, answers, None, times.now);
+        fold(account, &bindings, plan, answers, None, times.now, Freshness::Current);
     }
 
     /// Charging since before the pods started (2026-11-10).

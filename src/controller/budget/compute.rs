@@ -31,10 +31,13 @@ pub struct Intent {
     pub status: TokenBudgetStatus,
     pub conditions: Vec<Desired>,
     /// The changes to the workloads and the quota; `None` for an invalid spec, which
-    /// changes nothing until it is fixed.
+    /// changes nothing until it is fixed, and for a decision held.
     pub plan: Option<Plan>,
     /// Since when the budget is exhausted, as enforcement measures it.
     pub exhausted_since: Option<Timestamp>,
+    /// Whether enforcement took no decision because the view was stale: what it last decided
+    /// (the `Enforced` condition, `enforced`, `computeQuota`) stays as it is.
+    pub held: bool,
 }
 
 /// The desired status and plan of a live budget. A grace period runs from when the budget
@@ -55,6 +58,7 @@ pub fn intent(
             conditions: vec![ready],
             plan: None,
             exhausted_since: None,
+            held: false,
         };
     };
     let (mut status, usage_conditions) = account::usage_status(spec, &cycle.account, &cycle.window);
@@ -64,7 +68,21 @@ pub fn intent(
         .iter()
         .find(|c| c.type_ == "Exhausted" && c.status == Status::True)
         .map(|c| conditions::since(&existing.conditions, c, now));
+    // Remembered even when nothing is decided: a grace period runs on.
     let exhausted_since = cycle.account.exhausted_since(persisted);
+    if !observed.view.is_current() {
+        // A store may be behind (a binding deleted, a workload scaled meanwhile): the usage is
+        // counted, but nothing is decided until every watch has listed again.
+        status.enforced = existing.enforced;
+        status.compute_quota = existing.compute_quota;
+        return Intent {
+            status,
+            conditions,
+            plan: None,
+            exhausted_since,
+            held: true,
+        };
+    }
     let budget = decide::Budget {
         name: &tb.name_any(),
         action: spec.action,
@@ -85,6 +103,7 @@ pub fn intent(
         conditions,
         plan: Some(plan),
         exhausted_since,
+        held: false,
     }
 }
 
@@ -118,6 +137,7 @@ pub fn status(tb: &TokenBudget, intent: Intent, acted: Option<&Acted>, now: Time
         mut conditions,
         plan,
         exhausted_since,
+        held,
     } = intent;
     if let (Some(plan), Some(acted)) = (plan, acted) {
         conditions.push(acted.condition(&plan));
@@ -132,6 +152,11 @@ pub fn status(tb: &TokenBudget, intent: Intent, acted: Option<&Acted>, now: Time
             .find(|c| c.type_ == "Exhausted" && c.status == "True")
     {
         exhausted.last_transition_time.0 = exhausted.last_transition_time.0.min(since);
+    }
+    if held {
+        status
+            .conditions
+            .extend(existing.iter().filter(|c| c.type_ == "Enforced").cloned());
     }
     status.observed_generation = tb.metadata.generation;
     status

@@ -28,7 +28,11 @@ use kube::{
     runtime::{Controller, controller::Action},
 };
 
-use super::{Context, Error, state::BudgetRef, status};
+use super::{
+    Context, Error,
+    state::{self, BudgetRef},
+    status,
+};
 use crate::{
     api::{TokenBudget, TokenBudgetStatus},
     enforce, validate,
@@ -62,6 +66,9 @@ async fn reconcile(guard: Arc<DeserializeGuard<TokenBudget>>, ctx: Arc<Context>)
         return Ok(Action::requeue(SOON));
     };
     let intent = compute::intent(tb, &spec, &mut observed, now);
+    if intent.held {
+        hold(&ctx, tb, &observed.view);
+    }
     let acted = match &intent.plan {
         Some(plan) => Some(act::act(&ctx, tb, plan, Lifecycle::Live, answered(&observed)).await),
         None => None,
@@ -116,10 +123,15 @@ async fn cleanup(tb: &TokenBudget, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
     let now = ctx.clock.now();
-    // Never decide on a partial view: an empty cache would restore nothing.
+    // Never decide on a partial view: an empty cache would restore nothing. Nor on a stale
+    // one: a workload scaled or a binding created meanwhile would be missed.
     let Some(observed) = observe::observe(ctx, tb, None, now).await else {
         return Ok(Action::requeue(SOON));
     };
+    if !observed.view.is_current() {
+        hold(ctx, tb, &observed.view);
+        return Ok(Action::requeue(SOON));
+    }
     let plan = compute::restore_plan(tb, &observed, now);
     let acted = act::act(ctx, tb, &plan, Lifecycle::Deleting, std::time::Instant::now()).await;
     let status = tb.status.clone().unwrap_or_default();
@@ -135,6 +147,17 @@ async fn cleanup(tb: &TokenBudget, ctx: &Context) -> Result<Action, Error> {
         .collect();
     set_finalizers(ctx, tb, finalizers).await?;
     Ok(Action::await_change())
+}
+
+/// Says that the budget took no enforcement decision on a stale view, and has it woken once
+/// every store is current again.
+fn hold(ctx: &Context, tb: &TokenBudget, view: &super::sync::View) {
+    ctx.metrics.enforcement_held.inc();
+    tracing::debug!(
+        ?view,
+        "no enforcement decision: a watch has not listed again since it failed"
+    );
+    ctx.cluster.watches.hold(state::object_ref(tb));
 }
 
 fn has_finalizer(tb: &TokenBudget) -> bool {
@@ -178,9 +201,10 @@ async fn set_finalizers(ctx: &Context, tb: &TokenBudget, finalizers: Vec<String>
 /// deleted, to forget its account and metric series.
 pub fn controller(
     api: Api<DeserializeGuard<TokenBudget>>,
+    health: super::sync::WatchHealth,
     deleted: futures::channel::mpsc::UnboundedSender<BudgetRef>,
 ) -> Controller<DeserializeGuard<TokenBudget>> {
-    super::guarded_controller(api, move |event| {
+    super::guarded_controller(api, health, move |event| {
         if let kube::runtime::watcher::Event::Delete(obj) = event {
             let _ = deleted.unbounded_send(BudgetRef::from_obj(obj));
         }
@@ -216,6 +240,7 @@ mod tests {
             snapshot: Default::default(),
             holds: Default::default(),
             cycle: None,
+            view: crate::controller::sync::View::Current,
         };
         let intent = compute::intent(tb, &validate::budget(&tb.spec), &mut observed, now);
         compute::status(tb, intent, None, now)

@@ -12,11 +12,12 @@ use crate::{
     controller::{
         Context, scrapes,
         state::{BudgetRef, Lease},
+        sync::View,
     },
     enforce::{self, observe::Holds},
     usage::{
         account::BindingReport,
-        cycle::{self, Binding, Times},
+        cycle::{self, Binding, Freshness, Times},
         period::{self, PeriodWindow},
     },
     validate::{self, ValidBinding, ValidBudget},
@@ -31,6 +32,8 @@ pub struct Observed<'a> {
     pub holds: Holds,
     /// The accounting cycle, for a valid budget.
     pub cycle: Option<Cycle<'a>>,
+    /// What the stores were worth: enforcement decides only on a current view.
+    pub view: View,
 }
 
 /// One accounting cycle of a budget.
@@ -51,26 +54,36 @@ pub struct Cycle<'a> {
 }
 
 /// Observes the budget's namespace and, when `spec` is valid, runs its accounting cycle.
-/// `None` until the stores have synced: never account or enforce on a partial view.
+/// `None` until every store has listed: never account or enforce on a partial view. On a
+/// stale view (a watch failed and has not listed again) the cycle counts but forgets nothing,
+/// and [`Observed::view`] tells the caller not to decide.
 pub async fn observe<'a>(
     ctx: &'a Context,
     tb: &TokenBudget,
     spec: Option<&ValidBudget>,
     now: Timestamp,
 ) -> Option<Observed<'a>> {
-    if !ctx.cluster.synced() {
-        return None;
-    }
+    let view = ctx.cluster.view();
+    let freshness = match view {
+        View::NotListed => return None,
+        View::Stale(_) => Freshness::Stale,
+        View::Current => Freshness::Current,
+    };
     let namespace = tb.namespace().unwrap_or_default();
     let snapshot = ctx.cluster.snapshot(&namespace);
     let (holds, cycle) = match spec {
         Some(spec) => (
             holds(ctx, tb, &snapshot),
-            Some(account(ctx, tb, spec, &snapshot, now).await),
+            Some(account(ctx, tb, spec, &snapshot, now, freshness).await),
         ),
         None => Default::default(),
     };
-    Some(Observed { snapshot, holds, cycle })
+    Some(Observed {
+        snapshot,
+        holds,
+        cycle,
+        view,
+    })
 }
 
 /// The workloads of the namespace that other budgets hold: annotated with the name of a
@@ -102,6 +115,7 @@ async fn account<'a>(
     spec: &ValidBudget,
     snapshot: &Snapshot,
     now: Timestamp,
+    freshness: Freshness,
 ) -> Cycle<'a> {
     ctx.accounts.forget_missing(&ctx.budgets, &ctx.metrics);
     let origin = tb.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0);
@@ -128,7 +142,15 @@ async fn account<'a>(
     let bound = plan.bound.clone();
     let answers = scrapes::scrape(&ctx.scraper, &ctx.metrics, &plan.scrapes, now).await;
     let answered = Instant::now();
-    let reports = cycle::fold(&mut account, &bindings, plan, answers, spec.token_types.as_deref(), now);
+    let reports = cycle::fold(
+        &mut account,
+        &bindings,
+        plan,
+        answers,
+        spec.token_types.as_deref(),
+        now,
+        freshness,
+    );
     Cycle {
         account,
         window,

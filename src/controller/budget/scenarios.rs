@@ -284,6 +284,80 @@ async fn an_exhausted_budget_annotates_then_scales_down_then_writes_status() {
     );
 }
 
+/// Makes the context's view stale: its pods watch listed, then failed.
+fn stale(ctx: &Context) {
+    let pods = ctx.cluster.watches.register("pods");
+    pods.observe::<()>(&Ok(kube::runtime::watcher::Event::InitDone));
+    pods.observe::<()>(&Err(kube::runtime::watcher::Error::NoResourceVersion));
+}
+
+/// The same exhausted budget while a watch has failed and not listed again: its usage is
+/// counted and written, and announced, but no workload is touched, and the `Enforced`
+/// condition stays as last decided. The budget is held, to be woken when the view is current.
+#[tokio::test]
+async fn an_exhausted_budget_on_a_stale_view_counts_but_decides_nothing() {
+    let (tb, _, objects) = exhausted();
+    let decided = "
+  - {type: Enforced, status: 'False', reason: NotExhausted, message: 'the budget has room: nothing is enforced',
+     lastTransitionTime: '2026-11-20T07:00:00Z', observedGeneration: 1}";
+    let tb = tb.with_status(status(&OVER_THE_LIMIT.replace(
+        "observedGeneration: 1}\n",
+        &format!("observedGeneration: 1}}{decided}\n"),
+    )));
+    let (ctx, mut api) = Context::test(objects);
+    stale(&ctx);
+    let server = tokio::spawn({
+        let tb = tb.clone();
+        async move {
+            let status = api.budget_status_applied(&tb).await;
+            let exhausted = api.event_posted("Exhausted").await;
+            api.done().await;
+            (status, exhausted)
+        }
+    });
+    let ((action, held), (status, _)) = settle(
+        ctx,
+        async |ctx| {
+            let action = reconcile(guard(&tb), ctx.clone()).await;
+            (action, ctx.metrics.enforcement_held.get())
+        },
+        server,
+    )
+    .await;
+
+    assert_eq!(status.phase, Some(BudgetPhase::Exhausted));
+    assert_eq!(status.used.as_ref().map(|u| u.tokens), Some(1200));
+    let enforced = conditions::find(&status.conditions, "Enforced").expect("the Enforced condition kept");
+    assert_eq!(
+        (enforced.reason.as_str(), enforced.last_transition_time.0),
+        ("NotExhausted", "2026-11-20T07:00:00Z".parse().unwrap())
+    );
+    assert!(status.enforced.is_empty());
+    assert_eq!(held, 1);
+    assert_eq!(
+        action.expect("the reconcile succeeds"),
+        Action::requeue(Duration::from_secs(15))
+    );
+}
+
+/// A deleted budget restores nothing on a stale view either: no request at all, and it looks
+/// again soon.
+#[tokio::test]
+async fn a_deleted_budget_waits_for_a_current_view_to_restore() {
+    let tb = TokenBudget::test(SCALE_DOWN)
+        .finalized(&[])
+        .deleted()
+        .with_status(status("phase: Exhausted"));
+    let (ctx, api) = Context::test(Objects {
+        budgets: vec![tb.clone()],
+        ..Default::default()
+    });
+    stale(&ctx);
+    let server = tokio::spawn(api.done());
+    let (action, ()) = settle(ctx, async |ctx| reconcile(guard(&tb), ctx).await, server).await;
+    assert_eq!(action.expect("the cleanup waits"), Action::requeue(super::SOON));
+}
+
 /// A deleted budget restores what it changed, in the order that never loses the count: the
 /// replicas back first, then its annotations removed; then (an Event) it lets go of its
 /// finalizer, and of nobody else's.
