@@ -858,3 +858,119 @@ async fn a_binding_moved_to_another_budget_counts_every_token_once() {
     assert_eq!(used(&a), 1000);
     assert_eq!(used(&s.budgets.get("b").await.unwrap()), 200);
 }
+
+/// A status write the real API server refuses (here an admission policy that refuses more
+/// than 100 used tokens; etcd's size limit is refused the same way) is reported on the
+/// budget (`Ready=False`, `StatusWriteFailed`, written alone), by a Warning Event and by the
+/// metric; counting goes on in memory, and the next write that is accepted has every token.
+#[tokio::test]
+async fn a_status_write_the_api_server_refuses_is_reported_and_nothing_is_lost() {
+    let s = Tenant::new("refused").await.with_operator();
+    create(&s.budgets, priced("research").tokens(10_000)).await;
+    let agents = s.deploy("summarizer", 1).await;
+    create(&s.bindings, binding("summarizer", "research").deployment("summarizer")).await;
+    wait_scraped(&s.bindings, "summarizer", 1).await;
+    agents[0].1.spend("gpt-4o-mini", 40, 10);
+    s.wait_used("research", 50).await;
+
+    let policy = format!("tokenbudget-test-refuse-{}", s.ns.name);
+    let manifest = format!(
+        "apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {{name: {policy}}}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+    - apiGroups: [tokenbudget.io]
+      apiVersions: ['*']
+      operations: [UPDATE]
+      resources: [tokenbudgets/status]
+  validations:
+  - expression: '!has(object.status) || !has(object.status.used) || object.status.used.tokens <= 100'
+    message: the test refuses more than 100 used tokens
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {{name: {policy}}}
+spec:
+  policyName: {policy}
+  validationActions: [Deny]
+  matchResources:
+    namespaceSelector:
+      matchLabels: {{kubernetes.io/metadata.name: {ns}}}
+",
+        ns = s.ns.name
+    );
+    let out = kubectl(&["apply", "-f", "-"], Some(&manifest));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The policy is in force once a dry run of such a write is refused by it.
+    within(
+        async {
+            let params = PatchParams {
+                dry_run: true,
+                ..Default::default()
+            };
+            let over = serde_json::json!({"status": {"used": {"tokens": 101, "input": 101, "output": 0}}});
+            loop {
+                match s.budgets.patch_status("research", &params, &Patch::Merge(&over)).await {
+                    Err(e) if e.to_string().contains("refuses more than 100") => break,
+                    _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+                }
+            }
+        },
+        "the admission policy in force",
+    )
+    .await;
+
+    agents[0].1.spend("gpt-4o-mini", 80, 20);
+    let tb = wait_for(&s.budgets, "research", "Ready=False, StatusWriteFailed", |tb| {
+        tb.status.as_ref().is_some_and(|st| {
+            st.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "False" && c.reason == "StatusWriteFailed")
+        })
+    })
+    .await;
+    assert_eq!(used(&tb), 50, "the refused status is not written");
+    let ready = tb
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .clone();
+    assert!(ready.message.contains("refuses more than 100"), "{}", ready.message);
+    wait_event(&s.events, "a StatusWriteFailed Event", |e| {
+        e.reason.as_deref() == Some("StatusWriteFailed")
+            && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("research")
+    })
+    .await;
+    let operator = s.operator.as_ref().expect("an operator");
+    let failures = "tokenbudget_status_write_failures_total{kind=\"TokenBudget\",reason=\"invalid\"}";
+    assert!(counter(operator, failures) > 0, "{failures}");
+
+    // The policy goes: the next write has every token, and Ready is True again.
+    let out = kubectl(
+        &[
+            "delete",
+            "validatingadmissionpolicybinding,validatingadmissionpolicy",
+            &policy,
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let tb = s.wait_used("research", 150).await;
+    let ready = tb
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .clone();
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", "Reconciled"));
+}
