@@ -873,53 +873,12 @@ async fn a_status_write_the_api_server_refuses_is_reported_and_nothing_is_lost()
     agents[0].1.spend("gpt-4o-mini", 40, 10);
     s.wait_used("research", 50).await;
 
-    let policy = format!("tokenbudget-test-refuse-{}", s.ns.name);
-    let manifest = format!(
-        "apiVersion: admissionregistration.k8s.io/v1
-kind: ValidatingAdmissionPolicy
-metadata: {{name: {policy}}}
-spec:
-  failurePolicy: Fail
-  matchConstraints:
-    resourceRules:
-    - apiGroups: [tokenbudget.io]
-      apiVersions: ['*']
-      operations: [UPDATE]
-      resources: [tokenbudgets/status]
-  validations:
-  - expression: '!has(object.status) || !has(object.status.used) || object.status.used.tokens <= 100'
-    message: the test refuses more than 100 used tokens
----
-apiVersion: admissionregistration.k8s.io/v1
-kind: ValidatingAdmissionPolicyBinding
-metadata: {{name: {policy}}}
-spec:
-  policyName: {policy}
-  validationActions: [Deny]
-  matchResources:
-    namespaceSelector:
-      matchLabels: {{kubernetes.io/metadata.name: {ns}}}
-",
-        ns = s.ns.name
-    );
-    let out = kubectl(&["apply", "-f", "-"], Some(&manifest));
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    // The policy is in force once a dry run of such a write is refused by it.
-    within(
-        async {
-            let params = PatchParams {
-                dry_run: true,
-                ..Default::default()
-            };
-            let over = serde_json::json!({"status": {"used": {"tokens": 101, "input": 101, "output": 0}}});
-            loop {
-                match s.budgets.patch_status("research", &params, &Patch::Merge(&over)).await {
-                    Err(e) if e.to_string().contains("refuses more than 100") => break,
-                    _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
-                }
-            }
-        },
-        "the admission policy in force",
+    let policy = RefusedStatuses::new(
+        &s.budgets,
+        "research",
+        "!has(object.status) || !has(object.status.used) || object.status.used.tokens <= 100",
+        "the test refuses more than 100 used tokens",
+        serde_json::json!({"used": {"tokens": 101, "input": 101, "output": 0}}),
     )
     .await;
 
@@ -953,15 +912,7 @@ spec:
     assert!(counter(operator, failures) > 0, "{failures}");
 
     // The policy goes: the next write has every token, and Ready is True again.
-    let out = kubectl(
-        &[
-            "delete",
-            "validatingadmissionpolicybinding,validatingadmissionpolicy",
-            &policy,
-        ],
-        None,
-    );
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    policy.remove();
     let tb = s.wait_used("research", 150).await;
     let ready = tb
         .status

@@ -575,3 +575,52 @@ async fn an_annotation_naming_a_budget_that_does_not_hold_the_workload_lifts_not
         assert_eq!(annotation(&d.metadata, PAUSED_REPLICAS), Some("2"));
     }
 }
+
+/// The grace period ends on time while the API server refuses every status write that would
+/// say the budget is exhausted (as etcd's size limit would refuse them all): the Deployment is
+/// annotated at once and scaled down once the grace period is over, measured from when the
+/// operator first saw the budget exhausted, not from a status it could not write.
+#[tokio::test]
+async fn the_grace_period_ends_on_time_while_the_api_server_refuses_the_status() {
+    let mut s = Tenant::new("grace-refused").await.with_operator();
+    create(&s.deployments, deployment("agent").replicas(2)).await;
+    s.run_pods("agent", 2).await;
+    create(&s.budgets, scaling("research", 100).grace_period("3s")).await;
+    create(&s.bindings, binding("agents", "research").deployment("agent")).await;
+    wait_scraped(&s.bindings, "agents", 2).await;
+    let policy = RefusedStatuses::new(
+        &s.budgets,
+        "research",
+        "!has(object.status) || !has(object.status.phase) || object.status.phase != 'Exhausted'",
+        "the test refuses an exhausted budget's status",
+        serde_json::json!({"phase": "Exhausted"}),
+    )
+    .await;
+
+    s.agents[0].spend("gpt-4o-mini", 100, 20);
+    wait_for(&s.deployments, "agent", "the Deployment marked exhausted", |d| {
+        annotation(&d.metadata, STATE) == Some("exhausted")
+    })
+    .await;
+    let d = wait_for(&s.deployments, "agent", "the Deployment scaled to 0", |d| {
+        d.spec.replicas == Some(0)
+    })
+    .await;
+    assert_eq!(annotation(&d.metadata, PAUSED_REPLICAS), Some("2"));
+    let tb = s.budgets.get("research").await.unwrap();
+    assert_ne!(phase(&tb), Some(BudgetPhase::Exhausted), "no status said so");
+    assert!(
+        tb.status.as_ref().is_some_and(|st| st
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.reason == "StatusWriteFailed")),
+        "the budget says its status is not written"
+    );
+
+    // Accepted again: the status catches up.
+    policy.remove();
+    s.wait_budget("research", "phase Exhausted", |tb| {
+        phase(tb) == Some(BudgetPhase::Exhausted)
+    })
+    .await;
+}

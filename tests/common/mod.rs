@@ -251,3 +251,109 @@ pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
+
+// ---------------------------------------------------------------------------------------------
+// An admission policy that makes the real API server refuse some budget statuses
+
+/// A ValidatingAdmissionPolicy and its binding that refuse, in one namespace, every write of a
+/// TokenBudget's status for which `expression` (CEL, over `object`) is false: how a test makes
+/// the real API server refuse the operator's status writes, as etcd's size limit would. Removed
+/// when dropped.
+pub struct RefusedStatuses {
+    name: String,
+    removed: bool,
+}
+
+impl RefusedStatuses {
+    /// In force once a dry run of a write with `status` (a merge patch of the budget `budget`)
+    /// is refused with `message`.
+    pub async fn new(
+        budgets: &Api<TokenBudget>,
+        budget: &str,
+        expression: &str,
+        message: &str,
+        status: serde_json::Value,
+    ) -> Self {
+        let ns = budgets.namespace().expect("a namespaced Api").to_string();
+        let name = format!("tokenbudget-test-{ns}");
+        let manifest = format!(
+            "apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {{name: {name}}}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+    - apiGroups: [tokenbudget.io]
+      apiVersions: ['*']
+      operations: [UPDATE]
+      resources: [tokenbudgets/status]
+  validations:
+  - expression: {expression:?}
+    message: {message:?}
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {{name: {name}}}
+spec:
+  policyName: {name}
+  validationActions: [Deny]
+  matchResources:
+    namespaceSelector:
+      matchLabels: {{kubernetes.io/metadata.name: {ns}}}
+"
+        );
+        let out = kubectl(&["apply", "-f", "-"], Some(&manifest));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let policy = Self { name, removed: false };
+        let params = PatchParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        let patch = serde_json::json!({ "status": status });
+        within(
+            async {
+                loop {
+                    match budgets.patch_status(budget, &params, &Patch::Merge(&patch)).await {
+                        Err(e) if e.to_string().contains(message) => break,
+                        _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                    }
+                }
+            },
+            "the admission policy in force",
+        )
+        .await;
+        policy
+    }
+
+    /// Takes the policy away: status writes are accepted again.
+    pub fn remove(mut self) {
+        self.delete();
+    }
+
+    fn delete(&mut self) {
+        if !self.removed {
+            self.removed = true;
+            let out = kubectl(
+                &[
+                    "delete",
+                    "--ignore-not-found",
+                    "validatingadmissionpolicybinding,validatingadmissionpolicy",
+                    &self.name,
+                ],
+                None,
+            );
+            assert!(
+                out.status.success() || std::thread::panicking(),
+                "{}",
+                text(&out.stderr)
+            );
+        }
+    }
+}
+
+impl Drop for RefusedStatuses {
+    fn drop(&mut self) {
+        self.delete();
+    }
+}

@@ -81,6 +81,12 @@ impl BudgetBuilder {
         self
     }
 
+    /// How long an exhausted budget stays annotated before it scales down (`"5s"`).
+    pub fn grace_period(mut self, grace: &str) -> Self {
+        self.0.spec.enforcement.grace_period = grace.to_string();
+        self
+    }
+
     /// The budget's ResourceQuota, with these hard limits (`("pods", "10")`).
     pub fn compute_quota(mut self, hard: &[(&str, &str)]) -> Self {
         let hard = hard
