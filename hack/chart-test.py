@@ -382,6 +382,20 @@ def _():
     equal(alerts["TokenBudgetExhausted"]["labels"]["severity"], "critical", "exhausted severity")
 
 
+@check("monitoring on: alertLabels may set the severity, which replaces each alert's own")
+def _():
+    values = {"prometheusRule": {"enabled": True, "alertLabels": {"severity": "page", "team": "ml"}}}
+    objects, _, raw = render(values)
+    (group,) = one(objects, "PrometheusRule")["spec"]["groups"]
+    for alert in group["rules"]:
+        equal(alert["labels"], {"severity": "page", "team": "ml"}, f"{alert['alert']} labels")
+    # A YAML reader keeps the last of two equal keys; Prometheus' rule loader refuses them.
+    (text,) = [text for template, text in raw.items() if template.endswith("prometheusrule.yaml")]
+    equal(len(re.findall(r"^ +severity: ", text, re.M)), len(group["rules"]), "severity keys, one per alert")
+    report = helm.lint(CHART, values, strict=True, namespace=NAMESPACE)
+    equal(report["errors"], [], "lint errors")
+
+
 DASHBOARD_FILE = CHART / "dashboards" / "tokenbudget.json"
 
 
