@@ -279,6 +279,16 @@ async fn two_bindings_on_one_pod_count_it_once() {
         .selecting(WorkloadKind::Deployment, &[("team", "research")])
         .port(9464);
     create(&s.bindings, by_label).await;
+    // A budget counts a binding's pods once the binding's status names the budget; a pod is
+    // charged to the first binding (by name) that counts it: both count from here on.
+    for name in ["first", "second"] {
+        wait_for(&s.bindings, name, "the binding charging b", |bb| {
+            bb.status
+                .as_ref()
+                .is_some_and(|st| st.budget.as_deref() == Some("b") && st.since.is_some())
+        })
+        .await;
+    }
     let agents = s.deploy("agent", 1).await;
     agents[0].1.spend("gpt-4o-mini", 40, 2);
     s.wait_used("b", 42).await;
