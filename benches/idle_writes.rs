@@ -84,28 +84,9 @@ fn parse_args() -> Options {
     options
 }
 
-/// Stops the bench with a message, without a panic's backtrace noise.
-fn fail(message: &str) -> ! {
-    eprintln!("idle_writes: {message}");
-    std::process::exit(2);
-}
-
 fn main() {
     let options = parse_args();
-    let kubeconfig = std::env::var("KUBECONFIG").unwrap_or_default();
-    if kubeconfig.is_empty() {
-        fail(
-            "KUBECONFIG is not set. This bench needs a Kubernetes API server; start the local one with\n  \
-             export TESTBED_DIR=$PWD/.testbed; hack/testbed.sh up; eval \"$(hack/testbed.sh env)\"\n\
-             then run it again (and `hack/testbed.sh down` afterwards).",
-        );
-    }
-    if let Some(missing) = std::env::split_paths(&kubeconfig).find(|p| !p.is_file()) {
-        fail(&format!(
-            "KUBECONFIG names {}, which does not exist (is the testbed up? `hack/testbed.sh status`)",
-            missing.display()
-        ));
-    }
+    common::bench_requires_a_cluster("idle_writes");
     // One thread: the bench mostly waits, and the operator under test needs the CPUs.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

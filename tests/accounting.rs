@@ -902,15 +902,11 @@ async fn a_status_write_the_api_server_refuses_is_reported_and_nothing_is_lost()
     })
     .await;
     assert_eq!(used(&tb), 50, "the refused status is not written");
-    let ready = tb
-        .status
-        .as_ref()
-        .unwrap()
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap()
-        .clone();
+    let ready_of = |tb: &TokenBudget| {
+        let conditions = &tb.status.as_ref().expect("a status").conditions;
+        conditions.iter().find(|c| c.type_ == "Ready").expect("Ready").clone()
+    };
+    let ready = ready_of(&tb);
     assert!(ready.message.contains("refuses more than 100"), "{}", ready.message);
     wait_event(&s.events, "a StatusWriteFailed Event", |e| {
         e.reason.as_deref() == Some("StatusWriteFailed")
@@ -924,14 +920,6 @@ async fn a_status_write_the_api_server_refuses_is_reported_and_nothing_is_lost()
     // The policy goes: the next write has every token, and Ready is True again.
     policy.remove();
     let tb = s.wait_used("research", 150).await;
-    let ready = tb
-        .status
-        .as_ref()
-        .unwrap()
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap()
-        .clone();
+    let ready = ready_of(&tb);
     assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", "Reconciled"));
 }

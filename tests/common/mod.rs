@@ -57,6 +57,29 @@ pub fn kubeconfig() -> String {
     })
 }
 
+/// For a bench binary: exits with a message, not a panic, unless `KUBECONFIG` names files that
+/// exist (the testbed of `hack/testbed.sh`, or any cluster).
+pub fn bench_requires_a_cluster(bench: &str) {
+    let fail = |message: &str| -> ! {
+        eprintln!("{bench}: {message}");
+        std::process::exit(2);
+    };
+    let kubeconfig = std::env::var("KUBECONFIG").unwrap_or_default();
+    if kubeconfig.is_empty() {
+        fail(
+            "KUBECONFIG is not set. This bench needs a Kubernetes API server; start the local one with\n  \
+             export TESTBED_DIR=$PWD/.testbed; hack/testbed.sh up; eval \"$(hack/testbed.sh env)\"\n\
+             then run it again (and `hack/testbed.sh down` afterwards).",
+        );
+    }
+    if let Some(missing) = std::env::split_paths(&kubeconfig).find(|p| !p.is_file()) {
+        fail(&format!(
+            "KUBECONFIG names {}, which does not exist (is the testbed up? `hack/testbed.sh status`)",
+            missing.display()
+        ));
+    }
+}
+
 pub async fn client() -> Client {
     kubeconfig();
     Client::try_default().await.expect("a client for KUBECONFIG")
