@@ -17,11 +17,7 @@ pub struct Metrics {
     pub reconcile_errors: IntCounterVec,
     /// Reconcile durations by controller.
     pub reconcile_duration: HistogramVec,
-    used_tokens: IntGaugeVec,
-    limit_tokens: IntGaugeVec,
-    used_cost: GaugeVec,
-    phase: IntGaugeVec,
-    last_cycle: GaugeVec,
+    budgets: BudgetSeries,
     /// Status writes by kind (`TokenBudget`, `BudgetBinding`).
     pub status_writes: IntCounterVec,
     /// Status writes that failed, by kind and reason (`controller::status::failure_reason`).
@@ -76,33 +72,6 @@ impl Metrics {
                     &["controller"],
                 ),
             ),
-            used_tokens: budget_gauge(r, "tokenbudget_used_tokens", "Tokens used in the current period"),
-            limit_tokens: budget_gauge(r, "tokenbudget_limit_tokens", "Token limit per period"),
-            used_cost: register(
-                r,
-                GaugeVec::new(
-                    Opts::new(
-                        "tokenbudget_used_cost",
-                        "Cost used in the current period, in the budget's currency",
-                    ),
-                    &BUDGET_LABELS,
-                ),
-            ),
-            phase: budget_gauge(
-                r,
-                "tokenbudget_phase",
-                "Phase of the budget: 0 Active, 1 Warning, 2 Exhausted",
-            ),
-            last_cycle: register(
-                r,
-                GaugeVec::new(
-                    Opts::new(
-                        "tokenbudget_last_cycle_timestamp_seconds",
-                        "When the budget's last accounting cycle began (Unix time)",
-                    ),
-                    &BUDGET_LABELS,
-                ),
-            ),
             status_writes: counter_vec(
                 r,
                 "tokenbudget_status_writes_total",
@@ -133,12 +102,10 @@ impl Metrics {
                 "Changes made to workloads, by action",
                 &["action"],
             ),
-            enforcement_failures: register(
+            enforcement_failures: counter(
                 r,
-                IntCounter::new(
-                    "tokenbudget_enforcement_failures_total",
-                    "Writes to workloads or quotas that failed and are retried",
-                ),
+                "tokenbudget_enforcement_failures_total",
+                "Writes to workloads or quotas that failed and are retried",
             ),
             enforcement_latency: histogram(
                 r,
@@ -146,23 +113,18 @@ impl Metrics {
                 "From the scrapes that found a budget exhausted to the scale-down accepted by the API server",
                 vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0],
             ),
-            watch_synced: register(
+            watch_synced: int_gauge_vec(
                 r,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "tokenbudget_watch_synced",
-                        "1 while the watch of a resource is current, 0 from a watch error until it has listed again",
-                    ),
-                    &["resource"],
-                ),
+                "tokenbudget_watch_synced",
+                "1 while the watch of a resource is current, 0 from a watch error until it has listed again",
+                &["resource"],
             ),
-            enforcement_held: register(
+            enforcement_held: counter(
                 r,
-                IntCounter::new(
-                    "tokenbudget_enforcement_held_total",
-                    "Budget reconciles that took no enforcement decision because a watch was not current",
-                ),
+                "tokenbudget_enforcement_held_total",
+                "Budget reconciles that took no enforcement decision because a watch was not current",
             ),
+            budgets: BudgetSeries::new(r),
             registry,
         }
     }
@@ -171,41 +133,43 @@ impl Metrics {
     pub fn observe_budget(&self, namespace: &str, name: &str, status: &TokenBudgetStatus, limit: Option<i64>) {
         let labels = [namespace, name];
         let used = status.used.as_ref();
-        self.used_tokens
+        self.budgets
+            .used_tokens
             .with_label_values(&labels)
             .set(used.map_or(0, |u| u.tokens));
         if let Some(limit) = limit {
-            self.limit_tokens.with_label_values(&labels).set(limit);
+            self.budgets.limit_tokens.with_label_values(&labels).set(limit);
         } else {
-            let _ = self.limit_tokens.remove_label_values(&labels);
+            let _ = self.budgets.limit_tokens.remove_label_values(&labels);
         }
         let cost = used
             .and_then(|u| u.cost.as_deref())
             .and_then(|c| c.parse::<f64>().ok())
             .unwrap_or(0.0);
-        self.used_cost.with_label_values(&labels).set(cost);
+        self.budgets.used_cost.with_label_values(&labels).set(cost);
         let phase = match status.phase {
             Some(BudgetPhase::Exhausted) => 2,
             Some(BudgetPhase::Warning) => 1,
             _ => 0,
         };
-        self.phase.with_label_values(&labels).set(phase);
+        self.budgets.phase.with_label_values(&labels).set(phase);
     }
 
     /// Removes a deleted budget's series.
     pub fn forget_budget(&self, namespace: &str, name: &str) {
         let labels = [namespace, name];
-        let _ = self.used_tokens.remove_label_values(&labels);
-        let _ = self.limit_tokens.remove_label_values(&labels);
-        let _ = self.used_cost.remove_label_values(&labels);
-        let _ = self.phase.remove_label_values(&labels);
-        let _ = self.last_cycle.remove_label_values(&labels);
+        let _ = self.budgets.used_tokens.remove_label_values(&labels);
+        let _ = self.budgets.limit_tokens.remove_label_values(&labels);
+        let _ = self.budgets.used_cost.remove_label_values(&labels);
+        let _ = self.budgets.phase.remove_label_values(&labels);
+        let _ = self.budgets.last_cycle.remove_label_values(&labels);
     }
 
     /// Records when a budget's accounting cycle scraped its pods (its bindings' status keeps
     /// the time of the last cycle that changed it, so that idle bindings are never written).
     pub fn observe_cycle(&self, namespace: &str, name: &str, at: jiff::Timestamp) {
-        self.last_cycle
+        self.budgets
+            .last_cycle
             .with_label_values(&[namespace, name])
             .set(at.as_millisecond() as f64 / 1000.0);
     }
@@ -215,6 +179,42 @@ impl Metrics {
         TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .unwrap_or_else(|e| format!("# error: {e}\n"))
+    }
+}
+
+/// The series of each budget, set from its status after each reconcile.
+#[derive(Clone)]
+struct BudgetSeries {
+    used_tokens: IntGaugeVec,
+    limit_tokens: IntGaugeVec,
+    used_cost: GaugeVec,
+    phase: IntGaugeVec,
+    last_cycle: GaugeVec,
+}
+
+impl BudgetSeries {
+    fn new(r: &Registry) -> Self {
+        Self {
+            used_tokens: budget_gauge(r, "tokenbudget_used_tokens", "Tokens used in the current period"),
+            limit_tokens: budget_gauge(r, "tokenbudget_limit_tokens", "Token limit per period"),
+            used_cost: gauge_vec(
+                r,
+                "tokenbudget_used_cost",
+                "Cost used in the current period, in the budget's currency",
+                &BUDGET_LABELS,
+            ),
+            phase: budget_gauge(
+                r,
+                "tokenbudget_phase",
+                "Phase of the budget: 0 Active, 1 Warning, 2 Exhausted",
+            ),
+            last_cycle: gauge_vec(
+                r,
+                "tokenbudget_last_cycle_timestamp_seconds",
+                "When the budget's last accounting cycle began (Unix time)",
+                &BUDGET_LABELS,
+            ),
+        }
     }
 }
 
@@ -236,9 +236,24 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
     register(registry, IntCounterVec::new(Opts::new(name, help), labels))
 }
 
-/// A gauge of each budget, registered.
+/// A counter without labels, registered.
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    register(registry, IntCounter::new(name, help))
+}
+
+/// An integer gauge with these labels, registered.
+fn int_gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register(registry, IntGaugeVec::new(Opts::new(name, help), labels))
+}
+
+/// A gauge with these labels, registered.
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    register(registry, GaugeVec::new(Opts::new(name, help), labels))
+}
+
+/// An integer gauge of each budget, registered.
 fn budget_gauge(registry: &Registry, name: &str, help: &str) -> IntGaugeVec {
-    register(registry, IntGaugeVec::new(Opts::new(name, help), &BUDGET_LABELS))
+    int_gauge_vec(registry, name, help, &BUDGET_LABELS)
 }
 
 /// A histogram with these buckets, registered.
