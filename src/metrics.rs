@@ -1,8 +1,8 @@
 //! The operator's own Prometheus metrics, in one registry held in shared state.
 
 use prometheus::{
-    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder, core::Collector,
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder, core::Collector,
 };
 
 use crate::api::{BudgetPhase, TokenBudgetStatus};
@@ -38,6 +38,15 @@ pub struct Metrics {
     pub watch_synced: IntGaugeVec,
     /// Budget reconciles that took no enforcement decision because a store was not current.
     pub enforcement_held: IntCounter,
+    /// 1 while this replica leads (always, without leader election), 0 while it stands by.
+    pub leader: IntGauge,
+    /// How often this replica began to lead.
+    pub leader_transitions: IntCounter,
+    /// With leader election: writes refused because this replica did not lead when it sent
+    /// them.
+    pub writes_fenced: IntCounter,
+    /// With leader election: when this replica last sent a write (Unix time).
+    pub last_write: Gauge,
 }
 
 impl Default for Metrics {
@@ -123,6 +132,30 @@ impl Metrics {
                 r,
                 "tokenbudget_enforcement_held_total",
                 "Budget reconciles that took no enforcement decision because a watch was not current",
+            ),
+            leader: register(
+                r,
+                IntGauge::new(
+                    "tokenbudget_leader",
+                    "1 while this replica leads (scrapes, writes status, enforces), 0 while it stands by",
+                ),
+            ),
+            leader_transitions: counter(
+                r,
+                "tokenbudget_leader_transitions_total",
+                "How often this replica began to lead",
+            ),
+            writes_fenced: counter(
+                r,
+                "tokenbudget_writes_fenced_total",
+                "Writes refused because this replica did not lead when it sent them",
+            ),
+            last_write: register(
+                r,
+                Gauge::new(
+                    "tokenbudget_last_write_timestamp_seconds",
+                    "When this replica last sent a write to the API server (Unix time), with leader election",
+                ),
             ),
             budgets: BudgetSeries::new(r),
             registry,

@@ -7,6 +7,8 @@
 //!   current; [`scrapes`]: the scrapes of a cycle; [`state`]: what is kept in memory between
 //!   reconciles.
 //! - [`status`], [`events`]: writing status and publishing Events.
+//! - [`leader`]: leader election on a Lease, and the fence that keeps a replica that does
+//!   not lead from writing.
 //! - [`run`]: the whole operator; [`cli`]: its command line.
 //!
 //! Primary objects are watched through a generation predicate, so the operator's own status
@@ -19,6 +21,7 @@ pub mod cluster;
 pub mod events;
 #[cfg(test)]
 mod fixtures;
+pub mod leader;
 pub mod run;
 pub mod scrapes;
 pub mod state;
@@ -73,6 +76,7 @@ impl Error {
     /// A short label for the error metric.
     pub fn metric_label(&self) -> &'static str {
         match self {
+            Error::Kube(kube::Error::Service(e)) if e.is::<leader::NotLeader>() => "not_leader",
             Error::Kube(kube::Error::Api(_)) => "api",
             Error::Kube(_) => "client",
             Error::NoNamespace => "no_namespace",
@@ -104,6 +108,8 @@ pub enum StartError {
         #[source]
         source: kube::Error,
     },
+    #[error("leader election: {0}")]
+    LeaderElection(#[from] leader::ConfigError),
     #[error("cannot listen on {address}: {source}")]
     Listen {
         address: std::net::SocketAddr,
@@ -128,6 +134,8 @@ pub struct Context {
     pub budgets: Store<DeserializeGuard<TokenBudget>>,
     /// What the budgets' cycles saw of their bindings, for the binding controller.
     pub binding_usage: state::BindingUsages,
+    /// Whether this replica leads: only the leader reconciles.
+    pub leadership: leader::Leadership,
     /// Per-object retry delays (children of this module build a `Context`).
     backoff: Backoffs,
 }
@@ -234,6 +242,11 @@ pub(crate) async fn instrumented<K>(
 where
     K: Resource<DynamicType = ()>,
 {
+    // A replica that does not lead keeps its stores current and nothing else: the leader
+    // reconciles. Every object is reconciled when this replica begins to lead.
+    if !ctx.leadership.is_leading() {
+        return Ok(Action::await_change());
+    }
     let timer = ctx
         .metrics
         .reconcile_duration
