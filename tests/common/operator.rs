@@ -26,6 +26,18 @@ impl Operator {
         Self::spawn(&[&["--namespace", namespace], args].concat(), namespace, &[])
     }
 
+    /// One of several replicas watching the namespace, with leader election on a Lease there:
+    /// `instance` is its pod name (its identity begins with it, then `_`), `election` the
+    /// Lease's name and timings.
+    pub fn start_replica(namespace: &str, instance: &str, election: &[&str]) -> Self {
+        let args = [
+            &["--namespace", namespace, "--leader-election", "--leader-election-namespace", namespace][..],
+            election,
+        ]
+        .concat();
+        Self::spawn(&args, &format!("{namespace}-{instance}"), &[("POD_NAME", instance)])
+    }
+
     /// An operator watching every namespace (no `--namespace`, the binary's default). It
     /// also reconciles whatever other tests (or earlier runs) left in the cluster, so a test
     /// that starts one must not run beside tests with operators of their own.
