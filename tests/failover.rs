@@ -56,7 +56,11 @@ impl Run {
         create(&tenant.budgets, budget("research").tokens(100_000_000)).await;
         create(&tenant.deployments, deployment("agent").replicas(2)).await;
         tenant.run_pods("agent", 2).await;
-        create(&tenant.bindings, binding("agent", "research").deployment("agent").interval("1s")).await;
+        create(
+            &tenant.bindings,
+            binding("agent", "research").deployment("agent").interval("1s"),
+        )
+        .await;
         let ns = tenant.ns.name.clone();
         let replicas = ["a", "b"].map(|name| Operator::start_replica(&ns, name, &ELECTION));
         for replica in &replicas {
@@ -85,9 +89,12 @@ impl Run {
     /// Waits until replica `index` holds the Lease; returns when that was seen.
     async fn wait_leading(&self, index: usize) -> Instant {
         let prefix = ["a_", "b_"][index];
-        wait_for(&self.leases, "failover", &format!("replica {prefix} to hold the lease"), |lease| {
-            holder(lease).is_some_and(|h| h.starts_with(prefix))
-        })
+        wait_for(
+            &self.leases,
+            "failover",
+            &format!("replica {prefix} to hold the lease"),
+            |lease| holder(lease).is_some_and(|h| h.starts_with(prefix)),
+        )
         .await;
         Instant::now()
     }
@@ -114,7 +121,10 @@ impl Run {
 
     /// What replica `index` says on `/readyz`.
     fn role(&self, index: usize) -> String {
-        self.replicas[index].get("/readyz").map(|(_, body)| body).unwrap_or_default()
+        self.replicas[index]
+            .get("/readyz")
+            .map(|(_, body)| body)
+            .unwrap_or_default()
     }
 }
 
@@ -141,7 +151,10 @@ async fn a_killed_leader_is_replaced_and_every_token_counts_once() {
     assert!(run.role(leader).starts_with("ok: leading as"), "{}", run.role(leader));
     assert!(run.role(standby).starts_with("ok: standby as"), "{}", run.role(standby));
     // The standby has written nothing, ever: its reconciles stop before they do anything.
-    assert_eq!(run.replicas[standby].metric("tokenbudget_last_write_timestamp_seconds"), Some(0.0));
+    assert_eq!(
+        run.replicas[standby].metric("tokenbudget_last_write_timestamp_seconds"),
+        Some(0.0)
+    );
     assert_eq!(run.replicas[standby].metric("tokenbudget_leader"), Some(0.0));
     assert_eq!(run.replicas[leader].metric("tokenbudget_leader"), Some(1.0));
 

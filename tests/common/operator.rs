@@ -21,6 +21,11 @@ impl Operator {
         Self::spawn(&["--namespace", namespace], namespace, env)
     }
 
+    /// As [`Operator::start`], with extra environment variables and arguments.
+    pub fn start_as(namespace: &str, env: &[(&str, &str)], args: &[&str]) -> Self {
+        Self::spawn(&[&["--namespace", namespace], args].concat(), namespace, env)
+    }
+
     /// As [`Operator::start`], with more arguments (tests/https.rs: `--scrape-ca-file`).
     pub fn start_with_args(namespace: &str, args: &[&str]) -> Self {
         Self::spawn(&[&["--namespace", namespace], args].concat(), namespace, &[])
@@ -31,7 +36,13 @@ impl Operator {
     /// Lease's name and timings.
     pub fn start_replica(namespace: &str, instance: &str, election: &[&str]) -> Self {
         let args = [
-            &["--namespace", namespace, "--leader-election", "--leader-election-namespace", namespace][..],
+            &[
+                "--namespace",
+                namespace,
+                "--leader-election",
+                "--leader-election-namespace",
+                namespace,
+            ][..],
             election,
         ]
         .concat();
