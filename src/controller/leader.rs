@@ -322,11 +322,12 @@ impl tower_service::Service<Request<Body>> for Fence {
         };
         if !self.leadership.is_leading() {
             done();
-            self.metrics.writes_fenced.inc();
+            self.metrics.election.writes_fenced.inc();
             tracing::debug!(method = %request.method(), path = request.uri().path(), "write refused: not the leader");
             return Box::pin(async { Err(BoxError::from(NotLeader)) });
         }
         self.metrics
+            .election
             .last_write
             .set(jiff::Timestamp::now().as_millisecond() as f64 / 1000.0);
         Box::pin(async move {
@@ -431,27 +432,27 @@ pub async fn run(
     let api: Api<Lease> = Api::namespaced(client, &config.namespace);
     let mut observer = Observer::default();
     let mut stop = std::pin::pin!(stop);
-    metrics.leader.set(0);
+    metrics.election.leader.set(0);
     loop {
         let started = Instant::now();
         match attempt(&api, &config, &mut observer, started).await {
             Ok(Outcome::Holding) => {
                 if leadership.renewed(started + config.renew_deadline) {
-                    metrics.leader.set(1);
-                    metrics.leader_transitions.inc();
+                    metrics.election.leader.set(1);
+                    metrics.election.leader_transitions.inc();
                     tracing::info!(identity = %config.identity, lease = %config.lease_name, "leading");
                 }
             }
             Ok(Outcome::Following { leader }) => {
                 if leadership.following(leader) {
-                    metrics.leader.set(0);
+                    metrics.election.leader.set(0);
                     tracing::warn!(identity = %config.identity, "another replica holds the lease: no longer leading");
                 }
             }
             Err(error) => tracing::warn!(%error, lease = %config.lease_name, "reading or renewing the lease failed"),
         }
         if leadership.expire() {
-            metrics.leader.set(0);
+            metrics.election.leader.set(0);
             tracing::warn!(identity = %config.identity, "the lease could not be renewed in time: no longer leading");
         }
         tokio::select! {
@@ -461,7 +462,7 @@ pub async fn run(
     }
     if leadership.is_leading() {
         leadership.step_down(config.renew_deadline).await;
-        metrics.leader.set(0);
+        metrics.election.leader.set(0);
         match release(&api, &config).await {
             Ok(()) => tracing::info!(lease = %config.lease_name, "lease released"),
             Err(error) => {
@@ -715,9 +716,12 @@ mod tests {
         let refused = client.send(request(Method::PATCH)).await.unwrap_err();
         assert!(refused.to_string().contains("not the leader"), "{refused}");
         leadership.renewed(Instant::now() + Duration::from_secs(60));
-        assert_eq!((metrics.writes_fenced.get(), metrics.last_write.get()), (1, 0.0));
+        assert_eq!(
+            (metrics.election.writes_fenced.get(), metrics.election.last_write.get()),
+            (1, 0.0)
+        );
         client.send(request(Method::PATCH)).await.expect("the leader writes");
-        assert!(metrics.last_write.get() > 0.0);
+        assert!(metrics.election.last_write.get() > 0.0);
         server.await.unwrap();
         assert_eq!(leadership.0.writes_in_flight.load(Ordering::SeqCst), 0);
     }

@@ -95,7 +95,7 @@ pub async fn run(
         None => Leadership::always(),
     };
     let metrics = Metrics::new();
-    metrics.leader.set(i64::from(leadership.is_leading()));
+    metrics.election.leader.set(i64::from(leadership.is_leading()));
     let endpoints = Endpoints {
         metrics: metrics.clone(),
         ready: Default::default(),
@@ -237,13 +237,7 @@ fn wire(
             instance: options.instance.clone(),
         },
         cluster,
-        scraper: Scraper::new(options.max_concurrent_scrapes, options.max_body_bytes)
-            .with_share(
-                options
-                    .max_concurrent_scrapes_per_namespace
-                    .unwrap_or_else(|| scrape::default_share(options.max_concurrent_scrapes)),
-            )
-            .with_ca(options.scrape_ca.clone()),
+        scraper: scraper(options),
         budgets: budget_controller.store(),
         binding_usage: BindingUsages::new(wake_tx),
         accounts: Default::default(),
@@ -265,6 +259,16 @@ fn wire(
         bindings: binding_controller.reconcile_on(wake_rx).reconcile_on(every_binding),
         ctx,
     }
+}
+
+/// The scraper the options ask for.
+fn scraper(options: &Options) -> Scraper {
+    let share = options
+        .max_concurrent_scrapes_per_namespace
+        .unwrap_or_else(|| scrape::default_share(options.max_concurrent_scrapes));
+    Scraper::new(options.max_concurrent_scrapes, options.max_body_bytes)
+        .with_share(share)
+        .with_ca(options.scrape_ca.clone())
 }
 
 /// Every object of `store`, each time `events` yields.

@@ -81,7 +81,11 @@ async fn reconcile(guard: Arc<DeserializeGuard<TokenBudget>>, ctx: Arc<Context>)
     let new = compute::status(tb, intent, acted.as_ref(), now);
     let old = tb.status.clone().unwrap_or_default();
     let account = observed.cycle.as_mut().map(|c| &mut c.account);
-    write_status(&ctx, tb, spec.as_ref().ok(), &new, account).await?;
+    if write_status(&ctx, tb, spec.as_ref().ok(), &new, account).await?
+        && let Some(cycle) = &observed.cycle
+    {
+        ctx.metrics.status_delay.observe(cycle.answered.elapsed().as_secs_f64());
+    }
     let notices = acted.map(|a| a.notices).unwrap_or_default();
     announce::announce(&ctx, tb, &old, &new, &notices, observed.cycle.as_ref()).await;
     Ok(Action::requeue(compute::requeue(
@@ -94,7 +98,8 @@ async fn reconcile(guard: Arc<DeserializeGuard<TokenBudget>>, ctx: Arc<Context>)
 /// Step 4: the budget's metrics, then its status, when it changed. The metrics go first, so
 /// that whoever sees the new status finds them up to date too. A write that fails (a status
 /// grown too large for etcd, say) is reported on the budget, and fails the reconcile: it is
-/// retried with backoff, and nothing is announced that was not recorded.
+/// retried with backoff, and nothing is announced that was not recorded. `true` when the
+/// status was written.
 ///
 /// The first write from an account resumed from a status is conditional on that status's
 /// version ([`state::Lease::resumed_from`]); when it was not the latest, the account is
@@ -105,7 +110,7 @@ async fn write_status(
     spec: Option<&validate::ValidBudget>,
     new: &TokenBudgetStatus,
     account: Option<&mut state::Lease<'_>>,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let namespace = namespace(tb)?;
     if let Some(spec) = spec {
         let limit = spec.limit_tokens.and_then(|t| i64::try_from(t).ok());
@@ -137,8 +142,9 @@ async fn write_status(
                 return Err(error);
             }
         }
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
 }
 
 /// A deleted budget restores every workload it changed, deletes its quota, and only then
