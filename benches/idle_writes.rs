@@ -46,7 +46,9 @@ use tokenbudget::api::{BudgetBinding, TokenBudget};
 // The integration tests' helpers: the namespace, the operator, the kubelet's part.
 #[path = "../tests/common/mod.rs"]
 mod common;
-use common::{Agent, Operator, Tenant, agent_ip, binding, budget, create, deployment, pods_of, run_pod, within};
+use common::{
+    Agent, Operator, Tenant, agent_ip, binding, budget, create, deployment, pods_of, run_pod, total_of as total, within,
+};
 
 struct Options {
     budgets: usize,
@@ -95,35 +97,9 @@ fn main() {
     runtime.block_on(bench(&options));
 }
 
-/// The operator's metrics, by series (`name{labels}`).
-fn metrics(operator: &Operator) -> BTreeMap<String, f64> {
-    let (status, body) = operator.get("/metrics").expect("the operator's /metrics");
-    assert_eq!(status, 200, "GET /metrics: {body}");
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            Some((series.to_string(), value.parse().ok()?))
-        })
-        .collect()
-}
-
-/// The sum of the series of `name` whose labels contain `labels`.
-fn total(metrics: &BTreeMap<String, f64>, name: &str, labels: &str) -> f64 {
-    metrics
-        .iter()
-        .filter(|(series, _)| {
-            series
-                .strip_prefix(name)
-                .is_some_and(|rest| rest.is_empty() || (rest.starts_with('{') && rest.contains(labels)))
-        })
-        .map(|(_, v)| v)
-        .sum()
-}
-
 /// The oldest last accounting cycle over the budgets (Unix seconds), once every budget has one.
 fn oldest_cycle(operator: &Operator, budgets: usize) -> Option<f64> {
-    let metrics = metrics(operator);
+    let metrics = operator.metrics();
     let cycles: Vec<f64> = metrics
         .iter()
         .filter(|(series, _)| series.starts_with("tokenbudget_last_cycle_timestamp_seconds{"))
@@ -271,12 +247,12 @@ async fn bench(options: &Options) {
     // The window.
     let budgets = s.budgets.list(&ListParams::default()).await.expect("budgets");
     let bindings = s.bindings.list(&ListParams::default()).await.expect("bindings");
-    let before = metrics(operator);
+    let before = operator.metrics();
     let (budget_changes, binding_changes) = tokio::join!(
         count_changes::<TokenBudget>(s.budgets.clone(), budgets, options.idle),
         count_changes::<BudgetBinding>(s.bindings.clone(), bindings, options.idle),
     );
-    let after = metrics(operator);
+    let after = operator.metrics();
     let delta = |name: &str, labels: &str| total(&after, name, labels) - total(&before, name, labels);
 
     let minutes = options.idle.as_secs_f64() / 60.0;

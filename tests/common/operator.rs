@@ -62,7 +62,8 @@ impl Operator {
         Self::spawn(&[], &label, &[])
     }
 
-    fn spawn(args: &[&str], label: &str, env: &[(&str, &str)]) -> Self {
+    /// The binary with these arguments and environment; its log is `operator-{label}.log`.
+    pub fn spawn(args: &[&str], label: &str, env: &[(&str, &str)]) -> Self {
         kubeconfig();
         let address = free_port();
         let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("operator-{label}.log"));
@@ -97,6 +98,19 @@ impl Operator {
             .find_map(|line| line.strip_prefix(series)?.trim().parse::<f64>().ok())
     }
 
+    /// Every series on `/metrics`: `name{labels}` and its value.
+    pub fn metrics(&self) -> std::collections::BTreeMap<String, f64> {
+        let (status, body) = self.get("/metrics").expect("the operator's /metrics");
+        assert_eq!(status, 200, "GET /metrics: {body}");
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                Some((series.to_string(), value.parse().ok()?))
+            })
+            .collect()
+    }
+
     /// Whether the process still runs (it has not exited, for whatever reason).
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -112,6 +126,19 @@ impl Drop for Operator {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The sum of the series of `name` in `metrics` whose labels contain `labels`.
+pub fn total_of(metrics: &std::collections::BTreeMap<String, f64>, name: &str, labels: &str) -> f64 {
+    metrics
+        .iter()
+        .filter(|(series, _)| {
+            series
+                .strip_prefix(name)
+                .is_some_and(|rest| rest.is_empty() || (rest.starts_with('{') && rest.contains(labels)))
+        })
+        .map(|(_, v)| v)
+        .sum()
 }
 
 /// Waits until the operator at `address` answers 200 on `/readyz`.
