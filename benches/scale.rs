@@ -87,7 +87,7 @@ fn parse_args() -> Options {
         }
     }
     assert!(
-        options.pods % (options.namespaces * options.per_deployment) == 0,
+        options.pods.is_multiple_of(options.namespaces * options.per_deployment),
         "--pods must be a multiple of --namespaces x --per-deployment"
     );
     assert!(options.pods <= 250 * 256, "at most {} pods", 250 * 256);
