@@ -15,7 +15,7 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, ReplicaSet, StatefulSet},
         batch::v1::{CronJob, Job},
-        core::v1::{Container, ContainerPort, ContainerStatus, Pod},
+        core::v1::{Container, ContainerPort, ContainerStatus, Pod, PodSpec, PodStatus},
     },
     apimachinery::pkg::{
         apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference},
@@ -341,6 +341,49 @@ impl<'a> OwnerIndex<'a> {
 /// `memory` (a Pending pod), Job `batch` (a finished pod), CronJob `nightly` (a running pod),
 /// and a stray pod with matching labels but no owner.
 #[cfg(test)]
+/// What the operator keeps of a pod in its cache: its metadata (without managedFields), its
+/// containers' names and ports, and its phase, IP, start time and containers' restart counts.
+/// Everything this module, accounting and enforcement read of a pod, and nothing else: a real
+/// pod's spec (environment, volumes, probes, resources, tolerations) and status conditions are
+/// most of its size, and a cache of 10,000 pods would keep them all.
+pub fn slim(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    if let Some(spec) = pod.spec.take() {
+        let containers = spec
+            .containers
+            .into_iter()
+            .map(|c| Container {
+                name: c.name,
+                ports: c.ports,
+                ..Default::default()
+            })
+            .collect();
+        pod.spec = Some(PodSpec {
+            containers,
+            ..Default::default()
+        });
+    }
+    if let Some(status) = pod.status.take() {
+        let container_statuses = status.container_statuses.map(|statuses| {
+            statuses
+                .into_iter()
+                .map(|c| ContainerStatus {
+                    name: c.name,
+                    restart_count: c.restart_count,
+                    ..Default::default()
+                })
+                .collect()
+        });
+        pod.status = Some(PodStatus {
+            phase: status.phase,
+            pod_ip: status.pod_ip,
+            start_time: status.start_time,
+            container_statuses,
+            ..Default::default()
+        });
+    }
+}
+
 pub(crate) mod fixtures {
     use super::*;
 
@@ -538,5 +581,68 @@ mod tests {
             Some(&labels)
         ));
         assert!(!selects(&sel("{}"), Some(&labels)), "an empty selector selects nothing");
+    }
+
+    #[test]
+    fn a_slim_pod_resolves_scrapes_and_restarts_as_the_whole_pod() {
+        let whole: Pod = serde_yaml::from_str(
+            r#"
+metadata:
+  name: p
+  namespace: agents
+  uid: u1
+  labels: {app: a}
+  annotations: {tokenbudget.io/budget: b}
+  ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: rs, uid: rs1, controller: true}]
+  managedFields: [{manager: kubelet, operation: Update}]
+spec:
+  containers:
+  - name: agent
+    image: agent:1
+    env: [{name: KEY, value: a-value}]
+    ports: [{name: metrics, containerPort: 9464}]
+    resources: {limits: {cpu: '1'}}
+    volumeMounts: [{name: v, mountPath: /v}]
+  - {name: proxy, image: envoy, ports: [{name: admin, containerPort: 9901}]}
+  volumes: [{name: v, emptyDir: {}}]
+  tolerations: [{key: k, operator: Exists}]
+status:
+  phase: Running
+  podIP: 10.0.0.7
+  startTime: '2026-11-30T10:00:00Z'
+  conditions: [{type: Ready, status: 'True'}]
+  containerStatuses:
+  - {name: agent, restartCount: 3, ready: true, image: agent:1, imageID: x, state: {running: {startedAt: '2026-11-30T10:00:00Z'}}}
+  - {name: proxy, restartCount: 1, ready: true, image: envoy, imageID: y}
+"#,
+        )
+        .expect("fixture parses");
+        let mut slim_pod = whole.clone();
+        slim(&mut slim_pod);
+        let port = IntOrString::String("metrics".into());
+        assert_eq!(endpoint(&slim_pod, &port), endpoint(&whole, &port));
+        assert_eq!(endpoint(&slim_pod, &port), Ok(("10.0.0.7".into(), 9464)));
+        let container = metrics_container(&slim_pod, &port);
+        assert_eq!(container, Some("agent"));
+        assert_eq!(restarts(&slim_pod, container), 3);
+        assert_eq!(restarts(&slim_pod, None), restarts(&whole, None));
+        assert_eq!(slim_pod.metadata.managed_fields, None);
+        assert_eq!(
+            (
+                slim_pod.metadata.labels.clone(),
+                slim_pod.metadata.annotations.clone(),
+                slim_pod.metadata.owner_references.clone()
+            ),
+            (
+                whole.metadata.labels.clone(),
+                whole.metadata.annotations.clone(),
+                whole.metadata.owner_references.clone()
+            )
+        );
+        let status = slim_pod.status.as_ref().unwrap();
+        assert_eq!(status.start_time, whole.status.as_ref().unwrap().start_time);
+        assert!(status.conditions.is_none());
+        let spec = slim_pod.spec.as_ref().unwrap();
+        assert!(spec.volumes.is_none() && spec.tolerations.is_none() && spec.containers[0].env.is_none());
     }
 }

@@ -131,7 +131,7 @@ impl Cluster {
         let (pods_reader, pods_writer) = reflector::store();
         let pods_health = watches.register("pods");
         let pod_stream = sync::relisting(api::<Pod>(client, namespace))
-            .modify(|pod| pod.meta_mut().managed_fields = None)
+            .modify(workloads::slim)
             .reflect(pods_writer)
             .inspect(move |event| pods_health.observe(event))
             .applied_objects()
