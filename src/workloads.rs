@@ -336,10 +336,6 @@ impl<'a> OwnerIndex<'a> {
     }
 }
 
-/// Objects of one namespace, `agents`, for the tests of resolution and of the accounting
-/// cycle: Deployments `summarizer` (two ReplicaSets, a pod each) and `web`, StatefulSet
-/// `memory` (a Pending pod), Job `batch` (a finished pod), CronJob `nightly` (a running pod),
-/// and a stray pod with matching labels but no owner.
 /// What the operator keeps of a pod in its cache: its metadata (without managedFields), its
 /// containers' names and ports, and its phase, IP, start time and containers' restart counts.
 /// Everything this module, accounting and enforcement read of a pod, and nothing else: a real
@@ -383,6 +379,10 @@ pub fn slim(pod: &mut Pod) {
     }
 }
 
+/// Objects of one namespace, `agents`, for the tests of resolution and of the accounting
+/// cycle: Deployments `summarizer` (two ReplicaSets, a pod each) and `web`, StatefulSet
+/// `memory` (a Pending pod), Job `batch` (a finished pod), CronJob `nightly` (a running pod),
+/// and a stray pod with matching labels but no owner.
 #[cfg(test)]
 pub(crate) mod fixtures {
     use super::*;
