@@ -19,15 +19,13 @@ TIMEOUT=${DEMO_TIMEOUT:-240}
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 started_testbed=
-operator_pid=
+operator_pids=()
 agent_pids=()
 cleanup() {
   trap - EXIT INT TERM
   for pid in "${agent_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  if [ -n "$operator_pid" ]; then
-    kill -TERM "$operator_pid" 2>/dev/null || true
-    wait "$operator_pid" 2>/dev/null || true
-  fi
+  for pid in "${operator_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${operator_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   if [ -n "$started_testbed" ]; then hack/testbed.sh down; fi
 }
 trap cleanup EXIT
@@ -62,10 +60,21 @@ if [ -n "$real_cluster" ] && [ -n "${DEMO_IMAGE:-}" ] && command -v helm >/dev/n
   helm upgrade --install tokenbudget charts/tokenbudget-operator --namespace tokenbudget-system \
     --create-namespace --set image.repository="${DEMO_IMAGE%:*}" --set image.tag="${DEMO_IMAGE##*:}" --wait
 else
-  say "starting the operator on this machine (log: $log_dir/operator.log)"
-  RUST_LOG=${RUST_LOG:-info} target/debug/tokenbudget-operator --bind-address 127.0.0.1:0 \
-    >"$log_dir/operator.log" 2>&1 &
-  operator_pid=$!
+  # Two replicas, as the chart runs them: one leads, the other stands by with warm caches
+  # (docs/high-availability.md). Their Lease is in the namespace `default`.
+  say "starting two operator replicas on this machine (logs: $log_dir/operator-{a,b}.log)"
+  for replica in a b; do
+    POD_NAME=demo-$replica RUST_LOG=${RUST_LOG:-info} target/debug/tokenbudget-operator \
+      --bind-address 127.0.0.1:0 --leader-election --leader-election-namespace default \
+      >"$log_dir/operator-$replica.log" 2>&1 &
+    operator_pids+=($!)
+  done
+  for _ in $(seq 1 60); do
+    leader=$(kubectl get lease tokenbudget-operator -n default -o jsonpath='{.spec.holderIdentity}' 2>/dev/null || true)
+    [ -n "$leader" ] && break
+    sleep 1
+  done
+  say "the leader is ${leader:-not elected yet} (kubectl get lease tokenbudget-operator -n default)"
 fi
 
 say "creating the agents in namespace $NAMESPACE"
@@ -157,7 +166,7 @@ while true; do
     say "press Ctrl-C to stop everything this started"
   fi
   if [ -n "$ONCE" ] && [ $((SECONDS - started)) -gt "$TIMEOUT" ]; then
-    echo "the demo did not reach the scale-down within ${TIMEOUT}s; operator log: $log_dir/operator.log" >&2
+    echo "the demo did not reach the scale-down within ${TIMEOUT}s; operator logs: $log_dir/operator-{a,b}.log" >&2
     exit 1
   fi
   sleep 5
