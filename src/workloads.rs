@@ -336,12 +336,70 @@ impl<'a> OwnerIndex<'a> {
     }
 }
 
-/// What the operator keeps of a pod in its cache: its metadata (without managedFields), its
-/// containers' names and ports, and its phase, IP, start time and containers' restart counts.
-/// Everything this module, accounting and enforcement read of a pod, and nothing else: a real
-/// pod's spec (environment, volumes, probes, resources, tolerations) and status conditions are
-/// most of its size, and a cache of 10,000 pods would keep them all.
-pub fn slim(pod: &mut Pod) {
+/// What the operator keeps of an object in its caches: what this module, accounting and
+/// enforcement read of it, and nothing else. A pod's spec (environment, volumes, probes,
+/// resources, tolerations) and status conditions, and a workload's pod template, are most of
+/// their size, and the caches of a cluster with 10,000 pods would keep them all. Enforcement
+/// writes by patches of the fields it sets, never by writing back an object from a cache.
+pub trait Slim {
+    fn slim(&mut self);
+}
+
+/// [`Slim::slim`], as a function to hand to a watch.
+pub fn slim<K: Slim>(obj: &mut K) {
+    obj.slim();
+}
+
+impl Slim for Deployment {
+    /// Metadata (no managedFields), replicas and status; no pod template.
+    fn slim(&mut self) {
+        self.metadata.managed_fields = None;
+        self.spec.template = Default::default();
+    }
+}
+
+impl Slim for StatefulSet {
+    fn slim(&mut self) {
+        self.metadata.managed_fields = None;
+        self.spec.template = Default::default();
+        self.spec.volume_claim_templates = None;
+    }
+}
+
+impl Slim for ReplicaSet {
+    fn slim(&mut self) {
+        self.metadata.managed_fields = None;
+        self.spec.template = None;
+    }
+}
+
+impl Slim for Job {
+    fn slim(&mut self) {
+        self.metadata.managed_fields = None;
+        if let Some(spec) = self.spec.as_mut() {
+            spec.template = Default::default();
+        }
+    }
+}
+
+impl Slim for CronJob {
+    fn slim(&mut self) {
+        self.metadata.managed_fields = None;
+        if let Some(spec) = self.spec.job_template.spec.as_mut() {
+            spec.template = Default::default();
+        }
+    }
+}
+
+impl Slim for Pod {
+    /// Metadata (no managedFields), the containers' names and ports, and the phase, IP, start
+    /// time and containers' restart counts.
+    fn slim(&mut self) {
+        slim_pod(self);
+    }
+}
+
+fn slim_pod(pod: &mut Pod) {
     pod.metadata.managed_fields = None;
     if let Some(spec) = pod.spec.take() {
         let containers = spec
@@ -581,6 +639,56 @@ mod tests {
             Some(&labels)
         ));
         assert!(!selects(&sel("{}"), Some(&labels)), "an empty selector selects nothing");
+    }
+
+    #[test]
+    fn slim_workloads_keep_what_resolution_and_enforcement_read_and_drop_their_templates() {
+        let template = "template: {metadata: {labels: {app: a}}, spec: {containers: [{name: agent, image: i, env: [{name: K, value: v}]}]}}";
+        let meta = "metadata: {name: a, namespace: agents, uid: u1, resourceVersion: '7', labels: {app: a}, \
+                    annotations: {tokenbudget.dev/paused-by: b}, managedFields: [{manager: kubectl}]}";
+        let selector = "selector: {matchLabels: {app: a}}";
+        let mut deployment: Deployment = serde_yaml::from_str(&format!(
+            "{meta}\nspec: {{replicas: 3, {selector}, {template}}}\nstatus: {{replicas: 3}}"
+        ))
+        .unwrap();
+        let whole = deployment.clone();
+        slim(&mut deployment);
+        assert_eq!(deployment.spec.replicas, Some(3));
+        assert_eq!(deployment.spec.selector, whole.spec.selector);
+        assert_eq!(deployment.status, whole.status);
+        assert_eq!(deployment.metadata.annotations, whole.metadata.annotations);
+        assert_eq!(deployment.metadata.resource_version, whole.metadata.resource_version);
+        assert_eq!(deployment.metadata.managed_fields, None);
+        assert_eq!(deployment.spec.template, Default::default());
+
+        let mut set: StatefulSet = serde_yaml::from_str(&format!(
+            "{meta}\nspec: {{replicas: 2, serviceName: a, {selector}, {template}, \
+             volumeClaimTemplates: [{{metadata: {{name: data}}}}]}}"
+        ))
+        .unwrap();
+        slim(&mut set);
+        assert_eq!(
+            (set.spec.replicas, set.spec.volume_claim_templates.is_none()),
+            (Some(2), true)
+        );
+        assert_eq!(set.spec.template, Default::default());
+
+        let mut rs: ReplicaSet = serde_yaml::from_str(&format!("{meta}\nspec: {{{selector}, {template}}}")).unwrap();
+        slim(&mut rs);
+        assert_eq!((rs.spec.template, rs.metadata.uid.as_deref()), (None, Some("u1")));
+
+        let mut job: Job = serde_yaml::from_str(&format!("{meta}\nspec: {{suspend: true, {template}}}")).unwrap();
+        slim(&mut job);
+        let spec = job.spec.as_ref().unwrap();
+        assert_eq!((spec.suspend, &spec.template), (Some(true), &Default::default()));
+
+        let mut cron: CronJob = serde_yaml::from_str(&format!(
+            "{meta}\nspec: {{schedule: '@daily', suspend: false, jobTemplate: {{spec: {{{template}}}}}}}"
+        ))
+        .unwrap();
+        slim(&mut cron);
+        assert_eq!(cron.spec.suspend, Some(false));
+        assert_eq!(cron.spec.job_template.spec.unwrap().template, Default::default());
     }
 
     #[test]

@@ -58,7 +58,7 @@ where
     }
 }
 
-/// A reflector whose store keeps objects without their managedFields (memory), driven by the
+/// A reflector whose store keeps objects slim ([`workloads::Slim`]: memory), driven by the
 /// returned future, its watch's health reported to `health` once the store has applied each
 /// event. `on_apply` sees each created or changed object once the store has it.
 fn reflect<K>(
@@ -67,11 +67,18 @@ fn reflect<K>(
     on_apply: impl Fn(&K) + Send + 'static,
 ) -> (Store<K>, impl Future<Output = ()> + Send)
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + workloads::Slim
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
 {
     let (reader, writer) = reflector::store();
     let stream = sync::relisting(api)
-        .modify(|obj| obj.meta_mut().managed_fields = None)
+        .modify(workloads::slim::<K>)
         .reflect(writer)
         .inspect(move |event| health.observe(event))
         .applied_objects();
@@ -131,7 +138,7 @@ impl Cluster {
         let (pods_reader, pods_writer) = reflector::store();
         let pods_health = watches.register("pods");
         let pod_stream = sync::relisting(api::<Pod>(client, namespace))
-            .modify(workloads::slim)
+            .modify(workloads::slim::<Pod>)
             .reflect(pods_writer)
             .inspect(move |event| pods_health.observe(event))
             .applied_objects()
