@@ -7,7 +7,8 @@
 //!   current; [`scrapes`]: the scrapes of a cycle; [`state`]: what is kept in memory between
 //!   reconciles.
 //! - [`status`], [`events`]: writing status and publishing Events.
-//! - [`run`]: the whole operator; [`cli`]: its command line.
+//! - [`run`]: the whole operator; [`cli`]: its command line; [`release`]: what runs before
+//!   the operator is uninstalled (`tokenbudget-operator release`).
 //!
 //! Primary objects are watched through a generation predicate, so the operator's own status
 //! writes never trigger the next reconcile.
@@ -19,6 +20,7 @@ pub mod cluster;
 pub mod events;
 #[cfg(test)]
 mod fixtures;
+pub mod release;
 pub mod run;
 pub mod scrapes;
 pub mod state;
@@ -138,7 +140,7 @@ pub async fn check_crds(budgets: &Api<TokenBudget>, bindings: &Api<BudgetBinding
     check_crd(bindings, "budgetbindings.tokenbudget.io").await
 }
 
-async fn check_crd<K>(api: &Api<K>, crd: &'static str) -> Result<(), StartError>
+pub(crate) async fn check_crd<K>(api: &Api<K>, crd: &'static str) -> Result<(), StartError>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
