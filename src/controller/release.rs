@@ -292,19 +292,22 @@ async fn release_budgets(
                 }
             };
             let name = qualified(&tb.metadata);
-            match budget::restore_and_let_go(tb, ctx).await {
-                Ok(Restore::Done(notices)) => {
-                    for notice in &notices {
-                        tracing::info!(budget = %name, "{}", notice.message);
-                    }
+            let (notices, outcome) = match budget::restore_and_let_go(tb, ctx).await {
+                Ok(Restore::Done(notices)) => (notices, Ok(())),
+                Ok(Restore::NotYet { notices, why }) => (notices, Err(why.join(", "))),
+                Err(e) => (Vec::new(), Err(e.to_string())),
+            };
+            // What was restored is told as it happens, also by an attempt that is not complete.
+            for notice in notices {
+                tracing::info!(budget = %name, "{}", notice.message);
+                released.restored.push(format!("{name}: {}", notice.message));
+            }
+            match outcome {
+                Ok(()) => {
                     tracing::info!(budget = %name, "released: workloads restored, finalizer removed");
-                    released
-                        .restored
-                        .extend(notices.into_iter().map(|n| format!("{name}: {}", n.message)));
                     released.budgets.push(name);
                 }
-                Ok(Restore::NotYet(why)) => left.push(format!("{name}: {}", why.join(", "))),
-                Err(e) => left.push(format!("{name}: {e}")),
+                Err(why) => left.push(format!("{name}: {why}")),
             }
         }
         if left.is_empty() {

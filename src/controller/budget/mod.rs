@@ -124,7 +124,7 @@ async fn cleanup(tb: &TokenBudget, ctx: &Context) -> Result<Action, Error> {
     }
     match restore_and_let_go(tb, ctx).await? {
         Restore::Done(_) => Ok(Action::await_change()),
-        Restore::NotYet(_) => Ok(Action::requeue(SOON)),
+        Restore::NotYet { .. } => Ok(Action::requeue(SOON)),
     }
 }
 
@@ -133,8 +133,12 @@ async fn cleanup(tb: &TokenBudget, ctx: &Context) -> Result<Action, Error> {
 pub(crate) enum Restore {
     /// Every workload restored, the quota deleted, the finalizer removed; what was restored.
     Done(Vec<enforce::decide::Notice>),
-    /// Not yet, and why: the stores have not listed, a watch is not current, or writes failed.
-    NotYet(Vec<String>),
+    /// Not yet: what was restored meanwhile, and why not all: the stores have not listed, a
+    /// watch is not current, or writes failed.
+    NotYet {
+        notices: Vec<enforce::decide::Notice>,
+        why: Vec<String>,
+    },
 }
 
 /// The cleanup of a budget that has the finalizer: restores every workload it changed,
@@ -146,21 +150,27 @@ pub(crate) async fn restore_and_let_go(tb: &TokenBudget, ctx: &Context) -> Resul
     // Never decide on a partial view: an empty cache would restore nothing. Nor on a stale
     // one: a workload scaled or a binding created meanwhile would be missed.
     let Some(observed) = observe::observe(ctx, tb, None, now).await else {
-        return Ok(Restore::NotYet(vec!["the caches have not listed yet".into()]));
+        return Ok(Restore::NotYet {
+            notices: Vec::new(),
+            why: vec!["the caches have not listed yet".into()],
+        });
     };
     if !observed.view.is_current() {
         hold(ctx, tb, &observed.view);
-        return Ok(Restore::NotYet(vec![format!(
-            "a watch is not current: {:?}",
-            observed.view
-        )]));
+        return Ok(Restore::NotYet {
+            notices: Vec::new(),
+            why: vec![format!("a watch is not current: {:?}", observed.view)],
+        });
     }
     let plan = compute::restore_plan(tb, &observed, now);
     let acted = act::act(ctx, tb, &plan, Lifecycle::Deleting, std::time::Instant::now()).await;
     let status = tb.status.clone().unwrap_or_default();
     announce::announce(ctx, tb, &status, &status, &acted.notices, None).await;
     if !acted.complete() {
-        return Ok(Restore::NotYet(acted.failures));
+        return Ok(Restore::NotYet {
+            notices: acted.notices,
+            why: acted.failures,
+        });
     }
     let finalizers = tb
         .finalizers()
