@@ -872,22 +872,46 @@ def _():
         expect(f"`{path}`" in readme, f"charts/tokenbudget-operator/README.md does not document {path}")
 
 
-@check("Dockerfile: multi-stage, release build of the operator, distroless non-root, port 8080")
+@check("Dockerfile: cross-compiled on the build platform (amd64, arm64), dist profile, distroless non-root, port 8080, OCI labels")
 def _():
     import dockerfile
 
     commands = dockerfile.parse_file(str(REPO / "Dockerfile"))
     froms = [c for c in commands if c.cmd == "FROM"]
     equal(len(froms), 2, "stages")
+    equal(froms[0].flags, ("--platform=$BUILDPLATFORM",), "the build stage runs on the build platform")
     equal(froms[-1].value[0], "gcr.io/distroless/static-debian12:nonroot", "final base image")
+    equal(froms[-1].flags, (), "the final stage is of the target platform")
     final = commands[commands.index(froms[-1]):]
     run = " ".join(" ".join(c.value) for c in commands if c.cmd == "RUN")
-    expect("cargo build --release --locked --bin tokenbudget-operator" in run, "the build command")
+    expect("cargo zigbuild --profile dist --locked --bin tokenbudget-operator" in run, "the build command")
+    for arch, target in (("amd64", "x86_64-unknown-linux-musl"), ("arm64", "aarch64-unknown-linux-musl")):
+        expect(f"{arch}) target={target}" in run, f"no build for {arch}")
+        expect(target in run.split("rustup target add", 1)[1].split("&&")[0], f"rustup lacks {target}")
+    build_args = [c.value[0] for c in commands[:commands.index(froms[-1])] if c.cmd == "ARG"]
+    expect("TARGETARCH" in build_args, "ARG TARGETARCH in the build stage")
+    requirements = (REPO / "hack" / "release-requirements.txt").read_text()
+    for arg in build_args:
+        for name, tool in (("ZIG_VERSION", "ziglang"), ("CARGO_ZIGBUILD_VERSION", "cargo-zigbuild")):
+            if arg.startswith(name + "="):
+                expect(f"{tool}=={arg.split('=')[1]}" in requirements, f"{arg} differs from hack/release-requirements.txt")
     user = [c.value[0] for c in final if c.cmd == "USER"]
     equal(user, ["65532:65532"], "USER of the final stage")
     equal(int(user[0].split(":")[0]), CHART_OBJ.values["securityContext"]["runAsUser"], "USER vs runAsUser")
     equal([c.value for c in final if c.cmd == "EXPOSE"], [(str(CHART_OBJ.values["metrics"]["port"]),)], "EXPOSE")
     equal([c.value for c in final if c.cmd == "ENTRYPOINT"], [("/usr/local/bin/tokenbudget-operator",)], "ENTRYPOINT")
+    labels = {}
+    for c in final:
+        if c.cmd == "LABEL":
+            labels.update(zip(c.value[::2], (v.strip('"') for v in c.value[1::2])))
+    for key in ("title", "description", "version", "revision", "created", "licenses", "source", "documentation"):
+        expect(f"org.opencontainers.image.{key}" in labels, f"no OCI label {key}")
+    final_args = dict(c.value[0].split("=", 1) for c in final if c.cmd == "ARG")
+    cargo_version = re.search(r'^version = "([^"]+)"', (REPO / "Cargo.toml").read_text(), re.M).group(1)
+    equal(final_args["VERSION"], cargo_version, "ARG VERSION vs Cargo.toml")
+    equal(labels["org.opencontainers.image.version"], "${VERSION}", "version label")
+    equal(labels["org.opencontainers.image.licenses"], CHART_OBJ.metadata["annotations"]["artifacthub.io/license"],
+          "licenses label vs the chart's")
     rust = next(c.value[0] for c in commands if c.cmd == "ARG" and c.value[0].startswith("RUST_VERSION="))
     msrv = re.search(r'^rust-version = "([^"]+)"', (REPO / "Cargo.toml").read_text(), re.M).group(1)
     as_tuple = lambda v: tuple(int(x) for x in v.split("."))  # noqa: E731
@@ -898,6 +922,70 @@ def _():
             for source in c.value[:-1]:
                 expect((REPO / source).exists(), f"COPY {source}: no such file")
                 expect(f"!{source}" in ignore or f"!{source}/" in ignore, f".dockerignore leaves out {source}")
+
+
+@check("Cargo.toml: the dist profile is release with LTO, one codegen unit, stripped; release itself unchanged")
+def _():
+    import tomllib
+
+    profiles = tomllib.loads((REPO / "Cargo.toml").read_text())["profile"]
+    equal(profiles["dist"], {"inherits": "release", "lto": "fat", "codegen-units": 1, "strip": "symbols"}, "dist")
+    expect("lto" not in profiles["release"] and "strip" not in profiles["release"],
+           "release has LTO or strip: cargo bench and release tests would pay for it")
+
+
+@check("hack/release.sh: reproducible linux amd64/arm64 archives, SHA256SUMS, a krew manifest with their checksums")
+def _():
+    import hashlib
+    import tarfile
+
+    version = "v" + re.search(r'^version = "([^"]+)"', (REPO / "Cargo.toml").read_text(), re.M).group(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for arch in ("amd64", "arm64"):
+            binary = tmp / "bin" / f"linux_{arch}" / "kubectl-tokenbudget"
+            binary.parent.mkdir(parents=True)
+            binary.write_text(f"#!/bin/sh\necho {arch}\n")
+            binary.chmod(0o755)
+        runs = []
+        for out in ("one", "two"):
+            proc = subprocess.run([str(REPO / "hack" / "release.sh"), "--binaries", str(tmp / "bin"), "--out", str(tmp / out)],
+                                  capture_output=True, text=True, timeout=60,
+                                  env={**os.environ, "RELEASE_BASE_URL": "https://dl.example.com/v"})
+            equal(proc.returncode, 0, f"hack/release.sh: {proc.stderr}")
+            runs.append(tmp / out)
+        archives = [f"kubectl-tokenbudget_{version}_linux_{arch}.tar.gz" for arch in ("amd64", "arm64")]
+        equal(sorted(p.name for p in runs[0].iterdir()), sorted(archives + ["SHA256SUMS", "tokenbudget.yaml"]), "files")
+        sums = {}
+        for name in archives:
+            data = (runs[0] / name).read_bytes()
+            equal(data, (runs[1] / name).read_bytes(), f"{name} is not reproducible")
+            sums[name] = hashlib.sha256(data).hexdigest()
+            with tarfile.open(runs[0] / name) as archive:
+                (member,) = archive.getmembers()
+                equal((member.name, member.mode, member.uid, member.mtime), ("kubectl-tokenbudget", 0o755, 0, 0),
+                      f"{name} member")
+                arch = name.rsplit("_", 1)[1].removesuffix(".tar.gz")
+                equal(archive.extractfile(member).read().decode(), f"#!/bin/sh\necho {arch}\n", f"{name} content")
+        equal((runs[0] / "SHA256SUMS").read_text(), "".join(f"{sums[n]}  {n}\n" for n in archives), "SHA256SUMS")
+        manifest = yaml.safe_load((runs[0] / "tokenbudget.yaml").read_text())
+        equal((manifest["apiVersion"], manifest["kind"], manifest["metadata"]["name"]),
+              ("krew.googlecontainertools.github.com/v1alpha2", "Plugin", "tokenbudget"), "manifest kind")
+        spec = manifest["spec"]
+        equal(spec["version"], version, "manifest version")
+        for key in ("homepage", "shortDescription", "description"):
+            expect(spec.get(key), f"manifest lacks {key}")
+        expect(len(spec["shortDescription"]) <= 50, "krew: shortDescription is at most 50 characters")
+        platforms = {p["selector"]["matchLabels"]["arch"]: p for p in spec["platforms"]}
+        equal(sorted(platforms), ["amd64", "arm64"], "platforms")
+        for arch, p in platforms.items():
+            name = f"kubectl-tokenbudget_{version}_linux_{arch}.tar.gz"
+            equal(p["selector"]["matchLabels"], {"os": "linux", "arch": arch}, "selector")
+            equal(p["uri"], f"https://dl.example.com/v/{name}", "uri")
+            equal(p["sha256"], sums[name], f"{arch} sha256")
+            equal(p["bin"], "kubectl-tokenbudget", "bin")
+            equal(p["files"], [{"from": "kubectl-tokenbudget", "to": "."}], "files")
+    expect((REPO / "src" / "bin" / "kubectl-tokenbudget.rs").exists(), "the plugin's binary")
 
 
 # ---------------------------------------------------------------------------------------------
