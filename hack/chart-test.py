@@ -354,6 +354,9 @@ def _():
 def _():
     for text in ("kind: TokenBudget", "kind: BudgetBinding", "kubectl get tb", "rollout status"):
         expect(text in DEFAULT_NOTES, f"NOTES.txt lacks {text!r}")
+    expect("restores every workload it paused" in DEFAULT_NOTES, "NOTES.txt does not tell what uninstall does")
+    _, notes, _ = render({"uninstallHook": {"enabled": False}})
+    expect("Uninstall:" not in notes, "NOTES.txt tells of a hook that is off")
 
 
 MONITORING = {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
