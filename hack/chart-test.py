@@ -682,6 +682,9 @@ def _():
     job = hook_job(hooks)
     spec = job["spec"]
     equal((spec["backoffLimit"], spec["activeDeadlineSeconds"]), (1, 300), "backoffLimit, activeDeadlineSeconds")
+    # The program's own failure fails the Job at once; a lost pod is tried again.
+    equal(spec["podFailurePolicy"], {"rules": [{"action": "FailJob", "onExitCodes": {
+        "containerName": "release", "operator": "In", "values": [1, 2]}}]}, "podFailurePolicy")
     pod = spec["template"]["spec"]
     equal(pod["restartPolicy"], "Never", "restartPolicy")
     equal(pod["serviceAccountName"], HOOK, "serviceAccountName")
@@ -1105,13 +1108,13 @@ def sa_kubeconfig(path: Path, namespace, account):
     path.chmod(0o600)
 
 
-def uninstall_playing_the_hook(release, namespace, fullname, timeout=240, lost_pods=0):
+def uninstall_playing_the_hook(release, namespace, fullname, timeout=240, fake_exits=()):
     """A real `helm uninstall`, with the test as the kubelet of its pre-delete hook: once the
     hook Job's pod exists, its container's command (the operator binary and the pod's args) runs
     here as a process with a token of the pod's ServiceAccount as its only credential; then the
     pod's status says it terminated with that exit status, and the Job controller and Helm take
-    it from there. The first `lost_pods` pods are reported failed without running (a node lost
-    them). Returns (the hook's exit status or None, its log, Helm's exit status, Helm's output)."""
+    it from there. The first pods are reported terminated with the exit statuses of `fake_exits`
+    without running (137: a node lost it; 1: the program gave up). Returns (the hook's exit status or None, its log, Helm's exit status, Helm's output)."""
     helm_proc = subprocess.Popen([sys.executable, "-c", UNINSTALL, os.environ["KUBECONFIG"], namespace, release,
                                   str(timeout)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     hook, seen, hook_rc, hook_log = f"{fullname}-release", set(), None, ""
@@ -1130,8 +1133,8 @@ def uninstall_playing_the_hook(release, namespace, fullname, timeout=240, lost_p
             seen.add(name)
             (c,) = spec["containers"]
             started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            if len(seen) <= lost_pods:
-                rc, log = 137, ""
+            if len(seen) <= len(fake_exits):
+                rc, log = fake_exits[len(seen) - 1], ""
             else:
                 with tempfile.TemporaryDirectory() as tmp:
                     config = Path(tmp) / "kubeconfig"
@@ -1394,13 +1397,16 @@ def cluster_checks():
         cfg.install(CHART_OBJ, RELEASE, {}, timeout=120)
         kubectl("create", "namespace", failed_ns)
         live_budget(failed_ns)
-        # Both pods the Job may make (backoffLimit 1) are lost before they run: the Job fails.
-        hook_rc, _, helm_rc, helm_out = uninstall_playing_the_hook(RELEASE, NAMESPACE, FULLNAME, lost_pods=2)
+        # The first pod is lost (137): tried again. The second gives up (1): the Job fails at once,
+        # by its podFailurePolicy, whatever backoffLimit leaves.
+        hook_rc, _, helm_rc, helm_out = uninstall_playing_the_hook(RELEASE, NAMESPACE, FULLNAME, fake_exits=(137, 1))
         equal(hook_rc, None, "the hook program never ran")
         expect(helm_rc != 0, f"helm uninstall succeeded with a failed hook:\n{helm_out}")
         hook = f"{FULLNAME}-release"
         expect(exists("deployment", FULLNAME, "-n", NAMESPACE), "the release's objects were deleted anyway")
-        expect(exists("job", hook, "-n", NAMESPACE), "the failed Job is kept, for its logs")
+        job = kubectl_json("get", "job", hook, "-n", NAMESPACE)
+        failed = [c for c in job["status"].get("conditions", []) if c["type"] == "Failed" and c["status"] == "True"]
+        equal([c["reason"] for c in failed], ["PodFailurePolicy"], "the Job failed by its podFailurePolicy, kept")
         wait_until("the hook's ServiceAccount to be deleted", lambda: not exists("serviceaccount", hook, "-n", NAMESPACE))
         budget = kubectl_json("get", "tb", "research", "-n", failed_ns)
         equal(budget["metadata"]["finalizers"], ["tokenbudget.io/restore-workloads"], "the finalizer, until a hook ran")
