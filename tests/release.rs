@@ -11,6 +11,7 @@ mod common;
 use common::*;
 use k8s_openapi::{
     api::{
+        apps::v1::StatefulSet,
         batch::v1::{CronJob, Job},
         core::v1::ResourceQuota,
     },
@@ -84,7 +85,11 @@ async fn release_restores_every_workload_keeps_the_budgets_and_lets_the_crds_go(
     create(&a.deployments, deployment("summarizer").replicas(2)).await;
     create(&a.deployments, deployment("chat")).await;
     create(&jobs, job("batch")).await;
+    // Suspended by its owner: a restore must leave it suspended.
+    create(&jobs, job("held").suspended()).await;
     create(&cron_jobs, cron_job("nightly")).await;
+    let stateful_sets: Api<StatefulSet> = a.api();
+    create(&stateful_sets, statefulset("indexer")).await;
     create(&a.deployments, deployment("operator")).await;
     a.run_pods("summarizer", 2).await;
     let research = budget("research")
@@ -97,6 +102,8 @@ async fn release_restores_every_workload_keeps_the_budgets_and_lets_the_crds_go(
     let bound = binding("research", "research")
         .deployment("summarizer")
         .named(WorkloadKind::Job, "batch")
+        .named(WorkloadKind::Job, "held")
+        .named(WorkloadKind::StatefulSet, "indexer")
         .named(WorkloadKind::CronJob, "nightly");
     create(&a.bindings, bound).await;
     create(&a.bindings, binding("chat", "roomy").deployment("chat")).await;
@@ -115,7 +122,7 @@ async fn release_restores_every_workload_keeps_the_budgets_and_lets_the_crds_go(
     wait_scraped(&b.bindings, "agent", 1).await;
     a.agents[0].spend("gpt-4o-mini", 150, 0);
     b.agents[0].spend("gpt-4o-mini", 150, 0);
-    let exhausted = wait_enforced(&a, "research", 3).await;
+    let exhausted = wait_enforced(&a, "research", 5).await;
     wait_enforced(&b, "other", 1).await;
     wait_for(&quotas, "tokenbudget-research", "the quota frozen", |q| {
         quota_pods(q) == Some("0")
@@ -130,6 +137,7 @@ async fn release_restores_every_workload_keeps_the_budgets_and_lets_the_crds_go(
     assert_eq!(annotation(&summarizer.metadata, PAUSED_REPLICAS), Some("2"));
     assert_eq!(jobs.get("batch").await.unwrap().spec.unwrap().suspend, Some(true));
     assert_eq!(cron_jobs.get("nightly").await.unwrap().spec.suspend, Some(true));
+    assert_eq!(stateful_sets.get("indexer").await.unwrap().spec.replicas, Some(0));
 
     // The operator of `a` stops (what scaling its Deployment to 0 does in a cluster); `release`
     // scales the stand-in Deployment `operator` to 0 and waits for its pods.
@@ -159,6 +167,15 @@ async fn release_restores_every_workload_keeps_the_budgets_and_lets_the_crds_go(
     let batch = jobs.get("batch").await.unwrap();
     assert_eq!(batch.spec.as_ref().unwrap().suspend, Some(false));
     assert_eq!(annotation(&batch.metadata, SUSPENDED), None);
+    let held = jobs.get("held").await.unwrap();
+    assert_eq!(
+        held.spec.as_ref().unwrap().suspend,
+        Some(true),
+        "the owner's suspended Job"
+    );
+    let indexer = stateful_sets.get("indexer").await.unwrap();
+    assert_eq!(indexer.spec.replicas, Some(1));
+    assert!(unmarked(&indexer.metadata), "{:?}", indexer.metadata.annotations);
     let nightly = cron_jobs.get("nightly").await.unwrap();
     assert_eq!(nightly.spec.suspend, Some(false));
     assert!(unmarked(&nightly.metadata));
