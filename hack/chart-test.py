@@ -250,6 +250,9 @@ def _():
         ("CustomResourceDefinition", "budgetbindings.tokenbudget.io"),
         ("CustomResourceDefinition", "tokenbudgets.tokenbudget.io"),
         ("Deployment", FULLNAME),
+        ("PodDisruptionBudget", FULLNAME),
+        ("Role", f"{FULLNAME}-leader-election"),
+        ("RoleBinding", f"{FULLNAME}-leader-election"),
         ("Service", f"{FULLNAME}-metrics"),
         ("ServiceAccount", FULLNAME),
     ]), "rendered objects")
@@ -259,16 +262,23 @@ def _():
                     "app.kubernetes.io/managed-by", "helm.sh/chart"):
             expect(key in labels, f"{o['kind']} {o['metadata']['name']} lacks label {key}")
         equal(labels["app.kubernetes.io/instance"], RELEASE, "instance label")
-        if o["kind"] in ("Deployment", "Service", "ServiceAccount"):
+        if o["kind"] in ("Deployment", "Service", "ServiceAccount", "PodDisruptionBudget", "Role", "RoleBinding"):
             equal(o["metadata"].get("namespace"), NAMESPACE, f"namespace of {o['kind']}")
         expect(o["kind"] != "Secret", "the chart renders a Secret")
 
 
-@check("deployment: one replica, Recreate, security context hardened")
+@check("deployment: two replicas, rolling updates that never lower the ready ones, spread over nodes, hardened")
 def _():
     deployment = one(DEFAULTS, "Deployment")
-    equal(deployment["spec"]["replicas"], 1, "replicas")
-    equal(deployment["spec"]["strategy"], {"type": "Recreate"}, "strategy")
+    equal(deployment["spec"]["replicas"], 2, "replicas")
+    equal(deployment["spec"]["strategy"], {"type": "RollingUpdate",
+                                           "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}, "strategy")
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    equal(deployment["spec"]["template"]["spec"]["topologySpreadConstraints"], [
+        {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
+         "labelSelector": {"matchLabels": selector}}], "topologySpreadConstraints")
+    pdb = one(DEFAULTS, "PodDisruptionBudget")
+    equal((pdb["spec"]["maxUnavailable"], pdb["spec"]["selector"]["matchLabels"]), (1, selector), "PDB")
     pod = deployment["spec"]["template"]["spec"]
     psc = pod["securityContext"]
     equal(psc.get("runAsNonRoot"), True, "pod runAsNonRoot")
@@ -290,7 +300,9 @@ def _():
     c = container(DEFAULTS)
     equal(c["image"], "tokenbudget-operator:0.1.0", "image")
     equal(c["imagePullPolicy"], "IfNotPresent", "imagePullPolicy")
-    equal(c["args"], ["--bind-address=0.0.0.0:8080"], "args")
+    equal(c["args"], ["--bind-address=0.0.0.0:8080", "--leader-election", f"--leader-election-namespace={NAMESPACE}",
+                      f"--leader-election-lease-name={FULLNAME}", "--leader-election-lease-duration=15s",
+                      "--leader-election-renew-deadline=10s", "--leader-election-retry-period=2s"], "args")
     env = {e["name"]: e for e in c["env"]}
     equal(env["POD_NAME"]["valueFrom"], {"fieldRef": {"fieldPath": "metadata.name"}}, "POD_NAME")
     equal(env["RUST_LOG"]["value"], "info", "RUST_LOG")
@@ -540,8 +552,8 @@ def _():
     equal(pod["spec"]["priorityClassName"], "system-cluster-critical", "priorityClassName")
     equal(pod["metadata"]["annotations"], {"example.com/owner": "platform"}, "podAnnotations")
     equal(pod["metadata"]["labels"]["team"], "platform", "podLabels")
-    equal(c["args"], ["--bind-address=0.0.0.0:9090", "--max-concurrent-scrapes=128",
-                      "--max-concurrent-scrapes-per-namespace=32", "--max-body-bytes=33554432"], "args")
+    equal(c["args"][:4], ["--bind-address=0.0.0.0:9090", "--max-concurrent-scrapes=128",
+                          "--max-concurrent-scrapes-per-namespace=32", "--max-body-bytes=33554432"], "args")
     env = {e["name"]: e.get("value") for e in c["env"]}
     equal((env["RUST_LOG"], "LOG_FORMAT" in env, env["TZ"]), ("info,tokenbudget=debug", False, "UTC"), "env")
     equal(c["ports"][0]["containerPort"], 9090, "container port")
@@ -556,7 +568,8 @@ def _():
 def _():
     objects, notes, _ = render({"watchNamespace": "agents"})
     expect(not by_kind(objects, "ClusterRole") and not by_kind(objects, "ClusterRoleBinding"), "cluster RBAC")
-    role, binding = one(objects, "Role"), one(objects, "RoleBinding")
+    operator = [o for o in objects if not o["metadata"]["name"].endswith("-leader-election")]
+    role, binding = one(operator, "Role"), one(operator, "RoleBinding")
     equal(role["metadata"]["namespace"], "agents", "Role namespace")
     equal(binding["metadata"]["namespace"], "agents", "RoleBinding namespace")
     check_rules(role["rules"])
@@ -564,6 +577,42 @@ def _():
     equal(binding["subjects"][0]["namespace"], NAMESPACE, "subject namespace")
     expect("--namespace=agents" in container(objects)["args"], "--namespace flag")
     expect("namespace agents only" in notes, "NOTES says which namespace is watched")
+
+
+@check("leader election: the Lease's Role in the release namespace only (get, update by name; create); off: one replica, Recreate")
+def _():
+    role = one(DEFAULTS, "Role")
+    equal(role["metadata"]["namespace"], NAMESPACE, "Lease Role namespace")
+    equal(role["rules"], [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [FULLNAME],
+         "verbs": ["get", "update"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+    ], "Lease rules")
+    binding = one(DEFAULTS, "RoleBinding")
+    equal((binding["metadata"]["namespace"], binding["roleRef"]["name"], binding["subjects"][0]["name"]),
+          (NAMESPACE, role["metadata"]["name"], FULLNAME), "Lease RoleBinding")
+    # With a watched namespace, the Lease still lives in the release namespace.
+    objects, _, _ = render({"watchNamespace": "agents"})
+    lease_role = [o for o in by_kind(objects, "Role") if o["metadata"]["name"].endswith("-leader-election")]
+    equal([r["metadata"]["namespace"] for r in lease_role], [NAMESPACE], "Lease Role with watchNamespace")
+    objects, _, _ = render({"replicaCount": 1, "leaderElection": {"enabled": False}})
+    deployment = one(objects, "Deployment")
+    equal((deployment["spec"]["replicas"], deployment["spec"]["strategy"]), (1, {"type": "Recreate"}), "one replica")
+    expect(not any(a.startswith("--leader-election") for a in container(objects)["args"]), "election flags")
+    equal([o["kind"] for o in objects if o["kind"] in ("Role", "RoleBinding", "PodDisruptionBudget")], [],
+          "no Lease RBAC, no PDB")
+    objects, _, _ = render({"replicaCount": 1})
+    equal(by_kind(objects, "PodDisruptionBudget"), [], "no PDB for one replica")
+    spread = [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule",
+               "labelSelector": {"matchLabels": {"app": "x"}}}]
+    objects, _, _ = render({"topologySpreadConstraints": spread})
+    equal(one(objects, "Deployment")["spec"]["template"]["spec"]["topologySpreadConstraints"], spread, "spread")
+    try:
+        render({"replicaCount": 3, "leaderElection": {"enabled": False}})
+    except Exception as e:  # noqa: BLE001 - the SDK's error for a template's `fail`
+        expect("needs leaderElection.enabled" in str(e), f"the refusal says why: {e}")
+    else:
+        raise AssertionError("three replicas without leader election rendered")
 
 
 @check("crds.install=false renders no CRD; crds.keep=false drops the keep annotation")
@@ -707,7 +756,9 @@ def _():
           (True, True, False, {"drop": ["ALL"]}), "container security context")
     expect({"cpu", "memory"} <= set(c["resources"]["limits"]), "hook resource limits")
     labels = spec["template"]["metadata"]["labels"]
-    for o in (one(DEFAULTS, "Deployment")["spec"]["selector"]["matchLabels"], one(DEFAULTS, "Service")["spec"]["selector"]):
+    selectors = [one(DEFAULTS, "Deployment")["spec"]["selector"]["matchLabels"], one(DEFAULTS, "Service")["spec"]["selector"]]
+    selectors += [pdb["spec"]["selector"]["matchLabels"] for pdb in by_kind(DEFAULTS, "PodDisruptionBudget")]
+    for o in selectors:
         expect(not o.items() <= labels.items(), f"the selector {o} matches the hook's pod: it would wait for itself")
 
 
@@ -744,7 +795,7 @@ def _():
               "extraVolumeMounts": [{"name": "scrape-ca", "mountPath": "/etc/tokenbudget/scrape-ca", "readOnly": True}]}
     objects, _, _ = render(values)
     c = container(objects)
-    equal(c["args"], ["--bind-address=0.0.0.0:8080", f"--scrape-ca-file={ca}"], "args: the chart's, then extraArgs")
+    equal(c["args"], container(DEFAULTS)["args"] + [f"--scrape-ca-file={ca}"], "args: the chart's, then extraArgs")
     equal(c["volumeMounts"], values["extraVolumeMounts"], "volumeMounts")
     equal(one(objects, "Deployment")["spec"]["template"]["spec"]["volumes"], values["extraVolumes"], "volumes")
     expect("scrape_ca_file" in (REPO / "src" / "controller" / "cli.rs").read_text(), "--scrape-ca-file is a flag")
@@ -821,7 +872,11 @@ BAD_VALUES = [
     {"operator": {"maxConcurrentScrapesPerNamespace": 0}},
     {"prometheusRule": {"scrapeFailureRatio": 2}},
     {"imagePullSecrets": ["regcred"]},
-    {"replicaCount": 2},
+    {"replicaCount": 0},
+    {"replicas": 2},
+    {"leaderElection": {"leaseDuration": "fifteen seconds"}},
+    {"leaderElection": {"enable": True}},
+    {"podDisruptionBudget": {"minAvailable": 1}},
     {"operator": {"extraArgs": ["scrape-ca-file=/x"]}},
     {"operator": {"extraArgs": "--max-body-bytes=1"}},
     {"extraVolumes": [{"configMap": {"name": "ca"}}]},

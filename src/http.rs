@@ -16,7 +16,7 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::metrics::Metrics;
+use crate::{controller::leader::Leadership, metrics::Metrics};
 
 /// What the endpoints report.
 #[derive(Clone)]
@@ -24,13 +24,16 @@ pub struct Endpoints {
     pub metrics: Metrics,
     /// Set once the controllers' caches have synced.
     pub ready: Arc<AtomicBool>,
+    /// Whether this replica leads, which `/readyz` says.
+    pub leadership: Leadership,
 }
 
 impl Endpoints {
     fn respond(&self, path: &str) -> Response<Full<Bytes>> {
         let (status, content_type, body) = match path {
             "/healthz" | "/livez" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-            "/readyz" if self.ready.load(Ordering::Relaxed) => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+            // A standby is ready too: its caches are warm, and it takes over from there.
+            "/readyz" if self.ready.load(Ordering::Relaxed) => (StatusCode::OK, "text/plain", self.role()),
             "/readyz" => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain",
@@ -40,11 +43,29 @@ impl Endpoints {
             _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_string()),
         };
         let mut response = Response::new(Full::new(Bytes::from(body)));
+
         *response.status_mut() = status;
         response
             .headers_mut()
             .insert(CONTENT_TYPE, content_type.parse().expect("valid header"));
         response
+    }
+}
+
+impl Endpoints {
+    /// `/readyz`'s answer once ready: `ok`, and with leader election who leads.
+    fn role(&self) -> String {
+        let leadership = &self.leadership;
+        if !leadership.is_elected() {
+            return "ok\n".into();
+        }
+        if leadership.is_leading() {
+            return format!("ok: leading as {}\n", leadership.identity());
+        }
+        match leadership.leader() {
+            Some(leader) => format!("ok: standby as {}, the leader is {leader}\n", leadership.identity()),
+            None => format!("ok: standby as {}, no leader seen yet\n", leadership.identity()),
+        }
     }
 }
 

@@ -1,8 +1,8 @@
 //! The operator's own Prometheus metrics, in one registry held in shared state.
 
 use prometheus::{
-    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder, core::Collector,
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder, core::Collector,
 };
 
 use crate::api::{BudgetPhase, TokenBudgetStatus};
@@ -38,6 +38,11 @@ pub struct Metrics {
     pub watch_synced: IntGaugeVec,
     /// Budget reconciles that took no enforcement decision because a store was not current.
     pub enforcement_held: IntCounter,
+    /// From the end of a cycle's scrapes to its budget's status accepted, for cycles whose
+    /// status changed.
+    pub status_delay: Histogram,
+    /// Leader election: who leads, and the writes of one that does not.
+    pub election: ElectionMetrics,
 }
 
 impl Default for Metrics {
@@ -124,6 +129,13 @@ impl Metrics {
                 "tokenbudget_enforcement_held_total",
                 "Budget reconciles that took no enforcement decision because a watch was not current",
             ),
+            status_delay: histogram(
+                r,
+                "tokenbudget_cycle_status_delay_seconds",
+                "From the end of a cycle's scrapes to its budget's status accepted by the API server",
+                vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            ),
+            election: ElectionMetrics::new(r),
             budgets: BudgetSeries::new(r),
             registry,
         }
@@ -179,6 +191,50 @@ impl Metrics {
         TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .unwrap_or_else(|e| format!("# error: {e}\n"))
+    }
+}
+
+/// Leader election's series.
+#[derive(Clone)]
+pub struct ElectionMetrics {
+    /// 1 while this replica leads (always, without leader election), 0 while it stands by.
+    pub leader: IntGauge,
+    /// How often this replica began to lead.
+    pub leader_transitions: IntCounter,
+    /// Writes refused because this replica did not lead when it sent them.
+    pub writes_fenced: IntCounter,
+    /// When this replica last sent a write (Unix time).
+    pub last_write: Gauge,
+}
+
+impl ElectionMetrics {
+    fn new(r: &Registry) -> Self {
+        Self {
+            leader: register(
+                r,
+                IntGauge::new(
+                    "tokenbudget_leader",
+                    "1 while this replica leads (scrapes, writes status, enforces), 0 while it stands by",
+                ),
+            ),
+            leader_transitions: counter(
+                r,
+                "tokenbudget_leader_transitions_total",
+                "How often this replica began to lead",
+            ),
+            writes_fenced: counter(
+                r,
+                "tokenbudget_writes_fenced_total",
+                "Writes refused because this replica did not lead when it sent them",
+            ),
+            last_write: register(
+                r,
+                Gauge::new(
+                    "tokenbudget_last_write_timestamp_seconds",
+                    "When this replica last sent a write to the API server (Unix time), with leader election",
+                ),
+            ),
+        }
     }
 }
 

@@ -521,10 +521,40 @@ impl Scenario {
         }
     }
 
-    /// The operator, as the chart's ServiceAccount of the namespace-scoped install.
+    /// The operator, as the chart's ServiceAccount of the namespace-scoped install, with the
+    /// leader election flags of the chart's Deployment: it acts only once it holds the Lease,
+    /// through the chart's Role for it.
     fn start_the_operator_as_the_charts_service_account(&self) -> Operator {
         let kubeconfig = self.scoped.kubeconfig.to_str().unwrap();
-        Operator::start_with_env(&self.watched.ns.name, &[("KUBECONFIG", kubeconfig)])
+        let out = kubectl(
+            &["-n", &self.scoped.namespace, "get", "deployments", "-o", "json"],
+            None,
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let deployments: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a list");
+        let args: Vec<String> = deployments["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|d| d["metadata"]["annotations"]["meta.helm.sh/release-name"] == self.scoped.name.as_str())
+            .flat_map(|d| {
+                d["spec"]["template"]["spec"]["containers"][0]["args"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter_map(|a| {
+                a.as_str()
+                    .filter(|a| a.starts_with("--leader-election"))
+                    .map(String::from)
+            })
+            .collect();
+        assert!(
+            args.iter().any(|a| a == "--leader-election"),
+            "the chart's Deployment runs with leader election: {args:?}"
+        );
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Operator::start_as(&self.watched.ns.name, &[("KUBECONFIG", kubeconfig)], &args)
     }
 
     async fn bind_the_workloads_to_a_budget(&self) {

@@ -140,7 +140,9 @@ async fn reconcile(guard: Arc<DeserializeGuard<BudgetBinding>>, ctx: Arc<Context
     let budgets: Api<TokenBudget> = Api::namespaced(ctx.client.clone(), &ns);
     // A direct read, not a cache: the budget watch that triggered us may be ahead of any store.
     let budget = budgets.get_opt(&bb.spec.budget_ref.name).await?;
-    let usage = ctx.binding_usage.get(&BindingRef::from_obj(guard.as_ref()));
+    let usage = ctx
+        .binding_usage
+        .get(&BindingRef::from_obj(guard.as_ref()), ctx.leadership.term());
     let new = desired_status(bb, budget.as_ref(), usage.as_ref(), ctx.clock.now());
     if bb.status.as_ref() != Some(&new) {
         let api = Api::<BudgetBinding>::namespaced(ctx.client.clone(), &ns);
@@ -301,6 +303,7 @@ mod tests {
                 ..Default::default()
             },
             scraped_at: at.parse().unwrap(),
+            term: 0,
         };
         bb.status = Some(desired_status(
             &bb,

@@ -2,12 +2,15 @@
 //! environment variable, `TOKENBUDGET_` and the flag's name in capitals (`--max-body-bytes`:
 //! `TOKENBUDGET_MAX_BODY_BYTES`); a flag on the command line wins over its variable.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, builder::NonEmptyStringValueParser};
 
-use super::run::Options;
-use crate::usage::scrape;
+use super::{
+    leader::{self, ElectionConfig},
+    run::Options,
+};
+use crate::{usage::scrape, validate};
 
 /// The operator's flags, parsed by [`Parser::parse`] (or `try_parse_from` in tests).
 #[derive(Clone, Debug, PartialEq, Eq, Parser)]
@@ -53,6 +56,40 @@ pub struct Cli {
     /// cluster's CA)
     #[arg(long, value_name = "PATH", env = "TOKENBUDGET_SCRAPE_CA_FILE")]
     pub scrape_ca_file: Option<PathBuf>,
+
+    /// take part in leader election on a Lease: of several replicas only the one holding it
+    /// scrapes, writes status and enforces; the others keep their caches warm and take over
+    /// when it stops renewing
+    #[arg(long, env = "TOKENBUDGET_LEADER_ELECTION")]
+    pub leader_election: bool,
+
+    /// namespace of the Lease (default: the operator's own, from its service account or
+    /// kubeconfig context)
+    #[arg(long, value_name = "NS", env = "TOKENBUDGET_LEADER_ELECTION_NAMESPACE", value_parser = NonEmptyStringValueParser::new())]
+    pub leader_election_namespace: Option<String>,
+
+    /// name of the Lease
+    #[arg(long, value_name = "NAME", env = "TOKENBUDGET_LEADER_ELECTION_LEASE_NAME", default_value = leader::DEFAULT_LEASE_NAME, value_parser = NonEmptyStringValueParser::new())]
+    pub leader_election_lease_name: String,
+
+    /// how long the other replicas wait, after the last renewal they saw, before they take
+    /// the Lease over (whole seconds)
+    #[arg(long, value_name = "DURATION", env = "TOKENBUDGET_LEADER_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = duration)]
+    pub leader_election_lease_duration: Duration,
+
+    /// how long the leader acts after its last successful renewal began; shorter than the
+    /// lease duration, so that it stops before another replica may take over
+    #[arg(long, value_name = "DURATION", env = "TOKENBUDGET_LEADER_ELECTION_RENEW_DEADLINE", default_value = "10s", value_parser = duration)]
+    pub leader_election_renew_deadline: Duration,
+
+    /// how often the leader renews the Lease and the others look at it
+    #[arg(long, value_name = "DURATION", env = "TOKENBUDGET_LEADER_ELECTION_RETRY_PERIOD", default_value = "2s", value_parser = duration)]
+    pub leader_election_retry_period: Duration,
+}
+
+/// A Go-style duration (`15s`, `1m30s`), as the operator's other durations.
+fn duration(text: &str) -> Result<Duration, validate::DurationError> {
+    validate::parse_duration(text)
 }
 
 /// What `tokenbudget-operator` runs instead of the operator.
@@ -73,6 +110,14 @@ impl Cli {
             max_concurrent_scrapes: self.max_concurrent_scrapes,
             max_concurrent_scrapes_per_namespace: self.max_concurrent_scrapes_per_namespace,
             max_body_bytes: self.max_body_bytes,
+            leader_election: self.leader_election.then(|| ElectionConfig {
+                namespace: self.leader_election_namespace.clone().unwrap_or_default(),
+                lease_name: self.leader_election_lease_name.clone(),
+                identity: String::new(),
+                lease_duration: self.leader_election_lease_duration,
+                renew_deadline: self.leader_election_renew_deadline,
+                retry_period: self.leader_election_retry_period,
+            }),
             ..Options::default()
         }
     }
@@ -109,6 +154,20 @@ mod tests {
         assert_eq!(options.max_body_bytes, 16 * 1024 * 1024);
         assert_eq!(options.instance, None);
         assert!(options.scrape_ca.is_none());
+        assert_eq!(options.leader_election, None, "one replica leads without an election");
+        assert_eq!(cli.leader_election_lease_name, "tokenbudget-operator");
+        assert_eq!(
+            (
+                cli.leader_election_lease_duration,
+                cli.leader_election_renew_deadline,
+                cli.leader_election_retry_period
+            ),
+            (
+                leader::DEFAULT_LEASE_DURATION,
+                leader::DEFAULT_RENEW_DEADLINE,
+                leader::DEFAULT_RETRY_PERIOD
+            )
+        );
     }
 
     #[test]
@@ -121,6 +180,12 @@ mod tests {
             max_concurrent_scrapes_per_namespace: Some(2),
             max_body_bytes: 1024,
             scrape_ca_file: Some("/etc/ca.pem".into()),
+            leader_election: true,
+            leader_election_namespace: Some("ops".into()),
+            leader_election_lease_name: "tb".into(),
+            leader_election_lease_duration: Duration::from_secs(30),
+            leader_election_renew_deadline: Duration::from_secs(20),
+            leader_election_retry_period: Duration::from_millis(1500),
         };
         let separate = parse(&[
             "--bind-address",
@@ -135,6 +200,17 @@ mod tests {
             "1024",
             "--scrape-ca-file",
             "/etc/ca.pem",
+            "--leader-election",
+            "--leader-election-namespace",
+            "ops",
+            "--leader-election-lease-name",
+            "tb",
+            "--leader-election-lease-duration",
+            "30s",
+            "--leader-election-renew-deadline",
+            "20s",
+            "--leader-election-retry-period",
+            "1.5s",
         ]);
         assert_eq!(separate.unwrap(), want);
         let equals = parse(&[
@@ -144,8 +220,25 @@ mod tests {
             "--max-concurrent-scrapes-per-namespace=2",
             "--max-body-bytes=1024",
             "--scrape-ca-file=/etc/ca.pem",
+            "--leader-election",
+            "--leader-election-namespace=ops",
+            "--leader-election-lease-name=tb",
+            "--leader-election-lease-duration=30s",
+            "--leader-election-renew-deadline=20s",
+            "--leader-election-retry-period=1500ms",
         ]);
         assert_eq!(equals.unwrap(), want);
+        let election = want.options().leader_election.unwrap();
+        assert_eq!(
+            (
+                election.namespace.as_str(),
+                election.lease_name.as_str(),
+                election.identity.as_str()
+            ),
+            ("ops", "tb", ""),
+            "the identity is made at start-up"
+        );
+        assert_eq!(election.retry_period, Duration::from_millis(1500));
     }
 
     #[test]
@@ -221,6 +314,10 @@ mod tests {
             "[env: TOKENBUDGET_MAX_BODY_BYTES=]",
             "[default: 16777216]",
             "[env: TOKENBUDGET_SCRAPE_CA_FILE=]",
+            "--leader-election",
+            "[env: TOKENBUDGET_LEADER_ELECTION=]",
+            "[env: TOKENBUDGET_LEADER_ELECTION_RENEW_DEADLINE=]",
+            "[default: 10s]",
             "-V, --version",
             "LOG_FORMAT=json",
         ] {

@@ -104,9 +104,16 @@ impl Context {
             budgets: store(objects.budgets.into_iter().map(|tb| DeserializeGuard(Ok(tb)))),
             binding_usage: BindingUsages::new(wake),
             accounts: Default::default(),
+            leadership: crate::controller::leader::Leadership::always(),
             backoff: Default::default(),
         };
-        (Arc::new(ctx), ApiServerVerifier(handle))
+        (
+            Arc::new(ctx),
+            ApiServerVerifier {
+                handle,
+                budget_status_accepted: false,
+            },
+        )
     }
 }
 
@@ -230,7 +237,12 @@ type Respond = tower_test::mock::SendResponse<Response<Body>>;
 /// The API server of a scenario: each method awaits the next request, asserts that it is the
 /// one named (method, path, content type, the parts of the body that matter), answers it as
 /// an API server would, and returns what the test may want to assert further.
-pub struct ApiServerVerifier(ApiServerHandle);
+pub struct ApiServerVerifier {
+    handle: ApiServerHandle,
+    /// Whether a status write of the budget has been accepted: until then each carries the
+    /// version of the status its account resumed from as a precondition.
+    budget_status_accepted: bool,
+}
 
 /// One request, read.
 struct Received {
@@ -289,7 +301,7 @@ impl ApiServerVerifier {
     /// The next request, asserted to be `method` on `path`: `what` names it in failures.
     async fn expect(&mut self, what: &str, method: Method, path: &str) -> Received {
         let (request, respond) =
-            self.0.next_request().await.unwrap_or_else(|| {
+            self.handle.next_request().await.unwrap_or_else(|| {
                 panic!("expected {what} ({method} {path}), but the reconcile made no more requests")
             });
         assert_eq!(
@@ -331,7 +343,7 @@ impl ApiServerVerifier {
 
     /// Asserts that the reconcile made no request more, once it has let go of its client.
     pub async fn done(mut self) {
-        if let Some((request, _)) = self.0.next_request().await {
+        if let Some((request, _)) = self.handle.next_request().await {
             panic!(
                 "the reconcile made a request the scenario does not expect: {} {}",
                 request.method(),
@@ -381,6 +393,7 @@ impl ApiServerVerifier {
         let mut written = tb.clone().with_status(status.clone());
         written.metadata.resource_version = Some(next_version(tb.resource_version().as_deref().unwrap_or("0")));
         request.answer(serde_json::to_value(written).expect("a budget"));
+        self.budget_status_accepted = true;
         status
     }
 
@@ -444,7 +457,17 @@ impl ApiServerVerifier {
 
     async fn budget_status(&mut self, tb: &TokenBudget) -> Received {
         let path = format!("{BUDGETS}/{}/status", tb.name_any());
-        let request = self.expect("the budget's status", Method::PATCH, &path).await;
+        let mut request = self.expect("the budget's status", Method::PATCH, &path).await;
+        let precondition = request.body.as_object_mut().and_then(|o| o.remove("metadata"));
+        if self.budget_status_accepted {
+            assert_eq!(precondition, None, "once a status was accepted, no precondition");
+        } else {
+            let version = precondition.as_ref().and_then(|m| m["resourceVersion"].as_str());
+            assert!(
+                version.is_some(),
+                "the first status written from an account resumed from a status is conditional on its version: {precondition:?}"
+            );
+        }
         assert_server_side_apply(&request, "tokenbudget.io/v1alpha1", "TokenBudget");
         request
     }

@@ -7,6 +7,8 @@
 //!   current; [`scrapes`]: the scrapes of a cycle; [`state`]: what is kept in memory between
 //!   reconciles.
 //! - [`status`], [`events`]: writing status and publishing Events.
+//! - [`leader`]: leader election on a Lease, and the fence that keeps a replica that does
+//!   not lead from writing.
 //! - [`run`]: the whole operator; [`cli`]: its command line; [`release`]: what runs before
 //!   the operator is uninstalled (`tokenbudget-operator release`).
 //!
@@ -20,6 +22,7 @@ pub mod cluster;
 pub mod events;
 #[cfg(test)]
 mod fixtures;
+pub mod leader;
 pub mod release;
 pub mod run;
 pub mod scrapes;
@@ -75,6 +78,7 @@ impl Error {
     /// A short label for the error metric.
     pub fn metric_label(&self) -> &'static str {
         match self {
+            Error::Kube(kube::Error::Service(e)) if e.is::<leader::NotLeader>() => "not_leader",
             Error::Kube(kube::Error::Api(_)) => "api",
             Error::Kube(_) => "client",
             Error::NoNamespace => "no_namespace",
@@ -106,6 +110,8 @@ pub enum StartError {
         #[source]
         source: kube::Error,
     },
+    #[error("leader election: {0}")]
+    LeaderElection(#[from] leader::ConfigError),
     #[error("cannot listen on {address}: {source}")]
     Listen {
         address: std::net::SocketAddr,
@@ -130,6 +136,8 @@ pub struct Context {
     pub budgets: Store<DeserializeGuard<TokenBudget>>,
     /// What the budgets' cycles saw of their bindings, for the binding controller.
     pub binding_usage: state::BindingUsages,
+    /// Whether this replica leads: only the leader reconciles.
+    pub leadership: leader::Leadership,
     /// Per-object retry delays (children of this module build a `Context`).
     backoff: Backoffs,
 }
@@ -236,6 +244,11 @@ pub(crate) async fn instrumented<K>(
 where
     K: Resource<DynamicType = ()>,
 {
+    // A replica that does not lead keeps its stores current and nothing else: the leader
+    // reconciles. Every object is reconciled when this replica begins to lead.
+    if !ctx.leadership.is_leading() {
+        return Ok(Action::await_change());
+    }
     let timer = ctx
         .metrics
         .reconcile_duration

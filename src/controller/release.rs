@@ -247,6 +247,8 @@ fn context(
         budgets,
         binding_usage: BindingUsages::new(wake),
         backoff: Default::default(),
+        // No election: the operator's replicas are all stopped before anything is restored.
+        leadership: super::leader::Leadership::always(),
     };
     (Arc::new(ctx), driver)
 }

@@ -16,13 +16,18 @@ use futures::{StreamExt, channel::mpsc};
 use kube::{
     Api, Client,
     core::DeserializeGuard,
-    runtime::{Controller, events::Reporter, reflector::Store},
+    runtime::{
+        Controller,
+        events::Reporter,
+        reflector::{ObjectRef, Store},
+    },
 };
 use tokio::{sync::watch, task::JoinSet};
 
 use super::{
     Context, FIELD_MANAGER, StartError,
     cluster::{Cluster, api},
+    leader::{self, ElectionConfig, Leadership},
     state::{BindingUsages, BudgetRef},
     sync::Watches,
 };
@@ -52,6 +57,10 @@ pub struct Options {
     pub instance: Option<String>,
     /// The CA that pods' certificates are verified against in https scrapes.
     pub scrape_ca: Option<scrape::ScrapeCa>,
+    /// Take part in leader election on this Lease; `None`: lead always (one replica). An
+    /// empty namespace is the client's default namespace (in a pod, its own); an empty
+    /// identity is made from `instance` ([`leader::identity`]).
+    pub leader_election: Option<ElectionConfig>,
 }
 
 impl Default for Options {
@@ -64,6 +73,7 @@ impl Default for Options {
             max_body_bytes: scrape::DEFAULT_MAX_BODY_BYTES,
             instance: None,
             scrape_ca: None,
+            leader_election: None,
         }
     }
 }
@@ -79,10 +89,17 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let ns = options.namespace.as_deref();
     super::check_crds(&api(&client, ns), &api(&client, ns)).await?;
+    let election = election(&client, &options)?;
+    let leadership = match &election {
+        Some(config) => Leadership::candidate(config.identity.clone()),
+        None => Leadership::always(),
+    };
     let metrics = Metrics::new();
+    metrics.election.leader.set(i64::from(leadership.is_leading()));
     let endpoints = Endpoints {
         metrics: metrics.clone(),
         ready: Default::default(),
+        leadership: leadership.clone(),
     };
     let listen = |source| StartError::Listen {
         address: options.bind_address,
@@ -107,7 +124,20 @@ pub async fn run(
         let _ = stop_tx.send(true);
     });
 
-    let wiring = wire(client, &options, clock, metrics, &mut tasks);
+    // Every write of the controllers goes through the fence; the election's own do not.
+    let writer = match &election {
+        Some(_) => leadership.fence(client.clone(), metrics.clone()),
+        None => client.clone(),
+    };
+    let elect = {
+        let (client, metrics, leadership, stop) = (client, metrics.clone(), leadership.clone(), stopped());
+        async move {
+            if let Some(config) = election {
+                leader::run(client, config, leadership, metrics, stop).await;
+            }
+        }
+    };
+    let wiring = wire(writer, &options, clock, metrics, leadership, &mut tasks);
     tasks.spawn(ready_when_synced(
         wiring.budgets.store(),
         wiring.bindings.store(),
@@ -117,9 +147,32 @@ pub async fn run(
         http::serve(listener, endpoints, stopped()),
         super::budget::run(wiring.budgets, wiring.ctx.clone(), stopped()),
         super::binding::run(wiring.bindings, wiring.ctx, stopped()),
+        elect,
     );
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The election this replica takes part in, with its namespace and identity filled in.
+fn election(client: &Client, options: &Options) -> Result<Option<ElectionConfig>, StartError> {
+    let Some(config) = &options.leader_election else {
+        return Ok(None);
+    };
+    let mut config = config.clone();
+    if config.namespace.is_empty() {
+        config.namespace = client.default_namespace().to_string();
+    }
+    if config.identity.is_empty() {
+        config.identity = leader::identity(options.instance.as_deref());
+    }
+    config.check()?;
+    tracing::info!(
+        lease = %config.lease_name,
+        namespace = %config.namespace,
+        identity = %config.identity,
+        "leader election: only the replica holding the lease acts"
+    );
+    Ok(Some(config))
 }
 
 /// Both controllers, wired to each other and to the stores, and the context they share.
@@ -131,7 +184,14 @@ struct Wiring {
 
 /// Builds both controllers and the stores, with every trigger between them; spawns on `tasks`
 /// what drives the stores.
-fn wire(client: Client, options: &Options, clock: Arc<dyn Clock>, metrics: Metrics, tasks: &mut JoinSet<()>) -> Wiring {
+fn wire(
+    client: Client,
+    options: &Options,
+    clock: Arc<dyn Clock>,
+    metrics: Metrics,
+    leadership: Leadership,
+    tasks: &mut JoinSet<()>,
+) -> Wiring {
     let ns = options.namespace.as_deref();
     let budgets: Api<DeserializeGuard<TokenBudget>> = api(&client, ns);
     // Every watch the budget controller reads reports whether its store is current; budgets
@@ -177,28 +237,57 @@ fn wire(client: Client, options: &Options, clock: Arc<dyn Clock>, metrics: Metri
             instance: options.instance.clone(),
         },
         cluster,
-        scraper: Scraper::new(options.max_concurrent_scrapes, options.max_body_bytes)
-            .with_share(
-                options
-                    .max_concurrent_scrapes_per_namespace
-                    .unwrap_or_else(|| scrape::default_share(options.max_concurrent_scrapes)),
-            )
-            .with_ca(options.scrape_ca.clone()),
+        scraper: scraper(options),
         budgets: budget_controller.store(),
         binding_usage: BindingUsages::new(wake_tx),
         accounts: Default::default(),
+        leadership: leadership.clone(),
         backoff: Default::default(),
     });
     tasks.spawn(forget_deleted(ctx.clone(), deleted_rx));
+    // A replica that begins to lead reconciles everything: as a standby it let every change
+    // pass.
+    let every_budget = every_object_on(leadership.gains(), budget_controller.store());
+    let every_binding = every_object_on(leadership.gains(), binding_controller.store());
     Wiring {
         budgets: budget_controller
             .reconcile_on(binding_changed_rx)
             .reconcile_on(terminating)
             .reconcile_on(undone_rx)
-            .reconcile_on(resynced_rx),
-        bindings: binding_controller.reconcile_on(wake_rx),
+            .reconcile_on(resynced_rx)
+            .reconcile_on(every_budget),
+        bindings: binding_controller.reconcile_on(wake_rx).reconcile_on(every_binding),
         ctx,
     }
+}
+
+/// The scraper the options ask for.
+fn scraper(options: &Options) -> Scraper {
+    let share = options
+        .max_concurrent_scrapes_per_namespace
+        .unwrap_or_else(|| scrape::default_share(options.max_concurrent_scrapes));
+    Scraper::new(options.max_concurrent_scrapes, options.max_body_bytes)
+        .with_share(share)
+        .with_ca(options.scrape_ca.clone())
+}
+
+/// Every object of `store`, each time `events` yields.
+fn every_object_on<K>(
+    events: impl futures::Stream<Item = ()> + Send + 'static,
+    store: Store<K>,
+) -> impl futures::Stream<Item = ObjectRef<K>> + Send + 'static
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    events.flat_map(move |()| {
+        futures::stream::iter(
+            store
+                .state()
+                .iter()
+                .map(|o| ObjectRef::from_obj(o.as_ref()))
+                .collect::<Vec<_>>(),
+        )
+    })
 }
 
 /// Forgets the account and metric series of every budget deleted.

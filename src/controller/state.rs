@@ -41,25 +41,43 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Every budget's account.
 #[derive(Default)]
-pub struct Accounts(Mutex<HashMap<BudgetRef, Account>>);
+pub struct Accounts(Mutex<HashMap<BudgetRef, Kept>>);
+
+/// An account in memory.
+struct Kept {
+    account: Account,
+    /// The leadership term it was opened in ([`crate::controller::leader::Leadership::term`]).
+    term: u64,
+    /// The `resourceVersion` of the status it resumed from, until a status written from it
+    /// has been accepted with that version as precondition.
+    resumed_from: Option<String>,
+}
 
 impl Accounts {
     /// Takes the account of `budget` (the budget with `uid`) out for one cycle; it goes back
     /// when the lease is dropped. A budget without an account in memory (the operator just
-    /// started), or whose uid changed (deleted and created again), resumes from what its
-    /// status persisted. The controller never runs two reconciles of one budget at once, so
-    /// nothing else wants the account meanwhile.
-    pub fn lease<'a>(&'a self, budget: &TokenBudget) -> Lease<'a> {
+    /// started), whose uid changed (deleted and created again), or whose account was opened
+    /// in an earlier leadership `term` (another replica may have counted since), resumes from
+    /// what its status persisted. The controller never runs two reconciles of one budget at
+    /// once, so nothing else wants the account meanwhile.
+    pub fn lease<'a>(&'a self, budget: &TokenBudget, term: u64) -> Lease<'a> {
         let key = object_ref(budget);
         let uid = budget.uid().unwrap_or_default();
-        let account = match lock(&self.0).remove(&key) {
-            Some(account) if account.uid() == uid => account,
-            _ => Account::open(&uid, budget.status.as_ref().and_then(|s| s.accounting.as_ref())),
+        let kept = match lock(&self.0).remove(&key) {
+            Some(kept) if kept.account.uid() == uid && kept.term == term => kept,
+            _ => Kept {
+                account: Account::open(&uid, budget.status.as_ref().and_then(|s| s.accounting.as_ref())),
+                term,
+                resumed_from: budget.resource_version(),
+            },
         };
         Lease {
             accounts: self,
             key,
-            account: Some(account),
+            term: kept.term,
+            resumed_from: kept.resumed_from,
+            discarded: false,
+            account: Some(kept.account),
         }
     }
 
@@ -87,7 +105,37 @@ impl Accounts {
 pub struct Lease<'a> {
     accounts: &'a Accounts,
     key: BudgetRef,
+    term: u64,
+    resumed_from: Option<String>,
+    discarded: bool,
     account: Option<Account>,
+}
+
+impl Lease<'_> {
+    /// The `resourceVersion` of the status this account resumed from, while no status
+    /// written from it has been accepted: the next status write must be conditional on it.
+    /// A copy of the budget older than the latest (a replica that just took over, whose
+    /// cache has not yet seen the last write of the one before) then fails to write instead
+    /// of counting again what the newer status already holds.
+    pub fn resumed_from(&self) -> Option<&str> {
+        self.resumed_from.as_deref()
+    }
+
+    /// The leadership term this account was opened in.
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// A status written from this account was accepted: it is the budget's latest.
+    pub fn confirmed(&mut self) {
+        self.resumed_from = None;
+    }
+
+    /// The status this account resumed from was not the latest: forget the account, so
+    /// that the next cycle resumes from the newer status.
+    pub fn discard(&mut self) {
+        self.discarded = true;
+    }
 }
 
 impl Deref for Lease<'_> {
@@ -106,8 +154,13 @@ impl DerefMut for Lease<'_> {
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
-        if let Some(account) = self.account.take() {
-            lock(&self.accounts.0).insert(self.key.clone(), account);
+        if let Some(account) = self.account.take().filter(|_| !self.discarded) {
+            let kept = Kept {
+                account,
+                term: self.term,
+                resumed_from: self.resumed_from.take(),
+            };
+            lock(&self.accounts.0).insert(self.key.clone(), kept);
         }
     }
 }
@@ -120,6 +173,8 @@ pub struct BindingUsage {
     pub budget: String,
     pub report: BindingReport,
     pub scraped_at: Timestamp,
+    /// The leadership term of the cycle: a binding reads only what this term's cycles saw.
+    pub term: u64,
 }
 
 /// The hand-over from the budget controller's cycles to the binding controller: the last
@@ -141,7 +196,14 @@ impl BindingUsages {
 
     /// Hands over what a cycle of `budget` in `namespace` saw of its bindings, and wakes
     /// their controller.
-    pub fn hand_over(&self, namespace: &str, budget: &str, reports: &[BindingReport], scraped_at: Timestamp) {
+    pub fn hand_over(
+        &self,
+        namespace: &str,
+        budget: &str,
+        reports: &[BindingReport],
+        scraped_at: Timestamp,
+        term: u64,
+    ) {
         let mut usage = lock(&self.usage);
         for report in reports {
             let binding: BindingRef = ObjectRef::new(&report.name).within(namespace);
@@ -149,15 +211,18 @@ impl BindingUsages {
                 budget: budget.to_string(),
                 report: report.clone(),
                 scraped_at,
+                term,
             };
             usage.insert(binding.clone(), seen);
             let _ = self.wake.unbounded_send(binding);
         }
     }
 
-    /// What the last cycle saw of a binding.
-    pub fn get(&self, binding: &BindingRef) -> Option<BindingUsage> {
-        lock(&self.usage).get(binding).cloned()
+    /// What the last cycle of leadership `term` saw of a binding. A cycle of an earlier term
+    /// is not shown: another replica may have counted since, and the binding's status shows
+    /// what it saw until this replica's first cycle.
+    pub fn get(&self, binding: &BindingRef, term: u64) -> Option<BindingUsage> {
+        lock(&self.usage).get(binding).filter(|u| u.term == term).cloned()
     }
 
     /// Forgets every binding that `bindings` no longer has: deleted, or missed while a watch
@@ -203,15 +268,16 @@ mod tests {
         let (wake, _woken) = futures::channel::mpsc::unbounded();
         let usages = BindingUsages::new(wake);
         let now = "2026-11-30T12:00:00Z".parse().unwrap();
-        usages.hand_over("agents", "research", &[report("kept"), report("deleted")], now);
+        usages.hand_over("agents", "research", &[report("kept"), report("deleted")], now, 0);
         assert_eq!(usages.len(), 2);
 
         let (store, mut writer) = reflector::store();
         writer.apply_watcher_event(&watcher::Event::Apply(binding("kept")));
         usages.forget_missing(&store);
         let key = |name: &str| BindingRef::new(name).within("agents");
-        assert!(usages.get(&key("kept")).is_some());
-        assert!(usages.get(&key("deleted")).is_none());
+        assert!(usages.get(&key("kept"), 0).is_some());
+        assert!(usages.get(&key("kept"), 1).is_none(), "a later term does not see it");
+        assert!(usages.get(&key("deleted"), 0).is_none());
         assert_eq!(usages.len(), 1);
     }
 }

@@ -35,9 +35,31 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     S: Serialize,
 {
+    let version = obj.resource_version().unwrap_or_default();
+    apply_at_version(ctx, api, obj, &version, status).await
+}
+
+/// Writes `status` as the status of `obj`, only if the object is still at `version`: a
+/// conflict ([`is_conflict`]) otherwise.
+pub async fn apply_at_version<K, S>(
+    ctx: &Context,
+    api: &Api<K>,
+    obj: &impl Resource,
+    version: &str,
+    status: &S,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    S: Serialize,
+{
     let mut patch = status_patch::<K>(status);
-    patch["metadata"] = serde_json::json!({"resourceVersion": obj.resource_version()});
+    patch["metadata"] = serde_json::json!({"resourceVersion": version});
     write(ctx, api, &obj.name_any(), &patch).await
+}
+
+/// Whether a write failed on its `resourceVersion` precondition.
+pub fn is_conflict(error: &Error) -> bool {
+    matches!(error, Error::Kube(kube::Error::Api(status)) if status.code == 409)
 }
 
 /// Writes `status` as the status of the object `name`.

@@ -21,9 +21,32 @@ impl Operator {
         Self::spawn(&["--namespace", namespace], namespace, env)
     }
 
+    /// As [`Operator::start`], with extra environment variables and arguments.
+    pub fn start_as(namespace: &str, env: &[(&str, &str)], args: &[&str]) -> Self {
+        Self::spawn(&[&["--namespace", namespace], args].concat(), namespace, env)
+    }
+
     /// As [`Operator::start`], with more arguments (tests/https.rs: `--scrape-ca-file`).
     pub fn start_with_args(namespace: &str, args: &[&str]) -> Self {
         Self::spawn(&[&["--namespace", namespace], args].concat(), namespace, &[])
+    }
+
+    /// One of several replicas watching the namespace, with leader election on a Lease there:
+    /// `instance` is its pod name (its identity begins with it, then `_`), `election` the
+    /// Lease's name and timings.
+    pub fn start_replica(namespace: &str, instance: &str, election: &[&str]) -> Self {
+        let args = [
+            &[
+                "--namespace",
+                namespace,
+                "--leader-election",
+                "--leader-election-namespace",
+                namespace,
+            ][..],
+            election,
+        ]
+        .concat();
+        Self::spawn(&args, &format!("{namespace}-{instance}"), &[("POD_NAME", instance)])
     }
 
     /// An operator watching every namespace (no `--namespace`, the binary's default). It

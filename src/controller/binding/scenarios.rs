@@ -38,7 +38,7 @@ fn hand_over(ctx: &Context) {
         interval: Duration::from_secs(15),
         ..Default::default()
     };
-    ctx.binding_usage.hand_over(NAMESPACE, "research", &[report], now());
+    ctx.binding_usage.hand_over(NAMESPACE, "research", &[report], now(), 0);
 }
 
 /// The binding reads its budget from the API server (not a cache), finds it, and writes a

@@ -39,8 +39,13 @@ pub async fn announce(
         }
         let namespace = tb.metadata.namespace.as_deref().unwrap_or_default();
         ctx.metrics.observe_cycle(namespace, &tb.name_any(), cycle.started_at);
-        ctx.binding_usage
-            .hand_over(namespace, &tb.name_any(), &cycle.bindings, cycle.started_at);
+        ctx.binding_usage.hand_over(
+            namespace,
+            &tb.name_any(),
+            &cycle.bindings,
+            cycle.started_at,
+            cycle.account.term(),
+        );
         ctx.binding_usage.forget_missing(&ctx.cluster.bindings);
         scrape_failures(ctx, namespace, cycle).await;
     }

@@ -80,7 +80,12 @@ async fn reconcile(guard: Arc<DeserializeGuard<TokenBudget>>, ctx: Arc<Context>)
         .and_then(|(p, a)| a.wake_at(p, now));
     let new = compute::status(tb, intent, acted.as_ref(), now);
     let old = tb.status.clone().unwrap_or_default();
-    write_status(&ctx, tb, spec.as_ref().ok(), &new).await?;
+    let account = observed.cycle.as_mut().map(|c| &mut c.account);
+    if write_status(&ctx, tb, spec.as_ref().ok(), &new, account).await?
+        && let Some(cycle) = &observed.cycle
+    {
+        ctx.metrics.status_delay.observe(cycle.answered.elapsed().as_secs_f64());
+    }
     let notices = acted.map(|a| a.notices).unwrap_or_default();
     announce::announce(&ctx, tb, &old, &new, &notices, observed.cycle.as_ref()).await;
     Ok(Action::requeue(compute::requeue(
@@ -93,13 +98,19 @@ async fn reconcile(guard: Arc<DeserializeGuard<TokenBudget>>, ctx: Arc<Context>)
 /// Step 4: the budget's metrics, then its status, when it changed. The metrics go first, so
 /// that whoever sees the new status finds them up to date too. A write that fails (a status
 /// grown too large for etcd, say) is reported on the budget, and fails the reconcile: it is
-/// retried with backoff, and nothing is announced that was not recorded.
+/// retried with backoff, and nothing is announced that was not recorded. `true` when the
+/// status was written.
+///
+/// The first write from an account resumed from a status is conditional on that status's
+/// version ([`state::Lease::resumed_from`]); when it was not the latest, the account is
+/// discarded and the retry resumes from the newer one.
 async fn write_status(
     ctx: &Context,
     tb: &TokenBudget,
     spec: Option<&validate::ValidBudget>,
     new: &TokenBudgetStatus,
-) -> Result<(), Error> {
+    account: Option<&mut state::Lease<'_>>,
+) -> Result<bool, Error> {
     let namespace = namespace(tb)?;
     if let Some(spec) = spec {
         let limit = spec.limit_tokens.and_then(|t| i64::try_from(t).ok());
@@ -107,13 +118,33 @@ async fn write_status(
     }
     if tb.status.as_ref() != Some(new) {
         let api = Api::<TokenBudget>::namespaced(ctx.client.clone(), &namespace);
-        if let Err(error) = status::apply(ctx, &api, tb, new).await {
-            let existing = tb.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
-            status::report_failed_write(ctx, &api, tb, existing, &error).await;
-            return Err(error);
+        let resumed_from = account.as_ref().and_then(|a| a.resumed_from().map(str::to_string));
+        let written = match &resumed_from {
+            Some(version) => status::apply_at_version(ctx, &api, tb, version, new).await,
+            None => status::apply(ctx, &api, tb, new).await,
+        };
+        match (written, account) {
+            (Ok(()), Some(account)) => account.confirmed(),
+            (Ok(()), None) => {}
+            (Err(error), account) => {
+                if status::is_conflict(&error)
+                    && let Some(account) = account.filter(|_| resumed_from.is_some())
+                {
+                    tracing::info!(
+                        version = resumed_from.as_deref(),
+                        "the status this account resumed from was not the latest: resuming again"
+                    );
+                    account.discard();
+                    return Err(error);
+                }
+                let existing = tb.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+                status::report_failed_write(ctx, &api, tb, existing, &error).await;
+                return Err(error);
+            }
         }
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
 }
 
 /// A deleted budget restores every workload it changed, deletes its quota, and only then

@@ -120,7 +120,7 @@ async fn account<'a>(
     ctx.accounts.forget_missing(&ctx.budgets, &ctx.metrics);
     let origin = tb.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0);
     let window = period::current(spec.reset, &spec.time_zone, now, origin);
-    let mut account = ctx.accounts.lease(tb);
+    let mut account = ctx.accounts.lease(tb, ctx.leadership.term());
     let period_reset = account.begin_period(window.start.timestamp());
 
     let bindings = valid_bindings(ctx, tb);

@@ -212,7 +212,7 @@ async fn an_exhausted_budget_annotates_then_scales_down_then_writes_status() {
         async |ctx| {
             let action = reconcile(guard(&tb), ctx.clone()).await;
             let binding: BindingRef = BindingRef::new("summarizer").within("agents");
-            (action, ctx.binding_usage.get(&binding))
+            (action, ctx.binding_usage.get(&binding, 0))
         },
         server,
     )
