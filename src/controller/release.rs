@@ -275,12 +275,18 @@ async fn release_budgets(
 ) -> Result<Released, ReleaseError> {
     let mut released = Released::default();
     loop {
-        let list = budgets
-            .list(&ListParams::default())
-            .await
-            .map_err(ReleaseError::ListBudgets)?;
+        // A failed list is tried again, like a failed restore, until the deadline.
+        let list = match budgets.list(&ListParams::default()).await {
+            Ok(list) => list.items,
+            Err(e) if Instant::now() >= deadline => return Err(ReleaseError::ListBudgets(e)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list TokenBudgets; trying again");
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+        };
         let mut left = Vec::new();
-        for guard in &list.items {
+        for guard in &list {
             let tb = match &guard.0 {
                 Ok(tb) if budget::has_finalizer(tb) => tb,
                 Ok(_) => continue,
