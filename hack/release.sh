@@ -18,7 +18,8 @@
 #
 # --binaries DIR takes DIR/linux_amd64/kubectl-tokenbudget and DIR/linux_arm64/kubectl-tokenbudget
 # instead of building (the tests use it). Environment: RELEASE_BASE_URL, where the archives
-# are published (the manifest's `uri`s): default the GitHub release of the version.
+# are published (the manifest's `uri`s): default the GitHub release of the version;
+# CARGO_TARGET_DIR as for cargo.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
@@ -55,7 +56,7 @@ binary() {
   if [ -n "$binaries" ]; then
     echo "$binaries/linux_$1/kubectl-tokenbudget"
   else
-    echo "target/${TARGETS[$1]}/dist/kubectl-tokenbudget"
+    echo "${CARGO_TARGET_DIR:-target}/${TARGETS[$1]}/dist/kubectl-tokenbudget"
   fi
 }
 
