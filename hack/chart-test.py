@@ -119,10 +119,11 @@ def equal(actual, wanted, what):
 CHART_OBJ = helm.Chart.load(CHART)
 
 
-def render(values=None, *, name=RELEASE, namespace=NAMESPACE, chart=CHART_OBJ):
-    """Renders the chart; returns (objects, notes, raw manifests by template)."""
+def render_all(values=None, *, name=RELEASE, namespace=NAMESPACE, chart=CHART_OBJ):
+    """Renders the chart; returns (objects, hooks, notes, raw manifests by template): the
+    release's objects, and apart from them the hooks (objects with a helm.sh/hook annotation)."""
     manifests = chart.render(values or {}, name=name, namespace=namespace)
-    objects, notes = [], ""
+    objects, hooks, notes = [], [], ""
     for template, text in sorted(manifests.items()):
         if template.endswith("NOTES.txt"):
             notes = text
@@ -130,8 +131,20 @@ def render(values=None, *, name=RELEASE, namespace=NAMESPACE, chart=CHART_OBJ):
         for doc in yaml.safe_load_all(text):
             if doc:
                 doc["__template"] = template
-                objects.append(doc)
+                hook = "helm.sh/hook" in (doc["metadata"].get("annotations") or {})
+                (hooks if hook else objects).append(doc)
+    return objects, hooks, notes, manifests
+
+
+def render(values=None, **options):
+    """Renders the chart; returns (objects, notes, raw manifests by template), without hooks."""
+    objects, _, notes, manifests = render_all(values, **options)
     return objects, notes, manifests
+
+
+def render_hooks(values=None, **options):
+    """The hooks the chart renders."""
+    return render_all(values, **options)[1]
 
 
 def by_kind(objects, kind):
@@ -207,7 +220,8 @@ def known_metric(name, names):
 
 @check("helm lint (strict), with the defaults and with every option on")
 def _():
-    for values in [None, {"metrics": {"serviceMonitor": {"enabled": True}}, "prometheusRule": {"enabled": True},
+    for values in [None, {"metrics": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
+                          "prometheusRule": {"enabled": True}, "networkPolicy": {"enabled": True},
                           "grafanaDashboard": {"enabled": True}, "watchNamespace": "agents"}]:
         report = helm.lint(CHART, values, strict=True, namespace=NAMESPACE)
         equal(report["errors"], [], "lint errors")
@@ -215,9 +229,10 @@ def _():
         equal(serious, [], "lint warnings and errors")
 
 
-@check("Chart.yaml: appVersion 0.1.0, the operator's Cargo.toml version")
+@check("Chart.yaml: chart 0.2.0, appVersion 0.1.0, the operator's Cargo.toml version")
 def _():
     meta = CHART_OBJ.metadata
+    equal(meta["version"], "0.2.0", "chart version")
     equal(meta["appVersion"], "0.1.0", "appVersion")
     cargo_version = re.search(r'^version = "([^"]+)"', (REPO / "Cargo.toml").read_text(), re.M).group(1)
     equal(meta["appVersion"], cargo_version, "appVersion vs Cargo.toml")
@@ -351,6 +366,9 @@ def _():
 def _():
     for text in ("kind: TokenBudget", "kind: BudgetBinding", "kubectl get tb", "rollout status"):
         expect(text in DEFAULT_NOTES, f"NOTES.txt lacks {text!r}")
+    expect("restores every workload it paused" in DEFAULT_NOTES, "NOTES.txt does not tell what uninstall does")
+    _, notes, _ = render({"uninstallHook": {"enabled": False}})
+    expect("Uninstall:" not in notes, "NOTES.txt tells of a hook that is off")
 
 
 MONITORING = {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
@@ -372,26 +390,77 @@ def _():
     equal((endpoint["port"], endpoint["path"], endpoint["honorLabels"]), ("metrics", "/metrics", True), "endpoint")
 
 
-@check("monitoring on: PrometheusRule alerts on threshold, exhaustion and failing scrapes, real metrics only")
+ALERTS = ["TokenBudgetEnforcementFailing", "TokenBudgetExhausted", "TokenBudgetOperatorDown", "TokenBudgetScrapesFailing",
+          "TokenBudgetStatusNotWritten", "TokenBudgetThresholdReached", "TokenBudgetWatchNotSynced"]
+RUNBOOKS = "https://github.com/tokenbudget/tokenbudget-operator/blob/main/docs/operating.md"
+
+
+def alerts_of(objects):
+    (group,) = one(objects, "PrometheusRule")["spec"]["groups"]
+    return {r["alert"]: r for r in group["rules"]}
+
+
+def markdown_anchors(path: Path):
+    """The anchors GitHub gives the headings of a Markdown file."""
+    anchors = set()
+    for line in path.read_text().splitlines():
+        m = re.match(r"^#+ (.+)$", line)
+        if m:
+            anchors.add(re.sub(r"[^a-z0-9 _-]", "", m.group(1).strip().lower()).replace(" ", "-"))
+    return anchors
+
+
+@check("monitoring on: PrometheusRule alerts on thresholds, exhaustion, scrapes, the operator down, enforcement, watches, status")
 def _():
     objects, _, _ = render(MONITORING)
     rule = one(objects, "PrometheusRule")
-    (group,) = rule["spec"]["groups"]
-    alerts = {r["alert"]: r for r in group["rules"]}
-    equal(sorted(alerts), ["TokenBudgetExhausted", "TokenBudgetScrapesFailing", "TokenBudgetThresholdReached"], "alerts")
+    alerts = alerts_of(objects)
+    equal(sorted(alerts), ALERTS, "alerts")
     names = metric_names()
+    anchors = markdown_anchors(REPO / "docs" / "operating.md")
+    templated = 0
     for alert in alerts.values():
         parse_promql(alert["expr"], alert["alert"])
         for metric in metrics_in(alert["expr"]):
             expect(known_metric(metric, names), f"{alert['alert']} uses {metric}, which the operator does not export")
         equal(alert["labels"]["team"], "ml", "alertLabels")
-        expect("{{ $labels" in alert["annotations"]["summary"] or "$value" in alert["annotations"]["description"],
-               "Prometheus templating was eaten by Helm")
+        for key, text in alert["annotations"].items():
+            # Prometheus' own templating survives Helm's; nothing else is left in braces.
+            expect("{{" not in text or re.search(r"\{\{`?\s*\$(labels|value)", text), f"{alert['alert']} {key}: {text}")
+        templated += any("{{ $" in t for t in alert["annotations"].values())
+        runbook = alert["annotations"]["runbook_url"]
+        equal(runbook, f"{RUNBOOKS}#{alert['alert'].lower()}", f"{alert['alert']} runbook_url")
+        expect(alert["alert"].lower() in anchors, f"docs/operating.md has no heading for {alert['alert']}")
+    expect(templated >= 5, "Prometheus templating was eaten by Helm")
     expect("tokenbudget_phase" in alerts["TokenBudgetThresholdReached"]["expr"], "threshold alert metric")
     expect(alerts["TokenBudgetThresholdReached"]["expr"].endswith("== 1"), "threshold alert: phase Warning")
     expect(alerts["TokenBudgetExhausted"]["expr"].endswith("== 2"), "exhausted alert: phase Exhausted")
     expect('tokenbudget_scrapes_total{result!="ok"}' in alerts["TokenBudgetScrapesFailing"]["expr"], "scrape alert")
     equal(alerts["TokenBudgetExhausted"]["labels"]["severity"], "critical", "exhausted severity")
+    equal(alerts["TokenBudgetOperatorDown"]["labels"]["severity"], "critical", "operator down severity")
+    equal(alerts["TokenBudgetOperatorDown"]["expr"],
+          f'absent(up{{job="{FULLNAME}-metrics", namespace="{NAMESPACE}"}} == 1)', "operator down: the Service's job")
+    expect("tokenbudget_enforcement_failures_total" in alerts["TokenBudgetEnforcementFailing"]["expr"], "enforcement")
+    expect(alerts["TokenBudgetEnforcementFailing"]["expr"].endswith("> 5"), "enforcement threshold")
+    expect("tokenbudget_watch_synced" in alerts["TokenBudgetWatchNotSynced"]["expr"], "watch alert")
+    expect("tokenbudget_status_write_failures_total" in alerts["TokenBudgetStatusNotWritten"]["expr"], "status alert")
+    equal(rule["metadata"]["labels"]["release"], "prom", "extra label")
+
+
+@check("monitoring: TokenBudgetOperatorDown follows the PodMonitor's job, or prometheusRule.operatorJob")
+def _():
+    pod_only = {"metrics": {"podMonitor": {"enabled": True}}, "prometheusRule": {"enabled": True}}
+    expr = alerts_of(render(pod_only)[0])["TokenBudgetOperatorDown"]["expr"]
+    equal(expr, f'absent(up{{job="{NAMESPACE}/{FULLNAME}", namespace="{NAMESPACE}"}} == 1)', "PodMonitor job")
+    custom = {"prometheusRule": {"enabled": True, "operatorJob": "tokenbudget", "operatorDownFor": "10m",
+                                 "enforcementFailures": 20, "runbookBaseUrl": "https://wiki.example.com/tb"}}
+    alerts = alerts_of(render(custom)[0])
+    equal(alerts["TokenBudgetOperatorDown"]["expr"], f'absent(up{{job="tokenbudget", namespace="{NAMESPACE}"}} == 1)',
+          "operatorJob")
+    equal(alerts["TokenBudgetOperatorDown"]["for"], "10m", "operatorDownFor")
+    expect(alerts["TokenBudgetEnforcementFailing"]["expr"].endswith("> 20"), "enforcementFailures")
+    equal(alerts["TokenBudgetExhausted"]["annotations"]["runbook_url"], "https://wiki.example.com/tb#tokenbudgetexhausted",
+          "runbookBaseUrl")
 
 
 @check("monitoring on: alertLabels may set the severity, which replaces each alert's own")
@@ -573,6 +642,221 @@ def _():
           {"tbo"}, "fullnameOverride")
 
 
+# ---------------------------------------------------------------------------------------------
+# The uninstall hook (templates/uninstall-hook.yaml): `tokenbudget-operator release`.
+
+HOOK = f"{FULLNAME}-release"
+# Stopping the operator, in the release namespace: its own Deployment's scale, by name.
+EXPECTED_HOOK_STOP_RULES = [
+    {"apiGroups": ["apps"], "resources": ["deployments/scale"], "resourceNames": [FULLNAME], "verbs": ["patch"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+]
+# Restoring, in the operator's scope: what a deleted budget's cleanup calls.
+EXPECTED_HOOK_RESTORE_RULES = [
+    (["tokenbudget.io"], ["tokenbudgets"], ["list", "patch"]),
+    ([""], ["pods"], ["list", "watch", "patch"]),
+    ([""], ["resourcequotas"], ["get", "delete"]),
+    (["apps"], ["deployments", "statefulsets"], ["list", "watch", "patch"]),
+    (["apps"], ["deployments/scale", "statefulsets/scale"], ["patch"]),
+    (["apps"], ["replicasets"], ["list", "watch"]),
+    (["batch"], ["jobs", "cronjobs"], ["list", "watch", "patch"]),
+    (["events.k8s.io"], ["events"], ["create"]),
+]
+HOOK_ARGS = ["release", f"--operator-deployment={FULLNAME}", f"--operator-namespace={NAMESPACE}", "--timeout=240"]
+
+
+def exact_rules(rules, wanted, what):
+    for rule in rules:
+        for key in ("apiGroups", "resources", "verbs"):
+            expect("*" not in rule.get(key, []), f"wildcard in {rule}")
+        expect(not any("secret" in r for r in rule.get("resources", [])), f"secrets in {rule}")
+    norm = lambda rs: sorted(json.dumps({k: sorted(v) for k, v in r.items()}, sort_keys=True) for r in rs)  # noqa: E731
+    equal(norm(rules), norm(wanted), what)
+
+
+def hook_job(hooks):
+    job = one(hooks, "Job")
+    equal(job["metadata"]["name"], HOOK, "hook Job name")
+    return job
+
+
+@check("uninstall hook: pre-delete, ServiceAccount and RBAC before the Job, all deleted after it")
+def _():
+    hooks = render_hooks()
+    kinds = sorted((o["kind"], o["metadata"]["name"], o["metadata"].get("namespace")) for o in hooks)
+    equal(kinds, sorted([
+        ("ServiceAccount", HOOK, NAMESPACE),
+        ("Role", f"{HOOK}-stop", NAMESPACE),
+        ("RoleBinding", f"{HOOK}-stop", NAMESPACE),
+        ("ClusterRole", HOOK, None),
+        ("ClusterRoleBinding", HOOK, None),
+        ("Job", HOOK, NAMESPACE),
+    ]), "hook objects")
+    for o in hooks:
+        notes = o["metadata"]["annotations"]
+        equal(notes["helm.sh/hook"], "pre-delete", f"{o['kind']} hook")
+        policy = set(notes["helm.sh/hook-delete-policy"].split(","))
+        if o["kind"] == "Job":
+            # Kept when it fails, for `kubectl logs`; replaced by the next attempt.
+            equal(policy, {"before-hook-creation", "hook-succeeded"}, "Job delete policy")
+            equal(notes["helm.sh/hook-weight"], "0", "Job weight")
+        else:
+            equal(policy, {"before-hook-creation", "hook-succeeded", "hook-failed"}, f"{o['kind']} delete policy")
+            equal(notes["helm.sh/hook-weight"], "-10", f"{o['kind']} weight: before the Job")
+        expect(o["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE, f"{o['kind']} instance label")
+
+
+@check("uninstall hook: RBAC exactly what `release` calls, a subset of the operator's, bound to the hook's account")
+def _():
+    hooks = render_hooks()
+    stop = one(hooks, "Role")
+    exact_rules(stop["rules"], EXPECTED_HOOK_STOP_RULES, "stop rules")
+    restore = one(hooks, "ClusterRole")
+    exact_rules(restore["rules"], [{"apiGroups": g, "resources": r, "verbs": v} for g, r, v in EXPECTED_HOOK_RESTORE_RULES],
+                "restore rules")
+    operator = {(g, r, v) for groups, resources, verbs in EXPECTED_RULES for g in groups for r in resources for v in verbs}
+    for groups, resources, verbs in EXPECTED_HOOK_RESTORE_RULES:
+        for g, r, v in ((g, r, v) for g in groups for r in resources for v in verbs):
+            expect((g, r, v) in operator, f"the hook may {v} {r}, which the operator itself may not")
+    for kind, role in (("RoleBinding", stop), ("ClusterRoleBinding", restore)):
+        binding = one(hooks, kind)
+        equal(binding["roleRef"], {"apiGroup": "rbac.authorization.k8s.io", "kind": role["kind"],
+                                   "name": role["metadata"]["name"]}, f"{kind} roleRef")
+        equal(binding["subjects"], [{"kind": "ServiceAccount", "name": HOOK, "namespace": NAMESPACE}], f"{kind} subjects")
+
+
+@check("uninstall hook: the Job runs `release` as the operator's image, non-root, hardened, never matched by the operator's selector")
+def _():
+    hooks = render_hooks()
+    job = hook_job(hooks)
+    spec = job["spec"]
+    equal((spec["backoffLimit"], spec["activeDeadlineSeconds"]), (1, 300), "backoffLimit, activeDeadlineSeconds")
+    # The program's own failure fails the Job at once; a lost pod is tried again.
+    equal(spec["podFailurePolicy"], {"rules": [{"action": "FailJob", "onExitCodes": {
+        "containerName": "release", "operator": "In", "values": [1, 2]}}]}, "podFailurePolicy")
+    pod = spec["template"]["spec"]
+    equal(pod["restartPolicy"], "Never", "restartPolicy")
+    equal(pod["serviceAccountName"], HOOK, "serviceAccountName")
+    (c,) = pod["containers"]
+    operator = container(DEFAULTS)
+    equal(c["image"], operator["image"], "the operator's image")
+    equal(c["args"], HOOK_ARGS, "args")
+    # Every flag exists in the binary's `release` subcommand.
+    release_rs = (REPO / "src" / "controller" / "release.rs").read_text()
+    for arg in c["args"][1:]:
+        field = arg.split("=")[0].removeprefix("--").replace("-", "_")
+        expect(f"pub {field}:" in release_rs, f"{arg}: no such flag of `tokenbudget-operator release`")
+    env = {e["name"]: e for e in c["env"]}
+    equal(env["POD_NAME"]["valueFrom"], {"fieldRef": {"fieldPath": "metadata.name"}}, "POD_NAME")
+    psc, sc = pod["securityContext"], c["securityContext"]
+    equal((psc["runAsNonRoot"], psc["runAsUser"], psc["seccompProfile"]), (True, 65532, {"type": "RuntimeDefault"}),
+          "pod security context")
+    equal(sc, operator["securityContext"], "container security context: the operator's")
+    equal((sc["runAsNonRoot"], sc["readOnlyRootFilesystem"], sc["allowPrivilegeEscalation"], sc["capabilities"]),
+          (True, True, False, {"drop": ["ALL"]}), "container security context")
+    expect({"cpu", "memory"} <= set(c["resources"]["limits"]), "hook resource limits")
+    labels = spec["template"]["metadata"]["labels"]
+    selectors = [one(DEFAULTS, "Deployment")["spec"]["selector"]["matchLabels"], one(DEFAULTS, "Service")["spec"]["selector"]]
+    selectors += [pdb["spec"]["selector"]["matchLabels"] for pdb in by_kind(DEFAULTS, "PodDisruptionBudget")]
+    for o in selectors:
+        expect(not o.items() <= labels.items(), f"the selector {o} matches the hook's pod: it would wait for itself")
+
+
+@check("uninstall hook: watchNamespace, rbac.create=false, a timeout, and off")
+def _():
+    hooks = render_hooks({"watchNamespace": "agents", "uninstallHook": {"timeout": 100}})
+    restore = [o for o in hooks if o["kind"] == "Role" and o["metadata"]["name"] == HOOK]
+    equal(len(restore), 1, "a restore Role")
+    equal(restore[0]["metadata"]["namespace"], "agents", "restore Role namespace")
+    binding = [o for o in hooks if o["kind"] == "RoleBinding" and o["metadata"]["name"] == HOOK][0]
+    equal(binding["metadata"]["namespace"], "agents", "restore RoleBinding namespace")
+    expect(not by_kind(hooks, "ClusterRole"), "a ClusterRole with watchNamespace")
+    stop = [o for o in hooks if o["kind"] == "Role" and o["metadata"]["name"] == f"{HOOK}-stop"][0]
+    equal(stop["metadata"]["namespace"], NAMESPACE, "stop Role namespace")
+    job = hook_job(hooks)
+    equal(job["spec"]["template"]["spec"]["containers"][0]["args"],
+          HOOK_ARGS[:3] + ["--timeout=100", "--namespace=agents"], "args with watchNamespace")
+    equal(job["spec"]["activeDeadlineSeconds"], 160, "activeDeadlineSeconds")
+    hooks = render_hooks({"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "ops-operator"}})
+    equal([o["kind"] for o in hooks], ["Job"], "hooks without rbac.create")
+    equal(hook_job(hooks)["spec"]["template"]["spec"]["serviceAccountName"], "ops-operator", "hook SA without rbac")
+    equal(render_hooks({"uninstallHook": {"enabled": False}}), [], "hooks when off")
+
+
+# ---------------------------------------------------------------------------------------------
+# Values users ask for.
+
+
+@check("operator.extraArgs, extraVolumes and extraVolumeMounts: the scrape CA mounted and named")
+def _():
+    ca = "/etc/tokenbudget/scrape-ca/ca.crt"
+    values = {"operator": {"extraArgs": [f"--scrape-ca-file={ca}"]},
+              "extraVolumes": [{"name": "scrape-ca", "configMap": {"name": "agents-ca"}}],
+              "extraVolumeMounts": [{"name": "scrape-ca", "mountPath": "/etc/tokenbudget/scrape-ca", "readOnly": True}]}
+    objects, _, _ = render(values)
+    c = container(objects)
+    equal(c["args"], container(DEFAULTS)["args"] + [f"--scrape-ca-file={ca}"], "args: the chart's, then extraArgs")
+    equal(c["volumeMounts"], values["extraVolumeMounts"], "volumeMounts")
+    equal(one(objects, "Deployment")["spec"]["template"]["spec"]["volumes"], values["extraVolumes"], "volumes")
+    expect("scrape_ca_file" in (REPO / "src" / "controller" / "cli.rs").read_text(), "--scrape-ca-file is a flag")
+    c = container(DEFAULTS)
+    expect("volumeMounts" not in c and "volumes" not in one(DEFAULTS, "Deployment")["spec"]["template"]["spec"],
+           "no volumes by default")
+
+
+@check("livenessProbe and readinessProbe: the defaults, and any field replaced")
+def _():
+    c = container(DEFAULTS)
+    equal(c["livenessProbe"], {"httpGet": {"path": "/healthz", "port": "metrics"}, "initialDelaySeconds": 5,
+                               "periodSeconds": 20, "timeoutSeconds": 3, "failureThreshold": 3}, "liveness probe")
+    equal(c["readinessProbe"], {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 10,
+                                "timeoutSeconds": 3, "failureThreshold": 3}, "readiness probe")
+    objects, _, _ = render({"livenessProbe": {"periodSeconds": 60, "failureThreshold": 5},
+                            "readinessProbe": {"initialDelaySeconds": 2}})
+    c = container(objects)
+    equal((c["livenessProbe"]["periodSeconds"], c["livenessProbe"]["failureThreshold"],
+           c["livenessProbe"]["httpGet"]["path"]), (60, 5, "/healthz"), "liveness probe tuned")
+    equal((c["readinessProbe"]["initialDelaySeconds"], c["readinessProbe"]["httpGet"]["path"]), (2, "/readyz"),
+          "readiness probe tuned")
+
+
+@check("metrics.podMonitor: selects the operator's pod, port metrics, honours the budgets' labels")
+def _():
+    objects, _, _ = render({"metrics": {"podMonitor": {"enabled": True, "labels": {"release": "prom"}, "interval": "15s"}}})
+    pm = one(objects, "PodMonitor")
+    equal(pm["apiVersion"], "monitoring.coreos.com/v1", "apiVersion")
+    equal(pm["metadata"]["labels"]["release"], "prom", "extra label")
+    pod_labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    expect(pm["spec"]["selector"]["matchLabels"].items() <= pod_labels.items(), "the PodMonitor does not select the pod")
+    expect(not pm["spec"]["selector"]["matchLabels"].items()
+           <= hook_job(render_hooks())["spec"]["template"]["metadata"]["labels"].items(), "it selects the hook's pod")
+    equal(pm["spec"]["namespaceSelector"], {"matchNames": [NAMESPACE]}, "namespaceSelector")
+    (endpoint,) = pm["spec"]["podMetricsEndpoints"]
+    equal((endpoint["port"], endpoint["path"], endpoint["honorLabels"], endpoint["interval"]),
+          ("metrics", "/metrics", True, "15s"), "endpoint")
+    equal(by_kind(DEFAULTS, "PodMonitor"), [], "no PodMonitor by default")
+
+
+@check("networkPolicy: ingress to the metrics port only, from the peers given; egress open unless set")
+def _():
+    equal(by_kind(DEFAULTS, "NetworkPolicy"), [], "no NetworkPolicy by default")
+    peers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    objects, _, _ = render({"networkPolicy": {"enabled": True, "metricsFrom": peers}})
+    np = one(objects, "NetworkPolicy")
+    pod_labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    expect(np["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items(), "the policy does not select the pod")
+    equal(np["spec"]["policyTypes"], ["Ingress"], "policyTypes: egress left open")
+    equal(np["spec"]["ingress"], [{"ports": [{"port": "metrics", "protocol": "TCP"}], "from": peers}], "ingress")
+    expect("egress" not in np["spec"], "egress rules by default")
+    objects, _, _ = render({"networkPolicy": {"enabled": True}})
+    equal(one(objects, "NetworkPolicy")["spec"]["ingress"], [{"ports": [{"port": "metrics", "protocol": "TCP"}]}],
+          "ingress from anywhere, to the metrics port only")
+    egress = [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}]
+    objects, _, _ = render({"networkPolicy": {"enabled": True, "egress": egress}})
+    np = one(objects, "NetworkPolicy")
+    equal((np["spec"]["policyTypes"], np["spec"]["egress"]), (["Ingress", "Egress"], egress), "egress restricted")
+
+
 BAD_VALUES = [
     {"image": {"pullPolicy": "Sometimes"}},
     {"image": {"repository": ""}},
@@ -593,6 +877,21 @@ BAD_VALUES = [
     {"leaderElection": {"leaseDuration": "fifteen seconds"}},
     {"leaderElection": {"enable": True}},
     {"podDisruptionBudget": {"minAvailable": 1}},
+    {"operator": {"extraArgs": ["scrape-ca-file=/x"]}},
+    {"operator": {"extraArgs": "--max-body-bytes=1"}},
+    {"extraVolumes": [{"configMap": {"name": "ca"}}]},
+    {"extraVolumeMounts": [{"name": "ca"}]},
+    {"extraVolumeMounts": [{"name": "ca", "mountPath": "relative"}]},
+    {"livenessProbe": {"periodSeconds": 0}},
+    {"readinessProbe": "/readyz"},
+    {"metrics": {"podMonitor": {"enabled": "yes"}}},
+    {"metrics": {"podMonitor": {"interval": "30 seconds"}}},
+    {"networkPolicy": {"enabled": True, "metricsFrom": [{}]}},
+    {"networkPolicy": {"ingress": []}},
+    {"prometheusRule": {"runbookBaseUrl": "docs/operating.md"}},
+    {"prometheusRule": {"enforcementFailures": -1}},
+    {"uninstallHook": {"timeout": 1}},
+    {"uninstallHook": {"enabled": "true"}},
 ]
 
 
@@ -623,7 +922,9 @@ def _():
         for key, value in values.items():
             path = f"{prefix}{key}"
             if isinstance(value, dict) and value and path not in ("podSecurityContext", "securityContext",
-                                                                   "resources", "grafanaDashboard.labels"):
+                                                                   "resources", "grafanaDashboard.labels",
+                                                                   "livenessProbe", "readinessProbe",
+                                                                   "uninstallHook.resources"):
                 yield from leaves(value, path + ".")
             else:
                 yield path
@@ -632,22 +933,46 @@ def _():
         expect(f"`{path}`" in readme, f"charts/tokenbudget-operator/README.md does not document {path}")
 
 
-@check("Dockerfile: multi-stage, release build of the operator, distroless non-root, port 8080")
+@check("Dockerfile: cross-compiled on the build platform (amd64, arm64), dist profile, distroless non-root, port 8080, OCI labels")
 def _():
     import dockerfile
 
     commands = dockerfile.parse_file(str(REPO / "Dockerfile"))
     froms = [c for c in commands if c.cmd == "FROM"]
     equal(len(froms), 2, "stages")
+    equal(froms[0].flags, ("--platform=$BUILDPLATFORM",), "the build stage runs on the build platform")
     equal(froms[-1].value[0], "gcr.io/distroless/static-debian12:nonroot", "final base image")
+    equal(froms[-1].flags, (), "the final stage is of the target platform")
     final = commands[commands.index(froms[-1]):]
     run = " ".join(" ".join(c.value) for c in commands if c.cmd == "RUN")
-    expect("cargo build --release --locked --bin tokenbudget-operator" in run, "the build command")
+    expect("cargo zigbuild --profile dist --locked --bin tokenbudget-operator" in run, "the build command")
+    for arch, target in (("amd64", "x86_64-unknown-linux-musl"), ("arm64", "aarch64-unknown-linux-musl")):
+        expect(f"{arch}) target={target}" in run, f"no build for {arch}")
+        expect(target in run.split("rustup target add", 1)[1].split("&&")[0], f"rustup lacks {target}")
+    build_args = [c.value[0] for c in commands[:commands.index(froms[-1])] if c.cmd == "ARG"]
+    expect("TARGETARCH" in build_args, "ARG TARGETARCH in the build stage")
+    requirements = (REPO / "hack" / "release-requirements.txt").read_text()
+    for arg in build_args:
+        for name, tool in (("ZIG_VERSION", "ziglang"), ("CARGO_ZIGBUILD_VERSION", "cargo-zigbuild")):
+            if arg.startswith(name + "="):
+                expect(f"{tool}=={arg.split('=')[1]}" in requirements, f"{arg} differs from hack/release-requirements.txt")
     user = [c.value[0] for c in final if c.cmd == "USER"]
     equal(user, ["65532:65532"], "USER of the final stage")
     equal(int(user[0].split(":")[0]), CHART_OBJ.values["securityContext"]["runAsUser"], "USER vs runAsUser")
     equal([c.value for c in final if c.cmd == "EXPOSE"], [(str(CHART_OBJ.values["metrics"]["port"]),)], "EXPOSE")
     equal([c.value for c in final if c.cmd == "ENTRYPOINT"], [("/usr/local/bin/tokenbudget-operator",)], "ENTRYPOINT")
+    labels = {}
+    for c in final:
+        if c.cmd == "LABEL":
+            labels.update(zip(c.value[::2], (v.strip('"') for v in c.value[1::2])))
+    for key in ("title", "description", "version", "revision", "created", "licenses", "source", "documentation"):
+        expect(f"org.opencontainers.image.{key}" in labels, f"no OCI label {key}")
+    final_args = dict(c.value[0].split("=", 1) for c in final if c.cmd == "ARG")
+    cargo_version = re.search(r'^version = "([^"]+)"', (REPO / "Cargo.toml").read_text(), re.M).group(1)
+    equal(final_args["VERSION"], cargo_version, "ARG VERSION vs Cargo.toml")
+    equal(labels["org.opencontainers.image.version"], "${VERSION}", "version label")
+    equal(labels["org.opencontainers.image.licenses"], CHART_OBJ.metadata["annotations"]["artifacthub.io/license"],
+          "licenses label vs the chart's")
     rust = next(c.value[0] for c in commands if c.cmd == "ARG" and c.value[0].startswith("RUST_VERSION="))
     msrv = re.search(r'^rust-version = "([^"]+)"', (REPO / "Cargo.toml").read_text(), re.M).group(1)
     as_tuple = lambda v: tuple(int(x) for x in v.split("."))  # noqa: E731
@@ -658,6 +983,70 @@ def _():
             for source in c.value[:-1]:
                 expect((REPO / source).exists(), f"COPY {source}: no such file")
                 expect(f"!{source}" in ignore or f"!{source}/" in ignore, f".dockerignore leaves out {source}")
+
+
+@check("Cargo.toml: the dist profile is release with LTO, one codegen unit, stripped; release itself unchanged")
+def _():
+    import tomllib
+
+    profiles = tomllib.loads((REPO / "Cargo.toml").read_text())["profile"]
+    equal(profiles["dist"], {"inherits": "release", "lto": "fat", "codegen-units": 1, "strip": "symbols"}, "dist")
+    expect("lto" not in profiles["release"] and "strip" not in profiles["release"],
+           "release has LTO or strip: cargo bench and release tests would pay for it")
+
+
+@check("hack/release.sh: reproducible linux amd64/arm64 archives, SHA256SUMS, a krew manifest with their checksums")
+def _():
+    import hashlib
+    import tarfile
+
+    version = "v" + re.search(r'^version = "([^"]+)"', (REPO / "Cargo.toml").read_text(), re.M).group(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for arch in ("amd64", "arm64"):
+            binary = tmp / "bin" / f"linux_{arch}" / "kubectl-tokenbudget"
+            binary.parent.mkdir(parents=True)
+            binary.write_text(f"#!/bin/sh\necho {arch}\n")
+            binary.chmod(0o755)
+        runs = []
+        for out in ("one", "two"):
+            proc = subprocess.run([str(REPO / "hack" / "release.sh"), "--binaries", str(tmp / "bin"), "--out", str(tmp / out)],
+                                  capture_output=True, text=True, timeout=60,
+                                  env={**os.environ, "RELEASE_BASE_URL": "https://dl.example.com/v"})
+            equal(proc.returncode, 0, f"hack/release.sh: {proc.stderr}")
+            runs.append(tmp / out)
+        archives = [f"kubectl-tokenbudget_{version}_linux_{arch}.tar.gz" for arch in ("amd64", "arm64")]
+        equal(sorted(p.name for p in runs[0].iterdir()), sorted(archives + ["SHA256SUMS", "tokenbudget.yaml"]), "files")
+        sums = {}
+        for name in archives:
+            data = (runs[0] / name).read_bytes()
+            equal(data, (runs[1] / name).read_bytes(), f"{name} is not reproducible")
+            sums[name] = hashlib.sha256(data).hexdigest()
+            with tarfile.open(runs[0] / name) as archive:
+                (member,) = archive.getmembers()
+                equal((member.name, member.mode, member.uid, member.mtime), ("kubectl-tokenbudget", 0o755, 0, 0),
+                      f"{name} member")
+                arch = name.rsplit("_", 1)[1].removesuffix(".tar.gz")
+                equal(archive.extractfile(member).read().decode(), f"#!/bin/sh\necho {arch}\n", f"{name} content")
+        equal((runs[0] / "SHA256SUMS").read_text(), "".join(f"{sums[n]}  {n}\n" for n in archives), "SHA256SUMS")
+        manifest = yaml.safe_load((runs[0] / "tokenbudget.yaml").read_text())
+        equal((manifest["apiVersion"], manifest["kind"], manifest["metadata"]["name"]),
+              ("krew.googlecontainertools.github.com/v1alpha2", "Plugin", "tokenbudget"), "manifest kind")
+        spec = manifest["spec"]
+        equal(spec["version"], version, "manifest version")
+        for key in ("homepage", "shortDescription", "description"):
+            expect(spec.get(key), f"manifest lacks {key}")
+        expect(len(spec["shortDescription"]) <= 50, "krew: shortDescription is at most 50 characters")
+        platforms = {p["selector"]["matchLabels"]["arch"]: p for p in spec["platforms"]}
+        equal(sorted(platforms), ["amd64", "arm64"], "platforms")
+        for arch, p in platforms.items():
+            name = f"kubectl-tokenbudget_{version}_linux_{arch}.tar.gz"
+            equal(p["selector"]["matchLabels"], {"os": "linux", "arch": arch}, "selector")
+            equal(p["uri"], f"https://dl.example.com/v/{name}", "uri")
+            equal(p["sha256"], sums[name], f"{arch} sha256")
+            equal(p["bin"], "kubectl-tokenbudget", "bin")
+            equal(p["files"], [{"from": "kubectl-tokenbudget", "to": "."}], "files")
+    expect((REPO / "src" / "bin" / "kubectl-tokenbudget.rs").exists(), "the plugin's binary")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -719,6 +1108,15 @@ def helm_upgrade(cfg, chart, name, values, **options):
                                           json.dumps(values), json.dumps({"timeout_seconds": 120, **options})))
 
 
+def uninstall_without_hooks(cfg, name):
+    """`helm uninstall --no-hooks --ignore-not-found`: the SDK's Python wrapper (0.2.2) does not
+    pass `disable_hooks` on, its C library takes it."""
+    from helm_python import _native
+
+    return _native.call_string("helm_uninstall", cfg._raw(), name,
+                               json.dumps({"ignore_not_found": True, "disable_hooks": True, "timeout_seconds": 120}))
+
+
 def wait_until(what, predicate, timeout=60):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -728,16 +1126,180 @@ def wait_until(what, predicate, timeout=60):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def wait_value(what, get, timeout=60):
+    """Waits until `get()` returns something; returns it."""
+    found = []
+    wait_until(what, lambda: bool(found.append(get()) or found[-1]), timeout)
+    return found[-1]
+
+
+OPERATOR_BIN = REPO / "target" / "debug" / "tokenbudget-operator"
+# `helm uninstall` in a process of its own, so that the test can play the kubelet meanwhile.
+UNINSTALL = """
+import json, sys
+import helm_python as helm
+cfg = helm.Config(kubeconfig_path=sys.argv[1], namespace=sys.argv[2])
+print(json.dumps(cfg.uninstall(sys.argv[3], timeout=int(sys.argv[4]))))
+"""
+
+
+def sa_token(namespace, account):
+    request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}}
+    out = kubectl("create", "--raw", f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token", "-f", "-",
+                  input_text=json.dumps(request)).stdout
+    return json.loads(out)["status"]["token"]
+
+
+def sa_kubeconfig(path: Path, namespace, account):
+    """A kubeconfig for the cluster of KUBECONFIG with the ServiceAccount's token as the only
+    credential."""
+    current = json.loads(kubectl("config", "view", "--minify", "--flatten", "-o", "json").stdout)
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "cluster", "cluster": current["clusters"][0]["cluster"]}],
+        "users": [{"name": account, "user": {"token": sa_token(namespace, account)}}],
+        "contexts": [{"name": account, "context": {"cluster": "cluster", "user": account}}],
+        "current-context": account}))
+    path.chmod(0o600)
+
+
+def uninstall_playing_the_hook(release, namespace, fullname, timeout=240, fake_exits=()):
+    """A real `helm uninstall`, with the test as the kubelet of its pre-delete hook: once the
+    hook Job's pod exists, its container's command (the operator binary and the pod's args) runs
+    here as a process with a token of the pod's ServiceAccount as its only credential; then the
+    pod's status says it terminated with that exit status, and the Job controller and Helm take
+    it from there. The first pods are reported terminated with the exit statuses of `fake_exits`
+    without running (137: a node lost it; 1: the program gave up). Returns (the hook's exit status or None, its log, Helm's exit status, Helm's output)."""
+    helm_proc = subprocess.Popen([sys.executable, "-c", UNINSTALL, os.environ["KUBECONFIG"], namespace, release,
+                                  str(timeout)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    hook, seen, hook_rc, hook_log = f"{fullname}-release", set(), None, ""
+
+    def next_pod():
+        if helm_proc.poll() is not None:
+            return "helm is done"
+        pods = kubectl_json("get", "pods", "-n", namespace, "-l", f"job-name={hook}")["items"]
+        # Not the finished pods of an earlier attempt's Job (deleted with it, a little later).
+        return next((p for p in pods if p["metadata"]["name"] not in seen and not p["metadata"].get("deletionTimestamp")
+                     and p.get("status", {}).get("phase") not in ("Succeeded", "Failed")), None)
+
+    try:
+        while (pod := wait_value(f"a pod of the hook Job {hook}", next_pod, timeout=90)) != "helm is done":
+            spec, name = pod["spec"], pod["metadata"]["name"]
+            seen.add(name)
+            (c,) = spec["containers"]
+            started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            if len(seen) <= len(fake_exits):
+                rc, log = fake_exits[len(seen) - 1], ""
+            else:
+                with tempfile.TemporaryDirectory() as tmp:
+                    config = Path(tmp) / "kubeconfig"
+                    sa_kubeconfig(config, namespace, spec["serviceAccountName"])
+                    env = {**{e["name"]: e["value"] for e in c.get("env", []) if "value" in e},
+                           "POD_NAME": name, "KUBECONFIG": str(config), "PATH": os.environ["PATH"]}
+                    run = subprocess.run([str(OPERATOR_BIN), *c["args"]], env=env, capture_output=True, text=True,
+                                         timeout=300)
+                rc, log = run.returncode, run.stdout + run.stderr
+                hook_rc, hook_log = rc, log
+            finished = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            terminated = {"exitCode": rc, "reason": "Completed" if rc == 0 else "Error",
+                          "startedAt": started, "finishedAt": finished}
+            status = {"status": {"phase": "Succeeded" if rc == 0 else "Failed", "startTime": started,
+                                 "containerStatuses": [{"name": c["name"], "image": c["image"], "imageID": "",
+                                                        "ready": False, "restartCount": 0,
+                                                        "state": {"terminated": terminated}}]}}
+            kubectl("patch", "pod", name, "-n", namespace, "--subresource=status", "--type=merge",
+                    "-p", json.dumps(status))
+            if rc == 0:
+                break
+        out, _ = helm_proc.communicate(timeout=timeout + 30)
+        return hook_rc, hook_log, helm_proc.returncode, out
+    finally:
+        if helm_proc.poll() is None:
+            helm_proc.kill()
+            helm_proc.wait()
+
+
+def previous_chart(directory: Path, version="0.1.0"):
+    """The chart as it was at `version`, from git history: the newest commit that changed the
+    chart while Chart.yaml said that version. Returns the commit."""
+    git = lambda *args: subprocess.run(["git", *args], cwd=REPO, capture_output=True, check=True).stdout  # noqa: E731
+    for rev in git("rev-list", "HEAD", "--", "charts/tokenbudget-operator").decode().split():
+        meta = yaml.safe_load(git("show", f"{rev}:charts/tokenbudget-operator/Chart.yaml"))
+        if meta["version"] == version:
+            archive = git("archive", "--format=tar", rev, "charts/tokenbudget-operator")
+            subprocess.run(["tar", "-x", "-C", str(directory)], input=archive, check=True)
+            return rev
+    raise AssertionError(f"no commit has chart version {version}")
+
+
+def live_budget(namespace):
+    """What a running operator leaves while a ScaleDown budget is exhausted, made by hand (no
+    operator runs here; tests/release.rs has the real one): the budget with its finalizer and
+    phase Exhausted, a binding, a Deployment scaled from 2 to 0 and a CronJob suspended, both
+    annotated as the operator annotates them, and a Deployment of another budget at 3."""
+    objects = [
+        {"apiVersion": "tokenbudget.io/v1alpha1", "kind": "TokenBudget",
+         "metadata": {"name": "research", "finalizers": ["tokenbudget.io/restore-workloads"]},
+         "spec": {"limits": {"tokens": 100}, "enforcement": {"action": "ScaleDown"}}},
+        {"apiVersion": "tokenbudget.io/v1alpha1", "kind": "BudgetBinding", "metadata": {"name": "research"},
+         "spec": {"budgetRef": {"name": "research"}, "workloads": [{"kind": "Deployment", "name": "summarizer"},
+                                                                  {"kind": "CronJob", "name": "nightly"}]}},
+    ]
+    paused = {"tokenbudget.io/budget": "research", "tokenbudget.io/state": "exhausted"}
+    template = {"metadata": {"labels": {"app": "x"}},
+                "spec": {"containers": [{"name": "agent", "image": "agent:latest"}], "restartPolicy": "Never"}}
+    for name, replicas, notes in (("summarizer", 0, {**paused, "tokenbudget.io/paused-replicas": "2"}), ("other", 3, {})):
+        objects.append({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "annotations": notes},
+                        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                                 "template": {**template, "metadata": {"labels": {"app": name}},
+                                              "spec": {**template["spec"], "restartPolicy": "Always"}}}})
+    objects.append({"apiVersion": "batch/v1", "kind": "CronJob",
+                    "metadata": {"name": "nightly", "annotations": {**paused, "tokenbudget.io/suspended": "true"}},
+                    "spec": {"schedule": "0 3 * * *", "suspend": True, "jobTemplate": {"spec": {"template": template}}}})
+    kubectl("create", "-n", namespace, "-f", "-", input_text=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
+    kubectl("patch", "tb", "research", "-n", namespace, "--subresource=status", "--type=merge",
+            "-p", json.dumps({"status": {"phase": "Exhausted"}}))
+
+
+def live_state(namespace):
+    """The objects of `live_budget`, as the API server holds them: resourceVersion and all."""
+    return {kind: {o["metadata"]["name"]: o for o in kubectl_json("get", kind, "-n", namespace)["items"]}
+            for kind in ("tokenbudgets.tokenbudget.io", "budgetbindings.tokenbudget.io", "deployments", "cronjobs")}
+
+
+def check_restored(namespace):
+    """The state of `live_budget` after the uninstall hook: everything restored, the finalizer
+    gone, the budget and binding kept, the other budget's Deployment untouched."""
+    state = live_state(namespace)
+    summarizer, nightly = state["deployments"]["summarizer"], state["cronjobs"]["nightly"]
+    equal(summarizer["spec"]["replicas"], 2, "summarizer replicas: the paused count")
+    equal(nightly["spec"]["suspend"], False, "nightly resumed")
+    for o in (summarizer, nightly):
+        equal([k for k in o["metadata"].get("annotations", {}) if k.startswith("tokenbudget.io/")], [],
+              f"{o['metadata']['name']}: tokenbudget.io annotations")
+    budget = state["tokenbudgets.tokenbudget.io"]["research"]
+    equal(budget["metadata"].get("finalizers"), None, "the budget's finalizers")
+    equal(budget["status"]["phase"], "Exhausted", "the budget's status, kept")
+    expect("research" in state["budgetbindings.tokenbudget.io"], "the binding is kept")
+    equal(state["deployments"]["other"]["spec"]["replicas"], 3, "another budget's Deployment")
+
+
+
 def cluster_checks():
     kubeconfig = os.environ["KUBECONFIG"]
     cfg = helm.Config(kubeconfig_path=kubeconfig, namespace=NAMESPACE)
     scoped_ns, watch_ns, budgets_ns = "tokenbudget-scoped", "tokenbudget-chart-agents", "tokenbudget-chart-budgets"
+    upgrade_ns, failed_ns = "tokenbudget-chart-upgrade", "tokenbudget-chart-failed-hook"
     crd_names = ["tokenbudgets.tokenbudget.io", "budgetbindings.tokenbudget.io"]
 
-    # Leftovers of an interrupted run go first.
+    # Leftovers of an interrupted run go first (without the hook: nobody plays its kubelet).
     for release, namespace in ((RELEASE, NAMESPACE), ("scoped", scoped_ns)):
-        helm.Config(kubeconfig_path=kubeconfig, namespace=namespace).uninstall(release, ignore_not_found=True)
-    for namespace in (budgets_ns, watch_ns):
+        uninstall_without_hooks(helm.Config(kubeconfig_path=kubeconfig, namespace=namespace), release)
+    for namespace in (budgets_ns, watch_ns, upgrade_ns, failed_ns):
+        for budget in kubectl_json("get", "tb", "-n", namespace)["items"] if exists("crd", crd_names[0]) else []:
+            # An interrupted run leaves budgets with the finalizer and no operator.
+            kubectl("patch", "tb", budget["metadata"]["name"], "-n", namespace, "--type=merge",
+                    "-p", '{"metadata":{"finalizers":null}}')
         kubectl("delete", "namespace", namespace, "--ignore-not-found", "--wait=true", "--timeout=60s")
 
     state = {}
@@ -825,19 +1387,89 @@ def cluster_checks():
         cfg.upgrade(CHART_OBJ, RELEASE, {}, timeout=120)
         equal(description(), old, "CRD description after upgrading back")
 
-    @check("cluster: helm uninstall keeps the CRDs and the budgets, removes the rest")
+    @check("cluster: helm uninstall runs its hook: workloads restored, finalizers gone, CRDs and budgets kept")
     def _():
+        subprocess.run(["cargo", "build", "--locked", "--quiet", "--bin", "tokenbudget-operator"], cwd=REPO,
+                       check=True, timeout=1800)
         kubectl("create", "namespace", budgets_ns)
+        live_budget(budgets_ns)
         kubectl("apply", "-n", budgets_ns, "-f", str(REPO / "examples" / "minimal-budget.yaml"))
         budgets = kubectl_json("get", "tb", "-n", budgets_ns)["items"]
-        expect(budgets, "no budget was created")
-        cfg.uninstall(RELEASE, timeout=120)
+        hook_rc, hook_log, helm_rc, helm_out = uninstall_playing_the_hook(RELEASE, NAMESPACE, FULLNAME)
+        equal(hook_rc, 0, f"the hook's exit status; its log:\n{hook_log}")
+        equal(helm_rc, 0, f"helm uninstall's exit status; its output:\n{helm_out}")
+        for line in ("the operator is stopped", "released", "Deployment/summarizer", "CronJob/nightly"):
+            expect(line in hook_log, f"the hook's log lacks {line!r}:\n{hook_log}")
+        expect("forbidden" not in hook_log.lower(), f"the hook met a 403:\n{hook_log}")
+        check_restored(budgets_ns)
         for name in crd_names:
             expect(exists("crd", name), f"helm uninstall deleted CRD {name}")
         equal(len(kubectl_json("get", "tb", "-n", budgets_ns)["items"]), len(budgets), "budgets after uninstall")
+        hook = f"{FULLNAME}-release"
         for args in (("clusterrole", FULLNAME), ("clusterrolebinding", FULLNAME),
-                     ("serviceaccount", FULLNAME, "-n", NAMESPACE), ("deployment", FULLNAME, "-n", NAMESPACE)):
-            wait_until(f"{args[0]} to be deleted", lambda args=args: not exists(*args))
+                     ("serviceaccount", FULLNAME, "-n", NAMESPACE), ("deployment", FULLNAME, "-n", NAMESPACE),
+                     ("job", hook, "-n", NAMESPACE), ("serviceaccount", hook, "-n", NAMESPACE),
+                     ("role", f"{hook}-stop", "-n", NAMESPACE), ("rolebinding", f"{hook}-stop", "-n", NAMESPACE),
+                     ("clusterrole", hook), ("clusterrolebinding", hook)):
+            wait_until(f"{' '.join(args)} to be deleted", lambda args=args: not exists(*args))
+        # No finalizer is left: the budgets' namespace goes at once, with no operator running.
+        kubectl("delete", "namespace", budgets_ns, "--wait=true", "--timeout=60s")
+
+    @check("cluster: upgrade from chart 0.1.0 (git history) with budgets live: nothing touched, nothing hooked")
+    def _():
+        with tempfile.TemporaryDirectory() as tmp:
+            rev = previous_chart(Path(tmp))
+            print(f"     chart 0.1.0 from commit {rev[:12]}")
+            with helm.Chart.load(Path(tmp) / "charts" / "tokenbudget-operator") as previous:
+                equal(previous.metadata["version"], "0.1.0", "previous chart version")
+                release = cfg.install(previous, RELEASE, {}, timeout=120)
+                equal(release["status"], "deployed", "0.1.0 installed")
+        kubectl("create", "namespace", upgrade_ns)
+        live_budget(upgrade_ns)
+        before = live_state(upgrade_ns)
+        release = cfg.upgrade(CHART_OBJ, RELEASE, {}, timeout=120)
+        equal(release["status"], "deployed", "upgraded")
+        helm_release = json.loads(json.dumps(release))
+        expect("0.2.0" in json.dumps(helm_release.get("chart", helm_release)), "the release is chart 0.2.0")
+        after = live_state(upgrade_ns)
+        for kind, objects in before.items():
+            for name, o in objects.items():
+                equal(after[kind][name]["metadata"]["resourceVersion"], o["metadata"]["resourceVersion"],
+                      f"{kind}/{name} was written by the upgrade")
+                equal(after[kind][name].get("status"), o.get("status"), f"{kind}/{name} status")
+        expect(not exists("job", f"{FULLNAME}-release", "-n", NAMESPACE), "the upgrade ran the uninstall hook")
+        for name in crd_names:
+            crd = kubectl_json("get", "crd", name)
+            source = yaml.safe_load((REPO / "crds" / f"tokenbudget.io_{name.split('.')[0]}.yaml").read_text())
+            equal(crd["spec"]["versions"][0]["schema"], source["spec"]["versions"][0]["schema"], f"{name} schema")
+        # And the upgraded release uninstalls with its hook.
+        hook_rc, hook_log, helm_rc, helm_out = uninstall_playing_the_hook(RELEASE, NAMESPACE, FULLNAME)
+        equal((hook_rc, helm_rc), (0, 0), f"hook and helm exit statuses:\n{hook_log}\n{helm_out}")
+        check_restored(upgrade_ns)
+
+    @check("cluster: a hook that fails stops the uninstall (nothing deleted, its Job kept); uninstalling again completes")
+    def _():
+        cfg.install(CHART_OBJ, RELEASE, {}, timeout=120)
+        kubectl("create", "namespace", failed_ns)
+        live_budget(failed_ns)
+        # The first pod is lost (137): tried again. The second gives up (1): the Job fails at once,
+        # by its podFailurePolicy, whatever backoffLimit leaves.
+        hook_rc, _, helm_rc, helm_out = uninstall_playing_the_hook(RELEASE, NAMESPACE, FULLNAME, fake_exits=(137, 1))
+        equal(hook_rc, None, "the hook program never ran")
+        expect(helm_rc != 0, f"helm uninstall succeeded with a failed hook:\n{helm_out}")
+        hook = f"{FULLNAME}-release"
+        expect(exists("deployment", FULLNAME, "-n", NAMESPACE), "the release's objects were deleted anyway")
+        job = kubectl_json("get", "job", hook, "-n", NAMESPACE)
+        failed = [c for c in job["status"].get("conditions", []) if c["type"] == "Failed" and c["status"] == "True"]
+        equal([c["reason"] for c in failed], ["PodFailurePolicy"], "the Job failed by its podFailurePolicy, kept")
+        wait_until("the hook's ServiceAccount to be deleted", lambda: not exists("serviceaccount", hook, "-n", NAMESPACE))
+        budget = kubectl_json("get", "tb", "research", "-n", failed_ns)
+        equal(budget["metadata"]["finalizers"], ["tokenbudget.io/restore-workloads"], "the finalizer, until a hook ran")
+        hook_rc, hook_log, helm_rc, helm_out = uninstall_playing_the_hook(RELEASE, NAMESPACE, FULLNAME)
+        equal((hook_rc, helm_rc), (0, 0), f"hook and helm exit statuses:\n{hook_log}\n{helm_out}")
+        check_restored(failed_ns)
+        wait_until("the Job to be deleted", lambda: not exists("job", hook, "-n", NAMESPACE))
+        wait_until("the Deployment to be deleted", lambda: not exists("deployment", FULLNAME, "-n", NAMESPACE))
 
     @check("cluster: watchNamespace installs a Role + RoleBinding there, and grants nothing elsewhere")
     def _():
@@ -856,9 +1488,11 @@ def cluster_checks():
             equal(access(questions, watch_ns, scoped_ns, name), [True] * len(questions), "granted in the namespace")
             equal(access(questions, "default", scoped_ns, name), [False] * len(questions), "granted elsewhere")
         finally:
-            scoped.uninstall("scoped", timeout=120)
+            hook_rc, hook_log, helm_rc, helm_out = uninstall_playing_the_hook("scoped", scoped_ns, name)
+        equal((hook_rc, helm_rc), (0, 0), f"hook and helm exit statuses:\n{hook_log}\n{helm_out}")
+        expect("the operator is stopped" in hook_log, f"the hook's log:\n{hook_log}")
 
-    for namespace in (budgets_ns, watch_ns, scoped_ns, NAMESPACE):
+    for namespace in (budgets_ns, watch_ns, upgrade_ns, failed_ns, scoped_ns, NAMESPACE):
         kubectl("delete", "namespace", namespace, "--ignore-not-found", "--wait=false")
 
 

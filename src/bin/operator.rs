@@ -1,4 +1,5 @@
-//! tokenbudget-operator: runs the TokenBudget and BudgetBinding controllers.
+//! tokenbudget-operator: runs the TokenBudget and BudgetBinding controllers, or, with
+//! `release`, undoes what they enforced before an uninstall.
 
 use std::{io::IsTerminal, process::ExitCode, sync::Arc};
 
@@ -6,7 +7,11 @@ use clap::Parser;
 use kube::{Client, Config};
 use tokenbudget::{
     clock::SystemClock,
-    controller::{cli::Cli, run},
+    controller::{
+        cli::{Cli, Command},
+        release::{self, ReleaseArgs},
+        run,
+    },
     usage::scrape::{self, ScrapeCa},
 };
 use tracing_subscriber::EnvFilter;
@@ -37,13 +42,38 @@ async fn main() -> ExitCode {
     // Help, --version and bad flags end here, before any logging.
     let cli = Cli::parse();
     init_tracing();
-    match run(cli).await {
+    let outcome = match cli.command {
+        Some(Command::Release(args)) => release(args).await,
+        None => run(cli).await,
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tokenbudget-operator: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// `tokenbudget-operator release`: one line per budget released, and a summary.
+async fn release(args: ReleaseArgs) -> Result<(), String> {
+    let mut options = args.options();
+    options.instance = std::env::var("POD_NAME").ok();
+    let client = Client::try_default()
+        .await
+        .map_err(|e| format!("no Kubernetes configuration: {e}"))?;
+    let released = release::release(client, options, Arc::new(SystemClock))
+        .await
+        .map_err(|e| format!("release: {e}"))?;
+    if released.no_crds {
+        return Ok(());
+    }
+    tracing::info!(
+        budgets = released.budgets.len(),
+        workloads = released.restored.len(),
+        "released: every budget's workloads restored and finalizer removed; the budgets stay"
+    );
+    Ok(())
 }
 
 async fn run(cli: Cli) -> Result<(), String> {

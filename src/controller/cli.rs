@@ -22,9 +22,14 @@ use crate::{usage::scrape, validate};
     after_help = "\
 The cluster is the one of KUBECONFIG (or ~/.kube/config), or the in-cluster service account.
 Log level and filters: RUST_LOG (default info); LOG_FORMAT=json for JSON logs.
-Each flag can also be set by the environment variable shown with it; the flag wins."
+Each flag can also be set by the environment variable shown with it; the flag wins.",
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
+    /// without a command, the operator runs
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// where /healthz, /readyz and /metrics are served
     #[arg(long, value_name = "ADDR", env = "TOKENBUDGET_BIND_ADDRESS", default_value_t = Options::default().bind_address)]
     pub bind_address: SocketAddr,
@@ -85,6 +90,14 @@ pub struct Cli {
 /// A Go-style duration (`15s`, `1m30s`), as the operator's other durations.
 fn duration(text: &str) -> Result<Duration, validate::DurationError> {
     validate::parse_duration(text)
+}
+
+/// What `tokenbudget-operator` runs instead of the operator.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// before uninstalling: stop the operator, restore every workload it paused and remove the
+    /// budgets' finalizers, leaving the budgets in place (the Helm chart's pre-delete hook)
+    Release(super::release::ReleaseArgs),
 }
 
 impl Cli {
@@ -160,6 +173,7 @@ mod tests {
     #[test]
     fn every_flag_as_value_or_with_equals() {
         let want = Cli {
+            command: None,
             bind_address: "127.0.0.1:9090".parse().unwrap(),
             namespace: Some("agents".into()),
             max_concurrent_scrapes: 8,
@@ -269,8 +283,9 @@ mod tests {
         );
         let err = parse(&["--namespace"]).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidValue);
+        // A word is a command (`release`), and no other exists.
         let err = parse(&["agents"]).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::UnknownArgument);
+        assert_eq!(err.kind(), ErrorKind::InvalidSubcommand);
     }
 
     #[test]

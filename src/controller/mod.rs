@@ -9,7 +9,8 @@
 //! - [`status`], [`events`]: writing status and publishing Events.
 //! - [`leader`]: leader election on a Lease, and the fence that keeps a replica that does
 //!   not lead from writing.
-//! - [`run`]: the whole operator; [`cli`]: its command line.
+//! - [`run`]: the whole operator; [`cli`]: its command line; [`release`]: what runs before
+//!   the operator is uninstalled (`tokenbudget-operator release`).
 //!
 //! Primary objects are watched through a generation predicate, so the operator's own status
 //! writes never trigger the next reconcile.
@@ -22,6 +23,7 @@ pub mod events;
 #[cfg(test)]
 mod fixtures;
 pub mod leader;
+pub mod release;
 pub mod run;
 pub mod scrapes;
 pub mod state;
@@ -146,7 +148,7 @@ pub async fn check_crds(budgets: &Api<TokenBudget>, bindings: &Api<BudgetBinding
     check_crd(bindings, "budgetbindings.tokenbudget.io").await
 }
 
-async fn check_crd<K>(api: &Api<K>, crd: &'static str) -> Result<(), StartError>
+pub(crate) async fn check_crd<K>(api: &Api<K>, crd: &'static str) -> Result<(), StartError>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {

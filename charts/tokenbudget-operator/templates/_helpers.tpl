@@ -58,3 +58,28 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 {{- end }}
+
+{{/*
+The labels of the uninstall hook's objects and pod. Its own app.kubernetes.io/name, so that
+the operator Deployment's selector (name and instance) never matches the hook's pod: the hook
+waits for the operator's pods to go, and must not wait for itself.
+*/}}
+{{- define "tokenbudget-operator.hookLabels" -}}
+helm.sh/chart: {{ include "tokenbudget-operator.chart" . }}
+app.kubernetes.io/name: {{ printf "%s-release" (include "tokenbudget-operator.name" .) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: uninstall-hook
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: tokenbudget-operator
+{{- end }}
+
+{{/*
+The uninstall hook's ServiceAccount and RBAC: created before its Job (lower weight), deleted
+after it whether it succeeded or failed, and before the next attempt.
+*/}}
+{{- define "tokenbudget-operator.hookRbacAnnotations" -}}
+helm.sh/hook: pre-delete
+helm.sh/hook-weight: "-10"
+helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded,hook-failed
+{{- end }}

@@ -153,22 +153,55 @@ async fn cleanup(tb: &TokenBudget, ctx: &Context) -> Result<Action, Error> {
     if !has_finalizer(tb) {
         return Ok(Action::await_change());
     }
+    match restore_and_let_go(tb, ctx).await? {
+        Restore::Done(_) => Ok(Action::await_change()),
+        Restore::NotYet { .. } => Ok(Action::requeue(SOON)),
+    }
+}
+
+/// What [`restore_and_let_go`] came to.
+#[derive(Debug)]
+pub(crate) enum Restore {
+    /// Every workload restored, the quota deleted, the finalizer removed; what was restored.
+    Done(Vec<enforce::decide::Notice>),
+    /// Not yet: what was restored meanwhile, and why not all: the stores have not listed, a
+    /// watch is not current, or writes failed.
+    NotYet {
+        notices: Vec<enforce::decide::Notice>,
+        why: Vec<String>,
+    },
+}
+
+/// The cleanup of a budget that has the finalizer: restores every workload it changed,
+/// deletes its quota, and only then removes the finalizer. A deleted budget's reconcile runs
+/// it, and so does `tokenbudget-operator release` (`controller::release`) for every budget
+/// before the operator is uninstalled: one code path for both.
+pub(crate) async fn restore_and_let_go(tb: &TokenBudget, ctx: &Context) -> Result<Restore, Error> {
     let now = ctx.clock.now();
     // Never decide on a partial view: an empty cache would restore nothing. Nor on a stale
     // one: a workload scaled or a binding created meanwhile would be missed.
     let Some(observed) = observe::observe(ctx, tb, None, now).await else {
-        return Ok(Action::requeue(SOON));
+        return Ok(Restore::NotYet {
+            notices: Vec::new(),
+            why: vec!["the caches have not listed yet".into()],
+        });
     };
     if !observed.view.is_current() {
         hold(ctx, tb, &observed.view);
-        return Ok(Action::requeue(SOON));
+        return Ok(Restore::NotYet {
+            notices: Vec::new(),
+            why: vec![format!("a watch is not current: {:?}", observed.view)],
+        });
     }
     let plan = compute::restore_plan(tb, &observed, now);
     let acted = act::act(ctx, tb, &plan, Lifecycle::Deleting, std::time::Instant::now()).await;
     let status = tb.status.clone().unwrap_or_default();
     announce::announce(ctx, tb, &status, &status, &acted.notices, None).await;
     if !acted.complete() {
-        return Ok(Action::requeue(SOON));
+        return Ok(Restore::NotYet {
+            notices: acted.notices,
+            why: acted.failures,
+        });
     }
     let finalizers = tb
         .finalizers()
@@ -177,7 +210,7 @@ async fn cleanup(tb: &TokenBudget, ctx: &Context) -> Result<Action, Error> {
         .cloned()
         .collect();
     set_finalizers(ctx, tb, finalizers).await?;
-    Ok(Action::await_change())
+    Ok(Restore::Done(acted.notices))
 }
 
 /// Says that the budget took no enforcement decision on a stale view, and has it woken once
@@ -191,7 +224,7 @@ fn hold(ctx: &Context, tb: &TokenBudget, view: &super::sync::View) {
     ctx.cluster.watches.hold(state::object_ref(tb));
 }
 
-fn has_finalizer(tb: &TokenBudget) -> bool {
+pub(crate) fn has_finalizer(tb: &TokenBudget) -> bool {
     tb.finalizers().iter().any(|f| f == enforce::FINALIZER)
 }
 
