@@ -8,7 +8,7 @@ use jiff::{SignedDuration, Timestamp};
 use crate::{
     metrics::Metrics,
     usage::{
-        cycle::{Answers, Scrape},
+        cycle::{Answer, Answers, Scrape},
         scrape::{ScrapeError, Scraper},
     },
 };
@@ -23,7 +23,7 @@ pub async fn scrape(scraper: &Scraper, metrics: &Metrics, scrapes: &[Scrape], no
         timer.observe_duration();
         let outcome = result.as_ref().map_or_else(ScrapeError::kind, |_| "ok");
         metrics.scrapes.with_label_values(&[outcome]).inc();
-        result
+        result.map(Answer::Scraped)
     }))
     .await;
     // Every answer was in by now.

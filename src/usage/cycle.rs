@@ -212,8 +212,31 @@ pub enum Freshness {
 /// What a cycle's scrapes answered, in the order of the plan's scrapes, and when the last
 /// answer was in.
 pub struct Answers {
-    pub results: Vec<Result<Usage, ScrapeError>>,
+    pub results: Vec<Result<Answer, ScrapeError>>,
     pub answered_at: Timestamp,
+}
+
+/// What one pod answered, directly or through Prometheus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Its counters as the cycle's scrape of the pod read them, at [`Answers::answered_at`].
+    Scraped(Usage),
+    /// Its counters as a Prometheus server last sampled them, at `at` (the sample's own
+    /// time). Counted only when newer than the answer the ledger last counted for the pod: a
+    /// sample no newer (Prometheus has not scraped the pod since, or a replica behind a load
+    /// balancer lags) tells nothing new, and an older value would read as a counter reset.
+    Sampled { usage: Usage, at: Timestamp },
+    /// No sample of the pod yet since it (or its metrics container) started: nothing to count
+    /// and nothing wrong, as for a pod that has not started (its first sample is read as any
+    /// new pod's, rule 3).
+    NotYet,
+}
+
+impl Answer {
+    /// A scrape's answer.
+    pub fn scraped(usage: Usage) -> Self {
+        Answer::Scraped(usage)
+    }
 }
 
 /// Folds a cycle's answers into the account: each successful scrape into the ledger, each
@@ -260,10 +283,19 @@ pub fn fold(
             .copied()
             .unwrap_or(now);
         match result {
-            Ok(usage) => {
+            Ok(Answer::Scraped(usage)) => {
                 observe(account, binding, &scrape.pod, &usage, bound_since, answers.answered_at);
                 reports[scrape.binding].scraped_pods += 1;
             }
+            Ok(Answer::Sampled { usage, at }) => {
+                let uid = pod.uid().unwrap_or_default();
+                let news = account.ledger().last_scraped(&uid).is_none_or(|last| at > last);
+                if news {
+                    observe(account, binding, &scrape.pod, &usage, bound_since, at);
+                }
+                reports[scrape.binding].scraped_pods += 1;
+            }
+            Ok(Answer::NotYet) => reports[scrape.binding].pending_pods += 1,
             Err(e) => failures.push(Failure {
                 binding: scrape.binding,
                 pod_uid: pod.uid().unwrap_or_default(),
@@ -432,7 +464,7 @@ mod tests {
         let results = plan
             .scrapes
             .iter()
-            .map(|s| answer(bindings[s.binding].spec, &s.pod.pod.name_any()))
+            .map(|s| answer(bindings[s.binding].spec, &s.pod.pod.name_any()).map(Answer::Scraped))
             .collect();
         let now: Timestamp = NOW.parse().unwrap();
         let answers = Answers {
@@ -722,7 +754,7 @@ mod bound_since {
         let results = plan
             .scrapes
             .iter()
-            .map(|_| Ok(spec.extractor.extract(body.as_bytes()).unwrap()))
+            .map(|_| Ok(Answer::Scraped(spec.extractor.extract(body.as_bytes()).unwrap())))
             .collect();
         let answers = Answers {
             results,

@@ -72,7 +72,7 @@ const MAX_TLS_CLIENTS: usize = 256;
 
 /// Why one scrape failed. Each is reported on the binding (ScrapeHealthy) and in an Event
 /// naming the pod; none of them touches the usage already counted.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ScrapeError {
     #[error("invalid target {0}")]
     Target(String),
@@ -92,6 +92,17 @@ pub enum ScrapeError {
     Body(String),
     #[error("unparsable metrics: {0}")]
     Parse(#[from] ParseError),
+    /// Through the Prometheus source: the query failed, or its answer for the pod is unusable.
+    #[error("{0}")]
+    Prometheus(String),
+    /// Through the Prometheus source: no recent sample of the pod, or its last scrape failed.
+    #[error("{0}")]
+    Stale(String),
+    /// The binding reads from Prometheus, and the operator has none to ask.
+    #[error(
+        "the operator has no Prometheus to query: it runs without --prometheus-url (ask the platform team, or use spec.metrics.source Scrape)"
+    )]
+    NoPrometheus,
 }
 
 impl ScrapeError {
@@ -107,6 +118,9 @@ impl ScrapeError {
             ScrapeError::TooLarge { .. } => "too_large",
             ScrapeError::Body(_) => "body",
             ScrapeError::Parse(_) => "parse",
+            ScrapeError::Prometheus(_) => "prometheus",
+            ScrapeError::Stale(_) => "stale",
+            ScrapeError::NoPrometheus => "no_prometheus",
         }
     }
 }
