@@ -48,6 +48,34 @@ pub struct Cli {
     /// cluster's CA)
     #[arg(long, value_name = "PATH", env = "TOKENBUDGET_SCRAPE_CA_FILE")]
     pub scrape_ca_file: Option<PathBuf>,
+
+    /// base URL of the Prometheus HTTP API (Prometheus, Thanos Query, Mimir, VictoriaMetrics)
+    /// that bindings with metrics.source Prometheus read, e.g. http://prometheus.monitoring:9090
+    #[arg(long, value_name = "URL", env = "TOKENBUDGET_PROMETHEUS_URL", value_parser = NonEmptyStringValueParser::new())]
+    pub prometheus_url: Option<String>,
+
+    /// file whose content is sent as the bearer token of each Prometheus query (read at each
+    /// query)
+    #[arg(long, value_name = "PATH", env = "TOKENBUDGET_PROMETHEUS_BEARER_TOKEN_FILE")]
+    pub prometheus_bearer_token_file: Option<PathBuf>,
+
+    /// PEM CA bundle that an https Prometheus's certificate is verified against
+    #[arg(long, value_name = "PATH", env = "TOKENBUDGET_PROMETHEUS_CA_FILE")]
+    pub prometheus_ca_file: Option<PathBuf>,
+
+    /// how far back a pod's latest sample is looked for in Prometheus; older is missing (a
+    /// few of Prometheus's scrape intervals)
+    #[arg(long, value_name = "DURATION", env = "TOKENBUDGET_PROMETHEUS_LOOKBACK", default_value = "2m", value_parser = lookback)]
+    pub prometheus_lookback: std::time::Duration,
+}
+
+/// `--prometheus-lookback`: a duration from 1s to 1h.
+fn lookback(text: &str) -> Result<std::time::Duration, String> {
+    let d = crate::validate::parse_duration(text).map_err(|e| e.to_string())?;
+    if !(1..=3600).contains(&d.as_secs()) {
+        return Err(format!("{text:?} is not from 1s to 1h"));
+    }
+    Ok(d)
 }
 
 impl Cli {
@@ -107,6 +135,10 @@ mod tests {
             max_concurrent_scrapes_per_namespace: Some(2),
             max_body_bytes: 1024,
             scrape_ca_file: Some("/etc/ca.pem".into()),
+            prometheus_url: None,
+            prometheus_bearer_token_file: None,
+            prometheus_ca_file: None,
+            prometheus_lookback: std::time::Duration::from_secs(120),
         };
         let separate = parse(&[
             "--bind-address",

@@ -4,7 +4,8 @@
 //!   and announce, each step a module of its own.
 //! - [`binding`]: the BudgetBinding reconcile (its status, from the budget's last cycle).
 //! - [`cluster`]: the reflector stores everything is read from; [`sync`]: whether each is
-//!   current; [`scrapes`]: the scrapes of a cycle; [`state`]: what is kept in memory between
+//!   current; [`scrapes`]: the scrapes of a cycle, [`prometheus`]: the queries of bindings
+//!   that read Prometheus instead; [`state`]: what is kept in memory between
 //!   reconciles.
 //! - [`status`], [`events`]: writing status and publishing Events.
 //! - [`run`]: the whole operator; [`cli`]: its command line.
@@ -19,6 +20,7 @@ pub mod cluster;
 pub mod events;
 #[cfg(test)]
 mod fixtures;
+pub mod prometheus;
 pub mod run;
 pub mod scrapes;
 pub mod state;
@@ -122,6 +124,8 @@ pub struct Context {
     /// The stores: pods, workloads, bindings.
     pub cluster: cluster::Cluster,
     pub scraper: Scraper,
+    /// The Prometheus of `--prometheus-url`, for bindings with `metrics.source: Prometheus`.
+    pub prometheus: Option<prometheus::Prometheus>,
     /// Every budget's account.
     pub accounts: state::Accounts,
     /// The budget controller's store, to notice budgets that are gone.

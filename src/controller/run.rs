@@ -52,6 +52,8 @@ pub struct Options {
     pub instance: Option<String>,
     /// The CA that pods' certificates are verified against in https scrapes.
     pub scrape_ca: Option<scrape::ScrapeCa>,
+    /// The Prometheus that bindings with `metrics.source: Prometheus` read.
+    pub prometheus: Option<super::prometheus::Prometheus>,
 }
 
 impl Default for Options {
@@ -64,6 +66,7 @@ impl Default for Options {
             max_body_bytes: scrape::DEFAULT_MAX_BODY_BYTES,
             instance: None,
             scrape_ca: None,
+            prometheus: None,
         }
     }
 }
@@ -184,6 +187,7 @@ fn wire(client: Client, options: &Options, clock: Arc<dyn Clock>, metrics: Metri
                     .unwrap_or_else(|| scrape::default_share(options.max_concurrent_scrapes)),
             )
             .with_ca(options.scrape_ca.clone()),
+        prometheus: options.prometheus.clone(),
         budgets: budget_controller.store(),
         binding_usage: BindingUsages::new(wake_tx),
         accounts: Default::default(),

@@ -627,6 +627,66 @@ mod tests {
         assert_eq!(account.ledger().used_tokens(None), 50);
     }
 
+    /// Runs a cycle over the fixture's snapshot whose pods answer `answer(pod name)`.
+    fn cycle_answering(
+        account: &mut Account,
+        bindings: &[Binding],
+        answer: impl Fn(&str) -> Result<Answer, ScrapeError>,
+    ) -> Vec<BindingReport> {
+        let snapshot = snapshot();
+        let plan = plan(bindings, &snapshot, account.ledger().bound(), times());
+        let results = plan.scrapes.iter().map(|s| answer(&s.pod.pod.name_any())).collect();
+        let now: Timestamp = NOW.parse().unwrap();
+        let answers = Answers {
+            results,
+            answered_at: now,
+        };
+        fold(account, bindings, plan, answers, None, now, Freshness::Current)
+    }
+
+    #[test]
+    fn a_sample_counts_only_when_newer_than_the_last_one_counted() {
+        let specs = [(
+            "s",
+            valid(
+                "budgetRef: {name: b}\nworkloads: [{kind: Deployment, name: summarizer}]\nmetrics: {source: Prometheus}",
+            ),
+        )];
+        let bindings = bindings(&specs);
+        let mut account = account();
+        let sampled = |input: u64, second: i64| {
+            let usage = usage(bindings[0].spec, input).unwrap();
+            let at = Timestamp::from_second(1_800_000_000 + second).unwrap();
+            move |_: &str| {
+                Ok(Answer::Sampled {
+                    usage: usage.clone(),
+                    at,
+                })
+            }
+        };
+        // A baseline, then 50 more.
+        cycle_answering(&mut account, &bindings, sampled(100, 10));
+        cycle_answering(&mut account, &bindings, sampled(150, 20));
+        assert_eq!(account.ledger().used_tokens(None), 100, "50 for each of the two pods");
+        // The same sample again (Prometheus has not scraped since), then an older one (a
+        // replica that lags): nothing new, and no counter reset read into the lower value.
+        let same = cycle_answering(&mut account, &bindings, sampled(150, 20));
+        assert_eq!(same[0].scraped_pods, 2);
+        cycle_answering(&mut account, &bindings, sampled(120, 15));
+        assert_eq!(account.ledger().used_tokens(None), 100);
+        // A newer sample counts its increase over the last one counted.
+        cycle_answering(&mut account, &bindings, sampled(160, 30));
+        assert_eq!(account.ledger().used_tokens(None), 120);
+        // No sample yet since a pod started: pending, nothing counted, nothing wrong.
+        let reports = cycle_answering(&mut account, &bindings, |_| Ok(Answer::NotYet));
+        assert_eq!((reports[0].pending_pods, reports[0].problems.len()), (2, 0));
+        // A failure is a problem, as a failed scrape is; the next sample counts on.
+        let reports = cycle_answering(&mut account, &bindings, |_| Err(ScrapeError::Stale("gone".into())));
+        assert_eq!(reports[0].problems[0].reason, "gone");
+        cycle_answering(&mut account, &bindings, sampled(170, 40));
+        assert_eq!(account.ledger().used_tokens(None), 140);
+    }
+
     #[test]
     fn a_pod_gone_from_the_cluster_leaves_the_ledger_and_its_tokens_stay() {
         let specs = [(

@@ -86,6 +86,27 @@ pub fn query(
     )
 }
 
+/// The form body of a POST to `/api/v1/query`: the query, and the server's own evaluation
+/// timeout (`timeout`), so that it gives up when the operator does. (A POST, so that a long
+/// list of pods is no long URL.)
+pub fn form(query: &str, timeout: Duration) -> String {
+    format!("query={}&timeout={}ms", form_encode(query), timeout.as_millis().max(1))
+}
+
+/// `application/x-www-form-urlencoded`: letters, digits and `-_.*` as they are, space as `+`,
+/// every other byte as `%XX`.
+fn form_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() * 3 / 2);
+    for b in value.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => out.push(b as char),
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
 /// A PromQL string literal: double-quoted, with `\` and `"` escaped and control characters
 /// written as escapes, so that no value can end the string or the selector.
 fn string(value: &str) -> String {
@@ -447,6 +468,14 @@ mod tests {
             "{q}"
         );
         assert!(q.contains("vllm:prompt_tokens_total|"), "{q}");
+    }
+
+    #[test]
+    fn the_form_encodes_every_byte_that_is_not_plain() {
+        assert_eq!(
+            form(r#"{a=~"x|y"}[1s] +é&="#, Duration::from_secs(5)),
+            "query=%7Ba%3D%7E%22x%7Cy%22%7D%5B1s%5D+%2B%C3%A9%26%3D&timeout=5000ms"
+        );
     }
 
     #[test]
