@@ -176,8 +176,9 @@ pub struct MetricsEndpoint {
     /// Where the pods' counters are read: Scrape (default), the operator scrapes each pod's
     /// endpoint itself; Prometheus, the operator asks the Prometheus-compatible server its
     /// platform team configured (flag `--prometheus-url`) for the latest sample of each bound
-    /// pod's counters, one query per binding and cycle. With Prometheus, `port`, `path`,
-    /// `scheme` and `tls` are not used; `interval`, `timeout`, `format` and `custom` are.
+    /// pod's counters, one query per binding and cycle. With Prometheus, `path`, `scheme` and
+    /// `tls` are not used and `port` only names the metrics container; `interval`, `timeout`,
+    /// `format` and `custom` are used as for scraping.
     #[serde(default)]
     pub source: MetricsSource,
 
