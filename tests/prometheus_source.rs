@@ -97,6 +97,27 @@ impl Prometheus {
         self.write(&targets);
     }
 
+    /// Waits until Prometheus no longer scrapes the pod `pod` (of any namespace).
+    async fn wait_dropped(&self, pod: &str) {
+        let address = self.address;
+        let label = format!("\"pod\":\"{pod}\"");
+        within(
+            async {
+                loop {
+                    let targets = tokio::task::spawn_blocking(move || http_get(address, "/api/v1/targets")).await;
+                    if let Ok(Ok((200, body))) = targets
+                        && !body.contains(&label)
+                    {
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            &format!("Prometheus to drop the target of {pod}"),
+        )
+        .await;
+    }
+
     /// Writes the targets file whole, by a rename, so Prometheus never reads half of it.
     fn write(&self, targets: &BTreeMap<String, (String, String)>) {
         let groups: Vec<serde_json::Value> = targets
@@ -134,9 +155,14 @@ fn roomy(name: &str) -> BudgetBuilder {
 /// The operator of `tenant`'s namespace, reading `prometheus` with a lookback of 3 s (its
 /// scrapes are every second).
 fn operator_for(tenant: &Tenant, prometheus: &Prometheus) -> Operator {
+    operator_looking_back(tenant, prometheus, "3s")
+}
+
+/// The same, looking back `lookback` for each pod's latest sample.
+fn operator_looking_back(tenant: &Tenant, prometheus: &Prometheus, lookback: &str) -> Operator {
     Operator::start_with_args(
         &tenant.ns.name,
-        &["--prometheus-url", &prometheus.url(), "--prometheus-lookback", "3s"],
+        &["--prometheus-url", &prometheus.url(), "--prometheus-lookback", lookback],
     )
 }
 
@@ -247,6 +273,71 @@ async fn prometheus_counts_what_scraping_counts_through_a_restart() {
 }
 
 #[tokio::test]
+async fn a_statefulset_pod_recreated_under_its_name_is_not_charged_the_old_pods_tokens() {
+    let prometheus = Prometheus::start("recreated").await;
+    let mut s = Tenant::new("prom-recreated").await;
+    // A long lookback: the old pod's last samples are still in it when the new pod starts.
+    s.operator = Some(operator_looking_back(&s, &prometheus, "1m"));
+    create(&s.budgets, roomy("b")).await;
+    let bb = binding("query", "b").named(tokenbudget::api::WorkloadKind::StatefulSet, "memory");
+    create(&s.bindings, bb.via_prometheus()).await;
+    wait_charging(&s, "query").await;
+    let statefulsets: kube::Api<k8s_openapi::api::apps::v1::StatefulSet> = s.api();
+    create(&statefulsets, statefulset("memory")).await;
+    let old = pods_of(&s.pods, "memory", 1).await.remove(0);
+    assert_eq!(old, "memory-0");
+    let ip = agent_ip();
+    let agent = Agent::start(&ip, &[]);
+    let address = format!("{ip}:{}", agent.port);
+    prometheus.scrape(&s.ns.name, &old, &address);
+    run_pod(&s.pods, &old, &ip, 0).await;
+    agent.spend("gpt-4o-mini", 500, 0);
+    wait_used(&s, "b", (500, 500, 0)).await;
+
+    // The pod is deleted: its process ends, and Prometheus's service discovery drops its
+    // target. The StatefulSet controller creates memory-0 again (a new uid). Until Prometheus
+    // scrapes the new pod, the latest samples labelled memory-0 are the old pod's (500), and
+    // the new pod, started after the binding, would count them whole.
+    let uid = s.pods.get(&old).await.unwrap().metadata.uid;
+    prometheus.forget(&old);
+    prometheus.wait_dropped(&old).await;
+    drop(agent);
+    s.pods
+        .delete(&old, &kube::api::DeleteParams::default().grace_period(0))
+        .await
+        .expect("the pod deleted");
+    within(
+        async {
+            while s
+                .pods
+                .get_opt("memory-0")
+                .await
+                .unwrap()
+                .and_then(|p| p.metadata.uid)
+                .is_none_or(|u| Some(u) == uid)
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        },
+        "memory-0 created again",
+    )
+    .await;
+    let ip = agent_ip();
+    let agent = Agent::start(&ip, &[]);
+    run_pod(&s.pods, "memory-0", &ip, 0).await;
+    // Cycles run on the old samples alone: the new pod is Pending for them.
+    s.wait_cycles(2).await;
+    assert_eq!(used(&s.budgets.get("b").await.unwrap()), (500, 500, 0));
+    prometheus.scrape(&s.ns.name, "memory-0", &format!("{ip}:{}", agent.port));
+    agent.spend("gpt-4o-mini", 20, 0);
+    // The new pod counts its own 20 whole (it started after the binding), and never the old
+    // pod's 500.
+    wait_used(&s, "b", (520, 520, 0)).await;
+    agent.spend("gpt-4o-mini", 3, 0);
+    wait_used(&s, "b", (523, 523, 0)).await;
+}
+
+#[tokio::test]
 async fn a_missing_series_fails_like_a_scrape_and_nothing_is_lost_or_counted_twice() {
     let prometheus = Prometheus::start("missing").await;
     let mut s = Tenant::new("prom-missing").await;
@@ -337,6 +428,34 @@ async fn an_unreachable_prometheus_fails_the_pods_like_a_failed_scrape() {
         &format!("{pod}: querying Prometheus failed: connection failed"),
     )
     .await;
+}
+
+/// What these tests add to [`Tenant`].
+trait Cycles {
+    /// Waits until `count` cycles of the budget `b` have begun after now and ended.
+    async fn wait_cycles(&self, count: usize);
+}
+
+impl Cycles for Tenant {
+    async fn wait_cycles(&self, count: usize) {
+        let operator = self.operator.as_ref().expect("an operator");
+        let series = format!(
+            "tokenbudget_last_cycle_timestamp_seconds{{name=\"b\",namespace=\"{}\"}}",
+            self.ns.name
+        );
+        for _ in 0..count {
+            let since = jiff::Timestamp::now().as_millisecond() as f64 / 1000.0;
+            within(
+                async {
+                    while operator.metric(&series).is_none_or(|t| t <= since) {
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                },
+                "a cycle of b",
+            )
+            .await;
+        }
+    }
 }
 
 /// Creates the Deployment `name` of one pod and plays the kubelet for it (an agent that no
