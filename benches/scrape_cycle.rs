@@ -459,6 +459,7 @@ impl Cluster {
         let plan = cycle::plan(&bindings, &self.snapshot, account.ledger().bound(), self.times());
         let answers = scrapes::scrape(scraper, metrics, &plan.scrapes, self.now).await;
         let targets: Vec<Target> = plan.scrapes.iter().map(|s| s.target.clone()).collect();
+        let ok = |answer: &cycle::Answer| matches!(answer, cycle::Answer::Scraped(usage) if ok(usage));
         let wrong = wrong(&targets, &answers.results, ok)
             .into_iter()
             .map(|(url, why)| (url.to_owned(), why))

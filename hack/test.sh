@@ -29,10 +29,21 @@ chart_test_venv() {
   .venv/bin/pip install -q --disable-pip-version-check -r hack/chart-test-requirements.txt
 }
 
+# tests/prometheus_source.rs runs a real Prometheus: Debian's package, its binary run by the
+# test itself (no service is started: the package's init scripts need systemd or do nothing).
+prometheus_server() {
+  if ! command -v prometheus >/dev/null 2>&1; then
+    local sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+  fi
+  prometheus --version 2>&1 | head -1
+}
+
 step "installing what the tests need"
 hack/testbed.sh install
 if [ "$COMPAT_K8S_VERSION" != skip ]; then TESTBED_K8S_VERSION=$COMPAT_K8S_VERSION hack/testbed.sh install; fi
 chart_test_venv
+prometheus_server
 
 step "cargo fmt --check"
 cargo fmt --check

@@ -20,8 +20,8 @@ use rust_decimal::Decimal;
 
 use crate::{
     api::{
-        BudgetBindingSpec, EnforcementAction, MAX_SCRAPE_TIMEOUT, MetricsEndpoint, MetricsFormat, ResetPeriod, Scheme,
-        TokenBudgetSpec, TokenType, WorkloadKind,
+        BudgetBindingSpec, EnforcementAction, MAX_SCRAPE_TIMEOUT, MetricsEndpoint, MetricsFormat, MetricsSource,
+        PrometheusSeries, ResetPeriod, Scheme, TokenBudgetSpec, TokenType, WorkloadKind,
     },
     usage::{Extractor, PriceTable, pricing},
 };
@@ -80,6 +80,18 @@ pub struct ValidBinding {
     pub extractor: Arc<Extractor>,
     pub interval: Duration,
     pub timeout: Duration,
+    /// `metrics.source`: where the counters are read.
+    pub source: Source,
+}
+
+/// Where a binding's pods' counters are read, with what that source needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The operator scrapes each pod (`metrics.source: Scrape`).
+    Scrape,
+    /// The operator queries its Prometheus (`metrics.source: Prometheus`), for series labelled
+    /// so (`metrics.prometheus`, defaults applied).
+    Prometheus(PrometheusSeries),
 }
 
 /// One entry of `spec.workloads`: a kind, and either a name or a label selector.
@@ -247,9 +259,54 @@ pub fn binding(spec: &BudgetBindingSpec) -> Result<ValidBinding, SpecErrors> {
             extractor: Arc::new(Extractor::for_endpoint(&spec.metrics)),
             interval: interval?,
             timeout: timeout?,
+            source: source(&spec.metrics),
         })
     })();
     errors.finish(valid)
+}
+
+/// `metrics.source`, with its labels' defaults applied.
+fn source(m: &MetricsEndpoint) -> Source {
+    match m.source {
+        MetricsSource::Scrape => Source::Scrape,
+        MetricsSource::Prometheus => Source::Prometheus(m.prometheus.clone().unwrap_or_default()),
+    }
+}
+
+/// `metrics.prometheus` goes with source Prometheus, and names two different labels.
+fn check_source(m: &MetricsEndpoint, errors: &mut Errors) {
+    let Some(series) = &m.prometheus else { return };
+    if m.source != MetricsSource::Prometheus {
+        errors.push(format!(
+            "spec.metrics.prometheus: only allowed with source Prometheus, not {}",
+            m.source.as_str()
+        ));
+    }
+    for (field, label) in [
+        ("namespaceLabel", &series.namespace_label),
+        ("podLabel", &series.pod_label),
+    ] {
+        if !is_prometheus_label_name(label) {
+            errors.push(format!(
+                "spec.metrics.prometheus.{field}: {label:?} is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, at most 128 characters)"
+            ));
+        }
+    }
+    if series.namespace_label == series.pod_label {
+        errors.push(format!(
+            "spec.metrics.prometheus.podLabel: {:?} is also the namespaceLabel; the namespace and the pod need labels of their own",
+            series.pod_label
+        ));
+    }
+}
+
+/// A Prometheus label name that a query may use: `[a-zA-Z_][a-zA-Z0-9_]*`, at most 128
+/// bytes, and not one of the reserved `__` names (such as `__name__`).
+fn is_prometheus_label_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && !name.starts_with("__")
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit()
 }
 
 /// Checks `spec.metrics`; returns its interval and timeout when they parse.
@@ -287,6 +344,7 @@ fn check_metrics(m: &MetricsEndpoint, errors: &mut Errors) -> (Option<Duration>,
         ));
     }
     check_format(m, errors);
+    check_source(m, errors);
     if let Some(tls) = &m.tls {
         // Silently scraping in plain text what the user meant to protect would be worse than
         // not scraping at all.
@@ -577,6 +635,53 @@ mod tests {
     fn neither_limit_is_an_error() {
         let err = budget(&budget_spec("limits: {}")).unwrap_err();
         assert_eq!(err.0, vec!["spec.limits: at least one of tokens and cost is required"]);
+    }
+
+    #[test]
+    fn the_prometheus_source_and_its_labels() {
+        let scrape = binding(&binding_spec("budgetRef: {name: b}\nworkloads: [{kind: Job, name: a}]")).unwrap();
+        assert_eq!(scrape.source, Source::Scrape);
+        let default = binding(&binding_spec(
+            "budgetRef: {name: b}\nworkloads: [{kind: Job, name: a}]\nmetrics: {source: Prometheus}",
+        ))
+        .unwrap();
+        assert_eq!(default.source, Source::Prometheus(PrometheusSeries::default()));
+        let named = binding(&binding_spec(
+            "budgetRef: {name: b}\nworkloads: [{kind: Job, name: a}]\nmetrics: {source: Prometheus, prometheus: {podLabel: kubernetes_pod_name}}",
+        ))
+        .unwrap();
+        let Source::Prometheus(labels) = named.source else {
+            panic!("Prometheus")
+        };
+        assert_eq!(
+            (labels.namespace_label.as_str(), labels.pod_label.as_str()),
+            ("namespace", "kubernetes_pod_name")
+        );
+
+        for (metrics, want) in [
+            (
+                "{prometheus: {podLabel: p}}",
+                "spec.metrics.prometheus: only allowed with source Prometheus, not Scrape",
+            ),
+            (
+                "{source: Prometheus, prometheus: {podLabel: __name__}}",
+                "spec.metrics.prometheus.podLabel: \"__name__\" is not a Prometheus label name",
+            ),
+            (
+                "{source: Prometheus, prometheus: {namespaceLabel: 'a-b'}}",
+                "spec.metrics.prometheus.namespaceLabel: \"a-b\" is not a Prometheus label name",
+            ),
+            (
+                "{source: Prometheus, prometheus: {namespaceLabel: pod}}",
+                "spec.metrics.prometheus.podLabel: \"pod\" is also the namespaceLabel",
+            ),
+        ] {
+            let spec = binding_spec(&format!(
+                "budgetRef: {{name: b}}\nworkloads: [{{kind: Job, name: a}}]\nmetrics: {metrics}"
+            ));
+            let err = binding(&spec).unwrap_err().to_string();
+            assert!(err.contains(want), "{metrics}: {err}");
+        }
     }
 
     #[test]

@@ -232,6 +232,18 @@ async fn invalid_manifests_are_rejected_naming_the_field() {
             vec!["spec.metrics.format"],
         ),
         (
+            "unknown source",
+            binding("{budgetRef: {name: b}, workloads: [{kind: Job, name: a}], metrics: {source: Thanos}}"),
+            vec!["spec.metrics.source", "Unsupported value: \"Thanos\""],
+        ),
+        (
+            "a Prometheus label that is no label name",
+            binding(
+                "{budgetRef: {name: b}, workloads: [{kind: Job, name: a}], metrics: {source: Prometheus, prometheus: {podLabel: 'pod name'}}}",
+            ),
+            vec!["spec.metrics.prometheus.podLabel", "should match"],
+        ),
+        (
             "duplicate thresholds",
             budget("{limits: {tokens: 5}, thresholds: [80, 80]}"),
             vec!["spec.thresholds[1]", "Duplicate value"],
@@ -389,6 +401,14 @@ async fn cross_field_mistakes_are_rejected_by_the_server() {
             vec![(
                 "spec.metrics.custom: Required value",
                 "required with format Custom: the counters to read",
+            )],
+        ),
+        (
+            "Prometheus labels without the Prometheus source",
+            binding(&with_metrics("{prometheus: {podLabel: kubernetes_pod_name}}")),
+            vec![(
+                "spec.metrics.prometheus: Forbidden",
+                "only allowed with source Prometheus, not Scrape",
             )],
         ),
         (

@@ -156,6 +156,13 @@ pub struct WorkloadSelector {
         "message": "only allowed with format Custom",
     },
     {
+        "rule": "!has(self.prometheus) || self.source == 'Prometheus'",
+        "fieldPath": ".prometheus",
+        "reason": "FieldValueForbidden",
+        "messageExpression": "'only allowed with source Prometheus, not ' + self.source",
+        "message": "only allowed with source Prometheus",
+    },
+    {
         // Silently scraping in plain text what the user meant to protect would be worse than
         // not scraping at all.
         "rule": "!has(self.tls) || self.scheme == 'https'",
@@ -166,6 +173,19 @@ pub struct WorkloadSelector {
     },
 ]))]
 pub struct MetricsEndpoint {
+    /// Where the pods' counters are read: Scrape (default), the operator scrapes each pod's
+    /// endpoint itself; Prometheus, the operator asks the Prometheus-compatible server its
+    /// platform team configured (flag `--prometheus-url`) for the latest sample of each bound
+    /// pod's counters, one query per binding and cycle. With Prometheus, `path`, `scheme` and
+    /// `tls` are not used and `port` only names the metrics container; `interval`, `timeout`,
+    /// `format` and `custom` are used as for scraping.
+    #[serde(default)]
+    pub source: MetricsSource,
+
+    /// With source Prometheus (and only then): how the pods' series are labelled there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusSeries>,
+
     /// The container port serving metrics, as a number or as the name of a container port.
     #[serde(default = "default_port")]
     #[schemars(extend("x-kubernetes-validations" = [
@@ -230,6 +250,8 @@ pub struct MetricsEndpoint {
 impl Default for MetricsEndpoint {
     fn default() -> Self {
         Self {
+            source: MetricsSource::default(),
+            prometheus: None,
             port: default_port(),
             path: default_path(),
             scheme: Scheme::default(),
@@ -240,6 +262,60 @@ impl Default for MetricsEndpoint {
             custom: None,
         }
     }
+}
+
+/// Where a binding's pods' counters are read.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum MetricsSource {
+    /// The operator scrapes each bound pod's metrics endpoint.
+    #[default]
+    Scrape,
+    /// The operator queries the Prometheus HTTP API it was configured with (flag
+    /// `--prometheus-url`) for the bound pods' series.
+    Prometheus,
+}
+
+impl MetricsSource {
+    /// The name as written in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricsSource::Scrape => "Scrape",
+            MetricsSource::Prometheus => "Prometheus",
+        }
+    }
+}
+
+/// How the bound pods' series are labelled in Prometheus. The operator always builds the
+/// query itself: only series whose namespace label is the binding's namespace and whose pod
+/// label is the name of a pod the binding binds are read.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusSeries {
+    /// The label that holds the pod's namespace. Default `namespace`.
+    #[serde(default = "default_namespace_label")]
+    #[schemars(regex(pattern = r"^[a-zA-Z_][a-zA-Z0-9_]*$"), length(min = 1, max = 128))]
+    pub namespace_label: String,
+
+    /// The label that holds the pod's name. Default `pod`.
+    #[serde(default = "default_pod_label")]
+    #[schemars(regex(pattern = r"^[a-zA-Z_][a-zA-Z0-9_]*$"), length(min = 1, max = 128))]
+    pub pod_label: String,
+}
+
+impl Default for PrometheusSeries {
+    fn default() -> Self {
+        Self {
+            namespace_label: default_namespace_label(),
+            pod_label: default_pod_label(),
+        }
+    }
+}
+
+fn default_namespace_label() -> String {
+    "namespace".into()
+}
+fn default_pod_label() -> String {
+    "pod".into()
 }
 
 /// The scheme of a metrics endpoint.

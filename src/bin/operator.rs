@@ -9,6 +9,7 @@ use tokenbudget::{
     clock::SystemClock,
     controller::{
         cli::{Cli, Command},
+        prometheus::{Prometheus, PrometheusConfig},
         release::{self, ReleaseArgs},
         run,
     },
@@ -92,6 +93,28 @@ async fn run(cli: Cli) -> Result<(), String> {
         Some(ca) => tracing::info!(ca = ca.source(), "https scrapes verify pod certificates"),
         None => tracing::warn!("no CA for https scrapes: only bindings with insecureSkipVerify can scrape over https"),
     }
+    if let Some(url) = &cli.prometheus_url {
+        let ca = match &cli.prometheus_ca_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| format!("--prometheus-ca-file {}: {e}", path.display()))
+                    .and_then(|pem| {
+                        ScrapeCa::from_pem(&pem, format!("--prometheus-ca-file {}", path.display()))
+                            .map_err(|e| e.to_string())
+                    })?,
+            ),
+            None => None,
+        };
+        let config = PrometheusConfig {
+            url: url.clone(),
+            bearer_token_file: cli.prometheus_bearer_token_file.clone(),
+            ca,
+            lookback: cli.prometheus_lookback,
+        };
+        let prometheus = Prometheus::new(&config, cli.max_body_bytes)?;
+        tracing::info!(url = %prometheus.query_url(), "bindings with metrics.source Prometheus query it");
+        options.prometheus = Some(prometheus);
+    }
     let client = Client::try_from(config).map_err(|e| format!("no Kubernetes configuration: {e}"))?;
     run::run(client, options, Arc::new(SystemClock), shutdown_signal())
         .await
@@ -107,13 +130,17 @@ mod tests {
     use clap::{Parser, error::ErrorKind};
     use tokenbudget::controller::cli::Cli;
 
-    const VARS: [(&str, &str); 6] = [
+    const VARS: [(&str, &str); 10] = [
         ("TOKENBUDGET_BIND_ADDRESS", "127.0.0.1:9090"),
         ("TOKENBUDGET_NAMESPACE", "agents"),
         ("TOKENBUDGET_MAX_CONCURRENT_SCRAPES", "8"),
         ("TOKENBUDGET_MAX_CONCURRENT_SCRAPES_PER_NAMESPACE", "2"),
         ("TOKENBUDGET_MAX_BODY_BYTES", "1024"),
         ("TOKENBUDGET_SCRAPE_CA_FILE", "/etc/ca.pem"),
+        ("TOKENBUDGET_PROMETHEUS_URL", "http://prometheus:9090"),
+        ("TOKENBUDGET_PROMETHEUS_BEARER_TOKEN_FILE", "/var/run/token"),
+        ("TOKENBUDGET_PROMETHEUS_CA_FILE", "/etc/prometheus-ca.pem"),
+        ("TOKENBUDGET_PROMETHEUS_LOOKBACK", "90s"),
     ];
 
     fn set(name: &str, value: Option<&str>) {
@@ -138,6 +165,10 @@ mod tests {
         assert_eq!(cli.max_concurrent_scrapes_per_namespace, Some(2));
         assert_eq!(cli.max_body_bytes, 1024);
         assert_eq!(cli.scrape_ca_file, Some("/etc/ca.pem".into()));
+        assert_eq!(cli.prometheus_url.as_deref(), Some("http://prometheus:9090"));
+        assert_eq!(cli.prometheus_bearer_token_file, Some("/var/run/token".into()));
+        assert_eq!(cli.prometheus_ca_file, Some("/etc/prometheus-ca.pem".into()));
+        assert_eq!(cli.prometheus_lookback, std::time::Duration::from_secs(90));
 
         let cli =
             Cli::try_parse_from(["tokenbudget-operator", "--namespace=other", "--max-body-bytes", "2048"]).unwrap();

@@ -85,6 +85,34 @@ pub struct Cli {
     /// how often the leader renews the Lease and the others look at it
     #[arg(long, value_name = "DURATION", env = "TOKENBUDGET_LEADER_ELECTION_RETRY_PERIOD", default_value = "2s", value_parser = duration)]
     pub leader_election_retry_period: Duration,
+
+    /// base URL of the Prometheus HTTP API (Prometheus, Thanos Query, Mimir, VictoriaMetrics)
+    /// that bindings with metrics.source Prometheus read, e.g. http://prometheus.monitoring:9090
+    #[arg(long, value_name = "URL", env = "TOKENBUDGET_PROMETHEUS_URL", value_parser = NonEmptyStringValueParser::new())]
+    pub prometheus_url: Option<String>,
+
+    /// file whose content is sent as the bearer token of each Prometheus query (read at each
+    /// query)
+    #[arg(long, value_name = "PATH", env = "TOKENBUDGET_PROMETHEUS_BEARER_TOKEN_FILE")]
+    pub prometheus_bearer_token_file: Option<PathBuf>,
+
+    /// PEM CA bundle that an https Prometheus's certificate is verified against
+    #[arg(long, value_name = "PATH", env = "TOKENBUDGET_PROMETHEUS_CA_FILE")]
+    pub prometheus_ca_file: Option<PathBuf>,
+
+    /// how far back a pod's latest sample is looked for in Prometheus; older is missing (a
+    /// few of Prometheus's scrape intervals)
+    #[arg(long, value_name = "DURATION", env = "TOKENBUDGET_PROMETHEUS_LOOKBACK", default_value = "2m", value_parser = lookback)]
+    pub prometheus_lookback: Duration,
+}
+
+/// `--prometheus-lookback`: a duration from 1s to 1h.
+fn lookback(text: &str) -> Result<Duration, String> {
+    let d = duration(text).map_err(|e| e.to_string())?;
+    if !(1..=3600).contains(&d.as_secs()) {
+        return Err(format!("{text:?} is not from 1s to 1h"));
+    }
+    Ok(d)
 }
 
 /// A Go-style duration (`15s`, `1m30s`), as the operator's other durations.
@@ -186,6 +214,10 @@ mod tests {
             leader_election_lease_duration: Duration::from_secs(30),
             leader_election_renew_deadline: Duration::from_secs(20),
             leader_election_retry_period: Duration::from_millis(1500),
+            prometheus_url: None,
+            prometheus_bearer_token_file: None,
+            prometheus_ca_file: None,
+            prometheus_lookback: Duration::from_secs(120),
         };
         let separate = parse(&[
             "--bind-address",

@@ -101,6 +101,7 @@ impl Context {
             },
             cluster,
             scraper: Scraper::default(),
+            prometheus: None,
             budgets: store(objects.budgets.into_iter().map(|tb| DeserializeGuard(Ok(tb)))),
             binding_usage: BindingUsages::new(wake),
             accounts: Default::default(),

@@ -4,7 +4,8 @@
 //!   and announce, each step a module of its own.
 //! - [`binding`]: the BudgetBinding reconcile (its status, from the budget's last cycle).
 //! - [`cluster`]: the reflector stores everything is read from; [`sync`]: whether each is
-//!   current; [`scrapes`]: the scrapes of a cycle; [`state`]: what is kept in memory between
+//!   current; [`scrapes`]: the scrapes of a cycle, [`prometheus`]: the queries of bindings
+//!   that read Prometheus instead; [`state`]: what is kept in memory between
 //!   reconciles.
 //! - [`status`], [`events`]: writing status and publishing Events.
 //! - [`leader`]: leader election on a Lease, and the fence that keeps a replica that does
@@ -23,6 +24,7 @@ pub mod events;
 #[cfg(test)]
 mod fixtures;
 pub mod leader;
+pub mod prometheus;
 pub mod release;
 pub mod run;
 pub mod scrapes;
@@ -130,6 +132,8 @@ pub struct Context {
     /// The stores: pods, workloads, bindings.
     pub cluster: cluster::Cluster,
     pub scraper: Scraper,
+    /// The Prometheus of `--prometheus-url`, for bindings with `metrics.source: Prometheus`.
+    pub prometheus: Option<prometheus::Prometheus>,
     /// Every budget's account.
     pub accounts: state::Accounts,
     /// The budget controller's store, to notice budgets that are gone.

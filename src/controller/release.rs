@@ -243,6 +243,7 @@ fn context(
         },
         cluster,
         scraper: Scraper::new(1, 1),
+        prometheus: None,
         accounts: Default::default(),
         budgets,
         binding_usage: BindingUsages::new(wake),

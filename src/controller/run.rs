@@ -61,6 +61,8 @@ pub struct Options {
     /// empty namespace is the client's default namespace (in a pod, its own); an empty
     /// identity is made from `instance` ([`leader::identity`]).
     pub leader_election: Option<ElectionConfig>,
+    /// The Prometheus that bindings with `metrics.source: Prometheus` read.
+    pub prometheus: Option<super::prometheus::Prometheus>,
 }
 
 impl Default for Options {
@@ -74,6 +76,7 @@ impl Default for Options {
             instance: None,
             scrape_ca: None,
             leader_election: None,
+            prometheus: None,
         }
     }
 }
@@ -238,6 +241,7 @@ fn wire(
         },
         cluster,
         scraper: scraper(options),
+        prometheus: options.prometheus.clone(),
         budgets: budget_controller.store(),
         binding_usage: BindingUsages::new(wake_tx),
         accounts: Default::default(),

@@ -212,8 +212,31 @@ pub enum Freshness {
 /// What a cycle's scrapes answered, in the order of the plan's scrapes, and when the last
 /// answer was in.
 pub struct Answers {
-    pub results: Vec<Result<Usage, ScrapeError>>,
+    pub results: Vec<Result<Answer, ScrapeError>>,
     pub answered_at: Timestamp,
+}
+
+/// What one pod answered, directly or through Prometheus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Its counters as the cycle's scrape of the pod read them, at [`Answers::answered_at`].
+    Scraped(Usage),
+    /// Its counters as a Prometheus server last sampled them, at `at` (the sample's own
+    /// time). Counted only when newer than the answer the ledger last counted for the pod: a
+    /// sample no newer (Prometheus has not scraped the pod since, or a replica behind a load
+    /// balancer lags) tells nothing new, and an older value would read as a counter reset.
+    Sampled { usage: Usage, at: Timestamp },
+    /// No sample of the pod yet since it (or its metrics container) started: nothing to count
+    /// and nothing wrong, as for a pod that has not started (its first sample is read as any
+    /// new pod's, rule 3).
+    NotYet,
+}
+
+impl Answer {
+    /// A scrape's answer.
+    pub fn scraped(usage: Usage) -> Self {
+        Answer::Scraped(usage)
+    }
 }
 
 /// Folds a cycle's answers into the account: each successful scrape into the ledger, each
@@ -260,10 +283,19 @@ pub fn fold(
             .copied()
             .unwrap_or(now);
         match result {
-            Ok(usage) => {
+            Ok(Answer::Scraped(usage)) => {
                 observe(account, binding, &scrape.pod, &usage, bound_since, answers.answered_at);
                 reports[scrape.binding].scraped_pods += 1;
             }
+            Ok(Answer::Sampled { usage, at }) => {
+                let uid = pod.uid().unwrap_or_default();
+                let news = account.ledger().last_scraped(&uid).is_none_or(|last| at > last);
+                if news {
+                    observe(account, binding, &scrape.pod, &usage, bound_since, at);
+                }
+                reports[scrape.binding].scraped_pods += 1;
+            }
+            Ok(Answer::NotYet) => reports[scrape.binding].pending_pods += 1,
             Err(e) => failures.push(Failure {
                 binding: scrape.binding,
                 pod_uid: pod.uid().unwrap_or_default(),
@@ -432,7 +464,7 @@ mod tests {
         let results = plan
             .scrapes
             .iter()
-            .map(|s| answer(bindings[s.binding].spec, &s.pod.pod.name_any()))
+            .map(|s| answer(bindings[s.binding].spec, &s.pod.pod.name_any()).map(Answer::Scraped))
             .collect();
         let now: Timestamp = NOW.parse().unwrap();
         let answers = Answers {
@@ -595,6 +627,66 @@ mod tests {
         assert_eq!(account.ledger().used_tokens(None), 50);
     }
 
+    /// Runs a cycle over the fixture's snapshot whose pods answer `answer(pod name)`.
+    fn cycle_answering(
+        account: &mut Account,
+        bindings: &[Binding],
+        answer: impl Fn(&str) -> Result<Answer, ScrapeError>,
+    ) -> Vec<BindingReport> {
+        let snapshot = snapshot();
+        let plan = plan(bindings, &snapshot, account.ledger().bound(), times());
+        let results = plan.scrapes.iter().map(|s| answer(&s.pod.pod.name_any())).collect();
+        let now: Timestamp = NOW.parse().unwrap();
+        let answers = Answers {
+            results,
+            answered_at: now,
+        };
+        fold(account, bindings, plan, answers, None, now, Freshness::Current)
+    }
+
+    #[test]
+    fn a_sample_counts_only_when_newer_than_the_last_one_counted() {
+        let specs = [(
+            "s",
+            valid(
+                "budgetRef: {name: b}\nworkloads: [{kind: Deployment, name: summarizer}]\nmetrics: {source: Prometheus}",
+            ),
+        )];
+        let bindings = bindings(&specs);
+        let mut account = account();
+        let sampled = |input: u64, second: i64| {
+            let usage = usage(bindings[0].spec, input).unwrap();
+            let at = Timestamp::from_second(1_800_000_000 + second).unwrap();
+            move |_: &str| {
+                Ok(Answer::Sampled {
+                    usage: usage.clone(),
+                    at,
+                })
+            }
+        };
+        // A baseline, then 50 more.
+        cycle_answering(&mut account, &bindings, sampled(100, 10));
+        cycle_answering(&mut account, &bindings, sampled(150, 20));
+        assert_eq!(account.ledger().used_tokens(None), 100, "50 for each of the two pods");
+        // The same sample again (Prometheus has not scraped since), then an older one (a
+        // replica that lags): nothing new, and no counter reset read into the lower value.
+        let same = cycle_answering(&mut account, &bindings, sampled(150, 20));
+        assert_eq!(same[0].scraped_pods, 2);
+        cycle_answering(&mut account, &bindings, sampled(120, 15));
+        assert_eq!(account.ledger().used_tokens(None), 100);
+        // A newer sample counts its increase over the last one counted.
+        cycle_answering(&mut account, &bindings, sampled(160, 30));
+        assert_eq!(account.ledger().used_tokens(None), 120);
+        // No sample yet since a pod started: pending, nothing counted, nothing wrong.
+        let reports = cycle_answering(&mut account, &bindings, |_| Ok(Answer::NotYet));
+        assert_eq!((reports[0].pending_pods, reports[0].problems.len()), (2, 0));
+        // A failure is a problem, as a failed scrape is; the next sample counts on.
+        let reports = cycle_answering(&mut account, &bindings, |_| Err(ScrapeError::Stale("gone".into())));
+        assert_eq!(reports[0].problems[0].reason, "gone");
+        cycle_answering(&mut account, &bindings, sampled(170, 40));
+        assert_eq!(account.ledger().used_tokens(None), 140);
+    }
+
     #[test]
     fn a_pod_gone_from_the_cluster_leaves_the_ledger_and_its_tokens_stay() {
         let specs = [(
@@ -722,7 +814,7 @@ mod bound_since {
         let results = plan
             .scrapes
             .iter()
-            .map(|_| Ok(spec.extractor.extract(body.as_bytes()).unwrap()))
+            .map(|_| Ok(Answer::Scraped(spec.extractor.extract(body.as_bytes()).unwrap())))
             .collect();
         let answers = Answers {
             results,

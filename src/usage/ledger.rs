@@ -565,6 +565,12 @@ impl Ledger {
         self.pods.keys().map(String::as_str)
     }
 
+    /// When the answer last counted for the pod `uid` was in (in memory only: `None` after an
+    /// operator restart).
+    pub fn last_scraped(&self, uid: &str) -> Option<Timestamp> {
+        self.pods.get(uid).and_then(|p| p.last_scraped)
+    }
+
     /// Whether the ledger knows a pod.
     pub fn contains_pod(&self, uid: &str) -> bool {
         self.pods.contains_key(uid)

@@ -12,6 +12,8 @@
 //!   boundaries in its time zone, DST included.
 //! - [`pricing`]: prices per model (exact names or `*` globs), exact decimal cost, the money
 //!   strings of the status, and `percentUsed`.
+//! - [`prometheus`]: the same counters read from a Prometheus-compatible server instead: the
+//!   query of a binding's cycle, and its answer read into one answer per pod.
 //! - [`scrape`]: scrapes one pod's endpoint with a deadline and a size cap, reading the body
 //!   as it streams.
 //! - [`slots`]: how many scrapes are in flight at once, shared fairly between namespaces.
@@ -22,6 +24,7 @@ pub mod ledger;
 pub mod parse;
 pub mod period;
 pub mod pricing;
+pub mod prometheus;
 pub mod scrape;
 pub mod slots;
 

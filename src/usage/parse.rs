@@ -267,6 +267,40 @@ impl Extractor {
         self.rules.iter().map(|r| r.sample.as_str())
     }
 
+    /// Adds one series read from elsewhere than a metrics body (a Prometheus query's answer)
+    /// to `usage`, by the rules of a body's series: `sample` is its sample name, `label` looks
+    /// up its labels, `value` its value. `Ok(false)`: not a series of the format, or one that
+    /// does not count (its token type label is missing or neither `input` nor `output`). A
+    /// value that cannot be a token count (NaN, infinite, negative, fractional, above
+    /// [`MAX_SERIES_VALUE`]) is an error, as in a body.
+    pub fn add_series<'l>(
+        &self,
+        usage: &mut Usage,
+        sample: &str,
+        label: impl Fn(&str) -> Option<&'l str>,
+        value: f64,
+    ) -> Result<bool, String> {
+        let Some(rule) = self.rules.iter().find(|r| r.sample == sample) else {
+            return Ok(false);
+        };
+        let token_type = match &rule.token_type {
+            TypeSource::Fixed(t) => *t,
+            TypeSource::Label(name) => match label(name) {
+                Some("input") => TokenType::Input,
+                Some("output") => TokenType::Output,
+                _ => return Ok(false),
+            },
+        };
+        let model = rule
+            .model_labels
+            .iter()
+            .find_map(|l| label(l).filter(|v| !v.is_empty()))
+            .unwrap_or(UNKNOWN_MODEL);
+        let value = counter_value(value).map_err(|e| format!("{sample}: {e}"))?;
+        usage.add(model, token_type, value).map_err(|e| e.to_string())?;
+        Ok(true)
+    }
+
     /// Sums the wanted series of `body` per (model, token type).
     ///
     /// Lines of other metrics are skipped unchecked, except that a line must start like a

@@ -25,7 +25,7 @@ use std::{
     time::Duration,
 };
 
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::{
     Request, StatusCode, Uri,
     body::{Body, Bytes},
@@ -72,7 +72,7 @@ const MAX_TLS_CLIENTS: usize = 256;
 
 /// Why one scrape failed. Each is reported on the binding (ScrapeHealthy) and in an Event
 /// naming the pod; none of them touches the usage already counted.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ScrapeError {
     #[error("invalid target {0}")]
     Target(String),
@@ -92,6 +92,17 @@ pub enum ScrapeError {
     Body(String),
     #[error("unparsable metrics: {0}")]
     Parse(#[from] ParseError),
+    /// Through the Prometheus source: the query failed, or its answer for the pod is unusable.
+    #[error("{0}")]
+    Prometheus(String),
+    /// Through the Prometheus source: no recent sample of the pod, or its last scrape failed.
+    #[error("{0}")]
+    Stale(String),
+    /// The binding reads from Prometheus, and the operator has none to ask.
+    #[error(
+        "the operator has no Prometheus to query: it runs without --prometheus-url (ask the platform team, or use spec.metrics.source Scrape)"
+    )]
+    NoPrometheus,
 }
 
 impl ScrapeError {
@@ -107,6 +118,9 @@ impl ScrapeError {
             ScrapeError::TooLarge { .. } => "too_large",
             ScrapeError::Body(_) => "body",
             ScrapeError::Parse(_) => "parse",
+            ScrapeError::Prometheus(_) => "prometheus",
+            ScrapeError::Stale(_) => "stale",
+            ScrapeError::NoPrometheus => "no_prometheus",
         }
     }
 }
@@ -288,7 +302,7 @@ impl ScrapeCa {
 /// The shared scraper. Cheap to clone.
 #[derive(Clone)]
 pub struct Scraper {
-    http: Client<HttpConnector, Empty<Bytes>>,
+    http: Client<HttpConnector, Full<Bytes>>,
     https: Arc<HttpsClients>,
     slots: Slots,
     max_body_bytes: usize,
@@ -385,7 +399,7 @@ impl Scraper {
         &self,
         uri: Uri,
         https: Option<&HttpsClient>,
-        mut sink: impl FnMut(&[u8]) -> Result<(), ScrapeError>,
+        sink: impl FnMut(&[u8]) -> Result<(), ScrapeError>,
     ) -> Result<(), ScrapeError> {
         let request = Request::get(uri)
             .header(
@@ -396,7 +410,7 @@ impl Scraper {
                 header::USER_AGENT,
                 concat!("tokenbudget-operator/", env!("CARGO_PKG_VERSION")),
             )
-            .body(Empty::new())
+            .body(Full::default())
             .map_err(|e| ScrapeError::Target(e.to_string()))?;
         let response: ResponseFuture = match https {
             Some(client) => client.request(request),
@@ -406,27 +420,95 @@ impl Scraper {
             Some(_) => https_error(&e, self.https.ca.as_ref()),
             None => ScrapeError::Connect(error_chain(&e)),
         })?;
-        if !response.status().is_success() {
-            return Err(ScrapeError::Status(response.status()));
-        }
-        let limit = self.max_body_bytes;
-        let mut body = response.into_body();
-        if body.size_hint().lower() > limit as u64 {
-            return Err(ScrapeError::TooLarge { limit });
-        }
-        // Each piece is as large as hyper's read buffer at most (`client_builder`).
-        let mut read = 0;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| ScrapeError::Body(error_chain(&e)))?;
-            if let Ok(data) = frame.into_data() {
-                read += data.len();
-                if read > limit {
-                    return Err(ScrapeError::TooLarge { limit });
-                }
-                sink(&data)?;
+        read_body(response, self.max_body_bytes, sink).await
+    }
+}
+
+/// Reads a successful response's body piece by piece into `sink`, failing past `limit` bytes.
+async fn read_body(
+    response: hyper::Response<hyper::body::Incoming>,
+    limit: usize,
+    mut sink: impl FnMut(&[u8]) -> Result<(), ScrapeError>,
+) -> Result<(), ScrapeError> {
+    if !response.status().is_success() {
+        return Err(ScrapeError::Status(response.status()));
+    }
+    let mut body = response.into_body();
+    if body.size_hint().lower() > limit as u64 {
+        return Err(ScrapeError::TooLarge { limit });
+    }
+    // Each piece is as large as hyper's read buffer at most (`client_builder`).
+    let mut read = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ScrapeError::Body(error_chain(&e)))?;
+        if let Ok(data) = frame.into_data() {
+            read += data.len();
+            if read > limit {
+                return Err(ScrapeError::TooLarge { limit });
             }
+            sink(&data)?;
         }
-        Ok(())
+    }
+    Ok(())
+}
+
+/// A client for one server the operator calls itself rather than a pod (the Prometheus of
+/// `--prometheus-url`): the scrapes' connection settings, TLS code and body cap, its own
+/// pool, and none of the scrape slots. https is verified against the CA it is given, for the
+/// host of the URL. Cheap to clone.
+#[derive(Clone)]
+pub struct ServerClient {
+    http: Client<HttpConnector, Full<Bytes>>,
+    https: Arc<HttpsClients>,
+    max_body_bytes: usize,
+}
+
+impl ServerClient {
+    /// `ca`: what the server's certificate is verified against (none: https fails, saying
+    /// `no_ca`, which names the flag that gives one).
+    pub fn new(ca: Option<ScrapeCa>, no_ca: &'static str, max_body_bytes: usize) -> Self {
+        let mut https = HttpsClients::new(ca);
+        https.no_ca = no_ca;
+        Self {
+            http: client_builder().build(tcp_connector()),
+            https: Arc::new(https),
+            max_body_bytes,
+        }
+    }
+
+    /// Sends `request` and reads the whole body of a successful answer, within `timeout` (from
+    /// now: connecting, TLS, headers and body) and the size cap.
+    pub async fn send(&self, request: Request<Full<Bytes>>, timeout: Duration) -> Result<Bytes, ScrapeError> {
+        let https = match request.uri().scheme_str() {
+            Some("https") => Some(self.https.client(&TlsConfig::default())?),
+            Some("http") => None,
+            _ => {
+                return Err(ScrapeError::Target(format!(
+                    "{}: not an http or https URL",
+                    request.uri()
+                )));
+            }
+        };
+        let exchange = async {
+            let response = match &https {
+                Some(client) => client.request(request),
+                None => self.http.request(request),
+            };
+            let response = response.await.map_err(|e| match https {
+                Some(_) => https_error(&e, self.https.ca.as_ref()),
+                None => ScrapeError::Connect(error_chain(&e)),
+            })?;
+            let mut body = Vec::new();
+            read_body(response, self.max_body_bytes, |piece| {
+                body.extend_from_slice(piece);
+                Ok(())
+            })
+            .await?;
+            Ok(Bytes::from(body))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| ScrapeError::Timeout(timeout))?
     }
 }
 
@@ -451,7 +533,7 @@ fn tcp_connector() -> HttpConnector {
     connector
 }
 
-type HttpsClient = Client<HttpsConnector<Tcp>, Empty<Bytes>>;
+type HttpsClient = Client<HttpsConnector<Tcp>, Full<Bytes>>;
 
 /// The https clients, one per TLS setting. A kept-alive connection is verified once, at its
 /// handshake, so a connection opened under one setting (say `insecureSkipVerify`) must never
@@ -460,6 +542,8 @@ type HttpsClient = Client<HttpsConnector<Tcp>, Empty<Bytes>>;
 struct HttpsClients {
     provider: Arc<CryptoProvider>,
     ca: Option<ScrapeCa>,
+    /// What a verified connection without a CA fails with.
+    no_ca: &'static str,
     by_setting: Mutex<HashMap<TlsConfig, HttpsClient>>,
 }
 
@@ -468,6 +552,8 @@ impl HttpsClients {
         Self {
             provider: Arc::new(rustls::crypto::ring::default_provider()),
             ca,
+            no_ca: "cannot verify the pod's certificate: the operator has no CA to verify it with \
+                    (give it --scrape-ca-file, or set spec.metrics.tls.insecureSkipVerify)",
             by_setting: Mutex::new(HashMap::new()),
         }
     }
@@ -496,11 +582,7 @@ impl HttpsClients {
                 .with_no_client_auth()
         } else {
             let Some(ca) = &self.ca else {
-                return Err(ScrapeError::Tls(
-                    "cannot verify the pod's certificate: the operator has no CA to verify it with \
-                     (give it --scrape-ca-file, or set spec.metrics.tls.insecureSkipVerify)"
-                        .to_string(),
-                ));
+                return Err(ScrapeError::Tls(self.no_ca.to_string()));
             };
             versions.with_root_certificates(ca.roots.clone()).with_no_client_auth()
         };

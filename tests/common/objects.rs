@@ -19,8 +19,8 @@ use k8s_openapi::{
 };
 use serde_json::json;
 use tokenbudget::api::{
-    BudgetBinding, BudgetBindingSpec, BudgetPhase, ComputeQuota, EnforcementAction, MetricsEndpoint, ModelPrice,
-    ResetPeriod, Scheme, TokenBudget, TokenBudgetSpec, WorkloadKind, WorkloadSelector,
+    BudgetBinding, BudgetBindingSpec, BudgetPhase, ComputeQuota, EnforcementAction, MetricsEndpoint, MetricsSource,
+    ModelPrice, ResetPeriod, Scheme, TokenBudget, TokenBudgetSpec, WorkloadKind, WorkloadSelector,
 };
 
 /// The port every agent of the tests serves its metrics on, named `metrics` in the pods.
@@ -179,6 +179,13 @@ impl BindingBuilder {
 
     pub fn scheme(mut self, scheme: Scheme) -> Self {
         self.0.spec.metrics.scheme = scheme;
+        self
+    }
+
+    /// Reads the pods' counters from the operator's Prometheus (`metrics.source: Prometheus`,
+    /// the default labels `namespace` and `pod`).
+    pub fn via_prometheus(mut self) -> Self {
+        self.0.spec.metrics.source = MetricsSource::Prometheus;
         self
     }
 

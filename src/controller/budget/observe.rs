@@ -10,7 +10,7 @@ use kube::ResourceExt;
 use crate::{
     api::{BudgetBinding, TokenBudget},
     controller::{
-        Context, scrapes,
+        Context, prometheus,
         state::{BudgetRef, Lease},
         sync::View,
     },
@@ -140,7 +140,16 @@ async fn account<'a>(
     };
     let plan = cycle::plan(&bindings, snapshot, account.ledger().bound(), times);
     let bound = plan.bound.clone();
-    let answers = scrapes::scrape(&ctx.scraper, &ctx.metrics, &plan.scrapes, now).await;
+    let answers = prometheus::answers(
+        &ctx.scraper,
+        ctx.prometheus.as_ref(),
+        &ctx.metrics,
+        &bindings,
+        &plan.scrapes,
+        &tb.namespace().unwrap_or_default(),
+        now,
+    )
+    .await;
     let answered = Instant::now();
     let reports = cycle::fold(
         &mut account,
