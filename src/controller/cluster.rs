@@ -19,12 +19,13 @@ use kube::{
     core::DeserializeGuard,
     runtime::{
         WatchStreamExt,
-        reflector::{self, ObjectRef, Store},
+        reflector::{ObjectRef, Store},
     },
 };
 use serde::de::DeserializeOwned;
 
 use super::{
+    cache::{self, Cache},
     state::BudgetRef,
     sync::{self, View, WatchHealth, Watches},
 };
@@ -33,15 +34,15 @@ use crate::{
     workloads::{self, Snapshot},
 };
 
-/// The reflector stores accounting reads, all of them in the operator's watch scope.
+/// The caches accounting reads (by namespace: [`Cache`]), all of them in the operator's watch scope.
 #[derive(Clone)]
 pub struct Cluster {
-    pub pods: Store<Pod>,
-    pub replica_sets: Store<ReplicaSet>,
-    pub deployments: Store<Deployment>,
-    pub stateful_sets: Store<StatefulSet>,
-    pub jobs: Store<Job>,
-    pub cron_jobs: Store<CronJob>,
+    pub pods: Cache<Pod>,
+    pub replica_sets: Cache<ReplicaSet>,
+    pub deployments: Cache<Deployment>,
+    pub stateful_sets: Cache<StatefulSet>,
+    pub jobs: Cache<Job>,
+    pub cron_jobs: Cache<CronJob>,
     pub bindings: Store<DeserializeGuard<BudgetBinding>>,
     /// Whether each store, these and the budgets', is current.
     pub watches: Watches,
@@ -65,7 +66,7 @@ fn reflect<K>(
     api: Api<K>,
     health: WatchHealth,
     on_apply: impl Fn(&K) + Send + 'static,
-) -> (Store<K>, impl Future<Output = ()> + Send)
+) -> (Cache<K>, impl Future<Output = ()> + Send)
 where
     K: Resource<DynamicType = ()>
         + workloads::Slim
@@ -76,10 +77,14 @@ where
         + Sync
         + 'static,
 {
-    let (reader, writer) = reflector::store();
+    let (reader, mut writer) = cache::cache();
     let stream = sync::relisting(api)
         .modify(workloads::slim::<K>)
-        .reflect(writer)
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                writer.apply(event);
+            }
+        })
         .inspect(move |event| health.observe(event))
         .applied_objects();
     (
@@ -135,11 +140,15 @@ impl Cluster {
         terminating: futures::channel::mpsc::UnboundedSender<Arc<Pod>>,
         enforcement_undone: futures::channel::mpsc::UnboundedSender<BudgetRef>,
     ) -> (Self, impl Future<Output = ()> + Send + use<>) {
-        let (pods_reader, pods_writer) = reflector::store();
+        let (pods_reader, mut pods_writer) = cache::cache();
         let pods_health = watches.register("pods");
         let pod_stream = sync::relisting(api::<Pod>(client, namespace))
             .modify(workloads::slim::<Pod>)
-            .reflect(pods_writer)
+            .inspect(move |event| {
+                if let Ok(event) = event {
+                    pods_writer.apply(event);
+                }
+            })
             .inspect(move |event| pods_health.observe(event))
             .applied_objects()
             .for_each(move |pod| {
@@ -185,9 +194,8 @@ impl Cluster {
                 None,
                 o.spec.as_ref().and_then(|s| s.suspend),
             ));
-            let owner = workloads::controlling_cron_job(&o.metadata).and_then(|owner| {
-                owners.get(&ObjectRef::new(&owner.name).within(o.metadata.namespace.as_deref().unwrap_or_default()))
-            });
+            let owner = workloads::controlling_cron_job(&o.metadata)
+                .and_then(|owner| owners.get(o.metadata.namespace.as_deref().unwrap_or_default(), &owner.name));
             wake(running_under_suspension(o, owner.as_deref()))
         });
         let cluster = Cluster {
@@ -214,16 +222,13 @@ impl Cluster {
 
     /// The workload objects of one namespace.
     pub fn snapshot(&self, namespace: &str) -> Snapshot {
-        fn of<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>, ns: &str) -> Vec<Arc<K>> {
-            store.state_filter(|o| o.meta().namespace.as_deref() == Some(ns))
-        }
         Snapshot {
-            deployments: of(&self.deployments, namespace),
-            replica_sets: of(&self.replica_sets, namespace),
-            stateful_sets: of(&self.stateful_sets, namespace),
-            jobs: of(&self.jobs, namespace),
-            cron_jobs: of(&self.cron_jobs, namespace),
-            pods: of(&self.pods, namespace),
+            deployments: self.deployments.namespace(namespace),
+            replica_sets: self.replica_sets.namespace(namespace),
+            stateful_sets: self.stateful_sets.namespace(namespace),
+            jobs: self.jobs.namespace(namespace),
+            cron_jobs: self.cron_jobs.namespace(namespace),
+            pods: self.pods.namespace(namespace),
         }
     }
 
@@ -267,12 +272,12 @@ impl Cluster {
 #[cfg(test)]
 impl Cluster {
     pub(crate) fn from_stores(
-        pods: Store<Pod>,
-        replica_sets: Store<ReplicaSet>,
-        deployments: Store<Deployment>,
-        stateful_sets: Store<StatefulSet>,
-        jobs: Store<Job>,
-        cron_jobs: Store<CronJob>,
+        pods: Cache<Pod>,
+        replica_sets: Cache<ReplicaSet>,
+        deployments: Cache<Deployment>,
+        stateful_sets: Cache<StatefulSet>,
+        jobs: Cache<Job>,
+        cron_jobs: Cache<CronJob>,
         bindings: Store<DeserializeGuard<BudgetBinding>>,
     ) -> Self {
         Cluster {

@@ -28,7 +28,7 @@ use kube::{
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
-use super::{Context, FIELD_MANAGER, cluster::Cluster, state::BindingUsages};
+use super::{Context, FIELD_MANAGER, cache, cluster::Cluster, state::BindingUsages};
 use crate::{
     api::{BudgetBinding, BudgetBindingStatus, TokenBudget, TokenBudgetStatus},
     clock::ManualClock,
@@ -81,12 +81,12 @@ impl Context {
     pub fn test_with_clock(objects: Objects, clock: ManualClock) -> (Arc<Context>, ApiServerVerifier) {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let cluster = Cluster::from_stores(
-            store([]),
-            store([]),
-            store(objects.deployments),
-            store([]),
-            store([]),
-            store([]),
+            cache::filled([]),
+            cache::filled([]),
+            cache::filled(objects.deployments),
+            cache::filled([]),
+            cache::filled([]),
+            cache::filled([]),
             store(objects.bindings.into_iter().map(|bb| DeserializeGuard(Ok(bb)))),
         );
         // Nobody wakes the binding controller here: the scenarios read the hand-over directly.

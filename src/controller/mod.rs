@@ -18,6 +18,7 @@
 
 pub mod binding;
 pub mod budget;
+pub mod cache;
 pub mod cli;
 pub mod cluster;
 pub mod events;
