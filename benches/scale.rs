@@ -23,7 +23,8 @@
 //! Needs `KUBECONFIG` pointing at a cluster where it may install the CRDs and create namespaces
 //! (the testbed: `hack/testbed.sh up; eval "$(hack/testbed.sh env)"`), and nothing else
 //! running there. The pods are created by the controller-manager, which takes minutes for
-//! 10,000.
+//! 10,000 at its default rate of 20 requests a second: start the testbed with
+//! `TESTBED_CM_QPS=200 hack/testbed.sh up` for a faster start.
 //!
 //! Run: `cargo bench --bench scale`
 //! Options: `--pods 10000 --namespaces 100 --per-deployment 10 --interval 30s --window 120`;

@@ -837,6 +837,35 @@ def _():
     equal(by_kind(DEFAULTS, "PodMonitor"), [], "no PodMonitor by default")
 
 
+@check("prometheusSource: the flags, the token and CA mounted from their Secret and ConfigMap; nothing without a url")
+def _():
+    args = container(DEFAULTS)["args"]
+    expect(not any(a.startswith("--prometheus") for a in args), f"Prometheus flags by default: {args}")
+    objects, _, _ = render({"prometheusSource": {"bearerTokenSecret": {"name": "t", "key": "token"}}})
+    expect(not any(a.startswith("--prometheus") for a in container(objects)["args"]), "a token without a url")
+    expect("volumes" not in one(objects, "Deployment")["spec"]["template"]["spec"], "a volume without a url")
+    objects, _, _ = render({"prometheusSource": {"url": "https://prom.monitoring:9090", "lookback": "5m",
+                                                 "bearerTokenSecret": {"name": "prom-reader", "key": "token"},
+                                                 "caConfigMap": {"name": "prom-ca", "key": "ca.crt"}},
+                            "extraVolumes": [{"name": "scrape-ca", "configMap": {"name": "agents-ca"}}],
+                            "extraVolumeMounts": [{"name": "scrape-ca", "mountPath": "/etc/tokenbudget/scrape-ca"}]})
+    c = container(objects)
+    wanted = ["--prometheus-url=https://prom.monitoring:9090", "--prometheus-lookback=5m",
+              "--prometheus-bearer-token-file=/etc/tokenbudget/prometheus-token/token",
+              "--prometheus-ca-file=/etc/tokenbudget/prometheus-ca/ca.crt"]
+    equal([a for a in c["args"] if a.startswith("--prometheus")], wanted, "flags")
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    equal(mounts, {"prometheus-token": "/etc/tokenbudget/prometheus-token",
+                   "prometheus-ca": "/etc/tokenbudget/prometheus-ca",
+                   "scrape-ca": "/etc/tokenbudget/scrape-ca"}, "mounts")
+    volumes = {v["name"]: v for v in one(objects, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    equal(volumes["prometheus-token"]["secret"], {"secretName": "prom-reader", "items": [{"key": "token", "path": "token"}]},
+          "token volume")
+    equal(volumes["prometheus-ca"]["configMap"], {"name": "prom-ca", "items": [{"key": "ca.crt", "path": "ca.crt"}]},
+          "CA volume")
+    expect("scrape-ca" in volumes, "extraVolumes kept")
+
+
 @check("networkPolicy: ingress to the metrics port only, from the peers given; egress open unless set")
 def _():
     equal(by_kind(DEFAULTS, "NetworkPolicy"), [], "no NetworkPolicy by default")
@@ -888,6 +917,10 @@ BAD_VALUES = [
     {"metrics": {"podMonitor": {"interval": "30 seconds"}}},
     {"networkPolicy": {"enabled": True, "metricsFrom": [{}]}},
     {"networkPolicy": {"ingress": []}},
+    {"prometheusSource": {"url": "prometheus:9090"}},
+    {"prometheusSource": {"lookback": "2 minutes"}},
+    {"prometheusSource": {"bearerTokenSecret": {"name": "prom-reader"}}},
+    {"prometheusSource": {"caConfigMap": {"name": "prom-ca", "key": "ca.crt", "optional": True}}},
     {"prometheusRule": {"runbookBaseUrl": "docs/operating.md"}},
     {"prometheusRule": {"enforcementFailures": -1}},
     {"uninstallHook": {"timeout": 1}},

@@ -19,6 +19,8 @@
 #   TESTBED_DIR           state (pids, logs, certs, kubeconfig); default <repo>/.testbed
 #   TESTBED_CACHE         where built binaries live, one folder per version;
 #                         default ~/.cache/tokenbudget (k8s-<version>/, etcd-<version>/)
+#   TESTBED_CM_QPS        the controller-manager's --kube-api-qps (its burst twice that); default
+#                         its own (20): raise it to create thousands of pods quickly (benches/scale.rs)
 set -euo pipefail
 
 K8S_VERSION=${TESTBED_K8S_VERSION:-1.37.2}
@@ -347,7 +349,8 @@ KCFG
   start_daemon kube-controller-manager "$K8S_BIN/kube-controller-manager" --kubeconfig="$d/kubeconfig" \
     --service-account-private-key-file="$d/sa.key" --root-ca-file="$d/certs/apiserver.crt" \
     --use-service-account-credentials=true --controllers='*' \
-    --leader-elect=false --bind-address=127.0.0.1 --secure-port=0
+    --leader-elect=false --bind-address=127.0.0.1 --secure-port=0 \
+    ${TESTBED_CM_QPS:+--kube-api-qps=$TESTBED_CM_QPS --kube-api-burst=$((TESTBED_CM_QPS * 2))}
   # The controller-manager is working once it has given `default` its ServiceAccount.
   wait_for controller-manager 120 "$K8S_BIN/kubectl" --kubeconfig "$d/kubeconfig" get serviceaccount default -n default \
     || { tail -n 30 "$d/logs/kube-controller-manager.log" >&2; cmd_down; die "kube-controller-manager did not start"; }
