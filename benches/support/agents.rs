@@ -298,18 +298,53 @@ impl Spender {
 }
 
 /// Serves `endpoints` endpoints (`address(i)`, port [`PORT`]) on the current tokio runtime,
-/// spending as `spending` says; returns once every one listens.
+/// spending as `spending` says; returns once they listen. One socket, on every address, serves
+/// them all, each connection as the endpoint it was made to: a listener per endpoint would take
+/// 10,000 of the process's open files besides the 10,000 connections.
 pub async fn listen(endpoints: usize, spending: Arc<Spending>) -> std::io::Result<()> {
+    assert!(
+        (0..endpoints).all(|i| index(address(i)) == Some(i)),
+        "index inverts address"
+    );
     let body = Bytes::from(exposition().0);
-    for i in 0..endpoints {
-        let listener = TcpListener::bind(SocketAddr::from((address(i), PORT))).await?;
-        let spender = Arc::new(Spender {
-            spending: spending.clone(),
-            spent: AtomicU64::new(0),
-        });
-        tokio::spawn(accept(listener, body.clone(), Some(spender)));
-    }
+    let spenders: Arc<Vec<Arc<Spender>>> = Arc::new(
+        (0..endpoints)
+            .map(|_| {
+                Arc::new(Spender {
+                    spending: spending.clone(),
+                    spent: AtomicU64::new(0),
+                })
+            })
+            .collect(),
+    );
+    let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, PORT))).await?;
+    tokio::spawn(async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    eprintln!("agents: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            // The endpoint is the address the connection was made to; any other is refused.
+            let Some(spender) = stream.local_addr().ok().and_then(|a| match a.ip() {
+                std::net::IpAddr::V4(ip) => index(ip).and_then(|i| spenders.get(i).cloned()),
+                _ => None,
+            }) else {
+                continue;
+            };
+            tokio::spawn(serve_connection(stream, body.clone(), Some(spender)));
+        }
+    });
     Ok(())
+}
+
+/// The `i` of `address(i)`.
+fn index(ip: Ipv4Addr) -> Option<usize> {
+    let [a, b, c, d] = ip.octets();
+    ((a, b) == (127, 42) && (1..=250).contains(&d)).then(|| c as usize * 250 + d as usize - 1)
 }
 
 async fn accept(listener: TcpListener, body: Bytes, spender: Option<Arc<Spender>>) {
@@ -322,25 +357,26 @@ async fn accept(listener: TcpListener, body: Bytes, spender: Option<Arc<Spender>
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
-        let body = body.clone();
-        let spender = spender.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |_request| {
-                let body = match &spender {
-                    Some(spender) => spender.body(&body),
-                    None => body.clone(),
-                };
-                let response = Response::builder()
-                    .header(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
-                    .body(Full::new(body))
-                    .expect("a valid response");
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let _ = http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+        tokio::spawn(serve_connection(stream, body.clone(), spender.clone()));
     }
+}
+
+/// Answers every request of one connection with `body`, and spends if `spender` says so.
+async fn serve_connection(stream: tokio::net::TcpStream, body: Bytes, spender: Option<Arc<Spender>>) {
+    let _ = stream.set_nodelay(true);
+    let service = service_fn(move |_request| {
+        let body = match &spender {
+            Some(spender) => spender.body(&body),
+            None => body.clone(),
+        };
+        let response = Response::builder()
+            .header(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
+            .body(Full::new(body))
+            .expect("a valid response");
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let _ = http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
