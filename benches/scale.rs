@@ -2,7 +2,7 @@
 //! against a real API server holding `--pods` (10,000) agent pods across `--namespaces` (100)
 //! namespaces, in Deployments of `--per-deployment` (10) pods, each Deployment bound to a
 //! budget of its own (1,000 budgets and bindings). Every pod's agent is a real HTTP endpoint on
-//! loopback (`benches/support/agents.rs`: 127.42.x.y:9464, the ~35 KB OpenTelemetry
+//! loopback (`benches/support/agents.rs`: 127.42.x.y:19464, the ~35 KB OpenTelemetry
 //! exposition of `scrape_cycle`), served by a thread of this bench.
 //!
 //! The bench plays the kubelet (the controller-manager creates the pods; the bench sets their
@@ -50,6 +50,10 @@ mod agents;
 mod common;
 
 use common::{Operator, TestNamespace, binding, budget, create, deployment, run_pod, total_of};
+
+/// The agents' port: one socket on every address serves them all, so not the usual 9464,
+/// which the agents of tests running beside the bench may hold on some addresses.
+const AGENT_PORT: u16 = 19464;
 
 struct Options {
     pods: usize,
@@ -109,8 +113,8 @@ fn main() {
         .build()
         .expect("the agents' runtime");
     server
-        .block_on(agents::listen(options.pods, spending.clone()))
-        .expect("the agents listen (another run of a bench on 127.42/16?)");
+        .block_on(agents::listen(options.pods, AGENT_PORT, spending.clone()))
+        .unwrap_or_else(|e| panic!("the agents listen on port {AGENT_PORT} (another run of the bench?): {e}"));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -201,6 +205,7 @@ async fn bench(options: &Options, spending: &agents::Spending) {
             async move {
                 let bb = binding(&format!("agent-{j}"), &format!("budget-{j}"))
                     .deployment(&format!("agent-{j}"))
+                    .port(AGENT_PORT.into())
                     .interval(&interval)
                     .timeout("5s");
                 create(&api, bb).await;
@@ -249,6 +254,7 @@ async fn bench(options: &Options, spending: &agents::Spending) {
         .expect("budgets")
         .items
         .iter()
+        .filter(|tb| tb.metadata.namespace.as_ref().is_some_and(|ns| names.contains(ns)))
         .filter(|tb| {
             tb.status
                 .as_ref()

@@ -62,6 +62,7 @@ cleanup() {
   if [ -n "$node_started" ]; then hack/node.sh down || true; fi
   if [ -n "$started" ]; then hack/testbed.sh down || true; fi
   TESTBED_DIR=$COMPAT_DIR hack/testbed.sh down >/dev/null 2>&1 || true
+  TESTBED_DIR=$REPO/.testbed-demo hack/testbed.sh down >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 if ! hack/testbed.sh status >/dev/null 2>&1; then started=1; fi
@@ -111,6 +112,6 @@ step "the testbed script: down without up, up twice, up after a crash"
 hack/testbed-selftest.sh
 
 step "the demo, once, on a testbed of its own"
-env -u KUBECONFIG -u TESTBED_DIR hack/demo.sh --once
+env -u KUBECONFIG TESTBED_DIR="$REPO/.testbed-demo" hack/demo.sh --once
 
 step "all checks passed in ${SECONDS}s"

@@ -297,11 +297,10 @@ impl Spender {
     }
 }
 
-/// Serves `endpoints` endpoints (`address(i)`, port [`PORT`]) on the current tokio runtime,
-/// spending as `spending` says; returns once they listen. One socket, on every address, serves
-/// them all, each connection as the endpoint it was made to: a listener per endpoint would take
+/// Serves `endpoints` endpoints (`address(i)`, `port`) on the current tokio runtime, spending
+/// as `spending` says; returns once they listen. One socket, on every address, serves them all, each connection as the endpoint it was made to: a listener per endpoint would take
 /// 10,000 of the process's open files besides the 10,000 connections.
-pub async fn listen(endpoints: usize, spending: Arc<Spending>) -> std::io::Result<()> {
+pub async fn listen(endpoints: usize, port: u16, spending: Arc<Spending>) -> std::io::Result<()> {
     assert!(
         (0..endpoints).all(|i| index(address(i)) == Some(i)),
         "index inverts address"
@@ -317,7 +316,7 @@ pub async fn listen(endpoints: usize, spending: Arc<Spending>) -> std::io::Resul
             })
             .collect(),
     );
-    let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, PORT))).await?;
+    let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))).await?;
     tokio::spawn(async move {
         loop {
             let stream = match listener.accept().await {
