@@ -27,7 +27,8 @@
 //! `TESTBED_CM_QPS=200 hack/testbed.sh up` for a faster start.
 //!
 //! Run: `cargo bench --bench scale`
-//! Options: `--pods 10000 --namespaces 100 --per-deployment 10 --interval 30s --window 120`;
+//! Options: `--pods 10000 --namespaces 100 --per-deployment 10 --interval 30s --window 120
+//! --keep-alive 90s` (the operator's `--scrape-keep-alive`, default its own);
 //! `--pods 1000 --namespaces 10` for the 1,000-pod figure.
 
 use std::{
@@ -61,6 +62,8 @@ struct Options {
     per_deployment: usize,
     interval: String,
     window: Duration,
+    /// The operator's `--scrape-keep-alive`; `None`: its default.
+    keep_alive: Option<String>,
 }
 
 fn parse_args() -> Options {
@@ -70,6 +73,7 @@ fn parse_args() -> Options {
         per_deployment: 10,
         interval: "30s".into(),
         window: Duration::from_secs(120),
+        keep_alive: None,
     };
     let mut args = std::env::args().skip(1);
     let number = |flag: &str, value: Option<String>| -> usize {
@@ -86,8 +90,9 @@ fn parse_args() -> Options {
             "--per-deployment" => options.per_deployment = number("--per-deployment", args.next()),
             "--interval" => options.interval = args.next().expect("--interval needs a duration"),
             "--window" => options.window = Duration::from_secs(number("--window", args.next()) as u64),
+            "--keep-alive" => options.keep_alive = Some(args.next().expect("--keep-alive needs a duration")),
             other => panic!(
-                "unknown argument {other:?}; options: --pods N --namespaces N --per-deployment N --interval 30s --window SECONDS"
+                "unknown argument {other:?}; options: --pods N --namespaces N --per-deployment N --interval 30s --window SECONDS --keep-alive 90s"
             ),
         }
     }
@@ -166,8 +171,12 @@ async fn bench(options: &Options, spending: &agents::Spending) {
     let per_ns = options.pods / options.namespaces / options.per_deployment;
     let budgets = options.pods / options.per_deployment;
     println!(
-        "scale: {} pods in {} namespaces, {budgets} Deployments of {} pods, each bound to a budget of its own; interval {}",
-        options.pods, options.namespaces, options.per_deployment, options.interval
+        "scale: {} pods in {} namespaces, {budgets} Deployments of {} pods, each bound to a budget of its own; interval {}; scrape keep-alive {}",
+        options.pods,
+        options.namespaces,
+        options.per_deployment,
+        options.interval,
+        options.keep_alive.as_deref().unwrap_or("the operator's default")
     );
     let mut namespaces = Vec::new();
     for _ in 0..options.namespaces {
@@ -184,7 +193,11 @@ async fn bench(options: &Options, spending: &agents::Spending) {
     run_agents(&client, &pods).await;
     println!("every pod Running with its agent after {:.0?}", started.elapsed());
 
-    let operator = Operator::spawn(&[], "scale", &[("RUST_LOG", "info")]);
+    let keep_alive: Vec<&str> = match &options.keep_alive {
+        Some(idle) => vec!["--scrape-keep-alive", idle],
+        None => vec![],
+    };
+    let operator = Operator::spawn(&keep_alive, "scale", &[("RUST_LOG", "info")]);
     let process = Process(operator.child.id());
     operator.wait_ready().await;
     // Its pod and workload caches too: the metric says when every watch has listed.

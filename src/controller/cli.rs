@@ -51,6 +51,11 @@ pub struct Cli {
     #[arg(long, value_name = "N", env = "TOKENBUDGET_MAX_BODY_BYTES", default_value_t = scrape::DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
 
+    /// how long a connection to a pod is kept open, idle, for its next scrape; 0s: a new
+    /// connection for every scrape (each connection kept holds about 30 KiB)
+    #[arg(long, value_name = "DURATION", env = "TOKENBUDGET_SCRAPE_KEEP_ALIVE", default_value = "90s", value_parser = duration)]
+    pub scrape_keep_alive: Duration,
+
     /// PEM CA bundle that pods' certificates are verified against when a binding scrapes over
     /// https (default: in a cluster the service account's ca.crt, otherwise the kubeconfig
     /// cluster's CA)
@@ -138,6 +143,7 @@ impl Cli {
             max_concurrent_scrapes: self.max_concurrent_scrapes,
             max_concurrent_scrapes_per_namespace: self.max_concurrent_scrapes_per_namespace,
             max_body_bytes: self.max_body_bytes,
+            scrape_keep_alive: self.scrape_keep_alive,
             leader_election: self.leader_election.then(|| ElectionConfig {
                 namespace: self.leader_election_namespace.clone().unwrap_or_default(),
                 lease_name: self.leader_election_lease_name.clone(),
@@ -180,6 +186,7 @@ mod tests {
         assert_eq!(options.max_concurrent_scrapes, 64);
         assert_eq!(options.max_concurrent_scrapes_per_namespace, None);
         assert_eq!(options.max_body_bytes, 16 * 1024 * 1024);
+        assert_eq!(options.scrape_keep_alive, defaults.scrape_keep_alive);
         assert_eq!(options.instance, None);
         assert!(options.scrape_ca.is_none());
         assert_eq!(options.leader_election, None, "one replica leads without an election");
@@ -207,6 +214,7 @@ mod tests {
             max_concurrent_scrapes: 8,
             max_concurrent_scrapes_per_namespace: Some(2),
             max_body_bytes: 1024,
+            scrape_keep_alive: Duration::ZERO,
             scrape_ca_file: Some("/etc/ca.pem".into()),
             leader_election: true,
             leader_election_namespace: Some("ops".into()),
@@ -230,6 +238,8 @@ mod tests {
             "2",
             "--max-body-bytes",
             "1024",
+            "--scrape-keep-alive",
+            "0s",
             "--scrape-ca-file",
             "/etc/ca.pem",
             "--leader-election",
@@ -251,6 +261,7 @@ mod tests {
             "--max-concurrent-scrapes=8",
             "--max-concurrent-scrapes-per-namespace=2",
             "--max-body-bytes=1024",
+            "--scrape-keep-alive=0s",
             "--scrape-ca-file=/etc/ca.pem",
             "--leader-election",
             "--leader-election-namespace=ops",

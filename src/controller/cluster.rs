@@ -237,14 +237,16 @@ impl Cluster {
         self.bindings_in(namespace, |b| b == budget)
     }
 
-    /// The readable bindings of a namespace whose budget's name passes `budget`, by name.
+    /// The readable bindings of a namespace whose budget's name passes `budget`, by name. Only
+    /// those are cloned: every budget asks at every cycle, and a cluster has thousands.
     pub fn bindings_in(&self, namespace: &str, budget: impl Fn(&str) -> bool) -> Vec<BudgetBinding> {
         let mut list: Vec<BudgetBinding> = self
             .bindings
             .state()
-            .into_iter()
-            .filter_map(|guard| guard.0.as_ref().ok().cloned())
-            .filter(|bb| bb.namespace().as_deref() == Some(namespace) && budget(&bb.spec.budget_ref.name))
+            .iter()
+            .filter_map(|guard| guard.0.as_ref().ok())
+            .filter(|bb| bb.metadata.namespace.as_deref() == Some(namespace) && budget(&bb.spec.budget_ref.name))
+            .cloned()
             .collect();
         list.sort_by_key(|bb| bb.name_any());
         list
@@ -252,14 +254,14 @@ impl Cluster {
 
     /// The budgets a terminating pod may be charged to: those of every binding in its namespace.
     pub fn budgets_for_pod(&self, pod: &Pod) -> Vec<BudgetRef> {
-        let ns = pod.namespace();
+        let ns = pod.metadata.namespace.as_deref();
         let mut refs: Vec<_> = self
             .bindings
             .state()
-            .into_iter()
-            .filter_map(|guard| guard.0.as_ref().ok().cloned())
-            .filter(|bb| bb.namespace() == ns)
-            .map(|bb| ObjectRef::new(&bb.spec.budget_ref.name).within(ns.as_deref().unwrap_or_default()))
+            .iter()
+            .filter_map(|guard| guard.0.as_ref().ok())
+            .filter(|bb| bb.metadata.namespace.as_deref() == ns)
+            .map(|bb| ObjectRef::new(&bb.spec.budget_ref.name).within(ns.unwrap_or_default()))
             .collect();
         refs.sort_by(|a, b| a.name.cmp(&b.name));
         refs.dedup();

@@ -182,6 +182,8 @@ where
 {
     let (reader, writer) = reflector::store();
     let stream = sync::relisting(api)
+        // Nothing reads them, and every clone of an object would copy them.
+        .modify(|obj| obj.meta_mut().managed_fields = None)
         .reflect(writer)
         .inspect(move |event| {
             health.observe(event);

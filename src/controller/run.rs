@@ -53,6 +53,8 @@ pub struct Options {
     pub max_concurrent_scrapes_per_namespace: Option<usize>,
     /// The largest metrics body read from a pod.
     pub max_body_bytes: usize,
+    /// How long an idle connection to a pod is kept for its next scrape (zero: none is).
+    pub scrape_keep_alive: Duration,
     /// The `reportingInstance` of the operator's Events (the pod's name in a cluster).
     pub instance: Option<String>,
     /// The CA that pods' certificates are verified against in https scrapes.
@@ -73,6 +75,7 @@ impl Default for Options {
             max_concurrent_scrapes: scrape::DEFAULT_MAX_CONCURRENT,
             max_concurrent_scrapes_per_namespace: None,
             max_body_bytes: scrape::DEFAULT_MAX_BODY_BYTES,
+            scrape_keep_alive: scrape::DEFAULT_KEEP_ALIVE,
             instance: None,
             scrape_ca: None,
             leader_election: None,
@@ -273,6 +276,7 @@ fn scraper(options: &Options) -> Scraper {
     Scraper::new(options.max_concurrent_scrapes, options.max_body_bytes)
         .with_share(share)
         .with_ca(options.scrape_ca.clone())
+        .with_keep_alive(options.scrape_keep_alive)
 }
 
 /// Every object of `store`, each time `events` yields.
