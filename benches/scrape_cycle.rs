@@ -239,7 +239,11 @@ fn measure(options: &Options, concurrency: usize) {
         let rss_before = status_mib("VmRSS");
         // Every pod is in one namespace: its share is every slot, so that `concurrency` scrapes
         // are in flight (the operator's default share is a quarter).
-        let scraper = Scraper::new(concurrency, MAX_BODY_BYTES).with_share(concurrency);
+        // Connections kept alive (the operator's --scrape-keep-alive 90s), as measured before
+        // the default became 0s: the cheapest scrape in CPU.
+        let scraper = Scraper::new(concurrency, MAX_BODY_BYTES)
+            .with_share(concurrency)
+            .with_keep_alive(Duration::from_secs(90));
         let metrics = Metrics::new();
         let mut account = Account::open("bench", None);
         account.begin_period(cluster.now);

@@ -536,7 +536,7 @@ def _():
         "podLabels": {"team": "platform"},
         "priorityClassName": "system-cluster-critical",
         "operator": {"logLevel": "info,tokenbudget=debug", "logFormat": "text", "maxConcurrentScrapes": 128,
-                     "maxConcurrentScrapesPerNamespace": 32, "maxBodyBytes": 33554432, "extraEnv": [{"name": "TZ", "value": "UTC"}]},
+                     "maxConcurrentScrapesPerNamespace": 32, "maxBodyBytes": 33554432, "scrapeKeepAlive": "60s", "extraEnv": [{"name": "TZ", "value": "UTC"}]},
         "metrics": {"port": 9090, "service": {"port": 80}},
     })
     deployment = one(objects, "Deployment")
@@ -552,8 +552,9 @@ def _():
     equal(pod["spec"]["priorityClassName"], "system-cluster-critical", "priorityClassName")
     equal(pod["metadata"]["annotations"], {"example.com/owner": "platform"}, "podAnnotations")
     equal(pod["metadata"]["labels"]["team"], "platform", "podLabels")
-    equal(c["args"][:4], ["--bind-address=0.0.0.0:9090", "--max-concurrent-scrapes=128",
-                          "--max-concurrent-scrapes-per-namespace=32", "--max-body-bytes=33554432"], "args")
+    equal(c["args"][:5], ["--bind-address=0.0.0.0:9090", "--max-concurrent-scrapes=128",
+                          "--max-concurrent-scrapes-per-namespace=32", "--max-body-bytes=33554432",
+                          "--scrape-keep-alive=60s"], "args")
     env = {e["name"]: e.get("value") for e in c["env"]}
     equal((env["RUST_LOG"], "LOG_FORMAT" in env, env["TZ"]), ("info,tokenbudget=debug", False, "UTC"), "env")
     equal(c["ports"][0]["containerPort"], 9090, "container port")
@@ -917,6 +918,7 @@ BAD_VALUES = [
     {"metrics": {"podMonitor": {"interval": "30 seconds"}}},
     {"networkPolicy": {"enabled": True, "metricsFrom": [{}]}},
     {"networkPolicy": {"ingress": []}},
+    {"operator": {"scrapeKeepAlive": "a minute"}},
     {"prometheusSource": {"url": "prometheus:9090"}},
     {"prometheusSource": {"lookback": "2 minutes"}},
     {"prometheusSource": {"bearerTokenSecret": {"name": "prom-reader"}}},

@@ -1,4 +1,4 @@
-//! Scraping one pod's metrics endpoint: one shared HTTP client with keep-alive, the slots that
+//! Scraping one pod's metrics endpoint: one shared HTTP client (keep-alive if asked), the slots that
 //! cap the scrapes in flight, shared between namespaces ([`Slots`]), a deadline on the whole
 //! scrape from the moment it is asked for (so an endpoint that accepts and never answers, or
 //! trickles a byte a second, fails at its timeout, and so does a scrape that waited that long
@@ -480,10 +480,10 @@ impl ServerClient {
     /// `ca`: what the server's certificate is verified against (none: https fails, saying
     /// `no_ca`, which names the flag that gives one).
     pub fn new(ca: Option<ScrapeCa>, no_ca: &'static str, max_body_bytes: usize) -> Self {
-        let mut https = HttpsClients::new(ca, DEFAULT_KEEP_ALIVE);
+        let mut https = HttpsClients::new(ca, SERVER_KEEP_ALIVE);
         https.no_ca = no_ca;
         Self {
-            http: client_builder(DEFAULT_KEEP_ALIVE).build(tcp_connector()),
+            http: client_builder(SERVER_KEEP_ALIVE).build(tcp_connector()),
             https: Arc::new(https),
             max_body_bytes,
         }
@@ -525,8 +525,14 @@ impl ServerClient {
     }
 }
 
-/// How long an idle connection is kept for the next request, by default.
-pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(90);
+/// How long an idle connection to a pod is kept for its next scrape, by default: not at all.
+/// A kept connection holds about 30 KiB (hyper's buffers), 300 MiB for 10,000 pods, for a
+/// scrape that costs about half the CPU (benches/scale.rs: docs/benchmarks.md).
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::ZERO;
+
+/// How long an idle connection to a server the operator calls (its Prometheus) is kept: one
+/// server, a few connections, reused at every cycle.
+const SERVER_KEEP_ALIVE: Duration = Duration::from_secs(90);
 
 /// The pool settings of every client, http or https: idle connections kept for `keep_alive`
 /// (none when it is zero).
@@ -1218,7 +1224,9 @@ mod tests {
         async fn a_certificate_from_the_ca_for_the_pod_ip_scrapes_over_one_kept_alive_connection() {
             let ca = TestCa::new();
             let (address, connections) = serve_tls(ca.server(&["127.0.0.1"]), |s| keep_answering(s, EXPOSITION)).await;
-            let scraper = Scraper::default().with_ca(Some(ca.scrape_ca()));
+            let scraper = Scraper::default()
+                .with_keep_alive(Duration::from_secs(90))
+                .with_ca(Some(ca.scrape_ca()));
             for _ in 0..3 {
                 let usage = scraper
                     .scrape(&https(address, TlsConfig::default()), &otel())
@@ -1237,10 +1245,12 @@ mod tests {
         async fn without_keep_alive_each_scrape_has_a_connection_of_its_own() {
             let ca = TestCa::new();
             let (address, connections) = serve_tls(ca.server(&["127.0.0.1"]), |s| keep_answering(s, EXPOSITION)).await;
-            // The CA given before the keep-alive is kept: the order of the settings is free.
+            // The default; the CA given before the keep-alive is kept: the order is free.
+            assert_eq!(DEFAULT_KEEP_ALIVE, Duration::ZERO);
             let scraper = Scraper::default()
+                .with_keep_alive(Duration::from_secs(90))
                 .with_ca(Some(ca.scrape_ca()))
-                .with_keep_alive(Duration::ZERO);
+                .with_keep_alive(DEFAULT_KEEP_ALIVE);
             for _ in 0..3 {
                 let usage = scraper
                     .scrape(&https(address, TlsConfig::default()), &otel())
