@@ -28,7 +28,9 @@
 //!
 //! Run: `cargo bench --bench scale`
 //! Options: `--pods 10000 --namespaces 100 --per-deployment 10 --interval 30s --window 120
-//! --keep-alive 90s` (the operator's `--scrape-keep-alive`, default its own);
+//! --keep-alive 90s --source scrape` (`--keep-alive`: the operator's `--scrape-keep-alive`,
+//! default its own; `--source prometheus`: the bindings read a stand-in Prometheus,
+//! `benches/support/prometheus.rs`, that answers for every pod from counters of its own);
 //! `--pods 1000 --namespaces 10` for the 1,000-pod figure.
 
 use std::{
@@ -49,6 +51,8 @@ use tokenbudget::api::{BudgetBinding, TokenBudget};
 mod agents;
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/prometheus.rs"]
+mod standin;
 
 use common::{Operator, TestNamespace, binding, budget, create, deployment, run_pod, total_of};
 
@@ -64,6 +68,9 @@ struct Options {
     window: Duration,
     /// The operator's `--scrape-keep-alive`; `None`: its default.
     keep_alive: Option<String>,
+    /// The bindings read a stand-in Prometheus (`metrics.source: Prometheus`) instead of
+    /// scraping the agents.
+    prometheus: bool,
 }
 
 fn parse_args() -> Options {
@@ -74,6 +81,7 @@ fn parse_args() -> Options {
         interval: "30s".into(),
         window: Duration::from_secs(120),
         keep_alive: None,
+        prometheus: false,
     };
     let mut args = std::env::args().skip(1);
     let number = |flag: &str, value: Option<String>| -> usize {
@@ -91,8 +99,15 @@ fn parse_args() -> Options {
             "--interval" => options.interval = args.next().expect("--interval needs a duration"),
             "--window" => options.window = Duration::from_secs(number("--window", args.next()) as u64),
             "--keep-alive" => options.keep_alive = Some(args.next().expect("--keep-alive needs a duration")),
+            "--source" => {
+                options.prometheus = match args.next().as_deref() {
+                    Some("scrape") => false,
+                    Some("prometheus") => true,
+                    _ => panic!("--source scrape|prometheus"),
+                }
+            }
             other => panic!(
-                "unknown argument {other:?}; options: --pods N --namespaces N --per-deployment N --interval 30s --window SECONDS --keep-alive 90s"
+                "unknown argument {other:?}; options: --pods N --namespaces N --per-deployment N --interval 30s --window SECONDS --keep-alive 90s --source scrape|prometheus"
             ),
         }
     }
@@ -125,7 +140,13 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(bench(&options, &spending));
+    // The stand-in Prometheus, beside the agents, when the bindings read it.
+    let prometheus = options.prometheus.then(|| {
+        server
+            .block_on(standin::listen(spending.clone()))
+            .expect("the stand-in Prometheus listens")
+    });
+    runtime.block_on(bench(&options, &spending, prometheus));
     drop(server);
 }
 
@@ -164,7 +185,7 @@ struct Window {
     peak_mib: f64,
 }
 
-async fn bench(options: &Options, spending: &agents::Spending) {
+async fn bench(options: &Options, spending: &agents::Spending, prometheus: Option<std::net::SocketAddr>) {
     let started = Instant::now();
     let client = common::client().await;
     common::ensure_crds(&client).await;
@@ -178,6 +199,9 @@ async fn bench(options: &Options, spending: &agents::Spending) {
         options.interval,
         options.keep_alive.as_deref().unwrap_or("the operator's default")
     );
+    if prometheus.is_some() {
+        println!("the bindings read a stand-in Prometheus (metrics.source: Prometheus), not the agents");
+    }
     let mut namespaces = Vec::new();
     for _ in 0..options.namespaces {
         namespaces.push(TestNamespace::new(&client, "scale").await);
@@ -193,11 +217,15 @@ async fn bench(options: &Options, spending: &agents::Spending) {
     run_agents(&client, &pods).await;
     println!("every pod Running with its agent after {:.0?}", started.elapsed());
 
-    let keep_alive: Vec<&str> = match &options.keep_alive {
-        Some(idle) => vec!["--scrape-keep-alive", idle],
-        None => vec![],
-    };
-    let operator = Operator::spawn(&keep_alive, "scale", &[("RUST_LOG", "info")]);
+    let mut args: Vec<String> = Vec::new();
+    if let Some(idle) = &options.keep_alive {
+        args.extend(["--scrape-keep-alive".into(), idle.clone()]);
+    }
+    if let Some(address) = prometheus {
+        args.extend(["--prometheus-url".into(), format!("http://{address}")]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let operator = Operator::spawn(&args, "scale", &[("RUST_LOG", "info")]);
     let process = Process(operator.child.id());
     operator.wait_ready().await;
     // Its pod and workload caches too: the metric says when every watch has listed.
@@ -221,6 +249,7 @@ async fn bench(options: &Options, spending: &agents::Spending) {
                     .port(AGENT_PORT.into())
                     .interval(&interval)
                     .timeout("5s");
+                let bb = if prometheus.is_some() { bb.via_prometheus() } else { bb };
                 create(&api, bb).await;
             }
         })

@@ -253,7 +253,7 @@ pub fn serve(endpoints: usize) {
             }
         }
         for listener in listeners {
-            tokio::spawn(accept(listener, body.clone(), None));
+            tokio::spawn(accept(listener, body.clone(), |_| Some(None)));
         }
         println!("ready");
         let _ = std::io::stdout().flush();
@@ -298,7 +298,8 @@ impl Spender {
 }
 
 /// Serves `endpoints` endpoints (`address(i)`, `port`) on the current tokio runtime, spending
-/// as `spending` says; returns once they listen. One socket, on every address, serves them all, each connection as the endpoint it was made to: a listener per endpoint would take
+/// as `spending` says; returns once they listen. One socket, on every address, serves them
+/// all, each connection as the endpoint it was made to: a listener per endpoint would take
 /// 10,000 of the process's open files besides the 10,000 connections.
 pub async fn listen(endpoints: usize, port: u16, spending: Arc<Spending>) -> std::io::Result<()> {
     assert!(
@@ -317,26 +318,13 @@ pub async fn listen(endpoints: usize, port: u16, spending: Arc<Spending>) -> std
             .collect(),
     );
     let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))).await?;
-    tokio::spawn(async move {
-        loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    eprintln!("agents: accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            // The endpoint is the address the connection was made to; any other is refused.
-            let Some(spender) = stream.local_addr().ok().and_then(|a| match a.ip() {
-                std::net::IpAddr::V4(ip) => index(ip).and_then(|i| spenders.get(i).cloned()),
-                _ => None,
-            }) else {
-                continue;
-            };
-            tokio::spawn(serve_connection(stream, body.clone(), Some(spender)));
+    // The endpoint is the address the connection was made to; any other is refused.
+    tokio::spawn(accept(listener, body, move |stream| {
+        match stream.local_addr().ok()?.ip() {
+            std::net::IpAddr::V4(ip) => index(ip).and_then(|i| spenders.get(i).cloned()).map(Some),
+            _ => None,
         }
-    });
+    }));
     Ok(())
 }
 
@@ -346,17 +334,25 @@ fn index(ip: Ipv4Addr) -> Option<usize> {
     ((a, b) == (127, 42) && (1..=250).contains(&d)).then(|| c as usize * 250 + d as usize - 1)
 }
 
-async fn accept(listener: TcpListener, body: Bytes, spender: Option<Arc<Spender>>) {
+/// Serves each connection `listener` accepts as `endpoint` says: `None` refuses it, `Some`
+/// serves it, spending with the spender it holds, if any.
+async fn accept(
+    listener: TcpListener,
+    body: Bytes,
+    endpoint: impl Fn(&tokio::net::TcpStream) -> Option<Option<Arc<Spender>>> + Send + 'static,
+) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
-                eprintln!("scrape_cycle server: accept: {e}");
+                eprintln!("agents: accept: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        tokio::spawn(serve_connection(stream, body.clone(), spender.clone()));
+        if let Some(spender) = endpoint(&stream) {
+            tokio::spawn(serve_connection(stream, body.clone(), spender));
+        }
     }
 }
 
