@@ -15,7 +15,7 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, ReplicaSet, StatefulSet},
         batch::v1::{CronJob, Job},
-        core::v1::{Container, ContainerPort, ContainerStatus, Pod, PodSpec, PodStatus},
+        core::v1::{Container, ContainerPort, ContainerState, ContainerStatus, Pod, PodSpec, PodStatus},
     },
     apimachinery::pkg::{
         apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference},
@@ -393,47 +393,49 @@ impl Slim for CronJob {
 
 impl Slim for Pod {
     /// Metadata (no managedFields), the containers' names and ports, and the phase, IP, start
-    /// time and containers' restart counts.
+    /// time and containers' restart counts and running start times.
     fn slim(&mut self) {
-        slim_pod(self);
-    }
-}
-
-fn slim_pod(pod: &mut Pod) {
-    pod.metadata.managed_fields = None;
-    if let Some(spec) = pod.spec.take() {
-        let containers = spec
-            .containers
-            .into_iter()
-            .map(|c| Container {
-                name: c.name,
-                ports: c.ports,
-                ..Default::default()
-            })
-            .collect();
-        pod.spec = Some(PodSpec {
-            containers,
-            ..Default::default()
-        });
-    }
-    if let Some(status) = pod.status.take() {
-        let container_statuses = status.container_statuses.map(|statuses| {
-            statuses
+        let pod = self;
+        pod.metadata.managed_fields = None;
+        if let Some(spec) = pod.spec.take() {
+            let containers = spec
+                .containers
                 .into_iter()
-                .map(|c| ContainerStatus {
+                .map(|c| Container {
                     name: c.name,
-                    restart_count: c.restart_count,
+                    ports: c.ports,
                     ..Default::default()
                 })
-                .collect()
-        });
-        pod.status = Some(PodStatus {
-            phase: status.phase,
-            pod_ip: status.pod_ip,
-            start_time: status.start_time,
-            container_statuses,
-            ..Default::default()
-        });
+                .collect();
+            pod.spec = Some(PodSpec {
+                containers,
+                ..Default::default()
+            });
+        }
+        if let Some(status) = pod.status.take() {
+            let container_statuses = status.container_statuses.map(|statuses| {
+                statuses
+                    .into_iter()
+                    .map(|c| ContainerStatus {
+                        name: c.name,
+                        restart_count: c.restart_count,
+                        // `running.startedAt`: when a restart began ([`container_started`]).
+                        state: c.state.and_then(|s| s.running).map(|running| ContainerState {
+                            running: Some(running),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+                    .collect()
+            });
+            pod.status = Some(PodStatus {
+                phase: status.phase,
+                pod_ip: status.pod_ip,
+                start_time: status.start_time,
+                container_statuses,
+                ..Default::default()
+            });
+        }
     }
 }
 
@@ -734,6 +736,12 @@ status:
         assert_eq!(container, Some("agent"));
         assert_eq!(restarts(&slim_pod, container), 3);
         assert_eq!(restarts(&slim_pod, None), restarts(&whole, None));
+        // A late-reported restart is told by it (usage::ledger): dropping it counted twice.
+        assert_eq!(
+            container_started(&slim_pod, container),
+            container_started(&whole, container)
+        );
+        assert!(container_started(&slim_pod, container).is_some());
         assert_eq!(slim_pod.metadata.managed_fields, None);
         assert_eq!(
             (
