@@ -425,16 +425,27 @@ impl Scraper {
             )
             .body(Full::default())
             .map_err(|e| ScrapeError::Target(e.to_string()))?;
-        let response: ResponseFuture = match https {
-            Some(client) => client.request(request),
-            None => self.http.request(request),
-        };
-        let response = response.await.map_err(|e| match https {
-            Some(_) => https_error(&e, self.https.ca.as_ref()),
-            None => ScrapeError::Connect(error_chain(&e)),
-        })?;
+        let response = send(&self.http, https, self.https.ca.as_ref(), request).await?;
         read_body(response, self.max_body_bytes, sink).await
     }
+}
+
+/// Sends `request` over `https` when it is given, else over `http`; a failure says whether
+/// connecting or the TLS handshake (verified against `ca`) failed.
+async fn send(
+    http: &Client<HttpConnector, Full<Bytes>>,
+    https: Option<&HttpsClient>,
+    ca: Option<&ScrapeCa>,
+    request: Request<Full<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, ScrapeError> {
+    let response: ResponseFuture = match https {
+        Some(client) => client.request(request),
+        None => http.request(request),
+    };
+    response.await.map_err(|e| match https {
+        Some(_) => https_error(&e, ca),
+        None => ScrapeError::Connect(error_chain(&e)),
+    })
 }
 
 /// Reads a successful response's body piece by piece into `sink`, failing past `limit` bytes.
@@ -503,14 +514,7 @@ impl ServerClient {
             }
         };
         let exchange = async {
-            let response = match &https {
-                Some(client) => client.request(request),
-                None => self.http.request(request),
-            };
-            let response = response.await.map_err(|e| match https {
-                Some(_) => https_error(&e, self.https.ca.as_ref()),
-                None => ScrapeError::Connect(error_chain(&e)),
-            })?;
+            let response = send(&self.http, https.as_ref(), self.https.ca.as_ref(), request).await?;
             let mut body = Vec::new();
             read_body(response, self.max_body_bytes, |piece| {
                 body.extend_from_slice(piece);
