@@ -50,6 +50,10 @@ use tokenbudget::{
 };
 use tokio::net::TcpListener;
 
+#[path = "support/procfs.rs"]
+mod procfs;
+use procfs::clock_ticks;
+
 const SCRAPE_INTERVAL_S: f64 = 15.0;
 const MODELS: [&str; 2] = ["gpt-4o-mini", "claude-sonnet"];
 
@@ -200,31 +204,14 @@ fn serve(options: &Options) {
 // The measuring process
 // ---------------------------------------------------------------------------------------------
 
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
 /// (user + system) CPU time of this process so far, in clock ticks.
 fn cpu_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
-    let rest = &stat[stat.rfind(')').expect("a command name") + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+    let (user, system) = procfs::cpu_ticks("self").expect("/proc/self/stat");
+    user + system
 }
 
 fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+    procfs::status_mib("self", "VmHWM")
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {

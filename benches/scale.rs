@@ -51,6 +51,8 @@ use tokenbudget::api::{BudgetBinding, TokenBudget};
 mod agents;
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/procfs.rs"]
+mod procfs;
 #[path = "support/prometheus.rs"]
 mod standin;
 
@@ -156,22 +158,12 @@ struct Process(u32);
 impl Process {
     /// CPU seconds used so far (user + system).
     fn cpu_s(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0)).expect("/proc/PID/stat");
-        // After the command name in parentheses: state is field 3, utime 14, stime 15.
-        let fields: Vec<&str> = stat.rsplit_once(')').expect("comm").1.split_whitespace().collect();
-        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-        ticks / 100.0
+        procfs::cpu_s(&self.0.to_string()).expect("/proc/PID/stat")
     }
 
     /// A `/proc/PID/status` line in MiB (`VmRSS`, `VmHWM`).
     fn mib(&self, key: &str) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0)).expect("/proc/PID/status");
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-            .expect("the key in /proc/PID/status");
-        kib / 1024.0
+        procfs::status_mib(&self.0.to_string(), key)
     }
 }
 

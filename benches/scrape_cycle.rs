@@ -63,6 +63,14 @@ use tokenbudget::{
 #[path = "support/agents.rs"]
 mod agents;
 use agents::{PORT, address, exit_with_parent, exposition, sample_count, serve};
+#[path = "support/procfs.rs"]
+mod procfs;
+use procfs::{clock_ticks, status_mib};
+
+/// (user, system) CPU time of this process so far, in clock ticks.
+fn cpu_ticks() -> (u64, u64) {
+    procfs::cpu_ticks("self").expect("/proc/self/stat")
+}
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -148,39 +156,6 @@ fn main() {
 // The measuring process
 // ---------------------------------------------------------------------------------------------
 
-/// Clock ticks per second of `/proc/self/stat` (`getconf CLK_TCK`, 100 on Linux).
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// (user, system) CPU time of this process so far, in clock ticks.
-fn cpu_ticks() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
-    // The command name (field 2) is in parentheses and may hold spaces: count after its end.
-    let rest = &stat[stat.rfind(')').expect("a command name") + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    // Fields 14 and 15 of the whole line are utime and stime; `rest` starts at field 3.
-    let field = |n: usize| fields[n - 3].parse::<u64>().expect("a tick count");
-    (field(14), field(15))
-}
-
-/// A `kB` line of `/proc/self/status` (VmRSS, VmHWM), in MiB.
-fn status_mib(key: &str) -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("{key} in /proc/self/status"));
-    kib / 1024.0
-}
-
 /// The targets whose result is an error or fails `ok`: (url, what went wrong).
 fn wrong<'a, T>(
     targets: &'a [Target],
@@ -236,7 +211,7 @@ fn measure(options: &Options, concurrency: usize) {
         .expect("tokio runtime");
     runtime.block_on(async {
         let cluster = Cluster::new(options.endpoints);
-        let rss_before = status_mib("VmRSS");
+        let rss_before = status_mib("self", "VmRSS");
         // Every pod is in one namespace: its share is every slot, so that `concurrency` scrapes
         // are in flight (the operator's default share is a quarter).
         // Connections kept alive (the operator's --scrape-keep-alive 90s), as measured before
@@ -274,7 +249,7 @@ fn measure(options: &Options, concurrency: usize) {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
-        let rss_cold = status_mib("VmRSS");
+        let rss_cold = status_mib("self", "VmRSS");
         for _ in 0..options.warmup {
             let wrong = cluster.cycle(&scraper, &metrics, &mut account, is_expected).await;
             if !wrong.is_empty() {
@@ -298,8 +273,8 @@ fn measure(options: &Options, concurrency: usize) {
                 fail("measured cycle", &wrong);
             }
         }
-        let peak = status_mib("VmHWM");
-        let rss_end = status_mib("VmRSS");
+        let peak = status_mib("self", "VmHWM");
+        let rss_end = status_mib("self", "VmRSS");
 
         // Fetching alone: each body dropped as soon as it is read, as `scrape` does after parsing.
         let mut fetches = Vec::with_capacity(options.cycles);
@@ -522,12 +497,7 @@ fn coordinate(options: &Options) {
     let mut stdout: BufReader<ChildStdout> = BufReader::new(server.0.stdout.take().expect("piped"));
     let _ = stdout.read_line(&mut ready);
     assert_eq!(ready.trim(), "ready", "the server did not start (see its error above)");
-    let server_cpu = |pid: u32| -> Option<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let f: Vec<&str> = rest.split(' ').collect();
-        Some((f[11].parse::<u64>().ok()? + f[12].parse::<u64>().ok()?) as f64 / clock_ticks())
-    };
+    let server_cpu = |pid: u32| procfs::cpu_s(&pid.to_string());
 
     let mut load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     load.truncate(load.trim_end().len());

@@ -143,7 +143,8 @@ async fn release_restores_every_workload_keeps_the_budgets_and_lets_the_crds_go(
     // scales the stand-in Deployment `operator` to 0 and waits for its pods.
     drop(a.operator.take());
     pods_of(&a.pods, "operator", 1).await;
-    let (ok, log) = release(&[
+    // The chart's hook for namespace `a`: its operator is the Deployment `operator` there.
+    let release_a = [
         "--namespace",
         &a.ns.name,
         "--operator-deployment",
@@ -152,8 +153,8 @@ async fn release_restores_every_workload_keeps_the_budgets_and_lets_the_crds_go(
         &a.ns.name,
         "--timeout",
         "60",
-    ])
-    .await;
+    ];
+    let (ok, log) = release(&release_a).await;
     assert!(ok, "release failed:\n{log}");
     assert!(log.contains("the operator is stopped"), "{log}");
 
@@ -224,17 +225,7 @@ async fn release_restores_every_workload_keeps_the_budgets_and_lets_the_crds_go(
 
     // Uninstalled twice (the hook runs again after a failure): nothing left to do, nothing
     // changes.
-    let (ok, log) = release(&[
-        "--namespace",
-        &a.ns.name,
-        "--operator-deployment",
-        "operator",
-        "--operator-namespace",
-        &a.ns.name,
-        "--timeout",
-        "60",
-    ])
-    .await;
+    let (ok, log) = release(&release_a).await;
     assert!(ok, "a second release failed:\n{log}");
     assert!(log.contains("budgets=0"), "{log}");
     let summarizer = a.deployments.get("summarizer").await.unwrap();
