@@ -696,12 +696,25 @@ async fn a_terminating_pod_is_scraped_once_more_at_once() {
         .patch(pod, &PatchParams::default(), &Patch::Merge(&hold))
         .await
         .unwrap();
-    // Touch the binding's spec so the budget reconciles now and sees the running pod.
-    let touch = serde_json::json!({"spec": {"metrics": {"timeout": "2s"}}});
-    bindings
-        .patch("bb", &PatchParams::default(), &Patch::Merge(&touch))
-        .await
-        .unwrap();
+    // Touch the binding's spec so the budget reconciles now and sees the running pod. The pod
+    // and binding watches are separate: that cycle may find the pod still Pending in the
+    // operator's cache, and the next one is 10 minutes away. So touch again (another timeout:
+    // a new generation) until the binding reports its pod scraped.
+    for seconds in 2.. {
+        assert!(seconds <= 10, "the pod was never scraped after 9 touches");
+        let touch = serde_json::json!({"spec": {"metrics": {"timeout": format!("{seconds}s")}}});
+        bindings
+            .patch("bb", &PatchParams::default(), &Patch::Merge(&touch))
+            .await
+            .unwrap();
+        let scraped = wait_scraped(&s.bindings, "bb", 1);
+        if tokio::time::timeout(std::time::Duration::from_secs(5), scraped)
+            .await
+            .is_ok()
+        {
+            break;
+        }
+    }
     s.wait_used("b", 5).await;
 
     agent.spend("gpt-4o-mini", 20, 0);
