@@ -300,6 +300,13 @@ pub struct TokenBudgetStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workloads: Vec<WorkloadUsage>,
 
+    /// The periods that have ended, newest first, at most [`HISTORY_LIMIT`]: what each cost,
+    /// on which models and workloads. Each is written once, in the status write that starts
+    /// the next period. What chargeback reads (`kubectl tokenbudget report`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["periodStart"]))]
+    pub history: Vec<PeriodSummary>,
+
     /// What the operator currently enforces on which workload.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub enforced: Vec<EnforcedWorkload>,
@@ -372,6 +379,37 @@ pub struct WorkloadUsage {
     pub kind: WorkloadKind,
     pub name: String,
     pub tokens: i64,
+    /// Cost in `currency`, as a decimal string; absent without pricing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<String>,
+}
+
+/// How many ended periods a budget's status keeps in `history`.
+pub const HISTORY_LIMIT: usize = 12;
+
+/// How many models and workloads each entry of `history` lists.
+pub const HISTORY_TOP: usize = 10;
+
+/// One period that has ended, for chargeback. The models and workloads listed are the
+/// largest (by cost, then tokens), at most [`HISTORY_TOP`] each; what the others spent is
+/// `used` minus the listed ones, so totals always add up.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeriodSummary {
+    /// When the period started (RFC 3339, in the budget's time zone).
+    pub period_start: String,
+    /// When it ended: the next period's start (RFC 3339).
+    pub period_end: String,
+    /// Everything the period used, and its cost.
+    pub used: UsedTokens,
+    /// The currency of the costs, as the budget said when the period ended.
+    pub currency: String,
+    /// The largest models.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelUsage>,
+    /// The largest workloads.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<WorkloadUsage>,
 }
 
 /// The budget's ResourceQuota: its limits now (with `pods: "0"` while frozen) and what the

@@ -387,6 +387,7 @@ pub fn usage_status(
             kind,
             name: name.to_string(),
             tokens: to_i64(tokens),
+            cost: None,
         })
         .collect();
     let mut conditions = standing.conditions().to_vec();
