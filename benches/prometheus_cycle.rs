@@ -1,6 +1,6 @@
 //! One accounting cycle of a binding that reads Prometheus (`metrics.source: Prometheus`),
 //! end to end over loopback TCP: the operator's own code as a budget's reconcile runs it, the
-//! plan (`usage::cycle::plan` over a snapshot of N pods of one Deployment), the query and the
+//! plan (`usage::cycle::plan` over a namespace of N pods of one Deployment), the query and the
 //! reading of its answer (`controller::prometheus::answers`: one POST, the JSON answer, one
 //! `cycle::Answer` per pod) and the fold into the budget's account (`usage::cycle::fold`).
 //! The counterpart of `benches/scrape_cycle.rs`, which scrapes the same number of pods.
@@ -46,7 +46,7 @@ use tokenbudget::{
         scrape::Scraper,
     },
     validate::{self, ValidBinding},
-    workloads::Snapshot,
+    workloads::{Lists, Namespace},
 };
 use tokio::net::TcpListener;
 
@@ -220,7 +220,7 @@ fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
 
 /// One Deployment whose ReplicaSet owns `pods` running pods, and one binding that reads them
 /// from Prometheus.
-fn cluster(pods: usize) -> (Snapshot, ValidBinding) {
+fn cluster(pods: usize) -> (Namespace, ValidBinding) {
     let owned_by = |kind: &str, uid: &str| serde_json::json!([{"apiVersion": "apps/v1", "kind": kind, "name": "agent", "uid": uid, "controller": true}]);
     let deployment: Deployment = from_json(serde_json::json!({
         "metadata": {"name": "agent", "namespace": "bench", "uid": "deployment"},
@@ -248,20 +248,21 @@ fn cluster(pods: usize) -> (Snapshot, ValidBinding) {
         "workloads": [{"kind": "Deployment", "name": "agent"}],
         "metrics": {"source": "Prometheus", "port": "metrics", "timeout": "10s"},
     }));
-    let snapshot = Snapshot {
+    let objects = Lists {
         deployments: vec![Arc::new(deployment)],
         replica_sets: vec![Arc::new(replica_set)],
         pods,
         ..Default::default()
-    };
-    (snapshot, validate::binding(&spec).expect("a valid binding"))
+    }
+    .namespace("bench");
+    (objects, validate::binding(&spec).expect("a valid binding"))
 }
 
 /// One cycle of the operator's code: plan, query, fold. Every pod must answer its 4 counters.
 async fn one_cycle(
     account: &mut Account,
     bindings: &[Binding<'_>],
-    snapshot: &Snapshot,
+    objects: &Namespace,
     client: &Prometheus,
     scraper: &Scraper,
     metrics: &Metrics,
@@ -271,7 +272,7 @@ async fn one_cycle(
         now,
         budget_created: "2026-01-01T00:00:00Z".parse().unwrap(),
     };
-    let plan = cycle::plan(bindings, snapshot, account.ledger().bound(), times);
+    let plan = cycle::plan(bindings, objects, account.ledger().bound(), times);
     let answers = prometheus::answers(scraper, Some(client), metrics, bindings, &plan.scrapes, "bench", now).await;
     let bad = answers
         .results
@@ -282,7 +283,7 @@ async fn one_cycle(
         bad,
         0,
         "{bad} of {} pods without their 4 counters; the first answer: {:?}",
-        snapshot.pods.len(),
+        answers.results.len(),
         answers.results.first()
     );
     cycle::fold(account, bindings, plan, answers, None, now, cycle::Freshness::Current);
@@ -314,7 +315,7 @@ fn measure(options: &Options) {
         .expect("tokio runtime");
     let body_len = answer(options, 0.0, 0).len();
     runtime.block_on(async {
-        let (snapshot, spec) = cluster(options.pods);
+        let (objects, spec) = cluster(options.pods);
         let config = PrometheusConfig {
             url: format!("http://{address}"),
             bearer_token_file: None,
@@ -332,14 +333,14 @@ fn measure(options: &Options) {
             spec: &spec,
         }];
         for _ in 0..=options.warmup {
-            one_cycle(&mut account, &bindings, &snapshot, &client, &scraper, &metrics).await;
+            one_cycle(&mut account, &bindings, &objects, &client, &scraper, &metrics).await;
         }
         let before = account.ledger().tokens(TokenType::Input);
         let mut walls = Vec::new();
         let mut cpus = Vec::new();
         for _ in 0..options.cycles {
             let (c0, start) = (cpu_ticks(), Instant::now());
-            one_cycle(&mut account, &bindings, &snapshot, &client, &scraper, &metrics).await;
+            one_cycle(&mut account, &bindings, &objects, &client, &scraper, &metrics).await;
             walls.push(start.elapsed().as_secs_f64() * 1e3);
             cpus.push((cpu_ticks() - c0) as f64 / ticks);
             // Prometheus's next sample is a few milliseconds newer at least.

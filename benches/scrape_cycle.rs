@@ -2,7 +2,7 @@
 //! each serving the same ~35 KB exposition of ~210 samples (the OpenTelemetry GenAI token
 //! histogram of 2 models, HTTP server duration histograms, process and runtime metrics). A
 //! measured cycle is the operator's own code, as a budget's reconcile runs it: the plan
-//! (`usage::cycle::plan`, resolving a binding over a snapshot of 1,000 pods of one Deployment),
+//! (`usage::cycle::plan`, resolving a binding over a namespace of 1,000 pods of one Deployment),
 //! the scrapes (`controller::scrapes::scrape`: every target at once, the scraper's semaphore
 //! capping concurrency, each scrape timed in the operator's metrics) and the fold into the
 //! budget's account (`usage::cycle::fold`).
@@ -57,7 +57,7 @@ use tokenbudget::{
         scrape::{ScrapeError, Scraper, Target},
     },
     validate::{self, ValidBinding},
-    workloads::Snapshot,
+    workloads::{Lists, Namespace},
 };
 
 #[path = "support/agents.rs"]
@@ -225,7 +225,7 @@ fn measure(options: &Options, concurrency: usize) {
         let is_expected = |u: &Usage| *u == expected;
         let targets: Vec<Target> = cycle::plan(
             &cluster.bindings(),
-            &cluster.snapshot,
+            &cluster.objects,
             account.ledger().bound(),
             cluster.times(),
         )
@@ -360,7 +360,7 @@ fn measure(options: &Options, concurrency: usize) {
 /// What the operator's stores would hold: one Deployment whose ReplicaSet owns one running
 /// pod per endpoint (its IP the endpoint's address), and one binding naming the Deployment.
 struct Cluster {
-    snapshot: Snapshot,
+    objects: Namespace,
     binding: ValidBinding,
     now: Timestamp,
 }
@@ -399,12 +399,13 @@ impl Cluster {
             "metrics": {"port": "metrics", "timeout": format!("{}s", TIMEOUT.as_secs())},
         }));
         Self {
-            snapshot: Snapshot {
+            objects: Lists {
                 deployments: vec![Arc::new(deployment)],
                 replica_sets: vec![Arc::new(replica_set)],
                 pods,
                 ..Default::default()
-            },
+            }
+            .namespace("bench"),
             binding: validate::binding(&spec).expect("a valid binding"),
             now: "2026-11-30T12:00:00Z".parse().expect("a timestamp"),
         }
@@ -435,7 +436,7 @@ impl Cluster {
         ok: impl Fn(&Usage) -> bool,
     ) -> Vec<(String, String)> {
         let bindings = self.bindings();
-        let plan = cycle::plan(&bindings, &self.snapshot, account.ledger().bound(), self.times());
+        let plan = cycle::plan(&bindings, &self.objects, account.ledger().bound(), self.times());
         let answers = scrapes::scrape(scraper, metrics, &plan.scrapes, self.now).await;
         let targets: Vec<Target> = plan.scrapes.iter().map(|s| s.target.clone()).collect();
         let ok = |answer: &cycle::Answer| matches!(answer, cycle::Answer::Scraped(usage) if ok(usage));

@@ -1,15 +1,12 @@
-//! Which pods a binding charges to its budget, and where to scrape them. Pure: it reads
-//! snapshots of the reflector stores (or fixtures in tests), never the API.
+//! Which pods a binding charges to its budget, and where to scrape them. Pure: it reads the
+//! reflector caches (filled from lists in tests), never the API.
 //!
 //! Deployments own ReplicaSets which own pods; StatefulSets and Jobs own pods; CronJobs own
 //! Jobs. Ownership is followed through controller ownerReferences by uid, so a pod is only
 //! ever charged through the workload that really controls it, never through a name or label
 //! that happens to match.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::Arc,
-};
+use std::{collections::BTreeMap, sync::Arc};
 
 use k8s_openapi::{
     api::{
@@ -26,12 +23,116 @@ use kube::{Resource, ResourceExt};
 
 use crate::{
     api::WorkloadKind,
+    cache::{self, Cache},
     validate::{Selection, WorkloadEntry},
 };
 
-/// A snapshot of the workload objects of one namespace.
+/// The caches of every kind that resolution reads, cluster-wide.
+#[derive(Clone)]
+pub struct Caches {
+    pub deployments: Cache<Deployment>,
+    pub replica_sets: Cache<ReplicaSet>,
+    pub stateful_sets: Cache<StatefulSet>,
+    pub jobs: Cache<Job>,
+    pub cron_jobs: Cache<CronJob>,
+    pub pods: Cache<Pod>,
+}
+
+/// A kind kept in [`Caches`].
+pub trait Cached: Resource + Sized {
+    fn cache(caches: &Caches) -> &Cache<Self>;
+}
+
+macro_rules! cached {
+    ($($kind:ty => $field:ident),* $(,)?) => {
+        $(impl Cached for $kind {
+            fn cache(caches: &Caches) -> &Cache<Self> {
+                &caches.$field
+            }
+        })*
+    };
+}
+
+cached!(
+    Deployment => deployments,
+    ReplicaSet => replica_sets,
+    StatefulSet => stateful_sets,
+    Job => jobs,
+    CronJob => cron_jobs,
+    Pod => pods,
+);
+
+/// The objects of one namespace, read from the caches: each read sees them as they are then,
+/// and costs what it returns, not what the namespace holds (a budget of 10 pods reads 10 pods
+/// of a namespace of 10,000). Cheap to clone.
+#[derive(Clone)]
+pub struct Namespace {
+    name: String,
+    caches: Caches,
+}
+
+impl Namespace {
+    /// Namespace `name` of `caches`.
+    pub fn new(name: &str, caches: Caches) -> Self {
+        Namespace {
+            name: name.to_string(),
+            caches,
+        }
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Every object of a kind, in no particular order.
+    pub fn all<K: Cached>(&self) -> Vec<Arc<K>> {
+        K::cache(&self.caches).namespace(&self.name)
+    }
+
+    /// The object of a kind by name.
+    pub fn get<K: Cached>(&self, name: &str) -> Option<Arc<K>> {
+        K::cache(&self.caches).get(&self.name, name)
+    }
+
+    /// The objects of a kind whose controller has this uid, by name.
+    pub fn owned_by<K: Cached>(&self, uid: &str) -> Vec<Arc<K>> {
+        K::cache(&self.caches).owned_by(&self.name, uid)
+    }
+
+    /// The metadata of workload `id`, if it exists.
+    pub fn workload_meta(&self, id: &WorkloadId) -> Option<ObjectMeta> {
+        fn meta<K: Cached>(ns: &Namespace, name: &str) -> Option<ObjectMeta> {
+            ns.get::<K>(name).map(|o| o.meta().clone())
+        }
+        match id.kind {
+            WorkloadKind::Deployment => meta::<Deployment>(self, &id.name),
+            WorkloadKind::StatefulSet => meta::<StatefulSet>(self, &id.name),
+            WorkloadKind::Job => meta::<Job>(self, &id.name),
+            WorkloadKind::CronJob => meta::<CronJob>(self, &id.name),
+        }
+    }
+
+    /// Calls `f` with the kind and metadata of every workload, without copying them.
+    pub fn each_workload(&self, mut f: impl FnMut(WorkloadKind, &ObjectMeta)) {
+        let caches = &self.caches;
+        caches
+            .deployments
+            .each(&self.name, |o| f(WorkloadKind::Deployment, &o.metadata));
+        caches
+            .stateful_sets
+            .each(&self.name, |o| f(WorkloadKind::StatefulSet, &o.metadata));
+        caches.jobs.each(&self.name, |o| f(WorkloadKind::Job, &o.metadata));
+        caches
+            .cron_jobs
+            .each(&self.name, |o| f(WorkloadKind::CronJob, &o.metadata));
+    }
+}
+
+/// Objects as plain lists, for tests and benchmarks, which have no watch: [`Lists::namespace`]
+/// puts them in caches.
 #[derive(Default, Clone)]
-pub struct Snapshot {
+pub struct Lists {
     pub deployments: Vec<Arc<Deployment>>,
     pub replica_sets: Vec<Arc<ReplicaSet>>,
     pub stateful_sets: Vec<Arc<StatefulSet>>,
@@ -40,17 +141,26 @@ pub struct Snapshot {
     pub pods: Vec<Arc<Pod>>,
 }
 
-impl Snapshot {
-    /// The metadata of every workload, with its kind.
-    pub fn workload_metas(&self) -> impl Iterator<Item = (WorkloadKind, &ObjectMeta)> {
-        (self.deployments.iter().map(|o| (WorkloadKind::Deployment, &o.metadata)))
-            .chain(
-                self.stateful_sets
-                    .iter()
-                    .map(|o| (WorkloadKind::StatefulSet, &o.metadata)),
-            )
-            .chain(self.jobs.iter().map(|o| (WorkloadKind::Job, &o.metadata)))
-            .chain(self.cron_jobs.iter().map(|o| (WorkloadKind::CronJob, &o.metadata)))
+impl Lists {
+    /// Namespace `name` of caches filled with these objects (those of other namespaces are
+    /// in the caches too, where `name` does not see them).
+    pub fn namespace(&self, name: &str) -> Namespace {
+        Namespace::new(name, self.caches())
+    }
+
+    /// Caches filled with these objects.
+    pub fn caches(&self) -> Caches {
+        fn fill<K: Resource + Clone>(objects: &[Arc<K>]) -> Cache<K> {
+            cache::filled(objects.iter().map(|o| K::clone(o)))
+        }
+        Caches {
+            deployments: fill(&self.deployments),
+            replica_sets: fill(&self.replica_sets),
+            stateful_sets: fill(&self.stateful_sets),
+            jobs: fill(&self.jobs),
+            cron_jobs: fill(&self.cron_jobs),
+            pods: fill(&self.pods),
+        }
     }
 }
 
@@ -94,68 +204,78 @@ pub struct Resolution {
 }
 
 /// Resolves a binding's workload entries to workloads and their pods; `port` is its metrics
-/// port, where each pod is scraped.
-pub fn resolve<'a>(entries: &[WorkloadEntry], port: &IntOrString, snapshot: &'a Snapshot) -> Resolution {
-    let owned = OwnerIndex::new(snapshot);
-    let mut workloads: BTreeMap<WorkloadId, Vec<&'a Arc<Pod>>> = BTreeMap::new();
-    for entry in entries {
-        let matches = |meta: &ObjectMeta| match &entry.selection {
-            Selection::Name(name) => meta.name.as_ref() == Some(name),
-            Selection::Labels(selector) => selects(selector, meta.labels.as_ref()),
-        };
-        let mut add = |name: String, pods: Vec<&'a Arc<Pod>>| {
-            workloads
-                .entry(WorkloadId { kind: entry.kind, name })
-                .or_default()
-                .extend(pods);
-        };
-        match entry.kind {
-            WorkloadKind::Deployment => {
-                for d in snapshot.deployments.iter().filter(|d| matches(d.meta())) {
-                    let pods = owned
-                        .replica_sets_of(d)
-                        .into_iter()
-                        .flat_map(|rs| owned.pods_of(rs.meta()))
-                        .collect();
-                    add(d.name_any(), pods);
-                }
-            }
-            WorkloadKind::StatefulSet => {
-                for s in snapshot.stateful_sets.iter().filter(|s| matches(s.meta())) {
-                    add(s.name_any(), owned.pods_of(s.meta()));
-                }
-            }
-            WorkloadKind::Job => {
-                for j in snapshot.jobs.iter().filter(|j| matches(j.meta())) {
-                    add(j.name_any(), owned.pods_of(j.meta()));
-                }
-            }
-            WorkloadKind::CronJob => {
-                for c in snapshot.cron_jobs.iter().filter(|c| matches(c.meta())) {
-                    let pods = owned
-                        .jobs_of(c)
-                        .into_iter()
-                        .flat_map(|j| owned.pods_of(j.meta()))
-                        .collect();
-                    add(c.name_any(), pods);
-                }
-            }
-        }
-    }
+/// port, where each pod is scraped. Three steps, each reading only what the last one found:
+/// the workloads (by name, or by selector over the namespace's workloads of that kind), then
+/// the ReplicaSets and Jobs they control, then the pods those or they control.
+pub fn resolve(entries: &[WorkloadEntry], port: &IntOrString, ns: &Namespace) -> Resolution {
+    let matched = matched(entries, ns);
     let mut pods: BTreeMap<String, BoundPod> = BTreeMap::new();
-    for (workload, workload_pods) in &workloads {
-        for pod in workload_pods {
+    for (workload, uid) in &matched {
+        for pod in pods_of(ns, workload.kind, uid) {
             pods.entry(pod.name_any()).or_insert_with(|| BoundPod {
-                pod: Arc::clone(pod),
+                endpoint: endpoint(&pod, port),
+                pod,
                 workload: workload.clone(),
-                endpoint: endpoint(pod, port),
             });
         }
     }
     Resolution {
-        workloads: workloads.into_keys().collect(),
+        workloads: matched.into_keys().collect(),
         pods: pods.into_values().collect(),
     }
+}
+
+/// The workloads that `entries` match, sorted: the first step of [`resolve`], all that a
+/// reader who does not want the pods needs.
+pub fn workloads(entries: &[WorkloadEntry], ns: &Namespace) -> Vec<WorkloadId> {
+    matched(entries, ns).into_keys().collect()
+}
+
+/// The workloads that `entries` match, with their uids.
+fn matched(entries: &[WorkloadEntry], ns: &Namespace) -> BTreeMap<WorkloadId, String> {
+    fn of<K: Cached>(entry: &WorkloadEntry, ns: &Namespace, found: &mut BTreeMap<WorkloadId, String>) {
+        let objects = match &entry.selection {
+            Selection::Name(name) => ns.get::<K>(name).into_iter().collect(),
+            Selection::Labels(selector) => {
+                let mut all = ns.all::<K>();
+                all.retain(|o| selects(selector, o.meta().labels.as_ref()));
+                all
+            }
+        };
+        for obj in objects {
+            let id = WorkloadId {
+                kind: entry.kind,
+                name: obj.name_any(),
+            };
+            found.insert(id, obj.meta().uid.clone().unwrap_or_default());
+        }
+    }
+    let mut found = BTreeMap::new();
+    for entry in entries {
+        match entry.kind {
+            WorkloadKind::Deployment => of::<Deployment>(entry, ns, &mut found),
+            WorkloadKind::StatefulSet => of::<StatefulSet>(entry, ns, &mut found),
+            WorkloadKind::Job => of::<Job>(entry, ns, &mut found),
+            WorkloadKind::CronJob => of::<CronJob>(entry, ns, &mut found),
+        }
+    }
+    found
+}
+
+/// The pods of the workload of this kind and uid: through the ReplicaSets a Deployment
+/// controls and the Jobs a CronJob controls, by controller uid at each step.
+fn pods_of(ns: &Namespace, kind: WorkloadKind, uid: &str) -> Vec<Arc<Pod>> {
+    if uid.is_empty() {
+        return Vec::new();
+    }
+    let uids =
+        |metas: &mut dyn Iterator<Item = &ObjectMeta>| -> Vec<String> { metas.filter_map(|m| m.uid.clone()).collect() };
+    let owners = match kind {
+        WorkloadKind::Deployment => uids(&mut ns.owned_by::<ReplicaSet>(uid).iter().map(|rs| &rs.metadata)),
+        WorkloadKind::CronJob => uids(&mut ns.owned_by::<Job>(uid).iter().map(|j| &j.metadata)),
+        WorkloadKind::StatefulSet | WorkloadKind::Job => vec![uid.to_string()],
+    };
+    owners.iter().flat_map(|owner| ns.owned_by::<Pod>(owner)).collect()
 }
 
 /// The IP and port to scrape a pod at.
@@ -235,15 +355,19 @@ pub fn controlling_cron_job(meta: &ObjectMeta) -> Option<&OwnerReference> {
         .filter(|o| o.kind == "CronJob")
 }
 
-/// The Jobs of `snapshot` that `cron_job` controls: their controller ownerReference names it,
-/// by kind, name and uid. The snapshot is one namespace, the CronJob's: a Job elsewhere is never
-/// one of its runs, whatever its ownerReferences say.
-pub fn runs_of<'a>(snapshot: &'a Snapshot, cron_job: &'a ObjectMeta) -> impl Iterator<Item = &'a Arc<Job>> + 'a {
-    snapshot.jobs.iter().filter(move |job| {
-        job.metadata.namespace == cron_job.namespace
-            && controlling_cron_job(&job.metadata)
-                .is_some_and(|o| Some(&o.uid) == cron_job.uid.as_ref() && Some(&o.name) == cron_job.name.as_ref())
-    })
+/// The Jobs of `ns` that `cron_job` controls: their controller ownerReference names it, by
+/// kind, name and uid. `ns` is the CronJob's namespace: a Job elsewhere is never one of its
+/// runs, whatever its ownerReferences say.
+pub fn runs_of(ns: &Namespace, cron_job: &ObjectMeta) -> Vec<Arc<Job>> {
+    let (Some(uid), Some(name)) = (cron_job.uid.as_deref(), cron_job.name.as_deref()) else {
+        return Vec::new();
+    };
+    if cron_job.namespace.as_deref() != Some(ns.name()) {
+        return Vec::new();
+    }
+    let mut runs = ns.owned_by::<Job>(uid);
+    runs.retain(|job| controlling_cron_job(&job.metadata).is_some_and(|o| o.uid == uid && o.name == name));
+    runs
 }
 
 /// Whether a Job has finished: its `Complete` or `Failed` condition is true. A finished Job
@@ -279,61 +403,6 @@ pub fn selects(selector: &LabelSelector, labels: Option<&BTreeMap<String, String
                 _ => false,
             }
         })
-}
-
-/// Objects by the uid of their controlling owner.
-struct OwnerIndex<'a> {
-    pods: HashMap<&'a str, Vec<&'a Arc<Pod>>>,
-    replica_sets: HashMap<&'a str, Vec<&'a Arc<ReplicaSet>>>,
-    jobs: HashMap<&'a str, Vec<&'a Arc<Job>>>,
-}
-
-impl<'a> OwnerIndex<'a> {
-    fn new(snapshot: &'a Snapshot) -> Self {
-        fn index<K: Resource>(objects: &[Arc<K>]) -> HashMap<&str, Vec<&Arc<K>>> {
-            let mut map: HashMap<&str, Vec<&Arc<K>>> = HashMap::new();
-            for obj in objects {
-                let controller = obj
-                    .meta()
-                    .owner_references
-                    .iter()
-                    .flatten()
-                    .find(|o| o.controller == Some(true));
-                if let Some(owner) = controller {
-                    map.entry(owner.uid.as_str()).or_default().push(obj);
-                }
-            }
-            map
-        }
-        Self {
-            pods: index(&snapshot.pods),
-            replica_sets: index(&snapshot.replica_sets),
-            jobs: index(&snapshot.jobs),
-        }
-    }
-
-    fn pods_of(&self, owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Vec<&'a Arc<Pod>> {
-        owner
-            .uid
-            .as_deref()
-            .and_then(|uid| self.pods.get(uid))
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    fn replica_sets_of(&self, d: &Deployment) -> Vec<&'a Arc<ReplicaSet>> {
-        d.uid()
-            .and_then(|uid| self.replica_sets.get(uid.as_str()))
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    fn jobs_of(&self, c: &CronJob) -> Vec<&'a Arc<Job>> {
-        c.uid()
-            .and_then(|uid| self.jobs.get(uid.as_str()))
-            .cloned()
-            .unwrap_or_default()
-    }
 }
 
 /// What the operator keeps of an object in its caches: what this module, accounting and
@@ -468,8 +537,14 @@ pub(crate) mod fixtures {
         ))
     }
 
-    pub fn snapshot() -> Snapshot {
-        Snapshot {
+    /// The fixture's namespace.
+    pub fn objects() -> Namespace {
+        lists().namespace("agents")
+    }
+
+    /// The fixture's objects, to change before [`Lists::namespace`] puts them in caches.
+    pub fn lists() -> Lists {
+        Lists {
             deployments: vec![
                 load("metadata: {name: summarizer, namespace: agents, uid: d1, labels: {team: research}}"),
                 load("metadata: {name: web, namespace: agents, uid: d2, labels: {team: web}}"),
@@ -505,11 +580,11 @@ pub(crate) mod fixtures {
 mod tests {
     use super::{fixtures::*, *};
 
-    /// Resolves the binding spec `yaml` over `snapshot`.
-    fn resolve_spec(yaml: &str, snapshot: &Snapshot) -> Resolution {
+    /// Resolves the binding spec `yaml` in `objects`.
+    fn resolve_spec(yaml: &str, objects: &Namespace) -> Resolution {
         let spec: crate::api::BudgetBindingSpec = serde_yaml::from_str(yaml).expect("fixture parses");
         let binding = crate::validate::binding(&spec).expect("a valid fixture");
-        resolve(&binding.workloads, &binding.endpoint.port, snapshot)
+        resolve(&binding.workloads, &binding.endpoint.port, objects)
     }
 
     fn names(r: &Resolution) -> Vec<String> {
@@ -520,7 +595,7 @@ mod tests {
     fn a_deployment_by_name_brings_the_pods_of_all_its_replica_sets() {
         let r = resolve_spec(
             "budgetRef: {name: b}\nworkloads: [{kind: Deployment, name: summarizer}]",
-            &snapshot(),
+            &objects(),
         );
         assert_eq!(
             r.workloads,
@@ -538,7 +613,7 @@ mod tests {
         let r = resolve_spec(
             "budgetRef: {name: b}\nworkloads: [{kind: Deployment, selector: {matchLabels: {team: research}}}, \
                  {kind: StatefulSet, selector: {matchExpressions: [{key: team, operator: In, values: [research]}]}}]",
-            &snapshot(),
+            &objects(),
         );
         let kinds: Vec<_> = r.workloads.iter().map(|w| (w.kind, w.name.as_str())).collect();
         assert_eq!(
@@ -557,7 +632,7 @@ mod tests {
     fn jobs_and_cron_jobs() {
         let r = resolve_spec(
             "budgetRef: {name: b}\nworkloads: [{kind: Job, name: batch}, {kind: CronJob, name: nightly}]",
-            &snapshot(),
+            &objects(),
         );
         assert_eq!(names(&r), ["batch-1", "nightly-1-a"]);
         assert_eq!(r.pods[0].endpoint, Err(Unscrapable::Finished("Succeeded".into())));
@@ -569,9 +644,36 @@ mod tests {
         let r = resolve_spec(
             "budgetRef: {name: b}\nworkloads: [{kind: Deployment, name: summarizer}, \
                  {kind: Deployment, selector: {matchLabels: {team: research}}}]",
-            &snapshot(),
+            &objects(),
         );
         assert_eq!(names(&r), ["summarizer-abc-1", "summarizer-old-1"]);
+    }
+
+    #[test]
+    fn only_the_namespaces_own_objects_are_charged_whatever_their_owner_references_say() {
+        // Another namespace's ReplicaSet and pod that name the summarizer's uids, and a pod
+        // here whose reference to its ReplicaSet is not a controller's.
+        let mut lists = lists();
+        let elsewhere = |yaml: String| yaml.replace("namespace: agents", "namespace: tenant-b");
+        lists.replica_sets.push(load(&elsewhere(owned(
+            "ReplicaSet",
+            "summarizer-abc",
+            "rs9",
+            "Deployment",
+            "d1",
+            "{}",
+        ))));
+        let mut forged = (*pod("forged", "ReplicaSet", "rs1", Some("10.9.9.9"), "Running")).clone();
+        forged.metadata.namespace = Some("tenant-b".into());
+        lists.pods.push(Arc::new(forged));
+        let mut shared = (*pod("shared", "ReplicaSet", "rs1", Some("10.0.0.7"), "Running")).clone();
+        shared.metadata.owner_references.as_mut().unwrap()[0].controller = Some(false);
+        lists.pods.push(Arc::new(shared));
+        let spec = "budgetRef: {name: b}\nworkloads: [{kind: Deployment, name: summarizer}]";
+        let here = resolve_spec(spec, &lists.namespace("agents"));
+        assert_eq!(names(&here), ["summarizer-abc-1", "summarizer-old-1"]);
+        let there = resolve_spec(spec, &lists.namespace("tenant-b"));
+        assert!(there.workloads.is_empty() && there.pods.is_empty(), "{there:?}");
     }
 
     #[test]

@@ -25,24 +25,20 @@ use kube::{
 use serde::de::DeserializeOwned;
 
 use super::{
-    cache::{self, Cache},
     state::BudgetRef,
     sync::{self, View, WatchHealth, Watches},
 };
 use crate::{
     api::BudgetBinding,
-    workloads::{self, Snapshot},
+    cache::{self, Cache},
+    workloads::{self, Caches, Namespace},
 };
 
 /// The caches accounting reads (by namespace: [`Cache`]), all of them in the operator's watch scope.
 #[derive(Clone)]
 pub struct Cluster {
-    pub pods: Cache<Pod>,
-    pub replica_sets: Cache<ReplicaSet>,
-    pub deployments: Cache<Deployment>,
-    pub stateful_sets: Cache<StatefulSet>,
-    pub jobs: Cache<Job>,
-    pub cron_jobs: Cache<CronJob>,
+    /// Pods and the workloads that own them.
+    pub caches: Caches,
     pub bindings: Store<DeserializeGuard<BudgetBinding>>,
     /// Whether each store, these and the budgets', is current.
     pub watches: Watches,
@@ -199,12 +195,14 @@ impl Cluster {
             wake(running_under_suspension(o, owner.as_deref()))
         });
         let cluster = Cluster {
-            pods: pods_reader,
-            replica_sets,
-            deployments,
-            stateful_sets,
-            jobs,
-            cron_jobs,
+            caches: Caches {
+                pods: pods_reader,
+                replica_sets,
+                deployments,
+                stateful_sets,
+                jobs,
+                cron_jobs,
+            },
             bindings,
             watches,
         };
@@ -220,16 +218,9 @@ impl Cluster {
         self.watches.view()
     }
 
-    /// The workload objects of one namespace.
-    pub fn snapshot(&self, namespace: &str) -> Snapshot {
-        Snapshot {
-            deployments: self.deployments.namespace(namespace),
-            replica_sets: self.replica_sets.namespace(namespace),
-            stateful_sets: self.stateful_sets.namespace(namespace),
-            jobs: self.jobs.namespace(namespace),
-            cron_jobs: self.cron_jobs.namespace(namespace),
-            pods: self.pods.namespace(namespace),
-        }
+    /// The pods and workloads of one namespace.
+    pub fn namespace(&self, namespace: &str) -> Namespace {
+        Namespace::new(namespace, self.caches.clone())
     }
 
     /// The readable bindings of a budget, by name.
@@ -273,22 +264,9 @@ impl Cluster {
 /// them and were healthy (no watch registered: the view is current).
 #[cfg(test)]
 impl Cluster {
-    pub(crate) fn from_stores(
-        pods: Cache<Pod>,
-        replica_sets: Cache<ReplicaSet>,
-        deployments: Cache<Deployment>,
-        stateful_sets: Cache<StatefulSet>,
-        jobs: Cache<Job>,
-        cron_jobs: Cache<CronJob>,
-        bindings: Store<DeserializeGuard<BudgetBinding>>,
-    ) -> Self {
+    pub(crate) fn from_stores(caches: Caches, bindings: Store<DeserializeGuard<BudgetBinding>>) -> Self {
         Cluster {
-            pods,
-            replica_sets,
-            deployments,
-            stateful_sets,
-            jobs,
-            cron_jobs,
+            caches,
             bindings,
             watches: Watches::default(),
         }

@@ -28,7 +28,7 @@ use kube::{
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
-use super::{Context, FIELD_MANAGER, cache, cluster::Cluster, state::BindingUsages};
+use super::{Context, FIELD_MANAGER, cluster::Cluster, state::BindingUsages};
 use crate::{
     api::{BudgetBinding, BudgetBindingStatus, TokenBudget, TokenBudgetStatus},
     clock::ManualClock,
@@ -80,13 +80,12 @@ impl Context {
     /// The same, on `clock`, which the scenario moves.
     pub fn test_with_clock(objects: Objects, clock: ManualClock) -> (Arc<Context>, ApiServerVerifier) {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let lists = crate::workloads::Lists {
+            deployments: objects.deployments.into_iter().map(Arc::new).collect(),
+            ..Default::default()
+        };
         let cluster = Cluster::from_stores(
-            cache::filled([]),
-            cache::filled([]),
-            cache::filled(objects.deployments),
-            cache::filled([]),
-            cache::filled([]),
-            cache::filled([]),
+            lists.caches(),
             store(objects.bindings.into_iter().map(|bb| DeserializeGuard(Ok(bb)))),
         );
         // Nobody wakes the binding controller here: the scenarios read the hand-over directly.

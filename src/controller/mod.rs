@@ -18,7 +18,6 @@
 
 pub mod binding;
 pub mod budget;
-pub mod cache;
 pub mod cli;
 pub mod cluster;
 pub mod events;

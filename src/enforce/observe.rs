@@ -1,18 +1,24 @@
 //! The workloads a budget's enforcement looks at, as they are now: every workload its
 //! bindings name, and every workload still annotated with its name (from a binding or entry
-//! since removed, which must be restored), with their pods. Pure: it reads a snapshot of one
+//! since removed, which must be restored), with their pods. Pure: it reads a objects of one
 //! namespace.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString};
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, StatefulSet},
+        batch::v1::{CronJob, Job},
+    },
+    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+};
 use kube::ResourceExt;
 
 use super::{BUDGET, decide};
 use crate::{
     api::WorkloadKind,
     validate::{Selection, ValidBinding, WorkloadEntry},
-    workloads::{self, Snapshot, WorkloadId},
+    workloads::{self, Namespace, WorkloadId},
 };
 
 /// What other budgets hold of a namespace.
@@ -25,17 +31,17 @@ pub struct Holds {
     pub bound: BTreeSet<WorkloadId>,
 }
 
-/// The workloads of budget `budget` in `snapshot`; `bound` are those its valid bindings name,
+/// The workloads of budget `budget` in `objects`; `bound` are those its valid bindings name,
 /// `holds` what other budgets hold. A CronJob comes with its runs: the Jobs it controls, but
 /// for those that are workloads of this budget themselves or that another budget binds.
 pub fn workloads(
-    snapshot: &Snapshot,
+    objects: &Namespace,
     bound: &BTreeSet<WorkloadId>,
     budget: &str,
     holds: &Holds,
 ) -> Vec<decide::Workload> {
     let mut all = bound.clone();
-    all.extend(marked_by(snapshot, budget));
+    all.extend(marked_by(objects, budget));
     // Their pods, through the same ownership rules as accounting.
     let entries: Vec<WorkloadEntry> = all
         .iter()
@@ -45,12 +51,12 @@ pub fn workloads(
         })
         .collect();
     // The port plays no part: only the pods are wanted, not where to scrape them.
-    let resolution = workloads::resolve(&entries, &IntOrString::Int(0), snapshot);
+    let resolution = workloads::resolve(&entries, &IntOrString::Int(0), objects);
     all.iter()
         .filter_map(|id| {
-            let (meta, replicas, suspended) = state(snapshot, id)?;
+            let (meta, replicas, suspended) = state(objects, id)?;
             let runs = match id.kind {
-                WorkloadKind::CronJob => runs(snapshot, &meta, |job| {
+                WorkloadKind::CronJob => runs(objects, &meta, |job| {
                     let job = WorkloadId {
                         kind: WorkloadKind::Job,
                         name: job.to_string(),
@@ -84,42 +90,46 @@ pub fn workloads(
         .collect()
 }
 
-/// The runs of a CronJob: the Jobs of `snapshot` it controls (by uid), but those `excluded`.
-fn runs(snapshot: &Snapshot, cron_job: &ObjectMeta, excluded: impl Fn(&str) -> bool) -> Vec<decide::Run> {
-    workloads::runs_of(snapshot, cron_job)
+/// The runs of a CronJob: the Jobs of `objects` it controls (by uid), but those `excluded`,
+/// by name.
+fn runs(objects: &Namespace, cron_job: &ObjectMeta, excluded: impl Fn(&str) -> bool) -> Vec<decide::Run> {
+    workloads::runs_of(objects, cron_job)
+        .into_iter()
         .filter(|job| !excluded(&job.name_any()))
         .map(|job| decide::Run {
             name: job.name_any(),
             resource_version: job.metadata.resource_version.clone(),
             annotations: job.metadata.annotations.clone().unwrap_or_default(),
             suspended: job.spec.as_ref().and_then(|s| s.suspend).unwrap_or(false),
-            finished: workloads::job_finished(job),
+            finished: workloads::job_finished(&job),
         })
         .collect()
 }
 
 /// What `others` (the valid bindings of the other budgets that exist, with the name of their
-/// budget) hold of `snapshot`: every workload they bind, and among those the workloads whose
+/// budget) hold of `objects`: every workload they bind, and among those the workloads whose
 /// annotation names another budget than `budget` that binds them. A workload annotated with a
 /// budget that does not exist, or does not bind it, is held by nobody: an annotation alone
 /// lifts no enforcement.
-pub fn holds(snapshot: &Snapshot, budget: &str, others: &[(&str, &ValidBinding)]) -> Holds {
+pub fn holds(objects: &Namespace, budget: &str, others: &[(&str, &ValidBinding)]) -> Holds {
     let mut bound_by: BTreeSet<(WorkloadId, &str)> = BTreeSet::new();
     for (owner, binding) in others {
-        let resolution = workloads::resolve(&binding.workloads, &binding.endpoint.port, snapshot);
-        bound_by.extend(resolution.workloads.into_iter().map(|id| (id, *owner)));
+        let bound = workloads::workloads(&binding.workloads, objects);
+        bound_by.extend(bound.into_iter().map(|id| (id, *owner)));
     }
-    let held = snapshot
-        .workload_metas()
-        .filter_map(|(kind, meta)| {
-            let owner = meta.annotations.as_ref()?.get(BUDGET)?;
-            let id = WorkloadId {
-                kind,
-                name: meta.name.clone().unwrap_or_default(),
-            };
-            (owner != budget && bound_by.contains(&(id.clone(), owner.as_str()))).then(|| (id, owner.clone()))
-        })
-        .collect();
+    let mut held = BTreeMap::new();
+    objects.each_workload(|kind, meta| {
+        let Some(owner) = meta.annotations.as_ref().and_then(|a| a.get(BUDGET)) else {
+            return;
+        };
+        let id = WorkloadId {
+            kind,
+            name: meta.name.clone().unwrap_or_default(),
+        };
+        if owner != budget && bound_by.contains(&(id.clone(), owner.as_str())) {
+            held.insert(id, owner.clone());
+        }
+    });
     Holds {
         held,
         bound: bound_by.into_iter().map(|(id, _)| id).collect(),
@@ -127,44 +137,40 @@ pub fn holds(snapshot: &Snapshot, budget: &str, others: &[(&str, &ValidBinding)]
 }
 
 /// The workloads annotated with `budget`'s name.
-fn marked_by<'a>(snapshot: &'a Snapshot, budget: &'a str) -> impl Iterator<Item = WorkloadId> + 'a {
-    snapshot
-        .workload_metas()
-        .filter(move |(_, meta)| {
-            meta.annotations
-                .as_ref()
-                .and_then(|a| a.get(BUDGET))
-                .is_some_and(|b| b == budget)
-        })
-        .map(|(kind, meta)| WorkloadId {
-            kind,
-            name: meta.name.clone().unwrap_or_default(),
-        })
+fn marked_by(objects: &Namespace, budget: &str) -> Vec<WorkloadId> {
+    let mut marked = Vec::new();
+    objects.each_workload(|kind, meta| {
+        if meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(BUDGET))
+            .is_some_and(|b| b == budget)
+        {
+            marked.push(WorkloadId {
+                kind,
+                name: meta.name.clone().unwrap_or_default(),
+            });
+        }
+    });
+    marked
 }
 
 /// A workload's metadata, replica count (Deployments, StatefulSets: 1 when unset) and
 /// suspension (Jobs, CronJobs), when it exists.
-fn state(snapshot: &Snapshot, id: &WorkloadId) -> Option<(ObjectMeta, Option<i32>, Option<bool>)> {
-    let named = |meta: &ObjectMeta| meta.name.as_deref() == Some(id.name.as_str());
+fn state(objects: &Namespace, id: &WorkloadId) -> Option<(ObjectMeta, Option<i32>, Option<bool>)> {
     match id.kind {
-        WorkloadKind::Deployment => snapshot
-            .deployments
-            .iter()
-            .find(|o| named(&o.metadata))
+        WorkloadKind::Deployment => objects
+            .get::<Deployment>(&id.name)
             .map(|o| (o.metadata.clone(), Some(o.spec.replicas.unwrap_or(1)), None)),
-        WorkloadKind::StatefulSet => snapshot
-            .stateful_sets
-            .iter()
-            .find(|o| named(&o.metadata))
+        WorkloadKind::StatefulSet => objects
+            .get::<StatefulSet>(&id.name)
             .map(|o| (o.metadata.clone(), Some(o.spec.replicas.unwrap_or(1)), None)),
-        WorkloadKind::Job => snapshot.jobs.iter().find(|o| named(&o.metadata)).map(|o| {
+        WorkloadKind::Job => objects.get::<Job>(&id.name).map(|o| {
             let suspended = o.spec.as_ref().and_then(|s| s.suspend).unwrap_or(false);
             (o.metadata.clone(), None, Some(suspended))
         }),
-        WorkloadKind::CronJob => snapshot
-            .cron_jobs
-            .iter()
-            .find(|o| named(&o.metadata))
+        WorkloadKind::CronJob => objects
+            .get::<CronJob>(&id.name)
             .map(|o| (o.metadata.clone(), None, Some(o.spec.suspend.unwrap_or(false)))),
     }
 }
@@ -172,7 +178,7 @@ fn state(snapshot: &Snapshot, id: &WorkloadId) -> Option<(ObjectMeta, Option<i32
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workloads::fixtures::load;
+    use crate::workloads::{Lists, fixtures::load};
 
     /// A Job of namespace `ns` whose one ownerReference is `owner` (YAML).
     fn job(name: &str, ns: &str, owner: &str, rest: &str) -> std::sync::Arc<k8s_openapi::api::batch::v1::Job> {
@@ -191,7 +197,7 @@ mod tests {
     #[test]
     fn a_cron_jobs_runs_are_the_jobs_it_controls_by_uid_that_nobody_else_binds() {
         let nightly = "{apiVersion: batch/v1, kind: CronJob, name: nightly, uid: c1, controller: true}";
-        let snapshot = Snapshot {
+        let objects = Lists {
             cron_jobs: vec![load("metadata: {name: nightly, namespace: agents, uid: c1}")],
             jobs: vec![
                 job("nightly-1", "agents", nightly, "spec: {suspend: true, template: {}}"),
@@ -226,7 +232,8 @@ mod tests {
                 job("bound-there", "agents", nightly, ""),
             ],
             ..Default::default()
-        };
+        }
+        .namespace("agents");
         let bound = [
             id(WorkloadKind::CronJob, "nightly"),
             id(WorkloadKind::Job, "bound-here"),
@@ -236,14 +243,18 @@ mod tests {
             bound: [id(WorkloadKind::Job, "bound-there")].into(),
             ..Default::default()
         };
-        let workloads = workloads(&snapshot, &bound, "research", &holds);
+        let workloads = workloads(&objects, &bound, "research", &holds);
         let cron = workloads.iter().find(|w| w.kind == WorkloadKind::CronJob).unwrap();
         let runs: Vec<_> = cron
             .runs
             .iter()
             .map(|r| (r.name.as_str(), r.suspended, r.finished))
             .collect();
-        assert_eq!(runs, [("nightly-1", true, false), ("nightly-0", false, true)]);
+        assert_eq!(
+            runs,
+            [("nightly-0", false, true), ("nightly-1", true, false)],
+            "by name"
+        );
         assert_eq!(cron.runs[0].resource_version.as_deref(), Some("3"));
         let job = workloads.iter().find(|w| w.kind == WorkloadKind::Job).unwrap();
         assert_eq!((job.name.as_str(), job.runs.len()), ("bound-here", 0));

@@ -21,7 +21,7 @@ use crate::{
     api::{TokenType, WorkloadKind},
     conditions,
     validate::ValidBinding,
-    workloads::{self, BoundPod, Snapshot, Unscrapable, WorkloadId},
+    workloads::{self, BoundPod, Namespace, Unscrapable, WorkloadId},
 };
 
 /// A valid binding of the budget, as a cycle reads it.
@@ -81,7 +81,7 @@ struct Failure {
 /// Which pod is scraped through which binding: each pod once, through the first binding (by
 /// the order given, which is by name) that binds it (accounting rule 1). `previous` is since
 /// when the bindings bound their workloads at the last cycle (the ledger's).
-pub fn plan(bindings: &[Binding], snapshot: &Snapshot, previous: &Bound, times: Times) -> Plan {
+pub fn plan(bindings: &[Binding], objects: &Namespace, previous: &Bound, times: Times) -> Plan {
     let mut plan = Plan {
         scrapes: Vec::new(),
         reports: Vec::with_capacity(bindings.len()),
@@ -95,7 +95,7 @@ pub fn plan(bindings: &[Binding], snapshot: &Snapshot, previous: &Bound, times: 
     let mut claimed: HashSet<String> = HashSet::new();
     for (index, binding) in bindings.iter().enumerate() {
         let spec = binding.spec;
-        let resolution = workloads::resolve(&spec.workloads, &spec.endpoint.port, snapshot);
+        let resolution = workloads::resolve(&spec.workloads, &spec.endpoint.port, objects);
         let mut report = BindingReport {
             name: binding.name.to_string(),
             interval: spec.interval,
@@ -108,7 +108,7 @@ pub fn plan(bindings: &[Binding], snapshot: &Snapshot, previous: &Bound, times: 
         }
         plan.since.insert(
             binding.name.to_string(),
-            bound_by(binding, &resolution.workloads, snapshot, previous, times),
+            bound_by(binding, &resolution.workloads, objects, previous, times),
         );
         plan.bound.extend(resolution.workloads);
         for bound in resolution.pods {
@@ -162,7 +162,7 @@ pub fn plan(bindings: &[Binding], snapshot: &Snapshot, previous: &Bound, times: 
 fn bound_by(
     binding: &Binding,
     workloads: &[WorkloadId],
-    snapshot: &Snapshot,
+    objects: &Namespace,
     previous: &Bound,
     times: Times,
 ) -> BoundBy {
@@ -171,12 +171,7 @@ fn bound_by(
         Some(by) => by.since,
         None => binding.since.max(times.budget_created),
     };
-    let created = |id: &WorkloadId| {
-        snapshot
-            .workload_metas()
-            .find(|(kind, meta)| *kind == id.kind && meta.name.as_deref() == Some(id.name.as_str()))
-            .and_then(|(_, meta)| meta.creation_timestamp.as_ref().map(|t| t.0))
-    };
+    let created = |id: &WorkloadId| objects.workload_meta(id)?.creation_timestamp.map(|t| t.0);
     let workloads = workloads
         .iter()
         .map(|id| {
@@ -409,7 +404,7 @@ mod tests {
     use crate::{
         api::BudgetBindingSpec,
         validate,
-        workloads::fixtures::{pod, snapshot},
+        workloads::fixtures::{lists, objects, pod},
     };
 
     const NOW: &str = "2026-11-30T12:00:00Z";
@@ -442,14 +437,14 @@ mod tests {
         plan.scrapes.iter().map(|s| (s.binding, s.pod.pod.name_any())).collect()
     }
 
-    /// Runs a cycle over `snapshot` whose scrapes answer with `answer(binding spec, pod name)`.
+    /// Runs a cycle over `objects` whose scrapes answer with `answer(binding spec, pod name)`.
     fn cycle(
         account: &mut Account,
         bindings: &[Binding],
-        snapshot: &Snapshot,
+        objects: &Namespace,
         answer: impl Fn(&ValidBinding, &str) -> Result<Usage, ScrapeError>,
     ) -> Vec<BindingReport> {
-        cycle_on(Freshness::Current, account, bindings, snapshot, answer)
+        cycle_on(Freshness::Current, account, bindings, objects, answer)
     }
 
     /// As [`cycle`], on a view of this freshness.
@@ -457,10 +452,10 @@ mod tests {
         freshness: Freshness,
         account: &mut Account,
         bindings: &[Binding],
-        snapshot: &Snapshot,
+        objects: &Namespace,
         answer: impl Fn(&ValidBinding, &str) -> Result<Usage, ScrapeError>,
     ) -> Vec<BindingReport> {
-        let plan = plan(bindings, snapshot, account.ledger().bound(), times());
+        let plan = plan(bindings, objects, account.ledger().bound(), times());
         let results = plan
             .scrapes
             .iter()
@@ -503,7 +498,7 @@ mod tests {
                 ),
             ),
         ];
-        let plan = plan(&bindings(&specs), &snapshot(), &Bound::new(), times());
+        let plan = plan(&bindings(&specs), &objects(), &Bound::new(), times());
         assert_eq!(
             names(&plan),
             [(0, "summarizer-abc-1".to_string()), (0, "summarizer-old-1".to_string())]
@@ -525,10 +520,11 @@ mod tests {
             "jobs",
             valid("budgetRef: {name: b}\nworkloads: [{kind: Job, name: batch}, {kind: CronJob, name: nightly}]"),
         )];
-        let mut snapshot = snapshot();
-        snapshot.pods.push(pod("nightly-1-b", "Job", "j2", None, "Running"));
+        let mut lists = lists();
+        lists.pods.push(pod("nightly-1-b", "Job", "j2", None, "Running"));
+        let objects = lists.namespace("agents");
         let mut account = account();
-        let reports = cycle(&mut account, &bindings(&specs), &snapshot, |spec, _| usage(spec, 10));
+        let reports = cycle(&mut account, &bindings(&specs), &objects, |spec, _| usage(spec, 10));
         let report = &reports[0];
         assert_eq!((report.pods, report.scraped_pods), (3, 1), "batch-1 has finished");
         assert_eq!(
@@ -541,10 +537,10 @@ mod tests {
         );
     }
 
-    /// The fixture's snapshot with the pod `name` replaced by `change(pod)`.
-    fn with_pod(name: &str, change: impl FnOnce(&mut k8s_openapi::api::core::v1::Pod)) -> Snapshot {
-        let mut snapshot = snapshot();
-        let pod = snapshot
+    /// The fixture's objects with the pod `name` replaced by `change(pod)`.
+    fn with_pod(name: &str, change: impl FnOnce(&mut k8s_openapi::api::core::v1::Pod)) -> Namespace {
+        let mut lists = lists();
+        let pod = lists
             .pods
             .iter_mut()
             .find(|p| p.name_any() == name)
@@ -552,7 +548,7 @@ mod tests {
         let mut changed = (**pod).clone();
         change(&mut changed);
         *pod = Arc::new(changed);
-        snapshot
+        lists.namespace("agents")
     }
 
     #[test]
@@ -564,8 +560,8 @@ mod tests {
         let bindings = bindings(&specs);
         let mut account = account();
         // nightly-1-a runs: a baseline of 100, then 40 more.
-        cycle(&mut account, &bindings, &snapshot(), |spec, _| usage(spec, 100));
-        cycle(&mut account, &bindings, &snapshot(), |spec, _| usage(spec, 140));
+        cycle(&mut account, &bindings, &objects(), |spec, _| usage(spec, 100));
+        cycle(&mut account, &bindings, &objects(), |spec, _| usage(spec, 140));
         assert_eq!(account.ledger().used_tokens(None), 40);
 
         // Terminating, still running: scraped once more, and kept.
@@ -616,25 +612,25 @@ mod tests {
             }
         };
         // The pods started before anything is known of them: their first values are baselines.
-        let first = cycle(&mut account, &bindings, &snapshot(), answer(100));
+        let first = cycle(&mut account, &bindings, &objects(), answer(100));
         assert_eq!((first[0].scraped_pods, first[0].used_tokens), (1, 0));
         assert_eq!(first[0].problems[0].reason, "no complete answer within 5s");
         assert!(first[0].problems[0].new);
 
-        let second = cycle(&mut account, &bindings, &snapshot(), answer(150));
+        let second = cycle(&mut account, &bindings, &objects(), answer(150));
         assert_eq!(second[0].used_tokens, 50);
         assert!(!second[0].problems[0].new, "the same failure again is not news");
         assert_eq!(account.ledger().used_tokens(None), 50);
     }
 
-    /// Runs a cycle over the fixture's snapshot whose pods answer `answer(pod name)`.
+    /// Runs a cycle over the fixture's objects whose pods answer `answer(pod name)`.
     fn cycle_answering(
         account: &mut Account,
         bindings: &[Binding],
         answer: impl Fn(&str) -> Result<Answer, ScrapeError>,
     ) -> Vec<BindingReport> {
-        let snapshot = snapshot();
-        let plan = plan(bindings, &snapshot, account.ledger().bound(), times());
+        let objects = objects();
+        let plan = plan(bindings, &objects, account.ledger().bound(), times());
         let results = plan.scrapes.iter().map(|s| answer(&s.pod.pod.name_any())).collect();
         let now: Timestamp = NOW.parse().unwrap();
         let answers = Answers {
@@ -695,12 +691,13 @@ mod tests {
         )];
         let bindings = bindings(&specs);
         let mut account = account();
-        cycle(&mut account, &bindings, &snapshot(), |spec, _| usage(spec, 100));
-        cycle(&mut account, &bindings, &snapshot(), |spec, _| usage(spec, 130));
+        cycle(&mut account, &bindings, &objects(), |spec, _| usage(spec, 100));
+        cycle(&mut account, &bindings, &objects(), |spec, _| usage(spec, 130));
         assert_eq!(account.ledger().used_tokens(None), 60);
 
-        let mut without = snapshot();
+        let mut without = lists();
         without.pods.retain(|p| p.name_any() != "summarizer-old-1");
+        let without = without.namespace("agents");
         let reports = cycle(&mut account, &bindings, &without, |spec, _| usage(spec, 130));
         assert!(!account.ledger().contains_pod("uid-summarizer-old-1"));
         assert!(account.ledger().contains_pod("uid-summarizer-abc-1"));
@@ -715,15 +712,16 @@ mod tests {
         )];
         let bindings = bindings(&specs);
         let mut account = account();
-        cycle(&mut account, &bindings, &snapshot(), |spec, _| usage(spec, 100));
-        cycle(&mut account, &bindings, &snapshot(), |spec, _| usage(spec, 130));
+        cycle(&mut account, &bindings, &objects(), |spec, _| usage(spec, 100));
+        cycle(&mut account, &bindings, &objects(), |spec, _| usage(spec, 130));
         assert_eq!(account.ledger().used_tokens(None), 60);
         let recorded = account.ledger().bound().clone();
 
         // A pod missing from a stale store (its watch failed, the store may be behind): its
         // last counters stay, and so does what the binding binds.
-        let mut without = snapshot();
+        let mut without = lists();
         without.pods.retain(|p| p.name_any() != "summarizer-old-1");
+        let without = without.namespace("agents");
         cycle_on(Freshness::Stale, &mut account, &bindings, &without, |spec, _| {
             usage(spec, 150)
         });
@@ -738,7 +736,7 @@ mod tests {
 
         // Seen again once the view is current: the pod counts on from its last counter, not
         // from a new baseline, so what it spent meanwhile (40) is not lost.
-        cycle(&mut account, &bindings, &snapshot(), |spec, pod| {
+        cycle(&mut account, &bindings, &objects(), |spec, pod| {
             usage(spec, if pod == "summarizer-old-1" { 170 } else { 150 })
         });
         assert_eq!(account.ledger().used_tokens(None), 120);
@@ -751,12 +749,16 @@ mod bound_since {
     //! Accounting rule 3: a pod seen for the first time counts its whole counters only if it
     //! started after its workload became bound to the budget.
     use super::*;
-    use crate::{api::BudgetBindingSpec, validate, workloads::fixtures::snapshot};
+    use crate::{
+        api::BudgetBindingSpec,
+        validate,
+        workloads::{Lists, fixtures::lists},
+    };
 
     /// The summarizer pods of the fixture, started on 2026-11-10.
-    fn started_snapshot() -> Snapshot {
-        let mut snapshot = snapshot();
-        for pod in &mut snapshot.pods {
+    fn started() -> Lists {
+        let mut lists = lists();
+        for pod in &mut lists.pods {
             let mut p = (**pod).clone();
             if let Some(status) = p.status.as_mut() {
                 status.start_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
@@ -765,7 +767,7 @@ mod bound_since {
             }
             *pod = Arc::new(p);
         }
-        snapshot
+        lists
     }
 
     /// What the last cycle recorded of binding `s`: since 2026-11-01, binding `workload`.
@@ -781,20 +783,20 @@ mod bound_since {
     /// Tokens counted by one cycle of binding `s` (charging the budget since `since`) whose pods
     /// each report 100 input tokens, given what the ledger knew of the bindings before.
     fn counted(since: &str, previous: Bound) -> u64 {
-        counted_in(started_snapshot(), since, previous)
+        counted_in(started().namespace("agents"), since, previous)
     }
 
-    fn counted_in(snapshot: Snapshot, since: &str, previous: Bound) -> u64 {
+    fn counted_in(objects: Namespace, since: &str, previous: Bound) -> u64 {
         let mut account = Account::open("uid", None);
         account.begin_period("2026-11-01T00:00:00Z".parse().unwrap());
         account.ledger_mut().set_bound(previous);
-        cycle(&mut account, &snapshot, since, 100);
+        cycle(&mut account, &objects, since, 100);
         account.ledger().used_tokens(None)
     }
 
     /// One cycle of binding `s`, charging the budget since `since`, whose pods each report
     /// `input` tokens.
-    fn cycle(account: &mut Account, snapshot: &Snapshot, since: &str, input: u64) {
+    fn cycle(account: &mut Account, objects: &Namespace, since: &str, input: u64) {
         let spec: BudgetBindingSpec =
             serde_yaml::from_str("budgetRef: {name: b}\nworkloads: [{kind: Deployment, name: summarizer}]").unwrap();
         let spec = validate::binding(&spec).unwrap();
@@ -807,7 +809,7 @@ mod bound_since {
             now: "2026-11-30T12:00:00Z".parse().unwrap(),
             budget_created: "2026-10-01T00:00:00Z".parse().unwrap(),
         };
-        let plan = plan(&bindings, snapshot, account.ledger().bound(), times);
+        let plan = plan(&bindings, objects, account.ledger().bound(), times);
         let body = format!(
             "gen_ai_client_token_usage_sum{{gen_ai_token_type=\"input\",gen_ai_request_model=\"m\"}} {input}\n"
         );
@@ -843,17 +845,17 @@ mod bound_since {
     fn a_binding_that_left_and_came_back_starts_from_a_baseline() {
         let mut account = Account::open("uid", None);
         account.begin_period("2026-11-01T00:00:00Z".parse().unwrap());
-        let snapshot = started_snapshot();
-        cycle(&mut account, &snapshot, BEFORE, 100);
+        let objects = started().namespace("agents");
+        cycle(&mut account, &objects, BEFORE, 100);
         assert_eq!(account.ledger().used_tokens(None), 200);
         // Still here: 50 more per pod.
-        cycle(&mut account, &snapshot, BEFORE, 150);
+        cycle(&mut account, &objects, BEFORE, 150);
         assert_eq!(account.ledger().used_tokens(None), 300);
         // It charged another budget meanwhile (its `since` moved): what its pods spent then
         // was that budget's; from here on it counts again.
-        cycle(&mut account, &snapshot, MOVED, 400);
+        cycle(&mut account, &objects, MOVED, 400);
         assert_eq!(account.ledger().used_tokens(None), 300);
-        cycle(&mut account, &snapshot, MOVED, 410);
+        cycle(&mut account, &objects, MOVED, 410);
         assert_eq!(account.ledger().used_tokens(None), 320);
     }
 
@@ -866,8 +868,8 @@ mod bound_since {
 
     #[test]
     fn a_workload_created_after_its_binding_counts_from_its_creation() {
-        let mut snapshot = started_snapshot();
-        for d in &mut snapshot.deployments {
+        let mut lists = started();
+        for d in &mut lists.deployments {
             let mut new = (**d).clone();
             new.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                 "2026-11-05T00:00:00Z".parse().unwrap(),
@@ -876,7 +878,11 @@ mod bound_since {
         }
         // Known to the budget before the Deployment existed.
         assert_eq!(
-            counted_in(snapshot, BEFORE, known(WorkloadKind::StatefulSet, "memory")),
+            counted_in(
+                lists.namespace("agents"),
+                BEFORE,
+                known(WorkloadKind::StatefulSet, "memory")
+            ),
             200
         );
     }

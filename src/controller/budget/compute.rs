@@ -95,7 +95,7 @@ pub fn intent(
         limit_tokens: spec.limit_tokens,
         deleting: false,
     };
-    let workloads = observe::workloads(&observed.snapshot, &cycle.bound, &tb.name_any(), &observed.holds);
+    let workloads = observe::workloads(&observed.objects, &cycle.bound, &tb.name_any(), &observed.holds);
     let plan = decide::decide(&budget, &workloads, now);
     status.enforced = plan.enforced.clone();
     Intent {
@@ -124,7 +124,7 @@ pub fn restore_plan(tb: &TokenBudget, observed: &Observed, now: Timestamp) -> Pl
         limit_tokens: None,
         deleting: true,
     };
-    let workloads = observe::workloads(&observed.snapshot, &Default::default(), &name, &Default::default());
+    let workloads = observe::workloads(&observed.objects, &Default::default(), &name, &Default::default());
     decide::decide(&budget, &workloads, now)
 }
 

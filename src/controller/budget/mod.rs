@@ -301,7 +301,7 @@ mod tests {
     /// The status a budget gets before any accounting cycle.
     fn desired_status(tb: &TokenBudget, now: Timestamp) -> TokenBudgetStatus {
         let mut observed = observe::Observed {
-            snapshot: Default::default(),
+            objects: crate::workloads::Lists::default().namespace("n"),
             holds: Default::default(),
             cycle: None,
             view: crate::controller::sync::View::Current,

@@ -21,13 +21,13 @@ use crate::{
         period::{self, PeriodWindow},
     },
     validate::{self, ValidBinding, ValidBudget},
-    workloads::{Snapshot, WorkloadId},
+    workloads::{Namespace, WorkloadId},
 };
 
 /// What the reconcile of one budget observed.
 pub struct Observed<'a> {
     /// The budget's namespace: its workloads and their pods.
-    pub snapshot: Snapshot,
+    pub objects: Namespace,
     /// The workloads of the namespace that other budgets hold.
     pub holds: Holds,
     /// The accounting cycle, for a valid budget.
@@ -70,16 +70,16 @@ pub async fn observe<'a>(
         View::Current => Freshness::Current,
     };
     let namespace = tb.namespace().unwrap_or_default();
-    let snapshot = ctx.cluster.snapshot(&namespace);
+    let objects = ctx.cluster.namespace(&namespace);
     let (holds, cycle) = match spec {
         Some(spec) => (
-            holds(ctx, tb, &snapshot),
-            Some(account(ctx, tb, spec, &snapshot, now, freshness).await),
+            holds(ctx, tb, &objects),
+            Some(account(ctx, tb, spec, &objects, now, freshness).await),
         ),
         None => Default::default(),
     };
     Some(Observed {
-        snapshot,
+        objects,
         holds,
         cycle,
         view,
@@ -88,7 +88,7 @@ pub async fn observe<'a>(
 
 /// The workloads of the namespace that other budgets hold: annotated with the name of a
 /// budget that exists and binds them through one of its valid bindings.
-fn holds(ctx: &Context, tb: &TokenBudget, snapshot: &Snapshot) -> Holds {
+fn holds(ctx: &Context, tb: &TokenBudget, objects: &Namespace) -> Holds {
     let namespace = tb.namespace().unwrap_or_default();
     let name = tb.name_any();
     let exists = |budget: &str| ctx.budgets.get(&BudgetRef::new(budget).within(&namespace)).is_some();
@@ -105,7 +105,7 @@ fn holds(ctx: &Context, tb: &TokenBudget, snapshot: &Snapshot) -> Holds {
         .iter()
         .map(|(binding, valid)| (binding.spec.budget_ref.name.as_str(), valid))
         .collect();
-    enforce::observe::holds(snapshot, &name, &others)
+    enforce::observe::holds(objects, &name, &others)
 }
 
 /// One accounting cycle: the period, the plan, the scrapes, the fold.
@@ -113,7 +113,7 @@ async fn account<'a>(
     ctx: &'a Context,
     tb: &TokenBudget,
     spec: &ValidBudget,
-    snapshot: &Snapshot,
+    objects: &Namespace,
     now: Timestamp,
     freshness: Freshness,
 ) -> Cycle<'a> {
@@ -138,7 +138,7 @@ async fn account<'a>(
         now,
         budget_created: origin,
     };
-    let plan = cycle::plan(&bindings, snapshot, account.ledger().bound(), times);
+    let plan = cycle::plan(&bindings, objects, account.ledger().bound(), times);
     let bound = plan.bound.clone();
     let answers = prometheus::answers(
         &ctx.scraper,
