@@ -48,6 +48,10 @@ pub const OTHER_MODELS: &str = "(other)";
 /// period (with `reset: Never`, the budget's whole life); the tokens of further ones count
 /// under the name [`OTHER_MODELS`] (per kind, for workloads).
 pub const MAX_TOTALS: usize = 1000;
+/// At most this many (workload, model) totals in a budget's period (1,000 workloads of 5
+/// models each, or 100 of 50): what bounds the workloads' `models` in the status. A workload
+/// that would need more keeps counting its tokens, but its cost is unknown for the period.
+pub const MAX_WORKLOAD_MODELS: usize = 5000;
 
 /// One successful scrape's view of a pod: who it is and what the pod status said at the time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +113,9 @@ pub struct Ledger {
     /// Model -> [input, output].
     models: BTreeMap<String, [u64; 2]>,
     workloads: BTreeMap<(WorkloadKind, String), WorkloadTotals>,
+    /// How many (workload, model) totals `workloads` hold, at most [`MAX_WORKLOAD_MODELS`]
+    /// (more only from a status written by hand). Derived, never persisted on its own.
+    workload_models: usize,
     bindings: BTreeMap<String, u64>,
     /// Since when each binding charges the budget and binds each of its workloads. Not part of
     /// a period: it outlives resets.
@@ -218,6 +225,7 @@ impl Ledger {
         for w in &state.workloads {
             let models = decode_workload_models(&w.models, &state.models);
             let tokens = from_i64(w.tokens);
+            ledger.workload_models += models.len();
             ledger
                 .workloads
                 .insert((w.kind, w.name.clone()), WorkloadTotals { tokens, models });
@@ -476,7 +484,12 @@ impl Ledger {
         for (model, token_type, increase) in increases {
             added = add(added, increase);
             add_tokens(&mut self.models, model, token_type, increase);
-            add_tokens(&mut workload.models, model, token_type, increase);
+            // Beyond the bound, the workload's tokens count but not by model: its cost is
+            // then unknown (`workload_models`), never wrong.
+            if workload.models.contains_key(model) || self.workload_models < MAX_WORKLOAD_MODELS {
+                self.workload_models += usize::from(!workload.models.contains_key(model));
+                add_tokens(&mut workload.models, model, token_type, increase);
+            }
         }
         workload.tokens = add(workload.tokens, added);
         let binding = if self.bindings.contains_key(&binding) || self.bindings.len() < MAX_TOTALS {
@@ -505,6 +518,7 @@ impl Ledger {
         self.period_start = Some(new_period_start);
         self.models.clear();
         self.workloads.clear();
+        self.workload_models = 0;
         self.bindings.clear();
         self.admit_known();
     }
@@ -1173,6 +1187,44 @@ mod tests {
         let mut next = restarted;
         next.reset(ts("2026-12-01T00:00:00Z"));
         assert_eq!(next.workload_models(WorkloadKind::Job, "batch"), None);
+    }
+
+    #[test]
+    fn the_workloads_models_are_bounded_and_beyond_the_bound_a_cost_is_unknown() {
+        let mut l = fresh();
+        // 501 workloads of 10 models each: 10 more than the bound.
+        let names: Vec<String> = (0..=MAX_WORKLOAD_MODELS / 10).map(|w| format!("w{w:04}")).collect();
+        let series: Vec<(String, TokenType, u64)> = (0..10).map(|m| (format!("m{m}"), Input, 5)).collect();
+        let series: Vec<(&str, TokenType, u64)> = series.iter().map(|(m, t, v)| (m.as_str(), *t, *v)).collect();
+        for name in &names {
+            let observation = PodObservation {
+                workload: (WorkloadKind::Job, name),
+                ..pod(name)
+            };
+            assert_eq!(l.observe(&observation, &usage(&series)), 50);
+        }
+        // The first 500 workloads have their 10 models each; the last one only its tokens.
+        let first = l.workload_models(WorkloadKind::Job, &names[0]).unwrap();
+        assert_eq!(first.len(), 10);
+        let last = names.last().unwrap();
+        assert_eq!(l.workload_models(WorkloadKind::Job, last), None);
+        assert_eq!(l.workloads().iter().find(|w| w.1 == last).map(|w| w.2), Some(50));
+        assert_eq!(l.used_tokens(None), 50 * names.len() as u64);
+        // So after a restart, and a new period makes room again.
+        let mut restarted = Ledger::from_state(Some(&l.to_state()));
+        assert_eq!(restarted, l);
+        assert_eq!(restarted.workload_models(WorkloadKind::Job, last), None);
+        restarted.reset(ts("2026-12-01T00:00:00Z"));
+        let observation = PodObservation {
+            workload: (WorkloadKind::Job, last),
+            ..pod(last)
+        };
+        let more: Vec<(&str, TokenType, u64)> = series.iter().map(|(m, t, v)| (*m, *t, v + 1)).collect();
+        restarted.observe(&observation, &usage(&more));
+        assert_eq!(
+            restarted.workload_models(WorkloadKind::Job, last).map(|m| m.len()),
+            Some(10)
+        );
     }
 
     #[test]
