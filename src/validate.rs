@@ -48,6 +48,8 @@ pub struct ValidBudget {
     pub limit_cost: Option<Decimal>,
     /// `pricing`, parsed; empty without pricing.
     pub prices: PriceTable,
+    /// `currency`: what the costs are in (display only).
+    pub currency: String,
     /// The token types that count against the limit; `None`: all of them.
     pub token_types: Option<Vec<TokenType>>,
     pub reset: ResetPeriod,
@@ -199,6 +201,7 @@ pub fn budget(spec: &TokenBudgetSpec) -> Result<ValidBudget, SpecErrors> {
             limit_tokens,
             limit_cost,
             prices: prices?,
+            currency: spec.currency.clone(),
             token_types: spec.token_types.clone(),
             reset: spec.period.reset,
             time_zone: time_zone?,

@@ -467,7 +467,8 @@ pub struct AccountingState {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["model"]))]
     pub models: Vec<ModelTokens>,
 
-    /// Tokens (all types) per workload in the period (all of them, not only the top 20).
+    /// Tokens (all types) per workload in the period (all of them, not only the top 20), and
+    /// per model and type, which their cost is computed from.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["kind", "name"]))]
     pub workloads: Vec<WorkloadTokens>,
@@ -642,6 +643,11 @@ pub struct WorkloadTokens {
     pub name: String,
     #[schemars(range(min = 0))]
     pub tokens: i64,
+    /// Its tokens per model and type, what its cost is computed from: `<model>:<input>:<output>`
+    /// per model, separated by spaces, `<model>` an index into `models` of this state. Absent
+    /// in a status written before it was kept: that period's cost of the workload is unknown.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub models: String,
 }
 
 /// Tokens (all types) charged to one binding in the period.

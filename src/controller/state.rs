@@ -66,7 +66,7 @@ impl Accounts {
         let kept = match lock(&self.0).remove(&key) {
             Some(kept) if kept.account.uid() == uid && kept.term == term => kept,
             _ => Kept {
-                account: Account::open(&uid, budget.status.as_ref().and_then(|s| s.accounting.as_ref())),
+                account: Account::resume(&uid, budget.status.as_ref()),
                 term,
                 resumed_from: budget.resource_version(),
             },

@@ -14,12 +14,16 @@ use jiff::{SignedDuration, Timestamp};
 use rust_decimal::Decimal;
 
 use super::{
+    history,
     ledger::{self, Ledger, OTHER_MODELS},
     period::{self, PeriodWindow},
     pricing,
 };
 use crate::{
-    api::{AccountingState, BudgetPhase, ModelUsage, TokenBudgetStatus, TokenType, UsedTokens, WorkloadUsage},
+    api::{
+        AccountingState, BudgetPhase, ModelUsage, PeriodSummary, TokenBudgetStatus, TokenType, UsedTokens,
+        WorkloadUsage,
+    },
     conditions::{self, Desired, Status},
     validate::ValidBudget,
 };
@@ -37,12 +41,16 @@ const LISTED_PROBLEMS: usize = 5;
 /// (`usage::parse`); this also bounds what TLS and HTTP libraries say.
 pub const MAX_REASON_BYTES: usize = 256;
 
-/// One budget's account: its ledger, the samples of its burn rate, the pods whose scrape
-/// failed in the last cycle, and since when the budget is exhausted.
+/// One budget's account: its ledger, the periods it has ended, the samples of its burn rate,
+/// the pods whose scrape failed in the last cycle, and since when the budget is exhausted.
 pub struct Account {
     /// The budget's uid: a budget deleted and created again starts afresh.
     uid: String,
     ledger: Ledger,
+    /// `status.history`: kept with the ledger, so that the entry of a period that ended is
+    /// written with the ledger of the next (see [`history`]), and a status write that fails
+    /// loses neither.
+    history: Vec<PeriodSummary>,
     /// (time, tokens used in the period) after each cycle, for the burn rate.
     samples: VecDeque<(Timestamp, u64)>,
     /// The burn rate the status shows, and when it was measured (see [`Account::sample`]).
@@ -60,11 +68,20 @@ impl Account {
         Self {
             uid: uid.to_string(),
             ledger: Ledger::from_state(persisted),
+            history: Vec::new(),
             samples: VecDeque::new(),
             published: None,
             failing: HashMap::new(),
             exhausted_since: None,
         }
+    }
+
+    /// The account of the budget with `uid`, resumed from its status: the ledger
+    /// (`accounting`) and the periods ended (`history`), both of the same status write.
+    pub fn resume(uid: &str, status: Option<&TokenBudgetStatus>) -> Self {
+        let mut account = Self::open(uid, status.and_then(|s| s.accounting.as_ref()));
+        account.history = status.map(|s| history::normalized(&s.history)).unwrap_or_default();
+        account
     }
 
     /// The uid of the budget this account belongs to.
@@ -80,7 +97,47 @@ impl Account {
         &mut self.ledger
     }
 
-    /// Moves the account into the period starting at `start`. True when a period ended:
+    /// The periods ended, newest first: `status.history`.
+    pub fn history(&self) -> &[PeriodSummary] {
+        &self.history
+    }
+
+    /// The budget's period at `now` (`origin`: when the budget was created). A clock behind
+    /// the ledger's does not move it back: when the ledger's period starts after `now` and is
+    /// a period of `budget`'s reset and time zone (a replica whose clock lags took over just
+    /// after a boundary, say), that is the period, not the one before. A ledger period that is
+    /// no period of the spec (`spec.period` changed) gives way to the spec's.
+    pub fn window(&self, budget: &ValidBudget, now: Timestamp, origin: Timestamp) -> PeriodWindow {
+        let at = self
+            .ledger
+            .period_start()
+            .filter(|start| *start > now)
+            .filter(|start| {
+                period::current(budget.reset, &budget.time_zone, *start, origin)
+                    .start
+                    .timestamp()
+                    == *start
+            })
+            .unwrap_or(now);
+        period::current(budget.reset, &budget.time_zone, at, origin)
+    }
+
+    /// Moves the account into the period of `window`, as [`Account::begin_period`] does,
+    /// and records the period that ended in the history: from the ledger's totals of that
+    /// period, priced by `budget`, ended at the new period's start (or `now`, when the new
+    /// period starts before the old one: `spec.period` changed). True when a period ended.
+    pub fn roll_over(&mut self, budget: &ValidBudget, window: &PeriodWindow, now: Timestamp) -> bool {
+        let start = window.start.timestamp();
+        if let Some(ended) = self.ledger.period_start().filter(|ended| *ended != start) {
+            let end = if start > ended { start } else { now };
+            let summary = period_summary(budget, &self.ledger, ended, end, window.start.time_zone());
+            history::record(&mut self.history, summary);
+        }
+        self.begin_period(start)
+    }
+
+    /// Moves the account into the period starting at `start`, without a history entry for
+    /// the one it leaves (see [`Account::roll_over`]). True when a period ended:
     /// the ledger had one before and this is a new one (its burn-rate samples start again).
     pub fn begin_period(&mut self, start: Timestamp) -> bool {
         let had_period = self.ledger.period_start().is_some();
@@ -198,18 +255,25 @@ impl std::fmt::Display for PodProblem {
     }
 }
 
-/// Cost per model, and the models without a price.
+/// Cost per model and per workload, and the models without a price.
 struct Costs {
-    models: Vec<ModelUsage>,
+    /// Most tokens first, with their exact cost (0 unpriced).
+    models: Vec<(ModelUsage, Decimal)>,
+    /// Most tokens first, with their exact cost (0 when not known).
+    workloads: Vec<(WorkloadUsage, Decimal)>,
     total: Decimal,
     unpriced: Vec<String>,
 }
 
-/// The usage per model, most tokens first, priced by `budget`'s price table.
+/// The usage per model and per workload, most tokens first, priced by `budget`'s price
+/// table. A workload's cost is the sum of its tokens of each model and type at that model's
+/// prices, as the total is: the workloads' costs add up to it exactly. It is unknown (`None`)
+/// for a workload whose tokens are not all known by model (a period resumed from a status
+/// written before they were kept).
 fn costs(budget: &ValidBudget, ledger: &Ledger) -> Costs {
     let mut total = Decimal::ZERO;
     let mut unpriced = Vec::new();
-    let mut models: Vec<ModelUsage> = ledger
+    let mut models: Vec<(ModelUsage, Decimal)> = ledger
         .models()
         .map(|(model, input, output)| {
             let cost = budget.prices.cost(model, input, output);
@@ -217,29 +281,84 @@ fn costs(budget: &ValidBudget, ledger: &Ledger) -> Costs {
                 Some(c) => total += c,
                 None => unpriced.push(model.to_string()),
             }
-            ModelUsage {
+            let usage = ModelUsage {
                 model: model.to_string(),
                 input: to_i64(input),
                 output: to_i64(output),
                 cost: cost.map(pricing::format_money),
-            }
+            };
+            (usage, cost.unwrap_or_default())
         })
         .collect();
-    models.sort_by(|a, b| {
+    models.sort_by(|(a, _), (b, _)| {
         (b.input + b.output)
             .cmp(&(a.input + a.output))
             .then_with(|| a.model.cmp(&b.model))
     });
+    let workloads = ledger
+        .workloads()
+        .into_iter()
+        .map(|(kind, name, tokens)| {
+            let cost = budget
+                .priced()
+                .then(|| ledger.workload_models(kind, name))
+                .flatten()
+                .map(|models| {
+                    models
+                        .into_iter()
+                        .filter_map(|(model, input, output)| budget.prices.cost(model, input, output))
+                        .fold(Decimal::ZERO, Decimal::saturating_add)
+                });
+            let usage = WorkloadUsage {
+                kind,
+                name: name.to_string(),
+                tokens: to_i64(tokens),
+                cost: cost.map(pricing::format_money),
+            };
+            (usage, cost.unwrap_or_default())
+        })
+        .collect();
     Costs {
         models,
+        workloads,
         total,
         unpriced,
     }
 }
 
+/// `used`: the tokens of the period (those of `tokenTypes`, and each type), and their cost
+/// with pricing.
+fn used(budget: &ValidBudget, ledger: &Ledger, total: Decimal) -> UsedTokens {
+    UsedTokens {
+        tokens: to_i64(ledger.used_tokens(budget.token_types.as_deref())),
+        input: to_i64(ledger.tokens(TokenType::Input)),
+        output: to_i64(ledger.tokens(TokenType::Output)),
+        cost: budget.priced().then(|| pricing::format_money(total)),
+    }
+}
+
+/// The history entry of the ledger's period, which started at `start` and ended at `end`:
+/// its totals, and its largest models and workloads, priced by `budget`; times in `tz`.
+fn period_summary(
+    budget: &ValidBudget,
+    ledger: &Ledger,
+    start: Timestamp,
+    end: Timestamp,
+    tz: &jiff::tz::TimeZone,
+) -> PeriodSummary {
+    let costs = costs(budget, ledger);
+    PeriodSummary {
+        period_start: period::rfc3339(&start.to_zoned(tz.clone())),
+        period_end: period::rfc3339(&end.to_zoned(tz.clone())),
+        used: used(budget, ledger, costs.total),
+        currency: budget.currency.clone(),
+        models: history::top_models(costs.models),
+        workloads: history::top_workloads(costs.workloads),
+    }
+}
+
 /// Where usage stands against the limits.
 struct Standing {
-    used: u64,
     remaining: Option<u64>,
     percent: Option<u64>,
     /// The highest threshold crossed.
@@ -257,7 +376,6 @@ impl Standing {
             .find(|t| percent.is_some_and(|p| p >= u64::from(**t)))
             .copied();
         Self {
-            used,
             remaining: budget.limit_tokens.map(|l| l.saturating_sub(used)),
             percent,
             crossed,
@@ -379,35 +497,26 @@ pub fn usage_status(
     let burn_rate = account.burn_rate();
     let costs = costs(budget, ledger);
     let standing = Standing::new(budget, ledger.used_tokens(budget.token_types.as_deref()), costs.total);
-    let workloads = ledger
-        .workloads()
+    let workloads = costs
+        .workloads
         .into_iter()
         .take(TOP_WORKLOADS)
-        .map(|(kind, name, tokens)| WorkloadUsage {
-            kind,
-            name: name.to_string(),
-            tokens: to_i64(tokens),
-            cost: None,
-        })
+        .map(|(workload, _)| workload)
         .collect();
     let mut conditions = standing.conditions().to_vec();
     conditions.push(pricing_condition(budget, &costs.unpriced, ledger.models_capped()));
     let status = TokenBudgetStatus {
         phase: Some(standing.phase()),
-        used: Some(UsedTokens {
-            tokens: to_i64(standing.used),
-            input: to_i64(ledger.tokens(TokenType::Input)),
-            output: to_i64(ledger.tokens(TokenType::Output)),
-            cost: budget.priced().then(|| pricing::format_money(costs.total)),
-        }),
+        used: Some(used(budget, ledger, costs.total)),
         remaining_tokens: standing.remaining.map(to_i64),
         percent_used: standing.percent.map(to_i64),
         period_start: Some(window.period_start()),
         resets_at: window.resets_at(),
         burn_rate: burn_rate.map(|(rate, _)| to_i64(rate)),
         projected_exhaustion: standing.projected_exhaustion(burn_rate, window),
-        models: costs.models,
+        models: costs.models.into_iter().map(|(model, _)| model).collect(),
         workloads,
+        history: account.history.clone(),
         accounting: Some(ledger.to_state()),
         ..Default::default()
     };
@@ -434,7 +543,10 @@ pub fn scrape_condition(report: &BindingReport) -> Desired {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{api::TokenBudgetSpec, validate};
+    use crate::{
+        api::{ResetPeriod, TokenBudgetSpec},
+        validate,
+    };
 
     const NOW: &str = "2026-11-30T12:00:00Z";
 
@@ -668,5 +780,387 @@ mod tests {
         assert!(account.burn_rate().is_some());
         assert!(account.begin_period("2026-12-01T00:00:00Z".parse().unwrap()));
         assert_eq!(account.burn_rate(), None);
+    }
+
+    // ---- The history of ended periods, and the workloads' costs --------------------------
+
+    use crate::api::{HISTORY_LIMIT, HISTORY_TOP, WorkloadKind};
+    use crate::usage::{Extractor, ledger::PodObservation};
+    use proptest::prelude::*;
+
+    fn at(t: &str) -> Timestamp {
+        t.parse().unwrap()
+    }
+
+    /// An hourly budget in UTC with prices for `a` (1.00 / 2.00) and `b` (0.15 / 0.60); `c`
+    /// has none.
+    fn hourly() -> ValidBudget {
+        budget(
+            "limits: {tokens: 100000000}\nperiod: {reset: Hourly}\ncurrency: EUR\npricing: \
+             [{model: a, input: '1.00', output: '2.00'}, {model: b, input: '0.15', output: '0.60'}]",
+        )
+    }
+
+    /// One successful scrape of pod `uid` of workload `(kind, name)`, started inside any
+    /// period of these tests, with these counters.
+    fn scrape(account: &mut Account, uid: &str, workload: (WorkloadKind, &str), series: &[(&str, TokenType, u64)]) {
+        let body: String = series
+            .iter()
+            .map(|(model, t, v)| {
+                let metric = match t {
+                    TokenType::Input => "vllm:prompt_tokens_total",
+                    TokenType::Output => "vllm:generation_tokens_total",
+                };
+                format!("{metric}{{model_name=\"{model}\"}} {v}\n")
+            })
+            .collect();
+        let usage = Extractor::new(crate::api::MetricsFormat::Vllm, &[])
+            .extract(body.as_bytes())
+            .unwrap();
+        let observation = PodObservation {
+            uid,
+            name: uid,
+            binding: "bb",
+            workload,
+            restarts: 0,
+            started_at: Some(at("2026-01-01T00:00:00Z")),
+            bound_since: at("2026-01-01T00:00:00Z"),
+            container_started: None,
+            scraped_at: at("2026-11-30T10:30:00Z"),
+        };
+        account.ledger_mut().observe(&observation, &usage);
+    }
+
+    fn window_at(account: &Account, budget: &ValidBudget, now: &str) -> PeriodWindow {
+        account.window(budget, at(now), at("2026-01-01T00:00:00Z"))
+    }
+
+    /// The status a cycle at `now` writes: rolled over into `now`'s period first.
+    fn cycle(account: &mut Account, budget: &ValidBudget, now: &str) -> (bool, TokenBudgetStatus) {
+        let window = window_at(account, budget, now);
+        let ended = account.roll_over(budget, &window, at(now));
+        (ended, usage_status(budget, account, &window).0)
+    }
+
+    /// The account a restarted operator resumes from `status`, after a round trip through
+    /// JSON as through the API server.
+    fn restarted(status: &TokenBudgetStatus) -> Account {
+        let json = serde_json::to_string(status).unwrap();
+        Account::resume("uid", Some(&serde_json::from_str(&json).unwrap()))
+    }
+
+    const DEPLOYMENT: (WorkloadKind, &str) = (WorkloadKind::Deployment, "writer");
+    const JOB: (WorkloadKind, &str) = (WorkloadKind::Job, "reader");
+
+    /// Two workloads over three models in the hour from 10:00: the writer 1,000 input and
+    /// 200 output tokens of `a` and 3,000 input of `c` (no price); the reader 2,000,000 input
+    /// of `b`.
+    fn spent_in_the_ten_oclock_hour(budget: &ValidBudget) -> Account {
+        let mut account = Account::resume("uid", None);
+        let (ended, _) = cycle(&mut account, budget, "2026-11-30T10:00:05Z");
+        assert!(!ended, "a new budget ends no period");
+        scrape(&mut account, "w", DEPLOYMENT, &[]);
+        scrape(&mut account, "r", JOB, &[]);
+        use TokenType::{Input, Output};
+        scrape(
+            &mut account,
+            "w",
+            DEPLOYMENT,
+            &[("a", Input, 1000), ("a", Output, 200), ("c", Input, 3000)],
+        );
+        scrape(&mut account, "r", JOB, &[("b", Input, 2_000_000)]);
+        account
+    }
+
+    #[test]
+    fn a_period_that_ends_is_recorded_once_with_its_exact_totals() {
+        let budget = hourly();
+        let mut account = spent_in_the_ten_oclock_hour(&budget);
+        let (ended, before) = cycle(&mut account, &budget, "2026-11-30T10:59:59Z");
+        assert!(!ended);
+        assert!(before.history.is_empty());
+        // The current period's workloads carry their cost: 0.001 + 0.0004 (the tokens of `c`
+        // cost nothing), and 0.30.
+        let workloads: Vec<_> = before
+            .workloads
+            .iter()
+            .map(|w| (w.name.as_str(), w.tokens, w.cost.as_deref()))
+            .collect();
+        assert_eq!(
+            workloads,
+            [("reader", 2_000_000, Some("0.30")), ("writer", 4200, Some("0.0014"))]
+        );
+
+        let (ended, after) = cycle(&mut account, &budget, "2026-11-30T11:00:00.05Z");
+        assert!(ended);
+        assert_eq!(after.history.len(), 1);
+        let entry = &after.history[0];
+        assert_eq!(
+            (entry.period_start.as_str(), entry.period_end.as_str()),
+            ("2026-11-30T10:00:00+00:00", "2026-11-30T11:00:00+00:00")
+        );
+        assert_eq!(entry.currency, "EUR");
+        assert_eq!(
+            entry.used,
+            UsedTokens {
+                tokens: 2_004_200,
+                input: 2_004_000,
+                output: 200,
+                cost: Some("0.3014".into())
+            }
+        );
+        // By cost, then tokens: `c`, unpriced, last.
+        let models: Vec<_> = entry
+            .models
+            .iter()
+            .map(|m| (m.model.as_str(), m.input, m.output, m.cost.as_deref()))
+            .collect();
+        assert_eq!(
+            models,
+            [
+                ("b", 2_000_000, 0, Some("0.30")),
+                ("a", 1000, 200, Some("0.0014")),
+                ("c", 3000, 0, None)
+            ]
+        );
+        assert_eq!(entry.workloads, before.workloads);
+        // The new period starts from zero.
+        assert_eq!(after.used.as_ref().map(|u| u.tokens), Some(0));
+        assert!(after.workloads.is_empty());
+
+        // Later cycles of the new period, and a restarted operator, add nothing.
+        let (ended, later) = cycle(&mut account, &budget, "2026-11-30T11:30:00Z");
+        assert!(!ended);
+        assert_eq!(later.history, after.history);
+        let mut resumed = restarted(&after);
+        let (ended, resumed_status) = cycle(&mut resumed, &budget, "2026-11-30T11:00:01Z");
+        assert!(!ended);
+        assert_eq!(resumed_status.history, after.history);
+    }
+
+    #[test]
+    fn a_restored_ledger_of_an_ended_period_gives_its_entry_once() {
+        let budget = hourly();
+        let mut account = spent_in_the_ten_oclock_hour(&budget);
+        // The last status written before the boundary; the operator stops.
+        let (_, persisted) = cycle(&mut account, &budget, "2026-11-30T10:59:58Z");
+        // A new operator starts after the boundary: its first cycle ends the restored period.
+        let mut resumed = restarted(&persisted);
+        let (ended, written) = cycle(&mut resumed, &budget, "2026-11-30T11:00:03Z");
+        assert!(ended);
+        assert_eq!(written.history.len(), 1);
+        assert_eq!(written.history[0].used.cost.as_deref(), Some("0.3014"));
+        // Its status written, it stops, and the next one starts: no second entry.
+        let mut again = restarted(&written);
+        let (ended, rewritten) = cycle(&mut again, &budget, "2026-11-30T11:00:09Z");
+        assert!(!ended);
+        assert_eq!(rewritten.history, written.history);
+        // The same status written by the operator that never stopped.
+        let (_, continuous) = cycle(&mut account, &budget, "2026-11-30T11:00:03Z");
+        assert_eq!(continuous.history, written.history);
+    }
+
+    #[test]
+    fn a_clock_behind_the_ledgers_period_does_not_move_it_back() {
+        let budget = hourly();
+        let mut account = spent_in_the_ten_oclock_hour(&budget);
+        let (_, written) = cycle(&mut account, &budget, "2026-11-30T11:00:00.05Z");
+        // A replica whose clock is a second behind takes over.
+        let mut lagging = restarted(&written);
+        let window = window_at(&lagging, &budget, "2026-11-30T10:59:59Z");
+        assert_eq!(window.period_start(), "2026-11-30T11:00:00+00:00");
+        let (ended, status) = cycle(&mut lagging, &budget, "2026-11-30T10:59:59Z");
+        assert!(!ended);
+        assert_eq!(status.history, written.history);
+        assert_eq!(status.period_start, written.period_start);
+        // A period of another spec does give way: Hourly became Daily, whose period started
+        // at midnight, before the ledger's. The hour ends now.
+        let daily = budget_with_period(&budget, ResetPeriod::Daily);
+        let (ended, daily_status) = cycle(&mut lagging, &daily, "2026-11-30T11:20:00Z");
+        assert!(ended);
+        assert_eq!(daily_status.period_start.as_deref(), Some("2026-11-30T00:00:00+00:00"));
+        let entry = &daily_status.history[0];
+        assert_eq!(
+            (entry.period_start.as_str(), entry.period_end.as_str()),
+            ("2026-11-30T11:00:00+00:00", "2026-11-30T11:20:00+00:00")
+        );
+        assert_eq!(daily_status.history.len(), 2);
+    }
+
+    fn budget_with_period(budget: &ValidBudget, reset: ResetPeriod) -> ValidBudget {
+        ValidBudget {
+            reset,
+            ..budget.clone()
+        }
+    }
+
+    #[test]
+    fn a_period_without_usage_is_recorded_with_zeros_and_never_ends_for_never() {
+        let budget = hourly();
+        let mut account = Account::resume("uid", None);
+        cycle(&mut account, &budget, "2026-11-30T10:00:05Z");
+        let (ended, status) = cycle(&mut account, &budget, "2026-11-30T11:00:00Z");
+        assert!(ended);
+        let entry = &status.history[0];
+        assert_eq!(
+            entry.used,
+            UsedTokens {
+                tokens: 0,
+                input: 0,
+                output: 0,
+                cost: Some("0.00".into())
+            }
+        );
+        assert!(entry.models.is_empty() && entry.workloads.is_empty());
+
+        let never = budget_with_period(&budget, ResetPeriod::Never);
+        let mut account = Account::resume("uid", None);
+        cycle(&mut account, &never, "2026-11-30T10:00:05Z");
+        for now in ["2026-12-31T23:59:59Z", "2027-06-01T00:00:00Z", "2036-01-01T00:00:00Z"] {
+            let (ended, status) = cycle(&mut account, &never, now);
+            assert!(!ended, "{now}");
+            assert!(status.history.is_empty());
+        }
+    }
+
+    #[test]
+    fn an_hourly_budget_keeps_its_last_twelve_hours_newest_first() {
+        let budget = hourly();
+        let mut account = Account::resume("uid", None);
+        let start = at("2026-11-30T00:00:01Z");
+        let mut status = TokenBudgetStatus::default();
+        for hour in 0..30 {
+            let now = (start + SignedDuration::from_hours(hour)).to_string();
+            scrape(
+                &mut account,
+                "p",
+                DEPLOYMENT,
+                &[("a", TokenType::Input, 1000 * (hour as u64 + 1))],
+            );
+            let (_, written) = cycle(&mut account, &budget, &now);
+            // Every other hour the operator restarts from what it wrote.
+            account = if hour % 2 == 0 { restarted(&written) } else { account };
+            status = written;
+        }
+        assert_eq!(status.history.len(), HISTORY_LIMIT);
+        let starts: Vec<&str> = status.history.iter().map(|e| &e.period_start[11..13]).collect();
+        assert_eq!(
+            starts,
+            ["04", "03", "02", "01", "00", "23", "22", "21", "20", "19", "18", "17"]
+        );
+        // Each hour counted what was spent in it: 1,000 tokens (the first scrape of an hour
+        // is counted in the hour before: it comes before that hour's cycle).
+        for entry in &status.history {
+            assert_eq!(entry.used.tokens, 1000, "{}", entry.period_start);
+            assert_eq!(entry.used.cost.as_deref(), Some("0.001"));
+        }
+    }
+
+    /// A pod of the proptest: workload, model, input, output.
+    fn spend() -> impl Strategy<Value = (usize, usize, u64, u64)> {
+        (0..25usize, 0..13usize, 0..5_000_000u64, 0..1_000_000u64)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever the workloads spend on whichever models, and wherever the operator
+        /// restarts: the workloads' costs are exact and add up to the total; the current
+        /// status lists the 20 largest workloads with their cost; the period's history entry
+        /// is made once, lists the 10 largest models and workloads by cost then tokens, and
+        /// what it lists never exceeds the totals (all of them when there are 10 or fewer).
+        #[test]
+        fn workload_costs_are_exact_and_the_entry_adds_up(
+            spends in prop::collection::vec(spend(), 1..80),
+            restart_at in 0..80usize,
+        ) {
+            let models: Vec<String> = (0..12)
+                .map(|m| format!("m{m}"))
+                .chain(["unpriced".to_string()])
+                .collect();
+            let pricing: Vec<String> = (0..12)
+                .map(|m| format!("{{model: m{m}, input: '0.{m}7', output: '{m}.015'}}"))
+                .collect();
+            let budget = budget(&format!(
+                "limits: {{cost: '1000000'}}\nperiod: {{reset: Hourly}}\npricing: [{}]",
+                pricing.join(", ")
+            ));
+            let names: Vec<String> = (0..25).map(|w| format!("w{w:02}")).collect();
+            let kinds = [WorkloadKind::Deployment, WorkloadKind::Job];
+            let workload = |w: usize| (kinds[w % 2], names[w].as_str());
+            let mut account = Account::resume("uid", None);
+            cycle(&mut account, &budget, "2026-11-30T10:00:05Z");
+            // One pod per (workload, model), its counters only growing.
+            let mut counters: std::collections::BTreeMap<(usize, usize), (u64, u64)> = Default::default();
+            let mut truth: std::collections::BTreeMap<usize, Decimal> = Default::default();
+            for (i, (w, m, input, output)) in spends.iter().enumerate() {
+                let uid = format!("pod-{w}-{m}");
+                let c = counters.entry((*w, *m)).or_default();
+                if c.0 == 0 && c.1 == 0 {
+                    scrape(&mut account, &uid, workload(*w), &[]);
+                }
+                c.0 += input;
+                c.1 += output;
+                let model = models[*m].as_str();
+                let series = [(model, TokenType::Input, c.0), (model, TokenType::Output, c.1)];
+                scrape(&mut account, &uid, workload(*w), &series);
+                let cost = budget.prices.cost(&models[*m], *input, *output).unwrap_or_default();
+                *truth.entry(*w).or_default() += cost;
+                if i == restart_at {
+                    let (_, written) = cycle(&mut account, &budget, "2026-11-30T10:30:00Z");
+                    account = restarted(&written);
+                }
+            }
+            let costs = costs(&budget, account.ledger());
+            let total: Decimal = truth.values().copied().sum();
+            prop_assert_eq!(costs.total, total);
+            for (usage, cost) in &costs.workloads {
+                let w = names.iter().position(|n| *n == usage.name).unwrap();
+                prop_assert_eq!(*cost, truth[&w]);
+                prop_assert_eq!(usage.cost.clone(), Some(pricing::format_money(truth[&w])));
+            }
+            let (_, current) = cycle(&mut account, &budget, "2026-11-30T10:59:00Z");
+            prop_assert_eq!(current.workloads.len(), truth.len().min(TOP_WORKLOADS));
+            prop_assert!(current.workloads.windows(2).all(|w| w[0].tokens >= w[1].tokens));
+
+            let (ended, status) = cycle(&mut account, &budget, "2026-11-30T11:00:00Z");
+            prop_assert!(ended);
+            prop_assert_eq!(status.history.len(), 1);
+            let entry = &status.history[0];
+            let used = entry.used.clone();
+            prop_assert_eq!(used.cost.clone(), Some(pricing::format_money(total)));
+            prop_assert!(entry.models.len() <= HISTORY_TOP && entry.workloads.len() <= HISTORY_TOP);
+            let cost_of =
+                |c: &Option<String>| c.as_deref().map_or(Decimal::ZERO, |c| pricing::parse_money(c).unwrap());
+            let listed_tokens: i64 = entry.workloads.iter().map(|w| w.tokens).sum();
+            let listed_exact: Decimal = entry
+                .workloads
+                .iter()
+                .map(|w| truth[&names.iter().position(|n| *n == w.name).unwrap()])
+                .sum();
+            prop_assert!(listed_tokens <= used.input + used.output);
+            prop_assert!(listed_exact <= total);
+            if truth.len() <= HISTORY_TOP {
+                prop_assert_eq!(listed_tokens, used.input + used.output);
+                prop_assert_eq!(listed_exact, total);
+            }
+            // By cost, then tokens: each listed one at least as large as any left out.
+            let by = |w: &WorkloadUsage| (cost_of(&w.cost), w.tokens);
+            prop_assert!(entry.workloads.windows(2).all(|p| by(&p[0]) >= by(&p[1])));
+            let least = entry.workloads.last().map(by);
+            for (usage, _) in &costs.workloads {
+                if !entry.workloads.iter().any(|w| w.name == usage.name) {
+                    prop_assert!(Some(by(usage)) <= least);
+                }
+            }
+            let listed_models: i64 = entry.models.iter().map(|m| m.input + m.output).sum();
+            prop_assert!(listed_models <= used.input + used.output);
+            let by_model = |m: &ModelUsage| (cost_of(&m.cost), m.input + m.output);
+            prop_assert!(entry.models.windows(2).all(|p| by_model(&p[0]) >= by_model(&p[1])));
+            // Once.
+            let (ended, again) = cycle(&mut restarted(&status), &budget, "2026-11-30T11:00:01Z");
+            prop_assert!(!ended);
+            prop_assert_eq!(again.history, status.history);
+        }
     }
 }

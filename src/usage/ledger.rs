@@ -48,6 +48,10 @@ pub const OTHER_MODELS: &str = "(other)";
 /// period (with `reset: Never`, the budget's whole life); the tokens of further ones count
 /// under the name [`OTHER_MODELS`] (per kind, for workloads).
 pub const MAX_TOTALS: usize = 1000;
+/// At most this many (workload, model) totals in a budget's period (1,000 workloads of 5
+/// models each, or 100 of 50): what bounds the workloads' `models` in the status. A workload
+/// that would need more keeps counting its tokens, but its cost is unknown for the period.
+pub const MAX_WORKLOAD_MODELS: usize = 5000;
 
 /// One successful scrape's view of a pod: who it is and what the pod status said at the time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +112,10 @@ pub struct Ledger {
     pods: BTreeMap<String, PodEntry>,
     /// Model -> [input, output].
     models: BTreeMap<String, [u64; 2]>,
-    workloads: BTreeMap<(WorkloadKind, String), u64>,
+    workloads: BTreeMap<(WorkloadKind, String), WorkloadTotals>,
+    /// How many (workload, model) totals `workloads` hold, at most [`MAX_WORKLOAD_MODELS`]
+    /// (more only from a status written by hand). Derived, never persisted on its own.
+    workload_models: usize,
     bindings: BTreeMap<String, u64>,
     /// Since when each binding charges the budget and binds each of its workloads. Not part of
     /// a period: it outlives resets.
@@ -139,6 +146,25 @@ impl PartialEq for Ledger {
 }
 
 impl Eq for Ledger {}
+
+/// One workload's tokens in the period: all of them, and per model and type, which is what
+/// prices apply to (its cost is exact only from these).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct WorkloadTotals {
+    /// All models and types.
+    tokens: u64,
+    /// Model -> [input, output]. Their sum falls short of `tokens` only in a period resumed
+    /// from a status written before they were kept: what was counted before is not known by
+    /// model.
+    models: BTreeMap<String, [u64; 2]>,
+}
+
+impl WorkloadTotals {
+    /// Whether `models` hold all of `tokens`.
+    fn complete(&self) -> bool {
+        self.models.values().flatten().copied().fold(0, add) >= self.tokens
+    }
+}
 
 /// Since when each binding (by name) charges the budget, and binds each of its workloads.
 pub type Bound = BTreeMap<String, BoundBy>;
@@ -197,7 +223,12 @@ impl Ledger {
                 .insert(m.model.clone(), [from_i64(m.input), from_i64(m.output)]);
         }
         for w in &state.workloads {
-            ledger.workloads.insert((w.kind, w.name.clone()), from_i64(w.tokens));
+            let models = decode_workload_models(&w.models, &state.models);
+            let tokens = from_i64(w.tokens);
+            ledger.workload_models += models.len();
+            ledger
+                .workloads
+                .insert((w.kind, w.name.clone()), WorkloadTotals { tokens, models });
         }
         for b in &state.bindings {
             ledger.bindings.insert(b.name.clone(), from_i64(b.tokens));
@@ -269,6 +300,8 @@ impl Ledger {
     /// unchanged ledger gives an unchanged status.
     pub fn to_state(&self) -> AccountingState {
         let (pod_groups, counter_models) = self.pod_groups();
+        // The workloads' models by their index in `models` (by name, as written below).
+        let index = |model: &String| self.models.keys().position(|m| m == model);
         AccountingState {
             period_start: self.period_start.map(|t| t.to_string()).unwrap_or_default(),
             pod_groups,
@@ -286,10 +319,11 @@ impl Ledger {
             workloads: self
                 .workloads
                 .iter()
-                .map(|((kind, name), tokens)| WorkloadTokens {
+                .map(|((kind, name), totals)| WorkloadTokens {
                     kind: *kind,
                     name: name.clone(),
-                    tokens: to_i64(*tokens),
+                    tokens: to_i64(totals.tokens),
+                    models: encode_workload_models(&totals.models, index),
                 })
                 .collect(),
             bindings: self
@@ -440,25 +474,24 @@ impl Ledger {
             return 0;
         }
         let (workload, binding) = (entry.workload.clone(), entry.binding.clone());
-        let mut added = 0u64;
-        for (model, token_type, increase) in increases {
-            added = add(added, increase);
-            match self.models.get_mut(model) {
-                Some(values) => values[slot(token_type)] = add(values[slot(token_type)], increase),
-                None => {
-                    let mut values = [0; 2];
-                    values[slot(token_type)] = increase;
-                    self.models.insert(model.to_owned(), values);
-                }
-            }
-        }
         let workload = if self.workloads.contains_key(&workload) || self.workloads.len() < MAX_TOTALS {
             workload
         } else {
             (workload.0, OTHER_MODELS.to_string())
         };
         let workload = self.workloads.entry(workload).or_default();
-        *workload = add(*workload, added);
+        let mut added = 0u64;
+        for (model, token_type, increase) in increases {
+            added = add(added, increase);
+            add_tokens(&mut self.models, model, token_type, increase);
+            // Beyond the bound, the workload's tokens count but not by model: its cost is
+            // then unknown (`workload_models`), never wrong.
+            if workload.models.contains_key(model) || self.workload_models < MAX_WORKLOAD_MODELS {
+                self.workload_models += usize::from(!workload.models.contains_key(model));
+                add_tokens(&mut workload.models, model, token_type, increase);
+            }
+        }
+        workload.tokens = add(workload.tokens, added);
         let binding = if self.bindings.contains_key(&binding) || self.bindings.len() < MAX_TOTALS {
             binding
         } else {
@@ -485,6 +518,7 @@ impl Ledger {
         self.period_start = Some(new_period_start);
         self.models.clear();
         self.workloads.clear();
+        self.workload_models = 0;
         self.bindings.clear();
         self.admit_known();
     }
@@ -544,10 +578,24 @@ impl Ledger {
         let mut list: Vec<_> = self
             .workloads
             .iter()
-            .map(|((kind, name), tokens)| (*kind, name.as_str(), *tokens))
+            .map(|((kind, name), totals)| (*kind, name.as_str(), totals.tokens))
             .collect();
         list.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| (a.0, a.1).cmp(&(b.0, b.1))));
         list
+    }
+
+    /// One workload's tokens per model: (model, input, output), by model name; `None` when
+    /// they do not hold all its tokens (a period resumed from a status written before they
+    /// were kept), or the ledger has no such workload.
+    pub fn workload_models(&self, kind: WorkloadKind, name: &str) -> Option<Vec<(&str, u64, u64)>> {
+        let totals = self.workloads.get(&(kind, name.to_string()))?;
+        totals.complete().then(|| {
+            totals
+                .models
+                .iter()
+                .map(|(model, [input, output])| (model.as_str(), *input, *output))
+                .collect()
+        })
     }
 
     /// Per binding: (name, tokens of all types charged to it), by name.
@@ -580,6 +628,57 @@ impl Ledger {
     pub fn pod_count(&self) -> usize {
         self.pods.len()
     }
+}
+
+/// Adds `increase` tokens of `token_type` to `model`'s totals.
+fn add_tokens(totals: &mut BTreeMap<String, [u64; 2]>, model: &str, token_type: TokenType, increase: u64) {
+    match totals.get_mut(model) {
+        Some(values) => values[slot(token_type)] = add(values[slot(token_type)], increase),
+        None => {
+            let mut values = [0; 2];
+            values[slot(token_type)] = increase;
+            totals.insert(model.to_owned(), values);
+        }
+    }
+}
+
+/// A workload's tokens per model as [`WorkloadTokens::models`] keeps them: `<model>:<input>:<output>`
+/// per model, separated by spaces, `<model>` the index that `index` gives (in the state's
+/// `models`). A model without an index (never: every model a workload counts is in the
+/// totals) is left out, and the workload's cost is then unknown rather than wrong.
+fn encode_workload_models(models: &BTreeMap<String, [u64; 2]>, index: impl Fn(&String) -> Option<usize>) -> String {
+    use std::fmt::Write;
+    let mut line = String::new();
+    for (model, [input, output]) in models {
+        let Some(i) = index(model) else { continue };
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        let _ = write!(line, "{i}:{}:{}", to_i64(*input), to_i64(*output));
+    }
+    line
+}
+
+/// Reads [`encode_workload_models`]'s form back, by the names of `models`. A field that
+/// cannot be read is left out (the workload's cost is then unknown); negative numbers read
+/// as 0.
+fn decode_workload_models(line: &str, models: &[ModelTokens]) -> BTreeMap<String, [u64; 2]> {
+    let mut decoded = BTreeMap::new();
+    for field in line.split(' ').filter(|f| !f.is_empty()) {
+        let mut parts = field.split(':');
+        let model = parts
+            .next()
+            .and_then(|i| i.parse::<usize>().ok())
+            .and_then(|i| models.get(i));
+        let input = parts.next().and_then(|v| v.parse::<i64>().ok());
+        let output = parts.next().and_then(|v| v.parse::<i64>().ok());
+        if let (Some(model), Some(input), Some(output), None) = (model, input, output, parts.next()) {
+            let values: &mut [u64; 2] = decoded.entry(model.model.clone()).or_default();
+            values[0] = add(values[0], from_i64(input));
+            values[1] = add(values[1], from_i64(output));
+        }
+    }
+    decoded
 }
 
 /// Stores a last-seen value, keeping no zeros (a zero is the same as an absent series).
@@ -1048,7 +1147,10 @@ mod tests {
                 }],
                 "counterModels": ["a", "m", "z"],
                 "models": [{"model": "a", "output": 2}, {"model": "m", "input": 100}, {"model": "z", "output": 5}],
-                "workloads": [{"kind": "Deployment", "name": "summarizer", "tokens": 107}],
+                // Per model, by the index in `models`: what makes the workload's cost exact.
+                "workloads": [{
+                    "kind": "Deployment", "name": "summarizer", "tokens": 107, "models": "0:0:2 1:100:0 2:0:5",
+                }],
                 "bindings": [{"name": "bb-a", "tokens": 107}],
             })
         );
@@ -1056,6 +1158,100 @@ mod tests {
             serde_json::to_value(Ledger::default().to_state()).unwrap(),
             serde_json::json!({"periodStart": ""})
         );
+    }
+
+    #[test]
+    fn a_workloads_tokens_are_kept_per_model_and_type_across_a_restart() {
+        let mut l = fresh();
+        let job = PodObservation {
+            workload: (WorkloadKind::Job, "batch"),
+            ..pod("j")
+        };
+        l.observe(&pod("p"), &usage(&[("x", Input, 100), ("y", Output, 20)]));
+        l.observe(&job, &usage(&[("x", Input, 300), ("x", Output, 1)]));
+        l.observe(&pod("p"), &usage(&[("x", Input, 150), ("y", Output, 20)]));
+        let deployment = [("x", 150, 0), ("y", 0, 20)];
+        assert_eq!(
+            l.workload_models(WorkloadKind::Deployment, "summarizer"),
+            Some(deployment.to_vec())
+        );
+        assert_eq!(l.workload_models(WorkloadKind::Job, "batch"), Some(vec![("x", 300, 1)]));
+        assert_eq!(l.workload_models(WorkloadKind::Job, "none"), None);
+        let restarted = Ledger::from_state(Some(&l.to_state()));
+        assert_eq!(restarted, l);
+        assert_eq!(
+            restarted.workload_models(WorkloadKind::Deployment, "summarizer"),
+            Some(deployment.to_vec())
+        );
+        // A new period starts them from zero, with the other totals.
+        let mut next = restarted;
+        next.reset(ts("2026-12-01T00:00:00Z"));
+        assert_eq!(next.workload_models(WorkloadKind::Job, "batch"), None);
+    }
+
+    #[test]
+    fn the_workloads_models_are_bounded_and_beyond_the_bound_a_cost_is_unknown() {
+        let mut l = fresh();
+        // 501 workloads of 10 models each: 10 more than the bound.
+        let names: Vec<String> = (0..=MAX_WORKLOAD_MODELS / 10).map(|w| format!("w{w:04}")).collect();
+        let series: Vec<(String, TokenType, u64)> = (0..10).map(|m| (format!("m{m}"), Input, 5)).collect();
+        let series: Vec<(&str, TokenType, u64)> = series.iter().map(|(m, t, v)| (m.as_str(), *t, *v)).collect();
+        for name in &names {
+            let observation = PodObservation {
+                workload: (WorkloadKind::Job, name),
+                ..pod(name)
+            };
+            assert_eq!(l.observe(&observation, &usage(&series)), 50);
+        }
+        // The first 500 workloads have their 10 models each; the last one only its tokens.
+        let first = l.workload_models(WorkloadKind::Job, &names[0]).unwrap();
+        assert_eq!(first.len(), 10);
+        let last = names.last().unwrap();
+        assert_eq!(l.workload_models(WorkloadKind::Job, last), None);
+        assert_eq!(l.workloads().iter().find(|w| w.1 == last).map(|w| w.2), Some(50));
+        assert_eq!(l.used_tokens(None), 50 * names.len() as u64);
+        // So after a restart, and a new period makes room again.
+        let mut restarted = Ledger::from_state(Some(&l.to_state()));
+        assert_eq!(restarted, l);
+        assert_eq!(restarted.workload_models(WorkloadKind::Job, last), None);
+        restarted.reset(ts("2026-12-01T00:00:00Z"));
+        let observation = PodObservation {
+            workload: (WorkloadKind::Job, last),
+            ..pod(last)
+        };
+        let more: Vec<(&str, TokenType, u64)> = series.iter().map(|(m, t, v)| (*m, *t, v + 1)).collect();
+        restarted.observe(&observation, &usage(&more));
+        assert_eq!(
+            restarted.workload_models(WorkloadKind::Job, last).map(|m| m.len()),
+            Some(10)
+        );
+    }
+
+    #[test]
+    fn a_status_without_the_workloads_models_leaves_their_cost_unknown_for_the_period() {
+        let mut l = fresh();
+        l.observe(&pod("p"), &usage(&[("x", Input, 100)]));
+        // As a version before the workloads' models wrote it.
+        let mut state = l.to_state();
+        state.workloads[0].models.clear();
+        // And a field that cannot be read is left out, not misread.
+        let mut garbled = l.to_state();
+        garbled.workloads[0].models = "0:100:x 7:1:1".into();
+        for state in [state, garbled] {
+            let mut old = Ledger::from_state(Some(&state));
+            assert_eq!(old.workloads(), [(WorkloadKind::Deployment, "summarizer", 100)]);
+            assert_eq!(old.workload_models(WorkloadKind::Deployment, "summarizer"), None);
+            old.observe(&pod("p"), &usage(&[("x", Input, 130)]));
+            assert_eq!(old.workloads(), [(WorkloadKind::Deployment, "summarizer", 130)]);
+            assert_eq!(old.workload_models(WorkloadKind::Deployment, "summarizer"), None);
+            // From the next period on, known.
+            old.reset(ts("2026-12-01T00:00:00Z"));
+            old.observe(&pod("p"), &usage(&[("x", Input, 131)]));
+            assert_eq!(
+                old.workload_models(WorkloadKind::Deployment, "summarizer"),
+                Some(vec![("x", 1, 0)])
+            );
+        }
     }
 
     #[test]
@@ -1361,6 +1557,8 @@ mod tests {
         doubled: u64,
         models: BTreeMap<Series, u64>,
         workloads: [u64; 2],
+        /// (workload, series) -> tokens: what a workload's cost is computed from.
+        workload_models: BTreeMap<(usize, Series), u64>,
         bindings: [u64; 2],
     }
 
@@ -1446,6 +1644,7 @@ mod tests {
                     self.oracle.doubled += counted.saturating_sub(n);
                     expected += counted;
                     *self.oracle.models.entry(*series).or_default() += counted;
+                    *self.oracle.workload_models.entry((pod.workload, *series)).or_default() += counted;
                 } else {
                     self.oracle.excluded += n;
                 }
@@ -1632,6 +1831,19 @@ mod tests {
                     .find(|w| (w.0, w.1) == (*kind, *name))
                     .map_or(0, |w| w.2);
                 assert_eq!(got, o.workloads[i], "workload {name}");
+                // Per model and type too, exactly, across restarts and resets.
+                let oracle = |m: usize, t: TokenType| o.workload_models.get(&(i, (m, t))).copied().unwrap_or(0);
+                match self.ledger.workload_models(*kind, name) {
+                    Some(models) => {
+                        for (model, input, output) in models {
+                            let m = MODELS.iter().position(|x| *x == model).unwrap();
+                            assert_eq!((input, output), (oracle(m, Input), oracle(m, Output)), "{name} {model}");
+                        }
+                        let sum: u64 = (0..MODELS.len()).map(|m| oracle(m, Input) + oracle(m, Output)).sum();
+                        assert_eq!(sum, got, "{name}: its models hold all its tokens");
+                    }
+                    None => assert_eq!(got, 0, "{name} has tokens but no models"),
+                }
             }
             for (i, b) in BINDINGS.iter().enumerate() {
                 assert_eq!(self.ledger.binding_tokens(b), o.bindings[i], "binding {b}");

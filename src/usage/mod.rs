@@ -4,6 +4,8 @@
 //!   failing pods) and the usage part of its status.
 //! - [`cycle`]: one accounting cycle without its I/O: the plan of scrapes, and the fold of
 //!   their answers into the account.
+//! - [`history`]: the periods a budget has ended (`status.history`, for chargeback): one
+//!   entry per period, newest first, bounded.
 //! - [`ledger`]: turns successive scrapes into a budget's usage (the accounting rules),
 //!   persisted in the budget's status.
 //! - [`parse`]: reads the token counters out of one scraped metrics body (Prometheus text
@@ -20,6 +22,7 @@
 
 pub mod account;
 pub mod cycle;
+pub mod history;
 pub mod ledger;
 pub mod parse;
 pub mod period;

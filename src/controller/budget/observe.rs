@@ -18,7 +18,7 @@ use crate::{
     usage::{
         account::BindingReport,
         cycle::{self, Binding, Freshness, Times},
-        period::{self, PeriodWindow},
+        period::PeriodWindow,
     },
     validate::{self, ValidBinding, ValidBudget},
     workloads::{Namespace, WorkloadId},
@@ -119,9 +119,10 @@ async fn account<'a>(
 ) -> Cycle<'a> {
     ctx.accounts.forget_missing(&ctx.budgets, &ctx.metrics);
     let origin = tb.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0);
-    let window = period::current(spec.reset, &spec.time_zone, now, origin);
     let mut account = ctx.accounts.lease(tb, ctx.leadership.term());
-    let period_reset = account.begin_period(window.start.timestamp());
+    let window = account.window(spec, now, origin);
+    // The period that ended goes into the history, written with the new period's ledger.
+    let period_reset = account.roll_over(spec, &window, now);
 
     let bindings = valid_bindings(ctx, tb);
     let bindings: Vec<Binding> = bindings
