@@ -79,7 +79,7 @@ pub fn status_list(budgets: &[TokenBudget], listing: Listing, opts: &Options) ->
     }
     let mut budgets: Vec<&TokenBudget> = budgets.iter().collect();
     budgets.sort_by_key(|b| (b.namespace(), b.name_any()));
-    let columns = StatusColumns::new(budgets.iter().copied(), listing, opts.wide);
+    let columns = StatusColumns::new(budgets.iter().copied(), listing == Listing::AllNamespaces, opts.wide);
     let mut table = Table::new(&columns.header());
     for b in budgets {
         table.push(columns.row(b, opts));
@@ -97,9 +97,9 @@ struct StatusColumns {
 }
 
 impl StatusColumns {
-    fn new<'a>(budgets: impl IntoIterator<Item = &'a TokenBudget>, listing: Listing, wide: bool) -> Self {
+    fn new<'a>(budgets: impl IntoIterator<Item = &'a TokenBudget>, all_namespaces: bool, wide: bool) -> Self {
         Self {
-            namespace: listing == Listing::AllNamespaces,
+            namespace: all_namespaces,
             cost: budgets.into_iter().any(|b| b.spec.limits.cost.is_some()),
             wide,
         }
@@ -617,14 +617,9 @@ impl Watch {
                 if budgets.is_empty() {
                     return Vec::new();
                 }
-                let listing = if self.all_namespaces {
-                    Listing::AllNamespaces
-                } else {
-                    Listing::Namespace("")
-                };
                 let columns = *self
                     .columns
-                    .get_or_insert_with(|| StatusColumns::new(budgets.iter().copied(), listing, opts.wide));
+                    .get_or_insert_with(|| StatusColumns::new(budgets.iter().copied(), self.all_namespaces, opts.wide));
                 budgets
                     .iter()
                     .map(|b| {
