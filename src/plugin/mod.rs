@@ -3,15 +3,18 @@
 //! only adds the API calls, the clock and stdout.
 
 pub mod render;
+pub mod report;
 
 use std::ffi::OsString;
 
 use clap::{
-    CommandFactory, FromArgMatches, Parser, Subcommand,
+    Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum,
     builder::NonEmptyStringValueParser,
     error::{ContextKind, ContextValue, ErrorKind},
 };
 pub use clap_complete::Shell;
+
+pub use report::{Bound, GroupBy, PeriodRange, ReportOutput, ReportRequest};
 
 /// The name kubectl finds the plugin by on PATH: shells complete this name.
 pub const BINARY: &str = "kubectl-tokenbudget";
@@ -27,8 +30,11 @@ pub const BINARY: &str = "kubectl-tokenbudget";
     allow_external_subcommands = true,
     about = "kubectl tokenbudget: how much of their TokenBudgets your LLM workloads have spent",
     override_usage = "\
-kubectl tokenbudget status [NAME] [-n NAMESPACE | -A]
-       kubectl tokenbudget top [--budget NAME] [-n NAMESPACE | -A]
+kubectl tokenbudget status [NAME] [-n NAMESPACE | -A] [-o json|yaml|wide] [--no-headers] [-w]
+       kubectl tokenbudget top [--budget NAME] [-n NAMESPACE | -A] [-o json|yaml|wide] [--no-headers] [-w]
+       kubectl tokenbudget report [NAME] [-n NAMESPACE | -A] [--by budget|namespace|workload|model]
+                                  [--from DATE|TIME] [--to DATE|TIME] [--last N] [--include-current]
+                                  [-o table|csv|json] [--no-headers]
        kubectl tokenbudget version
        kubectl tokenbudget completion bash|zsh|fish",
     after_help = "Colours are used when stdout is a terminal, unless NO_COLOR is set."
@@ -61,6 +67,8 @@ enum Sub {
     Status {
         /// the TokenBudget to describe
         name: Option<String>,
+        #[command(flatten)]
+        view: ViewFlags,
     },
     /// the workloads that spent the most tokens this period, largest first
     Top {
@@ -70,6 +78,40 @@ enum Sub {
         /// A budget name given as for `status`: told to use --budget.
         #[arg(hide = true)]
         name: Option<String>,
+        #[command(flatten)]
+        view: ViewFlags,
+    },
+    /// chargeback: what the ended periods of the budgets used and cost (status.history), by
+    /// budget, namespace, workload or model, with totals per currency
+    #[command(after_help = "\
+A DATE is midnight at the start of that day in each budget's own time zone (spec.period.timezone);
+a TIME is an RFC 3339 instant. A period is in the range when it starts in it: --from inclusive,
+--to exclusive, so consecutive ranges never count a period twice or miss one.
+Example, November per team: kubectl tokenbudget report -A --by namespace --from 2026-11-01 --to 2026-12-01")]
+    Report {
+        /// only this TokenBudget
+        name: Option<String>,
+        /// what one row adds up
+        #[arg(long, value_enum, value_name = "GROUP", default_value_t = GroupBy::Budget)]
+        by: GroupBy,
+        /// periods that start at or after this date or time
+        #[arg(long, value_name = "DATE|TIME", value_parser = report::parse_bound)]
+        from: Option<Bound>,
+        /// periods that start before this date or time
+        #[arg(long, value_name = "DATE|TIME", value_parser = report::parse_bound)]
+        to: Option<Bound>,
+        /// only the N most recent ended periods of each budget (in the range)
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+        last: Option<u16>,
+        /// also the current period, so far (when it starts in the range)
+        #[arg(long)]
+        include_current: bool,
+        /// the output format
+        #[arg(short = 'o', long, value_enum, value_name = "FORMAT", default_value_t = ReportOutput::Table)]
+        output: ReportOutput,
+        /// no header line (table and csv)
+        #[arg(long)]
+        no_headers: bool,
     },
     /// the plugin's version
     Version,
@@ -87,6 +129,52 @@ fish: kubectl-tokenbudget completion fish > ~/.config/fish/completions/kubectl-t
     Unknown(Vec<String>),
 }
 
+/// The kubectl output flags of `status` and `top`.
+#[derive(Debug, Args)]
+struct ViewFlags {
+    /// the output format: the objects as json or yaml, or the table with more columns
+    #[arg(short = 'o', long, value_enum, value_name = "FORMAT")]
+    output: Option<ListOutput>,
+    /// no header line
+    #[arg(long)]
+    no_headers: bool,
+    /// after the table, a line for each change, until interrupted
+    #[arg(short = 'w', long)]
+    watch: bool,
+}
+
+impl From<ViewFlags> for View {
+    fn from(flags: ViewFlags) -> Self {
+        Self {
+            output: flags.output.unwrap_or_default(),
+            no_headers: flags.no_headers,
+            watch: flags.watch,
+        }
+    }
+}
+
+/// How `status` and `top` print: `-o`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum ListOutput {
+    /// Without `-o`.
+    #[default]
+    #[value(skip)]
+    Table,
+    /// The TokenBudgets as kubectl prints them: one object for a named budget, else a `v1 List`.
+    Json,
+    Yaml,
+    /// The table with more columns.
+    Wide,
+}
+
+/// `-o`, `--no-headers` and `-w` of `status` and `top`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct View {
+    pub output: ListOutput,
+    pub no_headers: bool,
+    pub watch: bool,
+}
+
 /// Which namespaces a command looks at.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Scope {
@@ -102,9 +190,23 @@ pub enum Scope {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     /// `status [NAME]`.
-    Status { scope: Scope, name: Option<String> },
+    Status {
+        scope: Scope,
+        name: Option<String>,
+        view: View,
+    },
     /// `top [--budget NAME]`.
-    Top { scope: Scope, budget: Option<String> },
+    Top {
+        scope: Scope,
+        budget: Option<String>,
+        view: View,
+    },
+    /// `report [NAME]`.
+    Report {
+        scope: Scope,
+        name: Option<String>,
+        request: ReportRequest,
+    },
     /// `version`.
     Version,
     /// `completion SHELL`.
@@ -146,14 +248,13 @@ where
         None => Command::Help,
         Some(Sub::Version) => Command::Version,
         Some(Sub::Completion { shell }) => Command::Completion(shell),
-        Some(Sub::Status { name }) => {
-            if name.is_some() && scope == Scope::AllNamespaces {
-                return Err(mistake(
-                    ErrorKind::ArgumentConflict,
-                    "a TokenBudget cannot be retrieved by name across all namespaces: use -n",
-                ));
+        Some(Sub::Status { name, view }) => {
+            by_name_in_one_namespace(&name, &scope)?;
+            Command::Status {
+                scope,
+                name,
+                view: view.into(),
             }
-            Command::Status { scope, name }
         }
         Some(Sub::Top { name: Some(name), .. }) => {
             return Err(mistake(
@@ -161,12 +262,51 @@ where
                 &format!("top takes no arguments (got {name:?}): use --budget NAME"),
             ));
         }
-        Some(Sub::Top { budget, name: None }) => Command::Top { scope, budget },
+        Some(Sub::Top {
+            budget,
+            name: None,
+            view,
+        }) => Command::Top {
+            scope,
+            budget,
+            view: view.into(),
+        },
+        Some(Sub::Report {
+            name,
+            by,
+            from,
+            to,
+            last,
+            include_current,
+            output,
+            no_headers,
+        }) => {
+            by_name_in_one_namespace(&name, &scope)?;
+            let range = PeriodRange {
+                from,
+                to,
+                last: last.map(usize::from),
+                include_current,
+            };
+            range
+                .check()
+                .map_err(|message| mistake(ErrorKind::ArgumentConflict, &message))?;
+            Command::Report {
+                scope,
+                name,
+                request: ReportRequest {
+                    by,
+                    range,
+                    output,
+                    no_headers,
+                },
+            }
+        }
         Some(Sub::Unknown(words)) => {
             let command = words.first().map(String::as_str).unwrap_or_default();
             return Err(mistake(
                 ErrorKind::InvalidSubcommand,
-                &format!("unknown command {command:?}: use status, top, version or completion"),
+                &format!("unknown command {command:?}: use status, top, report, version or completion"),
             ));
         }
     };
@@ -175,6 +315,17 @@ where
         kubeconfig: cli.kubeconfig,
         context: cli.context,
     })
+}
+
+/// As kubectl: a name is looked up in one namespace.
+fn by_name_in_one_namespace(name: &Option<String>, scope: &Scope) -> Result<(), clap::Error> {
+    if name.is_some() && *scope == Scope::AllNamespaces {
+        return Err(mistake(
+            ErrorKind::ArgumentConflict,
+            "a TokenBudget cannot be retrieved by name across all namespaces: use -n",
+        ));
+    }
+    Ok(())
 }
 
 /// The command line as help and errors show it. Not in `#[command]`: the subcommands would
@@ -275,7 +426,8 @@ mod tests {
             parse("status").unwrap(),
             Command::Status {
                 scope: Scope::ContextNamespace,
-                name: None
+                name: None,
+                view: View::default(),
             }
         );
         for line in [
@@ -289,7 +441,8 @@ mod tests {
                 parse(line).unwrap(),
                 Command::Status {
                     scope: ns("agents"),
-                    name: Some("research".into())
+                    name: Some("research".into()),
+                    view: View::default(),
                 },
                 "{line}"
             );
@@ -298,7 +451,8 @@ mod tests {
             parse("status -A").unwrap(),
             Command::Status {
                 scope: Scope::AllNamespaces,
-                name: None
+                name: None,
+                view: View::default(),
             }
         );
         // As kubectl: -A wins over -n.
@@ -306,7 +460,8 @@ mod tests {
             parse("status -n x --all-namespaces").unwrap(),
             Command::Status {
                 scope: Scope::AllNamespaces,
-                name: None
+                name: None,
+                view: View::default(),
             }
         );
     }
@@ -317,16 +472,93 @@ mod tests {
             parse("top -A --budget research").unwrap(),
             Command::Top {
                 scope: Scope::AllNamespaces,
-                budget: Some("research".into())
+                budget: Some("research".into()),
+                view: View::default(),
             }
         );
         assert_eq!(
             parse("top --budget=research -n a").unwrap(),
             Command::Top {
                 scope: ns("a"),
-                budget: Some("research".into())
+                budget: Some("research".into()),
+                view: View::default(),
             }
         );
+    }
+
+    #[test]
+    fn output_flags_of_status_and_top() {
+        let view = |output, no_headers, watch| View {
+            output,
+            no_headers,
+            watch,
+        };
+        for (line, want) in [
+            ("status -o json", view(ListOutput::Json, false, false)),
+            ("status --output=yaml -w", view(ListOutput::Yaml, false, true)),
+            ("status -owide --no-headers", view(ListOutput::Wide, true, false)),
+            ("status --watch", view(ListOutput::Table, false, true)),
+        ] {
+            let Command::Status { view, .. } = parse(line).unwrap() else {
+                panic!("{line}: not status");
+            };
+            assert_eq!(view, want, "{line}");
+        }
+        assert_eq!(
+            parse("top --budget research -o wide -w -n a").unwrap(),
+            Command::Top {
+                scope: ns("a"),
+                budget: Some("research".into()),
+                view: view(ListOutput::Wide, false, true),
+            }
+        );
+        assert_eq!(
+            parse("status research -n a -o yaml").unwrap(),
+            Command::Status {
+                scope: ns("a"),
+                name: Some("research".into()),
+                view: view(ListOutput::Yaml, false, false),
+            }
+        );
+    }
+
+    #[test]
+    fn report_defaults_and_ranges() {
+        assert_eq!(
+            parse("report").unwrap(),
+            Command::Report {
+                scope: Scope::ContextNamespace,
+                name: None,
+                request: ReportRequest::default(),
+            }
+        );
+        let date = |s: &str| Bound::Date(s.parse().unwrap());
+        let time = |s: &str| Bound::Time(s.parse().unwrap());
+        assert_eq!(
+            parse("report research -n agents --by workload --from 2026-09-01 --to 2026-12-01T00:00:00+01:00 --last 2 --include-current -o csv --no-headers").unwrap(),
+            Command::Report {
+                scope: ns("agents"),
+                name: Some("research".into()),
+                request: ReportRequest {
+                    by: GroupBy::Workload,
+                    range: PeriodRange {
+                        from: Some(date("2026-09-01")),
+                        to: Some(time("2026-11-30T23:00:00Z")),
+                        last: Some(2),
+                        include_current: true,
+                    },
+                    output: ReportOutput::Csv,
+                    no_headers: true,
+                },
+            }
+        );
+        let Command::Report { scope, request, .. } = parse("report -A --by=model -ojson").unwrap() else {
+            panic!("not a report");
+        };
+        assert_eq!(scope, Scope::AllNamespaces);
+        assert_eq!((request.by, request.output), (GroupBy::Model, ReportOutput::Json));
+        // A date and a time compare only in a budget's time zone: the report checks those.
+        assert!(parse("report --from 2026-11-02 --to 2026-11-01T12:00:00Z").is_ok());
     }
 
     #[test]
@@ -391,7 +623,21 @@ mod tests {
             );
         }
         for script in [bash, completion(Shell::Zsh), completion(Shell::Fish)] {
-            for word in ["status", "top", "all-namespaces", "budget", "completion"] {
+            for word in [
+                "status",
+                "top",
+                "report",
+                "all-namespaces",
+                "budget",
+                "completion",
+                "no-headers",
+                "watch",
+                "include-current",
+                "wide",
+                "csv",
+                "namespace",
+                "workload",
+            ] {
                 assert!(script.contains(word), "{word} in {script}");
             }
             assert!(!script.contains("kubectl tokenbudget"), "{script}");
@@ -410,7 +656,7 @@ mod tests {
             ("status --colour", "unknown flag \"--colour\""),
             (
                 "stats",
-                "unknown command \"stats\": use status, top, version or completion",
+                "unknown command \"stats\": use status, top, report, version or completion",
             ),
             ("status a b", "unexpected argument \"b\""),
             (
@@ -424,6 +670,48 @@ mod tests {
             ("status --budget x", "unknown flag \"--budget\""),
             ("version x", "unexpected argument \"x\""),
             ("completion", "missing <SHELL>"),
+            (
+                "status -o xml",
+                "invalid value \"xml\" for --output <FORMAT>: use json, yaml, wide",
+            ),
+            (
+                "top -o csv",
+                "invalid value \"csv\" for --output <FORMAT>: use json, yaml, wide",
+            ),
+            (
+                "report -o yaml",
+                "invalid value \"yaml\" for --output <FORMAT>: use table, csv, json",
+            ),
+            (
+                "report --by team",
+                "invalid value \"team\" for --by <GROUP>: use budget, namespace, workload, model",
+            ),
+            ("report -w", "unknown flag \"-w\""),
+            ("version -o json", "unknown flag \"-o\""),
+            (
+                "report --from 2026-12-01 --to 2026-11-01",
+                "--from 2026-12-01 is not before --to 2026-11-01: no period can start in that range",
+            ),
+            (
+                "report --from 2026-11-01T00:00:00Z --to 2026-11-01T00:00:00Z",
+                "--from 2026-11-01T00:00:00Z is not before --to 2026-11-01T00:00:00Z: no period can start in that range",
+            ),
+            (
+                "report --from 2026-13-01",
+                "invalid value '2026-13-01' for '--from <DATE|TIME>': use a date (2026-11-01) or an RFC 3339 time (2026-11-01T00:00:00Z)",
+            ),
+            (
+                "report --to yesterday",
+                "invalid value 'yesterday' for '--to <DATE|TIME>': use a date (2026-11-01) or an RFC 3339 time (2026-11-01T00:00:00Z)",
+            ),
+            (
+                "report --last 0",
+                "invalid value '0' for '--last <N>': 0 is not in 1..=65535",
+            ),
+            (
+                "report -A research",
+                "a TokenBudget cannot be retrieved by name across all namespaces: use -n",
+            ),
         ] {
             let err = parse(line).unwrap_err();
             assert_eq!(err, want, "{line}");

@@ -1,12 +1,15 @@
 //! How budgets look on a terminal. Pure: budgets, `now` and a colour flag in, text out, so every
 //! view is unit-tested from YAML fixtures with a fixed clock.
 
-use std::cmp::Reverse;
+use std::{cmp::Reverse, collections::HashMap};
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
+use serde::Serialize;
+use serde_json::Value;
 
+use super::ListOutput;
 use crate::api::{
     BudgetPhase, Enforcement, EnforcementAction, ResetPeriod, TokenBudget, TokenBudgetSpec, TokenBudgetStatus,
     TokenType,
@@ -23,6 +26,10 @@ pub struct Options {
     pub now: Timestamp,
     /// ANSI colours (a terminal without NO_COLOR).
     pub color: bool,
+    /// `-o wide`: the tables with more columns.
+    pub wide: bool,
+    /// `--no-headers`: the tables without their header line.
+    pub no_headers: bool,
 }
 
 /// Which namespaces a listing covers: decides the NAMESPACE column and the "nothing found"
@@ -72,34 +79,70 @@ pub fn status_list(budgets: &[TokenBudget], listing: Listing, opts: &Options) ->
     }
     let mut budgets: Vec<&TokenBudget> = budgets.iter().collect();
     budgets.sort_by_key(|b| (b.namespace(), b.name_any()));
-    let all = listing == Listing::AllNamespaces;
-    let with_cost = budgets.iter().any(|b| b.spec.limits.cost.is_some());
-
-    let mut header = Vec::new();
-    if all {
-        header.push("NAMESPACE");
-    }
-    header.extend(["NAME", "USAGE", "%USED", "TOKENS"]);
-    if with_cost {
-        header.push("COST");
-    }
-    header.extend(["PHASE", "BURN", "EXHAUSTS", "RESETS"]);
-
-    let mut table = Table::new(&header);
+    let columns = StatusColumns::new(budgets.iter().copied(), listing == Listing::AllNamespaces, opts.wide);
+    let mut table = Table::new(&columns.header());
     for b in budgets {
+        table.push(columns.row(b, opts));
+    }
+    Rendered::out(table.render_with(opts))
+}
+
+/// The columns of the status table, decided once for a listing (a watch keeps them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct StatusColumns {
+    namespace: bool,
+    /// Only when some budget has a cost limit.
+    cost: bool,
+    wide: bool,
+}
+
+impl StatusColumns {
+    fn new<'a>(budgets: impl IntoIterator<Item = &'a TokenBudget>, all_namespaces: bool, wide: bool) -> Self {
+        Self {
+            namespace: all_namespaces,
+            cost: budgets.into_iter().any(|b| b.spec.limits.cost.is_some()),
+            wide,
+        }
+    }
+
+    fn header(&self) -> Vec<&'static str> {
+        let mut header = Vec::new();
+        if self.namespace {
+            header.push("NAMESPACE");
+        }
+        header.extend(["NAME", "USAGE", "%USED", "TOKENS"]);
+        if self.wide {
+            header.extend(["INPUT", "OUTPUT"]);
+        }
+        if self.cost {
+            header.push("COST");
+        }
+        header.extend(["PHASE", "BURN", "EXHAUSTS", "RESETS"]);
+        if self.wide {
+            header.extend(["PERIOD", "TIMEZONE", "ACTION", "ENFORCED"]);
+        }
+        header
+    }
+
+    fn row(&self, b: &TokenBudget, opts: &Options) -> Vec<Cell> {
         let status = b.status.as_ref();
         let phase = status.and_then(|s| s.phase);
         let color = phase.map(phase_color);
         let percent = status.and_then(|s| s.percent_used);
+        let used = status.and_then(|s| s.used.as_ref());
         let mut row = Vec::new();
-        if all {
+        if self.namespace {
             row.push(Cell::plain(b.namespace().unwrap_or_default()));
         }
         row.push(Cell::plain(b.name_any()));
         row.push(Cell::new(bar(percent), color));
         row.push(Cell::plain(percent.map_or("-".into(), |p| format!("{p}%"))));
         row.push(Cell::plain(tokens_cell(b)));
-        if with_cost {
+        if self.wide {
+            row.push(Cell::plain(used.map_or("-".into(), |u| human(u.input))));
+            row.push(Cell::plain(used.map_or("-".into(), |u| human(u.output))));
+        }
+        if self.cost {
             row.push(Cell::plain(cost_cell(b)));
         }
         row.push(Cell::new(phase.map_or("-", phase_name), color));
@@ -114,9 +157,14 @@ pub fn status_list(budgets: &[TokenBudget], listing: Listing, opts: &Options) ->
                 .map_or("-".into(), |t| relative(opts.now, t)),
         ));
         row.push(Cell::plain(resets_cell(b, opts.now)));
-        table.push(row);
+        if self.wide {
+            row.push(Cell::plain(format!("{:?}", b.spec.period.reset)));
+            row.push(Cell::plain(b.spec.period.timezone.clone()));
+            row.push(Cell::plain(format!("{:?}", b.spec.enforcement.action)));
+            row.push(Cell::plain(status.map_or(0, |s| s.enforced.len()).to_string()));
+        }
+        row
     }
-    Rendered::out(table.render("", opts.color))
 }
 
 /// `kubectl tokenbudget status NAME`: everything about one budget, as `kubectl describe` lays
@@ -368,6 +416,82 @@ struct TopRow<'a> {
     name: &'a str,
     tokens: i64,
     total: i64,
+    /// `-o wide`: the workload's cost with its currency, its budget's phase, and what is
+    /// enforced on it.
+    cost: String,
+    phase: Option<BudgetPhase>,
+    enforced: &'a str,
+}
+
+impl TopRow<'_> {
+    /// The row's identity in a watch.
+    fn key(&self) -> String {
+        format!("{}/{}/{}/{}", self.namespace, self.budget, self.kind, self.name)
+    }
+
+    fn cells(&self, all_namespaces: bool, wide: bool) -> Vec<Cell> {
+        let mut row = Vec::new();
+        if all_namespaces {
+            row.push(Cell::plain(self.namespace.clone()));
+        }
+        row.extend([
+            Cell::plain(self.budget.clone()),
+            Cell::plain(self.kind),
+            Cell::plain(self.name),
+            Cell::plain(self.tokens.to_string()),
+            Cell::plain(share(self.tokens, self.total)),
+        ]);
+        if wide {
+            let color = self.phase.map(phase_color);
+            row.extend([
+                Cell::plain(self.cost.clone()),
+                Cell::new(self.phase.map_or("-", phase_name), color),
+                Cell::new(self.enforced, (self.enforced != "-").then_some(color).flatten()),
+            ]);
+        }
+        row
+    }
+}
+
+fn top_header(all_namespaces: bool, wide: bool) -> Vec<&'static str> {
+    let mut header = Vec::new();
+    if all_namespaces {
+        header.push("NAMESPACE");
+    }
+    header.extend(["BUDGET", "KIND", "NAME", "TOKENS", "SHARE%"]);
+    if wide {
+        header.extend(["COST", "PHASE", "ENFORCED"]);
+    }
+    header
+}
+
+/// The workloads of one budget, as `top` shows them.
+fn top_rows(b: &TokenBudget) -> Vec<TopRow<'_>> {
+    let Some(s) = &b.status else {
+        return Vec::new();
+    };
+    let total = workload_total(s);
+    s.workloads
+        .iter()
+        .map(|w| TopRow {
+            namespace: b.namespace().unwrap_or_default(),
+            budget: b.name_any(),
+            kind: w.kind.as_str(),
+            name: &w.name,
+            tokens: w.tokens,
+            total,
+            cost: w
+                .cost
+                .as_deref()
+                .map_or("-".into(), |c| format!("{} {}", money(c), b.spec.currency)),
+            phase: s.phase,
+            enforced: s
+                .enforced
+                .iter()
+                .find(|e| e.kind == w.kind && e.name == w.name)
+                .map_or("-", |e| e.action.as_str()),
+        })
+        .collect()
 }
 
 /// `kubectl tokenbudget top`: the workloads of `budgets` (already filtered by `--budget`, which
@@ -383,27 +507,9 @@ pub fn top(budgets: &[TokenBudget], listing: Listing, budget: Option<&str>, opts
             None => no_budgets(listing),
         });
     }
-    let mut rows: Vec<TopRow> = budgets
-        .iter()
-        .filter_map(|b| b.status.as_ref().map(|s| (b, s)))
-        .flat_map(|(b, s)| {
-            let total = workload_total(s);
-            s.workloads.iter().map(move |w| TopRow {
-                namespace: b.namespace().unwrap_or_default(),
-                budget: b.name_any(),
-                kind: w.kind.as_str(),
-                name: &w.name,
-                tokens: w.tokens,
-                total,
-            })
-        })
-        .collect();
+    let mut rows: Vec<TopRow> = budgets.iter().flat_map(top_rows).collect();
     if rows.is_empty() {
-        return Rendered::note(match (budget, listing) {
-            (Some(name), _) => format!("No workload usage recorded yet for TokenBudget {name}.\n"),
-            (None, Listing::Namespace(ns)) => format!("No workload usage recorded yet in namespace {ns}.\n"),
-            (None, Listing::AllNamespaces) => "No workload usage recorded yet.\n".into(),
-        });
+        return Rendered::note(no_workload_usage(listing, budget));
     }
     rows.sort_by(|a, b| {
         (Reverse(a.tokens), &a.namespace, &a.budget, a.kind, a.name).cmp(&(
@@ -415,27 +521,203 @@ pub fn top(budgets: &[TokenBudget], listing: Listing, budget: Option<&str>, opts
         ))
     });
     let all = listing == Listing::AllNamespaces;
-    let mut header = Vec::new();
-    if all {
-        header.push("NAMESPACE");
-    }
-    header.extend(["BUDGET", "KIND", "NAME", "TOKENS", "SHARE%"]);
-    let mut table = Table::new(&header);
+    let mut table = Table::new(&top_header(all, opts.wide));
     for r in rows {
-        let mut row = Vec::new();
-        if all {
-            row.push(Cell::plain(r.namespace));
-        }
-        row.extend([
-            Cell::plain(r.budget),
-            Cell::plain(r.kind),
-            Cell::plain(r.name),
-            Cell::plain(r.tokens.to_string()),
-            Cell::plain(share(r.tokens, r.total)),
-        ]);
-        table.push(row);
+        table.push(r.cells(all, opts.wide));
     }
-    Rendered::out(table.render("", opts.color))
+    Rendered::out(table.render_with(opts))
+}
+
+fn no_workload_usage(listing: Listing, budget: Option<&str>) -> String {
+    match (budget, listing) {
+        (Some(name), _) => format!("No workload usage recorded yet for TokenBudget {name}.\n"),
+        (None, Listing::Namespace(ns)) => format!("No workload usage recorded yet in namespace {ns}.\n"),
+        (None, Listing::AllNamespaces) => "No workload usage recorded yet.\n".into(),
+    }
+}
+
+// ---- watch ----------------------------------------------------------------------------------
+
+/// Which table a watch prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchView {
+    Status,
+    Top,
+}
+
+/// `-w`, as `kubectl get -w`: the table, then a line for each change. A budget's line is
+/// printed again only when its text changed (an update of its metadata alone prints nothing),
+/// with the columns and widths of the first lines (a wider cell widens its column from then
+/// on). Pure: the binary feeds it the watch's events.
+pub struct Watch {
+    view: WatchView,
+    all_namespaces: bool,
+    /// For `status`: decided by the first budgets printed.
+    columns: Option<StatusColumns>,
+    widths: Vec<usize>,
+    /// The text last printed for each row, by key.
+    shown: HashMap<String, String>,
+}
+
+impl Watch {
+    pub fn new(view: WatchView, listing: Listing) -> Self {
+        Self {
+            view,
+            all_namespaces: listing == Listing::AllNamespaces,
+            columns: None,
+            widths: Vec::new(),
+            shown: HashMap::new(),
+        }
+    }
+
+    /// The first table: every budget, as without `-w`, or the note that there is none.
+    pub fn start(
+        &mut self,
+        budgets: &[TokenBudget],
+        listing: Listing,
+        budget: Option<&str>,
+        opts: &Options,
+    ) -> Rendered {
+        let mut budgets: Vec<&TokenBudget> = budgets.iter().collect();
+        budgets.sort_by_key(|b| (b.namespace(), b.name_any()));
+        let rows = self.rows(&budgets, opts);
+        if rows.is_empty() {
+            return Rendered::note(match (self.view, budgets.is_empty(), budget) {
+                (WatchView::Top, false, _) => no_workload_usage(listing, budget),
+                (_, _, Some(name)) => match listing {
+                    Listing::Namespace(ns) => format!("No TokenBudget named {name} found in namespace {ns}.\n"),
+                    Listing::AllNamespaces => format!("No TokenBudget named {name} found.\n"),
+                },
+                _ => no_budgets(listing),
+            });
+        }
+        Rendered::out(self.print(rows, false, opts))
+    }
+
+    /// A budget added or changed: its lines that differ from the ones printed last.
+    pub fn changed(&mut self, budget: &TokenBudget, opts: &Options) -> String {
+        let rows = self.rows(&[budget], opts);
+        self.print(rows, false, opts)
+    }
+
+    /// A budget deleted: its lines once more, as kubectl prints a deleted object, and then
+    /// forgotten.
+    pub fn deleted(&mut self, budget: &TokenBudget, opts: &Options) -> String {
+        let rows = self.rows(&[budget], opts);
+        let out = self.print(rows.clone(), true, opts);
+        for (key, _) in rows {
+            self.shown.remove(&key);
+        }
+        out
+    }
+
+    fn rows(&mut self, budgets: &[&TokenBudget], opts: &Options) -> Vec<(String, Vec<Cell>)> {
+        match self.view {
+            WatchView::Status => {
+                if budgets.is_empty() {
+                    return Vec::new();
+                }
+                let columns = *self
+                    .columns
+                    .get_or_insert_with(|| StatusColumns::new(budgets.iter().copied(), self.all_namespaces, opts.wide));
+                budgets
+                    .iter()
+                    .map(|b| {
+                        let key = format!("{}/{}", b.namespace().unwrap_or_default(), b.name_any());
+                        (key, columns.row(b, opts))
+                    })
+                    .collect()
+            }
+            WatchView::Top => {
+                let mut rows: Vec<TopRow> = budgets.iter().flat_map(|b| top_rows(b)).collect();
+                rows.sort_by_key(|r| (Reverse(r.tokens), r.key()));
+                rows.iter()
+                    .map(|r| (r.key(), r.cells(self.all_namespaces, opts.wide)))
+                    .collect()
+            }
+        }
+    }
+
+    fn header(&self, wide: bool) -> Vec<&'static str> {
+        match (self.view, self.columns) {
+            (WatchView::Status, Some(columns)) => columns.header(),
+            (WatchView::Status, None) => Vec::new(),
+            (WatchView::Top, _) => top_header(self.all_namespaces, wide),
+        }
+    }
+
+    /// The rows whose text changed (all of them with `force`), the header first if nothing was
+    /// printed before.
+    fn print(&mut self, rows: Vec<(String, Vec<Cell>)>, force: bool, opts: &Options) -> String {
+        let rows: Vec<(String, Vec<Cell>)> = rows
+            .into_iter()
+            .filter(|(key, cells)| force || self.shown.get(key) != Some(&plain_text(cells)))
+            .collect();
+        if rows.is_empty() {
+            return String::new();
+        }
+        let mut table = Table::new(&self.header(opts.wide));
+        let first = self.widths.is_empty();
+        for (key, cells) in rows {
+            self.shown.insert(key, plain_text(&cells));
+            table.push(cells);
+        }
+        table.widen(&mut self.widths, first);
+        table.render_widths(&self.widths, "", opts.color, first && !opts.no_headers)
+    }
+}
+
+/// A row's text without colours or padding: what tells a change.
+fn plain_text(cells: &[Cell]) -> String {
+    cells.iter().map(|c| c.text.as_str()).collect::<Vec<_>>().join("\t")
+}
+
+// ---- objects --------------------------------------------------------------------------------
+
+/// A TokenBudget as kubectl prints it: with its apiVersion and kind (a list's items may lack
+/// them), without `metadata.managedFields` (kubectl's `--show-managed-fields=false`).
+pub fn kubectl_object(mut raw: Value) -> Value {
+    if let Some(object) = raw.as_object_mut() {
+        object.insert("apiVersion".into(), "tokenbudget.io/v1alpha1".into());
+        object.insert("kind".into(), "TokenBudget".into());
+        if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("managedFields");
+        }
+    }
+    raw
+}
+
+/// `-o json|yaml`: one object as kubectl prints it (JSON indented by four spaces, keys
+/// sorted, as kubectl's printer does).
+pub fn object(raw: Value, output: ListOutput) -> String {
+    print_value(&kubectl_object(raw), output)
+}
+
+/// `-o json|yaml` of a listing: a `v1 List` of the objects, as `kubectl get -o json` prints it.
+pub fn object_list(raws: Vec<Value>, output: ListOutput) -> String {
+    let items: Vec<Value> = raws.into_iter().map(kubectl_object).collect();
+    let list = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": items,
+        "metadata": {"resourceVersion": ""},
+    });
+    print_value(&list, output)
+}
+
+fn print_value(value: &Value, output: ListOutput) -> String {
+    match output {
+        ListOutput::Yaml => serde_yaml::to_string(value).expect("a JSON value is YAML"),
+        _ => {
+            let mut out = Vec::new();
+            let formatter = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+            let mut serializer = serde_json::Serializer::with_formatter(&mut out, formatter);
+            value.serialize(&mut serializer).expect("a JSON value serializes");
+            let mut text = String::from_utf8(out).expect("JSON is UTF-8");
+            text.push('\n');
+            text
+        }
+    }
 }
 
 // ---- cells ---------------------------------------------------------------------------------
@@ -639,7 +921,8 @@ fn width(s: &str) -> usize {
     s.chars().count()
 }
 
-struct Cell {
+#[derive(Clone, Debug)]
+pub(crate) struct Cell {
     text: String,
     color: Option<Color>,
 }
@@ -652,40 +935,59 @@ impl Cell {
         }
     }
 
-    fn plain(text: impl Into<String>) -> Self {
+    pub(crate) fn plain(text: impl Into<String>) -> Self {
         Self::new(text, None)
     }
 }
 
 /// Columns left-aligned and three spaces apart, as kubectl prints them; colour is added after
 /// padding so escape codes never shift a column.
-struct Table {
+pub(crate) struct Table {
     header: Vec<Cell>,
     rows: Vec<Vec<Cell>>,
 }
 
 impl Table {
-    fn new(header: &[&str]) -> Self {
+    pub(crate) fn new(header: &[&str]) -> Self {
         Self {
             header: header.iter().map(|h| Cell::plain(*h)).collect(),
             rows: Vec::new(),
         }
     }
 
-    fn push(&mut self, row: Vec<Cell>) {
+    pub(crate) fn push(&mut self, row: Vec<Cell>) {
         debug_assert_eq!(row.len(), self.header.len());
         self.rows.push(row);
     }
 
-    fn render(&self, indent: &str, color: bool) -> String {
-        let mut widths = vec![0; self.header.len()];
-        for row in std::iter::once(&self.header).chain(&self.rows) {
+    pub(crate) fn render(&self, indent: &str, color: bool) -> String {
+        let mut widths = Vec::new();
+        self.widen(&mut widths, true);
+        self.render_widths(&widths, indent, color, true)
+    }
+
+    /// A listing's table: without its header line for `--no-headers`.
+    fn render_with(&self, opts: &Options) -> String {
+        let mut widths = Vec::new();
+        self.widen(&mut widths, true);
+        self.render_widths(&widths, "", opts.color, !opts.no_headers)
+    }
+
+    /// Widens `widths` to fit every row (and the header, with `header`).
+    fn widen(&self, widths: &mut Vec<usize>, header: bool) {
+        widths.resize(widths.len().max(self.header.len()), 0);
+        let header = header.then_some(&self.header);
+        for row in header.into_iter().chain(&self.rows) {
             for (w, cell) in widths.iter_mut().zip(row) {
                 *w = (*w).max(width(&cell.text));
             }
         }
+    }
+
+    fn render_widths(&self, widths: &[usize], indent: &str, color: bool, header: bool) -> String {
+        let header = header.then_some(&self.header);
         let mut out = String::new();
-        for row in std::iter::once(&self.header).chain(&self.rows) {
+        for row in header.into_iter().chain(&self.rows) {
             let mut line = indent.to_string();
             for (i, cell) in row.iter().enumerate() {
                 line.push_str(&paint(&cell.text, cell.color, color));

@@ -28,6 +28,8 @@ fn named(name: &str) -> TokenBudget {
 const PLAIN: Options = Options {
     now: Timestamp::constant(1_795_806_000, 0), // 2026-11-27T19:00:00Z
     color: false,
+    wide: false,
+    no_headers: false,
 };
 
 const COLOR: Options = Options { color: true, ..PLAIN };
@@ -396,4 +398,180 @@ fn shares_of_the_budget_total() {
     assert_eq!(share(1, 3), "33.3%");
     assert_eq!(share(2, 3), "66.7%");
     assert_eq!(share(5, 0), "-");
+}
+
+const WIDE: Options = Options { wide: true, ..PLAIN };
+
+const NO_HEADERS: Options = Options {
+    no_headers: true,
+    ..PLAIN
+};
+
+#[test]
+fn wide_status_adds_the_token_types_the_period_and_the_enforcement() {
+    let out = status_list(&in_namespace("agents"), Listing::Namespace("agents"), &WIDE);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines[0],
+        "NAME       USAGE                  %USED   TOKENS        INPUT   OUTPUT   COST                PHASE       BURN      EXHAUSTS   RESETS    PERIOD    TIMEZONE        ACTION      ENFORCED"
+    );
+    assert_eq!(
+        lines[3],
+        "frozen     ████████████████████   100%    100.3k/100k   90k     10.3k    -                   Exhausted   0/h       -          in 1h     Hourly    UTC             ScaleDown   1"
+    );
+    assert_eq!(
+        lines[5],
+        "research   █████████████████░░░   84%     4.2M/5M       3.5M    700k     105.00/250.00 USD   Warning     12.3k/h   in 2h13m   in 3d4h   Monthly   Europe/Berlin   Annotate    0"
+    );
+    assert_eq!(
+        lines[2],
+        "fresh      ░░░░░░░░░░░░░░░░░░░░   -       -/2k          -       -        -                   -           -         -          -         Monthly   UTC             Annotate    0"
+    );
+}
+
+#[test]
+fn no_headers_leaves_out_the_header_line_only() {
+    let with = status_list(&in_namespace("agents"), Listing::Namespace("agents"), &PLAIN).stdout;
+    let without = status_list(&in_namespace("agents"), Listing::Namespace("agents"), &NO_HEADERS).stdout;
+    assert_eq!(without, with.split_once('\n').unwrap().1);
+    let out = top(&[named("ci-bots")], Listing::AllNamespaces, None, &NO_HEADERS);
+    assert_eq!(
+        out.stdout,
+        text(
+            "
+ops         ci-bots   CronJob   triage   1500     75.0%
+ops         ci-bots   Job       lint     500      25.0%
+"
+        )
+    );
+}
+
+#[test]
+fn wide_top_adds_cost_phase_and_what_is_enforced() {
+    let mut research = named("research");
+    research.status.as_mut().unwrap().workloads[0].cost = Some("12.5".into());
+    let out = top(&[research, named("frozen")], Listing::Namespace("agents"), None, &WIDE);
+    assert_eq!(
+        out.stdout,
+        text(
+            "
+BUDGET     KIND         NAME           TOKENS    SHARE%   COST        PHASE       ENFORCED
+research   Deployment   summarizer     3000000   71.4%    12.50 USD   Warning     -
+research   Job          nightly-eval   1200000   28.6%    -           Warning     -
+frozen     Deployment   scraper        100250    100.0%   -           Exhausted   ScaleDown
+"
+        )
+    );
+}
+
+#[test]
+fn a_watch_prints_the_table_then_a_line_per_change() {
+    let budgets = in_namespace("agents");
+    let mut watch = Watch::new(WatchView::Status, Listing::Namespace("agents"));
+    let first = watch.start(&budgets, Listing::Namespace("agents"), None, &PLAIN);
+    assert_eq!(
+        first.stdout,
+        status_list(&budgets, Listing::Namespace("agents"), &PLAIN).stdout
+    );
+    // Nothing changed: nothing printed (a metadata-only update, a relist after a timeout).
+    for b in &budgets {
+        assert_eq!(watch.changed(b, &PLAIN), "");
+    }
+    let mut research = named("research");
+    let status = research.status.as_mut().unwrap();
+    status.percent_used = Some(96);
+    status.phase = Some(BudgetPhase::Exhausted);
+    // One line, in the columns of the table.
+    assert_eq!(
+        watch.changed(&research, &PLAIN),
+        "research   ███████████████████░   96%     4.2M/5M       105.00/250.00 USD   Exhausted   12.3k/h   in 2h13m   in 3d4h\n"
+    );
+    assert_eq!(watch.changed(&research, &PLAIN), "");
+    // A wider cell widens its column from then on.
+    let mut long = named("starter");
+    long.metadata.name = Some("a-much-longer-name".into());
+    assert_eq!(
+        watch.changed(&long, &PLAIN),
+        "a-much-longer-name   ██░░░░░░░░░░░░░░░░░░   12%     120k/1M       -                   Active      3.6k/h    -          in 3d5h\n"
+    );
+    // A deletion prints the last state once more, as kubectl does.
+    assert_eq!(watch.deleted(&long, &PLAIN).lines().count(), 1);
+    assert_eq!(watch.changed(&long, &PLAIN).lines().count(), 1);
+}
+
+#[test]
+fn a_watch_of_top_prints_the_changed_workloads() {
+    let mut watch = Watch::new(WatchView::Top, Listing::AllNamespaces);
+    let first = watch.start(&[named("ci-bots")], Listing::AllNamespaces, None, &NO_HEADERS);
+    assert_eq!(
+        first.stdout,
+        "ops         ci-bots   CronJob   triage   1500     75.0%\nops         ci-bots   Job       lint     500      25.0%\n"
+    );
+    let mut ci = named("ci-bots");
+    let status = ci.status.as_mut().unwrap();
+    status.workloads[0].tokens = 2500;
+    status.used.as_mut().unwrap().input = 2500;
+    // triage's tokens changed, and with them both shares: both lines.
+    assert_eq!(
+        watch.changed(&ci, &PLAIN),
+        "ops         ci-bots   CronJob   triage   2500     83.3%\nops         ci-bots   Job       lint     500      16.7%\n"
+    );
+    // A budget without workloads yet: the note, and the header comes with the first line.
+    let mut watch = Watch::new(WatchView::Top, Listing::Namespace("agents"));
+    let first = watch.start(&[named("fresh")], Listing::Namespace("agents"), None, &PLAIN);
+    assert_eq!(first.stdout, "");
+    assert_eq!(first.stderr, "No workload usage recorded yet in namespace agents.\n");
+    let out = watch.changed(&named("starter"), &PLAIN);
+    assert_eq!(
+        out,
+        "BUDGET    KIND          NAME         TOKENS   SHARE%\nstarter   StatefulSet   chat-agent   120000   100.0%\n"
+    );
+}
+
+#[test]
+fn objects_print_as_kubectl_prints_them() {
+    let raw = serde_json::json!({
+        "metadata": {"name": "x", "namespace": "a", "managedFields": [{"manager": "kubectl"}]},
+        "spec": {"limits": {"tokens": 5}},
+    });
+    assert_eq!(
+        object(raw.clone(), ListOutput::Json),
+        text(
+            r#"
+{
+    "apiVersion": "tokenbudget.io/v1alpha1",
+    "kind": "TokenBudget",
+    "metadata": {
+        "name": "x",
+        "namespace": "a"
+    },
+    "spec": {
+        "limits": {
+            "tokens": 5
+        }
+    }
+}
+"#
+        )
+    );
+    assert_eq!(
+        object_list(vec![raw], ListOutput::Yaml),
+        text(
+            "
+apiVersion: v1
+items:
+- apiVersion: tokenbudget.io/v1alpha1
+  kind: TokenBudget
+  metadata:
+    name: x
+    namespace: a
+  spec:
+    limits:
+      tokens: 5
+kind: List
+metadata:
+  resourceVersion: ''
+"
+        )
+    );
 }
