@@ -392,7 +392,9 @@ pub const HISTORY_TOP: usize = 10;
 
 /// One period that has ended, for chargeback. The models and workloads listed are the
 /// largest (by cost, then tokens), at most [`HISTORY_TOP`] each; what the others spent is
-/// `used` minus the listed ones, so totals always add up.
+/// `used` (its input + output tokens, and its cost) minus the listed ones, so totals add up.
+/// Each listed cost is rounded to 6 decimals on its own: the rest may be off by 0.000001 per
+/// entry.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PeriodSummary {
