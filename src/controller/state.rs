@@ -6,6 +6,7 @@ use std::{
     collections::HashMap,
     ops::{Deref, DerefMut},
     sync::Mutex,
+    time::{Duration, Instant},
 };
 
 use futures::channel::mpsc::UnboundedSender;
@@ -41,7 +42,28 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Every budget's account.
 #[derive(Default)]
-pub struct Accounts(Mutex<HashMap<BudgetRef, Kept>>);
+pub struct Accounts(Mutex<HashMap<BudgetRef, Kept>>, Sweep);
+
+/// How often the sweeps of what the controllers keep, against the stores, run at most.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// When a sweep last ran. Every budget's cycle asks for one, and a sweep reads every key:
+/// with 1,000 budgets, a sweep at each cycle would be a million reads a round.
+#[derive(Default)]
+struct Sweep(Mutex<Option<Instant>>);
+
+impl Sweep {
+    /// Whether a sweep is due now; if so, it counts as done.
+    fn due(&self) -> bool {
+        let mut last = lock(&self.0);
+        let now = Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < SWEEP_EVERY) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+}
 
 /// An account in memory.
 struct Kept {
@@ -88,8 +110,12 @@ impl Accounts {
     }
 
     /// Forgets every budget that `budgets` no longer has (a delete missed while a watch
-    /// restarted, say).
+    /// restarted, say), at most once per [`SWEEP_EVERY`]: a deleted budget is forgotten at
+    /// once when its deletion is seen ([`Accounts::forget`]).
     pub fn forget_missing(&self, budgets: &Store<DeserializeGuard<TokenBudget>>, metrics: &Metrics) {
+        if !self.1.due() {
+            return;
+        }
         let gone: Vec<BudgetRef> = lock(&self.0)
             .keys()
             .filter(|key| budgets.get(key).is_none())
@@ -184,6 +210,7 @@ pub struct BindingUsage {
 pub struct BindingUsages {
     usage: Mutex<HashMap<BindingRef, BindingUsage>>,
     wake: UnboundedSender<BindingRef>,
+    swept: Sweep,
 }
 
 impl BindingUsages {
@@ -191,6 +218,7 @@ impl BindingUsages {
         Self {
             usage: Mutex::default(),
             wake,
+            swept: Sweep::default(),
         }
     }
 
@@ -226,8 +254,11 @@ impl BindingUsages {
     }
 
     /// Forgets every binding that `bindings` no longer has: deleted, or missed while a watch
-    /// restarted.
+    /// restarted; at most once per [`SWEEP_EVERY`] (what is kept of a binding is small).
     pub fn forget_missing(&self, bindings: &Store<DeserializeGuard<BudgetBinding>>) {
+        if !self.swept.due() {
+            return;
+        }
         lock(&self.usage).retain(|binding, _| bindings.get(binding).is_some());
     }
 

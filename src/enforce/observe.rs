@@ -26,8 +26,8 @@ use crate::{
 pub struct Holds {
     /// The workloads other budgets hold, with the budget holding each.
     pub held: BTreeMap<WorkloadId, String>,
-    /// Every workload that a valid binding of another budget binds. A Job among them is that
-    /// budget's to enforce on, never suspended as the run of this budget's CronJob.
+    /// The runs of this budget's CronJobs that a valid binding of another budget binds: that
+    /// budget's to enforce on, never suspended as a run of this budget's CronJob.
     pub bound: BTreeSet<WorkloadId>,
 }
 
@@ -106,38 +106,76 @@ fn runs(objects: &Namespace, cron_job: &ObjectMeta, excluded: impl Fn(&str) -> b
         .collect()
 }
 
-/// What `others` (the valid bindings of the other budgets that exist, with the name of their
-/// budget) hold of `objects`: every workload they bind, and among those the workloads whose
-/// annotation names another budget than `budget` that binds them. A workload annotated with a
-/// budget that does not exist, or does not bind it, is held by nobody: an annotation alone
-/// lifts no enforcement.
-pub fn holds(objects: &Namespace, budget: &str, others: &[(&str, &ValidBinding)]) -> Holds {
-    let mut bound_by: BTreeSet<(WorkloadId, &str)> = BTreeSet::new();
-    for (owner, binding) in others {
-        let bound = workloads::workloads(&binding.workloads, objects);
-        bound_by.extend(bound.into_iter().map(|id| (id, *owner)));
-    }
+/// The bindings of a namespace's other budgets, read only when a workload calls for them:
+/// in a namespace of 1,000 budgets, every budget reading all the others' at every cycle would
+/// be a million reads a round.
+pub trait Others {
+    /// The valid bindings of budget `budget`, if it exists and is another budget.
+    fn of(&self, budget: &str) -> Vec<ValidBinding>;
+    /// The valid bindings of every other budget that exists.
+    fn all(&self) -> Vec<ValidBinding>;
+}
+
+/// What other budgets hold among `candidates` (the workloads budget `budget` looks at: those
+/// it binds and those annotated with its name) and the runs of their CronJobs. A workload is
+/// held by the budget its annotation names, when that is another budget that exists and binds
+/// it through one of its valid bindings: an annotation alone lifts no enforcement. A run is
+/// bound elsewhere when a valid binding of another budget binds it.
+pub fn holds(objects: &Namespace, budget: &str, candidates: &BTreeSet<WorkloadId>, others: &impl Others) -> Holds {
+    let mut bound_by: BTreeMap<String, BTreeSet<WorkloadId>> = BTreeMap::new();
     let mut held = BTreeMap::new();
-    objects.each_workload(|kind, meta| {
+    for id in candidates {
+        let Some(meta) = objects.workload_meta(id) else {
+            continue;
+        };
         let Some(owner) = meta.annotations.as_ref().and_then(|a| a.get(BUDGET)) else {
-            return;
+            continue;
         };
-        let id = WorkloadId {
-            kind,
-            name: meta.name.clone().unwrap_or_default(),
-        };
-        if owner != budget && bound_by.contains(&(id.clone(), owner.as_str())) {
-            held.insert(id, owner.clone());
+        if owner == budget {
+            continue;
         }
-    });
-    Holds {
-        held,
-        bound: bound_by.into_iter().map(|(id, _)| id).collect(),
+        let binds = bound_by.entry(owner.clone()).or_insert_with(|| {
+            others
+                .of(owner)
+                .iter()
+                .flat_map(|binding| workloads::workloads(&binding.workloads, objects))
+                .collect()
+        });
+        if binds.contains(id) {
+            held.insert(id.clone(), owner.clone());
+        }
     }
+    let runs: Vec<WorkloadId> = candidates
+        .iter()
+        .filter(|id| id.kind == WorkloadKind::CronJob)
+        .filter_map(|id| objects.get::<CronJob>(&id.name))
+        .flat_map(|cron_job| workloads::runs_of(objects, &cron_job.metadata))
+        .map(|job| WorkloadId {
+            kind: WorkloadKind::Job,
+            name: job.name_any(),
+        })
+        .collect();
+    let bound = if runs.is_empty() {
+        BTreeSet::new()
+    } else {
+        let elsewhere: BTreeSet<WorkloadId> = others
+            .all()
+            .iter()
+            .flat_map(|binding| {
+                let jobs: Vec<WorkloadEntry> = (binding.workloads.iter())
+                    .filter(|entry| entry.kind == WorkloadKind::Job)
+                    .cloned()
+                    .collect();
+                workloads::workloads(&jobs, objects)
+            })
+            .collect();
+        runs.into_iter().filter(|run| elsewhere.contains(run)).collect()
+    };
+    Holds { held, bound }
 }
 
 /// The workloads annotated with `budget`'s name.
-fn marked_by(objects: &Namespace, budget: &str) -> Vec<WorkloadId> {
+pub fn marked_by(objects: &Namespace, budget: &str) -> Vec<WorkloadId> {
     let mut marked = Vec::new();
     objects.each_workload(|kind, meta| {
         if meta
@@ -178,6 +216,8 @@ fn state(objects: &Namespace, id: &WorkloadId) -> Option<(ObjectMeta, Option<i32
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::apps::v1::Deployment;
+
     use crate::workloads::{Lists, fixtures::load};
 
     /// A Job of namespace `ns` whose one ownerReference is `owner` (YAML).
@@ -258,5 +298,80 @@ mod tests {
         assert_eq!(cron.runs[0].resource_version.as_deref(), Some("3"));
         let job = workloads.iter().find(|w| w.kind == WorkloadKind::Job).unwrap();
         assert_eq!((job.name.as_str(), job.runs.len()), ("bound-here", 0));
+    }
+
+    /// Other budgets' bindings, counting what is asked of them.
+    #[derive(Default)]
+    struct Counted {
+        bindings: Vec<(&'static str, ValidBinding)>,
+        asked: std::cell::RefCell<Vec<String>>,
+    }
+
+    impl Others for Counted {
+        fn of(&self, budget: &str) -> Vec<ValidBinding> {
+            self.asked.borrow_mut().push(budget.to_string());
+            (self.bindings.iter())
+                .filter(|(b, _)| *b == budget)
+                .map(|(_, v)| v.clone())
+                .collect()
+        }
+
+        fn all(&self) -> Vec<ValidBinding> {
+            self.asked.borrow_mut().push("*".into());
+            self.bindings.iter().map(|(_, v)| v.clone()).collect()
+        }
+    }
+
+    fn binding(yaml: &str) -> ValidBinding {
+        crate::validate::binding(&serde_yaml::from_str(yaml).expect("fixture parses")).expect("valid")
+    }
+
+    #[test]
+    fn only_the_budgets_annotations_name_are_read_and_only_their_bindings_make_a_hold() {
+        let deployment = |name: &str, owner: &str| -> std::sync::Arc<Deployment> {
+            load(&format!(
+                "metadata: {{name: {name}, namespace: agents, uid: u-{name}, annotations: {{tokenbudget.io/budget: {owner}}}}}\n\
+                 spec: {{selector: {{}}, template: {{}}}}"
+            ))
+        };
+        let objects = Lists {
+            deployments: vec![
+                deployment("mine", "research"),
+                deployment("theirs", "support"),
+                deployment("claimed", "support"),
+                deployment("unrelated", "web"),
+            ],
+            ..Default::default()
+        }
+        .namespace("agents");
+        let others = Counted {
+            bindings: vec![
+                (
+                    "support",
+                    binding("budgetRef: {name: support}\nworkloads: [{kind: Deployment, name: theirs}]"),
+                ),
+                (
+                    "web",
+                    binding("budgetRef: {name: web}\nworkloads: [{kind: Deployment, name: unrelated}]"),
+                ),
+            ],
+            ..Default::default()
+        };
+        let candidates = [
+            id(WorkloadKind::Deployment, "mine"),
+            id(WorkloadKind::Deployment, "theirs"),
+            id(WorkloadKind::Deployment, "claimed"),
+        ]
+        .into();
+        let holds = holds(&objects, "research", &candidates, &others);
+        // `claimed` names support, which does not bind it: an annotation alone holds nothing.
+        assert_eq!(
+            holds.held.into_iter().collect::<Vec<_>>(),
+            [(id(WorkloadKind::Deployment, "theirs"), "support".to_string())]
+        );
+        // Support's bindings once, web's never (not a candidate), nobody's list of all (no
+        // CronJob, no runs).
+        assert_eq!(*others.asked.borrow(), ["support"]);
+        assert!(holds.bound.is_empty());
     }
 }

@@ -72,10 +72,10 @@ pub async fn observe<'a>(
     let namespace = tb.namespace().unwrap_or_default();
     let objects = ctx.cluster.namespace(&namespace);
     let (holds, cycle) = match spec {
-        Some(spec) => (
-            holds(ctx, tb, &objects),
-            Some(account(ctx, tb, spec, &objects, now, freshness).await),
-        ),
+        Some(spec) => {
+            let cycle = account(ctx, tb, spec, &objects, now, freshness).await;
+            (holds(ctx, tb, &objects, &cycle.bound), Some(cycle))
+        }
         None => Default::default(),
     };
     Some(Observed {
@@ -86,26 +86,54 @@ pub async fn observe<'a>(
     })
 }
 
-/// The workloads of the namespace that other budgets hold: annotated with the name of a
-/// budget that exists and binds them through one of its valid bindings.
-fn holds(ctx: &Context, tb: &TokenBudget, objects: &Namespace) -> Holds {
-    let namespace = tb.namespace().unwrap_or_default();
+/// What other budgets hold of the workloads the budget looks at: those its valid bindings
+/// bind (`bound`) and those annotated with its name.
+fn holds(ctx: &Context, tb: &TokenBudget, objects: &Namespace, bound: &BTreeSet<WorkloadId>) -> Holds {
     let name = tb.name_any();
-    let exists = |budget: &str| ctx.budgets.get(&BudgetRef::new(budget).within(&namespace)).is_some();
-    let others: Vec<(BudgetBinding, ValidBinding)> = ctx
-        .cluster
-        .bindings_in(&namespace, |budget| budget != name && exists(budget))
-        .into_iter()
-        .filter_map(|binding| {
-            let valid = validate::binding(&binding.spec).ok()?;
-            Some((binding, valid))
-        })
-        .collect();
-    let others: Vec<(&str, &ValidBinding)> = others
-        .iter()
-        .map(|(binding, valid)| (binding.spec.budget_ref.name.as_str(), valid))
-        .collect();
-    enforce::observe::holds(objects, &name, &others)
+    let mut candidates = bound.clone();
+    candidates.extend(enforce::observe::marked_by(objects, &name));
+    let others = OtherBudgets {
+        ctx,
+        namespace: tb.namespace().unwrap_or_default(),
+        name: name.clone(),
+    };
+    enforce::observe::holds(objects, &name, &candidates, &others)
+}
+
+/// The other budgets of a budget's namespace, and their bindings, from the stores.
+struct OtherBudgets<'a> {
+    ctx: &'a Context,
+    namespace: String,
+    /// The budget asking.
+    name: String,
+}
+
+impl OtherBudgets<'_> {
+    fn exists(&self, budget: &str) -> bool {
+        budget != self.name
+            && (self.ctx.budgets)
+                .get(&BudgetRef::new(budget).within(&self.namespace))
+                .is_some()
+    }
+
+    fn valid(bindings: Vec<BudgetBinding>) -> Vec<ValidBinding> {
+        (bindings.iter())
+            .filter_map(|binding| validate::binding(&binding.spec).ok())
+            .collect()
+    }
+}
+
+impl enforce::observe::Others for OtherBudgets<'_> {
+    fn of(&self, budget: &str) -> Vec<ValidBinding> {
+        if !self.exists(budget) {
+            return Vec::new();
+        }
+        Self::valid(self.ctx.cluster.bindings_of(&self.namespace, budget))
+    }
+
+    fn all(&self) -> Vec<ValidBinding> {
+        Self::valid(self.ctx.cluster.bindings_in(&self.namespace, |b| self.exists(b)))
+    }
 }
 
 /// One accounting cycle: the period, the plan, the scrapes, the fold.
