@@ -1016,6 +1016,7 @@ def _():
     final = commands[commands.index(froms[-1]):]
     run = " ".join(" ".join(c.value) for c in commands if c.cmd == "RUN")
     expect("cargo zigbuild --profile dist --locked --bin tokenbudget-operator" in run, "the build command")
+    expect('TOKENBUDGET_GIT_COMMIT="$REVISION"' in run, "the commit of tokenbudget_build_info")
     for arch, target in (("amd64", "x86_64-unknown-linux-musl"), ("arm64", "aarch64-unknown-linux-musl")):
         expect(f"{arch}) target={target}" in run, f"no build for {arch}")
         expect(target in run.split("rustup target add", 1)[1].split("&&")[0], f"rustup lacks {target}")
