@@ -29,6 +29,9 @@ COPY src ./src
 COPY benches ./benches
 # Set by BuildKit from --platform (the target's architecture: amd64, arm64).
 ARG TARGETARCH
+# The commit, and the compiler's version, go into the binary's tokenbudget_build_info metric
+# (read at compile time: src/metrics.rs, BUILD_INFO).
+ARG REVISION=unknown
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     case "$TARGETARCH" in \
@@ -36,7 +39,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
       arm64) target=aarch64-unknown-linux-musl ;; \
       *) echo "unsupported architecture: $TARGETARCH (amd64 or arm64)" >&2; exit 1 ;; \
     esac \
- && cargo zigbuild --profile dist --locked --bin tokenbudget-operator --target "$target" \
+ && TOKENBUDGET_GIT_COMMIT="$REVISION" TOKENBUDGET_RUSTC_VERSION="$(rustc --version | cut -d' ' -f2)" \
+    cargo zigbuild --profile dist --locked --bin tokenbudget-operator --target "$target" \
  && cp "target/$target/dist/tokenbudget-operator" /tokenbudget-operator
 
 FROM gcr.io/distroless/static-debian12:nonroot

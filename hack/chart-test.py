@@ -521,6 +521,41 @@ def _():
     expect(any("by (result)" in e and "tokenbudget_scrapes_total" in e for e in exprs), "no scrapes-by-result panel")
 
 
+@check("dashboard: a Chargeback row of spend by team, by model, top workloads and tokens by model, from the counters")
+def _():
+    dashboard = json.loads(DASHBOARD_FILE.read_text())
+    rows = [p for p in dashboard["panels"] if p["type"] == "row"]
+    (row,) = [r for r in rows if r["title"] == "Chargeback"]
+    below = [r["gridPos"]["y"] for r in rows if r["gridPos"]["y"] > row["gridPos"]["y"]]
+    end = min(below, default=10**6)
+    panels = [p for p in dashboard["panels"] if p["type"] != "row" and row["gridPos"]["y"] < p["gridPos"]["y"] < end]
+    targets = [(p, t) for p in panels for t in p["targets"]]
+    for panel, target in targets:
+        expr = target["expr"]
+        expect("tokenbudget_tokens_total" in expr or "tokenbudget_cost_total" in expr,
+               f"{panel['title']!r} does not read the chargeback counters")
+        expect("increase(" in expr or "rate(" in expr, f"{panel['title']!r}: a counter read without rate/increase")
+        expect('namespace=~"$namespace"' in expr and 'budget=~"$budget"' in expr,
+               f"{panel['title']!r} ignores the variables")
+        if "tokenbudget_cost_total" in expr:
+            expect("currency" in expr and "{{currency}}" in target["legendFormat"],
+                   f"{panel['title']!r}: cost without its currency in the legend")
+    exprs = [t["expr"] for _, t in targets]
+    expect(any("sum by (namespace, currency)" in e and "cost_total" in e for e in exprs), "no spend-by-team panel")
+    expect(any("sum by (model, currency)" in e and "cost_total" in e for e in exprs), "no spend-by-model panel")
+    expect(any(e.startswith("topk(") and "workload" in e and "[$__range]" in e for e in exprs),
+           "no top-workloads-by-cost-in-the-range panel")
+    expect(any("by (model, type)" in e and "tokenbudget_tokens_total" in e for e in exprs), "no tokens-by-model panel")
+    # No two panels overlap on the grid.
+    cells = set()
+    for p in dashboard["panels"]:
+        g = p["gridPos"]
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                expect((x, y) not in cells, f"{p['title']!r} overlaps another panel at {(x, y)}")
+                cells.add((x, y))
+
+
 @check("custom image, resources, scheduling, pod metadata and flags")
 def _():
     resources = {"requests": {"cpu": "250m", "memory": "200Mi"}, "limits": {"cpu": "2", "memory": "1Gi"}}
@@ -981,6 +1016,7 @@ def _():
     final = commands[commands.index(froms[-1]):]
     run = " ".join(" ".join(c.value) for c in commands if c.cmd == "RUN")
     expect("cargo zigbuild --profile dist --locked --bin tokenbudget-operator" in run, "the build command")
+    expect('TOKENBUDGET_GIT_COMMIT="$REVISION"' in run, "the commit of tokenbudget_build_info")
     for arch, target in (("amd64", "x86_64-unknown-linux-musl"), ("arm64", "aarch64-unknown-linux-musl")):
         expect(f"{arch}) target={target}" in run, f"no build for {arch}")
         expect(target in run.split("rustup target add", 1)[1].split("&&")[0], f"rustup lacks {target}")

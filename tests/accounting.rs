@@ -936,3 +936,168 @@ async fn a_status_write_the_api_server_refuses_is_reported_and_nothing_is_lost()
     let ready = ready_of(&tb);
     assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", "Reconciled"));
 }
+
+/// The operator's chargeback series of budget `budget`: `name{labels}` and value.
+fn chargeback(operator: &Operator, budget: &str) -> std::collections::BTreeMap<String, f64> {
+    let label = format!("budget=\"{budget}\"");
+    operator
+        .metrics()
+        .into_iter()
+        .filter(|(series, _)| {
+            (series.starts_with("tokenbudget_tokens_total{") || series.starts_with("tokenbudget_cost_total{"))
+                && series.contains(&label)
+        })
+        .collect()
+}
+
+/// Waits until `/metrics` shows these tokens per (workload, model, type) in the
+/// `tokenbudget_tokens_total` of `budget` (and no other series of it), and returns every
+/// chargeback series of the budget. A counter only grows: one that passes a wanted value
+/// never comes back to it, and the wait fails.
+async fn wait_charged(
+    s: &Tenant,
+    operator: &Operator,
+    budget: &str,
+    wanted: &[(&str, &str, &str, u64)],
+) -> std::collections::BTreeMap<String, f64> {
+    let ns = &s.ns.name;
+    let wanted: std::collections::BTreeMap<String, f64> = wanted
+        .iter()
+        .map(|(workload, model, token_type, tokens)| {
+            let series = format!(
+                "tokenbudget_tokens_total{{budget=\"{budget}\",model=\"{model}\",namespace=\"{ns}\",\
+                 type=\"{token_type}\",workload=\"{workload}\",workload_kind=\"Deployment\"}}"
+            );
+            (series, *tokens as f64)
+        })
+        .collect();
+    let mut last = Default::default();
+    let found = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            let all = chargeback(operator, budget);
+            let tokens: std::collections::BTreeMap<String, f64> = all
+                .iter()
+                .filter(|(series, _)| series.starts_with("tokenbudget_tokens_total"))
+                .map(|(s, v)| (s.clone(), *v))
+                .collect();
+            if tokens == wanted {
+                return all;
+            }
+            last = tokens;
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("timed out waiting for the counters\n  wanted {wanted:#?}\n  last {last:#?}"))
+}
+
+#[tokio::test]
+async fn the_chargeback_counters_equal_what_the_agents_spent_to_the_token() {
+    let mut s = Tenant::new("chargeback").await.with_operator();
+    create(&s.budgets, priced("research").tokens(1_000_000)).await;
+    create(
+        &s.bindings,
+        binding("agents", "research")
+            .deployment("summarizer")
+            .deployment("researcher"),
+    )
+    .await;
+    let summarizers = s.deploy("summarizer", 2).await;
+    let researchers = s.deploy("researcher", 1).await;
+    summarizers[0].1.spend("gpt-4o-mini", 1000, 200);
+    summarizers[1].1.spend("gpt-4o-mini", 30, 4);
+    researchers[0].1.spend("gpt-4o-mini", 500_000, 0);
+    researchers[0].1.spend("other-model", 77, 0);
+    s.wait_used("research", 501_311).await;
+
+    let operator = s.operator.as_ref().unwrap();
+    let charged = wait_charged(
+        &s,
+        operator,
+        "research",
+        &[
+            ("summarizer", "gpt-4o-mini", "input", 1030),
+            ("summarizer", "gpt-4o-mini", "output", 204),
+            ("researcher", "gpt-4o-mini", "input", 500_000),
+            ("researcher", "other-model", "input", 77),
+        ],
+    )
+    .await;
+    eprintln!("the chargeback series of research:");
+    for (series, value) in &charged {
+        eprintln!("{series} {value}");
+    }
+    // Cost in the budget's currency, per workload: gpt-4o-mini at 0.15 and 0.60 per million;
+    // the unpriced model has tokens and no cost series.
+    let cost = |workload: &str| total_of(&charged, "tokenbudget_cost_total", &format!("workload=\"{workload}\""));
+    assert!((cost("summarizer") - (1030.0 * 0.15 + 204.0 * 0.60) / 1e6).abs() < 1e-12);
+    assert!((cost("researcher") - 500_000.0 * 0.15 / 1e6).abs() < 1e-12);
+    assert_eq!(
+        charged
+            .keys()
+            .filter(|s| s.starts_with("tokenbudget_cost_total"))
+            .count(),
+        2,
+        "{charged:#?}"
+    );
+    assert!(
+        charged
+            .keys()
+            .all(|s| !s.contains("cost_total") || s.contains("currency=\"USD\""))
+    );
+    // The phase, one series per state; and what the binary was built from.
+    let metrics = operator.metrics();
+    let phase = |p: &str| {
+        metrics
+            .get(&format!(
+                "tokenbudget_budget_phase{{budget=\"research\",namespace=\"{}\",phase=\"{p}\"}}",
+                s.ns.name
+            ))
+            .copied()
+    };
+    assert_eq!(
+        (phase("Active"), phase("Warning"), phase("Exhausted")),
+        (Some(0.0), Some(1.0), Some(0.0))
+    );
+    assert!(
+        metrics
+            .keys()
+            .any(|s| s.starts_with("tokenbudget_build_info{") && s.contains("version=\"0.1.0\"")),
+        "{metrics:#?}"
+    );
+
+    // Killed and started again: the new operator's counters start from 0 and count only what
+    // it counts itself, never again what the status already holds.
+    let mut killed = s.operator.take().unwrap();
+    killed.child.kill().unwrap();
+    killed.child.wait().unwrap();
+    summarizers[0].1.spend("gpt-4o-mini", 5, 0);
+    s.operator = Some(Operator::start(&s.ns.name));
+    s.wait_used("research", 501_316).await;
+    let operator = s.operator.as_ref().unwrap();
+    wait_charged(&s, operator, "research", &[("summarizer", "gpt-4o-mini", "input", 5)]).await;
+    summarizers[1].1.spend("gpt-4o-mini", 0, 6);
+    s.wait_used("research", 501_322).await;
+    wait_charged(
+        &s,
+        operator,
+        "research",
+        &[
+            ("summarizer", "gpt-4o-mini", "input", 5),
+            ("summarizer", "gpt-4o-mini", "output", 6),
+        ],
+    )
+    .await;
+
+    // A deleted budget's series go.
+    delete(&s.budgets, "research").await;
+    within(
+        async {
+            while !chargeback(operator, "research").is_empty() {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        },
+        "the deleted budget's chargeback series to go",
+    )
+    .await;
+}

@@ -119,6 +119,12 @@ impl Run {
         Instant::now()
     }
 
+    /// The tokens replica `index`'s chargeback counters hold for the budget.
+    fn charged(&self, index: usize) -> f64 {
+        let metrics = self.replicas[index].metrics();
+        total_of(&metrics, "tokenbudget_tokens_total", "budget=\"research\"")
+    }
+
     /// What replica `index` says on `/readyz`.
     fn role(&self, index: usize) -> String {
         self.replicas[index]
@@ -157,6 +163,8 @@ async fn a_killed_leader_is_replaced_and_every_token_counts_once() {
     );
     assert_eq!(run.replicas[standby].metric("tokenbudget_leader"), Some(0.0));
     assert_eq!(run.replicas[leader].metric("tokenbudget_leader"), Some(1.0));
+    // Nor has it counted anything: only the leader's chargeback counters move.
+    assert_eq!(run.charged(standby), 0.0);
 
     // Tokens spent just before the leader dies: counted by it, or by its successor from the
     // status it left, but once.
@@ -223,4 +231,24 @@ async fn a_paused_leader_is_replaced_and_writes_nothing_when_it_wakes() {
     // Counting goes on, once, with the new leader.
     run.spend(150);
     run.wait_counted().await;
+
+    // Over both replicas, the chargeback counters hold every token once: the old leader's
+    // what its accepted writes held, the new one's what it counted from the status it took
+    // over (a counter never goes down: passing the total, it would never come back to it).
+    let spent = run.spent as f64;
+    within(
+        async {
+            while run.charged(0) + run.charged(1) != spent {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        },
+        &format!("the replicas' counters to hold {spent} tokens"),
+    )
+    .await;
+    println!(
+        "chargeback counters: the old leader {}, the new one {}",
+        run.charged(leader),
+        run.charged(standby)
+    );
+    assert!(run.charged(leader) >= 1000.0 && run.charged(standby) >= 400.0);
 }

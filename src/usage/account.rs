@@ -22,7 +22,7 @@ use super::{
 use crate::{
     api::{
         AccountingState, BudgetPhase, ModelUsage, PeriodSummary, TokenBudgetStatus, TokenType, UsedTokens,
-        WorkloadUsage,
+        WorkloadKind, WorkloadUsage,
     },
     conditions::{self, Desired, Status},
     validate::ValidBudget,
@@ -204,6 +204,27 @@ impl Account {
         new
     }
 
+    /// What the ledger counted since the last take, per workload and model, priced at
+    /// `budget`'s prices now: what the operator's monotonic counters add. Take it once the
+    /// status that holds it has been accepted (or was already stored), so that a replica
+    /// whose write never landed has not counted what the next one counts again.
+    pub fn take_charges(&mut self, budget: &ValidBudget) -> Vec<Charge> {
+        self.ledger
+            .take_counted()
+            .into_iter()
+            .map(|((kind, workload, model), [input, output])| {
+                let cost = budget.prices.cost(&model, input, output);
+                Charge {
+                    workload: (kind, workload),
+                    model,
+                    input,
+                    output,
+                    cost,
+                }
+            })
+            .collect()
+    }
+
     /// Tokens per hour over the last hour's samples, as measured when usage last changed
     /// (see [`Account::sample`]), and when that was; none while the samples span less than
     /// [`BURN_MIN_SPAN`].
@@ -221,6 +242,18 @@ fn burn_rate(samples: &VecDeque<(Timestamp, u64)>) -> Option<u64> {
     }
     let per_hour = u128::from(last.1 - first.1) * 3_600_000 / span.as_millis().max(1) as u128;
     Some(u64::try_from(per_hour).unwrap_or(u64::MAX))
+}
+
+/// Tokens that cycles counted for one workload and model since the last
+/// [`Account::take_charges`], and their cost.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Charge {
+    pub workload: (WorkloadKind, String),
+    pub model: String,
+    pub input: u64,
+    pub output: u64,
+    /// At the price in force when taken, exact; `None` for a model without a price.
+    pub cost: Option<Decimal>,
 }
 
 /// What a cycle saw of one binding.
@@ -784,7 +817,7 @@ mod tests {
 
     // ---- The history of ended periods, and the workloads' costs --------------------------
 
-    use crate::api::{HISTORY_LIMIT, HISTORY_TOP, WorkloadKind};
+    use crate::api::{HISTORY_LIMIT, HISTORY_TOP};
     use crate::usage::{Extractor, ledger::PodObservation};
     use proptest::prelude::*;
 
@@ -829,6 +862,39 @@ mod tests {
             scraped_at: at("2026-11-30T10:30:00Z"),
         };
         account.ledger_mut().observe(&observation, &usage);
+    }
+
+    #[test]
+    fn charges_are_what_was_counted_since_the_last_take_priced_exactly() {
+        let budget = hourly();
+        let mut account = spent_in_the_ten_oclock_hour(&budget);
+        let mut charges = account.take_charges(&budget);
+        charges.sort_by(|a, b| (&a.workload, &a.model).cmp(&(&b.workload, &b.model)));
+        let charge = |w: (WorkloadKind, &str), model: &str, input, output, cost: Option<&str>| Charge {
+            workload: (w.0, w.1.to_string()),
+            model: model.into(),
+            input,
+            output,
+            cost: cost.map(|c| c.parse().unwrap()),
+        };
+        assert_eq!(
+            charges,
+            [
+                // 1,000 * 1.00 / 10^6 + 200 * 2.00 / 10^6; `c` has no price.
+                charge(DEPLOYMENT, "a", 1000, 200, Some("0.0014")),
+                charge(DEPLOYMENT, "c", 3000, 0, None),
+                charge(JOB, "b", 2_000_000, 0, Some("0.30")),
+            ]
+        );
+        assert_eq!(account.take_charges(&budget), [], "taken once");
+        // Over the boundary: the next period's first tokens, not its totals from zero.
+        let (ended, _) = cycle(&mut account, &budget, "2026-11-30T11:00:01Z");
+        assert!(ended);
+        scrape(&mut account, "w", DEPLOYMENT, &[("a", TokenType::Input, 1010)]);
+        assert_eq!(
+            account.take_charges(&budget),
+            [charge(DEPLOYMENT, "a", 10, 0, Some("0.00001"))]
+        );
     }
 
     fn window_at(account: &Account, budget: &ValidBudget, now: &str) -> PeriodWindow {

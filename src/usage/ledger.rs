@@ -123,7 +123,16 @@ pub struct Ledger {
     /// The model names the ledger keeps (at most [`MAX_MODELS`]): those of the period's totals
     /// and of the pods' counters. Derived from them, never persisted on its own.
     admitted: BTreeSet<String>,
+    /// What [`Ledger::observe`] counted since the last [`Ledger::take_counted`], whatever the
+    /// period: the increases themselves, for the operator's monotonic counters. In memory
+    /// only, never persisted, and not part of equality.
+    counted: Counted,
 }
+
+/// Tokens counted, per (workload, model): [input, output]. The workload and model are those
+/// the totals use (beyond [`MAX_TOTALS`] workloads or [`MAX_MODELS`] models, `(other)`), so
+/// that it is bounded as the totals are.
+pub type Counted = BTreeMap<(WorkloadKind, String, String), [u64; 2]>;
 
 impl PartialEq for Ledger {
     fn eq(&self, other: &Self) -> bool {
@@ -479,11 +488,14 @@ impl Ledger {
         } else {
             (workload.0, OTHER_MODELS.to_string())
         };
+        let (kind, name) = (workload.0, workload.1.clone());
         let workload = self.workloads.entry(workload).or_default();
         let mut added = 0u64;
         for (model, token_type, increase) in increases {
             added = add(added, increase);
             add_tokens(&mut self.models, model, token_type, increase);
+            let counted = self.counted.entry((kind, name.clone(), model.to_owned())).or_default();
+            counted[slot(token_type)] = add(counted[slot(token_type)], increase);
             // Beyond the bound, the workload's tokens count but not by model: its cost is
             // then unknown (`workload_models`), never wrong.
             if workload.models.contains_key(model) || self.workload_models < MAX_WORKLOAD_MODELS {
@@ -627,6 +639,13 @@ impl Ledger {
     /// The number of pods the ledger knows.
     pub fn pod_count(&self) -> usize {
         self.pods.len()
+    }
+
+    /// What [`Ledger::observe`] counted since the last call, per (workload, model), and starts
+    /// again from nothing. A period reset does not touch it: tokens counted before the
+    /// boundary and not yet taken are still taken once.
+    pub fn take_counted(&mut self) -> Counted {
+        std::mem::take(&mut self.counted)
     }
 }
 
@@ -1054,6 +1073,51 @@ mod tests {
             ..pod("r")
         };
         assert_eq!(l.observe(&new_pod, &usage(&[("m", Input, 9)])), 9);
+    }
+
+    #[test]
+    fn what_was_counted_is_taken_once_per_workload_and_model_across_a_reset() {
+        let mut l = fresh();
+        l.observe(
+            &pod("p"),
+            &usage(&[("m", Input, 100), ("m", Output, 10), ("n", Input, 5)]),
+        );
+        let job = PodObservation {
+            workload: (WorkloadKind::Job, "batch"),
+            ..pod("q")
+        };
+        l.observe(&job, &usage(&[("m", Input, 7)]));
+        let key = |kind, name: &str, model: &str| (kind, name.to_string(), model.to_string());
+        let deployment = WorkloadKind::Deployment;
+        assert_eq!(
+            l.take_counted(),
+            Counted::from([
+                (key(WorkloadKind::Job, "batch", "m"), [7, 0]),
+                (key(deployment, "summarizer", "m"), [100, 10]),
+                (key(deployment, "summarizer", "n"), [5, 0]),
+            ])
+        );
+        assert_eq!(l.take_counted(), Counted::new(), "taken once");
+        // Counted before a boundary and not yet taken: still taken after it, with what the new
+        // period counts; the totals start again from zero, what is taken never goes back.
+        l.observe(
+            &pod("p"),
+            &usage(&[("m", Input, 130), ("m", Output, 10), ("n", Input, 5)]),
+        );
+        l.reset(ts("2026-12-01T00:00:00Z"));
+        l.observe(
+            &pod("p"),
+            &usage(&[("m", Input, 131), ("m", Output, 12), ("n", Input, 5)]),
+        );
+        assert_eq!(l.used_tokens(None), 3);
+        assert_eq!(
+            l.take_counted(),
+            Counted::from([(key(deployment, "summarizer", "m"), [31, 2])])
+        );
+        // Nor is it persisted: a ledger restored from the status has nothing to take.
+        l.observe(&pod("p"), &usage(&[("m", Input, 140)]));
+        assert_eq!(Ledger::from_state(Some(&l.to_state())).take_counted(), Counted::new());
+        assert_eq!(Ledger::from_state(Some(&l.to_state())), l, "not part of equality");
     }
 
     #[test]
@@ -1667,6 +1731,9 @@ mod tests {
             assert!(self.bound_since[b] <= now);
             let added = self.ledger.observe(&observation, &pod.usage());
             assert_eq!(added, expected, "scrape of {} through {}", pod.uid, BINDINGS[b]);
+            // What the operator's counters take is exactly what the scrape added.
+            let counted: u64 = self.ledger.take_counted().values().flatten().sum();
+            assert_eq!(counted, added, "counted for the metrics");
         }
 
         fn apply(&mut self, event: &Event) {

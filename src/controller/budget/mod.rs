@@ -96,7 +96,8 @@ async fn reconcile(guard: Arc<DeserializeGuard<TokenBudget>>, ctx: Arc<Context>)
 }
 
 /// Step 4: the budget's metrics, then its status, when it changed. The metrics go first, so
-/// that whoever sees the new status finds them up to date too. A write that fails (a status
+/// that whoever sees the new status finds them up to date too; the chargeback counters
+/// follow the status accepted ([`charge`]). A write that fails (a status
 /// grown too large for etcd, say) is reported on the budget, and fails the reconcile: it is
 /// retried with backoff, and nothing is announced that was not recorded. `true` when the
 /// status was written.
@@ -124,7 +125,10 @@ async fn write_status(
             None => status::apply(ctx, &api, tb, new).await,
         };
         match (written, account) {
-            (Ok(()), Some(account)) => account.confirmed(),
+            (Ok(()), Some(account)) => {
+                account.confirmed();
+                charge(ctx, &namespace, tb, spec, account);
+            }
             (Ok(()), None) => {}
             (Err(error), account) => {
                 if status::is_conflict(&error)
@@ -144,7 +148,27 @@ async fn write_status(
         }
         return Ok(true);
     }
+    if let Some(account) = account {
+        charge(ctx, &namespace, tb, spec, account);
+    }
     Ok(false)
+}
+
+/// What the account counted goes to the chargeback counters once the status that holds it is
+/// the budget's (written now, or already stored): a write that fails, is fenced or finds a
+/// newer status keeps it out of them, and whoever counts it again from that status counts it
+/// once.
+fn charge(
+    ctx: &Context,
+    namespace: &str,
+    tb: &TokenBudget,
+    spec: Option<&validate::ValidBudget>,
+    account: &mut state::Lease<'_>,
+) {
+    if let Some(spec) = spec {
+        let charges = account.take_charges(spec);
+        ctx.metrics.charge(namespace, &tb.name_any(), &spec.currency, &charges);
+    }
 }
 
 /// A deleted budget restores every workload it changed, deletes its quota, and only then
