@@ -248,6 +248,7 @@ def _():
         ("ClusterRole", FULLNAME),
         ("ClusterRoleBinding", FULLNAME),
         ("CustomResourceDefinition", "budgetbindings.tokenbudget.io"),
+        ("CustomResourceDefinition", "clustertokenbudgets.tokenbudget.io"),
         ("CustomResourceDefinition", "tokenbudgets.tokenbudget.io"),
         ("Deployment", FULLNAME),
         ("PodDisruptionBudget", FULLNAME),
@@ -1325,7 +1326,7 @@ def cluster_checks():
     cfg = helm.Config(kubeconfig_path=kubeconfig, namespace=NAMESPACE)
     scoped_ns, watch_ns, budgets_ns = "tokenbudget-scoped", "tokenbudget-chart-agents", "tokenbudget-chart-budgets"
     upgrade_ns, failed_ns = "tokenbudget-chart-upgrade", "tokenbudget-chart-failed-hook"
-    crd_names = ["tokenbudgets.tokenbudget.io", "budgetbindings.tokenbudget.io"]
+    crd_names = ["tokenbudgets.tokenbudget.io", "budgetbindings.tokenbudget.io", "clustertokenbudgets.tokenbudget.io"]
 
     # Leftovers of an interrupted run go first (without the hook: nobody plays its kubelet).
     for release, namespace in ((RELEASE, NAMESPACE), ("scoped", scoped_ns)):
