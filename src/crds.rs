@@ -150,7 +150,11 @@ mod tests {
         let names: Vec<String> = all().into_iter().map(|(file, _)| file).collect();
         assert_eq!(
             names,
-            ["tokenbudget.io_tokenbudgets.yaml", "tokenbudget.io_budgetbindings.yaml"]
+            [
+                "tokenbudget.io_tokenbudgets.yaml",
+                "tokenbudget.io_budgetbindings.yaml",
+                "tokenbudget.io_clustertokenbudgets.yaml"
+            ]
         );
     }
 }

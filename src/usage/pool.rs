@@ -246,6 +246,20 @@ pub fn used(budget: &ValidBudget, models: &ModelTotals) -> (UsedTokens, Decimal)
     (used, cost)
 }
 
+/// `used` of these tokens without a pool's spec to read (the pool is gone): all types, no
+/// cost.
+pub fn unpriced(models: &ModelTotals) -> UsedTokens {
+    let (input, output) = models.values().fold((0u64, 0u64), |(i, o), (mi, mo)| {
+        (i.saturating_add(*mi), o.saturating_add(*mo))
+    });
+    UsedTokens {
+        tokens: to_i64(input.saturating_add(output)),
+        input: to_i64(input),
+        output: to_i64(output),
+        cost: None,
+    }
+}
+
 /// The pool's `models`: per model, largest (input + output) first, priced.
 pub fn model_usage(budget: &ValidBudget, models: &ModelTotals) -> Vec<ModelUsage> {
     let mut usage: Vec<ModelUsage> = models
