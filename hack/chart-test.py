@@ -53,6 +53,12 @@ EXPECTED_RULES = [
     (["batch"], ["jobs", "cronjobs"], ["list", "watch", "patch"]),
     (["events.k8s.io"], ["events"], ["create"]),
 ]
+# What only the cluster-wide install has (a Role cannot grant cluster-scoped kinds): pools.
+CLUSTER_RULES = [
+    (["tokenbudget.io"], ["clustertokenbudgets"], ["list", "watch"]),
+    (["tokenbudget.io"], ["clustertokenbudgets/status"], ["patch"]),
+    ([""], ["namespaces"], ["list", "watch"]),
+]
 # What the ServiceAccount must not be able to do, asked of the API server. tests/rbac.rs makes
 # the same point with real requests, as the ServiceAccount, after running the operator with it.
 FORBIDDEN = [
@@ -74,6 +80,9 @@ FORBIDDEN = [
     ("patch", "events", "events.k8s.io"),
     ("list", "configmaps", ""),
     ("patch", "namespaces", ""),
+    ("create", "clustertokenbudgets", "tokenbudget.io"),
+    ("patch", "clustertokenbudgets", "tokenbudget.io"),
+    ("delete", "clustertokenbudgets", "tokenbudget.io"),
     ("create", "clusterroles", "rbac.authorization.k8s.io"),
     ("create", "rolebindings", "rbac.authorization.k8s.io"),
 ]
@@ -171,14 +180,16 @@ def normalize_rules(rules):
     )
 
 
-def check_rules(rules):
-    """The rules are exactly EXPECTED_RULES: no wildcard, no Secrets, nothing else."""
+def check_rules(rules, cluster=True):
+    """The rules are exactly EXPECTED_RULES (and CLUSTER_RULES for a cluster-wide install): no
+    wildcard, no Secrets, nothing else."""
     for rule in rules:
         expect(set(rule) <= {"apiGroups", "resources", "verbs"}, f"unexpected keys in rule {rule}")
         for key in ("apiGroups", "resources", "verbs"):
             expect("*" not in rule.get(key, []), f"wildcard in {rule}")
         expect(not any("secret" in r for r in rule.get("resources", [])), f"secrets in {rule}")
-    wanted = [{"apiGroups": g, "resources": r, "verbs": v} for g, r, v in EXPECTED_RULES]
+    expected = EXPECTED_RULES + (CLUSTER_RULES if cluster else [])
+    wanted = [{"apiGroups": g, "resources": r, "verbs": v} for g, r, v in expected]
     equal(normalize_rules(rules), normalize_rules(wanted), "RBAC rules")
 
 
@@ -248,6 +259,7 @@ def _():
         ("ClusterRole", FULLNAME),
         ("ClusterRoleBinding", FULLNAME),
         ("CustomResourceDefinition", "budgetbindings.tokenbudget.io"),
+        ("CustomResourceDefinition", "clustertokenbudgets.tokenbudget.io"),
         ("CustomResourceDefinition", "tokenbudgets.tokenbudget.io"),
         ("Deployment", FULLNAME),
         ("PodDisruptionBudget", FULLNAME),
@@ -608,7 +620,7 @@ def _():
     role, binding = one(operator, "Role"), one(operator, "RoleBinding")
     equal(role["metadata"]["namespace"], "agents", "Role namespace")
     equal(binding["metadata"]["namespace"], "agents", "RoleBinding namespace")
-    check_rules(role["rules"])
+    check_rules(role["rules"], cluster=False)
     equal(binding["roleRef"]["kind"], "Role", "roleRef kind")
     equal(binding["subjects"][0]["namespace"], NAMESPACE, "subject namespace")
     expect("--namespace=agents" in container(objects)["args"], "--namespace flag")
@@ -1361,7 +1373,7 @@ def cluster_checks():
     cfg = helm.Config(kubeconfig_path=kubeconfig, namespace=NAMESPACE)
     scoped_ns, watch_ns, budgets_ns = "tokenbudget-scoped", "tokenbudget-chart-agents", "tokenbudget-chart-budgets"
     upgrade_ns, failed_ns = "tokenbudget-chart-upgrade", "tokenbudget-chart-failed-hook"
-    crd_names = ["tokenbudgets.tokenbudget.io", "budgetbindings.tokenbudget.io"]
+    crd_names = ["tokenbudgets.tokenbudget.io", "budgetbindings.tokenbudget.io", "clustertokenbudgets.tokenbudget.io"]
 
     # Leftovers of an interrupted run go first (without the hook: nobody plays its kubelet).
     for release, namespace in ((RELEASE, NAMESPACE), ("scoped", scoped_ns)):
@@ -1423,7 +1435,7 @@ def cluster_checks():
 
     @check("cluster: the API server grants the ServiceAccount every listed verb, and nothing listed as forbidden")
     def _():
-        granted = [(verb, resource, groups[0]) for groups, resources, verbs in EXPECTED_RULES
+        granted = [(verb, resource, groups[0]) for groups, resources, verbs in EXPECTED_RULES + CLUSTER_RULES
                    for resource in resources for verb in verbs]
         answers = access(granted + FORBIDDEN, "default", NAMESPACE, FULLNAME)
         for question, allowed in zip(granted, answers[:len(granted)]):
@@ -1550,7 +1562,7 @@ def cluster_checks():
                        create_namespace=True, timeout=120)
         name = "scoped-tokenbudget-operator"
         try:
-            check_rules(kubectl_json("get", "role", name, "-n", watch_ns)["rules"])
+            check_rules(kubectl_json("get", "role", name, "-n", watch_ns)["rules"], cluster=False)
             expect(exists("rolebinding", name, "-n", watch_ns), "RoleBinding missing")
             expect(not exists("clusterrole", name), "a ClusterRole with watchNamespace")
             expect(exists("crd", "tokenbudgets.tokenbudget.io"), "crds.install=false removed the CRDs")

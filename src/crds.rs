@@ -2,7 +2,7 @@
 
 use kube::CustomResourceExt;
 
-use crate::api::{BudgetBinding, TokenBudget};
+use crate::api::{BudgetBinding, ClusterTokenBudget, TokenBudget};
 
 /// Where the repository keeps the generated CRDs, relative to its root: `crds/` for
 /// `kubectl apply -f crds/`, and the Helm chart's copy, which the chart's templates install
@@ -11,7 +11,7 @@ pub const DIRS: [&str; 2] = ["crds", "charts/tokenbudget-operator/files/crds"];
 
 /// Every CRD of the operator as `(file name, YAML)`, in the order they are installed.
 pub fn all() -> Vec<(String, String)> {
-    [TokenBudget::crd(), BudgetBinding::crd()]
+    [TokenBudget::crd(), BudgetBinding::crd(), ClusterTokenBudget::crd()]
         .into_iter()
         .map(|crd| {
             let name = crd.metadata.name.clone().unwrap_or_default();
@@ -150,7 +150,11 @@ mod tests {
         let names: Vec<String> = all().into_iter().map(|(file, _)| file).collect();
         assert_eq!(
             names,
-            ["tokenbudget.io_tokenbudgets.yaml", "tokenbudget.io_budgetbindings.yaml"]
+            [
+                "tokenbudget.io_tokenbudgets.yaml",
+                "tokenbudget.io_budgetbindings.yaml",
+                "tokenbudget.io_clustertokenbudgets.yaml"
+            ]
         );
     }
 }

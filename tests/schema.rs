@@ -16,7 +16,11 @@ async fn crds_install_and_become_established() {
     let client = client().await;
     ensure_crds(&client).await;
     let crds: Api<CustomResourceDefinition> = Api::all(client);
-    for name in ["tokenbudgets.tokenbudget.io", "budgetbindings.tokenbudget.io"] {
+    for (name, scope) in [
+        ("tokenbudgets.tokenbudget.io", "Namespaced"),
+        ("budgetbindings.tokenbudget.io", "Namespaced"),
+        ("clustertokenbudgets.tokenbudget.io", "Cluster"),
+    ] {
         let crd = crds.get(name).await.expect("CRD exists");
         let established = crd
             .status
@@ -25,7 +29,7 @@ async fn crds_install_and_become_established() {
             .into_iter()
             .any(|c| c.type_ == "Established" && c.status == "True");
         assert!(established, "{name} is not Established");
-        assert_eq!(crd.spec.scope, "Namespaced");
+        assert_eq!(crd.spec.scope, scope, "{name}");
         let version = &crd.spec.versions[0];
         assert_eq!(version.name, "v1alpha1");
         assert!(
@@ -158,6 +162,12 @@ async fn every_example_applies() {
         assert!(out.status.success(), "{path} does not apply: {}", text(&out.stderr));
         // And what was applied is there, as written.
         let out = kubectl(&["get", "-n", &ns.name, "-f", path, "-o", "name"], None);
+        assert!(out.status.success(), "{path}: {}", text(&out.stderr));
+    }
+    // Cluster-scoped objects (a ClusterTokenBudget) outlive the namespace: removed here.
+    for file in &files {
+        let path = file.to_str().unwrap();
+        let out = kubectl(&["delete", "-n", &ns.name, "-f", path, "--wait=false"], None);
         assert!(out.status.success(), "{path}: {}", text(&out.stderr));
     }
 }

@@ -121,6 +121,22 @@ pub struct TokenBudgetSpec {
     /// namespace, so token budgets and compute quotas live in one object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compute_quota: Option<ComputeQuota>,
+
+    /// A ClusterTokenBudget (a pool) that this budget also draws from: every token it counts
+    /// counts toward the pool too, and when the pool is used up this budget is exhausted as
+    /// well (reason ParentExhausted). The pool's `namespaceSelector` must select this
+    /// budget's namespace (condition ParentAccepted). This budget's own limits stay an inner cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_ref: Option<ParentRef>,
+}
+
+/// The ClusterTokenBudget a TokenBudget draws from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ParentRef {
+    /// The ClusterTokenBudget's name.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub name: String,
 }
 
 /// What may be spent per period.
@@ -325,6 +341,14 @@ pub struct TokenBudgetStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
+    /// This budget's share of its parent ClusterTokenBudget (`spec.parentRef`) in the
+    /// parent's current period, and the parent's state as this budget last saw it. Written in
+    /// the same status write as `accounting`, so that every token counts once in the parent
+    /// too, across restarts. Atomic: replaced whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-map-type" = "atomic"))]
+    pub parent: Option<ParentShare>,
+
     /// The operator's bookkeeping: last-seen counters per pod and running totals. Written
     /// together with `used` in one status write so a restarted operator continues exactly where
     /// it left off. Do not edit. Atomic: one writer replaces it whole, and server-side apply
@@ -441,6 +465,46 @@ pub struct EnforcedWorkload {
     pub action: String,
     /// When the action was taken (RFC 3339).
     pub since: String,
+}
+
+/// A TokenBudget's share of its parent ClusterTokenBudget, in the parent's period.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ParentShare {
+    /// The ClusterTokenBudget.
+    pub name: String,
+    /// The start of the parent's period that `used` belongs to (RFC 3339, the parent's time
+    /// zone): the share starts again from zero when the parent's period ends, whatever this
+    /// budget's own period.
+    pub period_start: String,
+    /// When this share began (RFC 3339): the first cycle that found the budget accepted by
+    /// the parent in this period. With the budget's uid, what identifies the share.
+    pub since: String,
+    /// What this budget counted toward the parent since then: `tokens` of the parent's
+    /// `tokenTypes`, and the cost at the parent's prices.
+    pub used: UsedTokens,
+    /// The same tokens per model, what the parent sums and prices.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["model"]))]
+    pub models: Vec<ModelTokens>,
+    /// Whether the parent counts this share now. False while the share waits for the parent
+    /// to keep it after this budget left it (parentRef changed or removed, namespace no longer
+    /// selected, budget deleted): no token is added to it meanwhile.
+    #[serde(default)]
+    pub counting: bool,
+    /// The parent's phase, as this budget last saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_enum_schema::<BudgetPhase>")]
+    pub phase: Option<BudgetPhase>,
+    /// The parent's tokens left in its period, as this budget last saw them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining_tokens: Option<i64>,
+    /// The parent's percentUsed, as this budget last saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent_used: Option<i64>,
+    /// When the parent's period ends (RFC 3339); absent for Never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resets_at: Option<String>,
 }
 
 /// The operator's bookkeeping for one budget: what it last saw of every pod, and the full

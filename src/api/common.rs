@@ -146,6 +146,14 @@ pub(crate) fn selector_schema(generator: &mut schemars::SchemaGenerator) -> sche
     schema
 }
 
+/// Schema for a pool's namespace selector: the same checks as a workload selector's, except
+/// that `{}` is allowed and, as everywhere in Kubernetes, selects every namespace.
+pub(crate) fn namespace_selector_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = selector_schema(generator);
+    schema.remove("x-kubernetes-validations");
+    schema
+}
+
 /// Bounds that keep the estimated cost of the selector's rules within what the server allows
 /// (it multiplies the cost of a rule by the most items, entries and characters the schema
 /// allows), by JSON pointer into the selector's schema. Label keys and values are never

@@ -1,4 +1,4 @@
-//! The `tokenbudget.io/v1alpha1` API: the two custom resources and nothing else.
+//! The `tokenbudget.io/v1alpha1` API: the custom resources and nothing else.
 //!
 //! Every spec field's doc comment becomes its description in the generated CRD (so
 //! `kubectl explain tb.spec.period` is useful), and the API server validates every spec
@@ -15,10 +15,13 @@ mod binding;
 #[allow(clippy::duplicated_attributes)]
 mod budget;
 mod common;
+#[allow(clippy::duplicated_attributes)]
+mod pool;
 
 pub use binding::*;
 pub use budget::*;
 pub use common::*;
+pub use pool::*;
 
 /// The API group of both kinds.
 pub const GROUP: &str = "tokenbudget.io";
@@ -73,6 +76,12 @@ mod tests {
                         let bb: BudgetBinding = serde_yaml::from_value(value).unwrap();
                         let again: BudgetBinding = serde_yaml::from_str(&serde_yaml::to_string(&bb).unwrap()).unwrap();
                         assert_eq!(bb, again);
+                    }
+                    Some("ClusterTokenBudget") => {
+                        let ctb: ClusterTokenBudget = serde_yaml::from_value(value).unwrap();
+                        let again: ClusterTokenBudget =
+                            serde_yaml::from_str(&serde_yaml::to_string(&ctb).unwrap()).unwrap();
+                        assert_eq!(ctb, again);
                     }
                     other => panic!("unexpected kind {other:?} in examples/"),
                 }

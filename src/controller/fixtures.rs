@@ -105,6 +105,7 @@ impl Context {
             binding_usage: BindingUsages::new(wake),
             accounts: Default::default(),
             leadership: crate::controller::leader::Leadership::always(),
+            pools: None,
             backoff: Default::default(),
         };
         (

@@ -3,6 +3,8 @@
 //! - [`budget`]: the TokenBudget reconcile, a pipeline of observe, compute, act, write status
 //!   and announce, each step a module of its own.
 //! - [`binding`]: the BudgetBinding reconcile (its status, from the budget's last cycle).
+//! - [`pool`]: the ClusterTokenBudget reconcile (the sum of its children's shares), and
+//!   what a budget's reconcile asks about its pool.
 //! - [`cluster`]: the reflector stores everything is read from; [`sync`]: whether each is
 //!   current; [`scrapes`]: the scrapes of a cycle, [`prometheus`]: the queries of bindings
 //!   that read Prometheus instead; [`state`]: what is kept in memory between
@@ -24,6 +26,7 @@ pub mod events;
 #[cfg(test)]
 mod fixtures;
 pub mod leader;
+pub mod pool;
 pub mod prometheus;
 pub mod release;
 pub mod run;
@@ -142,6 +145,9 @@ pub struct Context {
     pub binding_usage: state::BindingUsages,
     /// Whether this replica leads: only the leader reconciles.
     pub leadership: leader::Leadership,
+    /// The pools and the namespaces' labels; `None` in an operator limited to one namespace,
+    /// which cannot see them.
+    pub pools: Option<pool::PoolStores>,
     /// Per-object retry delays (children of this module build a `Context`).
     backoff: Backoffs,
 }

@@ -250,6 +250,8 @@ fn context(
         backoff: Default::default(),
         // No election: the operator's replicas are all stopped before anything is restored.
         leadership: super::leader::Leadership::always(),
+        // No pool is reconciled while the operator is being uninstalled.
+        pools: None,
     };
     (Arc::new(ctx), driver)
 }

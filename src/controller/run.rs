@@ -32,7 +32,7 @@ use super::{
     sync::Watches,
 };
 use crate::{
-    api::{BudgetBinding, TokenBudget},
+    api::{BudgetBinding, ClusterTokenBudget, TokenBudget},
     clock::Clock,
     http::{self, Endpoints},
     metrics::Metrics,
@@ -95,6 +95,11 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let ns = options.namespace.as_deref();
     super::check_crds(&api(&client, ns), &api(&client, ns)).await?;
+    if ns.is_none() {
+        // Pools are cluster-scoped: only an operator over all namespaces reconciles them.
+        let pools: Api<ClusterTokenBudget> = Api::all(client.clone());
+        super::check_crd(&pools, "clustertokenbudgets.tokenbudget.io").await?;
+    }
     let election = election(&client, &options)?;
     let leadership = match &election {
         Some(config) => Leadership::candidate(config.identity.clone()),
@@ -149,9 +154,18 @@ pub async fn run(
         wiring.bindings.store(),
         endpoints.ready.clone(),
     ));
+    let pools = {
+        let (controller, ctx, stop) = (wiring.pools, wiring.ctx.clone(), stopped());
+        async move {
+            if let Some(controller) = controller {
+                super::pool::run(controller, ctx, stop).await;
+            }
+        }
+    };
     tokio::join!(
         http::serve(listener, endpoints, stopped()),
         super::budget::run(wiring.budgets, wiring.ctx.clone(), stopped()),
+        pools,
         super::binding::run(wiring.bindings, wiring.ctx, stopped()),
         elect,
     );
@@ -181,10 +195,12 @@ fn election(client: &Client, options: &Options) -> Result<Option<ElectionConfig>
     Ok(Some(config))
 }
 
-/// Both controllers, wired to each other and to the stores, and the context they share.
+/// The controllers, wired to each other and to the stores, and the context they share.
 struct Wiring {
     budgets: Controller<DeserializeGuard<TokenBudget>>,
     bindings: Controller<DeserializeGuard<BudgetBinding>>,
+    /// With an operator over all namespaces.
+    pools: Option<Controller<DeserializeGuard<ClusterTokenBudget>>>,
     ctx: Arc<Context>,
 }
 
@@ -213,7 +229,28 @@ fn wire(
         binding_changed_tx,
     );
     let (deleted_tx, deleted_rx) = mpsc::unbounded::<BudgetRef>();
-    let budget_controller = super::budget::controller(budgets, watches.register("tokenbudgets"), deleted_tx);
+    // Pools: a budget's change wakes its pool, a pool's change (or a namespace's labels) its
+    // children. Only over all namespaces: one namespace's operator cannot see them.
+    let (pools_tx, pools_rx) = mpsc::unbounded();
+    let (children_tx, children_rx) = mpsc::unbounded();
+    let budget_controller = super::budget::controller(
+        budgets,
+        watches.register("tokenbudgets"),
+        deleted_tx,
+        ns.is_none().then_some(pools_tx),
+    );
+    let pools = ns.is_none().then(|| {
+        let (controller, stores, namespaces) = super::pool::start(
+            &client,
+            watches.register("clustertokenbudgets"),
+            watches.register("namespaces"),
+            budget_controller.store(),
+            children_tx,
+        );
+        tasks.spawn(namespaces);
+        (controller, stores)
+    });
+    let (pool_controller, pool_stores) = pools.unzip();
 
     // Accounting reads pods and workloads from reflector stores; a pod that starts terminating
     // wakes its budgets at once so that its last tokens count.
@@ -249,6 +286,7 @@ fn wire(
         binding_usage: BindingUsages::new(wake_tx),
         accounts: Default::default(),
         leadership: leadership.clone(),
+        pools: pool_stores,
         backoff: Default::default(),
     });
     tasks.spawn(forget_deleted(ctx.clone(), deleted_rx));
@@ -256,14 +294,23 @@ fn wire(
     // pass.
     let every_budget = every_object_on(leadership.gains(), budget_controller.store());
     let every_binding = every_object_on(leadership.gains(), binding_controller.store());
+    let pools = pool_controller.map(|controller| {
+        let every_pool = every_object_on(leadership.gains(), controller.store());
+        controller
+            .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_millis(200)))
+            .reconcile_on(pools_rx)
+            .reconcile_on(every_pool)
+    });
     Wiring {
         budgets: budget_controller
             .reconcile_on(binding_changed_rx)
             .reconcile_on(terminating)
             .reconcile_on(undone_rx)
             .reconcile_on(resynced_rx)
+            .reconcile_on(children_rx)
             .reconcile_on(every_budget),
         bindings: binding_controller.reconcile_on(wake_rx).reconcile_on(every_binding),
+        pools,
         ctx,
     }
 }

@@ -17,6 +17,7 @@ use super::{
     history,
     ledger::{self, Ledger, OTHER_MODELS},
     period::{self, PeriodWindow},
+    pool::{self, ModelTotals, Share},
     pricing,
 };
 use crate::{
@@ -60,12 +61,18 @@ pub struct Account {
     /// Since when the budget is exhausted, as this operator saw it: the `Exhausted`
     /// condition's `lastTransitionTime` says so too, but only once a status write succeeds.
     exhausted_since: Option<Timestamp>,
+    /// The budget's share of its pool (`status.parent`), kept with the ledger: both are
+    /// persisted in one status write (see [`pool`]).
+    share: Option<Share>,
+    /// The ledger's totals per model that [`Account::new_tokens`] has handed out, in the
+    /// ledger's period.
+    handed: ModelTotals,
 }
 
 impl Account {
     /// The account of the budget with `uid`, resumed from what its status persisted.
     pub fn open(uid: &str, persisted: Option<&AccountingState>) -> Self {
-        Self {
+        let mut account = Self {
             uid: uid.to_string(),
             ledger: Ledger::from_state(persisted),
             history: Vec::new(),
@@ -73,7 +80,12 @@ impl Account {
             published: None,
             failing: HashMap::new(),
             exhausted_since: None,
-        }
+            share: None,
+            handed: ModelTotals::new(),
+        };
+        // What was persisted was handed out before it was written.
+        account.handed = account.ledger_totals();
+        account
     }
 
     /// The account of the budget with `uid`, resumed from its status: the ledger
@@ -81,7 +93,36 @@ impl Account {
     pub fn resume(uid: &str, status: Option<&TokenBudgetStatus>) -> Self {
         let mut account = Self::open(uid, status.and_then(|s| s.accounting.as_ref()));
         account.history = status.map(|s| history::normalized(&s.history)).unwrap_or_default();
+        // The share persisted holds every token of the ledger persisted with it.
+        account.share = status.and_then(|s| s.parent.as_ref()).and_then(Share::from_status);
         account
+    }
+
+    /// The budget's share of its pool.
+    pub fn share(&self) -> Option<&Share> {
+        self.share.as_ref()
+    }
+
+    /// Replaces the budget's share of its pool.
+    pub fn set_share(&mut self, share: Option<Share>) {
+        self.share = share;
+    }
+
+    /// The tokens the ledger counted since the last call (or since the account was resumed:
+    /// those of the status it resumed from were handed out before it was written), per model.
+    /// Called once per cycle, whether or not a pool takes them.
+    pub fn new_tokens(&mut self) -> ModelTotals {
+        let totals = self.ledger_totals();
+        let new = pool::difference(&totals, &self.handed);
+        self.handed = totals;
+        new
+    }
+
+    fn ledger_totals(&self) -> ModelTotals {
+        self.ledger
+            .models()
+            .map(|(model, input, output)| (model.to_string(), (input, output)))
+            .collect()
     }
 
     /// The uid of the budget this account belongs to.
@@ -141,7 +182,12 @@ impl Account {
     /// the ledger had one before and this is a new one (its burn-rate samples start again).
     pub fn begin_period(&mut self, start: Timestamp) -> bool {
         let had_period = self.ledger.period_start().is_some();
-        let reset = self.ledger.ensure_period(start) && had_period;
+        let moved = self.ledger.ensure_period(start);
+        if moved {
+            // The ledger starts from zero: so does what was handed out of it.
+            self.handed.clear();
+        }
+        let reset = moved && had_period;
         if reset {
             self.samples.clear();
             self.published = None;
@@ -472,6 +518,23 @@ impl Standing {
     }
 }
 
+/// Where `used` tokens and `cost` stand against `budget`'s limits and thresholds: the phase,
+/// the tokens left, the percentage used, and the ThresholdReached and Exhausted conditions.
+/// What a pool's status says, as a budget's does.
+pub fn standing(
+    budget: &ValidBudget,
+    used: u64,
+    cost: Decimal,
+) -> (BudgetPhase, Option<u64>, Option<u64>, [Desired; 2]) {
+    let standing = Standing::new(budget, used, cost);
+    (
+        standing.phase(),
+        standing.remaining,
+        standing.percent,
+        standing.conditions(),
+    )
+}
+
 /// The UsageHealthy condition: whether every model in use has a price.
 fn pricing_condition(budget: &ValidBudget, unpriced: &[String], models_capped: bool) -> Desired {
     if models_capped {
@@ -653,6 +716,39 @@ mod tests {
             health.message,
             "no price for llama: their tokens count, their cost is 0"
         );
+    }
+
+    #[test]
+    fn new_tokens_are_handed_out_once_across_resumes_and_period_resets() {
+        // Resumed: what the status holds was handed out before it was written.
+        let mut account = account(&[("m", 600, 10)]);
+        assert!(account.new_tokens().is_empty());
+        let observation = |uid: &'static str| crate::usage::ledger::PodObservation {
+            uid,
+            name: "p",
+            binding: "b",
+            workload: (crate::api::WorkloadKind::Deployment, "d"),
+            restarts: 0,
+            started_at: None,
+            bound_since: NOW.parse().unwrap(),
+            container_started: None,
+            scraped_at: NOW.parse().unwrap(),
+        };
+        let usage = |input: u64| {
+            let body = format!("vllm:prompt_tokens_total{{model_name=\"m\"}} {input}\n");
+            crate::usage::Extractor::new(crate::api::MetricsFormat::Vllm, &[])
+                .extract(body.as_bytes())
+                .unwrap()
+        };
+        // A pod's first scrape is its baseline (it started before the period), then 40 more.
+        account.ledger_mut().observe(&observation("p"), &usage(100));
+        account.ledger_mut().observe(&observation("p"), &usage(140));
+        assert_eq!(account.new_tokens(), pool::ModelTotals::from([("m".into(), (40, 0))]));
+        assert!(account.new_tokens().is_empty(), "once");
+        // A new period: the ledger starts from zero, and so does what was handed out.
+        assert!(account.begin_period("2026-12-01T00:00:00Z".parse().unwrap()));
+        account.ledger_mut().observe(&observation("p"), &usage(145));
+        assert_eq!(account.new_tokens(), pool::ModelTotals::from([("m".into(), (5, 0))]));
     }
 
     #[test]

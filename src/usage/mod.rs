@@ -12,6 +12,8 @@
 //!   format or OpenMetrics), for the metric conventions a binding names.
 //! - [`period`]: the budget's current period (`periodStart`, `resetsAt`) at calendar
 //!   boundaries in its time zone, DST included.
+//! - [`pool`]: a budget's share of its pool (a ClusterTokenBudget), and the pool's sum of
+//!   its children's shares.
 //! - [`pricing`]: prices per model (exact names or `*` globs), exact decimal cost, the money
 //!   strings of the status, and `percentUsed`.
 //! - [`prometheus`]: the same counters read from a Prometheus-compatible server instead: the
@@ -26,6 +28,7 @@ pub mod history;
 pub mod ledger;
 pub mod parse;
 pub mod period;
+pub mod pool;
 pub mod pricing;
 pub mod prometheus;
 pub mod scrape;

@@ -14,9 +14,9 @@ use super::{
     observe::{Cycle, Observed},
 };
 use crate::{
-    api::{BudgetPhase, TokenBudget, TokenBudgetStatus},
+    api::{BudgetPhase, EnforcementAction, TokenBudget, TokenBudgetStatus},
     conditions::{self, Desired, Status},
-    controller::RESYNC,
+    controller::{RESYNC, pool::Parent},
     enforce::{
         decide::{self, Plan},
         observe,
@@ -47,6 +47,7 @@ pub fn intent(
     tb: &TokenBudget,
     spec: &Result<ValidBudget, SpecErrors>,
     observed: &mut Observed,
+    parent: Option<&Parent>,
     now: Timestamp,
 ) -> Intent {
     let existing = tb.status.clone().unwrap_or_default();
@@ -64,6 +65,7 @@ pub fn intent(
     let (mut status, usage_conditions) = account::usage_status(spec, &cycle.account, &cycle.window);
     let mut conditions = vec![ready];
     conditions.extend(usage_conditions);
+    let drawn = within_pool(&mut status, &mut conditions, spec, parent, cycle.account.share());
     let persisted = conditions
         .iter()
         .find(|c| c.type_ == "Exhausted" && c.status == Status::True)
@@ -83,15 +85,20 @@ pub fn intent(
             held: true,
         };
     }
+    let own_remaining = status.remaining_tokens.map(|r| u64::try_from(r).unwrap_or(0));
     let budget = decide::Budget {
         name: &tb.name_any(),
-        action: spec.action,
-        grace_period: spec.grace_period,
+        action: drawn.action,
+        grace_period: drawn.grace_period,
         freeze_quota: spec.freeze_quota,
         quota: spec.quota.as_ref(),
         phase: status.phase.unwrap_or(BudgetPhase::Active),
         exhausted_since,
-        remaining_tokens: status.remaining_tokens.map(|r| u64::try_from(r).unwrap_or(0)),
+        // What the agents read: the fewer of the budget's and its pool's tokens left.
+        remaining_tokens: match (own_remaining, drawn.pool_remaining) {
+            (Some(own), Some(pool)) => Some(own.min(pool)),
+            (own, pool) => own.or(pool),
+        },
         limit_tokens: spec.limit_tokens,
         deleting: false,
     };
@@ -105,6 +112,105 @@ pub fn intent(
         exhausted_since,
         held: false,
     }
+}
+
+/// How the budget enforces, with its pool: the action and grace period that apply, and the
+/// pool's tokens left.
+struct Drawn {
+    action: EnforcementAction,
+    grace_period: Duration,
+    pool_remaining: Option<u64>,
+}
+
+/// The budget within its pool: `status.parent` (its share, and the pool as seen), the
+/// ParentAccepted condition and, when the pool that accepts it is used up or past a
+/// threshold, the budget's own phase and conditions as if it were itself (reasons
+/// ParentExhausted, ParentThresholdReached). The budget's own limits stay an inner cap. The
+/// action: the pool's when the pool alone puts the budget in its phase, the budget's own when
+/// its own usage does, the stricter of both (and the shorter grace period) when both do.
+fn within_pool(
+    status: &mut TokenBudgetStatus,
+    conditions: &mut Vec<Desired>,
+    spec: &ValidBudget,
+    parent: Option<&Parent>,
+    share: Option<&crate::usage::pool::Share>,
+) -> Drawn {
+    let own = Drawn {
+        action: spec.action,
+        grace_period: spec.grace_period,
+        pool_remaining: None,
+    };
+    let Some(parent) = parent else { return own };
+    status.parent = parent.share_status(share);
+    conditions.extend(parent.condition.clone());
+    let Some(pool) = &parent.accepted else { return own };
+    let own_phase = status.phase.unwrap_or(BudgetPhase::Active);
+    let pool_phase = pool.phase.unwrap_or(BudgetPhase::Active);
+    let name = &parent.name;
+    let pool_remaining = pool.remaining_tokens.map(|r| u64::try_from(r).unwrap_or(0));
+    if rank(pool_phase) > rank(own_phase) {
+        let replace = |conditions: &mut Vec<Desired>, desired: Desired| {
+            conditions.retain(|c| c.type_ != desired.type_);
+            conditions.push(desired);
+        };
+        if pool_phase == BudgetPhase::Exhausted {
+            replace(
+                conditions,
+                Desired::new(
+                    "Exhausted",
+                    Status::True,
+                    "ParentExhausted",
+                    format!(
+                        "the ClusterTokenBudget {name} (the pool this budget draws from) is used up for this period"
+                    ),
+                ),
+            );
+        }
+        if own_phase == BudgetPhase::Active {
+            let percent = pool.percent_used.unwrap_or_default();
+            replace(
+                conditions,
+                Desired::new(
+                    "ThresholdReached",
+                    Status::True,
+                    "ParentThresholdReached",
+                    format!("{percent}% of the ClusterTokenBudget {name} is used, past one of its thresholds"),
+                ),
+            );
+        }
+        status.phase = Some(pool_phase);
+        return Drawn {
+            action: pool.spec.action,
+            grace_period: pool.spec.grace_period,
+            pool_remaining,
+        };
+    }
+    if rank(pool_phase) == rank(own_phase) && own_phase != BudgetPhase::Active {
+        return Drawn {
+            action: stricter(spec.action, pool.spec.action),
+            grace_period: spec.grace_period.min(pool.spec.grace_period),
+            pool_remaining,
+        };
+    }
+    Drawn { pool_remaining, ..own }
+}
+
+fn rank(phase: BudgetPhase) -> u8 {
+    match phase {
+        BudgetPhase::Active => 0,
+        BudgetPhase::Warning => 1,
+        BudgetPhase::Exhausted => 2,
+    }
+}
+
+/// The stricter of two actions: None < Annotate < ScaleDown.
+fn stricter(a: EnforcementAction, b: EnforcementAction) -> EnforcementAction {
+    let rank = |a: EnforcementAction| match a {
+        EnforcementAction::None => 0,
+        EnforcementAction::Annotate => 1,
+        EnforcementAction::ScaleDown => 2,
+    };
+    if rank(b) > rank(a) { b } else { a }
 }
 
 /// The plan of a budget being deleted: every workload still carrying its marks restored (none

@@ -65,7 +65,9 @@ async fn reconcile(guard: Arc<DeserializeGuard<TokenBudget>>, ctx: Arc<Context>)
     let Some(mut observed) = observe::observe(&ctx, tb, spec.as_ref().ok(), now).await else {
         return Ok(Action::requeue(SOON));
     };
-    let intent = compute::intent(tb, &spec, &mut observed, now);
+    let account = observed.cycle.as_mut().map(|c| &mut *c.account);
+    let parent = super::pool::draw(&ctx, tb, account, now);
+    let intent = compute::intent(tb, &spec, &mut observed, parent.as_ref(), now);
     if intent.held {
         hold(&ctx, tb, &observed.view);
     }
@@ -177,6 +179,11 @@ async fn cleanup(tb: &TokenBudget, ctx: &Context) -> Result<Action, Error> {
     if !has_finalizer(tb) {
         return Ok(Action::await_change());
     }
+    // Its share of a pool is kept by the pool before the budget goes: its tokens stay counted
+    // there. The budget's deletion has woken the pool.
+    if !super::pool::departure_settled(ctx, tb, ctx.clock.now()) {
+        return Ok(Action::requeue(SOON));
+    }
     match restore_and_let_go(tb, ctx).await? {
         Restore::Done(_) => Ok(Action::await_change()),
         Restore::NotYet { .. } => Ok(Action::requeue(SOON)),
@@ -286,15 +293,25 @@ async fn set_finalizers(ctx: &Context, tb: &TokenBudget, finalizers: Vec<String>
 }
 
 /// Builds the controller for the TokenBudgets in `api`'s scope. `deleted` hears every budget
-/// deleted, to forget its account and metric series.
+/// deleted, to forget its account and metric series; `pools` (with pools) every pool that a
+/// change of a budget concerns, once the store has the change.
 pub fn controller(
     api: Api<DeserializeGuard<TokenBudget>>,
     health: super::sync::WatchHealth,
     deleted: futures::channel::mpsc::UnboundedSender<BudgetRef>,
+    pools: Option<futures::channel::mpsc::UnboundedSender<super::pool::PoolRef>>,
 ) -> Controller<DeserializeGuard<TokenBudget>> {
+    use kube::runtime::watcher::Event;
     super::guarded_controller(api, health, move |event| {
-        if let kube::runtime::watcher::Event::Delete(obj) = event {
+        if let Event::Delete(obj) = event {
             let _ = deleted.unbounded_send(BudgetRef::from_obj(obj));
+        }
+        if let (Some(pools), Event::Apply(obj) | Event::InitApply(obj) | Event::Delete(obj)) = (&pools, event)
+            && let Ok(tb) = &obj.0
+        {
+            for pool in super::pool::pools_of(tb) {
+                let _ = pools.unbounded_send(pool);
+            }
         }
     })
 }
@@ -330,7 +347,7 @@ mod tests {
             cycle: None,
             view: crate::controller::sync::View::Current,
         };
-        let intent = compute::intent(tb, &validate::budget(&tb.spec), &mut observed, now);
+        let intent = compute::intent(tb, &validate::budget(&tb.spec), &mut observed, None, now);
         compute::status(tb, intent, None, now)
     }
 
