@@ -104,6 +104,41 @@ fn assert_exact_entry(entry: &PeriodSummary, boundary: Timestamp) {
     );
 }
 
+/// `kubectl tokenbudget report`'s CSV, by workload and by budget, of the period that ended:
+/// each workload's row is what its agent spent (see [`spend_in_the_old_period`]), to the token
+/// and the exact cost, and the rows add up to the budget's.
+fn report_adds_up_to_what_the_agents_spent(namespace: &str) {
+    let csv = |by: &str| -> Vec<Vec<String>> {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-tokenbudget"))
+            .args(["report", "-n", namespace, "--by", by, "-o", "csv"])
+            .env("KUBECONFIG", kubeconfig())
+            .output()
+            .expect("the plugin runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).expect("UTF-8");
+        let mut rows: Vec<Vec<String>> = text
+            .lines()
+            .skip(1)
+            .map(|line| line.trim_end_matches('\r').split(',').map(String::from).collect())
+            .collect();
+        rows.sort();
+        rows
+    };
+    let row = |fields: &[&str]| -> Vec<String> { fields.iter().map(|f| f.to_string()).collect() };
+    // writer: 1,000 + 200 of gpt-4o-mini, 100 + 50 of gpt-4o; reader: 3,000 of gpt-4o-mini.
+    assert_eq!(
+        csv("workload"),
+        [
+            row(&[namespace, "b", "Deployment", "reader", "EUR", "3000", "0.00045"]),
+            row(&[namespace, "b", "Deployment", "writer", "EUR", "1350", "0.00102"]),
+        ]
+    );
+    assert_eq!(
+        csv("budget"),
+        [row(&[namespace, "b", "EUR", "1", "4100", "250", "4350", "0.00147"])]
+    );
+}
+
 fn status(tb: &TokenBudget) -> TokenBudgetStatus {
     tb.status.clone().unwrap_or_default()
 }
@@ -181,6 +216,7 @@ async fn a_period_that_ends_is_recorded_once_with_the_agents_exact_totals() {
     assert_eq!(used(&tb), 0);
     assert_eq!(rolled.history.len(), 1, "{:?}", rolled.history);
     assert_exact_entry(&rolled.history[0], boundary);
+    report_adds_up_to_what_the_agents_spent(&s.ns.name);
 
     // What is spent now counts in the new period, and later cycles add no entry.
     reader.spend("gpt-4o-mini", 7, 0);
