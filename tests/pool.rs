@@ -36,6 +36,11 @@ struct Pool {
 
 impl Pool {
     async fn new(client: &kube::Client, tokens: i64) -> Self {
+        Self::selecting(client, tokens, "pool.tokenbudget.io/test").await
+    }
+
+    /// A pool selecting the namespaces whose label `key` is its name.
+    async fn selecting(client: &kube::Client, tokens: i64, key: &str) -> Self {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "pool-{}-{}",
@@ -48,7 +53,7 @@ impl Pool {
             "kind": "ClusterTokenBudget",
             "metadata": {"name": name},
             "spec": {
-                "namespaceSelector": {"matchLabels": {"pool.tokenbudget.io/test": name}},
+                "namespaceSelector": {"matchLabels": {key: name}},
                 "limits": {"tokens": tokens},
                 "period": {"reset": "Monthly"},
                 "thresholds": [50],
@@ -87,6 +92,23 @@ impl Drop for Pool {
             None,
         );
     }
+}
+
+fn departed(ctb: &ClusterTokenBudget) -> Option<i64> {
+    ctb.status.as_ref()?.departed.as_ref().map(|d| d.used.tokens)
+}
+
+fn children(ctb: &ClusterTokenBudget) -> Option<i64> {
+    ctb.status.as_ref()?.children
+}
+
+/// Sets (or, with `None`, removes) label `key` of namespace `ns`.
+async fn label(client: &kube::Client, ns: &str, key: &str, value: Option<&str>) {
+    let patch = serde_json::json!({"metadata": {"labels": {key: value}}});
+    Api::<Namespace>::all(client.clone())
+        .patch(ns, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("namespace labelled");
 }
 
 fn used(ctb: &ClusterTokenBudget) -> Option<i64> {
@@ -279,5 +301,74 @@ async fn a_pool_counts_its_teams_tokens_once_enforces_on_them_all_and_keeps_what
     let p = pool.wait("the pool at 10010 tokens", |p| used(p) == Some(10_010)).await;
     assert_eq!(p.status.unwrap().departed.unwrap().used.tokens, 9500);
     assert!(operator.running());
+    assert!(!operator.logs().contains("panicked"), "{}", operator.logs());
+}
+
+/// Two ordinary edits in the middle of a period: the team moves its budget to another pool
+/// (its own edit), then the cluster admin takes its namespace out of that pool's selection.
+/// What the team spent under each pool stays in that pool, to the token; what it spends
+/// afterwards counts only where it draws from then, and never twice.
+#[tokio::test]
+async fn a_team_that_moves_to_another_pool_or_leaves_the_selection_leaves_its_tokens_where_they_were_spent() {
+    let _serial = SERIAL.lock().await;
+    let client = client().await;
+    ensure_crds(&client).await;
+    let first = Pool::new(&client, 1_000_000).await;
+    let second = Pool::selecting(&client, 1_000_000, "pool.tokenbudget.io/second").await;
+    let operator = Operator::start_all_namespaces();
+    operator.wait_ready().await;
+    let a = team("pool-move", &first, true).await;
+    label(&client, &a.ns.name, "pool.tokenbudget.io/second", Some(&second.name)).await;
+
+    a.agents[0].spend("gpt-4o-mini", 1000, 0);
+    first.wait("the first pool at 1000", |p| used(p) == Some(1000)).await;
+
+    // The team names the second pool: the first keeps the 1000 as departed.
+    let patch = serde_json::json!({"spec": {"parentRef": {"name": second.name}}});
+    a.budgets
+        .patch("team", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("parentRef changed");
+    wait_for(&a.budgets, "team", "a share of the second pool", |tb| {
+        tb.status
+            .as_ref()
+            .and_then(|s| s.parent.as_ref())
+            .is_some_and(|p| p.name == second.name)
+            && condition(tb, "ParentAccepted") == Some(("True", "Accepted"))
+    })
+    .await;
+    first
+        .wait("the first pool keeps the 1000 as departed", |p| {
+            used(p) == Some(1000) && departed(p) == Some(1000) && children(p) == Some(0)
+        })
+        .await;
+
+    a.agents[0].spend("gpt-4o-mini", 200, 0);
+    wait_for(&a.budgets, "team", "a's own 1200", |tb| own(tb) == Some(1200)).await;
+    second.wait("the second pool at 200", |p| used(p) == Some(200)).await;
+    wait_for(&a.budgets, "team", "a's share of 200", |tb| share(tb) == Some(200)).await;
+
+    // The namespace taken out of the second pool's selection: it keeps the 200.
+    label(&client, &a.ns.name, "pool.tokenbudget.io/second", None).await;
+    wait_for(&a.budgets, "team", "ParentAccepted=False, NamespaceNotSelected", |tb| {
+        condition(tb, "ParentAccepted") == Some(("False", "NamespaceNotSelected"))
+    })
+    .await;
+    second
+        .wait("the second pool keeps the 200 as departed", |p| {
+            used(p) == Some(200) && departed(p) == Some(200) && children(p) == Some(0)
+        })
+        .await;
+    a.agents[0].spend("gpt-4o-mini", 50, 0);
+    wait_for(&a.budgets, "team", "a's own 1250", |tb| own(tb) == Some(1250)).await;
+    let (p1, p2) = (
+        first.api.get(&first.name).await.unwrap(),
+        second.api.get(&second.name).await.unwrap(),
+    );
+    assert_eq!(
+        (used(&p1), used(&p2)),
+        (Some(1000), Some(200)),
+        "neither pool counts the 50"
+    );
     assert!(!operator.logs().contains("panicked"), "{}", operator.logs());
 }
