@@ -297,12 +297,15 @@ fn replica_writes(w: &Workload, current: i32, enforce: bool, want: &mut Wanted) 
             writes.after.push(Step::Scale(0));
             writes.notice = Some(Notice {
                 reason: "ScaledDown",
+                // A count other than the one recorded was set by someone else. The recorded
+                // count itself may be the operator's own scale-down that did not happen after
+                // its annotation was written (a conflict, a lost leadership): nothing to blame.
                 message: match paused {
-                    None => format!("scaled {label} from {current} to 0 replicas: the budget is exhausted"),
-                    Some(_) => format!(
+                    Some(p) if p != current => format!(
                         "{label} was scaled to {current} by someone else while the budget is exhausted: \
                          scaled to 0 again ({current} is what the restore brings back)"
                     ),
+                    _ => format!("scaled {label} from {current} to 0 replicas: the budget is exhausted"),
                 },
             });
         }
@@ -837,6 +840,27 @@ mod tests {
         );
         let notice = plan.workloads[0].notice.as_ref().unwrap();
         assert!(notice.message.contains("by someone else"), "{}", notice.message);
+    }
+
+    #[test]
+    fn a_scale_down_interrupted_after_its_annotation_blames_nobody() {
+        // The count recorded is the count it has: the operator's own scale-down, annotated,
+        // that did not happen (a conflict on the scale, a lost leadership).
+        let w = workload(
+            "{kind: Deployment, name: a, replicas: 2, annotations: {tokenbudget.io/budget: research, \
+             tokenbudget.io/state: exhausted, tokenbudget.io/remaining-tokens: '0', tokenbudget.io/paused-replicas: '2'}}",
+        );
+        let plan = decide(
+            &budget(BudgetPhase::Exhausted, EnforcementAction::ScaleDown),
+            &[w],
+            now(),
+        );
+        assert_eq!(steps(&plan, "a"), [Step::Scale(0)]);
+        let notice = plan.workloads[0].notice.as_ref().unwrap();
+        assert_eq!(
+            notice.message,
+            "scaled Deployment/a from 2 to 0 replicas: the budget is exhausted"
+        );
     }
 
     #[test]
