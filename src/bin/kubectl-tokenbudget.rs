@@ -21,7 +21,7 @@ use serde_json::Value;
 use tokenbudget::{
     api::TokenBudget,
     plugin::{
-        self, Command, Invocation, ListOutput, ReportOutput, Scope, View, parse_args,
+        self, Command, Invocation, ListOutput, ReportOutput, ReportRequest, Scope, View, parse_args,
         render::{self, Listing, Options, Rendered, Watch, WatchView},
         report,
     },
@@ -74,6 +74,34 @@ async fn main() -> ExitCode {
 }
 
 async fn run(invocation: &Invocation) -> Result<Rendered, String> {
+    let (cluster, context_namespace) = connect(invocation).await?;
+    let namespace = |scope: &Scope| match scope {
+        Scope::ContextNamespace => Some(context_namespace.clone()),
+        Scope::Namespace(ns) => Some(ns.clone()),
+        Scope::AllNamespaces => None,
+    };
+    match &invocation.command {
+        Command::Status { scope, name, view } => {
+            status(&cluster, namespace(scope), &context_namespace, name.as_deref(), view).await
+        }
+        Command::Top { scope, budget, view } => top(&cluster, namespace(scope), budget.as_deref(), view).await,
+        Command::Report { scope, name, request } => {
+            let ns = namespace(scope);
+            let fetched = match name {
+                Some(name) => {
+                    let ns = ns.clone().unwrap_or(context_namespace.clone());
+                    Fetched::one(cluster.get(&ns, name).await?)?
+                }
+                None => cluster.list(ns.as_deref(), None).await?,
+            };
+            chargeback(fetched, ns, name.as_deref(), request)
+        }
+        Command::Help | Command::Version | Command::Completion(_) => unreachable!("answered without a cluster"),
+    }
+}
+
+/// The clients for the kubeconfig's cluster, and the namespace of its context.
+async fn connect(invocation: &Invocation) -> Result<(Cluster, String), String> {
     let config = load_config(invocation).await?;
     let server = config.cluster_url.to_string();
     let context_namespace = config.default_namespace.clone();
@@ -89,122 +117,115 @@ async fn run(invocation: &Invocation) -> Result<Rendered, String> {
         watch_client,
         server,
     };
-    let namespace = |scope: &Scope| match scope {
-        Scope::ContextNamespace => Some(context_namespace.clone()),
-        Scope::Namespace(ns) => Some(ns.clone()),
-        Scope::AllNamespaces => None,
-    };
-    let options = |view: &View| Options {
+    Ok((cluster, context_namespace))
+}
+
+/// How a view is rendered now.
+fn options(view: &View) -> Options {
+    Options {
         now: jiff::Timestamp::now(),
         color: use_color(),
         wide: view.output == ListOutput::Wide,
         no_headers: view.no_headers,
-    };
+    }
+}
 
-    match &invocation.command {
-        Command::Status { scope, name, view } => {
-            let ns = namespace(scope);
-            let opts = options(view);
-            if view.watch {
-                return cluster
-                    .watch(WatchView::Status, ns.as_deref(), name.as_deref(), view, opts)
-                    .await;
-            }
-            match name {
-                Some(name) => {
-                    let ns = ns.unwrap_or(context_namespace.clone());
-                    let raw = cluster.get(&ns, name).await?;
-                    Ok(match view.output {
-                        ListOutput::Json | ListOutput::Yaml => out(render::object(raw, view.output)),
-                        ListOutput::Table => out(render::status_detail(&typed(&raw)?, &opts)),
-                        ListOutput::Wide => render::status_list(&[typed(&raw)?], Listing::Namespace(&ns), &opts),
-                    })
-                }
-                None => {
-                    let fetched = cluster.list(ns.as_deref(), None).await?;
-                    Ok(match view.output {
-                        ListOutput::Json | ListOutput::Yaml => out(render::object_list(fetched.raw, view.output)),
-                        ListOutput::Table | ListOutput::Wide => {
-                            let mut out = render::status_list(&fetched.budgets, listing(&ns), &opts);
-                            out.stderr.insert_str(0, &fetched.warnings);
-                            out
-                        }
-                    })
-                }
-            }
+/// `status [NAME]`.
+async fn status(
+    cluster: &Cluster,
+    ns: Option<String>,
+    context_namespace: &str,
+    name: Option<&str>,
+    view: &View,
+) -> Result<Rendered, String> {
+    let opts = options(view);
+    if view.watch {
+        return cluster.watch(WatchView::Status, ns.as_deref(), name, view, opts).await;
+    }
+    match name {
+        Some(name) => {
+            let ns = ns.unwrap_or(context_namespace.to_string());
+            let raw = cluster.get(&ns, name).await?;
+            Ok(match view.output {
+                ListOutput::Json | ListOutput::Yaml => out(render::object(raw, view.output)),
+                ListOutput::Table => out(render::status_detail(&typed(&raw)?, &opts)),
+                ListOutput::Wide => render::status_list(&[typed(&raw)?], Listing::Namespace(&ns), &opts),
+            })
         }
-        Command::Top { scope, budget, view } => {
-            let ns = namespace(scope);
-            let opts = options(view);
-            if view.watch {
-                return cluster
-                    .watch(WatchView::Top, ns.as_deref(), budget.as_deref(), view, opts)
-                    .await;
-            }
-            let fetched = match (budget, &ns) {
-                (Some(name), Some(ns)) => {
-                    let raw = cluster.get(ns, name).await?;
-                    if matches!(view.output, ListOutput::Json | ListOutput::Yaml) {
-                        return Ok(out(render::object(raw, view.output)));
-                    }
-                    Fetched::one(raw)?
-                }
-                (Some(name), None) => {
-                    let fetched = cluster.list(None, Some(name)).await?;
-                    if fetched.raw.is_empty() {
-                        return Err(format!("TokenBudget {name:?} not found in any namespace"));
-                    }
-                    fetched
-                }
-                (None, _) => cluster.list(ns.as_deref(), None).await?,
-            };
+        None => {
+            let fetched = cluster.list(ns.as_deref(), None).await?;
             Ok(match view.output {
                 ListOutput::Json | ListOutput::Yaml => out(render::object_list(fetched.raw, view.output)),
                 ListOutput::Table | ListOutput::Wide => {
-                    let mut out = render::top(&fetched.budgets, listing(&ns), budget.as_deref(), &opts);
+                    let mut out = render::status_list(&fetched.budgets, listing(&ns), &opts);
                     out.stderr.insert_str(0, &fetched.warnings);
                     out
                 }
             })
         }
-        Command::Report { scope, name, request } => {
-            let ns = namespace(scope);
-            let fetched = match name {
-                Some(name) => {
-                    let ns = ns.clone().unwrap_or(context_namespace.clone());
-                    Fetched::one(cluster.get(&ns, name).await?)?
-                }
-                None => cluster.list(ns.as_deref(), None).await?,
-            };
-            // A budget left out would make the totals wrong: no report without it.
-            if let Some(warning) = fetched.warnings.lines().next() {
-                return Err(warning.trim_start_matches("warning: skipping ").replacen(
-                    "TokenBudget",
-                    "cannot read TokenBudget",
-                    1,
-                ));
-            }
-            if fetched.budgets.is_empty() {
-                return Ok(render::Rendered {
-                    stdout: String::new(),
-                    stderr: render::no_budgets(listing(&ns)),
-                });
-            }
-            let report = report::build(
-                &fetched.budgets,
-                listing(&ns),
-                name.as_deref(),
-                &request.range,
-                request.by,
-            )?;
-            Ok(out(match request.output {
-                ReportOutput::Table => report::table(&report, listing(&ns), request.no_headers),
-                ReportOutput::Csv => report::csv(&report, request.no_headers),
-                ReportOutput::Json => report::json(&report),
-            }))
-        }
-        Command::Help | Command::Version | Command::Completion(_) => unreachable!("answered without a cluster"),
     }
+}
+
+/// `top [--budget NAME]`.
+async fn top(cluster: &Cluster, ns: Option<String>, budget: Option<&str>, view: &View) -> Result<Rendered, String> {
+    let opts = options(view);
+    if view.watch {
+        return cluster.watch(WatchView::Top, ns.as_deref(), budget, view, opts).await;
+    }
+    let fetched = match (budget, &ns) {
+        (Some(name), Some(ns)) => {
+            let raw = cluster.get(ns, name).await?;
+            if matches!(view.output, ListOutput::Json | ListOutput::Yaml) {
+                return Ok(out(render::object(raw, view.output)));
+            }
+            Fetched::one(raw)?
+        }
+        (Some(name), None) => {
+            let fetched = cluster.list(None, Some(name)).await?;
+            if fetched.raw.is_empty() {
+                return Err(format!("TokenBudget {name:?} not found in any namespace"));
+            }
+            fetched
+        }
+        (None, _) => cluster.list(ns.as_deref(), None).await?,
+    };
+    Ok(match view.output {
+        ListOutput::Json | ListOutput::Yaml => out(render::object_list(fetched.raw, view.output)),
+        ListOutput::Table | ListOutput::Wide => {
+            let mut out = render::top(&fetched.budgets, listing(&ns), budget, &opts);
+            out.stderr.insert_str(0, &fetched.warnings);
+            out
+        }
+    })
+}
+
+/// `report`, over the budgets fetched.
+fn chargeback(
+    fetched: Fetched,
+    ns: Option<String>,
+    name: Option<&str>,
+    request: &ReportRequest,
+) -> Result<Rendered, String> {
+    // A budget left out would make the totals wrong: no report without it.
+    if let Some(warning) = fetched.warnings.lines().next() {
+        return Err(warning.trim_start_matches("warning: skipping ").replacen(
+            "TokenBudget",
+            "cannot read TokenBudget",
+            1,
+        ));
+    }
+    if fetched.budgets.is_empty() {
+        return Ok(render::Rendered {
+            stdout: String::new(),
+            stderr: render::no_budgets(listing(&ns)),
+        });
+    }
+    let report = report::build(&fetched.budgets, listing(&ns), name, &request.range, request.by)?;
+    Ok(out(match request.output {
+        ReportOutput::Table => report::table(&report, listing(&ns), request.no_headers),
+        ReportOutput::Csv => report::csv(&report, request.no_headers),
+        ReportOutput::Json => report::json(&report),
+    }))
 }
 
 fn out(stdout: String) -> Rendered {

@@ -136,25 +136,11 @@ impl Cluster {
         terminating: futures::channel::mpsc::UnboundedSender<Arc<Pod>>,
         enforcement_undone: futures::channel::mpsc::UnboundedSender<BudgetRef>,
     ) -> (Self, impl Future<Output = ()> + Send + use<>) {
-        let (pods_reader, mut pods_writer) = cache::cache();
-        let pods_health = watches.register("pods");
-        let pod_stream = sync::relisting(api::<Pod>(client, namespace))
-            .modify(workloads::slim::<Pod>)
-            .inspect(move |event| {
-                if let Ok(event) = event {
-                    pods_writer.apply(event);
-                }
-            })
-            .inspect(move |event| pods_health.observe(event))
-            .applied_objects()
-            .for_each(move |pod| {
-                if let Ok(pod) = pod
-                    && pod.metadata.deletion_timestamp.is_some()
-                {
-                    let _ = terminating.unbounded_send(Arc::new(pod));
-                }
-                async {}
-            });
+        let (pods_reader, pod_stream) = reflect(api(client, namespace), watches.register("pods"), move |pod: &Pod| {
+            if pod.metadata.deletion_timestamp.is_some() {
+                let _ = terminating.unbounded_send(Arc::new(pod.clone()));
+            }
+        });
         let wake = move |budget: Option<BudgetRef>| {
             if let Some(budget) = budget {
                 let _ = enforcement_undone.unbounded_send(budget);

@@ -239,36 +239,21 @@ fn wire(
         deleted_tx,
         ns.is_none().then_some(pools_tx),
     );
-    let pools = ns.is_none().then(|| {
-        let (controller, stores, namespaces) = super::pool::start(
-            &client,
-            watches.register("clustertokenbudgets"),
-            watches.register("namespaces"),
-            budget_controller.store(),
-            children_tx,
-        );
-        tasks.spawn(namespaces);
-        (controller, stores)
-    });
-    let (pool_controller, pool_stores) = pools.unzip();
-
-    // Accounting reads pods and workloads from reflector stores; a pod that starts terminating
-    // wakes its budgets at once so that its last tokens count.
-    let (terminating_tx, terminating_rx) = mpsc::unbounded();
-    // A workload whose enforcement someone undid (scaled up while exhausted) wakes its budget
-    // at once, not at its next cycle.
-    let (undone_tx, undone_rx) = mpsc::unbounded();
-    let (cluster, cluster_driver) = Cluster::start(
-        &client,
-        ns,
-        binding_controller.store(),
-        watches,
-        terminating_tx,
-        undone_tx,
-    );
-    tasks.spawn(cluster_driver);
-    let trigger_cluster = cluster.clone();
-    let terminating = terminating_rx.flat_map(move |pod| futures::stream::iter(trigger_cluster.budgets_for_pod(&pod)));
+    let (pool_controller, pool_stores) = ns
+        .is_none()
+        .then(|| {
+            let (controller, stores, namespaces) = super::pool::start(
+                &client,
+                watches.register("clustertokenbudgets"),
+                watches.register("namespaces"),
+                budget_controller.store(),
+                children_tx,
+            );
+            tasks.spawn(namespaces);
+            (controller, stores)
+        })
+        .unzip();
+    let (cluster, cluster_wakes) = cluster(&client, ns, binding_controller.store(), watches, tasks);
     // Each budget's cycle wakes the bindings whose usage it saw.
     let (wake_tx, wake_rx) = mpsc::unbounded();
     let ctx = Arc::new(Context {
@@ -294,18 +279,11 @@ fn wire(
     // pass.
     let every_budget = every_object_on(leadership.gains(), budget_controller.store());
     let every_binding = every_object_on(leadership.gains(), binding_controller.store());
-    let pools = pool_controller.map(|controller| {
-        let every_pool = every_object_on(leadership.gains(), controller.store());
-        controller
-            .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_millis(200)))
-            .reconcile_on(pools_rx)
-            .reconcile_on(every_pool)
-    });
+    let pools = pool_controller.map(|controller| pools(controller, pools_rx, &leadership));
     Wiring {
         budgets: budget_controller
             .reconcile_on(binding_changed_rx)
-            .reconcile_on(terminating)
-            .reconcile_on(undone_rx)
+            .reconcile_on(cluster_wakes)
             .reconcile_on(resynced_rx)
             .reconcile_on(children_rx)
             .reconcile_on(every_budget),
@@ -313,6 +291,40 @@ fn wire(
         pools,
         ctx,
     }
+}
+
+/// The pool controller, woken by its children's changes (debounced: a pool's children change
+/// together) and, when this replica begins to lead, for every pool.
+fn pools(
+    controller: Controller<DeserializeGuard<ClusterTokenBudget>>,
+    children: impl futures::Stream<Item = ObjectRef<DeserializeGuard<ClusterTokenBudget>>> + Send + 'static,
+    leadership: &Leadership,
+) -> Controller<DeserializeGuard<ClusterTokenBudget>> {
+    let every_pool = every_object_on(leadership.gains(), controller.store());
+    controller
+        .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_millis(200)))
+        .reconcile_on(children)
+        .reconcile_on(every_pool)
+}
+
+/// The caches accounting reads pods and workloads from, driven on `tasks`, and what they wake:
+/// the budgets of a pod that starts terminating, at once, so that its last tokens count; the
+/// budget of a workload whose enforcement someone undid (scaled up while exhausted), at once,
+/// not at its next cycle.
+fn cluster(
+    client: &Client,
+    ns: Option<&str>,
+    bindings: Store<DeserializeGuard<BudgetBinding>>,
+    watches: Watches,
+    tasks: &mut JoinSet<()>,
+) -> (Cluster, impl futures::Stream<Item = BudgetRef> + Send + 'static) {
+    let (terminating_tx, terminating_rx) = mpsc::unbounded();
+    let (undone_tx, undone_rx) = mpsc::unbounded();
+    let (cluster, driver) = Cluster::start(client, ns, bindings, watches, terminating_tx, undone_tx);
+    tasks.spawn(driver);
+    let trigger = cluster.clone();
+    let terminating = terminating_rx.flat_map(move |pod| futures::stream::iter(trigger.budgets_for_pod(&pod)));
+    (cluster, futures::stream::select(terminating, undone_rx))
 }
 
 /// The scraper the options ask for.
