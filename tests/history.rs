@@ -108,14 +108,20 @@ fn assert_exact_entry(entry: &PeriodSummary, boundary: Timestamp) {
 /// each workload's row is what its agent spent (see [`spend_in_the_old_period`]), to the token
 /// and the exact cost, and the rows add up to the budget's.
 fn report_adds_up_to_what_the_agents_spent(namespace: &str) {
-    let csv = |by: &str| -> Vec<Vec<String>> {
+    let report = |args: &[&str]| -> String {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-tokenbudget"))
-            .args(["report", "-n", namespace, "--by", by, "-o", "csv"])
+            .args(["report", "-n", namespace])
+            .args(args)
             .env("KUBECONFIG", kubeconfig())
             .output()
             .expect("the plugin runs");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let text = String::from_utf8(out.stdout).expect("UTF-8");
+        eprintln!("$ kubectl tokenbudget report -n {namespace} {}\n{text}", args.join(" "));
+        text
+    };
+    let csv = |by: &str| -> Vec<Vec<String>> {
+        let text = report(&["--by", by, "-o", "csv"]);
         let mut rows: Vec<Vec<String>> = text
             .lines()
             .skip(1)
@@ -137,6 +143,15 @@ fn report_adds_up_to_what_the_agents_spent(namespace: &str) {
         csv("budget"),
         [row(&[namespace, "b", "EUR", "1", "4100", "250", "4350", "0.00147"])]
     );
+    // The table's TOTAL line says the same.
+    let table = report(&["--by", "model"]);
+    let total: Vec<&str> = table
+        .lines()
+        .find(|line| line.starts_with("TOTAL"))
+        .expect("a TOTAL line")
+        .split_whitespace()
+        .collect();
+    assert_eq!(total[total.len() - 3..], ["4,350", "0.00147", "EUR"], "{table}");
 }
 
 fn status(tb: &TokenBudget) -> TokenBudgetStatus {
