@@ -12,9 +12,13 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{
+    Arc,
+    atomic::{AtomicU32, Ordering},
+};
 
 use common::*;
+use jiff::{RoundMode, SignedDuration, Timestamp, TimestampRound, Unit};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Api,
@@ -22,6 +26,7 @@ use kube::{
 };
 use tokenbudget::{
     api::{BudgetPhase, ClusterTokenBudget, EnforcementAction, ParentRef, TokenBudget},
+    clock::ManualClock,
     enforce::{PAUSED_REPLICAS, STATE},
 };
 
@@ -41,6 +46,10 @@ impl Pool {
 
     /// A pool selecting the namespaces whose label `key` is its name.
     async fn selecting(client: &kube::Client, tokens: i64, key: &str) -> Self {
+        Self::with_period(client, tokens, key, "Monthly").await
+    }
+
+    async fn with_period(client: &kube::Client, tokens: i64, key: &str, reset: &str) -> Self {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "pool-{}-{}",
@@ -55,7 +64,7 @@ impl Pool {
             "spec": {
                 "namespaceSelector": {"matchLabels": {key: name}},
                 "limits": {"tokens": tokens},
-                "period": {"reset": "Monthly"},
+                "period": {"reset": reset},
                 "thresholds": [50],
                 "pricing": [{"model": "gpt-4o-mini", "input": "0.15", "output": "0.60"}],
                 "enforcement": {"action": "ScaleDown"},
@@ -371,4 +380,80 @@ async fn a_team_that_moves_to_another_pool_or_leaves_the_selection_leaves_its_to
         "neither pool counts the 50"
     );
     assert!(!operator.logs().contains("panicked"), "{}", operator.logs());
+}
+
+/// A full hour some hours ahead of the wall clock: the operator's clock lives around it, after
+/// every real timestamp of the test.
+fn boundary() -> Timestamp {
+    let hour = TimestampRound::new().smallest(Unit::Hour).mode(RoundMode::Ceil);
+    (Timestamp::now() + SignedDuration::from_hours(2)).round(hour).unwrap()
+}
+
+/// Whether the team's share is of the pool's period starting at `start`, with its share of
+/// the period before kept in `ended`.
+fn rolled_over(tb: &TokenBudget, start: Timestamp) -> bool {
+    tb.status
+        .as_ref()
+        .and_then(|s| s.parent.as_ref())
+        .is_some_and(|p| p.period_start.parse::<Timestamp>().ok() == Some(start) && p.ended.is_some())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pools_ended_period_is_recorded_once_with_its_teams_exact_totals() {
+    let _serial = SERIAL.lock().await;
+    let client = client().await;
+    ensure_crds(&client).await;
+    let boundary = boundary();
+    let clock = ManualClock::new(boundary - SignedDuration::from_mins(10));
+    let pool = Pool::with_period(&client, 1_000_000, "pool.tokenbudget.io/test", "Hourly").await;
+    let operator = InProcessOperator::start_all_namespaces(&client, Arc::new(clock.clone())).await;
+    let a = team("pool-history-a", &pool, true).await;
+    let b = team("pool-history-b", &pool, true).await;
+
+    a.agents[0].spend("gpt-4o-mini", 1000, 100);
+    b.agents[0].spend("gpt-4o-mini", 300, 0);
+    let p = pool.wait("the pool at 1400", |p| used(p) == Some(1400)).await;
+    assert!(p.status.unwrap().history.is_empty(), "no period has ended yet");
+
+    // The boundary passes: each team's next cycle starts its share of the new hour and keeps
+    // its final share of the old one; the pool writes one entry of the old hour.
+    clock.set(boundary + SignedDuration::from_secs(1));
+    for t in [&a, &b] {
+        wait_for(&t.budgets, "team", "the share rolled over", |tb| {
+            rolled_over(tb, boundary)
+        })
+        .await;
+    }
+    let p = pool
+        .wait("one entry of the ended hour", |p| {
+            p.status
+                .as_ref()
+                .is_some_and(|s| s.history.len() == 1 && s.history[0].used.tokens == 1400 && s.last_period.is_some())
+        })
+        .await;
+    assert_eq!(used(&p), Some(0), "the new hour starts from zero");
+    let status = p.status.unwrap();
+    let entry = &status.history[0];
+    assert_eq!(
+        entry.period_start.parse::<Timestamp>().ok(),
+        Some(boundary - SignedDuration::from_hours(1))
+    );
+    assert_eq!(entry.period_end.parse::<Timestamp>().ok(), Some(boundary));
+    assert_eq!((entry.used.input, entry.used.output), (1300, 100));
+    // 1,300 input at 0.15 and 100 output at 0.60 per million.
+    assert_eq!(entry.used.cost.as_deref(), Some("0.000255"));
+    assert_eq!(entry.currency, "USD");
+    assert_eq!(entry.models.len(), 1);
+    let children: Vec<_> = entry
+        .children
+        .iter()
+        .map(|c| (c.namespace.as_str(), c.tokens))
+        .collect();
+    assert_eq!(children, [(a.ns.name.as_str(), 1100), (b.ns.name.as_str(), 300)]);
+
+    // What is spent now counts in the new hour; the entry stays as it is, once.
+    a.agents[0].spend("gpt-4o-mini", 7, 0);
+    let later = pool.wait("the new hour at 7", |p| used(p) == Some(7)).await;
+    assert_eq!(later.status.unwrap().history, status.history);
+    operator.stop().await;
 }

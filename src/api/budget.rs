@@ -492,6 +492,11 @@ pub struct ParentShare {
     /// selected, budget deleted): no token is added to it meanwhile.
     #[serde(default)]
     pub counting: bool,
+    /// This budget's final share of the parent's period before this one, kept from the cycle
+    /// that started the share of the new period (in the same status write) until the next
+    /// such cycle: what the parent's `history` entry of that period sums.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<EndedShare>,
     /// The parent's phase, as this budget last saw it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "optional_enum_schema::<BudgetPhase>")]
@@ -505,6 +510,21 @@ pub struct ParentShare {
     /// When the parent's period ends (RFC 3339); absent for Never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resets_at: Option<String>,
+}
+
+/// A budget's final share of a parent's period that has ended. It never grows: a cycle's
+/// tokens after the parent's boundary count in the new period.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndedShare {
+    /// The start of the parent's period it belongs to (RFC 3339).
+    pub period_start: String,
+    /// The share's `since`: with the budget's uid, what identifies it.
+    pub since: String,
+    /// Its tokens per model.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub models: Vec<ModelTokens>,
 }
 
 /// The operator's bookkeeping for one budget: what it last saw of every pod, and the full

@@ -193,6 +193,21 @@ pub struct ClusterTokenBudgetStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub departed: Option<Departed>,
 
+    /// The periods that have ended, newest first, at most [`super::HISTORY_LIMIT`]: what
+    /// each cost, on which models and children. One entry per period, made at the first
+    /// reconcile after the period ended and brought up to date (the same entry) while the
+    /// children's last shares of it come in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["periodStart"]))]
+    pub history: Vec<PoolPeriodSummary>,
+
+    /// Every share of the period that ended last (the children's, and those `departed` kept),
+    /// by child uid and share `since`: what `history`'s newest entry sums. A share kept here
+    /// only grows, so that a child deleted or rolled over again changes nothing. Atomic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-map-type" = "atomic"))]
+    pub last_period: Option<Departed>,
+
     /// Ready, ThresholdReached, Exhausted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
@@ -201,6 +216,40 @@ pub struct ClusterTokenBudgetStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// One ended period of a pool, for chargeback. The models and children listed are the
+/// largest (by cost, then tokens), at most [`super::HISTORY_TOP`] each; what the others spent
+/// is `used` minus the listed ones.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolPeriodSummary {
+    /// When the period started (RFC 3339, in the pool's time zone).
+    pub period_start: String,
+    /// When it ended: the next period's start (RFC 3339).
+    pub period_end: String,
+    /// Everything the children spent of it, at the pool's prices.
+    pub used: UsedTokens,
+    /// The currency of the costs, as the pool said when the entry was written.
+    pub currency: String,
+    /// The largest models.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelUsage>,
+    /// The largest children.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<ChildUsage>,
+}
+
+/// What one child spent of a pool's period.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChildUsage {
+    pub namespace: String,
+    pub name: String,
+    pub tokens: i64,
+    /// Cost at the pool's prices, in `currency`; absent without pricing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<String>,
 }
 
 /// One child's share of the pool in the current period.
@@ -221,7 +270,9 @@ pub struct OtherShares {
     pub used: UsedTokens,
 }
 
-/// What the children that left during the period had counted toward the pool.
+/// Shares of one period of the pool kept by the pool itself: in `departed`, what the children
+/// that left during the period had counted toward it; in `lastPeriod`, every share of the
+/// period that ended last.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Departed {

@@ -362,6 +362,7 @@ impl Parent {
             used,
             models: pool::to_model_tokens(&share.models),
             counting: share.counting,
+            ended: share.ended.as_ref().map(pool::Ended::to_status),
             phase: accepted.and_then(|a| a.phase),
             remaining_tokens: accepted.and_then(|a| a.remaining_tokens),
             percent_used: accepted.and_then(|a| a.percent_used),
@@ -476,6 +477,7 @@ pub fn desired_status(
         })
         .collect();
     let start = window.start.timestamp();
+    let (history, last_period) = history(spec, &existing, start, &window.period_start(), &children);
     let aggregate = pool::aggregate(start, existing.departed.as_ref(), &children);
     let total = aggregate.total();
     let (used, cost) = pool::used(spec, &total);
@@ -496,9 +498,54 @@ pub fn desired_status(
         other_shares,
         models: pool::model_usage(spec, &total),
         departed: pool::departed_status(spec, window.period_start(), &aggregate.departed),
+        history,
+        last_period,
         conditions: conditions::merge(&existing.conditions, &desired, ctb.metadata.generation, now),
         observed_generation: ctb.metadata.generation,
     }
+}
+
+/// The pool's `history` and `lastPeriod` at a reconcile in the period starting at `start`
+/// (`start_text` as the status writes it). The period that ended last is the one the status
+/// was written in (at the first reconcile after the boundary), or else the one `lastPeriod`
+/// keeps; its entry is recomputed from every share of it, kept by child and only growing, so
+/// the same entry is written again and again until the children's last shares are all in,
+/// never a second one. A pool that was never reconciled in an earlier period has none.
+fn history(
+    spec: &ValidBudget,
+    existing: &ClusterTokenBudgetStatus,
+    start: Timestamp,
+    start_text: &str,
+    children: &[pool::Child],
+) -> (Vec<crate::api::PoolPeriodSummary>, Option<crate::api::Departed>) {
+    let parse = |s: Option<&str>| s.and_then(|s| s.parse::<Timestamp>().ok());
+    let written = parse(existing.period_start.as_deref()).filter(|w| *w < start);
+    let last = existing
+        .last_period
+        .as_ref()
+        .and_then(|l| Some((parse(Some(&l.period_start))?, l.period_start.clone())))
+        .filter(|(l, _)| *l < start);
+    let ended = match (written, last) {
+        (Some(w), _) => Some((w, existing.period_start.clone().unwrap_or_default())),
+        (None, Some(l)) => Some(l),
+        (None, None) => None,
+    };
+    let Some((ended, ended_text)) = ended else {
+        return (existing.history.clone(), existing.last_period.clone());
+    };
+    let previous: Vec<&crate::api::Departed> = existing.last_period.iter().chain(existing.departed.iter()).collect();
+    let kept = pool::close(ended, &previous, children);
+    // The period ends where the next one starts: the one the pool's status said, when the
+    // entry is of the period before this one, else this one.
+    let end = existing
+        .history
+        .iter()
+        .find(|e| parse(Some(&e.period_start)) == Some(ended))
+        .map(|e| e.period_end.clone())
+        .unwrap_or_else(|| start_text.to_string());
+    let entry = pool::period_summary(spec, ended_text.clone(), end, &kept);
+    let history = pool::record(&existing.history, entry);
+    (history, pool::departed_status_always(spec, ended_text, &kept))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -653,6 +700,121 @@ mod tests {
 
     fn selector(yaml: &str) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
         serde_yaml::from_str(yaml).unwrap()
+    }
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn child(uid: &str, share: Option<Share>) -> pool::Child {
+        pool::Child {
+            uid: uid.into(),
+            namespace: format!("ns-{uid}"),
+            name: "team".into(),
+            share,
+            member: true,
+        }
+    }
+
+    type Tokens<'a> = &'a [(&'a str, u64, u64)];
+
+    fn share(period: &str, models: Tokens, ended: Option<(&str, Tokens)>) -> Share {
+        let totals = |m: Tokens| m.iter().map(|(m, i, o)| (m.to_string(), (*i, *o))).collect();
+        Share {
+            parent: "rnd".into(),
+            period_start: t(period),
+            since: t(period),
+            models: totals(models),
+            counting: true,
+            ended: ended.map(|(p, m)| pool::Ended {
+                period_start: t(p),
+                since: t(p),
+                models: totals(m),
+            }),
+        }
+    }
+
+    /// One reconcile's history in the period starting at `start`, written into `status`.
+    fn reconcile_history(
+        spec: &ValidBudget,
+        status: &mut ClusterTokenBudgetStatus,
+        start: &str,
+        children: &[pool::Child],
+    ) {
+        let (history, last_period) = history(spec, status, t(start), start, children);
+        let aggregate = pool::aggregate(t(start), status.departed.as_ref(), children);
+        status.departed = pool::departed_status(spec, start.into(), &aggregate.departed);
+        status.history = history;
+        status.last_period = last_period;
+        status.period_start = Some(start.into());
+    }
+
+    #[test]
+    fn a_pools_ended_period_is_one_entry_exact_while_its_children_roll_over() {
+        const NOV: &str = "2026-11-01T00:00:00Z";
+        const DEC: &str = "2026-12-01T00:00:00Z";
+        const JAN: &str = "2027-01-01T00:00:00Z";
+        let spec = validate::budget(
+            &serde_yaml::from_str("limits: {tokens: 1000000}\npricing: [{model: m, input: '1', output: '2'}]").unwrap(),
+        )
+        .unwrap();
+        let mut status = ClusterTokenBudgetStatus::default();
+        // November: a and b count; c left, its share kept in `departed`.
+        let gone = pool::Child {
+            member: false,
+            share: Some(Share {
+                counting: false,
+                ..share(NOV, &[("m", 5, 5)], None)
+            }),
+            ..child("c", None)
+        };
+        let november = [
+            child("a", Some(share(NOV, &[("m", 100, 0)], None))),
+            child("b", Some(share(NOV, &[("m", 40, 0)], None))),
+            gone,
+        ];
+        reconcile_history(&spec, &mut status, NOV, &november);
+        assert!(status.history.is_empty(), "nothing has ended");
+        assert_eq!(status.departed.as_ref().unwrap().children.len(), 1);
+        let c_left = [
+            child("a", Some(share(NOV, &[("m", 100, 0)], None))),
+            child("b", Some(share(NOV, &[("m", 40, 0)], None))),
+        ];
+        reconcile_history(&spec, &mut status, NOV, &c_left);
+        // December's first reconcile: nobody rolled over yet; `departed` of November goes
+        // into the entry and starts again.
+        reconcile_history(&spec, &mut status, DEC, &c_left);
+        assert_eq!(status.history.len(), 1);
+        assert_eq!(
+            (
+                status.history[0].period_start.as_str(),
+                status.history[0].period_end.as_str()
+            ),
+            (NOV, DEC)
+        );
+        assert_eq!((status.history[0].used.input, status.history[0].used.output), (145, 5));
+        assert_eq!(status.departed, None);
+        // a's last cycle of November, written late, then a rolls over; b rolls over.
+        let rolled = [
+            child("a", Some(share(DEC, &[("m", 1, 0)], Some((NOV, &[("m", 110, 0)]))))),
+            child("b", Some(share(DEC, &[("m", 2, 0)], Some((NOV, &[("m", 40, 0)]))))),
+        ];
+        reconcile_history(&spec, &mut status, DEC, &rolled);
+        assert_eq!(status.history.len(), 1, "the same entry, recomputed");
+        assert_eq!((status.history[0].used.input, status.history[0].used.output), (155, 5));
+        assert_eq!(status.history[0].used.cost.as_deref(), Some("0.000165"));
+        assert_eq!(status.history[0].children[0].namespace, "ns-a");
+        // b deleted: November keeps it.
+        let entry = status.history[0].clone();
+        reconcile_history(&spec, &mut status, DEC, &rolled[..1]);
+        assert_eq!(status.history, vec![entry.clone()]);
+        // January: December's entry, from what the children hold; November's unchanged.
+        let january = [child("a", Some(share(JAN, &[], Some((DEC, &[("m", 9, 0)])))))];
+        reconcile_history(&spec, &mut status, JAN, &january);
+        assert_eq!(status.history.len(), 2);
+        assert_eq!(status.history[0].period_start, DEC);
+        assert_eq!(status.history[0].used.input, 9);
+        assert_eq!(status.history[1], entry);
     }
 
     #[test]

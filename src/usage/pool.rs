@@ -26,8 +26,8 @@ use rust_decimal::Decimal;
 use super::pricing;
 use crate::{
     api::{
-        ChildShare, Departed, DepartedChild, LISTED_SHARES, ModelTokens, ModelUsage, OtherShares, ParentShare,
-        TokenType, UsedTokens,
+        ChildShare, ChildUsage, Departed, DepartedChild, EndedShare, HISTORY_LIMIT, LISTED_SHARES, ModelTokens,
+        ModelUsage, OtherShares, ParentShare, PoolPeriodSummary, TokenType, UsedTokens,
     },
     validate::ValidBudget,
 };
@@ -47,6 +47,26 @@ pub struct Share {
     pub models: ModelTotals,
     /// Whether tokens are still added to it (the pool accepts the child).
     pub counting: bool,
+    /// The child's final share of the pool's period before, kept from the rollover on.
+    pub ended: Option<Ended>,
+}
+
+/// A child's final share of a pool's period that has ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ended {
+    pub period_start: Timestamp,
+    pub since: Timestamp,
+    pub models: ModelTotals,
+}
+
+impl Ended {
+    pub fn to_status(&self) -> EndedShare {
+        EndedShare {
+            period_start: self.period_start.to_string(),
+            since: self.since.to_string(),
+            models: to_model_tokens(&self.models),
+        }
+    }
 }
 
 impl Share {
@@ -59,6 +79,13 @@ impl Share {
             since: status.since.parse().ok()?,
             models: from_model_tokens(&status.models),
             counting: status.counting,
+            ended: status.ended.as_ref().and_then(|e| {
+                Some(Ended {
+                    period_start: e.period_start.parse().ok()?,
+                    since: e.since.parse().ok()?,
+                    models: from_model_tokens(&e.models),
+                })
+            }),
         })
     }
 
@@ -94,6 +121,9 @@ pub struct PoolView {
 ///   counts then is counted by no pool, never by two.
 /// - A child accepted by a pool, without a share, begins one, at `now`, in the pool's period,
 ///   with this cycle's tokens.
+/// - A share whose pool's period ended, followed by a share of the same pool's new period,
+///   is kept in the new share as `ended`, final (for the pool's `history`); the share of the
+///   period after that replaces it.
 pub fn advance(
     share: Option<Share>,
     accepted_by: Option<&PoolView>,
@@ -101,12 +131,21 @@ pub fn advance(
     new: &ModelTotals,
     now: Timestamp,
 ) -> Option<Share> {
+    let mut rolled_over: Option<(String, Ended)> = None;
     let mut share = share.filter(|share| {
         let Some(pool) = share_pool.filter(|p| p.name == share.parent) else {
             return false;
         };
         let ended = pool.period_start != Some(share.period_start);
         let kept = pool.kept.get(&share.since_key()) == Some(&share.models);
+        if ended && !kept {
+            let last = Ended {
+                period_start: share.period_start,
+                since: share.since,
+                models: share.models.clone(),
+            };
+            rolled_over = Some((share.parent.clone(), last));
+        }
         !(ended || kept)
     });
     match (&mut share, accepted_by) {
@@ -117,12 +156,17 @@ pub fn advance(
         (Some(share), _) => share.counting = false,
         (None, Some(pool)) => {
             if let Some(period_start) = pool.period_start {
+                let ended = rolled_over
+                    .take()
+                    .filter(|(parent, _)| *parent == pool.name)
+                    .map(|(_, ended)| ended);
                 let mut begun = Share {
                     parent: pool.name.clone(),
                     period_start,
                     since: now,
                     models: ModelTotals::new(),
                     counting: true,
+                    ended,
                 };
                 begun.add(new);
                 share = Some(begun);
@@ -337,6 +381,131 @@ pub fn departed_status(budget: &ValidBudget, period_start: String, kept: &[Kept]
     })
 }
 
+/// Every share of the pool's period starting at `period_start`, which has ended: what the
+/// pool kept of it before (`previous`, when of that period: its `lastPeriod`, or else its
+/// `departed` of the period, at the first reconcile after it ended), updated with the
+/// children's shares of it (their `parent` while not rolled over, their `parent.ended`
+/// after). Kept by (child uid, share `since`), each the larger of what was kept and what the
+/// child holds now: a share of an ended period only grows (a status written late), so what
+/// the pool kept once stays, whatever becomes of the child.
+pub fn close(period_start: Timestamp, previous: &[&Departed], children: &[Child]) -> Vec<Kept> {
+    let mut kept: Vec<Kept> = previous
+        .iter()
+        .find(|d| d.period_start.parse::<Timestamp>().ok() == Some(period_start))
+        .map(|d| d.children.iter().map(kept_from_status).collect())
+        .unwrap_or_default();
+    for child in children {
+        let Some(share) = &child.share else { continue };
+        let last = std::iter::once((share.since, &share.models))
+            .filter(|_| share.period_start == period_start)
+            .chain(
+                share
+                    .ended
+                    .iter()
+                    .filter(|e| e.period_start == period_start)
+                    .map(|e| (e.since, &e.models)),
+            );
+        for (since, models) in last {
+            let since = since.to_string();
+            match kept.iter_mut().find(|k| k.uid == child.uid && k.since == since) {
+                Some(k) => k.models = max_totals(&k.models, models),
+                None => kept.push(Kept {
+                    uid: child.uid.clone(),
+                    namespace: child.namespace.clone(),
+                    name: child.name.clone(),
+                    since,
+                    models: models.clone(),
+                }),
+            }
+        }
+    }
+    kept
+}
+
+/// The `history` entry of an ended period from every share of it: its totals and models at
+/// `budget`'s prices, and its largest children (the shares of one child, by namespace and
+/// name, summed).
+pub fn period_summary(
+    budget: &ValidBudget,
+    period_start: String,
+    period_end: String,
+    kept: &[Kept],
+) -> PoolPeriodSummary {
+    let mut total = ModelTotals::new();
+    let mut per_child: BTreeMap<(String, String), ModelTotals> = BTreeMap::new();
+    for k in kept {
+        add_totals(&mut total, &k.models);
+        add_totals(
+            per_child.entry((k.namespace.clone(), k.name.clone())).or_default(),
+            &k.models,
+        );
+    }
+    let (used, _) = used(budget, &total);
+    let models = super::history::top_models(total.iter().map(|(model, (input, output))| {
+        let cost = budget.prices.cost(model, *input, *output);
+        let usage = ModelUsage {
+            model: model.clone(),
+            input: to_i64(*input),
+            output: to_i64(*output),
+            cost: cost.map(pricing::format_money),
+        };
+        (usage, cost.unwrap_or_default())
+    }));
+    let mut children: Vec<(ChildUsage, Decimal)> = per_child
+        .into_iter()
+        .map(|((namespace, name), models)| {
+            let (used, cost) = self::used(budget, &models);
+            let child = ChildUsage {
+                namespace,
+                name,
+                tokens: used.tokens,
+                cost: used.cost,
+            };
+            (child, cost)
+        })
+        .collect();
+    children.sort_by(|(a, a_cost), (b, b_cost)| {
+        b_cost
+            .cmp(a_cost)
+            .then_with(|| b.tokens.cmp(&a.tokens))
+            .then_with(|| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)))
+    });
+    PoolPeriodSummary {
+        period_start,
+        period_end,
+        used,
+        currency: budget.currency.clone(),
+        models,
+        children: children
+            .into_iter()
+            .take(crate::api::HISTORY_TOP)
+            .map(|(c, _)| c)
+            .collect(),
+    }
+}
+
+/// `history` with `entry`: replacing the entry of the same period start (the same instant),
+/// else added; newest first, at most [`HISTORY_LIMIT`]. An entry is recomputed whole from
+/// `lastPeriod`, never added to: writing it twice changes nothing.
+pub fn record(history: &[PoolPeriodSummary], entry: PoolPeriodSummary) -> Vec<PoolPeriodSummary> {
+    let started = |e: &PoolPeriodSummary| e.period_start.parse::<Timestamp>().ok();
+    let at = started(&entry);
+    let mut history: Vec<PoolPeriodSummary> = history.iter().filter(|e| started(e) != at).cloned().collect();
+    history.push(entry);
+    history.sort_by_key(|e| std::cmp::Reverse(started(e)));
+    history.truncate(HISTORY_LIMIT);
+    history
+}
+
+/// [`departed_status`], also when nothing is kept: `lastPeriod` says which period it is of.
+pub fn departed_status_always(budget: &ValidBudget, period_start: String, kept: &[Kept]) -> Option<Departed> {
+    departed_status(budget, period_start.clone(), kept).or(Some(Departed {
+        period_start,
+        used: used(budget, &ModelTotals::new()).0,
+        children: Vec::new(),
+    }))
+}
+
 /// The shares of the child with `uid` that the pool's `departed` keeps, by `since`; only
 /// when of the pool's period starting at `period_start`.
 pub fn kept_for(departed: Option<&Departed>, period_start: Timestamp, uid: &str) -> HashMap<String, ModelTotals> {
@@ -460,6 +629,7 @@ mod tests {
             since: t(since),
             models: totals(models),
             counting,
+            ended: None,
         }
     }
 
@@ -508,8 +678,9 @@ mod tests {
         let now = t("2026-12-01T00:00:00.050Z");
         let new = advance(Some(old), Some(&rnd), Some(&rnd), &totals(&[("m", 7, 0)]), now).unwrap();
         assert_eq!(
-            new,
-            share("rnd", DECEMBER, "2026-12-01T00:00:00.050Z", &[("m", 7, 0)], true)
+            Share { ended: None, ..new },
+            share("rnd", DECEMBER, "2026-12-01T00:00:00.050Z", &[("m", 7, 0)], true),
+            "the old share's final tokens are kept in `ended` (see below)"
         );
     }
 
@@ -691,6 +862,225 @@ mod tests {
         let other = other.unwrap();
         // The five smallest: 1 + 2 + 3 + 4 + 5.
         assert_eq!((other.children, other.used.tokens), (5, 15));
+    }
+
+    #[test]
+    fn rolling_over_keeps_the_final_share_of_the_ended_period_in_the_new_one() {
+        let old = share("rnd", NOVEMBER, "2026-11-02T00:00:00Z", &[("m", 900, 100)], true);
+        let rnd = pool("rnd", DECEMBER);
+        let now = t("2026-12-01T00:00:00.050Z");
+        let new = advance(Some(old), Some(&rnd), Some(&rnd), &totals(&[("m", 7, 0)]), now).unwrap();
+        let ended = Ended {
+            period_start: t(NOVEMBER),
+            since: t("2026-11-02T00:00:00Z"),
+            models: totals(&[("m", 900, 100)]),
+        };
+        assert_eq!(new.ended, Some(ended.clone()), "the new share carries the old, final");
+        assert_eq!(
+            new.models,
+            totals(&[("m", 7, 0)]),
+            "the cycle's tokens count in the new period"
+        );
+        // Later cycles of the period keep it as it is.
+        let later = advance(Some(new), Some(&rnd), Some(&rnd), &totals(&[("m", 1, 0)]), now).unwrap();
+        assert_eq!(later.ended, Some(ended.clone()));
+        // Through the status, and back.
+        let status = ParentShare {
+            name: "rnd".into(),
+            period_start: later.period_start.to_string(),
+            since: later.since_key(),
+            models: to_model_tokens(&later.models),
+            ended: later.ended.as_ref().map(Ended::to_status),
+            ..Default::default()
+        };
+        assert_eq!(Share::from_status(&status).unwrap().ended, Some(ended));
+        // The next rollover replaces it with the share of December.
+        let january = pool("rnd", "2027-01-01T00:00:00Z");
+        let next = advance(
+            Some(later.clone()),
+            Some(&january),
+            Some(&january),
+            &totals(&[]),
+            t("2027-01-01T00:00:01Z"),
+        )
+        .unwrap();
+        assert_eq!(next.ended.unwrap().models, totals(&[("m", 8, 0)]));
+        // A share rolled into another pool's period carries nothing over.
+        let ops = pool("ops", "2027-01-01T00:00:00Z");
+        let moved = advance(Some(later), Some(&ops), None, &totals(&[]), t("2027-01-01T00:00:01Z")).unwrap();
+        assert_eq!(moved.ended, None);
+    }
+
+    type Tokens<'a> = &'a [(&'a str, u64, u64)];
+
+    fn departed(period: &str, kept: &[(&str, &str, Tokens)]) -> Departed {
+        Departed {
+            period_start: period.into(),
+            used: UsedTokens::default(),
+            children: kept
+                .iter()
+                .map(|(uid, since, models)| DepartedChild {
+                    uid: (*uid).into(),
+                    namespace: format!("ns-{uid}"),
+                    name: "team".into(),
+                    since: t(since).to_string(),
+                    models: to_model_tokens(&totals(models)),
+                })
+                .collect(),
+        }
+    }
+
+    fn sum(kept: &[Kept]) -> ModelTotals {
+        let mut total = ModelTotals::new();
+        for k in kept {
+            add_totals(&mut total, &k.models);
+        }
+        total
+    }
+
+    #[test]
+    fn an_ended_period_sums_shares_not_rolled_over_those_rolled_over_and_departed() {
+        let nov = t(NOVEMBER);
+        let rolled = Share {
+            ended: Some(Ended {
+                period_start: nov,
+                since: nov,
+                models: totals(&[("m", 100, 10)]),
+            }),
+            ..share("rnd", DECEMBER, DECEMBER, &[("m", 3, 0)], true)
+        };
+        let children = [
+            // Rolled over: its November is in `ended`, its December counts nothing here.
+            child("a", Some(rolled), true),
+            // Not rolled over yet: its share is November's.
+            child("b", Some(share("rnd", NOVEMBER, NOVEMBER, &[("m", 50, 0)], true)), true),
+            // A share of October, and one without a share: nothing of November.
+            child(
+                "c",
+                Some(share("rnd", "2026-10-01T00:00:00Z", NOVEMBER, &[("m", 1000, 0)], true)),
+                true,
+            ),
+            child("d", None, true),
+        ];
+        // `departed` of November: a child gone before the end.
+        let gone = departed(NOVEMBER, &[("e", NOVEMBER, &[("n", 7, 7)])]);
+        let kept = close(nov, &[&gone], &children);
+        assert_eq!(sum(&kept), totals(&[("m", 150, 10), ("n", 7, 7)]));
+        // `departed` of another period is not November's.
+        let october = departed("2026-10-01T00:00:00Z", &[("e", NOVEMBER, &[("n", 7, 7)])]);
+        assert_eq!(sum(&close(nov, &[&october], &children)), totals(&[("m", 150, 10)]));
+    }
+
+    #[test]
+    fn what_the_pool_kept_of_an_ended_period_only_grows() {
+        let nov = t(NOVEMBER);
+        let budget = budget("limits: {tokens: 1000}");
+        let b = share("rnd", NOVEMBER, NOVEMBER, &[("m", 50, 0)], true);
+        let first = close(nov, &[], &[child("b", Some(b.clone()), true)]);
+        let kept = departed_status_always(&budget, NOVEMBER.into(), &first).unwrap();
+        // Seen again: the same. Its last status of November, late, with more: the more.
+        assert_eq!(
+            sum(&close(nov, &[&kept], &[child("b", Some(b.clone()), true)])),
+            sum(&first)
+        );
+        let late = share("rnd", NOVEMBER, NOVEMBER, &[("m", 60, 0)], true);
+        let grown = close(nov, &[&kept], &[child("b", Some(late), true)]);
+        assert_eq!(sum(&grown), totals(&[("m", 60, 0)]));
+        let kept = departed_status_always(&budget, NOVEMBER.into(), &grown).unwrap();
+        // Deleted since, or rolled over twice (its November gone from its status): still there.
+        assert_eq!(sum(&close(nov, &[&kept], &[])), totals(&[("m", 60, 0)]));
+        let january = share("rnd", "2027-01-01T00:00:00Z", NOVEMBER, &[], true);
+        assert_eq!(
+            sum(&close(nov, &[&kept], &[child("b", Some(january), true)])),
+            totals(&[("m", 60, 0)])
+        );
+        // `lastPeriod` comes before `departed`: a share both keep counts once.
+        let gone = departed(NOVEMBER, &[("b", NOVEMBER, &[("m", 50, 0)])]);
+        assert_eq!(sum(&close(nov, &[&kept, &gone], &[])), totals(&[("m", 60, 0)]));
+    }
+
+    #[test]
+    fn a_period_summary_lists_the_largest_models_and_children_and_adds_up() {
+        let budget = budget(
+            "limits: {tokens: 1000}\ncurrency: EUR\npricing: [{model: cheap, input: '1', output: '1'}, {model: dear, input: '10', output: '10'}]",
+        );
+        let mut kept: Vec<Kept> = (0..12u64)
+            .map(|i| Kept {
+                uid: format!("u{i}"),
+                namespace: format!("ns-{i:02}"),
+                name: "team".into(),
+                since: NOVEMBER.into(),
+                models: totals(&[("cheap", (i + 1) * 1_000_000, 0)]),
+            })
+            .collect();
+        // One child with two shares in the period (it left and came back): one child.
+        kept.push(Kept {
+            uid: "u0".into(),
+            namespace: "ns-00".into(),
+            name: "team".into(),
+            since: "2026-11-15T00:00:00Z".into(),
+            models: totals(&[("dear", 1_000_000, 1_000_000)]),
+        });
+        let entry = period_summary(&budget, NOVEMBER.into(), DECEMBER.into(), &kept);
+        assert_eq!(
+            (entry.period_start.as_str(), entry.period_end.as_str()),
+            (NOVEMBER, DECEMBER)
+        );
+        assert_eq!(entry.currency, "EUR");
+        assert_eq!(entry.used.tokens, 78_000_000 + 2_000_000);
+        assert_eq!(entry.used.cost.as_deref(), Some("98.00"));
+        let models: Vec<_> = entry
+            .models
+            .iter()
+            .map(|m| (m.model.as_str(), m.cost.as_deref()))
+            .collect();
+        assert_eq!(
+            models,
+            [("cheap", Some("78.00")), ("dear", Some("20.00"))],
+            "by cost first"
+        );
+        assert_eq!(entry.children.len(), 10);
+        // ns-00: 1 + 20 = 21 EUR, the largest by cost; then ns-11 (12), ns-10 (11), ...
+        assert_eq!(
+            (entry.children[0].namespace.as_str(), entry.children[0].cost.as_deref()),
+            ("ns-00", Some("21.00"))
+        );
+        assert_eq!(entry.children[1].namespace, "ns-11");
+        assert_eq!(entry.children[9].namespace, "ns-03");
+    }
+
+    fn entry(start: &str, tokens: i64) -> PoolPeriodSummary {
+        PoolPeriodSummary {
+            period_start: start.into(),
+            period_end: String::new(),
+            used: UsedTokens {
+                tokens,
+                ..Default::default()
+            },
+            currency: "USD".into(),
+            models: Vec::new(),
+            children: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn history_is_newest_first_once_per_period_and_bounded() {
+        let mut history = Vec::new();
+        for month in 1..=12 {
+            history = record(&history, entry(&format!("2026-{month:02}-01T00:00:00Z"), month));
+        }
+        assert_eq!(history.len(), HISTORY_LIMIT);
+        assert_eq!(history[0].period_start, "2026-12-01T00:00:00Z");
+        // Recomputed: replaced, never added twice (the same instant, another offset).
+        history = record(&history, entry("2026-12-01T01:00:00+01:00", 99));
+        assert_eq!(history.len(), HISTORY_LIMIT);
+        assert_eq!(history[0].used.tokens, 99);
+        assert_eq!(history.iter().filter(|e| e.used.tokens == 12).count(), 0);
+        // A 13th period: the oldest goes.
+        history = record(&history, entry("2027-01-01T00:00:00Z", 13));
+        assert_eq!(history.len(), HISTORY_LIMIT);
+        assert_eq!(history[0].period_start, "2027-01-01T00:00:00Z");
+        assert_eq!(history.last().unwrap().period_start, "2026-02-01T00:00:00Z");
     }
 
     #[test]

@@ -170,10 +170,20 @@ pub struct InProcessOperator {
 
 impl InProcessOperator {
     pub async fn start(client: &Client, namespace: &str, clock: Arc<dyn tokenbudget::clock::Clock>) -> Self {
+        Self::start_in(client, Some(namespace), clock).await
+    }
+
+    /// One over all namespaces, as pools need: it reconciles whatever else is in the cluster,
+    /// so a test that starts one holds its own lock against the others that do.
+    pub async fn start_all_namespaces(client: &Client, clock: Arc<dyn tokenbudget::clock::Clock>) -> Self {
+        Self::start_in(client, None, clock).await
+    }
+
+    async fn start_in(client: &Client, namespace: Option<&str>, clock: Arc<dyn tokenbudget::clock::Clock>) -> Self {
         let address = free_port();
         let options = tokenbudget::controller::run::Options {
             bind_address: address,
-            namespace: Some(namespace.to_string()),
+            namespace: namespace.map(str::to_string),
             ..Default::default()
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
