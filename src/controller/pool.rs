@@ -84,10 +84,17 @@ impl Pool {
             .ctb()
             .and_then(|c| c.status.as_ref())
             .and_then(|s| s.departed.as_ref());
+        let last = self
+            .ctb()
+            .and_then(|c| c.status.as_ref())
+            .and_then(|s| s.last_period.as_ref());
+        let last_period = last.and_then(|l| l.period_start.parse::<Timestamp>().ok());
         PoolView {
             name: self.ctb().map(|c| c.name_any()).unwrap_or_default(),
             period_start: start,
             kept: start.map(|s| pool::kept_for(departed, s, uid)).unwrap_or_default(),
+            last_period,
+            last_kept: last_period.map(|l| pool::kept_for(last, l, uid)).unwrap_or_default(),
         }
     }
 
@@ -389,7 +396,8 @@ pub fn departure_settled(ctx: &Context, tb: &TokenBudget, now: Timestamp) -> boo
     let view = pool.view(&tb.uid().unwrap_or_default());
     match view.period_start {
         Some(start) if start == share.period_start => view.kept.get(&share.since_key()) == Some(&share.models),
-        Some(_) => true,
+        // A share of a period that has ended: once that period's entry has it.
+        Some(_) => view.keeps_ended(&share),
         // An invalid pool keeps nothing: wait until it is fixed or deleted.
         None => false,
     }
@@ -596,15 +604,17 @@ pub fn start(
 }
 
 /// What, when it changes, wakes a pool's children: its spec, its phase, its period, and the
-/// shares it keeps.
+/// shares it keeps (of this period and of the one that ended last).
 fn pool_signature(ctb: &ClusterTokenBudget) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     ctb.metadata.generation.hash(&mut hasher);
     if let Some(status) = &ctb.status {
         format!("{:?}", status.phase).hash(&mut hasher);
         status.period_start.hash(&mut hasher);
-        if let Some(departed) = &status.departed {
-            for child in &departed.children {
+        // `lastPeriod` too: a share of the period that ended waits until it is kept there.
+        for kept in status.departed.iter().chain(status.last_period.iter()) {
+            kept.period_start.hash(&mut hasher);
+            for child in &kept.children {
                 (&child.uid, &child.since).hash(&mut hasher);
                 for m in &child.models {
                     (&m.model, m.input, m.output).hash(&mut hasher);

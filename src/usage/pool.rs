@@ -106,6 +106,23 @@ pub struct PoolView {
     pub name: String,
     pub period_start: Option<Timestamp>,
     pub kept: HashMap<String, ModelTotals>,
+    /// The period that ended last, as the pool's `lastPeriod` keeps it: its start, and the
+    /// shares of this child it keeps (by `since`).
+    pub last_period: Option<Timestamp>,
+    pub last_kept: HashMap<String, ModelTotals>,
+}
+
+impl PoolView {
+    /// Whether `share`, of a period of this pool that has ended, can be let go: the pool's
+    /// `lastPeriod` keeps it exactly, or the pool has moved past that period since (its entry
+    /// in `history` is final, nothing more can be added to it).
+    pub fn keeps_ended(&self, share: &Share) -> bool {
+        match self.last_period {
+            Some(last) if last == share.period_start => self.last_kept.get(&share.since_key()) == Some(&share.models),
+            Some(last) => last > share.period_start,
+            None => false,
+        }
+    }
 }
 
 /// The child's share after one cycle that counted `new` tokens: `share` the share it had,
@@ -121,6 +138,9 @@ pub struct PoolView {
 ///   counts then is counted by no pool, never by two.
 /// - A child accepted by a pool, without a share, begins one, at `now`, in the pool's period,
 ///   with this cycle's tokens.
+/// - A share whose pool's period ended, of a child the pool no longer accepts, waits, counting
+///   nothing, until the pool's `lastPeriod` keeps it exactly ([`PoolView::keeps_ended`]): its
+///   tokens belong in that period's `history` entry.
 /// - A share whose pool's period ended, followed by a share of the same pool's new period,
 ///   is kept in the new share as `ended`, final (for the pool's `history`); the share of the
 ///   period after that replaces it.
@@ -132,6 +152,8 @@ pub fn advance(
     now: Timestamp,
 ) -> Option<Share> {
     let mut rolled_over: Option<(String, Ended)> = None;
+    // An ended share the pool does not keep yet: it waits if no new share takes it over.
+    let mut waiting: Option<Share> = None;
     let mut share = share.filter(|share| {
         let Some(pool) = share_pool.filter(|p| p.name == share.parent) else {
             return false;
@@ -145,9 +167,19 @@ pub fn advance(
                 models: share.models.clone(),
             };
             rolled_over = Some((share.parent.clone(), last));
+            if !pool.keeps_ended(share) {
+                waiting = Some(share.clone());
+            }
         }
         !(ended || kept)
     });
+    // Not accepted by its pool any more: no new share of that pool takes the ended one over.
+    if accepted_by.is_none_or(|pool| Some(pool.name.as_str()) != rolled_over.as_ref().map(|(p, _)| p.as_str()))
+        && let Some(mut waiting) = waiting
+    {
+        waiting.counting = false;
+        return Some(waiting);
+    }
     match (&mut share, accepted_by) {
         (Some(share), Some(pool)) if pool.name == share.parent => {
             share.counting = true;
@@ -608,7 +640,7 @@ mod tests {
         PoolView {
             name: name.into(),
             period_start: Some(t(period)),
-            kept: HashMap::new(),
+            ..Default::default()
         }
     }
 
@@ -720,12 +752,61 @@ mod tests {
             begun,
             share("ops", NOVEMBER, "2026-11-10T00:00:00Z", &[("m", 5, 5)], true)
         );
-        // The pool gone, or its period over: nothing left to keep it for.
+        // The pool gone: nothing left to keep it for.
         assert_eq!(advance(Some(waiting.clone()), None, None, &new, now), None);
+    }
+
+    #[test]
+    fn a_share_of_an_ended_period_left_behind_waits_until_that_periods_entry_keeps_it() {
+        // The child stopped being accepted (deleted, namespace no longer selected, parentRef
+        // changed) at its first cycle after the pool's boundary: its November tokens belong in
+        // November's history entry, which the pool closes from `lastPeriod`.
+        let left = share("rnd", NOVEMBER, "2026-11-02T00:00:00Z", &[("m", 900, 100)], true);
+        let now = t("2026-12-01T00:00:05Z");
+        let new = totals(&[("m", 5, 5)]);
+        let mut rnd = pool("rnd", DECEMBER);
+        let waiting = Share {
+            counting: false,
+            ..left.clone()
+        };
+        // December's first reconcile of the pool has not run yet, or kept less.
         assert_eq!(
-            advance(Some(waiting), None, Some(&pool("rnd", DECEMBER)), &new, now),
-            None
+            advance(Some(left.clone()), None, Some(&rnd), &new, now),
+            Some(waiting.clone())
         );
+        rnd.last_period = Some(t(NOVEMBER));
+        rnd.last_kept.insert(left.since_key(), totals(&[("m", 800, 100)]));
+        assert_eq!(
+            advance(Some(waiting.clone()), None, Some(&rnd), &new, now),
+            Some(waiting.clone())
+        );
+        // Accepted by another pool meanwhile: the November share still comes first.
+        let ops = pool("ops", DECEMBER);
+        assert_eq!(
+            advance(Some(waiting.clone()), Some(&ops), Some(&rnd), &new, now),
+            Some(waiting.clone())
+        );
+        // Kept exactly: let go.
+        rnd.last_kept.insert(left.since_key(), totals(&[("m", 900, 100)]));
+        assert!(rnd.keeps_ended(&left));
+        assert_eq!(advance(Some(waiting.clone()), None, Some(&rnd), &new, now), None);
+        // The pool past that period since (January): its entry is final, let go.
+        let later = PoolView {
+            last_period: Some(t(DECEMBER)),
+            ..pool("rnd", "2027-01-01T00:00:00Z")
+        };
+        assert_eq!(advance(Some(waiting), None, Some(&later), &new, now), None);
+        // Still accepted by the same pool: rolled over into the new share's `ended` at once.
+        let rolled = advance(
+            Some(left.clone()),
+            Some(&pool("rnd", DECEMBER)),
+            Some(&pool("rnd", DECEMBER)),
+            &new,
+            now,
+        )
+        .unwrap();
+        assert_eq!(rolled.period_start, t(DECEMBER));
+        assert_eq!(rolled.ended.map(|e| e.models), Some(left.models));
     }
 
     #[test]
