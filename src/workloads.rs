@@ -268,11 +268,13 @@ fn pods_of(ns: &Namespace, kind: WorkloadKind, uid: &str) -> Vec<Arc<Pod>> {
     if uid.is_empty() {
         return Vec::new();
     }
-    let uids =
-        |metas: &mut dyn Iterator<Item = &ObjectMeta>| -> Vec<String> { metas.filter_map(|m| m.uid.clone()).collect() };
-    let owners = match kind {
-        WorkloadKind::Deployment => uids(&mut ns.owned_by::<ReplicaSet>(uid).iter().map(|rs| &rs.metadata)),
-        WorkloadKind::CronJob => uids(&mut ns.owned_by::<Job>(uid).iter().map(|j| &j.metadata)),
+    let owners: Vec<String> = match kind {
+        WorkloadKind::Deployment => (ns.owned_by::<ReplicaSet>(uid).iter())
+            .filter_map(|rs| rs.metadata.uid.clone())
+            .collect(),
+        WorkloadKind::CronJob => (ns.owned_by::<Job>(uid).iter())
+            .filter_map(|job| job.metadata.uid.clone())
+            .collect(),
         WorkloadKind::StatefulSet | WorkloadKind::Job => vec![uid.to_string()],
     };
     owners.iter().flat_map(|owner| ns.owned_by::<Pod>(owner)).collect()
