@@ -128,6 +128,66 @@ pub struct TokenBudgetSpec {
     /// budget's namespace (condition ParentAccepted). This budget's own limits stay an inner cap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_ref: Option<ParentRef>,
+
+    /// Limits on each distinct value of a label of the token series: each user, end user,
+    /// session, task or team at most so much per period, inside the budget's own limits. An
+    /// exhausted subject cannot be enforced on a pod (one pod serves many): it is published
+    /// in `status.subjects` and to agents, which refuse it, and counted in the
+    /// SubjectsExhausted condition.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["label"]))]
+    pub subjects: Vec<SubjectLimit>,
+
+    /// Acting before exhaustion: when the burn rate says the budget runs out before it resets,
+    /// publish a pace for agents (`status.pacing`) and optionally run fewer replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pacing: Option<Pacing>,
+}
+
+/// A limit per distinct value of one label of the token series.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SubjectLimit {
+    /// The label whose values are the subjects, as it appears on the scraped series: for
+    /// LiteLLM `end_user`, `user` or `team`; for an OpenTelemetry attribute such as
+    /// `session.id`, its Prometheus name `session_id`. Series without it (or with an empty
+    /// value) count toward the budget but toward no subject.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-zA-Z_][a-zA-Z0-9_]*$"))]
+    pub label: String,
+
+    /// What each subject may spend per period (the budget's period, token types and prices).
+    pub limits: BudgetLimits,
+}
+
+/// Pacing: spend so that the budget lasts until it resets.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Pacing {
+    /// None: publish the pace in `status.pacing` only (agents read it and slow down).
+    /// ScaleReplicas: also run Deployments and StatefulSets without a HorizontalPodAutoscaler
+    /// on fewer replicas, in proportion, so that the budget lasts until it resets.
+    #[serde(default)]
+    pub action: PacingAction,
+
+    /// The fewest replicas ScaleReplicas leaves a workload.
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 1))]
+    pub min_replicas: i32,
+
+    /// How far back the burn rate of the forecast looks, as a duration from "5m" to "24h".
+    #[serde(default = "default_pacing_window")]
+    #[schemars(regex(pattern = DURATION_PATTERN), extend("x-kubernetes-validations" = [
+        at_most_a_year(),
+    ]))]
+    pub window: String,
+}
+
+/// What pacing does besides publishing the pace.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum PacingAction {
+    #[default]
+    None,
+    ScaleReplicas,
 }
 
 /// The ClusterTokenBudget a TokenBudget draws from.
@@ -356,6 +416,84 @@ pub struct TokenBudgetStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("x-kubernetes-map-type" = "atomic"))]
     pub accounting: Option<AccountingState>,
+
+    /// Usage per subject, one entry per `spec.subjects` label: bounded however many subjects
+    /// there are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["label"]))]
+    pub subjects: Vec<SubjectsUsage>,
+
+    /// The pace agents should keep so that the budget lasts until it resets, when
+    /// `spec.pacing` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pacing: Option<PacingStatus>,
+}
+
+/// At most this many subjects are listed in `status.subjects[].top`.
+pub const SUBJECTS_TOP: usize = 10;
+/// At most this many exhausted subjects are listed in `status.subjects[].exhausted`.
+pub const SUBJECTS_EXHAUSTED_LISTED: usize = 100;
+
+/// The subjects of one label in the current period.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SubjectsUsage {
+    /// The label (`spec.subjects[].label`).
+    pub label: String,
+    /// How many distinct subjects have spent in the period and are counted one by one.
+    #[serde(default)]
+    pub count: i64,
+    /// How many of them are exhausted.
+    #[serde(default)]
+    pub exhausted_count: i64,
+    /// The largest subjects (by cost, then tokens), at most 10.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top: Vec<SubjectUsage>,
+    /// The exhausted subjects, largest first, at most 100 (all of them are in
+    /// `exhaustedCount`, and an agent can ask about any one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exhausted: Vec<String>,
+    /// Tokens of the subjects beyond the most the operator counts one by one, summed: they
+    /// count toward the budget, but no limit applies to them one by one (condition
+    /// SubjectsExhausted says so).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub untracked_tokens: i64,
+}
+
+/// What one subject spent in the period.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SubjectUsage {
+    /// The label's value.
+    pub value: String,
+    /// Tokens of the budget's `tokenTypes`.
+    pub tokens: i64,
+    /// Cost at the budget's prices, in its currency; absent without pricing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<String>,
+    /// Whether it reached its limit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exhausted: bool,
+}
+
+/// The pace of a budget: how fast it may be spent from now on to last until it resets.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PacingStatus {
+    /// The fraction of the current burn rate at which the budget lasts until `resetsAt`, as a
+    /// decimal string from "0.00" to "1.00": "1.00" while the budget lasts at the current
+    /// rate (then nothing is paced), "0.60" to spend at 60% of it.
+    pub pace: String,
+    /// The burn rate of the forecast, in tokens per hour over `spec.pacing.window`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burn_rate: Option<i64>,
+    /// The most tokens per hour that last until `resetsAt`: the remaining tokens spread
+    /// evenly over the time left. A steadier target for agents than `pace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sustainable_rate: Option<i64>,
+    /// Since when the pace is below 1 (RFC 3339); absent while it is 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
 }
 
 /// The phase of a budget.
@@ -571,6 +709,35 @@ pub struct AccountingState {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["binding"]))]
     pub bound: Vec<BoundBinding>,
+
+    /// The same bookkeeping per subject (`spec.subjects`), one entry per label.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["label"]))]
+    pub subjects: Vec<SubjectAccounting>,
+}
+
+/// The bookkeeping of one subject label, compactly: subjects and models are named once, and
+/// referred to by index.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SubjectAccounting {
+    pub label: String,
+    /// The subjects counted one by one, by index.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+    /// The models, by index.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    /// The period's totals of each subject: `<subject> <model>:<input>:<output>...`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub totals: Vec<String>,
+    /// The last-seen counters of each pod, per subject and model:
+    /// `<uid> <subject>/<model>:<input>:<output>...`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<String>,
+    /// The period's tokens of the subjects beyond those counted one by one: input and output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub untracked: Option<ModelTokens>,
 }
 
 /// A binding that charges the budget, since when, and the workloads it binds.
@@ -749,6 +916,12 @@ fn is_zero(value: &i64) -> bool {
     *value == 0
 }
 
+fn default_min_replicas() -> i32 {
+    1
+}
+fn default_pacing_window() -> String {
+    "1h".into()
+}
 fn default_currency() -> String {
     "USD".into()
 }

@@ -136,6 +136,8 @@ impl ClusterTokenBudgetSpec {
             enforcement: self.enforcement.clone(),
             compute_quota: None,
             parent_ref: None,
+            subjects: Vec::new(),
+            pacing: None,
         }
     }
 }

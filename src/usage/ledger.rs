@@ -360,6 +360,7 @@ impl Ledger {
                         .collect(),
                 })
                 .collect(),
+            subjects: Vec::new(),
         }
     }
 

@@ -20,6 +20,8 @@
 //!   query of a binding's cycle, and its answer read into one answer per pod.
 //! - [`scrape`]: scrapes one pod's endpoint with a deadline and a size cap, reading the body
 //!   as it streams.
+//! - [`subjects`]: usage per subject (a user, an end user, a session, a team: the values of
+//!   one label of the series) against `spec.subjects`, and one subject's standing.
 //! - [`slots`]: how many scrapes are in flight at once, shared fairly between namespaces.
 
 pub mod account;
@@ -33,6 +35,7 @@ pub mod pricing;
 pub mod prometheus;
 pub mod scrape;
 pub mod slots;
+pub mod subjects;
 
 pub use parse::{Extraction, Extractor, MAX_LINE_BYTES, MAX_SERIES_VALUE, ParseError, UNKNOWN_MODEL, Usage};
 pub use period::{PeriodWindow, UnknownTimeZone};
