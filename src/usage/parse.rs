@@ -57,11 +57,29 @@ impl ParseError {
 /// The token counters of one scrape: per model and token type, the sum of all series' values.
 ///
 /// Only (model, type) pairs that some series reported are present (possibly with value 0).
+/// With subject labels ([`Extractor::with_subjects`]), also per subject, model and type.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Usage {
     /// Model -> [input, output].
     models: BTreeMap<String, [Option<u64>; 2]>,
+    /// Per subject label, in the extractor's order: (subject, model) -> [input, output]. The
+    /// subject is `None` for the series beyond the first [`MAX_SCRAPE_SUBJECTS`] (subject,
+    /// model) pairs of the label, and for values longer than [`MAX_SUBJECT_BYTES`]: summed.
+    subjects: Vec<(String, SubjectSeries)>,
 }
+
+/// One subject label's series of a scrape: (subject, model) -> [input, output].
+pub type SubjectSeries = BTreeMap<(Option<String>, String), [Option<u64>; 2]>;
+
+/// At most this many subject labels per budget (`spec.subjects` has at most 4 entries).
+pub const MAX_SUBJECT_LABELS: usize = 4;
+/// At most this many (subject, model) pairs of one label are read one by one from one scrape;
+/// the series beyond are summed as no subject in particular. Bounds what a hostile endpoint
+/// can make the operator hold (its body is bounded too).
+pub const MAX_SCRAPE_SUBJECTS: usize = 10_000;
+/// The longest subject kept, in bytes: longer values are summed as no subject in particular
+/// (truncating them could merge two subjects).
+pub const MAX_SUBJECT_BYTES: usize = 128;
 
 impl Usage {
     /// The summed counter of `model` and `token_type`, if any series reported it.
@@ -94,6 +112,45 @@ impl Usage {
     /// No series reported anything.
     pub fn is_empty(&self) -> bool {
         self.models.is_empty()
+    }
+
+    /// The series of the subject label `label`, if the extractor read it: (subject, model,
+    /// token type, value), the subject `None` for the series summed beyond the bounds.
+    pub fn subjects(&self, label: &str) -> Option<impl Iterator<Item = (Option<&str>, &str, TokenType, u64)> + '_> {
+        let (_, series) = self.subjects.iter().find(|(l, _)| l == label)?;
+        Some(series.iter().flat_map(|((subject, model), values)| {
+            TokenType::ALL
+                .into_iter()
+                .filter_map(move |t| values[slot(t)].map(|v| (subject.as_deref(), model.as_str(), t, v)))
+        }))
+    }
+
+    /// Adds one series' value to subject `subject` of the label at `index`.
+    fn add_subject(
+        &mut self,
+        index: usize,
+        subject: &str,
+        model: &str,
+        token_type: TokenType,
+        value: u64,
+    ) -> Result<(), LineError> {
+        let Some((_, series)) = self.subjects.get_mut(index) else {
+            return Ok(());
+        };
+        let named = subject.len() <= MAX_SUBJECT_BYTES
+            && (series.len() < MAX_SCRAPE_SUBJECTS
+                || series.contains_key(&(Some(subject.to_owned()), model.to_owned())));
+        let key = (named.then(|| subject.to_owned()), model.to_owned());
+        let v = &mut series.entry(key).or_default()[slot(token_type)];
+        *v = Some(
+            v.unwrap_or(0)
+                .checked_add(value)
+                .ok_or_else(|| LineError::SumOverflows {
+                    model: Excerpt::quoted(model),
+                    token_type,
+                })?,
+        );
+        Ok(())
     }
 
     /// Adds one series' value. Allocates the model name only when it is new.
@@ -142,6 +199,12 @@ struct Rule {
     /// Labels holding the model, most preferred first; the first present and non-empty wins.
     model_labels: Vec<String>,
     token_type: TypeSource,
+    /// The subject labels of the budget ([`Extractor::with_subjects`]), at most
+    /// [`MAX_SUBJECT_LABELS`].
+    subject_labels: Vec<String>,
+    /// A label value that means "none" in this format, besides the empty one: LiteLLM writes
+    /// Python's `None` for a request without a user, team or end user.
+    none: Option<&'static str>,
 }
 
 impl Rule {
@@ -150,7 +213,15 @@ impl Rule {
             sample: sample.to_owned(),
             model_labels: model_labels.iter().map(|l| (*l).to_owned()).collect(),
             token_type,
+            subject_labels: Vec::new(),
+            none: None,
         }
+    }
+
+    /// The same rule, reading `none` as no value of a subject label.
+    fn none_as(mut self, none: &'static str) -> Self {
+        self.none = Some(none);
+        self
     }
 }
 
@@ -217,8 +288,8 @@ impl Extractor {
                 Rule::new("vllm_generation_tokens_total", &["model_name"], Fixed(Output)),
             ],
             MetricsFormat::LiteLlm => vec![
-                Rule::new("litellm_input_tokens_metric_total", &["model"], Fixed(Input)),
-                Rule::new("litellm_output_tokens_metric_total", &["model"], Fixed(Output)),
+                Rule::new("litellm_input_tokens_metric_total", &["model"], Fixed(Input)).none_as("None"),
+                Rule::new("litellm_output_tokens_metric_total", &["model"], Fixed(Output)).none_as("None"),
             ],
             MetricsFormat::Custom => {
                 let mut rules: Vec<Rule> = Vec::new();
@@ -262,6 +333,38 @@ impl Extractor {
         Self::new(endpoint.format, endpoint.custom.as_deref().unwrap_or_default())
     }
 
+    /// This extractor, also reading the series per value of each of `labels` (a budget's
+    /// `spec.subjects`; the first [`MAX_SUBJECT_LABELS`]): see [`Usage::subjects`].
+    pub fn with_subjects(&self, labels: &[&str]) -> Self {
+        let mut extractor = self.clone();
+        let labels: Vec<String> = labels
+            .iter()
+            .take(MAX_SUBJECT_LABELS)
+            .map(|l| (*l).to_owned())
+            .collect();
+        for rule in &mut extractor.rules {
+            rule.subject_labels.clone_from(&labels);
+        }
+        extractor
+    }
+
+    /// The subject labels this extractor reads.
+    pub fn subject_labels(&self) -> &[String] {
+        self.rules.first().map_or(&[], |r| &r.subject_labels)
+    }
+
+    /// An empty usage with a place for each subject label.
+    fn empty_usage(&self) -> Usage {
+        Usage {
+            models: BTreeMap::new(),
+            subjects: self
+                .subject_labels()
+                .iter()
+                .map(|l| (l.clone(), SubjectSeries::new()))
+                .collect(),
+        }
+    }
+
     /// The sample names this extractor reads.
     pub fn samples(&self) -> impl Iterator<Item = &str> + '_ {
         self.rules.iter().map(|r| r.sample.as_str())
@@ -298,6 +401,20 @@ impl Extractor {
             .unwrap_or(UNKNOWN_MODEL);
         let value = counter_value(value).map_err(|e| format!("{sample}: {e}"))?;
         usage.add(model, token_type, value).map_err(|e| e.to_string())?;
+        if usage.subjects.len() != rule.subject_labels.len() {
+            usage.subjects = rule
+                .subject_labels
+                .iter()
+                .map(|l| (l.clone(), SubjectSeries::new()))
+                .collect();
+        }
+        for (index, name) in rule.subject_labels.iter().enumerate() {
+            if let Some(subject) = label(name).filter(|v| !v.is_empty() && Some(*v) != rule.none) {
+                usage
+                    .add_subject(index, subject, model, token_type, value)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
         Ok(true)
     }
 
@@ -323,8 +440,9 @@ impl Extractor {
     pub fn extraction(&self) -> Extraction<'_> {
         Extraction {
             extractor: self,
-            usage: Usage::default(),
+            usage: self.empty_usage(),
             scratch: String::new(),
+            subject_scratch: String::new(),
             lines: 0,
             held: Vec::new(),
             skipping: false,
@@ -389,6 +507,8 @@ pub struct Extraction<'x> {
     usage: Usage,
     /// A model name with its escapes resolved.
     scratch: String,
+    /// A subject with its escapes resolved.
+    subject_scratch: String,
     /// Lines completed so far.
     lines: usize,
     /// The start of the current line, when it began in an earlier piece.
@@ -499,7 +619,21 @@ impl Extraction<'_> {
         };
         self.usage
             .add(model, sample.token_type, sample.value)
-            .map_err(|e| ParseError::at(number, e))
+            .map_err(|e| ParseError::at(number, e))?;
+        for (index, subject) in sample.subjects.iter().enumerate() {
+            let subject = match subject {
+                None => continue,
+                Some(LabelValue { raw, escaped: false }) => *raw,
+                Some(LabelValue { raw, escaped: true }) => {
+                    unescape(raw, &mut self.subject_scratch);
+                    self.subject_scratch.as_str()
+                }
+            };
+            self.usage
+                .add_subject(index, subject, model, sample.token_type, sample.value)
+                .map_err(|e| ParseError::at(number, e))?;
+        }
+        Ok(())
     }
 }
 
@@ -532,6 +666,8 @@ struct Series<'a> {
     model: Option<LabelValue<'a>>,
     token_type: TokenType,
     value: u64,
+    /// The non-empty values of the rule's subject labels, in its order.
+    subjects: [Option<LabelValue<'a>>; MAX_SUBJECT_LABELS],
 }
 
 fn is_blank(b: u8) -> bool {
@@ -689,6 +825,8 @@ struct RuleLabels<'a> {
     seen_models: u64,
     /// The value of the token type label, when the rule reads the type from a label.
     type_value: Option<LabelValue<'a>>,
+    /// The values of the subject labels, in the rule's order (empty ones included).
+    subjects: [Option<LabelValue<'a>>; MAX_SUBJECT_LABELS],
 }
 
 impl<'a> RuleLabels<'a> {
@@ -708,6 +846,12 @@ impl<'a> RuleLabels<'a> {
                 return Err(LineError::DuplicateLabel(Excerpt::name(name)));
             }
             self.type_value = Some(value);
+        }
+        if let Some(i) = rule.subject_labels.iter().position(|l| l == name) {
+            if self.subjects[i].is_some() {
+                return Err(LineError::DuplicateLabel(Excerpt::name(name)));
+            }
+            self.subjects[i] = Some(value);
         }
         Ok(())
     }
@@ -755,6 +899,9 @@ fn parse_series<'a>(line: &'a [u8], rule: &Rule) -> Result<Option<Series<'a>>, L
         model: labels.model.map(|(_, v)| v),
         token_type,
         value: counter_value(value)?,
+        subjects: labels
+            .subjects
+            .map(|v| v.filter(|v| !v.raw.is_empty() && Some(v.raw) != rule.none)),
     }))
 }
 
@@ -1059,6 +1206,129 @@ litellm_spend_metric_total{model="gpt-4o"} 0.0123
 "#;
         let u = extract(&Extractor::new(MetricsFormat::LiteLlm, &[]), body);
         assert_eq!(pairs(&u), vec![p("gpt-4o", Input, 1024), p("gpt-4o", Output, 200)]);
+    }
+
+    fn subjects(u: &Usage, label: &str) -> Vec<(Option<String>, String, TokenType, u64)> {
+        u.subjects(label)
+            .expect("the label is read")
+            .map(|(s, m, t, v)| (s.map(str::to_owned), m.to_owned(), t, v))
+            .collect()
+    }
+
+    #[test]
+    fn litellm_subjects() {
+        let body = r#"litellm_input_tokens_metric_total{end_user="None",model="gpt-4o",team="None",user="None"} 1000.0
+litellm_input_tokens_metric_total{end_user="alice",model="gpt-4o",team="t1",user=""} 24.0
+litellm_input_tokens_metric_total{end_user="al\"ice",model="gpt-4o",team="t1"} 6.0
+litellm_output_tokens_metric_total{end_user="alice",model="gpt-4o",team="t1"} 200.0
+litellm_output_tokens_metric_total{end_user="alice",model="gpt-4o-mini",team="t2"} 7.0
+"#;
+        let x = Extractor::new(MetricsFormat::LiteLlm, &[]).with_subjects(&["end_user", "team", "user"]);
+        assert_eq!(x.subject_labels(), ["end_user", "team", "user"]);
+        let u = extract(&x, body);
+        // The budget's totals are the same as without subjects.
+        assert_eq!(
+            pairs(&u),
+            vec![
+                p("gpt-4o", Input, 1030),
+                p("gpt-4o", Output, 200),
+                p("gpt-4o-mini", Output, 7)
+            ]
+        );
+        let s = |subject: &str, model: &str, t, v| (Some(subject.to_owned()), model.to_owned(), t, v);
+        // "None" and "" are no subject; escapes are resolved.
+        assert_eq!(
+            subjects(&u, "end_user"),
+            vec![
+                s("al\"ice", "gpt-4o", Input, 6),
+                s("alice", "gpt-4o", Input, 24),
+                s("alice", "gpt-4o", Output, 200),
+                s("alice", "gpt-4o-mini", Output, 7),
+            ]
+        );
+        assert_eq!(
+            subjects(&u, "team"),
+            vec![
+                s("t1", "gpt-4o", Input, 30),
+                s("t1", "gpt-4o", Output, 200),
+                s("t2", "gpt-4o-mini", Output, 7)
+            ]
+        );
+        assert_eq!(subjects(&u, "user"), vec![]);
+        assert!(u.subjects("session_id").is_none());
+        // Without subject labels, none is read.
+        assert!(
+            extract(&Extractor::new(MetricsFormat::LiteLlm, &[]), body)
+                .subjects("end_user")
+                .is_none()
+        );
+        // Read in pieces, the same.
+        assert_eq!(extract_in_pieces(&x, body.as_bytes(), &[1, 7, 30]), Ok(u));
+    }
+
+    #[test]
+    fn subjects_are_bounded() {
+        let x = Extractor::new(MetricsFormat::LiteLlm, &[]).with_subjects(&["end_user"]);
+        let mut body = String::new();
+        for i in 0..MAX_SCRAPE_SUBJECTS + 5 {
+            body.push_str(&format!(
+                "litellm_input_tokens_metric_total{{end_user=\"u{i}\",model=\"m\"}} 2\n"
+            ));
+        }
+        let long = "x".repeat(MAX_SUBJECT_BYTES + 1);
+        body.push_str(&format!(
+            "litellm_input_tokens_metric_total{{end_user=\"{long}\",model=\"m\"}} 3\n"
+        ));
+        // One already read adds up, also past the bound.
+        body.push_str("litellm_input_tokens_metric_total{end_user=\"u0\",model=\"m\"} 1\n");
+        let u = extract(&x, &body);
+        let series = subjects(&u, "end_user");
+        assert_eq!(series.len(), MAX_SCRAPE_SUBJECTS + 1);
+        assert!(series.contains(&(Some("u0".into()), "m".into(), Input, 3)));
+        assert!(series.contains(&(None, "m".into(), Input, 5 * 2 + 3)));
+        let sum: u64 = series.iter().map(|s| s.3).sum();
+        assert_eq!(sum, u.total(Input));
+    }
+
+    #[test]
+    fn a_subject_label_twice_is_an_error() {
+        let x = Extractor::new(MetricsFormat::Vllm, &[]).with_subjects(&["user"]);
+        let e = error(
+            &x,
+            b"vllm:prompt_tokens_total{model_name=\"m\",user=\"a\",user=\"b\"} 5\n",
+        );
+        assert_eq!(e.reason, "vllm:prompt_tokens_total: duplicate label user");
+        // Without the subject label, the line is read as before.
+        assert!(
+            Extractor::new(MetricsFormat::Vllm, &[])
+                .extract(b"vllm:prompt_tokens_total{model_name=\"m\",user=\"a\",user=\"b\"} 5\n")
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn subjects_of_a_series_from_prometheus() {
+        let x = Extractor::new(MetricsFormat::LiteLlm, &[]).with_subjects(&["end_user"]);
+        let mut u = Usage::default();
+        let labels = |name: &str| match name {
+            "model" => Some("gpt-4o"),
+            "end_user" => Some("bob"),
+            _ => None,
+        };
+        assert_eq!(
+            x.add_series(&mut u, "litellm_input_tokens_metric_total", labels, 40.0),
+            Ok(true)
+        );
+        let none = |name: &str| (name == "end_user").then_some("None");
+        assert_eq!(
+            x.add_series(&mut u, "litellm_output_tokens_metric_total", none, 2.0),
+            Ok(true)
+        );
+        assert_eq!(
+            subjects(&u, "end_user"),
+            vec![(Some("bob".into()), "gpt-4o".into(), Input, 40)]
+        );
+        assert_eq!(u.total(Output), 2);
     }
 
     fn custom(metric: &str, token_type: Option<TokenType>, label: Option<&str>, model: Option<&str>) -> CustomMetric {
