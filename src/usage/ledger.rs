@@ -28,6 +28,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use jiff::Timestamp;
 
 use super::Usage;
+use super::subjects::{Seen, SubjectLedger};
 use crate::api::{
     AccountingState, BindingTokens, BoundBinding, BoundWorkload, ModelTokens, PodGroup, PodWorkload, TokenType,
     WorkloadKind, WorkloadTokens,
@@ -127,6 +128,8 @@ pub struct Ledger {
     /// period: the increases themselves, for the operator's monotonic counters. In memory
     /// only, never persisted, and not part of equality.
     counted: Counted,
+    /// The bookkeeping per subject label (`spec.subjects`), by label.
+    subjects: BTreeMap<String, SubjectLedger>,
 }
 
 /// Tokens counted, per (workload, model): [input, output]. The workload and model are those
@@ -143,6 +146,7 @@ impl PartialEq for Ledger {
             &self.workloads,
             &self.bindings,
             &self.bound,
+            &self.subjects,
         ) == (
             other.period_start,
             &other.pods,
@@ -150,6 +154,7 @@ impl PartialEq for Ledger {
             &other.workloads,
             &other.bindings,
             &other.bound,
+            &other.subjects,
         )
     }
 }
@@ -251,6 +256,9 @@ impl Ledger {
                 .collect();
             ledger.bound.insert(b.binding.clone(), BoundBy { since, workloads });
         }
+        for s in &state.subjects {
+            ledger.subjects.insert(s.label.clone(), SubjectLedger::from_state(s));
+        }
         ledger.admit_known();
         ledger
     }
@@ -297,6 +305,48 @@ impl Ledger {
             *slot = Some(slot.map_or(value, |sum| add(sum, value)));
         }
         reported
+    }
+
+    /// The scraped series of each subject label the ledger keeps, by the model names the
+    /// ledger keeps them under.
+    #[allow(clippy::type_complexity)]
+    fn subject_series<'u>(
+        &mut self,
+        usage: &'u Usage,
+    ) -> Vec<(&'u str, Vec<(Option<&'u str>, &'u str, TokenType, u64)>)> {
+        let mut all = Vec::new();
+        for label in usage.subject_labels() {
+            if !self.subjects.contains_key(label) {
+                continue;
+            }
+            let Some(series) = usage.subjects(label) else { continue };
+            let mut kept = Vec::new();
+            for (subject, model, token_type, value) in series {
+                // A zero of a model not admitted is the same as no series (as in `reported`).
+                if value > 0 || self.admitted.contains(model) {
+                    kept.push((subject, self.model_key(model), token_type, value));
+                }
+            }
+            all.push((label, kept));
+        }
+        all
+    }
+
+    /// Keeps the subjects of exactly these labels (`spec.subjects`): a label no longer there
+    /// is forgotten, a new one starts empty (each pod's next scrape is its baseline).
+    pub fn set_subject_labels<'l>(&mut self, labels: impl IntoIterator<Item = &'l str>) {
+        let labels: BTreeSet<&str> = labels.into_iter().collect();
+        self.subjects.retain(|label, _| labels.contains(label.as_str()));
+        for label in labels {
+            if !self.subjects.contains_key(label) {
+                self.subjects.insert(label.to_owned(), SubjectLedger::default());
+            }
+        }
+    }
+
+    /// The bookkeeping of a subject label, if the ledger keeps it.
+    pub fn subjects(&self, label: &str) -> Option<&SubjectLedger> {
+        self.subjects.get(label)
     }
 
     /// Whether models were counted as [`OTHER_MODELS`] this period.
@@ -360,7 +410,11 @@ impl Ledger {
                         .collect(),
                 })
                 .collect(),
-            subjects: Vec::new(),
+            subjects: self
+                .subjects
+                .iter()
+                .map(|(label, ledger)| ledger.to_state(label))
+                .collect(),
         }
     }
 
@@ -420,6 +474,7 @@ impl Ledger {
     ///   scraped it now: a second binding calling with the same values adds 0.
     pub fn observe(&mut self, pod: &PodObservation<'_>, usage: &Usage) -> u64 {
         let reported = self.reported(usage);
+        let subject_series = self.subject_series(usage);
         let series = || {
             reported.iter().flat_map(|(model, values)| {
                 TokenType::ALL
@@ -429,6 +484,8 @@ impl Ledger {
         };
         let mut increases: Vec<(&str, TokenType, u64)> = Vec::new();
         let restarts = pod.restarts.min(CAP);
+        let mut restarted = false;
+        let seen;
         let entry = match self.pods.get_mut(pod.uid) {
             Some(entry) => {
                 if restarts > entry.restarts {
@@ -445,6 +502,7 @@ impl Ledger {
                     if !seen_already {
                         entry.counters.clear();
                     }
+                    restarted = !seen_already;
                     entry.restarts = restarts;
                 }
                 for (model, token_type, value) in series() {
@@ -456,6 +514,7 @@ impl Ledger {
                     set_counter(&mut entry.counters, model, token_type, value);
                 }
                 entry.last_scraped = Some(pod.scraped_at);
+                seen = Seen::Known { restarted };
                 entry
             }
             None => {
@@ -463,6 +522,7 @@ impl Ledger {
                     (Some(started), Some(period_start)) => started >= period_start.max(pod.bound_since),
                     _ => false,
                 };
+                seen = Seen::New { counts };
                 let mut counters = BTreeMap::new();
                 for (model, token_type, value) in series() {
                     if counts && value > 0 {
@@ -480,6 +540,11 @@ impl Ledger {
                 self.pods.entry(pod.uid.to_owned()).or_insert(entry)
             }
         };
+        for (label, series) in subject_series {
+            if let Some(ledger) = self.subjects.get_mut(label) {
+                ledger.observe(pod.uid, seen, series);
+            }
+        }
         if increases.is_empty() {
             return 0;
         }
@@ -519,6 +584,9 @@ impl Ledger {
     /// totals. Only for pods that are deleted: a uid that comes back is a new pod (rule 3), so a
     /// pod that merely stops being bound should be kept. Returns whether the pod was known.
     pub fn forget(&mut self, uid: &str) -> bool {
+        for ledger in self.subjects.values_mut() {
+            ledger.forget(uid);
+        }
         self.pods.remove(uid).is_some()
     }
 
@@ -533,6 +601,9 @@ impl Ledger {
         self.workloads.clear();
         self.workload_models = 0;
         self.bindings.clear();
+        for ledger in self.subjects.values_mut() {
+            ledger.reset();
+        }
         self.admit_known();
     }
 
@@ -553,7 +624,14 @@ impl Ledger {
 
     /// Forgets the last counters of every pod counted through `binding` (their totals stay).
     pub fn forget_pods_of(&mut self, binding: &str) {
-        self.pods.retain(|_, pod| pod.binding != binding);
+        let subjects = &mut self.subjects;
+        self.pods.retain(|uid, pod| {
+            let keep = pod.binding != binding;
+            if !keep {
+                subjects.values_mut().for_each(|ledger| ledger.forget(uid));
+            }
+            keep
+        });
     }
 
     /// Replaces what the bindings bind, and since when.

@@ -114,6 +114,11 @@ impl Usage {
         self.models.is_empty()
     }
 
+    /// The subject labels read.
+    pub fn subject_labels(&self) -> impl Iterator<Item = &str> + '_ {
+        self.subjects.iter().map(|(l, _)| l.as_str())
+    }
+
     /// The series of the subject label `label`, if the extractor read it: (subject, model,
     /// token type, value), the subject `None` for the series summed beyond the bounds.
     pub fn subjects(&self, label: &str) -> Option<impl Iterator<Item = (Option<&str>, &str, TokenType, u64)> + '_> {

@@ -2,14 +2,399 @@
 //! user, a session, a team), against the limit `spec.subjects[]` gives each. Pure: no
 //! Kubernetes client and no clock.
 //!
+//! A [`SubjectLedger`] keeps one label's bookkeeping the way the budget's ledger keeps its
+//! own (the accounting rules apply to each (pod, subject, model) series as to each (pod,
+//! model) series), fed by [`super::ledger::Ledger::observe`] with the same decision per pod:
+//! a new pod counts its whole counters or is a baseline, a restarted one counts from zero.
+//! A label added to a budget counts from the first scrape of each pod after it was added.
+//!
+//! Bounded however many subjects the pods report: at most [`MAX_SUBJECTS`] subjects are
+//! counted one by one per period, and at most [`MAX_SUBJECT_COUNTERS`] last-seen (pod,
+//! subject, model) counters are kept. Past the first bound a subject's tokens are summed as
+//! untracked (they count toward the budget, exactly, through its own ledger, but toward no
+//! limit of a subject); past the second, a pod's further subjects are summed into one
+//! counter of the pod, as untracked too. Below both bounds every subject's figures are
+//! exact, as the budget's are.
+//!
 //! The bookkeeping is persisted in `status.accounting.subjects` (compact, see
-//! [`SubjectAccounting`]); [`standing`] reads one subject's standing from it, which is what an
-//! agent asks before a call.
+//! [`SubjectAccounting`]), in the same status write as the budget's; [`standing`] reads one
+//! subject's standing from it, which is what an agent asks before a call, and [`usage`]
+//! makes `status.subjects`.
+
+use std::{cmp::Reverse, collections::BTreeMap};
 
 use rust_decimal::Decimal;
 
-use super::{PriceTable, parse_money};
-use crate::api::{SubjectAccounting, SubjectLimit, TokenBudget, TokenType};
+use super::{PriceTable, format_money, parse_money};
+use crate::api::{
+    ModelTokens, SUBJECTS_EXHAUSTED_LISTED, SUBJECTS_TOP, SubjectAccounting, SubjectLimit, SubjectUsage, SubjectsUsage,
+    TokenBudget, TokenType,
+};
+
+/// At most this many subjects of one label are counted one by one in a budget's period.
+pub const MAX_SUBJECTS: usize = 1000;
+/// At most this many last-seen (pod, subject, model) counters are kept per label.
+pub const MAX_SUBJECT_COUNTERS: usize = 10_000;
+
+/// The largest value kept: what fits the API's `i64`.
+const CAP: u64 = i64::MAX as u64;
+
+/// A last-seen counter's key: the subject (`None`: the pod's series beyond the bounds,
+/// summed) and the model.
+type Key = (Option<String>, String);
+
+/// What the budget's ledger decided about a scraped pod, which its subjects follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// A pod the budget's ledger knew. `restarted`: its containers started again from zero
+    /// since the last scrape, so every series counts its whole value.
+    Known { restarted: bool },
+    /// A pod new to the budget's ledger: `counts` its whole counters, or they are its baseline.
+    New { counts: bool },
+}
+
+/// One subject label's bookkeeping in a budget's period. Equality is over what is persisted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubjectLedger {
+    /// Pod uid -> last-seen [input, output] per (subject, model). A pod with no counters is
+    /// still known (its next scrape is no baseline).
+    pods: BTreeMap<String, BTreeMap<Key, [u64; 2]>>,
+    /// How many counters `pods` holds (derived).
+    counters: usize,
+    /// The period's tokens per subject and model: [input, output].
+    totals: BTreeMap<String, BTreeMap<String, [u64; 2]>>,
+    /// The period's tokens of the subjects beyond [`MAX_SUBJECTS`] and of the pods' series
+    /// beyond [`MAX_SUBJECT_COUNTERS`]: [input, output].
+    untracked: [u64; 2],
+}
+
+impl SubjectLedger {
+    /// Counts one successful scrape of the pod `uid`: its series of this label as (subject,
+    /// model, token type, value), models as the budget's ledger names them.
+    pub fn observe<'s>(
+        &mut self,
+        uid: &str,
+        seen: Seen,
+        series: impl IntoIterator<Item = (Option<&'s str>, &'s str, TokenType, u64)>,
+    ) {
+        let baseline = match seen {
+            Seen::New { counts } => !counts,
+            // A pod the budget knew but this label did not: the label is new to the budget.
+            Seen::Known { .. } => !self.pods.contains_key(uid),
+        };
+        let mut pod = self.pods.remove(uid).unwrap_or_default();
+        self.counters -= pod.len();
+        if seen == (Seen::Known { restarted: true }) {
+            pod.clear();
+        }
+        // The scrape's values by the key each is kept under (several may sum into one).
+        let mut scraped: BTreeMap<Key, [Option<u64>; 2]> = BTreeMap::new();
+        for (subject, model, token_type, value) in series {
+            let named = subject.map(|s| (Some(s.to_owned()), model.to_owned()));
+            let key = match named {
+                Some(key)
+                    if pod.contains_key(&key) || self.counters + pod.len() + scraped.len() < MAX_SUBJECT_COUNTERS =>
+                {
+                    key
+                }
+                _ => (None, model.to_owned()),
+            };
+            let v = &mut scraped.entry(key).or_default()[slot(token_type)];
+            *v = Some(add(v.unwrap_or(0), value.min(CAP)));
+        }
+        for (key, values) in scraped {
+            for token_type in TokenType::ALL {
+                let Some(value) = values[slot(token_type)] else {
+                    continue;
+                };
+                let last = pod.get(&key).map_or(0, |v| v[slot(token_type)]);
+                let increase = match (baseline, value >= last) {
+                    (true, _) => 0,
+                    (false, true) => value - last,
+                    // The counter went down: it was reset, and counts from zero.
+                    (false, false) => value,
+                };
+                if increase > 0 {
+                    self.credit(&key, token_type, increase);
+                }
+                let counter = pod.entry(key.clone()).or_default();
+                counter[slot(token_type)] = value;
+                if *counter == [0, 0] {
+                    pod.remove(&key);
+                }
+            }
+        }
+        self.counters += pod.len();
+        self.pods.insert(uid.to_owned(), pod);
+    }
+
+    /// Adds an increase to the subject's totals, or to the untracked ones.
+    fn credit(&mut self, (subject, model): &Key, token_type: TokenType, increase: u64) {
+        let totals = match subject {
+            Some(s) if self.totals.contains_key(s) || self.totals.len() < MAX_SUBJECTS => {
+                self.totals.entry(s.clone()).or_default()
+            }
+            _ => {
+                self.untracked[slot(token_type)] = add(self.untracked[slot(token_type)], increase);
+                return;
+            }
+        };
+        let values = totals.entry(model.clone()).or_default();
+        values[slot(token_type)] = add(values[slot(token_type)], increase);
+    }
+
+    /// Drops a pod that is gone; its tokens stay in the totals.
+    pub fn forget(&mut self, uid: &str) {
+        if let Some(pod) = self.pods.remove(uid) {
+            self.counters -= pod.len();
+        }
+    }
+
+    /// Starts a new period: the totals go back to zero, the last-seen counters stay as
+    /// baselines.
+    pub fn reset(&mut self) {
+        self.totals.clear();
+        self.untracked = [0, 0];
+    }
+
+    /// The uids of the pods it knows.
+    pub fn pod_uids(&self) -> impl Iterator<Item = &str> + '_ {
+        self.pods.keys().map(String::as_str)
+    }
+
+    /// Each subject counted one by one, with its tokens per model: (model, input, output).
+    pub fn subjects(&self) -> impl Iterator<Item = (&str, &BTreeMap<String, [u64; 2]>)> + '_ {
+        self.totals.iter().map(|(s, m)| (s.as_str(), m))
+    }
+
+    /// The tokens of the subjects not counted one by one: [input, output].
+    pub fn untracked(&self) -> [u64; 2] {
+        self.untracked
+    }
+
+    /// The state to persist, in a deterministic order.
+    pub fn to_state(&self, label: &str) -> SubjectAccounting {
+        use std::fmt::Write;
+        let values: Vec<String> = self
+            .totals
+            .keys()
+            .chain(
+                self.pods
+                    .values()
+                    .flat_map(|pod| pod.keys().filter_map(|(s, _)| s.as_ref())),
+            )
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .cloned()
+            .collect();
+        let models: Vec<String> = self
+            .totals
+            .values()
+            .flat_map(|m| m.keys())
+            .chain(self.pods.values().flat_map(|pod| pod.keys().map(|(_, m)| m)))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .cloned()
+            .collect();
+        let value_index = |v: &String| values.binary_search(v).unwrap_or_default();
+        let model_index = |m: &String| models.binary_search(m).unwrap_or_default();
+        let totals = self
+            .totals
+            .iter()
+            .map(|(subject, per_model)| {
+                let mut line = value_index(subject).to_string();
+                for (model, [input, output]) in per_model {
+                    let _ = write!(line, " {}:{}:{}", model_index(model), to_i64(*input), to_i64(*output));
+                }
+                line
+            })
+            .collect();
+        let pods = self
+            .pods
+            .iter()
+            .map(|(uid, counters)| {
+                let mut line = uid.clone();
+                for ((subject, model), [input, output]) in counters {
+                    let subject = subject
+                        .as_ref()
+                        .map_or_else(|| "-".to_owned(), |s| value_index(s).to_string());
+                    let _ = write!(
+                        line,
+                        " {subject}/{}:{}:{}",
+                        model_index(model),
+                        to_i64(*input),
+                        to_i64(*output)
+                    );
+                }
+                line
+            })
+            .collect();
+        SubjectAccounting {
+            label: label.to_owned(),
+            values,
+            models,
+            totals,
+            pods,
+            untracked: (self.untracked != [0, 0]).then(|| ModelTokens {
+                model: super::ledger::OTHER_MODELS.to_owned(),
+                input: to_i64(self.untracked[0]),
+                output: to_i64(self.untracked[1]),
+            }),
+        }
+    }
+
+    /// The ledger as the status persisted it. What cannot be read is left out (a pod whose
+    /// line cannot be read is new to the ledger); negative numbers read as 0.
+    pub fn from_state(state: &SubjectAccounting) -> Self {
+        let mut ledger = SubjectLedger::default();
+        for line in &state.totals {
+            let mut fields = line.split(' ');
+            let Some(subject) = index(fields.next(), &state.values) else {
+                continue;
+            };
+            let per_model = ledger.totals.entry(subject.clone()).or_default();
+            for field in fields {
+                if let Some((model, values)) = counter(field, &state.models) {
+                    per_model.insert(model.clone(), values);
+                }
+            }
+        }
+        for line in &state.pods {
+            let mut fields = line.split(' ');
+            let Some(uid) = fields.next().filter(|u| !u.is_empty()) else {
+                continue;
+            };
+            let mut pod = BTreeMap::new();
+            for field in fields {
+                let Some((subject, rest)) = field.split_once('/') else {
+                    continue;
+                };
+                let subject = match subject {
+                    "-" => None,
+                    s => match index(Some(s), &state.values) {
+                        Some(s) => Some(s.clone()),
+                        None => continue,
+                    },
+                };
+                if let Some((model, values)) = counter(rest, &state.models) {
+                    pod.insert((subject, model.clone()), values);
+                }
+            }
+            ledger.counters += pod.len();
+            ledger.pods.insert(uid.to_owned(), pod);
+        }
+        if let Some(u) = &state.untracked {
+            ledger.untracked = [from_i64(u.input), from_i64(u.output)];
+        }
+        ledger
+    }
+}
+
+/// The entry of `list` at the index `field` names.
+fn index<'l>(field: Option<&str>, list: &'l [String]) -> Option<&'l String> {
+    list.get(field?.parse::<usize>().ok()?)
+}
+
+/// `<model>:<input>:<output>`, the model an index into `models`.
+fn counter<'m>(field: &str, models: &'m [String]) -> Option<(&'m String, [u64; 2])> {
+    let mut parts = field.split(':');
+    let model = index(parts.next(), models)?;
+    let input: i64 = parts.next()?.parse().ok()?;
+    let output: i64 = parts.next()?.parse().ok()?;
+    parts
+        .next()
+        .is_none()
+        .then_some((model, [from_i64(input), from_i64(output)]))
+}
+
+fn slot(token_type: TokenType) -> usize {
+    match token_type {
+        TokenType::Input => 0,
+        TokenType::Output => 1,
+    }
+}
+
+/// Adds, saturating at what the API can store.
+fn add(a: u64, b: u64) -> u64 {
+    a.saturating_add(b).min(CAP)
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn from_i64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+/// One subject's tokens (of `token_types`; `None`: all) and cost over its models.
+fn spent(
+    per_model: &BTreeMap<String, [u64; 2]>,
+    prices: &PriceTable,
+    priced: bool,
+    token_types: Option<&[TokenType]>,
+) -> (u64, Option<Decimal>) {
+    let counts = |t: TokenType| token_types.is_none_or(|types| types.contains(&t));
+    let mut tokens = 0u64;
+    let mut cost = priced.then_some(Decimal::ZERO);
+    for (model, [input, output]) in per_model {
+        tokens = add(tokens, if counts(TokenType::Input) { *input } else { 0 });
+        tokens = add(tokens, if counts(TokenType::Output) { *output } else { 0 });
+        if let (Some(sum), Some(c)) = (cost.as_mut(), prices.cost(model, *input, *output)) {
+            *sum += c;
+        }
+    }
+    (tokens, cost)
+}
+
+/// `status.subjects[]` of one label: how many subjects, the largest, the exhausted ones.
+pub fn usage(
+    ledger: &SubjectLedger,
+    limit: &SubjectLimit,
+    prices: &PriceTable,
+    priced: bool,
+    token_types: Option<&[TokenType]>,
+) -> SubjectsUsage {
+    let mut all: Vec<(SubjectStanding, Option<Decimal>)> = ledger
+        .subjects()
+        .filter_map(|(subject, per_model)| {
+            let (tokens, cost) = spent(per_model, prices, priced, token_types);
+            standing_of(limit, subject, tokens, cost, true).ok().map(|s| (s, cost))
+        })
+        .collect();
+    // Largest first: by cost, then tokens, then by value.
+    all.sort_by(|(a, _), (b, _)| {
+        (Reverse(a.cost), Reverse(a.tokens), &a.value).cmp(&(Reverse(b.cost), Reverse(b.tokens), &b.value))
+    });
+    let exhausted: Vec<&SubjectStanding> = all.iter().map(|(s, _)| s).filter(|s| s.exhausted).collect();
+    let [input, output] = ledger.untracked();
+    let counts = |t: TokenType| token_types.is_none_or(|types| types.contains(&t));
+    let untracked = add(
+        if counts(TokenType::Input) { input } else { 0 },
+        if counts(TokenType::Output) { output } else { 0 },
+    );
+    SubjectsUsage {
+        label: limit.label.clone(),
+        count: to_i64(all.len() as u64),
+        exhausted_count: to_i64(exhausted.len() as u64),
+        top: all
+            .iter()
+            .take(SUBJECTS_TOP)
+            .map(|(s, cost)| SubjectUsage {
+                value: s.value.clone(),
+                tokens: to_i64(s.tokens),
+                cost: cost.map(format_money),
+                exhausted: s.exhausted,
+            })
+            .collect(),
+        exhausted: exhausted
+            .iter()
+            .take(SUBJECTS_EXHAUSTED_LISTED)
+            .map(|s| s.value.clone())
+            .collect(),
+        untracked_tokens: to_i64(untracked),
+    }
+}
 
 /// Where one subject stands in the budget's current period.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,22 +444,12 @@ pub fn standing(budget: &TokenBudget, label: &str, value: &str) -> Result<Subjec
         .as_ref()
         .and_then(|s| s.accounting.as_ref())
         .and_then(|a| a.subjects.iter().find(|s| s.label == label));
-    let (models, tracked) = match state {
+    let (per_model, tracked) = match state {
         Some(state) => state.totals_of(value),
-        None => (Vec::new(), true),
+        None => (BTreeMap::new(), true),
     };
-    let token_types = budget.spec.token_types.as_deref();
-    let counts = |t: TokenType| token_types.is_none_or(|types| types.contains(&t));
-    let mut tokens = 0u64;
-    let mut cost = (!budget.spec.pricing.is_empty()).then_some(Decimal::ZERO);
-    for (model, input, output) in &models {
-        tokens = tokens
-            .saturating_add(if counts(TokenType::Input) { *input } else { 0 })
-            .saturating_add(if counts(TokenType::Output) { *output } else { 0 });
-        if let (Some(sum), Some(c)) = (cost.as_mut(), prices.cost(model, *input, *output)) {
-            *sum += c;
-        }
-    }
+    let priced = !budget.spec.pricing.is_empty();
+    let (tokens, cost) = spent(&per_model, &prices, priced, budget.spec.token_types.as_deref());
     standing_of(limit, value, tokens, cost, tracked)
 }
 
@@ -109,36 +484,362 @@ fn standing_of(
 }
 
 impl SubjectAccounting {
-    /// The period's totals of subject `value`, per model as (model, input, output), and
-    /// whether the subject is counted one by one (it is, or it may be: a subject not seen yet
-    /// while there is room for more).
-    pub fn totals_of(&self, value: &str) -> (Vec<(String, u64, u64)>, bool) {
+    /// The period's totals of subject `value`, per model ([input, output]), and whether the
+    /// subject is counted one by one: it is, or it will be when it spends (there is room for
+    /// it). Reads only its own line of `totals`.
+    pub fn totals_of(&self, value: &str) -> (BTreeMap<String, [u64; 2]>, bool) {
+        let mut per_model = BTreeMap::new();
         let Some(index) = self.values.iter().position(|v| v == value) else {
-            // Unknown: a subject yet to spend, unless the table is full and spending beyond it
-            // has been seen (then this one may be among the untracked).
-            let full = self.untracked.as_ref().is_some_and(|u| u.input > 0 || u.output > 0);
-            return (Vec::new(), !full);
+            return (per_model, self.totals.len() < MAX_SUBJECTS);
         };
         let prefix = index.to_string();
-        let mut models = Vec::new();
-        for line in &self.totals {
-            let mut fields = line.split(' ');
-            if fields.next() != Some(prefix.as_str()) {
-                continue;
-            }
-            for field in fields {
-                let mut parts = field.split(':');
-                let model = parts
-                    .next()
-                    .and_then(|m| m.parse::<usize>().ok())
-                    .and_then(|m| self.models.get(m));
-                let input = parts.next().and_then(|v| v.parse::<u64>().ok());
-                let output = parts.next().and_then(|v| v.parse::<u64>().ok());
-                if let (Some(model), Some(input), Some(output)) = (model, input, output) {
-                    models.push((model.clone(), input, output));
-                }
+        let Some(line) = self
+            .totals
+            .iter()
+            .find(|l| l.split(' ').next() == Some(prefix.as_str()))
+        else {
+            // Known from a pod's counters only: it has not spent in this period.
+            return (per_model, self.totals.len() < MAX_SUBJECTS);
+        };
+        for field in line.split(' ').skip(1) {
+            if let Some((model, values)) = counter(field, &self.models) {
+                per_model.insert(model.clone(), values);
             }
         }
-        (models, true)
+        (per_model, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use jiff::Timestamp;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::api::{BudgetLimits, MetricsFormat, ModelPrice, WorkloadKind};
+    use crate::usage::Extractor;
+    use crate::usage::ledger::{Ledger, PodObservation};
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    /// A LiteLLM exposition of (end user, model, input, output) series, parsed the way the
+    /// operator parses one.
+    fn usage(series: &[(&str, &str, u64, u64)]) -> crate::usage::Usage {
+        let mut body = String::new();
+        for (user, model, input, output) in series {
+            body.push_str(&format!(
+                "litellm_input_tokens_metric_total{{end_user=\"{user}\",model=\"{model}\"}} {input}\n\
+                 litellm_output_tokens_metric_total{{end_user=\"{user}\",model=\"{model}\"}} {output}\n"
+            ));
+        }
+        Extractor::new(MetricsFormat::LiteLlm, &[])
+            .with_subjects(&["end_user"])
+            .extract(body.as_bytes())
+            .unwrap()
+    }
+
+    fn pod(uid: &str, restarts: u64) -> PodObservation<'_> {
+        PodObservation {
+            uid,
+            name: uid,
+            binding: "b",
+            workload: (WorkloadKind::Deployment, "agent"),
+            restarts,
+            started_at: Some(ts("2026-11-02T00:00:00Z")),
+            bound_since: ts("2026-10-15T00:00:00Z"),
+            container_started: None,
+            scraped_at: ts("2026-11-10T00:00:00Z"),
+        }
+    }
+
+    fn ledger() -> Ledger {
+        let mut l = Ledger::new(ts("2026-11-01T00:00:00Z"));
+        l.set_subject_labels(["end_user"]);
+        l
+    }
+
+    /// Each subject's tokens (all types), and the untracked ones.
+    fn tokens(l: &Ledger) -> (Vec<(String, u64)>, u64) {
+        let s = l.subjects("end_user").expect("kept");
+        let subjects = s
+            .subjects()
+            .map(|(v, m)| (v.to_owned(), m.values().map(|[i, o]| i + o).sum()))
+            .collect();
+        let [i, o] = s.untracked();
+        (subjects, i + o)
+    }
+
+    fn owned(list: &[(&str, u64)]) -> Vec<(String, u64)> {
+        list.iter().map(|(s, t)| ((*s).to_owned(), *t)).collect()
+    }
+
+    #[test]
+    fn each_subject_counts_its_increases_once() {
+        let mut l = ledger();
+        // A new pod started in the period counts its whole counters.
+        l.observe(&pod("p1", 0), &usage(&[("alice", "m", 100, 10), ("bob", "m", 5, 0)]));
+        assert_eq!(tokens(&l), (owned(&[("alice", 110), ("bob", 5)]), 0));
+        // Increases only; a subject that appears counts its whole value; one that is absent
+        // keeps its last value (it does not count again when it comes back).
+        l.observe(&pod("p1", 0), &usage(&[("alice", "m", 150, 10), ("carol", "m", 7, 3)]));
+        assert_eq!(tokens(&l), (owned(&[("alice", 160), ("bob", 5), ("carol", 10)]), 0));
+        l.observe(
+            &pod("p1", 0),
+            &usage(&[("alice", "m", 150, 10), ("bob", "m", 6, 0), ("carol", "m", 7, 3)]),
+        );
+        assert_eq!(tokens(&l), (owned(&[("alice", 160), ("bob", 6), ("carol", 10)]), 0));
+        // A series that went down was reset: it counts from zero.
+        l.observe(&pod("p1", 0), &usage(&[("alice", "m", 20, 10), ("bob", "m", 6, 0)]));
+        assert_eq!(tokens(&l), (owned(&[("alice", 180), ("bob", 6), ("carol", 10)]), 0));
+        // A restarted pod: every series counts from zero.
+        l.observe(&pod("p1", 1), &usage(&[("alice", "m", 4, 1)]));
+        assert_eq!(tokens(&l), (owned(&[("alice", 185), ("bob", 6), ("carol", 10)]), 0));
+        // A second pod of the same subject adds to it.
+        l.observe(&pod("p2", 0), &usage(&[("alice", "m2", 1, 1)]));
+        assert_eq!(tokens(&l).0[0], ("alice".to_owned(), 187));
+    }
+
+    #[test]
+    fn a_baseline_pod_and_a_new_label_count_nothing_at_first() {
+        let mut l = ledger();
+        let mut old = pod("old", 0);
+        old.started_at = Some(ts("2026-10-01T00:00:00Z"));
+        l.observe(&old, &usage(&[("alice", "m", 100, 0)]));
+        assert_eq!(tokens(&l), (vec![], 0));
+        l.observe(&old, &usage(&[("alice", "m", 130, 0)]));
+        assert_eq!(tokens(&l), (owned(&[("alice", 30)]), 0));
+
+        // A label added to a budget whose ledger already knows the pod: its first scrape is
+        // the baseline of the label's series.
+        let mut l = Ledger::new(ts("2026-11-01T00:00:00Z"));
+        l.observe(&pod("p", 0), &usage(&[("alice", "m", 100, 0)]));
+        l.set_subject_labels(["end_user"]);
+        l.observe(&pod("p", 0), &usage(&[("alice", "m", 120, 0)]));
+        assert_eq!(tokens(&l), (vec![], 0));
+        l.observe(&pod("p", 0), &usage(&[("alice", "m", 125, 0)]));
+        assert_eq!(tokens(&l), (owned(&[("alice", 5)]), 0));
+        // Removing the label forgets it.
+        l.set_subject_labels([]);
+        assert!(l.subjects("end_user").is_none());
+        assert!(l.to_state().subjects.is_empty());
+    }
+
+    #[test]
+    fn the_status_round_trip_continues_exactly() {
+        let mut l = ledger();
+        l.observe(&pod("p1", 0), &usage(&[("alice", "m", 100, 10), ("bob", "m2", 5, 0)]));
+        l.observe(&pod("p2", 0), &usage(&[("al ice:/", "m", 3, 0)]));
+        let state = l.to_state();
+        let mut again = Ledger::from_state(Some(&state));
+        assert_eq!(again, l);
+        assert_eq!(again.to_state(), state);
+        again.observe(&pod("p1", 0), &usage(&[("alice", "m", 101, 10), ("bob", "m2", 5, 0)]));
+        assert_eq!(
+            tokens(&again),
+            (owned(&[("al ice:/", 3), ("alice", 111), ("bob", 5)]), 0)
+        );
+        // A hand-edited line that cannot be read is left out, never a panic.
+        let mut bad = state.clone();
+        bad.subjects[0].totals.push("x 9:1:1 0:-5:a".into());
+        bad.subjects[0].pods.push("uid 7/0:1:1 -/99:1:1 nonsense".into());
+        let read = Ledger::from_state(Some(&bad));
+        assert_eq!(tokens(&read), tokens(&l));
+    }
+
+    #[test]
+    fn a_new_period_keeps_the_baselines() {
+        let mut l = ledger();
+        l.observe(&pod("p", 0), &usage(&[("alice", "m", 100, 0)]));
+        l.reset(ts("2026-12-01T00:00:00Z"));
+        assert_eq!(tokens(&l), (vec![], 0));
+        l.observe(&pod("p", 0), &usage(&[("alice", "m", 140, 0)]));
+        assert_eq!(tokens(&l), (owned(&[("alice", 40)]), 0));
+        // A deleted pod is forgotten, its tokens stay.
+        l.forget("p");
+        assert_eq!(l.subjects("end_user").unwrap().pod_uids().count(), 0);
+        assert_eq!(tokens(&l), (owned(&[("alice", 40)]), 0));
+    }
+
+    #[test]
+    fn past_the_bounds_subjects_are_summed_as_untracked() {
+        let mut l = ledger();
+        let many: Vec<(String, u64)> = (0..MAX_SUBJECTS + 10).map(|i| (format!("u{i:05}"), 1)).collect();
+        let series: Vec<(&str, &str, u64, u64)> = many.iter().map(|(u, t)| (u.as_str(), "m", *t, 0)).collect();
+        l.observe(&pod("p", 0), &usage(&series));
+        let (subjects, untracked) = tokens(&l);
+        assert_eq!(subjects.len(), MAX_SUBJECTS);
+        assert_eq!(untracked, 10);
+        assert_eq!(
+            subjects.iter().map(|s| s.1).sum::<u64>() + untracked,
+            l.used_tokens(None)
+        );
+        // The untracked ones keep counting their increases, once.
+        let series: Vec<(&str, &str, u64, u64)> = many.iter().map(|(u, _)| (u.as_str(), "m", 3, 0)).collect();
+        l.observe(&pod("p", 0), &usage(&series));
+        let (subjects, untracked) = tokens(&l);
+        assert_eq!(untracked, 30);
+        assert_eq!(
+            subjects.iter().map(|s| s.1).sum::<u64>() + untracked,
+            l.used_tokens(None)
+        );
+        // A subject not counted one by one is not known to be tracked.
+        let state = l.to_state();
+        assert!(state.subjects[0].totals_of("u00009").1);
+        assert!(!state.subjects[0].totals_of("u99999").1);
+    }
+
+    #[test]
+    fn the_counters_are_bounded_too() {
+        let mut l = ledger();
+        // 20 pods of 600 subjects each: past MAX_SUBJECT_COUNTERS counters, a pod's further
+        // series are summed into one per model.
+        let users: Vec<String> = (0..600).map(|i| format!("u{i}")).collect();
+        let uids: Vec<String> = (0..20).map(|i| format!("p{i}")).collect();
+        for round in 1..=2 {
+            for uid in &uids {
+                let series: Vec<(&str, &str, u64, u64)> = users.iter().map(|u| (u.as_str(), "m", round, 0)).collect();
+                l.observe(&pod(uid, 0), &usage(&series));
+            }
+        }
+        let s = l.subjects("end_user").unwrap();
+        assert!(s.counters <= MAX_SUBJECT_COUNTERS + 20, "{}", s.counters);
+        let (subjects, untracked) = tokens(&l);
+        assert!(untracked > 0);
+        assert_eq!(
+            subjects.iter().map(|s| s.1).sum::<u64>() + untracked,
+            l.used_tokens(None)
+        );
+        assert_eq!(l.used_tokens(None), 20 * 600 * 2);
+    }
+
+    fn limit(tokens: Option<i64>, cost: Option<&str>) -> SubjectLimit {
+        SubjectLimit {
+            label: "end_user".into(),
+            limits: BudgetLimits {
+                tokens,
+                cost: cost.map(Into::into),
+            },
+        }
+    }
+
+    #[test]
+    fn status_lists_the_largest_and_the_exhausted() {
+        let mut l = ledger();
+        let users: Vec<(String, u64)> = (0..30).map(|i| (format!("u{i:02}"), 10 * i)).collect();
+        let series: Vec<(&str, &str, u64, u64)> = users.iter().map(|(u, t)| (u.as_str(), "m", *t, 0)).collect();
+        l.observe(&pod("p", 0), &usage(&series));
+        let prices = PriceTable::new(&[]).unwrap();
+        let status = usage_of(&l, &limit(Some(250), None), &prices);
+        // u00 spent nothing: it is no subject of the period.
+        assert_eq!(status.count, 29);
+        // u25 .. u29 spent 250 .. 290.
+        assert_eq!(status.exhausted_count, 5);
+        assert_eq!(status.exhausted, ["u29", "u28", "u27", "u26", "u25"]);
+        assert_eq!(status.top.len(), SUBJECTS_TOP);
+        assert_eq!(
+            (
+                status.top[0].value.as_str(),
+                status.top[0].tokens,
+                status.top[0].exhausted
+            ),
+            ("u29", 290, true)
+        );
+        assert_eq!((status.top[9].value.as_str(), status.top[9].exhausted), ("u20", false));
+        assert_eq!(status.untracked_tokens, 0);
+    }
+
+    fn usage_of(l: &Ledger, limit: &SubjectLimit, prices: &PriceTable) -> SubjectsUsage {
+        super::usage(
+            l.subjects("end_user").unwrap(),
+            limit,
+            prices,
+            !prices.entries().is_empty(),
+            None,
+        )
+    }
+
+    #[test]
+    fn a_cost_limit_per_subject() {
+        let mut l = ledger();
+        l.observe(
+            &pod("p", 0),
+            &usage(&[
+                ("alice", "gpt-4o", 1_000_000, 100_000),
+                ("bob", "gpt-4o-mini", 1_000_000, 0),
+            ]),
+        );
+        let pricing = [ModelPrice {
+            model: "gpt-4o".into(),
+            input: "2.50".into(),
+            output: "10".into(),
+        }];
+        let prices = PriceTable::new(&pricing).unwrap();
+        let status = usage_of(&l, &limit(None, Some("3.00")), &prices);
+        // alice: 2.50 + 1.00 = 3.50 >= 3.00; bob's model has no price: 0.
+        assert_eq!(status.exhausted, ["alice"]);
+        assert_eq!(status.top[0].cost.as_deref(), Some("3.50"));
+        assert_eq!(status.top[1].cost.as_deref(), Some("0.00"));
+
+        // The same from a budget's status, as an agent asks.
+        let mut budget = TokenBudget::new("b", serde_yaml::from_str("limits: {tokens: 100000000}").unwrap());
+        budget.spec.pricing = pricing.to_vec();
+        budget.spec.subjects = vec![limit(Some(5_000_000), Some("3.00"))];
+        budget.status = Some(crate::api::TokenBudgetStatus {
+            accounting: Some(l.to_state()),
+            ..Default::default()
+        });
+        let alice = standing(&budget, "end_user", "alice").unwrap();
+        assert_eq!((alice.tokens, alice.exhausted, alice.tracked), (1_100_000, true, true));
+        assert_eq!(alice.remaining_cost, Some(Decimal::ZERO));
+        assert_eq!(alice.remaining_tokens, Some(3_900_000));
+        let bob = standing(&budget, "end_user", "bob").unwrap();
+        assert_eq!(
+            (bob.tokens, bob.exhausted, bob.cost),
+            (1_000_000, false, Some(Decimal::ZERO))
+        );
+        let nobody = standing(&budget, "end_user", "nobody").unwrap();
+        assert_eq!((nobody.tokens, nobody.exhausted, nobody.tracked), (0, false, true));
+        assert_eq!(
+            standing(&budget, "team", "x"),
+            Err(StandingError::NoSuchLabel("team".into()))
+        );
+    }
+
+    proptest! {
+        /// With every series carrying a subject, counters that only grow (or restart with the
+        /// pod), and no bound reached, the subjects add up to the budget's total exactly,
+        /// across status round trips.
+        #[test]
+        fn subjects_add_up_to_the_budget(
+            steps in proptest::collection::vec((0usize..3, 0usize..4, 0u64..50, any::<bool>(), any::<bool>()), 1..60),
+        ) {
+            let mut l = ledger();
+            let users = ["a", "b", "c", "d"];
+            // Per pod: restarts and the counters of each user.
+            let mut pods = [(0u64, [0u64; 4]); 3];
+            for (p, u, add, restart, round_trip) in steps {
+                let uid = format!("p{p}");
+                if restart {
+                    pods[p].0 += 1;
+                    pods[p].1 = [0; 4];
+                }
+                pods[p].1[u] += add;
+                let series: Vec<(&str, &str, u64, u64)> = users
+                    .iter()
+                    .zip(pods[p].1)
+                    .filter(|(_, v)| *v > 0)
+                    .map(|(user, v)| (*user, "m", v, 0))
+                    .collect();
+                l.observe(&pod(&uid, pods[p].0), &usage(&series));
+                if round_trip {
+                    l = Ledger::from_state(Some(&l.to_state()));
+                }
+                let (subjects, untracked) = tokens(&l);
+                prop_assert_eq!(untracked, 0);
+                prop_assert_eq!(subjects.iter().map(|s| s.1).sum::<u64>(), l.used_tokens(None));
+            }
+        }
     }
 }
