@@ -12,7 +12,7 @@ use prometheus::{
 use rust_decimal::prelude::ToPrimitive;
 
 use crate::{
-    api::{BudgetPhase, TokenBudgetStatus, WorkloadKind},
+    api::{BudgetPhase, SubjectsUsage, TokenBudgetStatus, WorkloadKind},
     usage::account::Charge,
 };
 
@@ -192,6 +192,7 @@ impl Metrics {
                 .with_label_values(&[namespace, name, one_of])
                 .set(i64::from(phase_name(phase) == one_of));
         }
+        self.budgets.observe_subjects(namespace, name, &status.subjects);
     }
 
     /// Adds what a budget's cycles counted (see [`crate::usage::account::Account::take_charges`])
@@ -211,6 +212,7 @@ impl Metrics {
         for phase in PHASES {
             let _ = self.budgets.phases.remove_label_values(&[namespace, name, phase]);
         }
+        self.budgets.observe_subjects(namespace, name, &[]);
         self.chargeback.forget(namespace, name);
     }
 
@@ -286,7 +288,15 @@ struct BudgetSeries {
     /// One series per phase, 1 on the current one (as kube-state-metrics has them).
     phases: IntGaugeVec,
     last_cycle: GaugeVec,
+    /// Per subject label: the subjects counted one by one, and those exhausted.
+    subjects: IntGaugeVec,
+    subjects_exhausted: IntGaugeVec,
+    /// The subject labels each budget has series of, to remove those it no longer has.
+    subject_labels: Arc<Mutex<SubjectLabels>>,
 }
+
+/// (namespace, budget) -> the subject labels it has series of.
+type SubjectLabels = HashMap<(String, String), Vec<String>>;
 
 impl BudgetSeries {
     fn new(r: &Registry) -> Self {
@@ -316,6 +326,43 @@ impl BudgetSeries {
                 "When the budget's last accounting cycle began (Unix time)",
                 &BUDGET_LABELS,
             ),
+            subjects: int_gauge_vec(
+                r,
+                "tokenbudget_subjects",
+                "Subjects (values of a spec.subjects label) that spent in the current period, counted one by one",
+                &["namespace", "name", "label"],
+            ),
+            subjects_exhausted: int_gauge_vec(
+                r,
+                "tokenbudget_subjects_exhausted",
+                "Subjects (values of a spec.subjects label) that reached their limit in the current period",
+                &["namespace", "name", "label"],
+            ),
+            subject_labels: Arc::default(),
+        }
+    }
+
+    /// Sets a budget's subject series from `status.subjects`, and removes those of labels it
+    /// no longer has (all of them for `[]`).
+    fn observe_subjects(&self, namespace: &str, name: &str, subjects: &[SubjectsUsage]) {
+        let labels: Vec<String> = subjects.iter().map(|s| s.label.clone()).collect();
+        let key = (namespace.to_owned(), name.to_owned());
+        let mut known = lock(&self.subject_labels);
+        let before = match labels.is_empty() {
+            true => known.remove(&key).unwrap_or_default(),
+            false => known.insert(key, labels.clone()).unwrap_or_default(),
+        };
+        drop(known);
+        for gone in before.iter().filter(|l| !labels.contains(l)) {
+            let _ = self.subjects.remove_label_values(&[namespace, name, gone]);
+            let _ = self.subjects_exhausted.remove_label_values(&[namespace, name, gone]);
+        }
+        for s in subjects {
+            let values = [namespace, name, s.label.as_str()];
+            self.subjects.with_label_values(&values).set(s.count);
+            self.subjects_exhausted
+                .with_label_values(&values)
+                .set(s.exhausted_count);
         }
     }
 }

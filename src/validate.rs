@@ -21,7 +21,7 @@ use rust_decimal::Decimal;
 use crate::{
     api::{
         BudgetBindingSpec, EnforcementAction, MAX_SCRAPE_TIMEOUT, MetricsEndpoint, MetricsFormat, MetricsSource,
-        PrometheusSeries, ResetPeriod, Scheme, TokenBudgetSpec, TokenType, WorkloadKind,
+        PrometheusSeries, ResetPeriod, Scheme, SubjectLimit, TokenBudgetSpec, TokenType, WorkloadKind,
     },
     usage::{Extractor, PriceTable, pricing},
 };
@@ -61,6 +61,8 @@ pub struct ValidBudget {
     pub freeze_quota: bool,
     /// `computeQuota.hard`, when the budget owns a quota.
     pub quota: Option<BTreeMap<String, Quantity>>,
+    /// `subjects`: the limits per subject label, each label once.
+    pub subjects: Vec<SubjectLimit>,
 }
 
 impl ValidBudget {
@@ -191,6 +193,7 @@ pub fn budget(spec: &TokenBudgetSpec) -> Result<ValidBudget, SpecErrors> {
         "spec.enforcement.gracePeriod",
         parse_duration(&spec.enforcement.grace_period),
     );
+    check_subjects(spec, &mut errors);
     if spec.enforcement.freeze_quota && spec.compute_quota.is_none() {
         errors.push("spec.enforcement.freezeQuota: needs spec.computeQuota, the quota it would freeze");
     }
@@ -210,6 +213,7 @@ pub fn budget(spec: &TokenBudgetSpec) -> Result<ValidBudget, SpecErrors> {
             grace_period: grace_period?,
             freeze_quota: spec.enforcement.freeze_quota,
             quota: spec.compute_quota.as_ref().map(|q| q.hard.clone()),
+            subjects: spec.subjects.clone(),
         })
     })();
     errors.finish(valid)
@@ -266,6 +270,47 @@ pub fn binding(spec: &BudgetBindingSpec) -> Result<ValidBinding, SpecErrors> {
         })
     })();
     errors.finish(valid)
+}
+
+/// `spec.subjects`: a label name each, once, and limits as the budget's.
+fn check_subjects(spec: &TokenBudgetSpec, errors: &mut Errors) {
+    if spec.subjects.len() > crate::usage::parse::MAX_SUBJECT_LABELS {
+        errors.push(format!(
+            "spec.subjects: at most {} labels",
+            crate::usage::parse::MAX_SUBJECT_LABELS
+        ));
+    }
+    for (i, subject) in spec.subjects.iter().enumerate() {
+        let field = format!("spec.subjects[{i}]");
+        if !is_prometheus_label_name(&subject.label) {
+            errors.push(format!(
+                "{field}.label: {:?} is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*)",
+                subject.label
+            ));
+        }
+        if spec.subjects[..i].iter().any(|s| s.label == subject.label) {
+            errors.push(format!("{field}.label: {:?} is listed twice", subject.label));
+        }
+        let limits = &subject.limits;
+        if limits.tokens.is_none() && limits.cost.is_none() {
+            errors.push(format!("{field}.limits: at least one of tokens and cost is required"));
+        }
+        if limits.tokens.is_some_and(|t| t < 0) {
+            errors.push(format!("{field}.limits.tokens: must be >= 0"));
+        }
+        if let Some(cost) = &limits.cost {
+            if !is_decimal(cost) {
+                errors.push(format!(
+                    "{field}.limits.cost: {cost:?} is not a decimal number such as \"2.50\""
+                ));
+            }
+            if spec.pricing.is_empty() {
+                errors.push(format!(
+                    "{field}.limits.cost: a cost limit needs spec.pricing (without prices nothing costs anything)"
+                ));
+            }
+        }
+    }
 }
 
 /// `metrics.source`, with its labels' defaults applied.

@@ -75,6 +75,12 @@ use super::common::{
         "message": "a cost limit (spec.limits.cost) needs spec.pricing: without prices nothing costs anything",
     },
     {
+        "rule": "!has(self.subjects) || self.subjects.all(s, !has(s.limits.cost)) || (has(self.pricing) && size(self.pricing) > 0)",
+        "fieldPath": ".pricing",
+        "reason": "FieldValueRequired",
+        "message": "a cost limit per subject (spec.subjects[].limits.cost) needs spec.pricing: without prices nothing costs anything",
+    },
+    {
         "rule": "!self.enforcement.freezeQuota || has(self.computeQuota)",
         "fieldPath": ".computeQuota",
         "reason": "FieldValueRequired",

@@ -11,6 +11,9 @@
 //!
 //! `--rate` spends that many tokens per second (3/4 input, 1/4 output). `POST /spend?input=N&output=M&model=X`
 //! spends exactly that much at once; `POST /reset` forgets everything, as a restarted process would.
+//! `&user=U` on `/spend` spends it for the end user `U`: a label of the series, as LiteLLM
+//! (`end_user`, with `user` and `team` "None") and OpenTelemetry instrumentation that records
+//! the `enduser.id` attribute (`enduser_id`) have it; vLLM has no such label.
 //!
 //! For a real container (hack/node.sh runs it as the image `localhost/agent-sim:local`, as PID
 //! 1 of its container):
@@ -50,8 +53,8 @@ use tokio_rustls::TlsAcceptor;
 
 #[derive(Default)]
 struct Spent {
-    /// (model, input, output) totals since the process started.
-    by_model: BTreeMap<String, (u64, u64)>,
+    /// (model, end user) -> (input, output) totals since the process started.
+    by_model: BTreeMap<(String, Option<String>), (u64, u64)>,
 }
 
 #[derive(Clone, Copy)]
@@ -68,9 +71,13 @@ impl Spent {
             Format::OpenTelemetry => {
                 out.push_str("# HELP gen_ai_client_token_usage Measures number of input and output tokens used\n");
                 out.push_str("# TYPE gen_ai_client_token_usage histogram\n");
-                for (model, (input, output)) in &self.by_model {
+                for ((model, user), (input, output)) in &self.by_model {
+                    let user = user
+                        .as_ref()
+                        .map(|u| format!(",enduser_id=\"{u}\""))
+                        .unwrap_or_default();
                     for (kind, value) in [("input", input), ("output", output)] {
-                        let labels = format!("gen_ai_request_model=\"{model}\",gen_ai_token_type=\"{kind}\"");
+                        let labels = format!("gen_ai_request_model=\"{model}\",gen_ai_token_type=\"{kind}\"{user}");
                         out.push_str(&format!("gen_ai_client_token_usage_bucket{{{labels},le=\"+Inf\"}} 1\n"));
                         out.push_str(&format!("gen_ai_client_token_usage_sum{{{labels}}} {value}\n"));
                         out.push_str(&format!("gen_ai_client_token_usage_count{{{labels}}} 1\n"));
@@ -80,8 +87,11 @@ impl Spent {
             Format::Vllm => {
                 for (name, index) in [("vllm:prompt_tokens_total", 0), ("vllm:generation_tokens_total", 1)] {
                     out.push_str(&format!("# TYPE {name} counter\n"));
-                    for (model, totals) in &self.by_model {
-                        let value = if index == 0 { totals.0 } else { totals.1 };
+                    let mut by_model: BTreeMap<&str, u64> = BTreeMap::new();
+                    for ((model, _), totals) in &self.by_model {
+                        *by_model.entry(model).or_default() += if index == 0 { totals.0 } else { totals.1 };
+                    }
+                    for (model, value) in by_model {
                         out.push_str(&format!("{name}{{model_name=\"{model}\"}} {value}\n"));
                     }
                 }
@@ -92,9 +102,12 @@ impl Spent {
                     ("litellm_output_tokens_metric_total", 1),
                 ] {
                     out.push_str(&format!("# TYPE {name} counter\n"));
-                    for (model, totals) in &self.by_model {
+                    for ((model, user), totals) in &self.by_model {
                         let value = if index == 0 { totals.0 } else { totals.1 };
-                        out.push_str(&format!("{name}{{model=\"{model}\"}} {value}\n"));
+                        let user = user.as_deref().unwrap_or("None");
+                        out.push_str(&format!(
+                            "{name}{{end_user=\"{user}\",model=\"{model}\",team=\"None\",user=\"None\"}} {value}\n"
+                        ));
                     }
                 }
             }
@@ -104,8 +117,11 @@ impl Spent {
         out
     }
 
-    fn spend(&mut self, model: &str, input: u64, output: u64) {
-        let entry = self.by_model.entry(model.to_string()).or_default();
+    fn spend(&mut self, model: &str, user: Option<&str>, input: u64, output: u64) {
+        let entry = self
+            .by_model
+            .entry((model.to_string(), user.map(str::to_owned)))
+            .or_default();
         entry.0 = entry.0.saturating_add(input);
         entry.1 = entry.1.saturating_add(output);
     }
@@ -250,7 +266,8 @@ fn handle(req: &Request<hyper::body::Incoming>, spent: &Mutex<Spent>, options: &
             let query = req.uri().query().unwrap_or("");
             let number = |key| query_value(query, key).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
             let model = query_value(query, "model").unwrap_or(&options.model).to_string();
-            spent.spend(&model, number("input"), number("output"));
+            let user = query_value(query, "user").filter(|u| !u.is_empty());
+            spent.spend(&model, user, number("input"), number("output"));
             (StatusCode::OK, "spent\n".into())
         }
         (&Method::POST, "/reset") => {
@@ -316,7 +333,7 @@ async fn main() {
                 spent
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .spend(&options.model, input, per_tick - input);
+                    .spend(&options.model, None, input, per_tick - input);
             }
         });
     }

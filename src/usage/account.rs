@@ -18,12 +18,12 @@ use super::{
     ledger::{self, Ledger, OTHER_MODELS},
     period::{self, PeriodWindow},
     pool::{self, ModelTotals, Share},
-    pricing,
+    pricing, subjects,
 };
 use crate::{
     api::{
-        AccountingState, BudgetPhase, ModelUsage, PeriodSummary, TokenBudgetStatus, TokenType, UsedTokens,
-        WorkloadKind, WorkloadUsage,
+        AccountingState, BudgetPhase, ModelUsage, PeriodSummary, SubjectsUsage, TokenBudgetStatus, TokenType,
+        UsedTokens, WorkloadKind, WorkloadUsage,
     },
     conditions::{self, Desired, Status},
     validate::ValidBudget,
@@ -601,6 +601,10 @@ pub fn usage_status(
         .collect();
     let mut conditions = standing.conditions().to_vec();
     conditions.push(pricing_condition(budget, &costs.unpriced, ledger.models_capped()));
+    let subjects = subjects_status(budget, ledger);
+    if !budget.subjects.is_empty() {
+        conditions.push(subjects_condition(&subjects));
+    }
     let status = TokenBudgetStatus {
         phase: Some(standing.phase()),
         used: Some(used(budget, ledger, costs.total)),
@@ -614,9 +618,83 @@ pub fn usage_status(
         workloads,
         history: account.history.clone(),
         accounting: Some(ledger.to_state()),
+        subjects,
         ..Default::default()
     };
     (status, conditions)
+}
+
+/// `status.subjects`: one entry per subject label of the budget.
+fn subjects_status(budget: &ValidBudget, ledger: &Ledger) -> Vec<SubjectsUsage> {
+    budget
+        .subjects
+        .iter()
+        .map(|limit| match ledger.subjects(&limit.label) {
+            Some(subjects) => subjects::usage(
+                subjects,
+                limit,
+                &budget.prices,
+                budget.priced(),
+                budget.token_types.as_deref(),
+            ),
+            None => SubjectsUsage {
+                label: limit.label.clone(),
+                ..Default::default()
+            },
+        })
+        .collect()
+}
+
+/// The SubjectsExhausted condition: how many subjects reached their limit, and whether some
+/// spend beyond the most that are counted one by one.
+fn subjects_condition(subjects: &[SubjectsUsage]) -> Desired {
+    let exhausted: i64 = subjects.iter().map(|s| s.exhausted_count).sum();
+    let untracked: Vec<String> = subjects
+        .iter()
+        .filter(|s| s.untracked_tokens > 0)
+        .map(|s| {
+            format!(
+                "{} tokens of {} values beyond the {} counted one by one are not limited one by one",
+                s.untracked_tokens,
+                s.label,
+                subjects::MAX_SUBJECTS
+            )
+        })
+        .collect();
+    let untracked = match untracked.is_empty() {
+        true => String::new(),
+        false => format!("; {}", untracked.join("; ")),
+    };
+    if exhausted == 0 {
+        return Desired::new(
+            "SubjectsExhausted",
+            Status::False,
+            "WithinLimits",
+            conditions::cut(
+                &format!("every subject has room{untracked}"),
+                conditions::MAX_MESSAGE_BYTES,
+            ),
+        );
+    }
+    let listed: Vec<String> = subjects
+        .iter()
+        .flat_map(|s| s.exhausted.iter().map(move |v| format!("{}={v:?}", s.label)))
+        .collect();
+    let room = conditions::MAX_MESSAGE_BYTES
+        .saturating_sub(80 + untracked.len())
+        .max(100);
+    let message = format!(
+        "{exhausted} subject{} reached {} limit: {}{untracked}",
+        if exhausted == 1 { "" } else { "s" },
+        if exhausted == 1 { "its" } else { "their" },
+        conditions::bounded_list(&listed, ", ", usize::MAX, room),
+    );
+    Desired::new(
+        "SubjectsExhausted",
+        Status::True,
+        "SubjectLimitReached",
+        conditions::cut(&message, conditions::MAX_MESSAGE_BYTES),
+    )
 }
 
 fn to_i64(v: u64) -> i64 {

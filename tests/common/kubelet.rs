@@ -66,6 +66,13 @@ impl Agent {
         self.post(&format!("/spend?model={model}&input={input}&output={output}"));
     }
 
+    /// Spends exactly this many tokens of `model` for the end user `user`.
+    pub fn spend_as(&self, user: &str, model: &str, input: u64, output: u64) {
+        self.post(&format!(
+            "/spend?model={model}&user={user}&input={input}&output={output}"
+        ));
+    }
+
     /// Forgets its counters, as a restarted process would.
     pub fn reset(&self) {
         self.post("/reset");

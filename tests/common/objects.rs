@@ -103,6 +103,18 @@ impl BudgetBuilder {
         self
     }
 
+    /// Each value of the series label `label` at most `tokens` tokens per period.
+    pub fn per_subject(mut self, label: &str, tokens: i64) -> Self {
+        self.0.spec.subjects.push(tokenbudget::api::SubjectLimit {
+            label: label.into(),
+            limits: tokenbudget::api::BudgetLimits {
+                tokens: Some(tokens),
+                cost: None,
+            },
+        });
+        self
+    }
+
     pub fn build(self) -> TokenBudget {
         self.0
     }
@@ -186,6 +198,12 @@ impl BindingBuilder {
     /// the default labels `namespace` and `pod`).
     pub fn via_prometheus(mut self) -> Self {
         self.0.spec.metrics.source = MetricsSource::Prometheus;
+        self
+    }
+
+    /// The metric conventions the pods follow.
+    pub fn format(mut self, format: tokenbudget::api::MetricsFormat) -> Self {
+        self.0.spec.metrics.format = format;
         self
     }
 

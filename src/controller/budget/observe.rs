@@ -2,7 +2,7 @@
 //! from the stores and, for a valid budget, one accounting cycle: the period, the plan of
 //! scrapes, the scrapes, and the answers folded into the budget's account.
 
-use std::{collections::BTreeSet, time::Instant};
+use std::{collections::BTreeSet, sync::Arc, time::Instant};
 
 use jiff::Timestamp;
 use kube::ResourceExt;
@@ -152,7 +152,15 @@ async fn account<'a>(
     // The period that ended goes into the history, written with the new period's ledger.
     let period_reset = account.roll_over(spec, &window, now);
 
-    let bindings = valid_bindings(ctx, tb);
+    // Each subject label of the budget is read from every binding's series.
+    let labels: Vec<&str> = spec.subjects.iter().map(|s| s.label.as_str()).collect();
+    account.ledger_mut().set_subject_labels(labels.iter().copied());
+    let mut bindings = valid_bindings(ctx, tb);
+    if !labels.is_empty() {
+        for (_, valid) in &mut bindings {
+            valid.extractor = Arc::new(valid.extractor.with_subjects(&labels));
+        }
+    }
     let bindings: Vec<Binding> = bindings
         .iter()
         .filter_map(|(binding, valid)| {
