@@ -31,7 +31,8 @@ pub enum GroupBy {
     Namespace,
     Workload,
     Model,
-    /// A pool's children (`--pool` only): the TokenBudgets drawing from it.
+    // A pool's children (`--pool` only): the TokenBudgets drawing from it. (No doc comment:
+    // clap would show it in --help, and the possible values in a long list.)
     Child,
 }
 
