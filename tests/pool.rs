@@ -382,6 +382,67 @@ async fn a_team_that_moves_to_another_pool_or_leaves_the_selection_leaves_its_to
     assert!(!operator.logs().contains("panicked"), "{}", operator.logs());
 }
 
+/// `kubectl tokenbudget report --pool` of the pool's one ended hour, on the real pool: by child
+/// (the default with --pool), each team's row is what its agent spent, to the token and the
+/// exact cost at the pool's prices (a: 1,000 input at 0.15 and 100 output at 0.60 per million,
+/// 0.00021; b: 300 input, 0.000045), and the rows add up to the entry (1,400 tokens,
+/// 0.000255 USD), with nothing left for "(other)". A pool that does not exist is an error.
+fn report_of_the_pool_adds_up(pool: &str, team_a: &str, team_b: &str) {
+    let plugin = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-tokenbudget"))
+            .arg("report")
+            .args(args)
+            .env("KUBECONFIG", kubeconfig())
+            .output()
+            .expect("the plugin runs")
+    };
+    let report = |args: &[&str]| -> String {
+        let out = plugin(&[&["--pool", pool], args].concat());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).expect("UTF-8");
+        eprintln!("$ kubectl tokenbudget report --pool {pool} {}\n{text}", args.join(" "));
+        text
+    };
+    let csv = |args: &[&str]| -> Vec<Vec<String>> {
+        let text = report(&[args, &["-o", "csv"]].concat());
+        let mut rows: Vec<Vec<String>> = text
+            .lines()
+            .skip(1)
+            .map(|line| line.trim_end_matches('\r').split(',').map(String::from).collect())
+            .collect();
+        rows.sort();
+        rows
+    };
+    let row = |fields: &[&str]| -> Vec<String> { fields.iter().map(|f| f.to_string()).collect() };
+    let by_child = [
+        row(&[team_a, "team", "USD", "1", "1100", "0.00021"]),
+        row(&[team_b, "team", "USD", "1", "300", "0.000045"]),
+    ];
+    assert_eq!(csv(&[]), by_child);
+    assert_eq!(csv(&["--by", "child", "--last", "1"]), by_child);
+    assert_eq!(
+        csv(&["--by", "model"]),
+        [row(&["gpt-4o-mini", "USD", "1300", "100", "1400", "0.000255"])]
+    );
+    // The table's TOTAL line says the same.
+    let table = report(&[]);
+    let total: Vec<&str> = table
+        .lines()
+        .find(|line| line.starts_with("TOTAL"))
+        .expect("a TOTAL line")
+        .split_whitespace()
+        .collect();
+    assert_eq!(total[total.len() - 3..], ["1,400", "0.000255", "USD"], "{table}");
+
+    let missing = format!("{pool}-missing");
+    let out = plugin(&["--pool", &missing]);
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("error: ClusterTokenBudget {missing:?} not found\n")
+    );
+}
+
 /// A full hour some hours ahead of the wall clock: the operator's clock lives around it, after
 /// every real timestamp of the test.
 fn boundary() -> Timestamp {
@@ -450,6 +511,7 @@ async fn a_pools_ended_period_is_recorded_once_with_its_teams_exact_totals() {
         .map(|c| (c.namespace.as_str(), c.tokens))
         .collect();
     assert_eq!(children, [(a.ns.name.as_str(), 1100), (b.ns.name.as_str(), 300)]);
+    report_of_the_pool_adds_up(&pool.name, &a.ns.name, &b.ns.name);
 
     // What is spent now counts in the new hour; the entry stays as it is, once.
     a.agents[0].spend("gpt-4o-mini", 7, 0);

@@ -1,6 +1,6 @@
 //! kubectl-tokenbudget: the `kubectl tokenbudget` plugin. Copied onto PATH under this name,
-//! kubectl runs it for `kubectl tokenbudget ...`. It only reads TokenBudgets; the views are
-//! rendered by `tokenbudget::plugin::render`.
+//! kubectl runs it for `kubectl tokenbudget ...`. It only reads TokenBudgets (and, for
+//! `report --pool`, a ClusterTokenBudget); the views are rendered by `tokenbudget::plugin::render`.
 
 use std::{
     collections::HashMap,
@@ -19,7 +19,7 @@ use kube::{
 use serde::Deserialize;
 use serde_json::Value;
 use tokenbudget::{
-    api::TokenBudget,
+    api::{ClusterTokenBudget, TokenBudget},
     plugin::{
         self, Command, Invocation, ListOutput, ReportOutput, ReportRequest, Scope, View, parse_args,
         render::{self, Listing, Options, Rendered, Watch, WatchView},
@@ -95,6 +95,12 @@ async fn run(invocation: &Invocation) -> Result<Rendered, String> {
                 None => cluster.list(ns.as_deref(), None).await?,
             };
             chargeback(fetched, ns, name.as_deref(), request)
+        }
+        Command::ReportPool { pool, request } => {
+            let pool = cluster.get_pool(pool).await?;
+            let report = report::build_pool(&pool, &request.range, request.by)?;
+            // A pool's children are in every namespace: the NAMESPACE column is always there.
+            Ok(render_report(&report, Listing::AllNamespaces, request))
         }
         Command::Help | Command::Version | Command::Completion(_) => unreachable!("answered without a cluster"),
     }
@@ -221,11 +227,15 @@ fn chargeback(
         });
     }
     let report = report::build(&fetched.budgets, listing(&ns), name, &request.range, request.by)?;
-    Ok(out(match request.output {
-        ReportOutput::Table => report::table(&report, listing(&ns), request.no_headers),
-        ReportOutput::Csv => report::csv(&report, request.no_headers),
-        ReportOutput::Json => report::json(&report),
-    }))
+    Ok(render_report(&report, listing(&ns), request))
+}
+
+fn render_report(report: &report::Report, listing: Listing, request: &ReportRequest) -> Rendered {
+    out(match request.output {
+        ReportOutput::Table => report::table(report, listing, request.no_headers),
+        ReportOutput::Csv => report::csv(report, request.no_headers),
+        ReportOutput::Json => report::json(report),
+    })
 }
 
 fn out(stdout: String) -> Rendered {
@@ -371,6 +381,9 @@ impl Fetched {
 const CRD_MISSING: &str = "the TokenBudget CRD is not installed in this cluster \
      (tokenbudgets.tokenbudget.io): install it with `kubectl apply -f crds/` or the Helm chart";
 
+const POOL_CRD_MISSING: &str = "the ClusterTokenBudget CRD is not installed in this cluster \
+     (clustertokenbudgets.tokenbudget.io): install it with `kubectl apply -f crds/` or the Helm chart";
+
 impl Cluster {
     fn api(&self, client: &Client, namespace: Option<&str>) -> Api<DynamicObject> {
         let resource = ApiResource::erase::<TokenBudget>(&());
@@ -390,6 +403,21 @@ impl Cluster {
                 Err(format!("TokenBudget {name:?} not found in namespace {namespace:?}"))
             }
             Err(e) => Err(self.explain(e, &format!("cannot get TokenBudget {namespace}/{name}"))),
+        }
+    }
+
+    /// A pool (`report --pool`), by name; a missing pool and a missing CRD are told apart.
+    async fn get_pool(&self, name: &str) -> Result<ClusterTokenBudget, String> {
+        let api: Api<ClusterTokenBudget> = Api::all(self.client.clone());
+        match api.get_opt(name).await {
+            Ok(Some(pool)) => Ok(pool),
+            // The API server answers 404 both for a missing object and a missing resource; a
+            // list tells them apart (one who may not list pools is told the pool is missing).
+            Ok(None) => match api.list_metadata(&ListParams::default().limit(1)).await {
+                Err(kube::Error::Api(s)) if s.code == 404 => Err(POOL_CRD_MISSING.into()),
+                _ => Err(format!("ClusterTokenBudget {name:?} not found")),
+            },
+            Err(e) => Err(self.explain(e, &format!("cannot get ClusterTokenBudget {name}"))),
         }
     }
 

@@ -35,6 +35,8 @@ kubectl tokenbudget status [NAME] [-n NAMESPACE | -A] [-o json|yaml|wide] [--no-
        kubectl tokenbudget report [NAME] [-n NAMESPACE | -A] [--by budget|namespace|workload|model]
                                   [--from DATE|TIME] [--to DATE|TIME] [--last N] [--include-current]
                                   [-o table|csv|json] [--no-headers]
+       kubectl tokenbudget report --pool NAME [--by child|namespace|model] [--from DATE|TIME] [--to DATE|TIME]
+                                  [--last N] [--include-current] [-o table|csv|json] [--no-headers]
        kubectl tokenbudget version
        kubectl tokenbudget completion bash|zsh|fish",
     after_help = "Colours are used when stdout is a terminal, unless NO_COLOR is set."
@@ -82,25 +84,35 @@ enum Sub {
         view: ViewFlags,
     },
     /// chargeback: what the ended periods of the budgets used and cost (status.history), by
-    /// budget, namespace, workload or model, with totals per currency
+    /// budget, namespace, workload or model, with totals per currency; with --pool, those of a
+    /// ClusterTokenBudget, by child (its TokenBudgets), namespace or model
     #[command(after_help = "\
-A DATE is midnight at the start of that day in each budget's own time zone (spec.period.timezone);
-a TIME is an RFC 3339 instant. A period is in the range when it starts in it: --from inclusive,
---to exclusive, so consecutive ranges never count a period twice or miss one.
-Example, November per team: kubectl tokenbudget report -A --by namespace --from 2026-11-01 --to 2026-12-01")]
+A DATE is midnight at the start of that day in each budget's own time zone (spec.period.timezone;
+with --pool, the pool's); a TIME is an RFC 3339 instant. A period is in the range when it starts in
+it: --from inclusive, --to exclusive, so consecutive ranges never count a period twice or miss one.
+Example, November per team: kubectl tokenbudget report -A --by namespace --from 2026-11-01 --to 2026-12-01
+Example, a department's last month: kubectl tokenbudget report --pool research --by child --last 1")]
     Report {
         /// only this TokenBudget
         name: Option<String>,
-        /// what one row adds up
-        #[arg(long, value_enum, value_name = "GROUP", default_value_t = GroupBy::Budget)]
-        by: GroupBy,
+        /// the periods of this ClusterTokenBudget (a pool, cluster-scoped) instead of budgets
+        #[arg(
+            long,
+            value_name = "NAME",
+            value_parser = NonEmptyStringValueParser::new(),
+            conflicts_with_all = ["name", "namespace", "all_namespaces"]
+        )]
+        pool: Option<String>,
+        /// what one row adds up [default: budget; with --pool: child]
+        #[arg(long, value_enum, value_name = "GROUP")]
+        by: Option<GroupBy>,
         /// periods that start at or after this date or time
         #[arg(long, value_name = "DATE|TIME", value_parser = report::parse_bound)]
         from: Option<Bound>,
         /// periods that start before this date or time
         #[arg(long, value_name = "DATE|TIME", value_parser = report::parse_bound)]
         to: Option<Bound>,
-        /// only the N most recent ended periods of each budget (in the range)
+        /// only the N most recent ended periods of each budget, or of the pool (in the range)
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
         last: Option<u16>,
         /// also the current period, so far (when it starts in the range)
@@ -207,6 +219,8 @@ pub enum Command {
         name: Option<String>,
         request: ReportRequest,
     },
+    /// `report --pool NAME`: a ClusterTokenBudget's periods (cluster-scoped: no namespace).
+    ReportPool { pool: String, request: ReportRequest },
     /// `version`.
     Version,
     /// `completion SHELL`.
@@ -238,6 +252,7 @@ where
 {
     let args = std::iter::once(OsString::from(BINARY)).chain(args.into_iter().map(Into::into));
     let cli = Cli::from_arg_matches(&command().try_get_matches_from(args)?)?;
+    let scoped = cli.all_namespaces || cli.namespace.is_some();
     let scope = match (cli.all_namespaces, cli.namespace) {
         // As kubectl: -A wins over -n.
         (true, _) => Scope::AllNamespaces,
@@ -273,6 +288,7 @@ where
         },
         Some(Sub::Report {
             name,
+            pool,
             by,
             from,
             to,
@@ -282,6 +298,16 @@ where
             no_headers,
         }) => {
             by_name_in_one_namespace(&name, &scope)?;
+            // clap sees -n and -A only after the command; given before it, they are told here.
+            if pool.is_some() && scoped {
+                return Err(mistake(
+                    ErrorKind::ArgumentConflict,
+                    "--pool takes no -n or -A: a ClusterTokenBudget is cluster-scoped",
+                ));
+            }
+            let by = by.unwrap_or(GroupBy::default_for(pool.is_some()));
+            by.check(pool.is_some())
+                .map_err(|message| mistake(ErrorKind::ArgumentConflict, &message))?;
             let range = PeriodRange {
                 from,
                 to,
@@ -291,15 +317,15 @@ where
             range
                 .check()
                 .map_err(|message| mistake(ErrorKind::ArgumentConflict, &message))?;
-            Command::Report {
-                scope,
-                name,
-                request: ReportRequest {
-                    by,
-                    range,
-                    output,
-                    no_headers,
-                },
+            let request = ReportRequest {
+                by,
+                range,
+                output,
+                no_headers,
+            };
+            match pool {
+                Some(pool) => Command::ReportPool { pool, request },
+                None => Command::Report { scope, name, request },
             }
         }
         Some(Sub::Unknown(words)) => {
@@ -562,6 +588,42 @@ mod tests {
     }
 
     #[test]
+    fn report_of_a_pool() {
+        assert_eq!(
+            parse("report --pool research").unwrap(),
+            Command::ReportPool {
+                pool: "research".into(),
+                request: ReportRequest {
+                    by: GroupBy::Child,
+                    ..Default::default()
+                },
+            }
+        );
+        let Command::ReportPool { pool, request } =
+            parse("report --pool=research --by namespace --last 1 --include-current -o csv").unwrap()
+        else {
+            panic!("not a pool's report");
+        };
+        assert_eq!(pool, "research");
+        assert_eq!((request.by, request.output), (GroupBy::Namespace, ReportOutput::Csv));
+        assert_eq!((request.range.last, request.range.include_current), (Some(1), true));
+        for (line, by) in [
+            ("report --pool research --by model", GroupBy::Model),
+            ("--kubeconfig /k report --pool research --by child", GroupBy::Child),
+        ] {
+            let Command::ReportPool { request, .. } = parse(line).unwrap() else {
+                panic!("{line}: not a pool's report");
+            };
+            assert_eq!(request.by, by, "{line}");
+        }
+        // Without --pool, the default stays budget.
+        let Command::Report { request, .. } = parse("report -A").unwrap() else {
+            panic!("not a report");
+        };
+        assert_eq!(request.by, GroupBy::Budget);
+    }
+
+    #[test]
     fn the_definition_is_consistent() {
         Cli::command().debug_assert();
     }
@@ -684,7 +746,7 @@ mod tests {
             ),
             (
                 "report --by team",
-                "invalid value \"team\" for --by <GROUP>: use budget, namespace, workload, model",
+                "invalid value \"team\" for --by <GROUP>: use budget, namespace, workload, model, child",
             ),
             ("report -w", "unknown flag \"-w\""),
             ("version -o json", "unknown flag \"-o\""),
@@ -711,6 +773,41 @@ mod tests {
             (
                 "report -A research",
                 "a TokenBudget cannot be retrieved by name across all namespaces: use -n",
+            ),
+            (
+                "report research --pool dept",
+                "the argument '[NAME]' cannot be used with '--pool <NAME>'",
+            ),
+            (
+                "report --pool dept -n team-a",
+                "the argument '--pool <NAME>' cannot be used with '--namespace <NS>'",
+            ),
+            (
+                "report --pool dept -A",
+                "the argument '--pool <NAME>' cannot be used with '--all-namespaces'",
+            ),
+            (
+                "-n team-a report --pool dept",
+                "--pool takes no -n or -A: a ClusterTokenBudget is cluster-scoped",
+            ),
+            (
+                "-A report --pool dept",
+                "--pool takes no -n or -A: a ClusterTokenBudget is cluster-scoped",
+            ),
+            ("report --pool=", "flag --pool needs a value"),
+            (
+                "report --pool dept --by workload",
+                "--by workload does not go with --pool: a pool's history does not list workloads; \
+                 run report -n NAMESPACE --by workload on the team's budget",
+            ),
+            (
+                "report --pool dept --by budget",
+                "--by budget does not go with --pool: a pool's budgets are its children, use --by child \
+                 (or report -A --by budget for every budget's own periods)",
+            ),
+            (
+                "report -A --by child",
+                "--by child is for a pool's children: use it with --pool NAME",
             ),
         ] {
             let err = parse(line).unwrap_err();

@@ -1,11 +1,15 @@
 //! `kubectl tokenbudget report`: chargeback from the budgets' `status.history`, the periods
-//! that have ended. Pure: budgets and a request in, a [`Report`] out ([`build`]), then text
-//! ([`table`], [`csv`], [`json`]), so every figure is unit-tested.
+//! that have ended, or (`--pool`) from a ClusterTokenBudget's. Pure: budgets (or a pool) and a
+//! request in, a [`Report`] out ([`build`], [`build_pool`]), then text ([`table`], [`csv`],
+//! [`json`]), so every figure is unit-tested.
 //!
 //! Tokens here are all tokens, input + output (what `top` counts too), not `used.tokens`,
 //! which counts only the types of `spec.tokenTypes`: the listed models and workloads count
 //! every type, and "(other)", what the top-10 lists leave out, is the period's input + output
-//! minus the listed ones. Costs are decimals summed exactly, never across currencies.
+//! minus the listed ones. A pool's children are the exception: the pool lists their tokens of
+//! its `tokenTypes`, so by child (and by namespace) the tokens are the pool's `used.tokens`
+//! and "(other)" is that minus the listed children. Costs are decimals summed exactly, never
+//! across currencies.
 
 use std::{cmp::Reverse, collections::BTreeMap, fmt};
 
@@ -16,7 +20,7 @@ use rust_decimal::Decimal;
 use serde_json::{Map, Value, json};
 
 use super::render::{Cell, Listing, Table, grouped};
-use crate::api::{ModelUsage, PeriodSummary, TokenBudget, UsedTokens, WorkloadUsage};
+use crate::api::{ChildUsage, ClusterTokenBudget, ModelUsage, TokenBudget, UsedTokens, WorkloadUsage};
 use crate::usage::parse_money;
 
 /// What one row of the report adds up: `--by`.
@@ -27,6 +31,9 @@ pub enum GroupBy {
     Namespace,
     Workload,
     Model,
+    // A pool's children (`--pool` only): the TokenBudgets drawing from it. (No doc comment:
+    // clap would show it in --help, and the possible values in a long list.)
+    Child,
 }
 
 impl GroupBy {
@@ -36,7 +43,32 @@ impl GroupBy {
             GroupBy::Namespace => "namespace",
             GroupBy::Workload => "workload",
             GroupBy::Model => "model",
+            GroupBy::Child => "child",
         }
+    }
+
+    /// Whether this grouping can report a pool (`pool`) or budgets: a pool's history lists
+    /// children and models, not budgets' workloads; only a pool has children.
+    pub fn check(self, pool: bool) -> Result<(), String> {
+        match (self, pool) {
+            (GroupBy::Budget, true) => Err(
+                "--by budget does not go with --pool: a pool's budgets are its children, use --by child \
+                 (or report -A --by budget for every budget's own periods)"
+                    .into(),
+            ),
+            (GroupBy::Workload, true) => Err(
+                "--by workload does not go with --pool: a pool's history does not list workloads; \
+                 run report -n NAMESPACE --by workload on the team's budget"
+                    .into(),
+            ),
+            (GroupBy::Child, false) => Err("--by child is for a pool's children: use it with --pool NAME".into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// What `--by` is without the flag.
+    pub fn default_for(pool: bool) -> Self {
+        if pool { GroupBy::Child } else { GroupBy::Budget }
     }
 }
 
@@ -99,7 +131,7 @@ pub struct PeriodRange {
     pub from: Option<Bound>,
     /// `--to`: periods that start before it.
     pub to: Option<Bound>,
-    /// `--last N`: the N most recent ended periods of each budget in the range.
+    /// `--last N`: the N most recent ended periods of each budget (or of the pool) in the range.
     pub last: Option<usize>,
     /// `--include-current`: the current period so far too, when it starts in the range.
     pub include_current: bool,
@@ -188,23 +220,48 @@ impl Usage {
 /// The largest rounding error of a cost written with 6 decimals, as the operator writes them.
 const ROUNDING: Decimal = Decimal::from_parts(5, 0, 0, false, 7);
 
-/// One period of one budget, read and checked.
+/// One period of one budget (or of a pool), read and checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Period {
+    /// Empty for a pool's period.
     pub namespace: String,
+    /// The budget's name, or the pool's.
     pub budget: String,
+    /// Whether it is a pool's period (a ClusterTokenBudget's).
+    pub pool: bool,
     pub start: String,
     /// Absent for a current period that never resets.
     pub end: Option<String>,
     pub current: bool,
     pub currency: String,
     pub used: Usage,
+    /// `used.tokens`: the tokens of the types that count (`spec.tokenTypes`).
+    pub counted: i64,
     models: Vec<(String, Usage)>,
     /// Kind, name, usage.
     workloads: Vec<(String, String, Usage)>,
+    /// A pool's children: namespace, name, usage (tokens of the pool's types, no split).
+    children: Vec<(String, String, Usage)>,
     /// What the lists leave out.
     other_models: Usage,
     other_workloads: Usage,
+    other_children: Usage,
+}
+
+impl Period {
+    /// What the period adds to its currency's total: its `used`; by a pool's children, which
+    /// the pool lists with its counted tokens, those.
+    fn total(&self, by: GroupBy) -> Usage {
+        if self.pool && matches!(by, GroupBy::Child | GroupBy::Namespace) {
+            return Usage {
+                input: 0,
+                output: 0,
+                tokens: self.counted,
+                cost: self.used.cost,
+            };
+        }
+        self.used.clone()
+    }
 }
 
 /// The key of a row: what it adds up. `None` is "(other)": what the top-10 lists leave out.
@@ -214,7 +271,7 @@ pub enum Key {
         namespace: String,
         budget: String,
     },
-    Namespace(String),
+    Namespace(Option<String>),
     Workload {
         namespace: String,
         budget: String,
@@ -222,6 +279,8 @@ pub enum Key {
         workload: Option<(String, String)>,
     },
     Model(Option<String>),
+    /// A pool's child: namespace and name.
+    Child(Option<(String, String)>),
 }
 
 /// One line of the report.
@@ -245,6 +304,8 @@ pub struct Total {
 /// A report: rows, a total per currency, and the periods they come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Report {
+    /// The pool reported (`--pool`); `None` for budgets.
+    pub pool: Option<String>,
     pub by: GroupBy,
     pub range: PeriodRange,
     pub rows: Vec<Row>,
@@ -261,6 +322,7 @@ pub fn build(
     range: &PeriodRange,
     by: GroupBy,
 ) -> Result<Report, String> {
+    by.check(false)?;
     let mut sorted: Vec<&TokenBudget> = budgets.iter().collect();
     sorted.sort_by_key(|b| (b.namespace(), b.name_any()));
     let mut periods = Vec::new();
@@ -270,6 +332,22 @@ pub fn build(
     if periods.is_empty() {
         return Err(nothing_to_report(&sorted, listing, name, range));
     }
+    aggregate(None, periods, range, by)
+}
+
+/// Builds the report of a pool's periods (`--pool`): by child (the TokenBudgets drawing from
+/// it), by their namespace, or by model.
+pub fn build_pool(pool: &ClusterTokenBudget, range: &PeriodRange, by: GroupBy) -> Result<Report, String> {
+    by.check(true)?;
+    let periods = select_pool(pool, range)?;
+    if periods.is_empty() {
+        return Err(nothing_of_the_pool(pool, range));
+    }
+    aggregate(Some(pool.name_any()), periods, range, by)
+}
+
+/// The rows and totals of the periods read.
+fn aggregate(pool: Option<String>, periods: Vec<Period>, range: &PeriodRange, by: GroupBy) -> Result<Report, String> {
     let mut rows: BTreeMap<(Key, String), Row> = BTreeMap::new();
     let mut totals: BTreeMap<String, Total> = BTreeMap::new();
     for p in &periods {
@@ -279,8 +357,8 @@ pub fn build(
             usage: Usage::default(),
         });
         total.periods += 1;
-        total.usage.add(&p.used)?;
-        for (key, usage) in contributions(p, by) {
+        total.usage.add(&p.total(by))?;
+        for (key, usage) in contributions(p, by)? {
             let row = rows.entry((key.clone(), p.currency.clone())).or_insert_with(|| Row {
                 key,
                 currency: p.currency.clone(),
@@ -294,6 +372,7 @@ pub fn build(
     let mut rows: Vec<Row> = rows.into_values().collect();
     rows.sort_by(|a, b| order(a).cmp(&order(b)));
     Ok(Report {
+        pool,
         by,
         range: *range,
         rows,
@@ -303,11 +382,37 @@ pub fn build(
 }
 
 /// What one period adds to which row.
-fn contributions(p: &Period, by: GroupBy) -> Vec<(Key, Usage)> {
+fn contributions(p: &Period, by: GroupBy) -> Result<Vec<(Key, Usage)>, String> {
     let (namespace, budget) = (p.namespace.clone(), p.budget.clone());
-    match by {
+    Ok(match by {
         GroupBy::Budget => vec![(Key::Budget { namespace, budget }, p.used.clone())],
-        GroupBy::Namespace => vec![(Key::Namespace(namespace), p.used.clone())],
+        GroupBy::Namespace if p.pool => {
+            // Children summed per namespace: one row per namespace and period.
+            let mut per_namespace: BTreeMap<&str, Usage> = BTreeMap::new();
+            for (ns, _, usage) in &p.children {
+                per_namespace.entry(ns).or_default().add(usage)?;
+            }
+            let mut out: Vec<(Key, Usage)> = per_namespace
+                .into_iter()
+                .map(|(ns, usage)| (Key::Namespace(Some(ns.to_string())), usage))
+                .collect();
+            if !p.other_children.is_zero() {
+                out.push((Key::Namespace(None), p.other_children.clone()));
+            }
+            out
+        }
+        GroupBy::Namespace => vec![(Key::Namespace(Some(namespace)), p.used.clone())],
+        GroupBy::Child => {
+            let mut out: Vec<(Key, Usage)> = p
+                .children
+                .iter()
+                .map(|(ns, name, usage)| (Key::Child(Some((ns.clone(), name.clone()))), usage.clone()))
+                .collect();
+            if !p.other_children.is_zero() {
+                out.push((Key::Child(None), p.other_children.clone()));
+            }
+            out
+        }
         GroupBy::Workload => {
             let key = |workload| Key::Workload {
                 namespace: namespace.clone(),
@@ -335,11 +440,11 @@ fn contributions(p: &Period, by: GroupBy) -> Vec<(Key, Usage)> {
             }
             out
         }
-    }
+    })
 }
 
-/// Budgets and namespaces by name; workloads within their budget and models within their
-/// currency largest first (by cost, then tokens), "(other)" last.
+/// Budgets, namespaces and children by name; workloads within their budget and models within
+/// their currency largest first (by cost, then tokens), "(other)" last.
 type Order<'a> = (
     Vec<&'a str>,
     bool,
@@ -361,7 +466,24 @@ fn order(row: &Row) -> Order<'_> {
             vec![],
             c,
         ),
-        Key::Namespace(ns) => (vec![ns.as_str()], false, Reverse(None), Reverse(0), vec![], c),
+        Key::Namespace(ns) => (
+            vec![],
+            ns.is_none(),
+            Reverse(None),
+            Reverse(0),
+            ns.iter().map(String::as_str).collect(),
+            c,
+        ),
+        Key::Child(child) => (
+            vec![],
+            child.is_none(),
+            Reverse(None),
+            Reverse(0),
+            child
+                .as_ref()
+                .map_or(vec![], |(ns, name)| vec![ns.as_str(), name.as_str()]),
+            c,
+        ),
         Key::Workload {
             namespace,
             budget,
@@ -398,26 +520,28 @@ fn select(b: &TokenBudget, range: &PeriodRange) -> Result<Vec<Period>, String> {
     if status.history.is_empty() && !range.include_current {
         return Ok(Vec::new());
     }
-    let tz = TimeZone::get(&b.spec.period.timezone)
-        .map_err(|e| format!("{who}: spec.period.timezone {:?}: {e}", b.spec.period.timezone))?;
-    let (from, to) = range.resolve(&tz).map_err(|e| format!("{who}: {e}"))?;
-    let in_range = |start: Timestamp| from.is_none_or(|f| start >= f) && to.is_none_or(|t| start < t);
-
-    let mut ended = Vec::new();
-    for (i, summary) in status.history.iter().enumerate() {
-        let at = format!("{who}: status.history[{i}]");
-        let start = time(&at, "periodStart", &summary.period_start)?;
-        if in_range(start) {
-            ended.push((start, i, summary));
-        }
-    }
-    ended.sort_by_key(|(start, _, _)| Reverse(*start));
-    if let Some(last) = range.last {
-        ended.truncate(last);
-    }
+    let owner = Owner {
+        namespace: b.namespace().unwrap_or_default(),
+        name: b.name_any(),
+        pool: false,
+    };
+    let in_range = in_range(&who, &b.spec.period.timezone, range)?;
     let mut periods = Vec::new();
-    for (start, i, summary) in ended {
-        periods.push(ended_period(b, &format!("{who}: status.history[{i}]"), start, summary)?);
+    for (i, start, s) in ended(&who, &status.history, |s| &s.period_start, &in_range, range.last)? {
+        let at = format!("{who}: status.history[{i}]");
+        let lists = Lists {
+            models: &s.models,
+            workloads: &s.workloads,
+            ..Lists::default()
+        };
+        let sums = Sums {
+            start: s.period_start.clone(),
+            end: Some(s.period_end.clone()),
+            current: false,
+            currency: &s.currency,
+            used: &s.used,
+        };
+        periods.push(ended_period(&owner, &at, start, sums, lists)?);
     }
     if range.include_current
         && let Some(start_text) = &status.period_start
@@ -426,50 +550,176 @@ fn select(b: &TokenBudget, range: &PeriodRange) -> Result<Vec<Period>, String> {
         let start = time(&at, "periodStart", start_text)?;
         if in_range(start) {
             let used = status.used.clone().unwrap_or_default();
-            periods.push(period(
-                b,
-                &at,
-                (start_text.clone(), status.resets_at.clone()),
-                true,
-                &b.spec.currency,
-                (&used, &status.models, &status.workloads),
-            )?);
+            let lists = Lists {
+                models: &status.models,
+                workloads: &status.workloads,
+                ..Lists::default()
+            };
+            let sums = Sums {
+                start: start_text.clone(),
+                end: status.resets_at.clone(),
+                current: true,
+                currency: &b.spec.currency,
+                used: &used,
+            };
+            periods.push(period(&owner, &at, sums, lists)?);
         }
     }
     Ok(periods)
 }
 
-fn ended_period(b: &TokenBudget, at: &str, start: Timestamp, s: &PeriodSummary) -> Result<Period, String> {
-    let end = time(at, "periodEnd", &s.period_end)?;
+/// The periods of a pool the range selects: the ended ones (newest first), then the current
+/// one if asked for, whose children are the shares of `status.shares`; those beyond them
+/// (`otherShares`) and those that left during the period (`departed`) are its "(other)".
+fn select_pool(pool: &ClusterTokenBudget, range: &PeriodRange) -> Result<Vec<Period>, String> {
+    let Some(status) = &pool.status else {
+        return Ok(Vec::new());
+    };
+    let who = format!("ClusterTokenBudget {}", pool.name_any());
+    if status.history.is_empty() && !range.include_current {
+        return Ok(Vec::new());
+    }
+    let owner = Owner {
+        namespace: String::new(),
+        name: pool.name_any(),
+        pool: true,
+    };
+    let in_range = in_range(&who, &pool.spec.period.timezone, range)?;
+    let mut periods = Vec::new();
+    for (i, start, s) in ended(&who, &status.history, |s| &s.period_start, &in_range, range.last)? {
+        let at = format!("{who}: status.history[{i}]");
+        let lists = Lists {
+            models: &s.models,
+            children: (&s.children, "children", ""),
+            ..Lists::default()
+        };
+        let sums = Sums {
+            start: s.period_start.clone(),
+            end: Some(s.period_end.clone()),
+            current: false,
+            currency: &s.currency,
+            used: &s.used,
+        };
+        periods.push(ended_period(&owner, &at, start, sums, lists)?);
+    }
+    if range.include_current
+        && let Some(start_text) = &status.period_start
+    {
+        let at = format!("{who}: status (the current period)");
+        let start = time(&at, "periodStart", start_text)?;
+        if in_range(start) {
+            let used = status.used.clone().unwrap_or_default();
+            let shares: Vec<ChildUsage> = status
+                .shares
+                .iter()
+                .map(|s| ChildUsage {
+                    namespace: s.namespace.clone(),
+                    name: s.name.clone(),
+                    tokens: s.used.tokens,
+                    cost: s.used.cost.clone(),
+                })
+                .collect();
+            let lists = Lists {
+                models: &status.models,
+                children: (&shares, "shares", "used."),
+                ..Lists::default()
+            };
+            let sums = Sums {
+                start: start_text.clone(),
+                end: status.resets_at.clone(),
+                current: true,
+                currency: &pool.spec.currency,
+                used: &used,
+            };
+            periods.push(period(&owner, &at, sums, lists)?);
+        }
+    }
+    Ok(periods)
+}
+
+/// Whether a period starting at an instant is in the range, for an owner in time zone `tz`.
+fn in_range(who: &str, tz: &str, range: &PeriodRange) -> Result<impl Fn(Timestamp) -> bool, String> {
+    let zone = TimeZone::get(tz).map_err(|e| format!("{who}: spec.period.timezone {tz:?}: {e}"))?;
+    let (from, to) = range.resolve(&zone).map_err(|e| format!("{who}: {e}"))?;
+    Ok(move |start: Timestamp| from.is_none_or(|f| start >= f) && to.is_none_or(|t| start < t))
+}
+
+/// The entries of `history` in the range, newest first, at most `last`: index, start, entry.
+fn ended<'a, T>(
+    who: &str,
+    history: &'a [T],
+    start_of: impl Fn(&T) -> &String,
+    in_range: &impl Fn(Timestamp) -> bool,
+    last: Option<usize>,
+) -> Result<Vec<(usize, Timestamp, &'a T)>, String> {
+    let mut ended = Vec::new();
+    for (i, summary) in history.iter().enumerate() {
+        let at = format!("{who}: status.history[{i}]");
+        let start = time(&at, "periodStart", start_of(summary))?;
+        if in_range(start) {
+            ended.push((i, start, summary));
+        }
+    }
+    ended.sort_by_key(|(_, start, _)| Reverse(*start));
+    if let Some(last) = last {
+        ended.truncate(last);
+    }
+    Ok(ended)
+}
+
+/// Whose period: a budget's, or a pool's (no namespace).
+struct Owner {
+    namespace: String,
+    name: String,
+    pool: bool,
+}
+
+/// A period's figures, as its status says them.
+struct Sums<'a> {
+    start: String,
+    /// Absent for a current period that never resets.
+    end: Option<String>,
+    current: bool,
+    currency: &'a str,
+    used: &'a UsedTokens,
+}
+
+/// A period's top lists. A pool's children come with the field they are read from and the
+/// prefix of their figures in it ("children", ""; "shares", "used.").
+#[derive(Default)]
+struct Lists<'a> {
+    models: &'a [ModelUsage],
+    workloads: &'a [WorkloadUsage],
+    children: (&'a [ChildUsage], &'a str, &'a str),
+}
+
+/// An ended period: one that ends after it starts.
+fn ended_period(owner: &Owner, at: &str, start: Timestamp, sums: Sums, lists: Lists) -> Result<Period, String> {
+    let end_text = sums.end.as_deref().unwrap_or_default();
+    let end = time(at, "periodEnd", end_text)?;
     if end <= start {
         return Err(format!(
-            "{at}: periodEnd {} is not after periodStart {}",
-            s.period_end, s.period_start
+            "{at}: periodEnd {end_text} is not after periodStart {}",
+            sums.start
         ));
     }
-    period(
-        b,
-        at,
-        (s.period_start.clone(), Some(s.period_end.clone())),
-        false,
-        &s.currency,
-        (&s.used, &s.models, &s.workloads),
-    )
+    period(owner, at, sums, lists)
 }
 
 /// A period read and checked: no negative counts, costs that parse, lists that do not add up
 /// to more than the period used.
-fn period(
-    b: &TokenBudget,
-    at: &str,
-    (start, end): (String, Option<String>),
-    current: bool,
-    currency: &str,
-    (used, models, workloads): (&UsedTokens, &[ModelUsage], &[WorkloadUsage]),
-) -> Result<Period, String> {
+fn period(owner: &Owner, at: &str, sums: Sums, lists: Lists) -> Result<Period, String> {
+    let Sums {
+        start,
+        end,
+        current,
+        currency,
+        used,
+    } = sums;
     if currency.trim().is_empty() {
         return Err(format!("{at}: the currency is empty"));
     }
+    let counted = count(at, "used.tokens", used.tokens)?;
     let used = Usage {
         input: count(at, "used.input", used.input)?,
         output: count(at, "used.output", used.output)?,
@@ -481,7 +731,7 @@ fn period(
     };
     let mut listed_models = Usage::default();
     let mut model_rows = Vec::new();
-    for (i, m) in models.iter().enumerate() {
+    for (i, m) in lists.models.iter().enumerate() {
         let field = |f: &str| format!("models[{i}].{f}");
         let input = count(at, &field("input"), m.input)?;
         let output = count(at, &field("output"), m.output)?;
@@ -496,7 +746,7 @@ fn period(
     }
     let mut listed_workloads = Usage::default();
     let mut workload_rows = Vec::new();
-    for (i, w) in workloads.iter().enumerate() {
+    for (i, w) in lists.workloads.iter().enumerate() {
         let field = |f: &str| format!("workloads[{i}].{f}");
         let usage = Usage {
             input: 0,
@@ -509,30 +759,55 @@ fn period(
             .map_err(|e| format!("{at}: workloads: {e}"))?;
         workload_rows.push((w.kind.as_str().to_string(), w.name.clone(), usage));
     }
+    let (children, list, prefix) = lists.children;
+    let mut listed_children = Usage::default();
+    let mut child_rows = Vec::new();
+    for (i, c) in children.iter().enumerate() {
+        let field = |f: &str| format!("{list}[{i}].{prefix}{f}");
+        let usage = Usage {
+            input: 0,
+            output: 0,
+            tokens: count(at, &field("tokens"), c.tokens)?,
+            cost: cost(at, &field("cost"), c.cost.as_deref())?,
+        };
+        listed_children.add(&usage).map_err(|e| format!("{at}: {list}: {e}"))?;
+        child_rows.push((c.namespace.clone(), c.name.clone(), usage));
+    }
     let other_models = Usage {
         input: rest(at, "models", "input tokens", used.input, listed_models.input)?,
         output: rest(at, "models", "output tokens", used.output, listed_models.output)?,
         tokens: used.tokens - listed_models.tokens,
-        cost: rest_cost(at, "models", used.cost, listed_models.cost, models.len())?,
+        cost: rest_cost(at, "models", used.cost, listed_models.cost, lists.models.len())?,
     };
     let other_workloads = Usage {
         input: 0,
         output: 0,
         tokens: rest(at, "workloads", "tokens", used.tokens, listed_workloads.tokens)?,
-        cost: rest_cost(at, "workloads", used.cost, listed_workloads.cost, workloads.len())?,
+        cost: rest_cost(at, "workloads", used.cost, listed_workloads.cost, lists.workloads.len())?,
+    };
+    // A pool lists its children's tokens of its token types: the rest is of those too.
+    let other_children = Usage {
+        input: 0,
+        output: 0,
+        tokens: rest(at, list, "tokens", counted, listed_children.tokens)?,
+        cost: rest_cost(at, list, used.cost, listed_children.cost, children.len())?,
     };
     Ok(Period {
-        namespace: b.namespace().unwrap_or_default(),
-        budget: b.name_any(),
+        namespace: owner.namespace.clone(),
+        budget: owner.name.clone(),
+        pool: owner.pool,
         start,
         end,
         current,
         currency: currency.to_string(),
         used,
+        counted,
         models: model_rows,
         workloads: workload_rows,
+        children: child_rows,
         other_models,
         other_workloads,
+        other_children,
     })
 }
 
@@ -601,15 +876,13 @@ fn nothing_to_report(budgets: &[&TokenBudget], listing: Listing, name: Option<&s
             return format!("no ended period of {who} starts {}", range.describe());
         }
         let status = b.status.as_ref();
-        let hint = match status.and_then(|s| s.resets_at.as_deref()) {
-            _ if status.is_none() => "the operator has not reported on it yet".to_string(),
-            _ if b.spec.period.reset == crate::api::ResetPeriod::Never => {
-                "it never resets (period.reset: Never); --include-current reports its usage so far".into()
-            }
-            Some(at) => format!("its first period ends at {at}; --include-current reports the current one"),
-            None => "--include-current reports the current period".into(),
-        };
-        return format!("{who} has no ended periods yet (status.history is empty): {hint}");
+        let never = b.spec.period.reset == crate::api::ResetPeriod::Never;
+        return no_history(
+            &who,
+            status.is_some(),
+            never,
+            status.and_then(|s| s.resets_at.as_deref()),
+        );
     }
     let scope = match listing {
         Listing::Namespace(ns) => format!("in namespace {ns}"),
@@ -626,6 +899,33 @@ fn nothing_to_report(budgets: &[&TokenBudget], listing: Listing, name: Option<&s
     )
 }
 
+/// Why a pool's report is empty.
+fn nothing_of_the_pool(pool: &ClusterTokenBudget, range: &PeriodRange) -> String {
+    let who = format!("ClusterTokenBudget {}", pool.name_any());
+    let status = pool.status.as_ref();
+    if status.is_some_and(|s| !s.history.is_empty()) {
+        return format!("no ended period of {who} starts {}", range.describe());
+    }
+    let never = pool.spec.period.reset == crate::api::ResetPeriod::Never;
+    no_history(
+        &who,
+        status.is_some(),
+        never,
+        status.and_then(|s| s.resets_at.as_deref()),
+    )
+}
+
+/// "... has no ended periods yet", and what to do about it.
+fn no_history(who: &str, reported: bool, never: bool, resets_at: Option<&str>) -> String {
+    let hint = match resets_at {
+        _ if !reported => "the operator has not reported on it yet".to_string(),
+        _ if never => "it never resets (period.reset: Never); --include-current reports its usage so far".into(),
+        Some(at) => format!("its first period ends at {at}; --include-current reports the current one"),
+        None => "--include-current reports the current period".into(),
+    };
+    format!("{who} has no ended periods yet (status.history is empty): {hint}")
+}
+
 // ---- output -----------------------------------------------------------------------------------
 
 /// A decimal exactly, with at least two decimals: "105.00", "0.000125".
@@ -640,13 +940,17 @@ pub fn exact_money(d: Decimal) -> String {
 
 const OTHER: &str = "(other)";
 
-/// The table: a row per group, then a TOTAL line per currency.
+/// The table: a row per group, then a TOTAL line per currency. A pool's children (BUDGET
+/// within NAMESPACE) have no INPUT and OUTPUT: the pool lists their tokens only.
 pub fn table(report: &Report, listing: Listing, no_headers: bool) -> String {
     let all = listing == Listing::AllNamespaces;
+    let pool = report.pool.is_some();
     let (keys, amounts): (Vec<&str>, Vec<&str>) = match report.by {
         GroupBy::Budget if all => (vec!["NAMESPACE", "BUDGET"], vec!["PERIODS", "INPUT", "OUTPUT"]),
         GroupBy::Budget => (vec!["BUDGET"], vec!["PERIODS", "INPUT", "OUTPUT"]),
+        GroupBy::Namespace if pool => (vec!["NAMESPACE"], vec!["PERIODS"]),
         GroupBy::Namespace => (vec!["NAMESPACE"], vec!["PERIODS", "INPUT", "OUTPUT"]),
+        GroupBy::Child => (vec!["NAMESPACE", "BUDGET"], vec!["PERIODS"]),
         GroupBy::Workload if all => (vec!["NAMESPACE", "BUDGET", "KIND", "NAME"], vec![]),
         GroupBy::Workload => (vec!["BUDGET", "KIND", "NAME"], vec![]),
         GroupBy::Model => (vec!["MODEL"], vec!["INPUT", "OUTPUT"]),
@@ -673,7 +977,9 @@ pub fn table(report: &Report, listing: Listing, no_headers: bool) -> String {
     for row in &report.rows {
         let mut key: Vec<String> = match &row.key {
             Key::Budget { namespace, budget } => vec![namespace.clone(), budget.clone()],
-            Key::Namespace(ns) => vec![ns.clone()],
+            Key::Namespace(ns) => vec![ns.clone().unwrap_or_else(|| OTHER.into())],
+            Key::Child(Some((ns, name))) => vec![ns.clone(), name.clone()],
+            Key::Child(None) => vec!["-".into(), OTHER.into()],
             Key::Workload {
                 namespace,
                 budget,
@@ -710,6 +1016,7 @@ pub fn table(report: &Report, listing: Listing, no_headers: bool) -> String {
 /// CSV (RFC 4180): a header, then a row per group, every namespace named. No total line: the
 /// rows of a currency add up to its total.
 pub fn csv(report: &Report, no_headers: bool) -> String {
+    let pool = report.pool.is_some();
     let header: &[&str] = match report.by {
         GroupBy::Budget => &[
             "namespace",
@@ -721,7 +1028,9 @@ pub fn csv(report: &Report, no_headers: bool) -> String {
             "tokens",
             "cost",
         ],
+        GroupBy::Namespace if pool => &["namespace", "currency", "periods", "tokens", "cost"],
         GroupBy::Namespace => &["namespace", "currency", "periods", "input", "output", "tokens", "cost"],
+        GroupBy::Child => &["namespace", "budget", "currency", "periods", "tokens", "cost"],
         GroupBy::Workload => &["namespace", "budget", "kind", "name", "currency", "tokens", "cost"],
         GroupBy::Model => &["model", "currency", "input", "output", "tokens", "cost"],
     };
@@ -742,7 +1051,10 @@ pub fn csv(report: &Report, no_headers: bool) -> String {
         let c = row.currency.as_str();
         let fields: Vec<&str> = match &row.key {
             Key::Budget { namespace, budget } => vec![namespace, budget, c, &n, &i, &o, &t, &cost],
-            Key::Namespace(ns) => vec![ns, c, &n, &i, &o, &t, &cost],
+            Key::Namespace(ns) if pool => vec![ns.as_deref().unwrap_or(OTHER), c, &n, &t, &cost],
+            Key::Namespace(ns) => vec![ns.as_deref().unwrap_or(OTHER), c, &n, &i, &o, &t, &cost],
+            Key::Child(Some((ns, name))) => vec![ns, name, c, &n, &t, &cost],
+            Key::Child(None) => vec!["", OTHER, c, &n, &t, &cost],
             Key::Workload {
                 namespace,
                 budget,
@@ -766,7 +1078,9 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-/// JSON: the request, the rows, the totals per currency and every period read.
+/// JSON: the request, the rows, the totals per currency and every period read. A pool's
+/// report names the pool, and its periods have `countedTokens` (its `used.tokens`), what the
+/// rows and totals by child and by namespace count.
 pub fn json(report: &Report) -> String {
     let usage = |u: &Usage, split: bool| {
         let mut m = Map::new();
@@ -778,7 +1092,9 @@ pub fn json(report: &Report) -> String {
         m.insert("cost".into(), json!(u.cost.map(exact_money)));
         m
     };
-    let split = report.by != GroupBy::Workload;
+    // Workloads and a pool's children have no input and output: tokens only.
+    let children = report.pool.is_some() && matches!(report.by, GroupBy::Child | GroupBy::Namespace);
+    let split = report.by != GroupBy::Workload && !children;
     let rows: Vec<Value> = report
         .rows
         .iter()
@@ -791,8 +1107,15 @@ pub fn json(report: &Report) -> String {
                     m.insert("namespace".into(), json!(namespace));
                     m.insert("budget".into(), json!(budget));
                 }
-                Key::Namespace(ns) => {
+                Key::Namespace(Some(ns)) => {
                     m.insert("namespace".into(), json!(ns));
+                }
+                Key::Child(Some((ns, name))) => {
+                    m.insert("namespace".into(), json!(ns));
+                    m.insert("budget".into(), json!(name));
+                }
+                Key::Namespace(None) | Key::Child(None) => {
+                    m.insert("other".into(), json!(true));
                 }
                 Key::Workload {
                     namespace,
@@ -825,7 +1148,7 @@ pub fn json(report: &Report) -> String {
         .totals
         .iter()
         .map(|t| {
-            let mut m = usage(&t.usage, true);
+            let mut m = usage(&t.usage, !children);
             m.insert("currency".into(), json!(t.currency));
             m.insert("periods".into(), json!(t.periods));
             Value::Object(m)
@@ -836,8 +1159,13 @@ pub fn json(report: &Report) -> String {
         .iter()
         .map(|p| {
             let mut m = usage(&p.used, true);
-            m.insert("namespace".into(), json!(p.namespace));
-            m.insert("budget".into(), json!(p.budget));
+            if p.pool {
+                m.insert("pool".into(), json!(p.budget));
+                m.insert("countedTokens".into(), json!(p.counted));
+            } else {
+                m.insert("namespace".into(), json!(p.namespace));
+                m.insert("budget".into(), json!(p.budget));
+            }
             m.insert("periodStart".into(), json!(p.start));
             m.insert("periodEnd".into(), json!(p.end));
             m.insert("current".into(), json!(p.current));
@@ -846,7 +1174,7 @@ pub fn json(report: &Report) -> String {
         })
         .collect();
     let r = &report.range;
-    let doc = json!({
+    let mut doc = json!({
         "by": report.by.as_str(),
         "from": r.from.map(|b| b.to_string()),
         "to": r.to.map(|b| b.to_string()),
@@ -856,6 +1184,9 @@ pub fn json(report: &Report) -> String {
         "totals": totals,
         "periods": periods,
     });
+    if let Some(pool) = &report.pool {
+        doc["pool"] = json!(pool);
+    }
     let mut out = serde_json::to_string_pretty(&doc).expect("a JSON value serializes");
     out.push('\n');
     out

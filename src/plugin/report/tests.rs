@@ -3,6 +3,7 @@
 use serde::Deserialize;
 
 use super::*;
+use crate::api::{ChildUsage, PeriodSummary, PoolPeriodSummary};
 
 fn fixtures() -> Vec<TokenBudget> {
     serde_yaml::Deserializer::from_str(include_str!("../fixtures/history.yaml"))
@@ -609,4 +610,410 @@ fn bounds_are_dates_or_rfc3339_times() {
     for bad in ["2026-11", "2026-11-31", "20261101", "2026-11-01T00:00:00", "now", ""] {
         assert!(parse_bound(bad).is_err(), "{bad}");
     }
+}
+
+// ---- a pool (--pool), from `fixtures/pool-history.yaml` -------------------------------------
+
+fn pool() -> ClusterTokenBudget {
+    serde_yaml::from_str(include_str!("../fixtures/pool-history.yaml")).expect("fixture parses")
+}
+
+fn of_pool(by: GroupBy, range: &PeriodRange) -> Report {
+    build_pool(&pool(), range, by).unwrap()
+}
+
+/// The pool with its newest `history` entry changed.
+fn pool_with(change: impl FnOnce(&mut PoolPeriodSummary)) -> ClusterTokenBudget {
+    let mut p = pool();
+    change(&mut p.status.as_mut().unwrap().history[0]);
+    p
+}
+
+#[test]
+fn a_pool_by_child_with_what_the_list_leaves_out_and_a_total_per_currency() {
+    let report = of_pool(GroupBy::Child, &PeriodRange::default());
+    // The NAMESPACE column is there without -A: a pool's children are in many namespaces.
+    assert_eq!(
+        table(&report, Listing::Namespace("default"), false),
+        text(
+            "
+NAMESPACE   BUDGET        PERIODS   TOKENS      COST
+team-a      research      2         700,000     2.65 EUR
+team-a      research      1         3,000,000   12.00 USD
+team-a      research-v2   1         50,000      0.125 EUR
+team-b      support       1         400,000     1.60 EUR
+team-b      support       1         1,500,000   6.00 USD
+team-c      ops           1         50,000      0.125 EUR
+-           (other)       1         500,000     2.00 USD
+TOTAL                     2         1,200,000   4.50 EUR
+TOTAL                     1         5,000,000   20.00 USD
+"
+        )
+    );
+    assert_eq!(
+        csv(&report, false),
+        "namespace,budget,currency,periods,tokens,cost\r\n\
+         team-a,research,EUR,2,700000,2.65\r\n\
+         team-a,research,USD,1,3000000,12.00\r\n\
+         team-a,research-v2,EUR,1,50000,0.125\r\n\
+         team-b,support,EUR,1,400000,1.60\r\n\
+         team-b,support,USD,1,1500000,6.00\r\n\
+         team-c,ops,EUR,1,50000,0.125\r\n\
+         ,(other),USD,1,500000,2.00\r\n"
+    );
+}
+
+#[test]
+fn a_pool_by_namespace_sums_the_children_of_each_namespace() {
+    let report = of_pool(GroupBy::Namespace, &PeriodRange::default());
+    // September's two children of team-a are one row of one period.
+    assert_eq!(
+        table(&report, Listing::AllNamespaces, false),
+        text(
+            "
+NAMESPACE   PERIODS   TOKENS      COST
+team-a      2         750,000     2.775 EUR
+team-a      1         3,000,000   12.00 USD
+team-b      1         400,000     1.60 EUR
+team-b      1         1,500,000   6.00 USD
+team-c      1         50,000      0.125 EUR
+(other)     1         500,000     2.00 USD
+TOTAL       2         1,200,000   4.50 EUR
+TOTAL       1         5,000,000   20.00 USD
+"
+        )
+    );
+    assert_eq!(csv(&report, true).lines().last(), Some("(other),USD,1,500000,2.00"));
+    assert_eq!(
+        csv(&report, false).lines().next(),
+        Some("namespace,currency,periods,tokens,cost")
+    );
+}
+
+#[test]
+fn a_pool_by_model() {
+    let report = of_pool(GroupBy::Model, &PeriodRange::default());
+    assert_eq!(
+        table(&report, Listing::AllNamespaces, false),
+        text(
+            "
+MODEL     INPUT       OUTPUT      TOKENS      COST
+gpt-4o    1,000,000   200,000     1,200,000   4.50 EUR
+gpt-4o    3,000,000   600,000     3,600,000   13.50 USD
+(other)   1,000,000   400,000     1,400,000   6.50 USD
+TOTAL     1,000,000   200,000     1,200,000   4.50 EUR
+TOTAL     4,000,000   1,000,000   5,000,000   20.00 USD
+"
+        )
+    );
+    assert_eq!(
+        csv(&report, false).lines().nth(3),
+        Some("(other),USD,1000000,400000,1400000,6.50")
+    );
+}
+
+#[test]
+fn a_pools_json_names_the_pool_and_its_periods() {
+    let report = of_pool(GroupBy::Child, &range(Some("2026-11-01"), Some("2026-12-01")));
+    assert_eq!(
+        json(&report),
+        text(
+            r#"
+{
+  "by": "child",
+  "from": "2026-11-01",
+  "includeCurrent": false,
+  "last": null,
+  "periods": [
+    {
+      "cost": "20.00",
+      "countedTokens": 5000000,
+      "currency": "USD",
+      "current": false,
+      "input": 4000000,
+      "output": 1000000,
+      "periodEnd": "2026-12-01T00:00:00+01:00",
+      "periodStart": "2026-11-01T00:00:00+01:00",
+      "pool": "research",
+      "tokens": 5000000
+    }
+  ],
+  "pool": "research",
+  "rows": [
+    {
+      "budget": "research",
+      "cost": "12.00",
+      "currency": "USD",
+      "namespace": "team-a",
+      "periods": 1,
+      "tokens": 3000000
+    },
+    {
+      "budget": "support",
+      "cost": "6.00",
+      "currency": "USD",
+      "namespace": "team-b",
+      "periods": 1,
+      "tokens": 1500000
+    },
+    {
+      "cost": "2.00",
+      "currency": "USD",
+      "other": true,
+      "periods": 1,
+      "tokens": 500000
+    }
+  ],
+  "to": "2026-12-01",
+  "totals": [
+    {
+      "cost": "20.00",
+      "currency": "USD",
+      "periods": 1,
+      "tokens": 5000000
+    }
+  ]
+}
+"#
+        )
+    );
+    // By model, the totals have input and output, as a budget report's.
+    let doc: Value = serde_json::from_str(&json(&of_pool(GroupBy::Model, &PeriodRange::default()))).unwrap();
+    assert_eq!(doc["totals"][1]["input"], 4_000_000);
+    assert_eq!(doc["rows"][2]["other"], true);
+}
+
+/// As for budgets: the rows of a currency add up to its total, the total to the periods read.
+#[test]
+fn a_pools_totals_add_up_for_every_grouping_and_range() {
+    let ranges = [
+        PeriodRange::default(),
+        range(Some("2026-11-01"), Some("2026-12-01")),
+        range(Some("2026-09-01"), Some("2026-11-01")),
+        PeriodRange {
+            last: Some(2),
+            include_current: true,
+            ..Default::default()
+        },
+    ];
+    for by in [GroupBy::Child, GroupBy::Namespace, GroupBy::Model] {
+        for range in &ranges {
+            let report = of_pool(by, range);
+            assert_eq!(report.pool.as_deref(), Some("research"));
+            for total in &report.totals {
+                let mut rows = Usage::default();
+                for row in report.rows.iter().filter(|r| r.currency == total.currency) {
+                    rows.add(&row.usage).unwrap();
+                }
+                let mut periods = Usage::default();
+                for p in report.periods.iter().filter(|p| p.currency == total.currency) {
+                    periods.add(&p.total(by)).unwrap();
+                }
+                assert_eq!(total.usage, periods, "{by:?} {range:?}");
+                assert_eq!(
+                    (rows.tokens, rows.cost),
+                    (total.usage.tokens, total.usage.cost),
+                    "{by:?} {range:?} {}",
+                    total.currency
+                );
+                if by == GroupBy::Model {
+                    assert_eq!((rows.input, rows.output), (total.usage.input, total.usage.output));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_pools_dates_are_midnight_in_the_pools_time_zone() {
+    // November starts at midnight in Berlin, 23:00 UTC the day before: the date selects it.
+    let report = of_pool(GroupBy::Child, &range(Some("2026-11-01"), Some("2026-12-01")));
+    let starts: Vec<&str> = report.periods.iter().map(|p| p.start.as_str()).collect();
+    assert_eq!(starts, ["2026-11-01T00:00:00+01:00"]);
+    // The UTC instant is an hour later: November is not in the range, nor anything else.
+    assert_eq!(
+        build_pool(&pool(), &range(Some("2026-11-01T00:00:00Z"), None), GroupBy::Child).unwrap_err(),
+        "no ended period of ClusterTokenBudget research starts from 2026-11-01T00:00:00Z on"
+    );
+    // October and September: EUR only.
+    let report = of_pool(GroupBy::Child, &range(Some("2026-09-01"), Some("2026-11-01")));
+    assert_eq!(report.periods.len(), 2);
+    assert_eq!(
+        report.totals.iter().map(|t| t.currency.as_str()).collect::<Vec<_>>(),
+        ["EUR"]
+    );
+    // --to is exclusive: consecutive months never share a period.
+    let months = [
+        ("2026-09-01", "2026-10-01"),
+        ("2026-10-01", "2026-11-01"),
+        ("2026-11-01", "2026-12-01"),
+    ];
+    for (from, to) in months {
+        assert_eq!(
+            of_pool(GroupBy::Model, &range(Some(from), Some(to))).periods.len(),
+            1,
+            "{from}"
+        );
+    }
+    let mut p = pool();
+    p.spec.period.timezone = "Mars/Olympus".into();
+    let err = build_pool(&p, &PeriodRange::default(), GroupBy::Child).unwrap_err();
+    assert!(
+        err.starts_with("ClusterTokenBudget research: spec.period.timezone \"Mars/Olympus\": "),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_pools_last_periods_and_its_current_one() {
+    let last = PeriodRange {
+        last: Some(1),
+        ..Default::default()
+    };
+    assert_eq!(
+        csv(&of_pool(GroupBy::Child, &last), true),
+        "team-a,research,USD,1,3000000,12.00\r\n\
+         team-b,support,USD,1,1500000,6.00\r\n\
+         ,(other),USD,1,500000,2.00\r\n"
+    );
+    // The current period: its listed shares; those beyond them (otherShares) and the
+    // children that left (departed) are its "(other)".
+    let current = PeriodRange {
+        from: Some(parse_bound("2026-12-01").unwrap()),
+        include_current: true,
+        ..Default::default()
+    };
+    let report = of_pool(GroupBy::Child, &current);
+    assert_eq!(
+        table(&report, Listing::AllNamespaces, false),
+        text(
+            "
+NAMESPACE   BUDGET     PERIODS   TOKENS   COST
+team-a      research   1         9,000    0.03375 USD
+-           (other)    1         3,000    0.01125 USD
+TOTAL                  1         12,000   0.045 USD
+"
+        )
+    );
+    assert!(report.periods[0].current);
+    assert_eq!(report.periods[0].end.as_deref(), Some("2027-01-01T00:00:00+01:00"));
+    let report = of_pool(
+        GroupBy::Model,
+        &PeriodRange {
+            include_current: true,
+            ..Default::default()
+        },
+    );
+    assert_eq!(report.periods.len(), 3 + 1);
+}
+
+/// A pool that counts only output tokens lists its children's output tokens: by child the
+/// rows add up to its `used.tokens`; by model to all tokens, as for a budget.
+#[test]
+fn a_pool_that_counts_some_token_types() {
+    let p = pool_with(|e| {
+        e.used.tokens = 1_000_000;
+        e.children = vec![
+            ChildUsage {
+                namespace: "team-a".into(),
+                name: "research".into(),
+                tokens: 600_000,
+                cost: Some("12.00".into()),
+            },
+            ChildUsage {
+                namespace: "team-b".into(),
+                name: "support".into(),
+                tokens: 300_000,
+                cost: Some("6.00".into()),
+            },
+        ];
+    });
+    let last = PeriodRange {
+        last: Some(1),
+        ..Default::default()
+    };
+    let report = build_pool(&p, &last, GroupBy::Child).unwrap();
+    assert_eq!(
+        csv(&report, true),
+        "team-a,research,USD,1,600000,12.00\r\n\
+         team-b,support,USD,1,300000,6.00\r\n\
+         ,(other),USD,1,100000,2.00\r\n"
+    );
+    assert_eq!(report.totals[0].usage.tokens, 1_000_000);
+    let report = build_pool(&p, &last, GroupBy::Model).unwrap();
+    assert_eq!(report.totals[0].usage.tokens, 5_000_000);
+}
+
+#[test]
+fn a_pool_is_reported_by_child_namespace_or_model_only() {
+    for (by, want) in [
+        (
+            GroupBy::Budget,
+            "--by budget does not go with --pool: a pool's budgets are its children, use --by child \
+             (or report -A --by budget for every budget's own periods)",
+        ),
+        (
+            GroupBy::Workload,
+            "--by workload does not go with --pool: a pool's history does not list workloads; \
+             run report -n NAMESPACE --by workload on the team's budget",
+        ),
+    ] {
+        assert_eq!(build_pool(&pool(), &PeriodRange::default(), by).unwrap_err(), want);
+    }
+    assert_eq!(
+        build(
+            &fixtures(),
+            Listing::AllNamespaces,
+            None,
+            &PeriodRange::default(),
+            GroupBy::Child
+        )
+        .unwrap_err(),
+        "--by child is for a pool's children: use it with --pool NAME"
+    );
+}
+
+#[test]
+fn garbage_in_a_pools_status_is_a_clear_error() {
+    let at = "ClusterTokenBudget research: status.history[0]";
+    let p = pool_with(|e| e.children[0].tokens = 4_000_000);
+    assert_eq!(
+        build_pool(&p, &PeriodRange::default(), GroupBy::Child).unwrap_err(),
+        format!("{at}: the children listed used 5,500,000 tokens, more than the whole period (5,000,000)")
+    );
+    let p = pool_with(|e| e.children[1].cost = Some("9".into()));
+    assert_eq!(
+        build_pool(&p, &PeriodRange::default(), GroupBy::Namespace).unwrap_err(),
+        format!("{at}: the children listed cost 21.00, more than the whole period (20.00)")
+    );
+    let p = pool_with(|e| e.children[0].tokens = -1);
+    assert_eq!(
+        build_pool(&p, &PeriodRange::default(), GroupBy::Model).unwrap_err(),
+        format!("{at}: children[0].tokens is negative (-1)")
+    );
+    let mut p = pool();
+    p.status.as_mut().unwrap().shares[0].used.cost = Some("lots".into());
+    let current = PeriodRange {
+        include_current: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        build_pool(&p, &current, GroupBy::Child).unwrap_err(),
+        "ClusterTokenBudget research: status (the current period): shares[0].used.cost \"lots\" is not a decimal amount"
+    );
+}
+
+#[test]
+fn nothing_to_report_of_a_pool_says_why() {
+    let mut p = pool();
+    p.status.as_mut().unwrap().history.clear();
+    assert_eq!(
+        build_pool(&p, &PeriodRange::default(), GroupBy::Child).unwrap_err(),
+        "ClusterTokenBudget research has no ended periods yet (status.history is empty): its first period ends at 2027-01-01T00:00:00+01:00; --include-current reports the current one"
+    );
+    p.status = None;
+    assert_eq!(
+        build_pool(&p, &PeriodRange::default(), GroupBy::Child).unwrap_err(),
+        "ClusterTokenBudget research has no ended periods yet (status.history is empty): the operator has not reported on it yet"
+    );
 }
