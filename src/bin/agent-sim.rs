@@ -15,6 +15,12 @@
 //! (`end_user`, with `user` and `team` "None") and OpenTelemetry instrumentation that records
 //! the `enduser.id` attribute (`enduser_id`) have it; vLLM has no such label.
 //!
+//! It also stands in for the model an agent calls: `POST /v1/chat/completions` answers as
+//! OpenAI's API does, with a `usage` of `--usage INPUT:OUTPUT` tokens per call (default
+//! 100:20), and counts the calls (`GET /calls`). So a real agent (the OpenAI client with its
+//! OpenTelemetry instrumentation, examples/agent) can run against it and report its own
+//! tokens.
+//!
 //! For a real container (hack/node.sh runs it as the image `localhost/agent-sim:local`, as PID
 //! 1 of its container):
 //! - `POST /exit?code=N` answers, then ends the process with exit code N (default 1): a real
@@ -55,6 +61,8 @@ use tokio_rustls::TlsAcceptor;
 struct Spent {
     /// (model, end user) -> (input, output) totals since the process started.
     by_model: BTreeMap<(String, Option<String>), (u64, u64)>,
+    /// Chat completions answered.
+    calls: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -137,6 +145,8 @@ struct Options {
     tls_key: Option<PathBuf>,
     /// How long to keep serving after SIGTERM.
     drain: Duration,
+    /// The (input, output) tokens each chat completion uses.
+    usage: (u64, u64),
 }
 
 /// A broken metrics endpoint, for the operator's robustness tests and demos.
@@ -185,6 +195,7 @@ fn parse_args() -> Result<Options, String> {
         tls_cert: None,
         tls_key: None,
         drain: Duration::ZERO,
+        usage: (100, 20),
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -204,12 +215,19 @@ fn parse_args() -> Result<Options, String> {
             "--hostile" => options.hostile = Some(Hostile::parse(&value()?)?),
             "--tls-cert" => options.tls_cert = Some(value()?.into()),
             "--tls-key" => options.tls_key = Some(value()?.into()),
+            "--usage" => {
+                let usage = value()?;
+                let parsed = usage
+                    .split_once(':')
+                    .and_then(|(i, o)| Some((i.parse().ok()?, o.parse().ok()?)));
+                options.usage = parsed.ok_or_else(|| format!("--usage: INPUT:OUTPUT, not {usage:?}"))?;
+            }
             "--drain" => {
                 options.drain = tokenbudget::validate::parse_duration(&value()?).map_err(|e| format!("--drain: {e}"))?
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: agent-sim --listen ADDR [--model NAME] [--rate TOKENS_PER_S] [--format OpenTelemetry|VLLM|LiteLLM] [--tls-cert PEM --tls-key PEM] [--drain 5s]\n       \
+                    "usage: agent-sim --listen ADDR [--model NAME] [--rate TOKENS_PER_S] [--format OpenTelemetry|VLLM|LiteLLM] [--tls-cert PEM --tls-key PEM] [--drain 5s] [--usage 100:20]\n       \
                      agent-sim --listen ADDR --hostile big-body|silent|trickle|garbage|value=V|fat=MIB"
                 );
                 std::process::exit(0);
@@ -270,6 +288,29 @@ fn handle(req: &Request<hyper::body::Incoming>, spent: &Mutex<Spent>, options: &
             spent.spend(&model, user, number("input"), number("output"));
             (StatusCode::OK, "spent\n".into())
         }
+        (&Method::POST, "/v1/chat/completions" | "/chat/completions") => {
+            spent.calls += 1;
+            let (input, output) = options.usage;
+            let answer = serde_json::json!({
+                "id": format!("chatcmpl-sim-{}", spent.calls),
+                "object": "chat.completion",
+                "created": 0,
+                "model": options.model,
+                "choices": [{
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "ok"},
+                    "finish_reason": "stop",
+                }],
+                "usage": {"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output},
+            });
+            let mut response = Response::new(Full::new(Bytes::from(answer.to_string())));
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                "application/json".parse().expect("a header value"),
+            );
+            return response;
+        }
+        (&Method::GET, "/calls") => (StatusCode::OK, format!("{}\n", spent.calls)),
         (&Method::POST, "/reset") => {
             *spent = Spent::default();
             (StatusCode::OK, "reset\n".into())
