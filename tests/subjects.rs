@@ -209,3 +209,55 @@ async fn the_api_server_refuses_malformed_subject_limits() {
         "{err}"
     );
 }
+
+/// A pod that reports 50,000 end users (a careless agent labelling by request id, or a
+/// hostile one): the budget still counts every token exactly, 1,000 subjects are counted one
+/// by one, the rest are summed as untracked, and the budget's status stays small.
+#[tokio::test]
+async fn fifty_thousand_end_users_stay_bounded_and_the_budget_exact() {
+    let s = Tenant::new("subjects-many").await.with_operator();
+    create(&s.budgets, budget("b").tokens(10_000_000).per_subject("end_user", 1)).await;
+    create(
+        &s.bindings,
+        binding("bb", "b")
+            .deployment("agent")
+            .format(MetricsFormat::LiteLlm)
+            .interval("5s")
+            .timeout("5s"),
+    )
+    .await;
+    create(&s.deployments, deployment("agent").replicas(1)).await;
+    let pod = pods_of(&s.pods, "agent", 1).await.remove(0);
+    let agent = Agent::start(&agent_ip(), &["--format", "LiteLLM"]);
+    run_pod(&s.pods, &pod, &agent.ip, 0).await;
+    agent.spend_for_users(50_000, "gpt-4o", 2);
+    let tb = wait_used(&s.budgets, 100_000).await;
+
+    let status = subjects(&tb);
+    assert_eq!(status.count, 1_000);
+    assert_eq!(status.exhausted_count, 1_000);
+    assert_eq!(status.exhausted.len(), 100);
+    assert_eq!(status.top.len(), 10);
+    assert_eq!(status.untracked_tokens, 100_000 - 1_000 * 2);
+    let condition = tokenbudget::conditions::find(&tb.status.as_ref().unwrap().conditions, "SubjectsExhausted")
+        .expect("the SubjectsExhausted condition");
+    assert!(
+        condition
+            .message
+            .starts_with("1000 subjects reached their limit: end_user=")
+            && condition.message.ends_with(
+                "; 98000 tokens of end_user values beyond the 1000 counted one by one are not limited one by one"
+            ),
+        "{}",
+        condition.message
+    );
+    let size = serde_json::to_vec(tb.status.as_ref().unwrap()).unwrap().len();
+    println!("the budget's status with 50,000 end users: {size} bytes");
+    assert!(size < 100_000, "{size} bytes");
+
+    // More spending is counted exactly, the untracked as well.
+    agent.spend_for_users(50_000, "gpt-4o", 1);
+    let tb = wait_used(&s.budgets, 150_000).await;
+    assert_eq!(subjects(&tb).untracked_tokens, 150_000 - 1_000 * 3);
+    assert_eq!(subjects(&tb).top[0].tokens, 3);
+}

@@ -11,7 +11,7 @@
 //!
 //! `--rate` spends that many tokens per second (3/4 input, 1/4 output). `POST /spend?input=N&output=M&model=X`
 //! spends exactly that much at once; `POST /reset` forgets everything, as a restarted process would.
-//! `&user=U` on `/spend` spends it for the end user `U`: a label of the series, as LiteLLM
+//! `&users=N` spends it for each of N end users `u0`..; `&user=U` for the end user `U`: a label of the series, as LiteLLM
 //! (`end_user`, with `user` and `team` "None") and OpenTelemetry instrumentation that records
 //! the `enduser.id` attribute (`enduser_id`) have it; vLLM has no such label.
 //!
@@ -285,7 +285,15 @@ fn handle(req: &Request<hyper::body::Incoming>, spent: &Mutex<Spent>, options: &
             let number = |key| query_value(query, key).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
             let model = query_value(query, "model").unwrap_or(&options.model).to_string();
             let user = query_value(query, "user").filter(|u| !u.is_empty());
-            spent.spend(&model, user, number("input"), number("output"));
+            match number("users") {
+                // As many end users as asked, `u0`, `u1`, ..., each spending that much.
+                0 => spent.spend(&model, user, number("input"), number("output")),
+                users => {
+                    for u in 0..users {
+                        spent.spend(&model, Some(&format!("u{u}")), number("input"), number("output"));
+                    }
+                }
+            }
             (StatusCode::OK, "spent\n".into())
         }
         (&Method::POST, "/v1/chat/completions" | "/chat/completions") => {

@@ -21,7 +21,10 @@
 //! subject's standing from it, which is what an agent asks before a call, and [`usage`]
 //! makes `status.subjects`.
 
-use std::{cmp::Reverse, collections::BTreeMap};
+use std::{
+    cmp::Reverse,
+    collections::{BTreeMap, BTreeSet},
+};
 
 use rust_decimal::Decimal;
 
@@ -89,12 +92,23 @@ impl SubjectLedger {
         }
         // The scrape's values by the key each is kept under (several may sum into one).
         let mut scraped: BTreeMap<Key, [Option<u64>; 2]> = BTreeMap::new();
+        // Subjects new to the period in this scrape, which take room in the totals.
+        let mut new_subjects: BTreeSet<&str> = BTreeSet::new();
         for (subject, model, token_type, value) in series {
             let named = subject.map(|s| (Some(s.to_owned()), model.to_owned()));
-            let key = match named {
-                Some(key)
-                    if pod.contains_key(&key) || self.counters + pod.len() + scraped.len() < MAX_SUBJECT_COUNTERS =>
+            let key = match (named, subject) {
+                (Some(key), _) if pod.contains_key(&key) || scraped.contains_key(&key) => key,
+                // A counter of its own only for a subject that is, or may be, counted one
+                // by one: the others' series are summed, taking no room.
+                (Some(key), Some(s))
+                    if self.counters + pod.len() + scraped.len() < MAX_SUBJECT_COUNTERS
+                        && (self.totals.contains_key(s)
+                            || new_subjects.contains(s)
+                            || self.totals.len() + new_subjects.len() < MAX_SUBJECTS) =>
                 {
+                    if !self.totals.contains_key(s) {
+                        new_subjects.insert(s);
+                    }
                     key
                 }
                 _ => (None, model.to_owned()),

@@ -73,6 +73,11 @@ impl Agent {
         ));
     }
 
+    /// Spends exactly this many input tokens of `model` for each of `users` end users.
+    pub fn spend_for_users(&self, users: u64, model: &str, input: u64) {
+        self.post(&format!("/spend?model={model}&users={users}&input={input}"));
+    }
+
     /// Forgets its counters, as a restarted process would.
     pub fn reset(&self) {
         self.post("/reset");
