@@ -59,6 +59,7 @@ LABEL org.opencontainers.image.title="tokenbudget-operator" \
       org.opencontainers.image.documentation="https://github.com/tokenbudget/tokenbudget-operator/blob/main/docs/install.md"
 COPY --from=build /tokenbudget-operator /usr/local/bin/tokenbudget-operator
 USER 65532:65532
-# /healthz, /readyz and /metrics (--bind-address, default 0.0.0.0:8080).
-EXPOSE 8080
+# /healthz, /readyz and /metrics (--bind-address, default 0.0.0.0:8080), and the agent API
+# (--agent-api-bind-address, default 0.0.0.0:8082).
+EXPOSE 8080 8082
 ENTRYPOINT ["/usr/local/bin/tokenbudget-operator"]

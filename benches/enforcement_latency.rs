@@ -248,6 +248,7 @@ impl Operator {
         let file = std::fs::File::create(&log).expect("the operator's log file");
         let child = Command::new(env!("CARGO_BIN_EXE_tokenbudget-operator"))
             .args(["--namespace", namespace, "--bind-address", &address.to_string()])
+            .arg("--agent-api-bind-address=")
             // The operator's default level unless asked: a benchmark must not pay for debug logging.
             .env("RUST_LOG", log_filter)
             .stdin(Stdio::null())

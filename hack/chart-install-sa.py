@@ -8,12 +8,15 @@ other tests.
 
     .venv/bin/python hack/chart-install-sa.py install RELEASE NAMESPACE KUBECONFIG_OUT [--watch-namespace NS]
     .venv/bin/python hack/chart-install-sa.py uninstall RELEASE NAMESPACE
+    .venv/bin/python hack/chart-install-sa.py render RELEASE NAMESPACE
 
 install: installs the chart as RELEASE into NAMESPACE (which must exist) with
 `crds.install=false` (the tests install the CRDs), asks the TokenRequest API for a token of its
 ServiceAccount, writes a kubeconfig with the cluster of the current KUBECONFIG context and that token to
 KUBECONFIG_OUT, and prints one JSON line: {"serviceAccount": ..., "namespace": ..., "kubeconfig": ...}.
 uninstall: removes the release (no error if it is not there), without running its uninstall hook.
+render: prints the objects the chart renders with its default values as one JSON list, for
+tests that apply a part of it (tests/agent_api.rs: the ClusterRole `<fullname>-agent`).
 """
 
 from __future__ import annotations
@@ -101,6 +104,14 @@ def uninstall(release: str, namespace: str) -> None:
                         json.dumps({"ignore_not_found": True, "disable_hooks": True, "timeout_seconds": 120}))
 
 
+def render(release: str, namespace: str) -> None:
+    with helm.Chart.load(CHART) as chart:
+        manifests = chart.render({}, name=release, namespace=namespace)
+    objects = [d for name, text in sorted(manifests.items()) if not name.endswith("NOTES.txt")
+               for d in yaml.safe_load_all(text) if d]
+    print(json.dumps(objects))
+
+
 def main(argv: list[str]) -> None:
     usage = __doc__.split("\n\n")[1]
     if len(argv) >= 4 and argv[0] == "install":
@@ -113,6 +124,8 @@ def main(argv: list[str]) -> None:
         install(argv[1], argv[2], Path(argv[3]), watch)
     elif len(argv) == 3 and argv[0] == "uninstall":
         uninstall(argv[1], argv[2])
+    elif len(argv) == 3 and argv[0] == "render":
+        render(argv[1], argv[2])
     else:
         raise SystemExit(usage)
 

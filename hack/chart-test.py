@@ -53,6 +53,16 @@ EXPECTED_RULES = [
     (["batch"], ["jobs", "cronjobs"], ["list", "watch", "patch"]),
     (["events.k8s.io"], ["events"], ["create"]),
 ]
+# The agent API's reviews, in a ClusterRole of their own (cluster-scoped kinds: with
+# watchNamespace too), only with agentApi.enabled.
+REVIEW_RULES = [
+    (["authentication.k8s.io"], ["tokenreviews"], ["create"]),
+    (["authorization.k8s.io"], ["subjectaccessreviews"], ["create"]),
+]
+# What the chart's agent role grants: what the agent API asks of a caller.
+AGENT_RULES = [(["tokenbudget.io"], ["tokenbudgets"], ["get"])]
+# What namespace users get through Kubernetes' view, edit and admin roles.
+VIEW_RULES = [(["tokenbudget.io"], ["tokenbudgets", "budgetbindings"], ["get", "list", "watch"])]
 # What only the cluster-wide install has (a Role cannot grant cluster-scoped kinds): pools.
 CLUSTER_RULES = [
     (["tokenbudget.io"], ["clustertokenbudgets"], ["list", "watch"]),
@@ -193,6 +203,26 @@ def check_rules(rules, cluster=True):
     equal(normalize_rules(rules), normalize_rules(wanted), "RBAC rules")
 
 
+def named(objects, kind, name):
+    """The one object of `kind` called `name`."""
+    found = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    expect(len(found) == 1, f"{len(found)} {kind} {name}, expected 1")
+    return found[0]
+
+
+def exact_rules(rules, wanted, what):
+    for rule in rules:
+        for key in ("apiGroups", "resources", "verbs"):
+            expect("*" not in rule.get(key, []), f"wildcard in {rule}")
+        expect(not any("secret" in r for r in rule.get("resources", [])), f"secrets in {rule}")
+    norm = lambda rs: sorted(json.dumps({k: sorted(v) for k, v in r.items()}, sort_keys=True) for r in rs)  # noqa: E731
+    equal(norm(rules), norm(wanted), what)
+
+
+def as_rules(expected):
+    return [{"apiGroups": g, "resources": r, "verbs": v} for g, r, v in expected]
+
+
 def read_crds(directory: Path):
     return {p.name: p.read_bytes() for p in sorted(directory.glob("*.yaml"))}
 
@@ -258,6 +288,10 @@ def _():
     equal(kinds, sorted([
         ("ClusterRole", FULLNAME),
         ("ClusterRoleBinding", FULLNAME),
+        ("ClusterRole", f"{FULLNAME}-reviews"),
+        ("ClusterRoleBinding", f"{FULLNAME}-reviews"),
+        ("ClusterRole", f"{FULLNAME}-agent"),
+        ("ClusterRole", f"{FULLNAME}-view"),
         ("CustomResourceDefinition", "budgetbindings.tokenbudget.io"),
         ("CustomResourceDefinition", "clustertokenbudgets.tokenbudget.io"),
         ("CustomResourceDefinition", "tokenbudgets.tokenbudget.io"),
@@ -266,6 +300,7 @@ def _():
         ("Role", f"{FULLNAME}-leader-election"),
         ("RoleBinding", f"{FULLNAME}-leader-election"),
         ("Service", f"{FULLNAME}-metrics"),
+        ("Service", f"{FULLNAME}-agent-api"),
         ("ServiceAccount", FULLNAME),
     ]), "rendered objects")
     for o in DEFAULTS:
@@ -314,12 +349,14 @@ def _():
     equal(c["imagePullPolicy"], "IfNotPresent", "imagePullPolicy")
     equal(c["args"], ["--bind-address=0.0.0.0:8080", "--leader-election", f"--leader-election-namespace={NAMESPACE}",
                       f"--leader-election-lease-name={FULLNAME}", "--leader-election-lease-duration=15s",
-                      "--leader-election-renew-deadline=10s", "--leader-election-retry-period=2s"], "args")
+                      "--leader-election-renew-deadline=10s", "--leader-election-retry-period=2s",
+                      "--agent-api-bind-address=0.0.0.0:8082", "--agent-api-audience=tokenbudget.io"], "args")
     env = {e["name"]: e for e in c["env"]}
     equal(env["POD_NAME"]["valueFrom"], {"fieldRef": {"fieldPath": "metadata.name"}}, "POD_NAME")
     equal(env["RUST_LOG"]["value"], "info", "RUST_LOG")
     equal(env["LOG_FORMAT"]["value"], "json", "LOG_FORMAT")
-    equal(c["ports"], [{"name": "metrics", "containerPort": 8080, "protocol": "TCP"}], "ports")
+    equal(c["ports"], [{"name": "metrics", "containerPort": 8080, "protocol": "TCP"},
+                       {"name": "agent-api", "containerPort": 8082, "protocol": "TCP"}], "ports")
     equal(c["livenessProbe"]["httpGet"], {"path": "/healthz", "port": "metrics"}, "liveness probe")
     equal(c["readinessProbe"]["httpGet"], {"path": "/readyz", "port": "metrics"}, "readiness probe")
     for kind in ("requests", "limits"):
@@ -334,20 +371,37 @@ def _():
     equal(pod["spec"]["serviceAccountName"], sa["metadata"]["name"], "serviceAccountName")
     selector = deployment["spec"]["selector"]["matchLabels"]
     expect(selector.items() <= pod["metadata"]["labels"].items(), "the selector does not select the pod")
-    binding = one(DEFAULTS, "ClusterRoleBinding")
-    equal(binding["roleRef"], {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                               "name": one(DEFAULTS, "ClusterRole")["metadata"]["name"]}, "roleRef")
-    equal(binding["subjects"], [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
-                                 "namespace": NAMESPACE}], "subjects")
-    service = one(DEFAULTS, "Service")
+    for name in (FULLNAME, f"{FULLNAME}-reviews"):
+        binding = named(DEFAULTS, "ClusterRoleBinding", name)
+        equal(binding["roleRef"], {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+              f"{name} roleRef")
+        equal(binding["subjects"], [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
+                                     "namespace": NAMESPACE}], f"{name} subjects")
+    service = named(DEFAULTS, "Service", f"{FULLNAME}-metrics")
     expect(service["spec"]["selector"].items() <= pod["metadata"]["labels"].items(), "service selector")
     equal(service["spec"]["ports"], [{"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}],
           "service ports")
+    agents = named(DEFAULTS, "Service", f"{FULLNAME}-agent-api")
+    equal(agents["spec"]["selector"], service["spec"]["selector"], "agent API service selector")
+    equal(agents["spec"]["ports"], [{"name": "agent-api", "port": 8082, "targetPort": "agent-api", "protocol": "TCP"}],
+          "agent API service ports")
+    ports = {p["name"]: p["containerPort"] for p in container(DEFAULTS)["ports"]}
+    equal(ports, {"metrics": 8080, "agent-api": 8082}, "container ports")
+    args = container(DEFAULTS)["args"]
+    expect("--agent-api-bind-address=0.0.0.0:8082" in args and "--agent-api-audience=tokenbudget.io" in args,
+           f"agent API args: {args}")
 
 
 @check("RBAC: exactly the listed rules, no wildcard, no Secrets, in one template")
 def _():
-    check_rules(one(DEFAULTS, "ClusterRole")["rules"])
+    check_rules(named(DEFAULTS, "ClusterRole", FULLNAME)["rules"])
+    exact_rules(named(DEFAULTS, "ClusterRole", f"{FULLNAME}-reviews")["rules"], as_rules(REVIEW_RULES), "review rules")
+    exact_rules(named(DEFAULTS, "ClusterRole", f"{FULLNAME}-agent")["rules"], as_rules(AGENT_RULES), "agent rules")
+    view = named(DEFAULTS, "ClusterRole", f"{FULLNAME}-view")
+    exact_rules(view["rules"], as_rules(VIEW_RULES), "view rules")
+    for role in ("view", "edit", "admin"):
+        equal(view["metadata"]["labels"].get(f"rbac.authorization.k8s.io/aggregate-to-{role}"), "true",
+              f"aggregated to {role}")
     templates = {o["__template"] for o in DEFAULTS if o["kind"] in ("ClusterRole", "ClusterRoleBinding")}
     equal(templates, {"tokenbudget-operator/templates/rbac.yaml"}, "RBAC templates")
     lines = (CHART / "templates" / "rbac.yaml").read_text().splitlines()
@@ -394,9 +448,12 @@ def _():
     sm = one(objects, "ServiceMonitor")
     equal(sm["apiVersion"], "monitoring.coreos.com/v1", "apiVersion")
     equal(sm["metadata"]["labels"]["release"], "prom", "extra label")
-    service = one(objects, "Service")
+    service = named(objects, "Service", f"{FULLNAME}-metrics")
     expect(sm["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items(),
            "the ServiceMonitor does not select the metrics Service")
+    agents = named(objects, "Service", f"{FULLNAME}-agent-api")
+    expect(not sm["spec"]["selector"]["matchLabels"].items() <= agents["metadata"]["labels"].items(),
+           "the ServiceMonitor selects the agent API's Service")
     equal(sm["spec"]["namespaceSelector"], {"matchNames": [NAMESPACE]}, "namespaceSelector")
     (endpoint,) = sm["spec"]["endpoints"]
     equal((endpoint["port"], endpoint["path"], endpoint["honorLabels"]), ("metrics", "/metrics", True), "endpoint")
@@ -605,17 +662,25 @@ def _():
     env = {e["name"]: e.get("value") for e in c["env"]}
     equal((env["RUST_LOG"], "LOG_FORMAT" in env, env["TZ"]), ("info,tokenbudget=debug", False, "UTC"), "env")
     equal(c["ports"][0]["containerPort"], 9090, "container port")
-    equal(one(objects, "Service")["spec"]["ports"][0]["port"], 80, "service port")
+    equal(named(objects, "Service", f"{FULLNAME}-metrics")["spec"]["ports"][0]["port"], 80, "service port")
     expect("registry.example.com/ml/tokenbudget-operator:v9.9.9" in notes, "NOTES shows the image")
     digest = "sha256:" + "ab" * 32
     objects, _, _ = render({"image": {"repository": "r.example.com/op", "tag": "v1", "digest": digest}})
     equal(container(objects)["image"], f"r.example.com/op@{digest}", "image by digest")
 
 
-@check("watchNamespace: --namespace, a Role + RoleBinding in that namespace, no cluster-wide RBAC")
+@check("watchNamespace: --namespace, a Role + RoleBinding in that namespace, cluster-wide only the reviews and the agent roles")
 def _():
     objects, notes, _ = render({"watchNamespace": "agents"})
-    expect(not by_kind(objects, "ClusterRole") and not by_kind(objects, "ClusterRoleBinding"), "cluster RBAC")
+    equal(sorted((o["kind"], o["metadata"]["name"]) for o in objects if o["kind"].startswith("Cluster")),
+          sorted([("ClusterRole", f"{FULLNAME}-reviews"), ("ClusterRoleBinding", f"{FULLNAME}-reviews"),
+                  ("ClusterRole", f"{FULLNAME}-agent"), ("ClusterRole", f"{FULLNAME}-view")]),
+          "cluster RBAC: the reviews (cluster-scoped kinds) and the roles for namespace users")
+    exact_rules(named(objects, "ClusterRole", f"{FULLNAME}-reviews")["rules"], as_rules(REVIEW_RULES), "review rules")
+    objects, _, _ = render({"watchNamespace": "agents", "agentApi": {"enabled": False},
+                            "rbac": {"aggregateToView": False}})
+    expect(not by_kind(objects, "ClusterRole") and not by_kind(objects, "ClusterRoleBinding"),
+           "cluster RBAC without the agent API and the view role")
     operator = [o for o in objects if not o["metadata"]["name"].endswith("-leader-election")]
     role, binding = one(operator, "Role"), one(operator, "RoleBinding")
     equal(role["metadata"]["namespace"], "agents", "Role namespace")
@@ -673,6 +738,18 @@ def _():
         expect("annotations" not in crd["metadata"], "keep annotation with crds.keep=false")
 
 
+@check("agentApi.enabled=false: no agent API, its port, Service, reviews or agent role")
+def _():
+    objects, _, _ = render({"agentApi": {"enabled": False}})
+    names = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    for gone in (("Service", f"{FULLNAME}-agent-api"), ("ClusterRole", f"{FULLNAME}-reviews"),
+                 ("ClusterRoleBinding", f"{FULLNAME}-reviews"), ("ClusterRole", f"{FULLNAME}-agent")):
+        expect(gone not in names, f"{gone} without the agent API")
+    c = container(objects)
+    expect("--agent-api-bind-address=" in c["args"], f"the agent API turned off: {c['args']}")
+    equal([p["name"] for p in c["ports"]], ["metrics"], "container ports")
+
+
 @check("rbac.create=false and an existing ServiceAccount")
 def _():
     objects, _, _ = render({"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "ops-operator"}})
@@ -687,7 +764,7 @@ def _():
     equal(one(objects, "Deployment")["metadata"]["name"], "budgets-tokenbudget-operator", "fullname")
     objects, _, _ = render({"fullnameOverride": "tbo"})
     equal({o["metadata"]["name"] for o in objects if o["kind"] in ("Deployment", "ServiceAccount", "ClusterRole")},
-          {"tbo"}, "fullnameOverride")
+          {"tbo", "tbo-reviews", "tbo-agent", "tbo-view"}, "fullnameOverride")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -711,15 +788,6 @@ EXPECTED_HOOK_RESTORE_RULES = [
     (["events.k8s.io"], ["events"], ["create"]),
 ]
 HOOK_ARGS = ["release", f"--operator-deployment={FULLNAME}", f"--operator-namespace={NAMESPACE}", "--timeout=240"]
-
-
-def exact_rules(rules, wanted, what):
-    for rule in rules:
-        for key in ("apiGroups", "resources", "verbs"):
-            expect("*" not in rule.get(key, []), f"wildcard in {rule}")
-        expect(not any("secret" in r for r in rule.get("resources", [])), f"secrets in {rule}")
-    norm = lambda rs: sorted(json.dumps({k: sorted(v) for k, v in r.items()}, sort_keys=True) for r in rs)  # noqa: E731
-    equal(norm(rules), norm(wanted), what)
 
 
 def hook_job(hooks):
@@ -804,7 +872,8 @@ def _():
           (True, True, False, {"drop": ["ALL"]}), "container security context")
     expect({"cpu", "memory"} <= set(c["resources"]["limits"]), "hook resource limits")
     labels = spec["template"]["metadata"]["labels"]
-    selectors = [one(DEFAULTS, "Deployment")["spec"]["selector"]["matchLabels"], one(DEFAULTS, "Service")["spec"]["selector"]]
+    selectors = [one(DEFAULTS, "Deployment")["spec"]["selector"]["matchLabels"]]
+    selectors += [service["spec"]["selector"] for service in by_kind(DEFAULTS, "Service")]
     selectors += [pdb["spec"]["selector"]["matchLabels"] for pdb in by_kind(DEFAULTS, "PodDisruptionBudget")]
     for o in selectors:
         expect(not o.items() <= labels.items(), f"the selector {o} matches the hook's pod: it would wait for itself")
@@ -923,11 +992,17 @@ def _():
     pod_labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
     expect(np["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items(), "the policy does not select the pod")
     equal(np["spec"]["policyTypes"], ["Ingress"], "policyTypes: egress left open")
-    equal(np["spec"]["ingress"], [{"ports": [{"port": "metrics", "protocol": "TCP"}], "from": peers}], "ingress")
+    agents = {"ports": [{"port": "agent-api", "protocol": "TCP"}]}
+    equal(np["spec"]["ingress"], [{"ports": [{"port": "metrics", "protocol": "TCP"}], "from": peers}, agents],
+          "ingress: the metrics port from the peers, the agent API's from anywhere")
     expect("egress" not in np["spec"], "egress rules by default")
-    objects, _, _ = render({"networkPolicy": {"enabled": True}})
+    objects, _, _ = render({"networkPolicy": {"enabled": True, "agentApiFrom": peers}, "agentApi": {"port": 9443}})
+    equal(one(objects, "NetworkPolicy")["spec"]["ingress"],
+          [{"ports": [{"port": "metrics", "protocol": "TCP"}]}, {**agents, "from": peers}],
+          "ingress from anywhere to the metrics port, from the agents' peers to the agent API's")
+    objects, _, _ = render({"networkPolicy": {"enabled": True}, "agentApi": {"enabled": False}})
     equal(one(objects, "NetworkPolicy")["spec"]["ingress"], [{"ports": [{"port": "metrics", "protocol": "TCP"}]}],
-          "ingress from anywhere, to the metrics port only")
+          "without the agent API: the metrics port only")
     egress = [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}]}]
     objects, _, _ = render({"networkPolicy": {"enabled": True, "egress": egress}})
     np = one(objects, "NetworkPolicy")
@@ -965,6 +1040,11 @@ BAD_VALUES = [
     {"metrics": {"podMonitor": {"interval": "30 seconds"}}},
     {"networkPolicy": {"enabled": True, "metricsFrom": [{}]}},
     {"networkPolicy": {"ingress": []}},
+    {"networkPolicy": {"enabled": True, "agentApiFrom": [{}]}},
+    {"agentApi": {"port": 0}},
+    {"agentApi": {"audience": ""}},
+    {"agentApi": {"enable": True}},
+    {"rbac": {"aggregateToView": "yes"}},
     {"operator": {"scrapeKeepAlive": "a minute"}},
     {"prometheusSource": {"url": "prometheus:9090"}},
     {"prometheusSource": {"lookback": "2 minutes"}},
@@ -1042,7 +1122,8 @@ def _():
     user = [c.value[0] for c in final if c.cmd == "USER"]
     equal(user, ["65532:65532"], "USER of the final stage")
     equal(int(user[0].split(":")[0]), CHART_OBJ.values["securityContext"]["runAsUser"], "USER vs runAsUser")
-    equal([c.value for c in final if c.cmd == "EXPOSE"], [(str(CHART_OBJ.values["metrics"]["port"]),)], "EXPOSE")
+    equal([c.value for c in final if c.cmd == "EXPOSE"],
+          [(str(CHART_OBJ.values["metrics"]["port"]), str(CHART_OBJ.values["agentApi"]["port"]))], "EXPOSE")
     equal([c.value for c in final if c.cmd == "ENTRYPOINT"], [("/usr/local/bin/tokenbudget-operator",)], "ENTRYPOINT")
     labels = {}
     for c in final:

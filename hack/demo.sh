@@ -65,7 +65,8 @@ else
   say "starting two operator replicas on this machine (logs: $log_dir/operator-{a,b}.log)"
   for replica in a b; do
     POD_NAME=demo-$replica RUST_LOG=${RUST_LOG:-info} target/debug/tokenbudget-operator \
-      --bind-address 127.0.0.1:0 --leader-election --leader-election-namespace default \
+      --bind-address 127.0.0.1:0 --agent-api-bind-address 127.0.0.1:0 \
+      --leader-election --leader-election-namespace default \
       >"$log_dir/operator-$replica.log" 2>&1 &
     operator_pids+=($!)
   done

@@ -54,6 +54,9 @@ cargo clippy --locked --all-targets -- -D warnings
 step "unit tests, and the fuzz corpus replayed through the parser"
 cargo test --locked --lib --bins --test fuzz_corpus
 
+step "the Python client's unit tests (clients/python: standard library only)"
+python3 -m unittest discover -s clients/python
+
 export TESTBED_DIR=$REPO/.testbed-test
 COMPAT_DIR=$REPO/.testbed-compat
 started=

@@ -10,9 +10,12 @@
 //! - [`enforce`]: what a budget does to its workloads: observe and decide (pure), then act.
 //! - [`controller`]: watches, stores, the reconcile pipelines, status and Events.
 //! - [`metrics`], [`http`]: the operator's own endpoints.
+//! - [`agent_api`]: what agents ask before a call, authenticated and authorized by the API
+//!   server's reviews, answered from the controller's cache.
 //! - [`plugin`]: the `kubectl tokenbudget` plugin (reads budgets, renders them).
 #![forbid(unsafe_code)]
 
+pub mod agent_api;
 pub mod api;
 pub mod cache;
 pub mod clock;

@@ -130,7 +130,7 @@ mod tests {
     use clap::{Parser, error::ErrorKind};
     use tokenbudget::controller::cli::Cli;
 
-    const VARS: [(&str, &str); 10] = [
+    const VARS: [(&str, &str); 12] = [
         ("TOKENBUDGET_BIND_ADDRESS", "127.0.0.1:9090"),
         ("TOKENBUDGET_NAMESPACE", "agents"),
         ("TOKENBUDGET_MAX_CONCURRENT_SCRAPES", "8"),
@@ -141,6 +141,9 @@ mod tests {
         ("TOKENBUDGET_PROMETHEUS_BEARER_TOKEN_FILE", "/var/run/token"),
         ("TOKENBUDGET_PROMETHEUS_CA_FILE", "/etc/prometheus-ca.pem"),
         ("TOKENBUDGET_PROMETHEUS_LOOKBACK", "90s"),
+        // Empty: the agent API off.
+        ("TOKENBUDGET_AGENT_API_BIND_ADDRESS", ""),
+        ("TOKENBUDGET_AGENT_API_AUDIENCE", "agents.example.com"),
     ];
 
     fn set(name: &str, value: Option<&str>) {
@@ -169,6 +172,8 @@ mod tests {
         assert_eq!(cli.prometheus_bearer_token_file, Some("/var/run/token".into()));
         assert_eq!(cli.prometheus_ca_file, Some("/etc/prometheus-ca.pem".into()));
         assert_eq!(cli.prometheus_lookback, std::time::Duration::from_secs(90));
+        assert_eq!(cli.agent_api_bind_address, None);
+        assert_eq!(cli.agent_api_audience, "agents.example.com");
 
         let cli =
             Cli::try_parse_from(["tokenbudget-operator", "--namespace=other", "--max-body-bytes", "2048"]).unwrap();

@@ -10,7 +10,7 @@ use super::{
     leader::{self, ElectionConfig},
     run::Options,
 };
-use crate::{usage::scrape, validate};
+use crate::{agent_api, agent_api::review, usage::scrape, validate};
 
 /// The operator's flags, parsed by [`Parser::parse`] (or `try_parse_from` in tests).
 #[derive(Clone, Debug, PartialEq, Eq, Parser)]
@@ -33,6 +33,18 @@ pub struct Cli {
     /// where /healthz, /readyz and /metrics are served
     #[arg(long, value_name = "ADDR", env = "TOKENBUDGET_BIND_ADDRESS", default_value_t = Options::default().bind_address)]
     pub bind_address: SocketAddr,
+
+    /// where the agent API is served (GET /v1/namespaces/NS/tokenbudgets/NAME: what an agent
+    /// may still spend, for callers whose token RBAC allows to get that budget); empty: not
+    /// served
+    #[arg(long, value_name = "ADDR", env = "TOKENBUDGET_AGENT_API_BIND_ADDRESS", default_value = DEFAULT_AGENT_API_ADDRESS, value_parser = optional_address)]
+    pub agent_api_bind_address: MaybeAddress,
+
+    /// the audience the agent API's callers' tokens must be minted for (a projected
+    /// ServiceAccount token's `audience`); never the API server's own, so that a token sent to
+    /// the agent API is useless against the API server
+    #[arg(long, value_name = "AUDIENCE", env = "TOKENBUDGET_AGENT_API_AUDIENCE", default_value = review::DEFAULT_AUDIENCE, value_parser = NonEmptyStringValueParser::new())]
+    pub agent_api_audience: String,
 
     /// watch only this namespace (default: all namespaces)
     #[arg(long, value_name = "NS", env = "TOKENBUDGET_NAMESPACE", value_parser = NonEmptyStringValueParser::new())]
@@ -112,6 +124,21 @@ pub struct Cli {
     pub prometheus_lookback: Duration,
 }
 
+/// The agent API's port unless `--agent-api-bind-address` says otherwise.
+pub const DEFAULT_AGENT_API_ADDRESS: &str = "0.0.0.0:8082";
+
+/// An address or none. A type alias, so that clap does not take the flag for an optional one:
+/// it always has a value (its default), which may be "none".
+pub type MaybeAddress = Option<SocketAddr>;
+
+/// `--agent-api-bind-address`: an address, or nothing (the agent API off).
+fn optional_address(text: &str) -> Result<Option<SocketAddr>, std::net::AddrParseError> {
+    match text {
+        "" => Ok(None),
+        text => text.parse().map(Some),
+    }
+}
+
 /// `--prometheus-lookback`: a duration from 1s to 1h.
 fn lookback(text: &str) -> Result<Duration, String> {
     let d = duration(text).map_err(|e| e.to_string())?;
@@ -153,6 +180,10 @@ impl Cli {
                 renew_deadline: self.leader_election_renew_deadline,
                 retry_period: self.leader_election_retry_period,
             }),
+            agent_api: self.agent_api_bind_address.map(|bind_address| agent_api::Config {
+                bind_address,
+                audience: self.agent_api_audience.clone(),
+            }),
             ..Options::default()
         }
     }
@@ -191,6 +222,15 @@ mod tests {
         assert_eq!(options.instance, None);
         assert!(options.scrape_ca.is_none());
         assert_eq!(options.leader_election, None, "one replica leads without an election");
+        assert_eq!(
+            options.agent_api,
+            Some(agent_api::Config {
+                bind_address: "0.0.0.0:8082".parse().unwrap(),
+                audience: "tokenbudget.io".into()
+            }),
+            "the command line serves the agent API (the library's default does not)"
+        );
+        assert_eq!(defaults.agent_api, None);
         assert_eq!(cli.leader_election_lease_name, "tokenbudget-operator");
         assert_eq!(
             (
@@ -227,6 +267,8 @@ mod tests {
             prometheus_bearer_token_file: None,
             prometheus_ca_file: None,
             prometheus_lookback: Duration::from_secs(120),
+            agent_api_bind_address: Some("127.0.0.1:9443".parse().unwrap()),
+            agent_api_audience: "agents.example.com".into(),
         };
         let separate = parse(&[
             "--bind-address",
@@ -254,6 +296,10 @@ mod tests {
             "20s",
             "--leader-election-retry-period",
             "1.5s",
+            "--agent-api-bind-address",
+            "127.0.0.1:9443",
+            "--agent-api-audience",
+            "agents.example.com",
         ]);
         assert_eq!(separate.unwrap(), want);
         let equals = parse(&[
@@ -270,6 +316,8 @@ mod tests {
             "--leader-election-lease-duration=30s",
             "--leader-election-renew-deadline=20s",
             "--leader-election-retry-period=1500ms",
+            "--agent-api-bind-address=127.0.0.1:9443",
+            "--agent-api-audience=agents.example.com",
         ]);
         assert_eq!(equals.unwrap(), want);
         let election = want.options().leader_election.unwrap();
@@ -314,6 +362,17 @@ mod tests {
             let text = err.to_string();
             assert!(text.starts_with(&format!("error: {want}")), "{args:?}: {text}");
         }
+    }
+
+    #[test]
+    fn an_empty_agent_api_address_turns_it_off() {
+        let cli = parse(&["--agent-api-bind-address="]).unwrap();
+        assert_eq!(cli.agent_api_bind_address, None);
+        assert_eq!(cli.options().agent_api, None);
+        let err = parse(&["--agent-api-bind-address=8082"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ValueValidation);
+        let err = parse(&["--agent-api-audience="]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidValue);
     }
 
     #[test]
@@ -362,6 +421,10 @@ mod tests {
             "[env: TOKENBUDGET_LEADER_ELECTION=]",
             "[env: TOKENBUDGET_LEADER_ELECTION_RENEW_DEADLINE=]",
             "[default: 10s]",
+            "--agent-api-bind-address <ADDR>",
+            "[env: TOKENBUDGET_AGENT_API_BIND_ADDRESS=]",
+            "[default: 0.0.0.0:8082]",
+            "[default: tokenbudget.io]",
             "-V, --version",
             "LOG_FORMAT=json",
         ] {

@@ -1,5 +1,5 @@
-//! The whole operator as one library call: both controllers, the accounting stores, and the
-//! `/healthz`, `/readyz` and `/metrics` endpoints, until a shutdown future resolves. The
+//! The whole operator as one library call: both controllers, the accounting stores, the
+//! `/healthz`, `/readyz` and `/metrics` endpoints and the agent API, until a shutdown future resolves. The
 //! binary is a thin caller with the system clock; integration tests run the same wiring
 //! in-process with a clock of their own.
 
@@ -32,6 +32,10 @@ use super::{
     sync::Watches,
 };
 use crate::{
+    agent_api::{
+        self, AgentApi,
+        review::{KubeReviewer, Reviews},
+    },
     api::{BudgetBinding, ClusterTokenBudget, TokenBudget},
     clock::Clock,
     http::{self, Endpoints},
@@ -65,6 +69,9 @@ pub struct Options {
     pub leader_election: Option<ElectionConfig>,
     /// The Prometheus that bindings with `metrics.source: Prometheus` read.
     pub prometheus: Option<super::prometheus::Prometheus>,
+    /// The agent API; `None`: not served. Off by default here (tests start many operators
+    /// side by side); the command line serves it on 0.0.0.0:8082 unless told otherwise.
+    pub agent_api: Option<agent_api::Config>,
 }
 
 impl Default for Options {
@@ -80,6 +87,7 @@ impl Default for Options {
             scrape_ca: None,
             leader_election: None,
             prometheus: None,
+            agent_api: None,
         }
     }
 }
@@ -119,6 +127,19 @@ pub async fn run(
     let listener = http::bind(options.bind_address).await.map_err(listen)?;
     let local = listener.local_addr().map_err(listen)?;
     tracing::info!(address = %local, namespace = ns.unwrap_or("<all>"), "tokenbudget-operator starting");
+    let agent_listener = match &options.agent_api {
+        Some(config) => {
+            let listen = |source| StartError::Listen {
+                address: config.bind_address,
+                source,
+            };
+            let listener = http::bind(config.bind_address).await.map_err(listen)?;
+            let local = listener.local_addr().map_err(listen)?;
+            tracing::info!(address = %local, audience = %config.audience, "agent API listening");
+            Some((listener, config.audience.clone()))
+        }
+        None => None,
+    };
 
     // Dropped on return: aborts every background task, so that an in-process operator stops
     // entirely (its watches too), not only its controllers.
@@ -140,6 +161,8 @@ pub async fn run(
         Some(_) => leadership.fence(client.clone(), metrics.clone()),
         None => client.clone(),
     };
+    // The reviews go out with the unfenced client: a standby answers agents too.
+    let reviewer = client.clone();
     let elect = {
         let (client, metrics, leadership, stop) = (client, metrics.clone(), leadership.clone(), stopped());
         async move {
@@ -148,7 +171,7 @@ pub async fn run(
             }
         }
     };
-    let wiring = wire(writer, &options, clock, metrics, leadership, &mut tasks);
+    let wiring = wire(writer, &options, clock.clone(), metrics, leadership, &mut tasks);
     tasks.spawn(ready_when_synced(
         wiring.budgets.store(),
         wiring.bindings.store(),
@@ -162,8 +185,23 @@ pub async fn run(
             }
         }
     };
+    let agents = {
+        let (budgets, ready, stop) = (wiring.budgets.store(), endpoints.ready.clone(), stopped());
+        async move {
+            if let Some((listener, audience)) = agent_listener {
+                let reviews = Reviews::new(KubeReviewer::new(reviewer, audience.clone()), clock, audience);
+                let api = AgentApi {
+                    budgets,
+                    ready,
+                    reviews,
+                };
+                agent_api::serve(listener, api, stop).await;
+            }
+        }
+    };
     tokio::join!(
         http::serve(listener, endpoints, stopped()),
+        agents,
         super::budget::run(wiring.budgets, wiring.ctx.clone(), stopped()),
         pools,
         super::binding::run(wiring.bindings, wiring.ctx, stopped()),

@@ -63,14 +63,18 @@ impl Operator {
     }
 
     /// The binary with these arguments and environment; its log is `operator-{label}.log`.
+    /// Without the agent API unless `args` set its address: the binary's default port would
+    /// be taken by the operators of the tests running beside it.
     pub fn spawn(args: &[&str], label: &str, env: &[(&str, &str)]) -> Self {
         kubeconfig();
+        let agent_api = args.iter().any(|a| a.starts_with("--agent-api-bind-address"));
         let address = free_port();
         let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("operator-{label}.log"));
         let log_file = std::fs::File::create(&log).expect("operator log file");
         let child = Command::new(env!("CARGO_BIN_EXE_tokenbudget-operator"))
             .args(args)
             .args(["--bind-address", &address.to_string()])
+            .args((!agent_api).then_some("--agent-api-bind-address="))
             .env("RUST_LOG", "info,tokenbudget=debug")
             .envs(env.iter().copied())
             .stdout(log_file.try_clone().expect("log file"))
@@ -164,6 +168,8 @@ pub async fn wait_ready(address: SocketAddr) {
 /// namespace. Stopped by [`InProcessOperator::stop`]; dropping it aborts it.
 pub struct InProcessOperator {
     pub address: SocketAddr,
+    /// Where its agent API listens, if it serves one.
+    pub agent_api: Option<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), tokenbudget::controller::StartError>>>,
 }
@@ -179,11 +185,36 @@ impl InProcessOperator {
         Self::start_in(client, None, clock).await
     }
 
+    /// With the agent API on a free loopback port, for tokens of `audience`.
+    pub async fn start_with_agent_api(
+        client: &Client,
+        namespace: &str,
+        clock: Arc<dyn tokenbudget::clock::Clock>,
+        audience: &str,
+    ) -> Self {
+        let agent_api = tokenbudget::agent_api::Config {
+            bind_address: free_port(),
+            audience: audience.into(),
+        };
+        Self::start_options(client, Some(namespace), clock, Some(agent_api)).await
+    }
+
     async fn start_in(client: &Client, namespace: Option<&str>, clock: Arc<dyn tokenbudget::clock::Clock>) -> Self {
+        Self::start_options(client, namespace, clock, None).await
+    }
+
+    async fn start_options(
+        client: &Client,
+        namespace: Option<&str>,
+        clock: Arc<dyn tokenbudget::clock::Clock>,
+        agent_api: Option<tokenbudget::agent_api::Config>,
+    ) -> Self {
         let address = free_port();
+        let agent_address = agent_api.as_ref().map(|a| a.bind_address);
         let options = tokenbudget::controller::run::Options {
             bind_address: address,
             namespace: namespace.map(str::to_string),
+            agent_api,
             ..Default::default()
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -197,6 +228,7 @@ impl InProcessOperator {
         ));
         let operator = Self {
             address,
+            agent_api: agent_address,
             stop: Some(stop),
             task: Some(task),
         };
