@@ -15,91 +15,15 @@ use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
     path::Path,
-    process::Command,
     sync::Arc,
     time::Duration,
 };
 
 use common::*;
-use k8s_openapi::api::{
-    authentication::v1::{TokenRequest, TokenRequestSpec},
-    core::v1::ServiceAccount,
-    rbac::v1::{ClusterRole, RoleBinding},
-};
-use kube::{
-    Api, Client,
-    api::{Patch, PatchParams, PostParams},
-};
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use serde_json::{Value, json};
 
-const REPO: &str = env!("CARGO_MANIFEST_DIR");
 const AUDIENCE: &str = "tokenbudget.io";
-/// The release name the chart's agent ClusterRole is rendered with: not one tests/rbac.rs
-/// installs, so that its Helm release never meets this ClusterRole.
-const RELEASE: &str = "agent-api-test";
-
-/// The ClusterRole `<fullname>-agent` as the chart renders it (hack/chart-install-sa.py
-/// render, with the Helm SDK of .venv/), applied to the cluster; returns its name.
-async fn chart_agent_role(client: &Client) -> String {
-    let python = Path::new(REPO).join(".venv/bin/python");
-    assert!(
-        python.exists(),
-        "tests/agent_api.rs renders the Helm chart with the Helm SDK of .venv/: run \
-         `python3 -m venv .venv && .venv/bin/pip install -r hack/chart-test-requirements.txt` (hack/test.sh does this)"
-    );
-    let out = Command::new(python)
-        .arg(Path::new(REPO).join("hack/chart-install-sa.py"))
-        .args(["render", RELEASE, "tokenbudget-system"])
-        .output()
-        .expect("hack/chart-install-sa.py runs");
-    assert!(out.status.success(), "render: {}", text(&out.stderr));
-    let objects: Vec<Value> = serde_json::from_slice(&out.stdout).expect("a JSON list");
-    let name = format!("{RELEASE}-tokenbudget-operator-agent");
-    let role = objects
-        .into_iter()
-        .find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == name.as_str())
-        .unwrap_or_else(|| panic!("the chart renders the ClusterRole {name}"));
-    let role: ClusterRole = serde_json::from_value(role).expect("a ClusterRole");
-    assert_eq!(
-        serde_json::to_value(&role.rules).unwrap(),
-        json!([{"apiGroups": ["tokenbudget.io"], "resources": ["tokenbudgets"], "verbs": ["get"]}]),
-        "the agent role grants get on tokenbudgets, nothing else"
-    );
-    Api::<ClusterRole>::all(client.clone())
-        .patch(
-            &name,
-            &PatchParams::apply("agent-api-test").force(),
-            &Patch::Apply(&role),
-        )
-        .await
-        .expect("the agent ClusterRole applied");
-    name
-}
-
-async fn service_account(client: &Client, namespace: &str, name: &str) {
-    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    create(&Api::<ServiceAccount>::namespaced(client.clone(), namespace), sa).await;
-}
-
-/// A token of the ServiceAccount from the TokenRequest API, as kubelet mints for a projected
-/// volume; `audience` empty: the API server's own.
-async fn token(client: &Client, namespace: &str, account: &str, audience: &str) -> String {
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            audiences: (!audience.is_empty()).then(|| vec![audience.into()]),
-            expiration_seconds: Some(600),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    Api::<ServiceAccount>::namespaced(client.clone(), namespace)
-        .create_token_request(account, &PostParams::default(), &request)
-        .await
-        .expect("a token from the TokenRequest API")
-        .status
-        .and_then(|s| s.token)
-        .expect("a token")
-}
 
 /// GET `path` of the agent API, with `token` as the bearer token: (status, JSON body).
 async fn ask(address: SocketAddr, path: &str, token: Option<&str>) -> (u16, Value) {
@@ -155,7 +79,7 @@ async fn agents_read_their_budget_as_rbac_allows() {
     .await;
 
     // The agent's ServiceAccount, bound to the chart's agent role; another one, not bound.
-    let role = chart_agent_role(&s.client).await;
+    let role = chart_agent_role(&s.client, "agent-api-test").await;
     service_account(&s.client, &ns, "agent").await;
     service_account(&s.client, &ns, "stranger").await;
     let rb: RoleBinding = serde_json::from_value(json!({

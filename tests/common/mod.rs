@@ -5,12 +5,15 @@
 //! namespace ([`TestNamespace`], and [`Tenant`], what most tests keep of it) are here.
 #![allow(dead_code)]
 
+mod agents;
 mod kubelet;
 mod objects;
 mod operator;
 mod waits;
 
 // Each test crate uses its own part of these; what one leaves unused is no mistake.
+#[allow(unused_imports)]
+pub use agents::*;
 #[allow(unused_imports)]
 pub use kubelet::*;
 #[allow(unused_imports)]
