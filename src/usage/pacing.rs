@@ -279,7 +279,10 @@ impl Pacer {
         let before = (self.published.pace, self.published.since);
         self.hysteresis(forecast.raw, reading.now, window);
         let moved = before != (self.published.pace, self.published.since);
-        if moved || usage_changed || self.published.burn_rate.is_none() {
+        // The numbers follow usage (whose change writes the status anyway) and the pace; an
+        // idle budget keeps them, but for a window without any token: its rate is 0 then.
+        let went_idle = forecast.burn_rate == 0 && self.published.burn_rate != Some(0);
+        if moved || usage_changed || went_idle || self.published.burn_rate.is_none() {
             self.published.burn_rate = Some(forecast.burn_rate);
             self.published.sustainable_rate = forecast.sustainable_rate;
             self.published.runs_out_at = forecast.runs_out_at;
@@ -584,6 +587,25 @@ mod tests {
         assert!(paces[engaged..].iter().all(|p| *p < FULL), "{paces:?}");
         assert!(changes(&paces) <= 4, "no flapping: {paces:?}");
         assert!(pacer.published().burn_rate.unwrap() < 60_000);
+    }
+
+    #[test]
+    fn an_idle_budget_publishes_the_same_thing_cycle_after_cycle() {
+        // Paced, then idle: the pace steps up as the window forgets the burn, releases, and
+        // from then on nothing it publishes changes (so its status is not written again).
+        let mut pacer = Pacer::default();
+        run(&mut pacer, 720_000, 0..30, |m| m as u64 * 1000, |_| 1.0);
+        assert!(pacer.published().engaged());
+        let paces = run(&mut pacer, 720_000, 30..200, |_| 29_000, |_| 1.0);
+        assert!(changes(&paces) <= 12, "{paces:?}");
+        let settled = pacer.published().clone();
+        assert_eq!(settled.why, Why::OnTrack);
+        assert_eq!(settled.burn_rate, Some(0), "a window without tokens");
+        for m in 200..400 {
+            pacer.observe(&reading(720_000, m, 29_000, 1.0), HOUR);
+            assert_eq!(pacer.published().status(), settled.status(), "minute {m}");
+            assert_eq!(pacer.published().condition(""), settled.condition(""), "minute {m}");
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::{
     },
     usage::{
         account,
-        pacing::{Published, Reading},
+        pacing::{Pacer, Published, Reading},
     },
     validate::{SpecErrors, ValidBudget, ValidPacing},
 };
@@ -144,7 +144,11 @@ fn forecast<'a>(
     workloads: &[decide::Workload],
     now: Timestamp,
 ) -> Option<(Published, &'a ValidPacing)> {
-    let pacing = spec.pacing.as_ref()?;
+    let Some(pacing) = spec.pacing.as_ref() else {
+        // Without spec.pacing there is nothing to remember: set again, it starts afresh.
+        *cycle.account.pacer_mut() = Pacer::default();
+        return None;
+    };
     let capacity = match pacing.action {
         PacingAction::ScaleReplicas => decide::capacity(name, workloads),
         PacingAction::None => 1.0,
