@@ -120,6 +120,16 @@ pub struct WorkloadPlan {
     pub notice: Option<Notice>,
 }
 
+/// A workload pacing runs on fewer replicas.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Paced {
+    /// `kind/name`.
+    pub workload: String,
+    pub replicas: i32,
+    /// The count the restore brings back.
+    pub original: i32,
+}
+
 /// The `Enforced` condition, before timestamps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
@@ -140,8 +150,8 @@ pub struct Plan {
     pub quota: Option<BTreeMap<String, Quantity>>,
     /// When the decision changes by itself (the end of the grace period).
     pub wake_at: Option<Timestamp>,
-    /// The workloads pacing runs on fewer replicas: `kind/name`, the count, the original.
-    pub paced: Vec<(String, i32, i32)>,
+    /// The workloads pacing runs on fewer replicas.
+    pub paced: Vec<Paced>,
     /// The bound Deployments and StatefulSets pacing leaves to their autoscaler.
     pub autoscaled: Vec<String>,
 }
@@ -164,8 +174,12 @@ pub fn decide(budget: &Budget, workloads: &[Workload], now: Timestamp) -> Plan {
             }
             _ => {
                 let (plan, entry, paced_to) = plan_workload(budget, &stance, w);
-                if let Some((count, original)) = paced_to {
-                    paced.push((label(w), count, original));
+                if let Some((replicas, original)) = paced_to {
+                    paced.push(Paced {
+                        workload: label(w),
+                        replicas,
+                        original,
+                    });
                 }
                 if budget.pacing.is_some() && w.bound && w.autoscaled && w.replicas.is_some() {
                     autoscaled.push(label(w));
@@ -1345,6 +1359,14 @@ mod tests {
         ))
     }
 
+    fn paced_entry(replicas: i32, original: i32) -> Paced {
+        Paced {
+            workload: "Deployment/a".into(),
+            replicas,
+            original,
+        }
+    }
+
     const PACED_10_TO_6: &str = "tokenbudget.io/paused-replicas: '10', tokenbudget.io/paced-replicas: '6'";
 
     #[test]
@@ -1363,7 +1385,7 @@ mod tests {
             notice.message,
             "scaled Deployment/a from 10 to 6 of its 10 replicas: pace 0.60"
         );
-        assert_eq!(plan.paced, [("Deployment/a".to_string(), 6, 10)]);
+        assert_eq!(plan.paced, [paced_entry(6, 10)]);
         assert!(plan.enforced.is_empty(), "pacing is no enforcement: {plan:?}");
         assert_eq!(plan.condition.reason, "NotExhausted");
     }
@@ -1388,7 +1410,7 @@ mod tests {
     fn a_paced_workload_stays_and_follows_the_pace_from_its_original_count() {
         let plan = decide(&paced(Some(60)), &[deployment(6, PACED_10_TO_6)], now());
         assert!(plan.workloads.is_empty(), "{plan:?}");
-        assert_eq!(plan.paced, [("Deployment/a".to_string(), 6, 10)]);
+        assert_eq!(plan.paced, [paced_entry(6, 10)]);
         // The pace moves a step up: 8 of the 10, not 80% of the 6 it runs.
         let plan = decide(&paced(Some(80)), &[deployment(6, PACED_10_TO_6)], now());
         assert_eq!(

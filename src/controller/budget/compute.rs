@@ -89,6 +89,8 @@ pub fn intent(
             held: true,
         };
     }
+    let workloads = observe::workloads(&observed.objects, &cycle.bound, &tb.name_any(), &observed.holds);
+    let forecast = forecast(spec, &tb.name_any(), cycle, &status, &workloads, now);
     let own_remaining = status.remaining_tokens.map(|r| u64::try_from(r).unwrap_or(0));
     let budget = decide::Budget {
         name: &tb.name_any(),
@@ -105,18 +107,12 @@ pub fn intent(
         },
         limit_tokens: spec.limit_tokens,
         deleting: false,
-        pacing: None,
-    };
-    let workloads = observe::workloads(&observed.objects, &cycle.bound, &tb.name_any(), &observed.holds);
-    let forecast = forecast(spec, &tb.name_any(), cycle, &status, &workloads, now);
-    let budget = decide::Budget {
         pacing: forecast.as_ref().and_then(|(published, pacing)| {
             (published.engaged() && pacing.action == PacingAction::ScaleReplicas).then_some(PaceTarget {
                 pace: published.pace,
                 min_replicas: pacing.min_replicas,
             })
         }),
-        ..budget
     };
     let plan = decide::decide(&budget, &workloads, now);
     status.enforced = plan.enforced.clone();
@@ -179,7 +175,7 @@ fn pacing_note(published: &Published, action: PacingAction, plan: &Plan) -> Stri
         return "agents read status.pacing; no replicas changed (pacing.action None)".into();
     }
     let paced: Vec<String> = (plan.paced.iter())
-        .map(|(workload, count, original)| format!("{workload} at {count} of {original} replicas"))
+        .map(|p| format!("{} at {} of {} replicas", p.workload, p.replicas, p.original))
         .collect();
     let mut parts = Vec::new();
     if !paced.is_empty() {
