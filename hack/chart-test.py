@@ -50,6 +50,7 @@ EXPECTED_RULES = [
     (["apps"], ["deployments", "statefulsets"], ["list", "watch", "patch"]),
     (["apps"], ["deployments/scale", "statefulsets/scale"], ["patch"]),
     (["apps"], ["replicasets"], ["list", "watch"]),
+    (["autoscaling"], ["horizontalpodautoscalers"], ["list", "watch"]),
     (["batch"], ["jobs", "cronjobs"], ["list", "watch", "patch"]),
     (["events.k8s.io"], ["events"], ["create"]),
 ]

@@ -186,6 +186,12 @@ impl Metrics {
             BudgetPhase::Active => 0,
         };
         self.budgets.phase.with_label_values(&labels).set(number);
+        match status.pacing.as_ref().and_then(|p| p.pace.parse::<f64>().ok()) {
+            Some(pace) => self.budgets.pace.with_label_values(&labels).set(pace),
+            None => {
+                let _ = self.budgets.pace.remove_label_values(&labels);
+            }
+        }
         for one_of in PHASES {
             self.budgets
                 .phases
@@ -207,6 +213,7 @@ impl Metrics {
         let _ = self.budgets.used_tokens.remove_label_values(&labels);
         let _ = self.budgets.limit_tokens.remove_label_values(&labels);
         let _ = self.budgets.used_cost.remove_label_values(&labels);
+        let _ = self.budgets.pace.remove_label_values(&labels);
         let _ = self.budgets.phase.remove_label_values(&labels);
         let _ = self.budgets.last_cycle.remove_label_values(&labels);
         for phase in PHASES {
@@ -284,6 +291,8 @@ struct BudgetSeries {
     used_tokens: IntGaugeVec,
     limit_tokens: IntGaugeVec,
     used_cost: GaugeVec,
+    /// `status.pacing.pace`, while the budget has `spec.pacing`.
+    pace: GaugeVec,
     phase: IntGaugeVec,
     /// One series per phase, 1 on the current one (as kube-state-metrics has them).
     phases: IntGaugeVec,
@@ -307,6 +316,12 @@ impl BudgetSeries {
                 r,
                 "tokenbudget_used_cost",
                 "Cost used in the current period, in the budget's currency",
+                &BUDGET_LABELS,
+            ),
+            pace: gauge_vec(
+                r,
+                "tokenbudget_pace",
+                "The pace agents keep so that the budget lasts until it resets (status.pacing.pace): 1 while on track",
                 &BUDGET_LABELS,
             ),
             phase: budget_gauge(
@@ -870,6 +885,25 @@ mod tests {
         assert_eq!(value(&metrics, "tokenbudget_phase", &["name=\"b\""]), Some(2.0));
         metrics.observe_budget("n", "b", &status(BudgetPhase::Active), None);
         assert_eq!(phases(&metrics), [1.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn the_pace_is_a_series_while_the_budget_paces() {
+        let metrics = Metrics::new();
+        let mut paced = status(BudgetPhase::Active);
+        paced.pacing = Some(crate::api::PacingStatus {
+            pace: "0.60".into(),
+            ..Default::default()
+        });
+        metrics.observe_budget("n", "b", &paced, None);
+        assert_eq!(value(&metrics, "tokenbudget_pace", &["name=\"b\""]), Some(0.6));
+        // spec.pacing removed: the series goes.
+        metrics.observe_budget("n", "b", &status(BudgetPhase::Active), None);
+        assert_eq!(value(&metrics, "tokenbudget_pace", &["name=\"b\""]), None);
+        // The budget deleted: so does it.
+        metrics.observe_budget("n", "b", &paced, None);
+        metrics.forget_budget("n", "b");
+        assert_eq!(value(&metrics, "tokenbudget_pace", &["name=\"b\""]), None);
     }
 
     #[test]

@@ -21,10 +21,16 @@ use rust_decimal::Decimal;
 use crate::{
     api::{
         BudgetBindingSpec, EnforcementAction, MAX_SCRAPE_TIMEOUT, MetricsEndpoint, MetricsFormat, MetricsSource,
-        PrometheusSeries, ResetPeriod, Scheme, SubjectLimit, TokenBudgetSpec, TokenType, WorkloadKind,
+        PacingAction, PrometheusSeries, ResetPeriod, Scheme, SubjectLimit, TokenBudgetSpec, TokenType,
+        WorkloadKind,
     },
     usage::{Extractor, PriceTable, pricing},
 };
+
+/// The shortest and longest `spec.pacing.window`: shorter, a forecast follows every burst;
+/// longer, it lags a day behind.
+const PACING_WINDOW_MIN: Duration = Duration::from_secs(5 * 60);
+const PACING_WINDOW_MAX: Duration = Duration::from_secs(24 * 3600);
 
 /// Everything wrong with a spec, each message naming its field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +69,17 @@ pub struct ValidBudget {
     pub quota: Option<BTreeMap<String, Quantity>>,
     /// `subjects`: the limits per subject label, each label once.
     pub subjects: Vec<SubjectLimit>,
+    /// `pacing`, when set.
+    pub pacing: Option<ValidPacing>,
+}
+
+/// `spec.pacing`, its window parsed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidPacing {
+    pub action: PacingAction,
+    pub min_replicas: i32,
+    /// How far back the forecast looks, from 5 minutes to 24 hours.
+    pub window: jiff::SignedDuration,
 }
 
 impl ValidBudget {
@@ -197,6 +214,18 @@ pub fn budget(spec: &TokenBudgetSpec) -> Result<ValidBudget, SpecErrors> {
     if spec.enforcement.freeze_quota && spec.compute_quota.is_none() {
         errors.push("spec.enforcement.freezeQuota: needs spec.computeQuota, the quota it would freeze");
     }
+    let pacing = spec.pacing.as_ref().map(|p| {
+        let window = errors.check("spec.pacing.window", parse_duration(&p.window))?;
+        if !(PACING_WINDOW_MIN..=PACING_WINDOW_MAX).contains(&window) {
+            errors.push(format!("spec.pacing.window: {:?} is not from 5m to 24h", p.window));
+            return None;
+        }
+        Some(ValidPacing {
+            action: p.action,
+            min_replicas: p.min_replicas,
+            window: jiff::SignedDuration::try_from(window).ok()?,
+        })
+    });
     let mut thresholds = spec.thresholds.clone();
     thresholds.sort_unstable();
     let valid = (|| {
@@ -214,6 +243,10 @@ pub fn budget(spec: &TokenBudgetSpec) -> Result<ValidBudget, SpecErrors> {
             freeze_quota: spec.enforcement.freeze_quota,
             quota: spec.compute_quota.as_ref().map(|q| q.hard.clone()),
             subjects: spec.subjects.clone(),
+            pacing: match pacing {
+                Some(p) => Some(p?),
+                None => None,
+            },
         })
     })();
     errors.finish(valid)
@@ -614,6 +647,16 @@ mod tests {
     #[test]
     fn a_minimal_budget_is_valid() {
         assert_eq!(budget(&budget_spec("limits: {tokens: 1000}")).map(drop), Ok(()));
+    }
+
+    #[test]
+    fn a_pacing_window_is_parsed_and_kept_from_5m_to_24h() {
+        let valid = budget(&budget_spec("limits: {tokens: 1000}\npacing: {action: ScaleReplicas}")).unwrap();
+        let pacing = valid.pacing.expect("pacing");
+        assert_eq!(pacing.window, jiff::SignedDuration::from_hours(1));
+        assert_eq!((pacing.action, pacing.min_replicas), (PacingAction::ScaleReplicas, 1));
+        let err = budget(&budget_spec("limits: {tokens: 1000}\npacing: {window: 1m}")).unwrap_err();
+        assert_eq!(err.to_string(), "spec.pacing.window: \"1m\" is not from 5m to 24h");
     }
 
     #[test]

@@ -6,11 +6,15 @@
 //! ever charged through the workload that really controls it, never through a name or label
 //! that happens to match.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, ReplicaSet, StatefulSet},
+        autoscaling::v2::HorizontalPodAutoscaler,
         batch::v1::{CronJob, Job},
         core::v1::{Container, ContainerPort, ContainerState, ContainerStatus, Pod, PodSpec, PodStatus},
     },
@@ -36,6 +40,8 @@ pub struct Caches {
     pub jobs: Cache<Job>,
     pub cron_jobs: Cache<CronJob>,
     pub pods: Cache<Pod>,
+    /// Read by pacing only: it leaves an autoscaled workload's replicas to the autoscaler.
+    pub autoscalers: Cache<HorizontalPodAutoscaler>,
 }
 
 /// A kind kept in [`Caches`].
@@ -60,6 +66,7 @@ cached!(
     Job => jobs,
     CronJob => cron_jobs,
     Pod => pods,
+    HorizontalPodAutoscaler => autoscalers,
 );
 
 /// The objects of one namespace, read from the caches: each read sees them as they are then,
@@ -139,6 +146,7 @@ pub struct Lists {
     pub jobs: Vec<Arc<Job>>,
     pub cron_jobs: Vec<Arc<CronJob>>,
     pub pods: Vec<Arc<Pod>>,
+    pub autoscalers: Vec<Arc<HorizontalPodAutoscaler>>,
 }
 
 impl Lists {
@@ -160,6 +168,7 @@ impl Lists {
             jobs: fill(&self.jobs),
             cron_jobs: fill(&self.cron_jobs),
             pods: fill(&self.pods),
+            autoscalers: fill(&self.autoscalers),
         }
     }
 }
@@ -437,6 +446,39 @@ impl Slim for StatefulSet {
     }
 }
 
+impl Slim for HorizontalPodAutoscaler {
+    /// Metadata (no managedFields) and the target: pacing reads nothing else.
+    fn slim(&mut self) {
+        self.metadata.managed_fields = None;
+        self.spec.metrics = None;
+        self.spec.behavior = None;
+        self.status = None;
+    }
+}
+
+/// The Deployments and StatefulSets of `objects` that a HorizontalPodAutoscaler targets (by
+/// its `scaleTargetRef`, kind and name, in the same namespace): pacing leaves their replicas
+/// to the autoscaler.
+pub fn autoscaled(objects: &Namespace) -> BTreeSet<WorkloadId> {
+    objects
+        .all::<HorizontalPodAutoscaler>()
+        .iter()
+        .filter_map(|hpa| {
+            let target = &hpa.spec.scale_target_ref;
+            let group = target.api_version.as_deref().unwrap_or_default();
+            let kind = match (group, target.kind.as_str()) {
+                ("apps/v1", "Deployment") => WorkloadKind::Deployment,
+                ("apps/v1", "StatefulSet") => WorkloadKind::StatefulSet,
+                _ => return None,
+            };
+            Some(WorkloadId {
+                kind,
+                name: target.name.clone(),
+            })
+        })
+        .collect()
+}
+
 impl Slim for ReplicaSet {
     fn slim(&mut self) {
         self.metadata.managed_fields = None;
@@ -574,6 +616,7 @@ pub(crate) mod fixtures {
                 // Same labels, no owner: never charged.
                 load("metadata: {name: stray, namespace: agents, labels: {team: research}}"),
             ],
+            autoscalers: Vec::new(),
         }
     }
 }

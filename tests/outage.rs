@@ -191,7 +191,7 @@ async fn outage(testbed: &Testbed, s: &mut Tenant, component: &'static str, spen
     if component == "apiserver" {
         // Every watch failed when the API server went: no store counts as current, and the
         // budgets' cycles (which went on counting) took no decision.
-        assert_eq!(synced.len(), 8, "one series per watched resource: {synced:?}");
+        assert_eq!(synced.len(), 9, "one series per watched resource: {synced:?}");
         assert!(
             synced.iter().all(|(_, v)| *v == 0.0),
             "watches still current without an API server: {synced:?}"

@@ -29,6 +29,7 @@ use common::*;
 use futures::FutureExt;
 use k8s_openapi::api::{
     apps::v1::Deployment,
+    autoscaling::v2::HorizontalPodAutoscaler,
     batch::v1::{CronJob, Job},
     core::v1::{Namespace, Pod, ResourceQuota, Secret},
     events::v1::Event,
@@ -208,6 +209,7 @@ async fn refused_in_namespace(release: &Release, ns: &str, agent: &Deployment, a
     let bindings: Api<BudgetBinding> = Api::namespaced(client.clone(), ns);
     let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), ns);
     let roles: Api<Role> = Api::namespaced(client.clone(), ns);
+    let autoscalers: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let bindings_rbac: Api<ClusterRoleBinding> = Api::all(client.clone());
 
@@ -250,6 +252,18 @@ async fn refused_in_namespace(release: &Release, ns: &str, agent: &Deployment, a
         .await;
     checks
         .expect("list ResourceQuotas", quotas.list(&ListParams::default()))
+        .await;
+    // Pacing watches autoscalers, and never writes one.
+    let hpa: HorizontalPodAutoscaler = serde_json::from_value(json!({
+        "metadata": {"name": "agent"},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "agent"}, "maxReplicas": 3}
+    }))
+    .unwrap();
+    checks
+        .expect(
+            "create a HorizontalPodAutoscaler",
+            autoscalers.create(&dry_post(), &hpa),
+        )
         .await;
     checks
         .expect(
@@ -382,6 +396,10 @@ async fn watches_every_namespace(release: &Release) {
         ),
         ("jobs", Api::all_with(client.clone(), &ApiResource::erase::<Job>(&()))),
         ("cronjobs", Api::all_with(client.clone(), &cron_jobs)),
+        (
+            "horizontalpodautoscalers",
+            Api::all_with(client.clone(), &ApiResource::erase::<HorizontalPodAutoscaler>(&())),
+        ),
     ];
     for (kind, api) in kinds {
         api.list_metadata(&ListParams::default().limit(1))

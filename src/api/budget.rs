@@ -181,6 +181,7 @@ pub struct Pacing {
     pub min_replicas: i32,
 
     /// How far back the burn rate of the forecast looks, as a duration from "5m" to "24h".
+    /// The forecast starts once its samples span a quarter of it (a new period, a restart).
     #[serde(default = "default_pacing_window")]
     #[schemars(regex(pattern = DURATION_PATTERN), extend("x-kubernetes-validations" = [
         at_most_a_year(),
@@ -486,9 +487,12 @@ pub struct SubjectUsage {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PacingStatus {
-    /// The fraction of the current burn rate at which the budget lasts until `resetsAt`, as a
-    /// decimal string from "0.00" to "1.00": "1.00" while the budget lasts at the current
-    /// rate (then nothing is paced), "0.60" to spend at 60% of it.
+    /// The fraction of the budget's unpaced burn rate at which it lasts until `resetsAt`, as a
+    /// decimal string from "0.00" to "1.00": "1.00" while nothing is paced, "0.60" to spend at
+    /// 60% of it. Unpaced: the rate over `spec.pacing.window` with the replicas ScaleReplicas
+    /// took away counted back in, so the pace does not bounce back once fewer run. It moves
+    /// in steps of at least 0.05; pacing engages below 0.90 and releases once the forecast
+    /// has been at 1 for a quarter of the window (docs/pacing.md).
     pub pace: String,
     /// The burn rate of the forecast, in tokens per hour over `spec.pacing.window`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -497,7 +501,7 @@ pub struct PacingStatus {
     /// evenly over the time left. A steadier target for agents than `pace`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sustainable_rate: Option<i64>,
-    /// Since when the pace is below 1 (RFC 3339); absent while it is 1.
+    /// Since when pacing is engaged, the pace below 1 (RFC 3339); absent while it is 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
 }

@@ -9,6 +9,7 @@ use futures::StreamExt;
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, ReplicaSet, StatefulSet},
+        autoscaling::v2::HorizontalPodAutoscaler,
         batch::v1::{CronJob, Job},
         core::v1::Pod,
     },
@@ -101,7 +102,12 @@ where
 fn undone_enforcement(meta: &ObjectMeta, replicas: Option<i32>, suspended: Option<bool>) -> Option<BudgetRef> {
     let annotations = meta.annotations.as_ref()?;
     let budget = annotations.get(crate::enforce::BUDGET)?;
-    let scaled_up = annotations.contains_key(crate::enforce::PAUSED_REPLICAS) && replicas.is_some_and(|r| r > 0);
+    // Above the count the operator set: 0, or the paced count while pacing runs fewer replicas.
+    let set = annotations
+        .get(crate::enforce::PACED_REPLICAS)
+        .and_then(|p| p.parse::<i32>().ok())
+        .unwrap_or(0);
+    let scaled_up = annotations.contains_key(crate::enforce::PAUSED_REPLICAS) && replicas.is_some_and(|r| r > set);
     let resumed = annotations.get(crate::enforce::SUSPENDED).is_some_and(|v| v == "true") && suspended != Some(true);
     (scaled_up || resumed).then(|| ObjectRef::new(budget).within(meta.namespace.as_deref().unwrap_or_default()))
 }
@@ -124,6 +130,14 @@ fn running_under_suspension(job: &Job, cron_job: Option<&CronJob>) -> Option<Bud
         .then(|| ObjectRef::new(budget).within(job.metadata.namespace.as_deref().unwrap_or_default()))
 }
 
+/// What the caches are for: the operator, or `tokenbudget-operator release` (restore only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    Operate,
+    /// Restores every workload: no HorizontalPodAutoscaler watch (pacing's concern only).
+    Restore,
+}
+
 impl Cluster {
     /// Starts the reflectors, each registered in `watches` (where the bindings' and budgets'
     /// watches are too). `terminating` receives every pod that starts terminating, so that its
@@ -135,6 +149,7 @@ impl Cluster {
         watches: Watches,
         terminating: futures::channel::mpsc::UnboundedSender<Arc<Pod>>,
         enforcement_undone: futures::channel::mpsc::UnboundedSender<BudgetRef>,
+        purpose: Purpose,
     ) -> (Self, impl Future<Output = ()> + Send + use<>) {
         let (pods_reader, pod_stream) = reflect(api(client, namespace), watches.register("pods"), move |pod: &Pod| {
             if pod.metadata.deletion_timestamp.is_some() {
@@ -163,6 +178,23 @@ impl Cluster {
             watches.register("statefulsets"),
             move |o: &StatefulSet| w(undone_enforcement(&o.metadata, o.spec.replicas, None)),
         );
+        // Pacing leaves a workload with an autoscaler alone: one created or deleted is seen at
+        // the budget's next cycle. A restore undoes pacing whatever the autoscalers, and needs
+        // no grant to read them.
+        let (autoscalers, a) = match purpose {
+            Purpose::Operate => {
+                let (cache, stream) = reflect(
+                    api(client, namespace),
+                    watches.register("horizontalpodautoscalers"),
+                    |_: &HorizontalPodAutoscaler| {},
+                );
+                (cache, futures::future::Either::Left(stream))
+            }
+            Purpose::Restore => (
+                cache::filled(Vec::new()),
+                futures::future::Either::Right(std::future::ready(())),
+            ),
+        };
         let w = wake.clone();
         let (cron_jobs, c) = reflect(
             api(client, namespace),
@@ -188,12 +220,13 @@ impl Cluster {
                 stateful_sets,
                 jobs,
                 cron_jobs,
+                autoscalers,
             },
             bindings,
             watches,
         };
         let driver = async move {
-            tokio::join!(pod_stream, rs, d, s, j, c);
+            tokio::join!(pod_stream, rs, d, s, j, c, a);
         };
         (cluster, driver)
     }
@@ -278,6 +311,15 @@ mod tests {
             ("research", Some("n"))
         );
         assert!(undone_enforcement(&paused, Some(0), None).is_none(), "still paused");
+        let paced = meta(
+            "{name: a, namespace: n, annotations: {tokenbudget.io/budget: research, \
+             tokenbudget.io/paused-replicas: '4', tokenbudget.io/paced-replicas: '2'}}",
+        );
+        assert!(undone_enforcement(&paced, Some(2), None).is_none(), "still paced");
+        assert!(
+            undone_enforcement(&paced, Some(3), None).is_some(),
+            "a scale-up while paced"
+        );
 
         let suspended = meta(
             "{name: j, namespace: n, annotations: {tokenbudget.io/budget: research, tokenbudget.io/suspended: 'true'}}",

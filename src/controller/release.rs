@@ -232,6 +232,7 @@ fn context(
         Watches::default(),
         terminating,
         undone,
+        super::cluster::Purpose::Restore,
     );
     let ctx = Context {
         client,

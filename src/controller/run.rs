@@ -358,7 +358,15 @@ fn cluster(
 ) -> (Cluster, impl futures::Stream<Item = BudgetRef> + Send + 'static) {
     let (terminating_tx, terminating_rx) = mpsc::unbounded();
     let (undone_tx, undone_rx) = mpsc::unbounded();
-    let (cluster, driver) = Cluster::start(client, ns, bindings, watches, terminating_tx, undone_tx);
+    let (cluster, driver) = Cluster::start(
+        client,
+        ns,
+        bindings,
+        watches,
+        terminating_tx,
+        undone_tx,
+        super::cluster::Purpose::Operate,
+    );
     tasks.spawn(driver);
     let trigger = cluster.clone();
     let terminating = terminating_rx.flat_map(move |pod| futures::stream::iter(trigger.budgets_for_pod(&pod)));

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, time::Duration};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-use super::{ANNOTATIONS, BUDGET, PAUSED_REPLICAS, REMAINING_TOKENS, STATE, SUSPENDED};
+use super::{ANNOTATIONS, BUDGET, PACED_REPLICAS, PAUSED_REPLICAS, REMAINING_TOKENS, STATE, SUSPENDED};
 use crate::api::{BudgetPhase, EnforcedWorkload, EnforcementAction, WorkloadKind};
 
 /// What the decision needs to know of the budget.
@@ -27,6 +27,18 @@ pub struct Budget<'a> {
     pub limit_tokens: Option<u64>,
     /// The budget is being deleted: undo everything.
     pub deleting: bool,
+    /// Pacing engaged with `action: ScaleReplicas`: what its bound Deployments and
+    /// StatefulSets without an autoscaler run.
+    pub pacing: Option<PaceTarget>,
+}
+
+/// What pacing asks of the replicas of a workload (see [`paced_count`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PaceTarget {
+    /// The published pace, in hundredths.
+    pub pace: u32,
+    /// `spec.pacing.minReplicas`.
+    pub min_replicas: i32,
 }
 
 /// A workload as it is now: bound to the budget, or carrying the budget's annotations from
@@ -43,6 +55,8 @@ pub struct Workload {
     pub suspended: Option<bool>,
     /// Named by a binding of this budget now.
     pub bound: bool,
+    /// A HorizontalPodAutoscaler targets it: pacing leaves its replicas to the autoscaler.
+    pub autoscaled: bool,
     /// Another budget that holds the workload: its `tokenbudget.io/budget` annotation names
     /// that budget, which exists and binds it through one of its valid bindings. The workload
     /// is left to that budget. An annotation alone holds nothing.
@@ -106,6 +120,16 @@ pub struct WorkloadPlan {
     pub notice: Option<Notice>,
 }
 
+/// A workload pacing runs on fewer replicas.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Paced {
+    /// `kind/name`.
+    pub workload: String,
+    pub replicas: i32,
+    /// The count the restore brings back.
+    pub original: i32,
+}
+
 /// The `Enforced` condition, before timestamps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
@@ -126,6 +150,10 @@ pub struct Plan {
     pub quota: Option<BTreeMap<String, Quantity>>,
     /// When the decision changes by itself (the end of the grace period).
     pub wake_at: Option<Timestamp>,
+    /// The workloads pacing runs on fewer replicas.
+    pub paced: Vec<Paced>,
+    /// The bound Deployments and StatefulSets pacing leaves to their autoscaler.
+    pub autoscaled: Vec<String>,
 }
 
 /// Decides what every workload should look like now.
@@ -134,6 +162,8 @@ pub fn decide(budget: &Budget, workloads: &[Workload], now: Timestamp) -> Plan {
     let mut plans = Vec::new();
     let mut enforced = Vec::new();
     let mut claimed_elsewhere = Vec::new();
+    let mut paced = Vec::new();
+    let mut autoscaled = Vec::new();
     for w in workloads {
         match &w.held_by {
             // Another budget enforces on it: one owner per workload, never a tug of war.
@@ -143,7 +173,17 @@ pub fn decide(budget: &Budget, workloads: &[Workload], now: Timestamp) -> Plan {
                 }
             }
             _ => {
-                let (plan, entry) = plan_workload(budget, &stance, w);
+                let (plan, entry, paced_to) = plan_workload(budget, &stance, w);
+                if let Some((replicas, original)) = paced_to {
+                    paced.push(Paced {
+                        workload: label(w),
+                        replicas,
+                        original,
+                    });
+                }
+                if budget.pacing.is_some() && w.bound && w.autoscaled && w.replicas.is_some() {
+                    autoscaled.push(label(w));
+                }
                 plans.extend(plan);
                 enforced.extend(entry);
                 for run in &w.runs {
@@ -164,6 +204,8 @@ pub fn decide(budget: &Budget, workloads: &[Workload], now: Timestamp) -> Plan {
         wake_at: stance
             .grace_end
             .filter(|end| budget.action == EnforcementAction::ScaleDown && now < *end),
+        paced,
+        autoscaled,
     }
 }
 
@@ -230,16 +272,28 @@ struct Writes {
     /// After them: a scale-down records the count to restore before it scales to 0.
     after: Vec<Step>,
     notice: Option<Notice>,
+    /// Paced: the count it runs, and the original.
+    paced: Option<(i32, i32)>,
 }
 
-/// The changes to one workload of this budget and its pods (`None`: nothing to change), and
-/// its `status.enforced` entry.
-fn plan_workload(budget: &Budget, stance: &Stance, w: &Workload) -> (Option<WorkloadPlan>, Option<EnforcedWorkload>) {
+/// The changes to one workload of this budget and its pods (`None`: nothing to change), its
+/// `status.enforced` entry, and the count pacing runs it on (with the original).
+fn plan_workload(
+    budget: &Budget,
+    stance: &Stance,
+    w: &Workload,
+) -> (Option<WorkloadPlan>, Option<EnforcedWorkload>, Option<(i32, i32)>) {
     let bound = w.bound && !budget.deleting;
     let enforce = bound && stance.scale_down;
+    let pace = budget.pacing.filter(|_| bound && !w.autoscaled);
     let mut want = wanted_annotations(budget, stance, w, bound);
-    let Writes { before, after, notice } = match w.replicas {
-        Some(current) => replica_writes(w, current, enforce, &mut want),
+    let Writes {
+        before,
+        after,
+        notice,
+        paced,
+    } = match w.replicas {
+        Some(current) => replica_writes(w, current, enforce, pace, &mut want),
         None => suspend_writes(w, enforce, &mut want),
     };
     let entry = enforced_entry(budget, stance, w, bound);
@@ -259,7 +313,7 @@ fn plan_workload(budget: &Budget, stance: &Stance, w: &Workload) -> (Option<Work
         pods,
         notice,
     });
-    (plan, entry)
+    (plan, entry, paced)
 }
 
 /// The budget, state and remaining-tokens annotations a workload should carry: all of them
@@ -280,19 +334,20 @@ fn wanted_annotations(budget: &Budget, stance: &Stance, w: &Workload, bound: boo
 }
 
 /// Deployments and StatefulSets: while enforced, scaled to 0 with the count to restore in an
-/// annotation; afterwards, scaled back to that count.
-fn replica_writes(w: &Workload, current: i32, enforce: bool, want: &mut Wanted) -> Writes {
+/// annotation; while paced, scaled to [`paced_count`] of that count, recorded the same way
+/// (and the paced count beside it); afterwards, scaled back to the count to restore.
+///
+/// The operator itself only ever sets 0 (enforcement) or the paced count: any other count
+/// was asked for by someone else (a `kubectl scale`, a GitOps sync), and becomes the count to
+/// restore, as with enforcement alone.
+fn replica_writes(w: &Workload, current: i32, enforce: bool, pace: Option<PaceTarget>, want: &mut Wanted) -> Writes {
     let label = label(w);
     let paused = w.annotations.get(PAUSED_REPLICAS).and_then(|p| p.parse::<i32>().ok());
+    let ours = is_ours(w, current);
+    let original = original_replicas(w, current);
     let mut writes = Writes::default();
     if enforce {
-        // The operator only ever scales to 0, so a count above 0 was asked for by
-        // someone else: that is the count to restore.
-        let keep = match paused {
-            Some(p) if current == 0 => p,
-            _ => current,
-        };
-        want.insert(PAUSED_REPLICAS, keep.to_string());
+        want.insert(PAUSED_REPLICAS, original.to_string());
         if current != 0 {
             writes.after.push(Step::Scale(0));
             writes.notice = Some(Notice {
@@ -301,7 +356,7 @@ fn replica_writes(w: &Workload, current: i32, enforce: bool, want: &mut Wanted) 
                 // count itself may be the operator's own scale-down that did not happen after
                 // its annotation was written (a conflict, a lost leadership): nothing to blame.
                 message: match paused {
-                    Some(p) if p != current => format!(
+                    Some(p) if p != current && !ours => format!(
                         "{label} was scaled to {current} by someone else while the budget is exhausted: \
                          scaled to 0 again ({current} is what the restore brings back)"
                     ),
@@ -309,8 +364,29 @@ fn replica_writes(w: &Workload, current: i32, enforce: bool, want: &mut Wanted) 
                 },
             });
         }
-    } else if let Some(paused) = paused {
-        let target = if current > 0 { current } else { paused };
+        return writes;
+    }
+    if let Some(pace) = pace {
+        let desired = paced_count(original, pace);
+        if desired < original {
+            want.insert(PAUSED_REPLICAS, original.to_string());
+            want.insert(PACED_REPLICAS, desired.to_string());
+            writes.paced = Some((desired, original));
+            if current != desired {
+                writes.after.push(Step::Scale(desired));
+                writes.notice = Some(Notice {
+                    reason: "Paced",
+                    message: format!(
+                        "scaled {label} from {current} to {desired} of its {original} replicas: pace {}",
+                        crate::usage::pacing::format_pace(pace.pace)
+                    ),
+                });
+            }
+            return writes;
+        }
+    }
+    if paused.is_some() {
+        let target = if ours { original } else { current };
         if current != target {
             writes.before.push(Step::Scale(target));
         }
@@ -320,6 +396,51 @@ fn replica_writes(w: &Workload, current: i32, enforce: bool, want: &mut Wanted) 
         });
     }
     writes
+}
+
+/// Whether `current` is a count the operator set: 0 (enforcement) or the paced count, while it
+/// records a count to restore.
+fn is_ours(w: &Workload, current: i32) -> bool {
+    let paced = w.annotations.get(PACED_REPLICAS).and_then(|p| p.parse::<i32>().ok());
+    w.annotations.contains_key(PAUSED_REPLICAS) && (current == 0 || Some(current) == paced)
+}
+
+/// The count a restore brings back: the one recorded while the current count is the
+/// operator's, the current one otherwise.
+fn original_replicas(w: &Workload, current: i32) -> i32 {
+    let paused = w.annotations.get(PAUSED_REPLICAS).and_then(|p| p.parse::<i32>().ok());
+    match paused {
+        Some(p) if is_ours(w, current) => p,
+        _ => current,
+    }
+}
+
+/// The replicas a paced workload runs: `floor(original × pace)`, at least `minReplicas` (or
+/// the original, when that is fewer), at most the original. With one workload, the pace being
+/// the sustainable rate over the full rate, this is `floor(sustainable rate / rate per
+/// replica)`.
+pub fn paced_count(original: i32, pace: PaceTarget) -> i32 {
+    let scaled = i64::from(original) * i64::from(pace.pace) / 100;
+    let floor = pace.min_replicas.min(original).max(0);
+    i32::try_from(scaled).unwrap_or(original).clamp(floor, original.max(0))
+}
+
+/// The capacity the pacing forecast samples: the replicas the paceable workloads (bound
+/// Deployments and StatefulSets without an autoscaler, not held by another budget) run, over
+/// their original counts; 1 when there are none.
+pub fn capacity(budget: &str, workloads: &[Workload]) -> f64 {
+    let (running, original) = workloads
+        .iter()
+        .filter(|w| w.bound && !w.autoscaled && w.held_by.as_deref().is_none_or(|b| b == budget))
+        .filter_map(|w| Some((w.replicas?, original_replicas(w, w.replicas?))))
+        .fold((0i64, 0i64), |(r, o), (current, original)| {
+            (r + i64::from(current), o + i64::from(original))
+        });
+    if original <= 0 {
+        1.0
+    } else {
+        (running as f64 / original as f64).min(1.0)
+    }
 }
 
 /// Jobs and CronJobs: while enforced, suspended and marked as suspended by the operator;
@@ -379,7 +500,9 @@ fn plan_run(
     let enforce = cron.bound && !budget.deleting && stance.scale_down && !run.finished;
     let label = format!("{} (a run of {})", label_of(WorkloadKind::Job, &run.name), label(cron));
     let mut want = Wanted::new();
-    let Writes { before, after, notice } = toggle_suspend(&label, &run.annotations, run.suspended, enforce, &mut want);
+    let Writes {
+        before, after, notice, ..
+    } = toggle_suspend(&label, &run.annotations, run.suspended, enforce, &mut want);
     let mut steps = before;
     let have = run.annotations.get(SUSPENDED);
     let new = want.get(SUSPENDED);
@@ -432,6 +555,7 @@ fn enforced_entry(budget: &Budget, stance: &Stance, w: &Workload, bound: bool) -
 fn pod_patches(w: &Workload, want: &Wanted) -> Vec<(String, AnnotationPatch)> {
     let mut pod_want = want.clone();
     pod_want.remove(PAUSED_REPLICAS);
+    pod_want.remove(PACED_REPLICAS);
     pod_want.remove(SUSPENDED);
     w.pods
         .iter()
@@ -601,6 +725,7 @@ mod tests {
             remaining_tokens: Some(if phase == BudgetPhase::Exhausted { 0 } else { 400 }),
             limit_tokens: Some(1000),
             deleting: false,
+            pacing: None,
         }
     }
 
@@ -617,6 +742,8 @@ mod tests {
             replicas: Option<i32>,
             suspended: Option<bool>,
             bound: Option<bool>,
+            #[serde(default)]
+            autoscaled: bool,
             /// Whether the budget its annotation names holds it (default true).
             held: Option<bool>,
             #[serde(default)]
@@ -648,6 +775,7 @@ mod tests {
             replicas: f.replicas,
             suspended: f.suspended,
             bound: f.bound.unwrap_or(true),
+            autoscaled: f.autoscaled,
             held_by,
             pods: f
                 .pods
@@ -1213,5 +1341,179 @@ mod tests {
             steps(&plan, "j"),
             [Step::Annotate(set(&[(BUDGET, "research"), (STATE, "ok")]))]
         );
+    }
+
+    /// A budget with room whose pacing is engaged at `pace` (hundredths), at least 2 replicas;
+    /// no other enforcement, so only pacing's annotations show.
+    fn paced(pace: Option<u32>) -> Budget<'static> {
+        Budget {
+            pacing: pace.map(|pace| PaceTarget { pace, min_replicas: 2 }),
+            ..budget(BudgetPhase::Active, EnforcementAction::None)
+        }
+    }
+
+    /// A Deployment `a` at `replicas`, with `annotations` (YAML pairs, may be empty).
+    fn deployment(replicas: i32, annotations: &str) -> Workload {
+        workload(&format!(
+            "{{kind: Deployment, name: a, replicas: {replicas}, annotations: {{{annotations}}}}}"
+        ))
+    }
+
+    fn paced_entry(replicas: i32, original: i32) -> Paced {
+        Paced {
+            workload: "Deployment/a".into(),
+            replicas,
+            original,
+        }
+    }
+
+    const PACED_10_TO_6: &str = "tokenbudget.io/paused-replicas: '10', tokenbudget.io/paced-replicas: '6'";
+
+    #[test]
+    fn pacing_records_the_original_count_then_runs_that_fraction_of_it() {
+        let plan = decide(&paced(Some(60)), &[deployment(10, "")], now());
+        assert_eq!(
+            steps(&plan, "a"),
+            [
+                Step::Annotate(set(&[(PACED_REPLICAS, "6"), (PAUSED_REPLICAS, "10")])),
+                Step::Scale(6)
+            ]
+        );
+        let notice = plan.workloads[0].notice.as_ref().unwrap();
+        assert_eq!(notice.reason, "Paced");
+        assert_eq!(
+            notice.message,
+            "scaled Deployment/a from 10 to 6 of its 10 replicas: pace 0.60"
+        );
+        assert_eq!(plan.paced, [paced_entry(6, 10)]);
+        assert!(plan.enforced.is_empty(), "pacing is no enforcement: {plan:?}");
+        assert_eq!(plan.condition.reason, "NotExhausted");
+    }
+
+    #[test]
+    fn the_paced_count_is_floored_kept_above_the_minimum_and_never_above_the_original() {
+        let at = |original, pace| paced_count(original, PaceTarget { pace, min_replicas: 2 });
+        assert_eq!(at(10, 65), 6);
+        assert_eq!(at(10, 5), 2, "at least minReplicas");
+        assert_eq!(at(1, 5), 1, "never above the original");
+        assert_eq!(at(0, 50), 0);
+        assert_eq!(at(10, 100), 10);
+        // Fewer than minReplicas to start with: not paced at all.
+        assert!(
+            decide(&paced(Some(10)), &[deployment(2, "")], now())
+                .workloads
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_paced_workload_stays_and_follows_the_pace_from_its_original_count() {
+        let plan = decide(&paced(Some(60)), &[deployment(6, PACED_10_TO_6)], now());
+        assert!(plan.workloads.is_empty(), "{plan:?}");
+        assert_eq!(plan.paced, [paced_entry(6, 10)]);
+        // The pace moves a step up: 8 of the 10, not 80% of the 6 it runs.
+        let plan = decide(&paced(Some(80)), &[deployment(6, PACED_10_TO_6)], now());
+        assert_eq!(
+            steps(&plan, "a"),
+            [Step::Annotate(set(&[(PACED_REPLICAS, "8")])), Step::Scale(8)]
+        );
+    }
+
+    #[test]
+    fn a_count_set_by_hand_while_paced_is_the_new_original() {
+        let plan = decide(&paced(Some(60)), &[deployment(8, PACED_10_TO_6)], now());
+        assert_eq!(
+            steps(&plan, "a"),
+            [
+                Step::Annotate(set(&[(PACED_REPLICAS, "4"), (PAUSED_REPLICAS, "8")])),
+                Step::Scale(4)
+            ]
+        );
+        // Released: the count set by hand stays.
+        let plan = decide(&paced(None), &[deployment(8, PACED_10_TO_6)], now());
+        assert_eq!(
+            steps(&plan, "a"),
+            [Step::Annotate(
+                [(PACED_REPLICAS.to_string(), None), (PAUSED_REPLICAS.to_string(), None)].into()
+            )]
+        );
+    }
+
+    #[test]
+    fn release_scales_back_to_the_original_first_and_forgets_afterwards() {
+        let plan = decide(&paced(None), &[deployment(6, PACED_10_TO_6)], now());
+        assert_eq!(
+            steps(&plan, "a"),
+            [
+                Step::Scale(10),
+                Step::Annotate([(PACED_REPLICAS.to_string(), None), (PAUSED_REPLICAS.to_string(), None)].into())
+            ]
+        );
+        let notice = plan.workloads[0].notice.as_ref().unwrap();
+        assert_eq!(notice.message, "restored Deployment/a to 10 replicas");
+        assert!(plan.paced.is_empty());
+    }
+
+    #[test]
+    fn exhaustion_wins_over_pacing_and_room_again_returns_to_the_paced_count() {
+        let exhausted = Budget {
+            pacing: Some(PaceTarget {
+                pace: 60,
+                min_replicas: 2,
+            }),
+            ..budget(BudgetPhase::Exhausted, EnforcementAction::ScaleDown)
+        };
+        let w = workload(&format!(
+            "{{kind: Deployment, name: a, replicas: 6, annotations: {{tokenbudget.io/budget: research, \
+             tokenbudget.io/state: exhausted, tokenbudget.io/remaining-tokens: '0', {PACED_10_TO_6}}}}}"
+        ));
+        let plan = decide(&exhausted, &[w], now());
+        assert_eq!(
+            steps(&plan, "a"),
+            [
+                Step::Annotate([(PACED_REPLICAS.to_string(), None)].into()),
+                Step::Scale(0)
+            ]
+        );
+        let notice = plan.workloads[0].notice.as_ref().unwrap();
+        assert_eq!(
+            notice.message,
+            "scaled Deployment/a from 6 to 0 replicas: the budget is exhausted"
+        );
+        // Room again (a raised limit) while pacing is still engaged: the paced count, not all 10.
+        let plan = decide(
+            &paced(Some(60)),
+            &[deployment(0, "tokenbudget.io/paused-replicas: '10'")],
+            now(),
+        );
+        assert_eq!(
+            steps(&plan, "a"),
+            [Step::Annotate(set(&[(PACED_REPLICAS, "6")])), Step::Scale(6)]
+        );
+    }
+
+    #[test]
+    fn an_autoscaled_workload_is_left_to_its_autoscaler() {
+        let mut w = deployment(10, "");
+        w.autoscaled = true;
+        let plan = decide(&paced(Some(60)), &[w.clone()], now());
+        assert!(plan.workloads.is_empty(), "{plan:?}");
+        assert_eq!(plan.autoscaled, ["Deployment/a"]);
+        // One that was paced before its autoscaler came is restored.
+        w.annotations = deployment(6, PACED_10_TO_6).annotations;
+        w.replicas = Some(6);
+        let plan = decide(&paced(Some(60)), &[w], now());
+        assert_eq!(steps(&plan, "a")[0], Step::Scale(10));
+    }
+
+    #[test]
+    fn capacity_is_the_replicas_run_over_the_original_counts() {
+        let stateful = workload("{kind: StatefulSet, name: s, replicas: 2}");
+        let mut autoscaled = workload("{kind: Deployment, name: h, replicas: 7}");
+        autoscaled.autoscaled = true;
+        let job = workload("{kind: Job, name: j, suspended: false}");
+        let workloads = [deployment(6, PACED_10_TO_6), stateful, autoscaled, job];
+        assert_eq!(capacity("research", &workloads), 8.0 / 12.0);
+        assert_eq!(capacity("research", &[]), 1.0);
     }
 }

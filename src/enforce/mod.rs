@@ -22,13 +22,24 @@ pub const STATE: &str = "tokenbudget.io/state";
 pub const REMAINING_TOKENS: &str = "tokenbudget.io/remaining-tokens";
 /// The replica count a restore brings back.
 pub const PAUSED_REPLICAS: &str = "tokenbudget.io/paused-replicas";
+/// While pacing runs a Deployment or StatefulSet on fewer replicas: the count it set (the
+/// count to restore is in [`PAUSED_REPLICAS`]). A count other than this one was set by
+/// someone else.
+pub const PACED_REPLICAS: &str = "tokenbudget.io/paced-replicas";
 /// `"true"` when the operator suspended a Job or CronJob (and so must resume it). A Job the
 /// user suspended is never resumed by the operator.
 pub const SUSPENDED: &str = "tokenbudget.io/suspended";
 
 /// Every annotation the operator writes. Nothing else on a workload or pod is ever changed,
 /// except its replica count or `suspend`.
-pub const ANNOTATIONS: [&str; 5] = [BUDGET, STATE, REMAINING_TOKENS, PAUSED_REPLICAS, SUSPENDED];
+pub const ANNOTATIONS: [&str; 6] = [
+    BUDGET,
+    STATE,
+    REMAINING_TOKENS,
+    PAUSED_REPLICAS,
+    PACED_REPLICAS,
+    SUSPENDED,
+];
 
 /// The finalizer that makes a deleted budget restore its workloads before it goes.
 pub const FINALIZER: &str = "tokenbudget.io/restore-workloads";

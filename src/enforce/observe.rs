@@ -32,7 +32,8 @@ pub struct Holds {
 }
 
 /// The workloads of budget `budget` in `objects`; `bound` are those its valid bindings name,
-/// `holds` what other budgets hold. A CronJob comes with its runs: the Jobs it controls, but
+/// `holds` what other budgets hold, `autoscaled` the Deployments and StatefulSets a
+/// HorizontalPodAutoscaler targets. A CronJob comes with its runs: the Jobs it controls, but
 /// for those that are workloads of this budget themselves or that another budget binds.
 pub fn workloads(
     objects: &Namespace,
@@ -52,6 +53,7 @@ pub fn workloads(
         .collect();
     // The port plays no part: only the pods are wanted, not where to scrape them.
     let resolution = workloads::resolve(&entries, &IntOrString::Int(0), objects);
+    let autoscaled = workloads::autoscaled(objects);
     all.iter()
         .filter_map(|id| {
             let (meta, replicas, suspended) = state(objects, id)?;
@@ -76,6 +78,7 @@ pub fn workloads(
                 .collect();
             Some(decide::Workload {
                 bound: bound.contains(id),
+                autoscaled: autoscaled.contains(id),
                 held_by: holds.held.get(id).cloned(),
                 kind: id.kind,
                 name: id.name.clone(),

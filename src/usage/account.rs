@@ -16,6 +16,7 @@ use rust_decimal::Decimal;
 use super::{
     history,
     ledger::{self, Ledger, OTHER_MODELS},
+    pacing::Pacer,
     period::{self, PeriodWindow},
     pool::{self, ModelTotals, Share},
     pricing, subjects,
@@ -67,6 +68,8 @@ pub struct Account {
     /// The ledger's totals per model that [`Account::new_tokens`] has handed out, in the
     /// ledger's period.
     handed: ModelTotals,
+    /// The forecast of `spec.pacing`: its samples and what it published.
+    pacer: Pacer,
 }
 
 impl Account {
@@ -82,6 +85,7 @@ impl Account {
             exhausted_since: None,
             share: None,
             handed: ModelTotals::new(),
+            pacer: Pacer::default(),
         };
         // What was persisted was handed out before it was written.
         account.handed = account.ledger_totals();
@@ -95,7 +99,14 @@ impl Account {
         account.history = status.map(|s| history::normalized(&s.history)).unwrap_or_default();
         // The share persisted holds every token of the ledger persisted with it.
         account.share = status.and_then(|s| s.parent.as_ref()).and_then(Share::from_status);
+        // An engaged pace stays engaged across a restart until a forecast says otherwise.
+        account.pacer = Pacer::resume(status.and_then(|s| s.pacing.as_ref()));
         account
+    }
+
+    /// The budget's pacing forecast.
+    pub fn pacer_mut(&mut self) -> &mut Pacer {
+        &mut self.pacer
     }
 
     /// The budget's share of its pool.
@@ -189,6 +200,8 @@ impl Account {
         }
         let reset = moved && had_period;
         if reset {
+            // A new period has the whole budget again: pacing starts afresh (and releases).
+            self.pacer = Pacer::default();
             self.samples.clear();
             self.published = None;
             self.exhausted_since = None;

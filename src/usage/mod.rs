@@ -8,6 +8,8 @@
 //!   entry per period, newest first, bounded.
 //! - [`ledger`]: turns successive scrapes into a budget's usage (the accounting rules),
 //!   persisted in the budget's status.
+//! - [`pacing`]: the forecast of whether the budget lasts until it resets, the pace agents
+//!   read, with hysteresis (docs/pacing.md).
 //! - [`parse`]: reads the token counters out of one scraped metrics body (Prometheus text
 //!   format or OpenMetrics), for the metric conventions a binding names.
 //! - [`period`]: the budget's current period (`periodStart`, `resetsAt`) at calendar
@@ -28,6 +30,7 @@ pub mod account;
 pub mod cycle;
 pub mod history;
 pub mod ledger;
+pub mod pacing;
 pub mod parse;
 pub mod period;
 pub mod pool;

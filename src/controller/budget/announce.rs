@@ -29,6 +29,7 @@ pub async fn announce(
     }
     events::announce_not_ready(ctx, tb, &old.conditions, &new.conditions).await;
     usage_transitions(ctx, tb, old, new).await;
+    pacing_transitions(ctx, tb, old, new).await;
     if let Some(cycle) = cycle {
         if cycle.period_reset {
             let note = format!(
@@ -61,6 +62,21 @@ async fn usage_transitions(ctx: &Context, tb: &TokenBudget, old: &TokenBudgetSta
         {
             ctx.publish(tb, EventType::Warning, type_, c.message.clone()).await;
         }
+    }
+}
+
+/// Events when pacing engages (`Pacing`) or releases (`OnTrack`): when the Paced condition's
+/// status changes, not at every step of the pace.
+async fn pacing_transitions(ctx: &Context, tb: &TokenBudget, old: &TokenBudgetStatus, new: &TokenBudgetStatus) {
+    let Some(now) = conditions::find(&new.conditions, "Paced") else {
+        return;
+    };
+    let was = conditions::find(&old.conditions, "Paced").map(|c| c.status.as_str());
+    match (was, now.status.as_str()) {
+        (Some("True"), "True") => {}
+        (_, "True") => ctx.publish(tb, EventType::Warning, "Pacing", now.message.clone()).await,
+        (Some("True"), _) => ctx.publish(tb, EventType::Normal, "OnTrack", now.message.clone()).await,
+        _ => {}
     }
 }
 

@@ -14,15 +14,18 @@ use super::{
     observe::{Cycle, Observed},
 };
 use crate::{
-    api::{BudgetPhase, EnforcementAction, TokenBudget, TokenBudgetStatus},
+    api::{BudgetPhase, EnforcementAction, PacingAction, TokenBudget, TokenBudgetStatus},
     conditions::{self, Desired, Status},
     controller::{RESYNC, pool::Parent},
     enforce::{
-        decide::{self, Plan},
+        decide::{self, PaceTarget, Plan},
         observe,
     },
-    usage::account,
-    validate::{SpecErrors, ValidBudget},
+    usage::{
+        account,
+        pacing::{Pacer, Published, Reading},
+    },
+    validate::{SpecErrors, ValidBudget, ValidPacing},
 };
 
 /// The budget as it should be, before the enforcement writes.
@@ -77,6 +80,7 @@ pub fn intent(
         // counted, but nothing is decided until every watch has listed again.
         status.enforced = existing.enforced;
         status.compute_quota = existing.compute_quota;
+        status.pacing = existing.pacing;
         return Intent {
             status,
             conditions,
@@ -85,6 +89,8 @@ pub fn intent(
             held: true,
         };
     }
+    let workloads = observe::workloads(&observed.objects, &cycle.bound, &tb.name_any(), &observed.holds);
+    let forecast = forecast(spec, &tb.name_any(), cycle, &status, &workloads, now);
     let own_remaining = status.remaining_tokens.map(|r| u64::try_from(r).unwrap_or(0));
     let budget = decide::Budget {
         name: &tb.name_any(),
@@ -101,10 +107,19 @@ pub fn intent(
         },
         limit_tokens: spec.limit_tokens,
         deleting: false,
+        pacing: forecast.as_ref().and_then(|(published, pacing)| {
+            (published.engaged() && pacing.action == PacingAction::ScaleReplicas).then_some(PaceTarget {
+                pace: published.pace,
+                min_replicas: pacing.min_replicas,
+            })
+        }),
     };
-    let workloads = observe::workloads(&observed.objects, &cycle.bound, &tb.name_any(), &observed.holds);
     let plan = decide::decide(&budget, &workloads, now);
     status.enforced = plan.enforced.clone();
+    if let Some((published, pacing)) = &forecast {
+        status.pacing = Some(published.status());
+        conditions.push(published.condition(&pacing_note(published, pacing.action, &plan)));
+    }
     Intent {
         status,
         conditions,
@@ -112,6 +127,67 @@ pub fn intent(
         exhausted_since,
         held: false,
     }
+}
+
+/// The pacing forecast of this cycle, when `spec.pacing` is set: the account's pacer takes
+/// the cycle's reading (the capacity the paceable workloads run at, for ScaleReplicas) and
+/// says what is published.
+fn forecast<'a>(
+    spec: &'a ValidBudget,
+    name: &str,
+    cycle: &mut Cycle,
+    status: &TokenBudgetStatus,
+    workloads: &[decide::Workload],
+    now: Timestamp,
+) -> Option<(Published, &'a ValidPacing)> {
+    let Some(pacing) = spec.pacing.as_ref() else {
+        // Without spec.pacing there is nothing to remember: set again, it starts afresh.
+        *cycle.account.pacer_mut() = Pacer::default();
+        return None;
+    };
+    let capacity = match pacing.action {
+        PacingAction::ScaleReplicas => decide::capacity(name, workloads),
+        PacingAction::None => 1.0,
+    };
+    let reading = Reading {
+        now,
+        resets_at: cycle.window.end.as_ref().map(|end| end.timestamp()),
+        tokens: cycle.account.ledger().used_tokens(spec.token_types.as_deref()),
+        cost: (status.used.as_ref())
+            .and_then(|u| u.cost.as_deref())
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0.0),
+        limit_tokens: spec.limit_tokens,
+        limit_cost: spec.limit_cost.and_then(|c| c.to_string().parse().ok()),
+        capacity,
+    };
+    let published = cycle.account.pacer_mut().observe(&reading, pacing.window).clone();
+    Some((published, pacing))
+}
+
+/// What the Paced condition adds to its message while pacing is engaged: the replicas
+/// ScaleReplicas runs, the workloads it leaves to their autoscaler, or that only agents pace.
+fn pacing_note(published: &Published, action: PacingAction, plan: &Plan) -> String {
+    if !published.engaged() {
+        return String::new();
+    }
+    if action == PacingAction::None {
+        return "agents read status.pacing; no replicas changed (pacing.action None)".into();
+    }
+    let paced: Vec<String> = (plan.paced.iter())
+        .map(|p| format!("{} at {} of {} replicas", p.workload, p.replicas, p.original))
+        .collect();
+    let mut parts = Vec::new();
+    if !paced.is_empty() {
+        parts.push(conditions::bounded_list(&paced, ", ", 5, 400));
+    }
+    if !plan.autoscaled.is_empty() {
+        parts.push(format!(
+            "left to their HorizontalPodAutoscaler: {} (lower its maxReplicas by hand, or let the agents read the pace)",
+            conditions::bounded_list(&plan.autoscaled, ", ", 5, 300)
+        ));
+    }
+    parts.join("; ")
 }
 
 /// How the budget enforces, with its pool: the action and grace period that apply, and the
@@ -229,6 +305,7 @@ pub fn restore_plan(tb: &TokenBudget, observed: &Observed, now: Timestamp) -> Pl
         remaining_tokens: None,
         limit_tokens: None,
         deleting: true,
+        pacing: None,
     };
     let workloads = observe::workloads(&observed.objects, &Default::default(), &name, &Default::default());
     decide::decide(&budget, &workloads, now)
@@ -260,9 +337,12 @@ pub fn status(tb: &TokenBudget, intent: Intent, acted: Option<&Acted>, now: Time
         exhausted.last_transition_time.0 = exhausted.last_transition_time.0.min(since);
     }
     if held {
-        status
-            .conditions
-            .extend(existing.iter().filter(|c| c.type_ == "Enforced").cloned());
+        status.conditions.extend(
+            existing
+                .iter()
+                .filter(|c| c.type_ == "Enforced" || c.type_ == "Paced")
+                .cloned(),
+        );
     }
     status.observed_generation = tb.metadata.generation;
     status
