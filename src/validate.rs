@@ -21,8 +21,7 @@ use rust_decimal::Decimal;
 use crate::{
     api::{
         BudgetBindingSpec, EnforcementAction, MAX_SCRAPE_TIMEOUT, MetricsEndpoint, MetricsFormat, MetricsSource,
-        PacingAction, PrometheusSeries, ResetPeriod, Scheme, SubjectLimit, TokenBudgetSpec, TokenType,
-        WorkloadKind,
+        PacingAction, PrometheusSeries, ResetPeriod, Scheme, SubjectLimit, TokenBudgetSpec, TokenType, WorkloadKind,
     },
     usage::{Extractor, PriceTable, pricing},
 };

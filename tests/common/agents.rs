@@ -48,11 +48,7 @@ pub async fn chart_agent_role(client: &Client, release: &str) -> String {
         "the agent role grants get on tokenbudgets, nothing else"
     );
     Api::<ClusterRole>::all(client.clone())
-        .patch(
-            &name,
-            &PatchParams::apply(release).force(),
-            &Patch::Apply(&role),
-        )
+        .patch(&name, &PatchParams::apply(release).force(), &Patch::Apply(&role))
         .await
         .expect("the agent ClusterRole applied");
     name
@@ -82,4 +78,3 @@ pub async fn token(client: &Client, namespace: &str, account: &str, audience: &s
         .and_then(|s| s.token)
         .expect("a token")
 }
-
