@@ -17,7 +17,8 @@ step() { printf '\n==> %s\n' "$*"; }
 SECONDS=0
 COMPAT_K8S_VERSION=${COMPAT_K8S_VERSION:-1.34.4}
 
-# The chart tests' Python packages (hack/chart-test-requirements.txt), in .venv/ (not in git).
+# The chart tests' Python packages (hack/chart-test-requirements.txt) and the example agent's
+# (examples/agent/requirements.txt), in .venv/ (not in git).
 chart_test_venv() {
   if [ ! -x .venv/bin/python ] && ! python3 -m venv .venv >/dev/null 2>&1; then
     # Debian's own python3 needs python3-venv for a venv with pip.
@@ -27,6 +28,8 @@ chart_test_venv() {
     python3 -m venv .venv
   fi
   .venv/bin/pip install -q --disable-pip-version-check -r hack/chart-test-requirements.txt
+  # tests/example_agent.rs runs examples/agent/agent.py with its own packages.
+  .venv/bin/pip install -q --disable-pip-version-check -r examples/agent/requirements.txt
 }
 
 # tests/prometheus_source.rs runs a real Prometheus: Debian's package, its binary run by the

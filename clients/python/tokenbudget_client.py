@@ -16,6 +16,7 @@ Configuration, each also a keyword argument of Client:
 - TOKENBUDGET_NAME: the TokenBudget's name (or `name=` at each call).
 - TOKENBUDGET_NAMESPACE: its namespace; default the pod's own, from
   /var/run/secrets/kubernetes.io/serviceaccount/namespace.
+- TOKENBUDGET_CACHE_SECONDS: how long an answer is kept (default 5; 0: ask every time).
 - TOKENBUDGET_TOKEN_FILE: the projected ServiceAccount token (audience tokenbudget.io); default
   /var/run/secrets/tokenbudget.io/token. Read again for every request: kubelet rotates it.
 
@@ -164,7 +165,7 @@ class Client:
         name: Optional[str] = None,
         namespace: Optional[str] = None,
         token_file: Optional[str] = None,
-        cache_seconds: float = DEFAULT_CACHE_SECONDS,
+        cache_seconds: Optional[float] = None,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ):
@@ -174,6 +175,8 @@ class Client:
         self.name = name or os.environ.get("TOKENBUDGET_NAME")
         self.namespace = namespace or os.environ.get("TOKENBUDGET_NAMESPACE") or _pod_namespace()
         self.token_file = token_file or os.environ.get("TOKENBUDGET_TOKEN_FILE") or DEFAULT_TOKEN_FILE
+        if cache_seconds is None:
+            cache_seconds = float(os.environ.get("TOKENBUDGET_CACHE_SECONDS", DEFAULT_CACHE_SECONDS))
         self.cache_seconds = cache_seconds
         self.timeout = timeout
         self._clock = clock

@@ -23,7 +23,6 @@ from opentelemetry import metrics
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.view import DropAggregation, View
 from prometheus_client import start_http_server
 
 import tokenbudget_client as tb
@@ -33,25 +32,23 @@ CHEAP_MODEL = os.environ.get("AGENT_CHEAP_MODEL", "gpt-4o-mini")
 CHEAP_BELOW = float(os.environ.get("AGENT_CHEAP_BELOW", "0.2"))
 SUBJECT_LABEL = "end_user"
 
-# The instrumentation's own token histogram has no end-user attribute and no hook to add one:
-# drop it (by its meter's name) and record the same instrument, with the same attributes plus
-# end_user, here. Two series of one name from two meters would count every token twice.
+# The instrumentation traces each call. Its token histogram has no end-user attribute and no
+# hook to add one, so its metrics go to a provider that exports nothing, and the agent records
+# the same instrument, with the same attributes plus end_user, on the exported one. (Both on
+# one exporter would count every token twice.)
 reader = PrometheusMetricReader()
-provider = MeterProvider(metric_readers=[reader], views=[
-    View(meter_name="opentelemetry.instrumentation.openai_v2", instrument_name="gen_ai.client.token.usage",
-         aggregation=DropAggregation()),
-])
+provider = MeterProvider(metric_readers=[reader])
 metrics.set_meter_provider(provider)
-OpenAIInstrumentor().instrument(meter_provider=provider)
-token_usage = metrics.get_meter("agent").create_histogram(
+OpenAIInstrumentor().instrument(meter_provider=MeterProvider())
+token_usage = provider.get_meter("agent").create_histogram(
     "gen_ai.client.token.usage", unit="{token}", description="Measures number of input and output tokens used")
 
 
-def record(response, end_user: str) -> None:
+def record(response, model: str, end_user: str) -> None:
     """Tokens of one response, as the GenAI semantic conventions name them, per end user."""
     usage = response.usage
     base = {"gen_ai.operation.name": "chat", "gen_ai.system": "openai",
-            "gen_ai.request.model": response.model, "gen_ai.response.model": response.model,
+            "gen_ai.request.model": model, "gen_ai.response.model": response.model,
             SUBJECT_LABEL: end_user}
     token_usage.record(usage.prompt_tokens, {**base, "gen_ai.token.type": "input"})
     token_usage.record(usage.completion_tokens, {**base, "gen_ai.token.type": "output"})
@@ -64,7 +61,11 @@ def choose_model(budget: tb.Budget) -> str:
 
 
 class SessionOver(Exception):
-    pass
+    """This end user's session stops: their share of the budget is spent."""
+
+
+class BudgetOver(Exception):
+    """The whole budget is spent: the agent stops."""
 
 
 def ask(client: OpenAI, budgets: tb.Client, end_user: str, prompt: str) -> str:
@@ -75,25 +76,32 @@ def ask(client: OpenAI, budgets: tb.Client, end_user: str, prompt: str) -> str:
         model = CHEAP_MODEL
     else:
         if budget.exhausted:
-            raise SessionOver(f"the budget is exhausted until {budget.resets_at}")
+            raise BudgetOver(f"the budget is exhausted until {budget.resets_at}")
         if budget.subject_exhausted:
             raise SessionOver(f"{end_user} has used up their share until {budget.resets_at}")
         model = choose_model(budget)
     response = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
                                               user=end_user)
-    record(response, end_user)
-    return response.choices[0].message.content
+    record(response, model, end_user)
+    return f"[{model}] {response.choices[0].message.content}"
 
 
 def main() -> None:
-    start_http_server(int(os.environ.get("METRICS_PORT", "9464")))  # what the BudgetBinding scrapes
+    # What the BudgetBinding scrapes.
+    start_http_server(int(os.environ.get("METRICS_PORT", "9464")), addr=os.environ.get("METRICS_ADDR", "0.0.0.0"))
     client, budgets = OpenAI(), tb.Client()
-    end_user = os.environ.get("END_USER", "anonymous")
-    for line in sys.stdin:
+    # One request per line: "<end user><TAB><prompt>", or a prompt alone for END_USER. A
+    # refused end user does not stop the others.
+    default_user = os.environ.get("END_USER", "anonymous")
+    for line in iter(sys.stdin.readline, ""):
+        end_user, _, prompt = line.rstrip("\n").rpartition("\t")
+        end_user = end_user or default_user
         try:
-            print(ask(client, budgets, end_user, line.strip()))
+            print(f"{end_user}: {ask(client, budgets, end_user, prompt)}", flush=True)
         except SessionOver as e:
-            print(f"session stopped: {e}")
+            print(f"{end_user}: refused: {e}", flush=True)
+        except BudgetOver as e:
+            print(f"stopped: {e}", flush=True)
             return
 
 
