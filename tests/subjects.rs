@@ -255,6 +255,13 @@ async fn fifty_thousand_end_users_stay_bounded_and_the_budget_exact() {
     println!("the budget's status with 50,000 end users: {size} bytes");
     assert!(size < 100_000, "{size} bytes");
 
+    // The operator's peak memory, for the record (`-- --nocapture`; a debug build).
+    let pid = s.operator.as_ref().unwrap().child.id();
+    let peak = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|st| st.lines().find(|l| l.starts_with("VmHWM")).map(str::to_owned));
+    println!("the operator after 50,000 end users: {}", peak.unwrap_or_default());
+
     // More spending is counted exactly, the untracked as well.
     agent.spend_for_users(50_000, "gpt-4o", 1);
     let tb = wait_used(&s.budgets, 150_000).await;
