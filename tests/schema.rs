@@ -115,7 +115,8 @@ async fn kubectl_get_shows_the_columns_of_the_api() {
             "AGE",
             "COST-LIMIT",
             "COST",
-            "BURN-RATE"
+            "BURN-RATE",
+            "PACE"
         ],
         "{wide}"
     );

@@ -62,6 +62,13 @@ use super::common::{
         json_path = ".status.burnRate",
         description = "Tokens per hour",
         priority = 1
+    ),
+    printcolumn(
+        name = "Pace",
+        type_ = "string",
+        json_path = ".status.pacing.pace",
+        description = "The pace that lasts until the reset, with spec.pacing",
+        priority = 1
     )
 )]
 #[serde(rename_all = "camelCase")]
