@@ -35,7 +35,7 @@ use crate::api::{
 };
 
 /// The largest value the ledger stores: what fits the API's `i64`.
-const CAP: u64 = i64::MAX as u64;
+pub(super) const CAP: u64 = i64::MAX as u64;
 
 /// At most this many model names in a budget's ledger (in a period, and among the pods'
 /// last-seen counters): a pod names its models, and must not grow the status without bound.
@@ -797,7 +797,7 @@ fn set_counter(counters: &mut BTreeMap<String, [u64; 2]>, model: &str, token_typ
     }
 }
 
-fn slot(token_type: TokenType) -> usize {
+pub(super) fn slot(token_type: TokenType) -> usize {
     match token_type {
         TokenType::Input => 0,
         TokenType::Output => 1,
@@ -805,15 +805,15 @@ fn slot(token_type: TokenType) -> usize {
 }
 
 /// Adds, saturating at what the API can store.
-fn add(a: u64, b: u64) -> u64 {
+pub(super) fn add(a: u64, b: u64) -> u64 {
     a.saturating_add(b).min(CAP)
 }
 
-fn to_i64(value: u64) -> i64 {
+pub(super) fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-fn from_i64(value: i64) -> u64 {
+pub(super) fn from_i64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 

@@ -28,7 +28,11 @@ use std::{
 
 use rust_decimal::Decimal;
 
-use super::{PriceTable, format_money, parse_money};
+use super::{
+    PriceTable, format_money,
+    ledger::{CAP, add, from_i64, slot, to_i64},
+    parse_money,
+};
 use crate::api::{
     ModelTokens, SUBJECTS_EXHAUSTED_LISTED, SUBJECTS_TOP, SubjectAccounting, SubjectLimit, SubjectUsage, SubjectsUsage,
     TokenBudget, TokenType,
@@ -38,9 +42,6 @@ use crate::api::{
 pub const MAX_SUBJECTS: usize = 1000;
 /// At most this many last-seen (pod, subject, model) counters are kept per label.
 pub const MAX_SUBJECT_COUNTERS: usize = 10_000;
-
-/// The largest value kept: what fits the API's `i64`.
-const CAP: u64 = i64::MAX as u64;
 
 /// A last-seen counter's key: the subject (`None`: the pod's series beyond the bounds,
 /// summed) and the model.
@@ -319,26 +320,6 @@ fn counter<'m>(field: &str, models: &'m [String]) -> Option<(&'m String, [u64; 2
         .next()
         .is_none()
         .then_some((model, [from_i64(input), from_i64(output)]))
-}
-
-fn slot(token_type: TokenType) -> usize {
-    match token_type {
-        TokenType::Input => 0,
-        TokenType::Output => 1,
-    }
-}
-
-/// Adds, saturating at what the API can store.
-fn add(a: u64, b: u64) -> u64 {
-    a.saturating_add(b).min(CAP)
-}
-
-fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn from_i64(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
 }
 
 /// One subject's tokens (of `token_types`; `None`: all) and cost over its models.
