@@ -475,70 +475,14 @@ impl Ledger {
     pub fn observe(&mut self, pod: &PodObservation<'_>, usage: &Usage) -> u64 {
         let reported = self.reported(usage);
         let subject_series = self.subject_series(usage);
-        let series = || {
-            reported.iter().flat_map(|(model, values)| {
-                TokenType::ALL
-                    .into_iter()
-                    .filter_map(move |t| Some((*model, t, values[slot(t)]?)))
-            })
-        };
-        let mut increases: Vec<(&str, TokenType, u64)> = Vec::new();
-        let restarts = pod.restarts.min(CAP);
-        let mut restarted = false;
-        let seen;
-        let entry = match self.pods.get_mut(pod.uid) {
-            Some(entry) => {
-                if restarts > entry.restarts {
-                    // Every container counts from zero again; series it no longer reports are
-                    // gone. Unless the new container started before the last successful
-                    // scrape: the kubelet reports a restart a little after the new process
-                    // answers, so that scrape already saw the new counters (and counted them
-                    // from zero if they were below the old ones). Counting from zero again
-                    // would count them twice.
-                    let seen_already = matches!(
-                        (pod.container_started, entry.last_scraped),
-                        (Some(started), Some(scraped)) if started <= scraped
-                    );
-                    if !seen_already {
-                        entry.counters.clear();
-                    }
-                    restarted = !seen_already;
-                    entry.restarts = restarts;
-                }
-                for (model, token_type, value) in series() {
-                    let last = entry.counters.get(model).map_or(0, |v| v[slot(token_type)]);
-                    let increase = if value >= last { value - last } else { value };
-                    if increase > 0 {
-                        increases.push((model, token_type, increase));
-                    }
-                    set_counter(&mut entry.counters, model, token_type, value);
-                }
-                entry.last_scraped = Some(pod.scraped_at);
-                seen = Seen::Known { restarted };
-                entry
-            }
-            None => {
-                let counts = match (pod.started_at, self.period_start) {
-                    (Some(started), Some(period_start)) => started >= period_start.max(pod.bound_since),
-                    _ => false,
-                };
-                seen = Seen::New { counts };
-                let mut counters = BTreeMap::new();
-                for (model, token_type, value) in series() {
-                    if counts && value > 0 {
-                        increases.push((model, token_type, value));
-                    }
-                    set_counter(&mut counters, model, token_type, value);
-                }
-                let entry = PodEntry {
-                    binding: pod.binding.to_owned(),
-                    workload: (pod.workload.0, pod.workload.1.to_owned()),
-                    restarts,
-                    counters,
-                    last_scraped: Some(pod.scraped_at),
-                };
-                self.pods.entry(pod.uid.to_owned()).or_insert(entry)
-            }
+        let series = reported.iter().flat_map(|(model, values)| {
+            TokenType::ALL
+                .into_iter()
+                .filter_map(move |t| Some((*model, t, values[slot(t)]?)))
+        });
+        let (increases, seen) = match self.pods.get_mut(pod.uid) {
+            Some(entry) => count_known(entry, pod, series),
+            None => self.count_new(pod, series),
         };
         for (label, series) in subject_series {
             if let Some(ledger) = self.subjects.get_mut(label) {
@@ -548,7 +492,49 @@ impl Ledger {
         if increases.is_empty() {
             return 0;
         }
+        let entry = &self.pods[pod.uid];
         let (workload, binding) = (entry.workload.clone(), entry.binding.clone());
+        self.charge(workload, binding, increases)
+    }
+
+    /// A pod new to the ledger: its whole counters count if it started inside the current
+    /// period and not before its workload became bound, else they are its baseline.
+    fn count_new<'m>(
+        &mut self,
+        pod: &PodObservation<'_>,
+        series: impl Iterator<Item = (&'m str, TokenType, u64)>,
+    ) -> (Vec<(&'m str, TokenType, u64)>, Seen) {
+        let counts = match (pod.started_at, self.period_start) {
+            (Some(started), Some(period_start)) => started >= period_start.max(pod.bound_since),
+            _ => false,
+        };
+        let mut increases = Vec::new();
+        let mut counters = BTreeMap::new();
+        for (model, token_type, value) in series {
+            if counts && value > 0 {
+                increases.push((model, token_type, value));
+            }
+            set_counter(&mut counters, model, token_type, value);
+        }
+        let entry = PodEntry {
+            binding: pod.binding.to_owned(),
+            workload: (pod.workload.0, pod.workload.1.to_owned()),
+            restarts: pod.restarts.min(CAP),
+            counters,
+            last_scraped: Some(pod.scraped_at),
+        };
+        self.pods.insert(pod.uid.to_owned(), entry);
+        (increases, Seen::New { counts })
+    }
+
+    /// Adds increases to the totals of the period, of the workload and of the binding the pod
+    /// is charged to; returns the tokens (all types) added.
+    fn charge(
+        &mut self,
+        workload: (WorkloadKind, String),
+        binding: String,
+        increases: Vec<(&str, TokenType, u64)>,
+    ) -> u64 {
         let workload = if self.workloads.contains_key(&workload) || self.workloads.len() < MAX_TOTALS {
             workload
         } else {
@@ -726,6 +712,44 @@ impl Ledger {
     pub fn take_counted(&mut self) -> Counted {
         std::mem::take(&mut self.counted)
     }
+}
+
+/// A pod the ledger knows: every series counts its increase since the last successful scrape,
+/// one that went down its new value; after a restart, every series counts from zero.
+fn count_known<'m>(
+    entry: &mut PodEntry,
+    pod: &PodObservation<'_>,
+    series: impl Iterator<Item = (&'m str, TokenType, u64)>,
+) -> (Vec<(&'m str, TokenType, u64)>, Seen) {
+    let restarts = pod.restarts.min(CAP);
+    let mut restarted = false;
+    if restarts > entry.restarts {
+        // Every container counts from zero again; series it no longer reports are gone.
+        // Unless the new container started before the last successful scrape: the kubelet
+        // reports a restart a little after the new process answers, so that scrape already saw
+        // the new counters (and counted them from zero if they were below the old ones).
+        // Counting from zero again would count them twice.
+        let seen_already = matches!(
+            (pod.container_started, entry.last_scraped),
+            (Some(started), Some(scraped)) if started <= scraped
+        );
+        if !seen_already {
+            entry.counters.clear();
+        }
+        restarted = !seen_already;
+        entry.restarts = restarts;
+    }
+    let mut increases = Vec::new();
+    for (model, token_type, value) in series {
+        let last = entry.counters.get(model).map_or(0, |v| v[slot(token_type)]);
+        let increase = if value >= last { value - last } else { value };
+        if increase > 0 {
+            increases.push((model, token_type, increase));
+        }
+        set_counter(&mut entry.counters, model, token_type, value);
+    }
+    entry.last_scraped = Some(pod.scraped_at);
+    (increases, Seen::Known { restarted })
 }
 
 /// Adds `increase` tokens of `token_type` to `model`'s totals.
