@@ -21,7 +21,8 @@ use rust_decimal::Decimal;
 use crate::{
     api::{
         BudgetBindingSpec, EnforcementAction, MAX_SCRAPE_TIMEOUT, MetricsEndpoint, MetricsFormat, MetricsSource,
-        PacingAction, PrometheusSeries, ResetPeriod, Scheme, SubjectLimit, TokenBudgetSpec, TokenType, WorkloadKind,
+        Pacing, PacingAction, PrometheusSeries, ResetPeriod, Scheme, SubjectLimit, TokenBudgetSpec, TokenType,
+        WorkloadKind,
     },
     usage::{Extractor, PriceTable, pricing},
 };
@@ -155,30 +156,7 @@ impl Errors {
 /// Validates a TokenBudget's spec beyond its schema, into the values the operator uses.
 pub fn budget(spec: &TokenBudgetSpec) -> Result<ValidBudget, SpecErrors> {
     let mut errors = Errors::default();
-    if spec.limits.tokens.is_none() && spec.limits.cost.is_none() {
-        errors.push("spec.limits: at least one of tokens and cost is required");
-    }
-    let limit_tokens = match spec.limits.tokens.map(u64::try_from) {
-        Some(Err(_)) => {
-            errors.push("spec.limits.tokens: must be >= 0");
-            None
-        }
-        Some(Ok(tokens)) => Some(tokens),
-        None => None,
-    };
-    let mut limit_cost = None;
-    if let Some(cost) = &spec.limits.cost {
-        if is_decimal(cost) {
-            limit_cost = pricing::parse_money(cost).ok();
-        } else {
-            errors.push(format!(
-                "spec.limits.cost: {cost:?} is not a decimal number such as \"250.00\""
-            ));
-        }
-        if spec.pricing.is_empty() {
-            errors.push("spec.limits.cost: a cost limit needs spec.pricing (without prices nothing costs anything)");
-        }
-    }
+    let (limit_tokens, limit_cost) = check_limits(spec, &mut errors);
     let time_zone = TimeZone::get(&spec.period.timezone)
         .map_err(|_| {
             errors.push(format!(
@@ -213,18 +191,7 @@ pub fn budget(spec: &TokenBudgetSpec) -> Result<ValidBudget, SpecErrors> {
     if spec.enforcement.freeze_quota && spec.compute_quota.is_none() {
         errors.push("spec.enforcement.freezeQuota: needs spec.computeQuota, the quota it would freeze");
     }
-    let pacing = spec.pacing.as_ref().map(|p| {
-        let window = errors.check("spec.pacing.window", parse_duration(&p.window))?;
-        if !(PACING_WINDOW_MIN..=PACING_WINDOW_MAX).contains(&window) {
-            errors.push(format!("spec.pacing.window: {:?} is not from 5m to 24h", p.window));
-            return None;
-        }
-        Some(ValidPacing {
-            action: p.action,
-            min_replicas: p.min_replicas,
-            window: jiff::SignedDuration::try_from(window).ok()?,
-        })
-    });
+    let pacing = spec.pacing.as_ref().map(|p| check_pacing(p, &mut errors));
     let mut thresholds = spec.thresholds.clone();
     thresholds.sort_unstable();
     let valid = (|| {
@@ -302,6 +269,49 @@ pub fn binding(spec: &BudgetBindingSpec) -> Result<ValidBinding, SpecErrors> {
         })
     })();
     errors.finish(valid)
+}
+
+/// `spec.limits`: at least one, a token count and a decimal cost (which needs prices).
+fn check_limits(spec: &TokenBudgetSpec, errors: &mut Errors) -> (Option<u64>, Option<Decimal>) {
+    if spec.limits.tokens.is_none() && spec.limits.cost.is_none() {
+        errors.push("spec.limits: at least one of tokens and cost is required");
+    }
+    let limit_tokens = match spec.limits.tokens.map(u64::try_from) {
+        Some(Err(_)) => {
+            errors.push("spec.limits.tokens: must be >= 0");
+            None
+        }
+        Some(Ok(tokens)) => Some(tokens),
+        None => None,
+    };
+    let mut limit_cost = None;
+    if let Some(cost) = &spec.limits.cost {
+        if is_decimal(cost) {
+            limit_cost = pricing::parse_money(cost).ok();
+        } else {
+            errors.push(format!(
+                "spec.limits.cost: {cost:?} is not a decimal number such as \"250.00\""
+            ));
+        }
+        if spec.pricing.is_empty() {
+            errors.push("spec.limits.cost: a cost limit needs spec.pricing (without prices nothing costs anything)");
+        }
+    }
+    (limit_tokens, limit_cost)
+}
+
+/// `spec.pacing`: its window a duration from 5 minutes to 24 hours.
+fn check_pacing(p: &Pacing, errors: &mut Errors) -> Option<ValidPacing> {
+    let window = errors.check("spec.pacing.window", parse_duration(&p.window))?;
+    if !(PACING_WINDOW_MIN..=PACING_WINDOW_MAX).contains(&window) {
+        errors.push(format!("spec.pacing.window: {:?} is not from 5m to 24h", p.window));
+        return None;
+    }
+    Some(ValidPacing {
+        action: p.action,
+        min_replicas: p.min_replicas,
+        window: jiff::SignedDuration::try_from(window).ok()?,
+    })
 }
 
 /// `spec.subjects`: a label name each, once, and limits as the budget's.
