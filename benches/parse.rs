@@ -8,6 +8,11 @@
 //! - `sums`: ~1 MiB of nothing but `gen_ai_client_token_usage_sum` series: every line counts,
 //!   the worst case for the extractor.
 //!
+//! - `subjects`: LiteLLM's counters for 10,000 end users of 2 models (~1.7 MiB), read without
+//!   and with the end user as a subject label (`Extractor::with_subjects`), and the subject
+//!   ledger counting one such scrape of a pod (`Ledger::observe` with `spec.subjects`): what a
+//!   budget's limit per end user costs.
+//!
 //! The baseline parses into a `Scrape` (building the `String` lines from the body, as a user
 //! must) and then sums the same series, so both sides do the same job.
 //!
@@ -238,6 +243,77 @@ fn bench(c: &mut Criterion) {
         });
         group.bench_function(format!("{name}/prometheus-parse"), |b| {
             b.iter(|| baseline(black_box(&body)))
+        });
+    }
+    group.finish();
+    subjects(c);
+}
+
+/// A pod's LiteLLM counters for `users` end users, each of two models.
+fn litellm_body(users: usize) -> String {
+    let mut body = String::new();
+    for (name, factor) in [
+        ("litellm_input_tokens_metric_total", 7),
+        ("litellm_output_tokens_metric_total", 3),
+    ] {
+        body.push_str(&format!("# TYPE {name} counter\n"));
+        for u in 0..users {
+            for model in ["gpt-4o", "gpt-4o-mini"] {
+                body.push_str(&format!(
+                    "{name}{{api_key_alias=\"None\",end_user=\"user-{u}@example.com\",model=\"{model}\",team=\"None\",user=\"None\"}} {}.0\n",
+                    (u + 1) * factor
+                ));
+            }
+        }
+    }
+    body
+}
+
+fn subjects(c: &mut Criterion) {
+    use tokenbudget::api::WorkloadKind;
+    use tokenbudget::usage::ledger::{Ledger, PodObservation};
+
+    let body = litellm_body(10_000).into_bytes();
+    let plain = Extractor::new(MetricsFormat::LiteLlm, &[]);
+    let with = plain.with_subjects(&["end_user"]);
+    let usage = with.extract(&body).expect("parses");
+    assert_eq!(usage.subjects("end_user").expect("read").count(), 2 * 2 * 10_000);
+    eprintln!("subjects: {} bytes, 10,000 end users of 2 models", body.len());
+    let mut group = c.benchmark_group("subjects");
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    group.bench_function("10k-users/extractor", |b| {
+        b.iter(|| plain.extract(black_box(&body)).expect("parses"))
+    });
+    group.bench_function("10k-users/extractor-with-subjects", |b| {
+        b.iter(|| with.extract(black_box(&body)).expect("parses"))
+    });
+    // One scrape of a known pod whose counters all moved, counted with and without the
+    // subject ledger.
+    let at = |s: &str| s.parse::<jiff::Timestamp>().expect("a time");
+    let pod = PodObservation {
+        uid: "pod",
+        name: "pod",
+        binding: "b",
+        workload: (WorkloadKind::Deployment, "agent"),
+        restarts: 0,
+        started_at: Some(at("2026-11-02T00:00:00Z")),
+        bound_since: at("2026-10-01T00:00:00Z"),
+        container_started: None,
+        scraped_at: at("2026-11-10T00:00:00Z"),
+    };
+    for (name, labels) in [
+        ("10k-users/observe", &[][..]),
+        ("10k-users/observe-with-subjects", &["end_user"][..]),
+    ] {
+        let mut ledger = Ledger::new(at("2026-11-01T00:00:00Z"));
+        ledger.set_subject_labels(labels.iter().copied());
+        ledger.observe(&pod, &usage);
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || ledger.clone(),
+                |mut ledger| ledger.observe(black_box(&pod), black_box(&usage)),
+                criterion::BatchSize::LargeInput,
+            )
         });
     }
     group.finish();
