@@ -348,7 +348,7 @@ fn wanted_annotations(budget: &Budget, stance: &Stance, w: &Workload, bound: boo
 /// restore, as with enforcement alone.
 fn replica_writes(w: &Workload, current: i32, enforce: bool, pace: Option<PaceTarget>, want: &mut Wanted) -> Writes {
     let label = label(w);
-    let paused = w.annotations.get(PAUSED_REPLICAS).and_then(|p| p.parse::<i32>().ok());
+    let paused = recorded_replicas(w);
     let ours = is_ours(w, current);
     let original = original_replicas(w, current);
     let mut writes = Writes::default();
@@ -404,6 +404,16 @@ fn replica_writes(w: &Workload, current: i32, enforce: bool, pace: Option<PaceTa
     writes
 }
 
+/// The count to restore recorded on `w`: a replica count, never below 0. Anyone who can edit
+/// the workload can write the annotation: a negative count would be a scale the API server
+/// refuses at every cycle (and a budget that cannot finish its deletion), so it reads as none.
+fn recorded_replicas(w: &Workload) -> Option<i32> {
+    w.annotations
+        .get(PAUSED_REPLICAS)
+        .and_then(|p| p.parse::<i32>().ok())
+        .filter(|p| *p >= 0)
+}
+
 /// Whether `current` is a count the operator set: 0 (enforcement) or the paced count, while it
 /// records a count to restore.
 fn is_ours(w: &Workload, current: i32) -> bool {
@@ -414,7 +424,7 @@ fn is_ours(w: &Workload, current: i32) -> bool {
 /// The count a restore brings back: the one recorded while the current count is the
 /// operator's, the current one otherwise.
 fn original_replicas(w: &Workload, current: i32) -> i32 {
-    let paused = w.annotations.get(PAUSED_REPLICAS).and_then(|p| p.parse::<i32>().ok());
+    let paused = recorded_replicas(w);
     match paused {
         Some(p) if is_ours(w, current) => p,
         _ => current,
@@ -1568,6 +1578,20 @@ mod tests {
         let mut w = deployment(6, &claimed);
         w.held_by = Some("research".into());
         assert!(decide(&other, &[w], now()).workloads.is_empty());
+    }
+
+    #[test]
+    fn a_negative_count_to_restore_is_never_scaled_to() {
+        for budget in [paced(None), paced(Some(60))] {
+            let plan = decide(&budget, &[deployment(0, "tokenbudget.io/paused-replicas: '-3'")], now());
+            assert!(
+                plan.workloads
+                    .iter()
+                    .flat_map(|w| &w.steps)
+                    .all(|s| !matches!(s, Step::Scale(n) if *n < 0)),
+                "{plan:?}"
+            );
+        }
     }
 
     #[test]
