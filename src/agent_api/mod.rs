@@ -53,6 +53,10 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest request head read (a projected token is about 1 KB): hyper's smallest buffer.
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
+/// The most connections served at once; the next ones wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// How long accepting pauses after it failed.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// Where the agent API is served, and the audience its callers' tokens must be for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -150,14 +154,34 @@ fn failure(status: &Status) -> Response<Full<Bytes>> {
 
 /// Serves the agent API on `listener` until `shutdown` resolves.
 pub async fn serve<R: Reviewer>(listener: TcpListener, api: AgentApi<R>, shutdown: impl Future<Output = ()>) {
+    serve_at_most(listener, api, shutdown, MAX_CONNECTIONS).await;
+}
+
+/// [`serve`], with at most `max_connections` connections at once.
+async fn serve_at_most<R: Reviewer>(
+    listener: TcpListener,
+    api: AgentApi<R>,
+    shutdown: impl Future<Output = ()>,
+    max_connections: usize,
+) {
     let api = Arc::new(api);
+    let connections = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        // A connection is accepted only with a place for it: the others wait in the listen
+        // backlog, and the operator's memory and file descriptors stay bounded whoever
+        // connects (unauthenticated callers included).
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            () = &mut shutdown => return,
+        };
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
+                    // Out of file descriptors, say: retrying at once would spin.
                     tracing::warn!(error = %e, "accepting a connection to the agent API failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                     continue;
                 }
             },
@@ -165,6 +189,7 @@ pub async fn serve<R: Reviewer>(listener: TcpListener, api: AgentApi<R>, shutdow
         };
         let api = api.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let api = api.clone();
                 async move { Ok::<_, Infallible>(api.respond(req.method(), req.uri(), req.headers()).await) }
@@ -326,6 +351,38 @@ status: {phase: Active, used: {tokens: 250}, remainingTokens: 750, percentUsed: 
     async fn nothing_is_answered_before_the_caches_have_synced() {
         let (code, body) = get(&api(false), Method::GET, PATH, Some("t-alice")).await;
         assert_eq!((code, body["reason"].as_str()), (503, Some("ServiceUnavailable")));
+    }
+
+    /// Connections are bounded: idle ones (a slowloris, a flood of unauthenticated callers)
+    /// hold at most `max_connections` places, each for at most the header read timeout, and
+    /// the next connection is served once a place is free, never by an unbounded task.
+    #[tokio::test]
+    async fn connections_past_the_limit_wait_for_a_place() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(serve_at_most(listener, api(true), std::future::pending(), 2));
+        let idle = [
+            tokio::net::TcpStream::connect(address).await.unwrap(),
+            tokio::net::TcpStream::connect(address).await.unwrap(),
+        ];
+        let mut third = tokio::net::TcpStream::connect(address).await.unwrap();
+        third
+            .write_all(
+                format!("GET {PATH} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t-alice\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut answer = [0u8; 12];
+        let waited = tokio::time::timeout(Duration::from_millis(500), third.read_exact(&mut answer)).await;
+        assert!(waited.is_err(), "answered past the limit: {waited:?}");
+        drop(idle);
+        tokio::time::timeout(Duration::from_secs(3), third.read_exact(&mut answer))
+            .await
+            .expect("served once a place is free")
+            .unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 200");
     }
 
     #[test]

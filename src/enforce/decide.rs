@@ -297,6 +297,13 @@ fn plan_workload(
         None => suspend_writes(w, enforce, &mut want),
     };
     let entry = enforced_entry(budget, stance, w, bound);
+    let pods = pod_patches(w, &want);
+    // A paced workload is this budget's while paced, whatever the enforcement action: the
+    // budget annotation (on the workload only) makes another budget binding it leave it alone,
+    // and this budget find it again to restore it once its binding is gone.
+    if paced.is_some() {
+        want.entry(BUDGET).or_insert_with(|| budget.name.to_string());
+    }
 
     let patch = diff(&w.annotations, &want);
     let mut steps = before;
@@ -304,7 +311,6 @@ fn plan_workload(
         steps.push(Step::Annotate(patch));
     }
     steps.extend(after);
-    let pods = pod_patches(w, &want);
     let plan = (!steps.is_empty() || !pods.is_empty()).then(|| WorkloadPlan {
         kind: w.kind,
         name: w.name.clone(),
@@ -342,7 +348,7 @@ fn wanted_annotations(budget: &Budget, stance: &Stance, w: &Workload, bound: boo
 /// restore, as with enforcement alone.
 fn replica_writes(w: &Workload, current: i32, enforce: bool, pace: Option<PaceTarget>, want: &mut Wanted) -> Writes {
     let label = label(w);
-    let paused = w.annotations.get(PAUSED_REPLICAS).and_then(|p| p.parse::<i32>().ok());
+    let paused = recorded_replicas(w);
     let ours = is_ours(w, current);
     let original = original_replicas(w, current);
     let mut writes = Writes::default();
@@ -398,6 +404,16 @@ fn replica_writes(w: &Workload, current: i32, enforce: bool, pace: Option<PaceTa
     writes
 }
 
+/// The count to restore recorded on `w`: a replica count, never below 0. Anyone who can edit
+/// the workload can write the annotation: a negative count would be a scale the API server
+/// refuses at every cycle (and a budget that cannot finish its deletion), so it reads as none.
+fn recorded_replicas(w: &Workload) -> Option<i32> {
+    w.annotations
+        .get(PAUSED_REPLICAS)
+        .and_then(|p| p.parse::<i32>().ok())
+        .filter(|p| *p >= 0)
+}
+
 /// Whether `current` is a count the operator set: 0 (enforcement) or the paced count, while it
 /// records a count to restore.
 fn is_ours(w: &Workload, current: i32) -> bool {
@@ -408,7 +424,7 @@ fn is_ours(w: &Workload, current: i32) -> bool {
 /// The count a restore brings back: the one recorded while the current count is the
 /// operator's, the current one otherwise.
 fn original_replicas(w: &Workload, current: i32) -> i32 {
-    let paused = w.annotations.get(PAUSED_REPLICAS).and_then(|p| p.parse::<i32>().ok());
+    let paused = recorded_replicas(w);
     match paused {
         Some(p) if is_ours(w, current) => p,
         _ => current,
@@ -1367,7 +1383,14 @@ mod tests {
         }
     }
 
-    const PACED_10_TO_6: &str = "tokenbudget.io/paused-replicas: '10', tokenbudget.io/paced-replicas: '6'";
+    const PACED_10_TO_6: &str =
+        "tokenbudget.io/budget: research, tokenbudget.io/paused-replicas: '10', tokenbudget.io/paced-replicas: '6'";
+    /// What a release removes from a workload paced without other enforcement.
+    fn released() -> AnnotationPatch {
+        [BUDGET, PACED_REPLICAS, PAUSED_REPLICAS]
+            .map(|k| (k.to_string(), None))
+            .into()
+    }
 
     #[test]
     fn pacing_records_the_original_count_then_runs_that_fraction_of_it() {
@@ -1375,7 +1398,11 @@ mod tests {
         assert_eq!(
             steps(&plan, "a"),
             [
-                Step::Annotate(set(&[(PACED_REPLICAS, "6"), (PAUSED_REPLICAS, "10")])),
+                Step::Annotate(set(&[
+                    (BUDGET, "research"),
+                    (PACED_REPLICAS, "6"),
+                    (PAUSED_REPLICAS, "10")
+                ])),
                 Step::Scale(6)
             ]
         );
@@ -1431,24 +1458,13 @@ mod tests {
         );
         // Released: the count set by hand stays.
         let plan = decide(&paced(None), &[deployment(8, PACED_10_TO_6)], now());
-        assert_eq!(
-            steps(&plan, "a"),
-            [Step::Annotate(
-                [(PACED_REPLICAS.to_string(), None), (PAUSED_REPLICAS.to_string(), None)].into()
-            )]
-        );
+        assert_eq!(steps(&plan, "a"), [Step::Annotate(released())]);
     }
 
     #[test]
     fn release_scales_back_to_the_original_first_and_forgets_afterwards() {
         let plan = decide(&paced(None), &[deployment(6, PACED_10_TO_6)], now());
-        assert_eq!(
-            steps(&plan, "a"),
-            [
-                Step::Scale(10),
-                Step::Annotate([(PACED_REPLICAS.to_string(), None), (PAUSED_REPLICAS.to_string(), None)].into())
-            ]
-        );
+        assert_eq!(steps(&plan, "a"), [Step::Scale(10), Step::Annotate(released())]);
         let notice = plan.workloads[0].notice.as_ref().unwrap();
         assert_eq!(notice.message, "restored Deployment/a to 10 replicas");
         assert!(plan.paced.is_empty());
@@ -1464,7 +1480,7 @@ mod tests {
             ..budget(BudgetPhase::Exhausted, EnforcementAction::ScaleDown)
         };
         let w = workload(&format!(
-            "{{kind: Deployment, name: a, replicas: 6, annotations: {{tokenbudget.io/budget: research, \
+            "{{kind: Deployment, name: a, replicas: 6, annotations: {{\
              tokenbudget.io/state: exhausted, tokenbudget.io/remaining-tokens: '0', {PACED_10_TO_6}}}}}"
         ));
         let plan = decide(&exhausted, &[w], now());
@@ -1488,7 +1504,10 @@ mod tests {
         );
         assert_eq!(
             steps(&plan, "a"),
-            [Step::Annotate(set(&[(PACED_REPLICAS, "6")])), Step::Scale(6)]
+            [
+                Step::Annotate(set(&[(BUDGET, "research"), (PACED_REPLICAS, "6")])),
+                Step::Scale(6)
+            ]
         );
     }
 
@@ -1504,6 +1523,75 @@ mod tests {
         w.replicas = Some(6);
         let plan = decide(&paced(Some(60)), &[w], now());
         assert_eq!(steps(&plan, "a")[0], Step::Scale(10));
+    }
+
+    /// With `enforcement.action: None` (or Annotate before it wrote them) nothing else marks a
+    /// paced workload as this budget's: without the budget annotation, a deleted binding
+    /// leaves it paced for good (the budget no longer finds it), and a second budget binding
+    /// it reads the paced count as "ours" and restores it (or paces it to its own pace) each
+    /// cycle while this one paces it again: a tug of war. Pacing claims the workload with the
+    /// budget annotation (not its pods) for as long as it is paced.
+    #[test]
+    fn pacing_claims_the_workload_it_paces_and_lets_it_go_on_release() {
+        let mut w = deployment(10, "");
+        w.pods = vec![Pod {
+            name: "a-1".into(),
+            annotations: BTreeMap::new(),
+        }];
+        let plan = decide(&paced(Some(60)), &[w], now());
+        assert_eq!(
+            steps(&plan, "a"),
+            [
+                Step::Annotate(set(&[
+                    (BUDGET, "research"),
+                    (PACED_REPLICAS, "6"),
+                    (PAUSED_REPLICAS, "10")
+                ])),
+                Step::Scale(6)
+            ]
+        );
+        assert!(plan.workloads[0].pods.is_empty(), "{plan:?}");
+        // Unbound (its binding deleted): found by its annotation, restored, let go.
+        let claimed = format!("tokenbudget.io/budget: research, {PACED_10_TO_6}");
+        let mut w = deployment(6, &claimed);
+        w.bound = false;
+        let plan = decide(&paced(Some(60)), &[w], now());
+        assert_eq!(
+            steps(&plan, "a"),
+            [
+                Step::Scale(10),
+                Step::Annotate(
+                    [
+                        (BUDGET.to_string(), None),
+                        (PACED_REPLICAS.to_string(), None),
+                        (PAUSED_REPLICAS.to_string(), None)
+                    ]
+                    .into()
+                )
+            ]
+        );
+        // Another budget binding it leaves it to this one.
+        let other = Budget {
+            name: "other",
+            ..paced(None)
+        };
+        let mut w = deployment(6, &claimed);
+        w.held_by = Some("research".into());
+        assert!(decide(&other, &[w], now()).workloads.is_empty());
+    }
+
+    #[test]
+    fn a_negative_count_to_restore_is_never_scaled_to() {
+        for budget in [paced(None), paced(Some(60))] {
+            let plan = decide(&budget, &[deployment(0, "tokenbudget.io/paused-replicas: '-3'")], now());
+            assert!(
+                plan.workloads
+                    .iter()
+                    .flat_map(|w| &w.steps)
+                    .all(|s| !matches!(s, Step::Scale(n) if *n < 0)),
+                "{plan:?}"
+            );
+        }
     }
 
     #[test]

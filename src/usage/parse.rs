@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 
 use memchr::{memchr, memchr2};
 
+use super::ledger::{MAX_MODEL_NAME_BYTES, OTHER_MODELS};
 use crate::api::{CustomMetric, MetricsEndpoint, MetricsFormat, TokenType};
 
 /// The largest value one series may have (10^15 tokens): anything above is taken as a broken
@@ -141,6 +142,12 @@ impl Usage {
     ) -> Result<(), LineError> {
         let Some((_, series)) = self.subjects.get_mut(index) else {
             return Ok(());
+        };
+        // A name the ledger keeps as `(other)` anyway: not one copy of it per label.
+        let model = if model.len() > MAX_MODEL_NAME_BYTES {
+            OTHER_MODELS
+        } else {
+            model
         };
         let named = subject.len() <= MAX_SUBJECT_BYTES
             && (series.len() < MAX_SCRAPE_SUBJECTS
@@ -1293,6 +1300,39 @@ litellm_output_tokens_metric_total{end_user="alice",model="gpt-4o-mini",team="t2
         assert!(series.contains(&(None, "m".into(), Input, 5 * 2 + 3)));
         let sum: u64 = series.iter().map(|s| s.3).sum();
         assert_eq!(sum, u.total(Input));
+    }
+
+    /// Each subject label keeps its own copy of a series' model name: with long names (up to
+    /// a line's length) and four labels, a body's model names would be held five times over,
+    /// per scrape in flight. A name the ledger would not keep (longer than
+    /// `MAX_MODEL_NAME_BYTES`: counted as `(other)`) is keyed as `(other)` here already.
+    #[test]
+    fn long_model_names_are_not_copied_per_subject_label() {
+        let labels = ["end_user", "team", "user", "session_id"];
+        let x = Extractor::new(MetricsFormat::LiteLlm, &[]).with_subjects(&labels);
+        let mut body = String::new();
+        for i in 0..16 {
+            let model = format!("{i}{}", "m".repeat(60_000));
+            body.push_str(&format!(
+                "litellm_input_tokens_metric_total{{end_user=\"u\",team=\"t\",user=\"x\",session_id=\"s\",model=\"{model}\"}} 2\n"
+            ));
+        }
+        let u = extract(&x, &body);
+        let held: usize = labels
+            .iter()
+            .flat_map(|l| subjects(&u, l))
+            .map(|(s, m, _, _)| s.map_or(0, |s| s.len()) + m.len())
+            .sum();
+        assert!(
+            held < 4096,
+            "{held} bytes of subject keys for a {} byte body",
+            body.len()
+        );
+        for label in labels {
+            let sum: u64 = subjects(&u, label).iter().map(|s| s.3).sum();
+            assert_eq!(sum, u.total(Input));
+            assert!(subjects(&u, label).iter().all(|s| s.1 == OTHER_MODELS));
+        }
     }
 
     #[test]

@@ -117,13 +117,23 @@ impl SubjectLedger {
             let v = &mut scraped.entry(key).or_default()[slot(token_type)];
             *v = Some(add(v.unwrap_or(0), value.min(CAP)));
         }
+        let regrouped = if baseline {
+            BTreeSet::new()
+        } else {
+            regroup(&pod, &mut scraped)
+        };
+        for model in &regrouped {
+            self.credit_regrouped(&pod, &scraped, model);
+        }
         for (key, values) in scraped {
+            // Counted above with the rest of its group.
+            let counted = regrouped.contains(&key.1) && (key.0.is_none() || !pod.contains_key(&key));
             for token_type in TokenType::ALL {
                 let Some(value) = values[slot(token_type)] else {
                     continue;
                 };
                 let last = pod.get(&key).map_or(0, |v| v[slot(token_type)]);
-                let increase = match (baseline, value >= last) {
+                let increase = match (baseline || counted, value >= last) {
                     (true, _) => 0,
                     (false, true) => value - last,
                     // The counter went down: it was reset, and counts from zero.
@@ -141,6 +151,33 @@ impl SubjectLedger {
         }
         self.counters += pod.len();
         self.pods.insert(uid.to_owned(), pod);
+    }
+
+    /// Counts, as untracked, the increase of the series of `model` that the pod's summed
+    /// counter held at its last scrape ([`regroup`]): its summed series now, and those that
+    /// left it for counters of their own, together against the summed counter's last value.
+    fn credit_regrouped(
+        &mut self,
+        pod: &BTreeMap<Key, [u64; 2]>,
+        scraped: &BTreeMap<Key, [Option<u64>; 2]>,
+        model: &str,
+    ) {
+        let last = pod.get(&(None, model.to_owned())).copied().unwrap_or_default();
+        let mut now = [0u64; 2];
+        for (key, values) in scraped {
+            if key.1 == model && (key.0.is_none() || !pod.contains_key(key)) {
+                for (sum, value) in now.iter_mut().zip(values) {
+                    *sum = add(*sum, value.unwrap_or(0));
+                }
+            }
+        }
+        for token_type in TokenType::ALL {
+            let (now, last) = (now[slot(token_type)], last[slot(token_type)]);
+            let increase = if now >= last { now - last } else { now };
+            if increase > 0 {
+                self.credit(&(None, model.to_owned()), token_type, increase);
+            }
+        }
     }
 
     /// Adds an increase to the subject's totals, or to the untracked ones.
@@ -303,6 +340,36 @@ impl SubjectLedger {
         }
         ledger
     }
+}
+
+/// The models whose summed series (a pod's series beyond the bounds) some subject left for a
+/// counter of its own, room having come back (a new period, pods gone): the pod's summed
+/// counter went down, and a subject's counter is new to the pod. What each subject that left
+/// spent since is not known on its own, only with the group: the group is counted as one
+/// ([`SubjectLedger::credit_regrouped`]) and the subjects' own counters start from their
+/// values, rather than each counting its whole value (tokens of past periods) and the summed
+/// counter's drop as a reset (counted twice). The summed counter's new value is set (0 when
+/// none of its series is left).
+fn regroup(pod: &BTreeMap<Key, [u64; 2]>, scraped: &mut BTreeMap<Key, [Option<u64>; 2]>) -> BTreeSet<String> {
+    let regrouped: BTreeSet<String> = scraped
+        .keys()
+        .filter(|key| key.0.is_some() && !pod.contains_key(*key))
+        .map(|(_, model)| model)
+        .filter(|model| {
+            let summed = (None, (*model).clone());
+            pod.get(&summed).is_some_and(|last| {
+                let now = scraped.get(&summed).copied().unwrap_or_default();
+                now.iter().zip(last).any(|(now, last)| now.unwrap_or(0) < *last)
+            })
+        })
+        .cloned()
+        .collect();
+    for model in &regrouped {
+        for value in scraped.entry((None, model.clone())).or_default() {
+            value.get_or_insert(0);
+        }
+    }
+    regrouped
 }
 
 /// The entry of `list` at the index `field` names.
@@ -683,6 +750,60 @@ mod tests {
         let state = l.to_state();
         assert!(state.subjects[0].totals_of("u00009").1);
         assert!(!state.subjects[0].totals_of("u99999").1);
+    }
+
+    /// A subject summed into its pod's untracked counter in one period finds room of its own
+    /// in the next (the totals start empty): its series leaves the pod's summed counter, which
+    /// goes down, and gets a counter of its own, new to the pod. Counted as a new series, its
+    /// whole lifetime value lands in the new period (an end user exhausted at the first scrape
+    /// of the day), and the summed counter's drop counts as a reset: tokens counted twice.
+    #[test]
+    fn a_subject_that_finds_room_again_does_not_bring_its_past_tokens() {
+        let mut l = ledger();
+        // "a-late" comes after the first MAX_SUBJECTS others, but sorts before them.
+        let mut many: Vec<(String, u64)> = (0..MAX_SUBJECTS).map(|i| (format!("u{i:05}"), 1)).collect();
+        l.observe(
+            &pod("p", 0),
+            &usage(&many.iter().map(|(u, t)| (u.as_str(), "m", *t, 0)).collect::<Vec<_>>()),
+        );
+        many.push(("a-late".into(), 5000));
+        many.push(("z-late".into(), 7000));
+        l.observe(
+            &pod("p", 0),
+            &usage(&many.iter().map(|(u, t)| (u.as_str(), "m", *t, 0)).collect::<Vec<_>>()),
+        );
+        assert_eq!(tokens(&l).1, 12_000);
+        l.reset(ts("2026-12-01T00:00:00Z"));
+        // Each spends one more token.
+        for (_, t) in &mut many {
+            *t += 1;
+        }
+        l.observe(
+            &pod("p", 0),
+            &usage(&many.iter().map(|(u, t)| (u.as_str(), "m", *t, 0)).collect::<Vec<_>>()),
+        );
+        let (subjects, untracked) = tokens(&l);
+        let late = subjects.iter().find(|(s, _)| s == "a-late").map_or(0, |(_, t)| *t);
+        assert!(late <= 1, "a-late brought {late} tokens of past periods");
+        assert_eq!(
+            subjects.iter().map(|s| s.1).sum::<u64>() + untracked,
+            l.used_tokens(None),
+            "{untracked} untracked"
+        );
+        assert_eq!(l.used_tokens(None), MAX_SUBJECTS as u64 + 2);
+        // And the next scrape counts each subject's increase once.
+        for (_, t) in &mut many {
+            *t += 1;
+        }
+        l.observe(
+            &pod("p", 0),
+            &usage(&many.iter().map(|(u, t)| (u.as_str(), "m", *t, 0)).collect::<Vec<_>>()),
+        );
+        let (subjects, untracked) = tokens(&l);
+        assert_eq!(
+            subjects.iter().map(|s| s.1).sum::<u64>() + untracked,
+            l.used_tokens(None)
+        );
     }
 
     #[test]
