@@ -11,13 +11,17 @@ use serde_json::Value;
 
 use super::ListOutput;
 use crate::api::{
-    BudgetPhase, Enforcement, EnforcementAction, ResetPeriod, TokenBudget, TokenBudgetSpec, TokenBudgetStatus,
-    TokenType,
+    BudgetLimits, BudgetPhase, Enforcement, EnforcementAction, Pacing, PacingAction, ResetPeriod, SubjectLimit,
+    SubjectsUsage, TokenBudget, TokenBudgetSpec, TokenBudgetStatus, TokenType,
 };
 use crate::usage::{format_money, parse_money, percent_used};
 
 /// Cells of the usage bar.
 pub const BAR_CELLS: usize = 20;
+
+/// At most this many exhausted subjects are named per label in the detailed view (the status
+/// lists up to 100; `-o yaml` prints them all).
+pub const EXHAUSTED_SHOWN: usize = 10;
 
 /// What every view needs besides the budgets.
 #[derive(Clone, Copy, Debug)]
@@ -94,14 +98,26 @@ struct StatusColumns {
     /// Only when some budget has a cost limit.
     cost: bool,
     wide: bool,
+    /// `-o wide`, only when some budget has `spec.pacing`.
+    pace: bool,
+    /// `-o wide`, only when some budget has `spec.subjects`.
+    subjects: bool,
 }
 
 impl StatusColumns {
     fn new<'a>(budgets: impl IntoIterator<Item = &'a TokenBudget>, all_namespaces: bool, wide: bool) -> Self {
+        let (mut cost, mut pace, mut subjects) = (false, false, false);
+        for b in budgets {
+            cost |= b.spec.limits.cost.is_some();
+            pace |= b.spec.pacing.is_some();
+            subjects |= !b.spec.subjects.is_empty();
+        }
         Self {
             namespace: all_namespaces,
-            cost: budgets.into_iter().any(|b| b.spec.limits.cost.is_some()),
+            cost,
             wide,
+            pace: wide && pace,
+            subjects: wide && subjects,
         }
     }
 
@@ -120,6 +136,12 @@ impl StatusColumns {
         header.extend(["PHASE", "BURN", "EXHAUSTS", "RESETS"]);
         if self.wide {
             header.extend(["PERIOD", "TIMEZONE", "ACTION", "ENFORCED"]);
+        }
+        if self.pace {
+            header.push("PACE");
+        }
+        if self.subjects {
+            header.push("SUBJECTS-EXHAUSTED");
         }
         header
     }
@@ -163,6 +185,12 @@ impl StatusColumns {
             row.push(Cell::plain(format!("{:?}", b.spec.enforcement.action)));
             row.push(Cell::plain(status.map_or(0, |s| s.enforced.len()).to_string()));
         }
+        if self.pace {
+            row.push(Cell::plain(pace_cell(b)));
+        }
+        if self.subjects {
+            row.push(Cell::plain(subjects_exhausted_cell(b)));
+        }
         row
     }
 }
@@ -185,12 +213,16 @@ pub fn status_detail(b: &TokenBudget, opts: &Options) -> String {
     }
     fields.add("Thresholds", thresholds_line(spec));
     fields.add("Enforcement", enforcement_line(&spec.enforcement));
+    if let Some(pacing) = &spec.pacing {
+        describe_pacing(&mut fields, pacing, status, opts);
+    }
 
     let empty = TokenBudgetStatus::default();
     let s = status.unwrap_or(&empty);
     let mut out = fields.render(opts.color);
     out.push_str(&models_section(spec, s, opts));
     out.push_str(&workloads_section(s, opts));
+    out.push_str(&subjects_section(spec, status, opts));
     out.push_str(&enforced_section(s, color, opts));
     out.push_str(&section("Conditions", s.conditions.is_empty()));
     if !s.conditions.is_empty() {
@@ -223,18 +255,169 @@ fn describe_identity(fields: &mut Fields, b: &TokenBudget, opts: &Options) {
 
 /// "5,000,000 tokens (input + output) and 250.00 USD per month".
 fn limits_line(spec: &TokenBudgetSpec) -> String {
+    format!("{} {}", limits_text(&spec.limits, spec), per_period(spec.period.reset))
+}
+
+/// "5,000,000 tokens (input + output) and 250.00 USD": `limits` in the budget's token types and
+/// currency (a subject's limits count as the budget's).
+fn limits_text(l: &BudgetLimits, spec: &TokenBudgetSpec) -> String {
     let mut limits = Vec::new();
-    if let Some(tokens) = spec.limits.tokens {
+    if let Some(tokens) = l.tokens {
         let types = match &spec.token_types {
             Some(types) => types.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(" + "),
             None => TokenType::ALL.map(|t| t.as_str()).join(" + "),
         };
         limits.push(format!("{} tokens ({types})", grouped(tokens)));
     }
-    if let Some(cost) = &spec.limits.cost {
+    if let Some(cost) = &l.cost {
         limits.push(format!("{} {}", money(cost), spec.currency));
     }
-    format!("{} {}", limits.join(" and "), per_period(spec.period.reset))
+    limits.join(" and ")
+}
+
+/// The pacing lines of the detailed view: what `spec.pacing` does, then the pace, the burn rate
+/// against the sustainable rate, and why it is paced (the Paced condition, while True).
+fn describe_pacing(fields: &mut Fields, pacing: &Pacing, status: Option<&TokenBudgetStatus>, opts: &Options) {
+    let action = match pacing.action {
+        PacingAction::None => "None (publishes the pace only)".to_string(),
+        PacingAction::ScaleReplicas => format!(
+            "ScaleReplicas (at least {} replica{})",
+            pacing.min_replicas,
+            if pacing.min_replicas == 1 { "" } else { "s" }
+        ),
+    };
+    fields.add("Pacing", format!("{action}, window {}", pacing.window));
+    let Some(s) = status else {
+        return;
+    };
+    let Some(p) = &s.pacing else {
+        fields.add("  pace", "- (no forecast yet)");
+        return;
+    };
+    let pace = match &p.since {
+        Some(since) => format!("{} since {} ({since})", p.pace, relative(opts.now, since)),
+        None => format!("{} (not paced)", p.pace),
+    };
+    let color = p.since.is_some().then_some(Color::Yellow);
+    fields.add_colored("  pace", pace, color);
+    let rate = |r: Option<i64>| r.map_or("-".into(), |r| format!("{}/h", human(r)));
+    fields.add(
+        "  burn rate",
+        format!("{}, sustainable {}", rate(p.burn_rate), rate(p.sustainable_rate)),
+    );
+    if let Some(c) = s.conditions.iter().find(|c| c.type_ == "Paced" && c.status == "True") {
+        fields.add("  paced", c.message.clone());
+    }
+}
+
+/// The Subjects section, when `spec.subjects` is set: per label its limit, how many subjects
+/// spent and are exhausted, the exhausted ones (at most [`EXHAUSTED_SHOWN`]), the untracked
+/// tokens and the largest subjects.
+fn subjects_section(spec: &TokenBudgetSpec, status: Option<&TokenBudgetStatus>, opts: &Options) -> String {
+    if spec.subjects.is_empty() {
+        return String::new();
+    }
+    let mut out = section("Subjects", false);
+    for limit in &spec.subjects {
+        let usage = status.and_then(|s| s.subjects.iter().find(|u| u.label == limit.label));
+        out.push_str(&subject_label(spec, limit, usage, status.is_some(), opts));
+    }
+    out
+}
+
+/// One label of the Subjects section.
+fn subject_label(
+    spec: &TokenBudgetSpec,
+    limit: &SubjectLimit,
+    usage: Option<&SubjectsUsage>,
+    reported: bool,
+    opts: &Options,
+) -> String {
+    let mut fields = Fields::default();
+    fields.add(
+        "Limit",
+        format!(
+            "{} per subject {}",
+            limits_text(&limit.limits, spec),
+            per_period(spec.period.reset)
+        ),
+    );
+    match usage {
+        None if !reported => {}
+        None => fields.add("Subjects", "none has spent this period"),
+        Some(u) => {
+            fields.add(
+                "Subjects",
+                format!(
+                    "{} spent this period, {} exhausted",
+                    grouped(u.count),
+                    grouped(u.exhausted_count)
+                ),
+            );
+            if u.exhausted_count > 0 || !u.exhausted.is_empty() {
+                let red = (u.exhausted_count > 0).then_some(Color::Red);
+                fields.add_colored("Exhausted", exhausted_line(u), red);
+            }
+            if u.untracked_tokens != 0 {
+                fields.add(
+                    "Untracked",
+                    format!(
+                        "{} tokens of subjects past the bounds the operator counts one by one: \
+                         they count toward the budget, toward no subject's limit",
+                        grouped(u.untracked_tokens)
+                    ),
+                );
+            }
+        }
+    }
+    let mut out = format!("  {}:\n", printable(&limit.label));
+    out.push_str(&indent(&fields.render(opts.color), "    "));
+    if let Some(u) = usage.filter(|u| !u.top.is_empty()) {
+        out.push_str("    Top:\n");
+        let mut table = Table::new(&["VALUE", "TOKENS", "COST", "EXHAUSTED"]);
+        for t in &u.top {
+            table.push(vec![
+                Cell::plain(printable(&t.value)),
+                Cell::plain(grouped(t.tokens)),
+                Cell::plain(
+                    t.cost
+                        .as_deref()
+                        .map_or("-".into(), |c| format!("{} {}", money(c), spec.currency)),
+                ),
+                match t.exhausted {
+                    true => Cell::new("yes", Some(Color::Red)),
+                    false => Cell::plain("no"),
+                },
+            ]);
+        }
+        out.push_str(&table.render("      ", opts.color));
+    }
+    out
+}
+
+/// "alice, bob and 110 more": the listed exhausted subjects, at most [`EXHAUSTED_SHOWN`], and
+/// how many of `exhaustedCount` that leaves out.
+fn exhausted_line(u: &SubjectsUsage) -> String {
+    let shown: Vec<String> = u.exhausted.iter().take(EXHAUSTED_SHOWN).map(|v| printable(v)).collect();
+    let more = u.exhausted_count.saturating_sub(shown.len() as i64);
+    match (shown.is_empty(), more > 0) {
+        (true, _) => format!("{} (none listed)", grouped(u.exhausted_count)),
+        (false, true) => format!("{} and {} more", shown.join(", "), grouped(more)),
+        (false, false) => shown.join(", "),
+    }
+}
+
+/// A subject value (or label) as the terminal may print it: quoted, with its control characters
+/// escaped, when it has any (an agent chooses the values; an escape sequence in one must not
+/// reach the terminal), or when a comma, a quote or outer spaces would make a list ambiguous.
+fn printable(v: &str) -> String {
+    let plain = !v.is_empty() && v.trim() == v && !v.chars().any(|c| c.is_control() || c == ',' || c == '"');
+    if plain { v.to_string() } else { format!("{v:?}") }
+}
+
+/// Every line of `text` after `prefix`.
+fn indent(text: &str, prefix: &str) -> String {
+    text.lines().map(|l| format!("{prefix}{l}\n")).collect()
 }
 
 /// The period lines of the detailed view: its kind and zone, its start and the next reset.
@@ -763,6 +946,30 @@ fn resets_cell(b: &TokenBudget, now: Timestamp) -> String {
         Some(t) => relative(now, t),
         None if b.spec.period.reset == ResetPeriod::Never => "never".into(),
         None => "-".into(),
+    }
+}
+
+/// "0.60": the published pace, "-" without `spec.pacing` or before the operator said.
+fn pace_cell(b: &TokenBudget) -> String {
+    if b.spec.pacing.is_none() {
+        return "-".into();
+    }
+    b.status
+        .as_ref()
+        .and_then(|s| s.pacing.as_ref())
+        .map_or("-".into(), |p| p.pace.clone())
+}
+
+/// The exhausted subjects of all labels, "-" without `spec.subjects` or before the operator said.
+fn subjects_exhausted_cell(b: &TokenBudget) -> String {
+    match &b.status {
+        Some(s) if !b.spec.subjects.is_empty() => grouped(
+            s.subjects
+                .iter()
+                .map(|u| u.exhausted_count)
+                .fold(0i64, i64::saturating_add),
+        ),
+        _ => "-".into(),
     }
 }
 

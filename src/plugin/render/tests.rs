@@ -575,3 +575,262 @@ metadata:
         )
     );
 }
+
+// ---- subjects and pacing (fixtures/subjects.yaml) --------------------------------------------
+
+/// The budgets with `spec.subjects` or `spec.pacing`, in namespace `support`.
+fn subject_fixtures() -> Vec<TokenBudget> {
+    serde_yaml::Deserializer::from_str(include_str!("../fixtures/subjects.yaml"))
+        .map(|doc| TokenBudget::deserialize(doc).expect("fixture parses"))
+        .collect()
+}
+
+fn subject_named(name: &str) -> TokenBudget {
+    subject_fixtures()
+        .into_iter()
+        .find(|b| b.name_any() == name)
+        .unwrap_or_else(|| panic!("no fixture {name}"))
+}
+
+#[test]
+fn detail_of_a_budget_with_two_subject_labels() {
+    let out = status_detail(&subject_named("support-bot"), &PLAIN);
+    let subjects = out
+        .split_once("Workloads:  <none>\n")
+        .and_then(|(_, rest)| rest.split_once("Conditions:"))
+        .map(|(subjects, _)| subjects)
+        .unwrap_or_else(|| panic!("no Subjects section between Workloads and Conditions in\n{out}"));
+    assert_eq!(
+        subjects,
+        text(
+            r#"
+Subjects:
+  end_user:
+    Limit:      50,000 tokens (input + output) per subject per day
+    Subjects:   1,204 spent this period, 112 exhausted
+    Exhausted:  alice, bob, u-03, u-04, u-05, u-06, u-07, u-08, u-09, u-10 and 102 more
+    Top:
+      VALUE   TOKENS   COST         EXHAUSTED
+      alice   51,200   0.0896 USD   yes
+      bob     50,000   0.08 USD     yes
+      carol   12,000   0.018 USD    no
+  session_id:
+    Limit:      0.50 USD per subject per day
+    Subjects:   40 spent this period, 1 exhausted
+    Exhausted:  s-9f2
+    Untracked:  250,000 tokens of subjects past the bounds the operator counts one by one: they count toward the budget, toward no subject's limit
+    Top:
+      VALUE               TOKENS    COST        EXHAUSTED
+      s-9f2               300,000   0.60 USD    yes
+      "s 1, \"quoted\""   2,000     0.004 USD   no
+"#
+        )
+    );
+    // Without pacing: no Pacing line.
+    assert!(!out.contains("Pacing:"), "{out}");
+    // The SubjectsExhausted condition is in the Conditions as any other.
+    assert!(
+        out.contains("  SubjectsExhausted   True     SubjectLimitReached"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_subjects_section_in_colour_marks_the_exhausted() {
+    let out = status_detail(&subject_named("support-bot"), &COLOR);
+    assert!(out.contains("    Exhausted:  \x1b[31malice, bob, u-03"), "{out}");
+    assert!(
+        out.contains("      alice   51,200   0.0896 USD   \x1b[31myes\x1b[0m\n"),
+        "{out}"
+    );
+    assert!(out.contains("      carol   12,000   0.018 USD    no\n"), "{out}");
+}
+
+#[test]
+fn the_exhausted_list_is_bounded_and_says_how_many_more() {
+    let mut u = SubjectsUsage {
+        label: "end_user".into(),
+        count: 3,
+        exhausted_count: 2,
+        exhausted: vec!["a".into(), "b".into()],
+        ..Default::default()
+    };
+    assert_eq!(exhausted_line(&u), "a, b");
+    // More exhausted than the status lists (it lists at most 100).
+    u.exhausted_count = 5;
+    assert_eq!(exhausted_line(&u), "a, b and 3 more");
+    // The status lists more than the view names.
+    u.exhausted = (0..100).map(|i| format!("s{i}")).collect();
+    u.exhausted_count = 1_234;
+    assert_eq!(
+        exhausted_line(&u),
+        "s0, s1, s2, s3, s4, s5, s6, s7, s8, s9 and 1,224 more"
+    );
+    u.exhausted.clear();
+    assert_eq!(exhausted_line(&u), "1,234 (none listed)");
+}
+
+#[test]
+fn subject_values_never_reach_the_terminal_raw() {
+    assert_eq!(printable("alice"), "alice");
+    assert_eq!(printable("bob@example.com"), "bob@example.com");
+    assert_eq!(printable("\x1b[2Jgotcha"), r#""\u{1b}[2Jgotcha""#);
+    assert_eq!(printable("two\nlines"), r#""two\nlines""#);
+    assert_eq!(printable("a, b"), r#""a, b""#);
+    assert_eq!(printable(" padded"), r#"" padded""#);
+    assert_eq!(printable(""), r#""""#);
+}
+
+#[test]
+fn subjects_before_the_operator_reported() {
+    let mut b = subject_named("support-bot");
+    b.status = None;
+    let out = status_detail(&b, &PLAIN);
+    assert!(
+        out.contains(
+            "Subjects:\n  end_user:\n    Limit:  50,000 tokens (input + output) per subject per day\n  session_id:\n    Limit:  0.50 USD per subject per day\nConditions:  <none>\n"
+        ),
+        "{out}"
+    );
+    // A label nobody has spent on yet.
+    let mut b = subject_named("support-bot");
+    b.status.as_mut().unwrap().subjects.remove(1);
+    let out = status_detail(&b, &PLAIN);
+    assert!(
+        out.contains(
+            "  session_id:\n    Limit:     0.50 USD per subject per day\n    Subjects:  none has spent this period\nConditions:"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
+fn detail_of_a_paced_budget() {
+    assert_eq!(
+        status_detail(&subject_named("paced"), &PLAIN),
+        text(
+            "
+Name:          paced
+Namespace:     support
+Phase:         Warning
+Usage:         ████████████████░░░░ 80% of the tighter limit
+Limits:        5,000,000 tokens (input + output) per day
+Used tokens:   4,000,000 of 5,000,000 (80%), 1,000,000 left
+  input:       3,000,000
+  output:      1,000,000
+Burn rate:     500k/h (500,000 tokens per hour)
+Exhaustion:    in 2h (2026-11-27T21:00:00Z)
+Period:        Daily in Europe/Berlin
+Period start:  2026-11-27T00:00:00+01:00
+Resets:        in 4h (2026-11-28T00:00:00+01:00)
+Thresholds:    80%
+Enforcement:   Annotate
+Pacing:        ScaleReplicas (at least 2 replicas), window 1h
+  pace:        0.60 since 30m ago (2026-11-27T18:30:00Z)
+  burn rate:   500k/h, sustainable 300k/h
+  paced:       at the current rate the budget runs out at 2026-11-27T21:00:00Z, 1h59m before it resets; pace 0.60; Deployment/agent at 3 of 5 replicas
+Models:  <none>
+Workloads:  <none>
+Conditions:
+  TYPE    STATUS   REASON   AGE   MESSAGE
+  Paced   True     Pacing   30m   at the current rate the budget runs out at 2026-11-27T21:00:00Z, 1h59m before it resets; pace 0.60; Deployment/agent at 3 of 5 replicas
+"
+        )
+    );
+    let colored = status_detail(&subject_named("paced"), &COLOR);
+    assert!(
+        colored.contains("  pace:        \x1b[33m0.60 since 30m ago"),
+        "{colored}"
+    );
+}
+
+#[test]
+fn detail_of_a_budget_that_publishes_a_pace_and_is_not_paced() {
+    let out = status_detail(&subject_named("steady"), &PLAIN);
+    assert!(
+        out.contains(
+            "Enforcement:  Annotate\nPacing:       None (publishes the pace only), window 1h\n  pace:       1.00 (not paced)\n  burn rate:  100k/h, sustainable 800k/h\nModels:"
+        ),
+        "{out}"
+    );
+    // The Paced condition is False: its message stays in the Conditions only.
+    assert!(!out.contains("  paced:"), "{out}");
+    // No forecast yet, and no status at all.
+    let mut b = subject_named("steady");
+    b.status.as_mut().unwrap().pacing = None;
+    assert!(status_detail(&b, &PLAIN).contains("  pace:       - (no forecast yet)\n"));
+    b.status = None;
+    let out = status_detail(&b, &PLAIN);
+    assert!(
+        out.contains("Pacing:       None (publishes the pace only), window 1h\nModels:"),
+        "{out}"
+    );
+}
+
+#[test]
+fn budgets_without_subjects_or_pacing_show_nothing_new() {
+    for b in fixtures() {
+        let out = status_detail(&b, &PLAIN);
+        assert!(!out.contains("Subjects"), "{out}");
+        assert!(!out.contains("Pacing"), "{out}");
+        assert!(!out.contains("  pace:"), "{out}");
+    }
+    // Nor columns: wide output of budgets without them has neither PACE nor SUBJECTS-EXHAUSTED.
+    let out = status_list(&fixtures(), Listing::AllNamespaces, &WIDE).stdout;
+    assert!(out.lines().next().unwrap().ends_with("ACTION      ENFORCED"), "{out}");
+}
+
+#[test]
+fn wide_status_adds_pace_and_exhausted_subjects_when_a_budget_has_them() {
+    let budgets = subject_fixtures();
+    // The default output is as for any budget.
+    let narrow = status_list(&budgets, Listing::Namespace("support"), &PLAIN).stdout;
+    assert_eq!(
+        narrow,
+        text(
+            "
+NAME          USAGE                  %USED   TOKENS     PHASE     BURN     EXHAUSTS   RESETS
+paced         ████████████████░░░░   80%     4M/5M      Warning   500k/h   in 2h      in 4h
+steady        ████░░░░░░░░░░░░░░░░   20%     1M/5M      Active    100k/h   -          in 5h
+support-bot   ████████████░░░░░░░░   61%     6.1M/10M   Active    350k/h   -          in 4h
+"
+        )
+    );
+    let wide = status_list(&budgets, Listing::Namespace("support"), &WIDE).stdout;
+    assert_eq!(
+        wide,
+        text(
+            "
+NAME          USAGE                  %USED   TOKENS     INPUT   OUTPUT   PHASE     BURN     EXHAUSTS   RESETS   PERIOD   TIMEZONE        ACTION     ENFORCED   PACE   SUBJECTS-EXHAUSTED
+paced         ████████████████░░░░   80%     4M/5M      3M      1M       Warning   500k/h   in 2h      in 4h    Daily    Europe/Berlin   Annotate   0          0.60   -
+steady        ████░░░░░░░░░░░░░░░░   20%     1M/5M      800k    200k     Active    100k/h   -          in 5h    Daily    UTC             Annotate   0          1.00   -
+support-bot   ████████████░░░░░░░░   61%     6.1M/10M   5M      1.1M     Active    350k/h   -          in 4h    Daily    Europe/Berlin   Annotate   0          -      113
+"
+        )
+    );
+    // One budget (`status NAME -o wide`): its own columns only.
+    let one = status_list(&[subject_named("paced")], Listing::Namespace("support"), &WIDE).stdout;
+    assert!(one.lines().next().unwrap().ends_with("ENFORCED   PACE"), "{one}");
+    // --no-headers and a watch keep the columns.
+    let without = status_list(
+        &budgets,
+        Listing::Namespace("support"),
+        &Options {
+            no_headers: true,
+            ..WIDE
+        },
+    )
+    .stdout;
+    assert_eq!(without, wide.split_once('\n').unwrap().1);
+    let mut watch = Watch::new(WatchView::Status, Listing::Namespace("support"));
+    assert_eq!(
+        watch.start(&budgets, Listing::Namespace("support"), None, &WIDE).stdout,
+        wide
+    );
+    let mut paced = subject_named("paced");
+    paced.status.as_mut().unwrap().pacing.as_mut().unwrap().pace = "0.55".into();
+    assert_eq!(
+        watch.changed(&paced, &WIDE),
+        "paced         ████████████████░░░░   80%     4M/5M      3M      1M       Warning   500k/h   in 2h      in 4h    Daily    Europe/Berlin   Annotate   0          0.55   -\n"
+    );
+}
