@@ -239,6 +239,7 @@ async fn fifty_thousand_end_users_stay_bounded_and_the_budget_exact() {
     assert_eq!(status.exhausted.len(), 100);
     assert_eq!(status.top.len(), 10);
     assert_eq!(status.untracked_tokens, 100_000 - 1_000 * 2);
+    assert_eq!(status.other_tokens, (1_000 - 10) * 2);
     let condition = tokenbudget::conditions::find(&tb.status.as_ref().unwrap().conditions, "SubjectsExhausted")
         .expect("the SubjectsExhausted condition");
     assert!(

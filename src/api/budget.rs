@@ -463,6 +463,9 @@ pub struct SubjectsUsage {
     /// The largest subjects (by cost, then tokens), at most 10.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub top: Vec<SubjectUsage>,
+    /// Tokens of the subjects counted one by one but not listed in `top`, summed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub other_tokens: i64,
     /// The exhausted subjects, largest first, at most 100 (all of them are in
     /// `exhaustedCount`, and an agent can ask about any one).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -449,6 +449,7 @@ pub fn usage(
                 exhausted: s.exhausted,
             })
             .collect(),
+        other_tokens: to_i64(all.iter().skip(SUBJECTS_TOP).map(|(s, _)| s.tokens).fold(0, add)),
         exhausted: exhausted
             .iter()
             .take(SUBJECTS_EXHAUSTED_LISTED)
@@ -863,6 +864,8 @@ mod tests {
             ("u29", 290, true)
         );
         assert_eq!((status.top[9].value.as_str(), status.top[9].exhausted), ("u20", false));
+        // u01 .. u19 spent 10 .. 190: the rest, summed.
+        assert_eq!(status.other_tokens, (1..20).map(|i| 10 * i).sum::<i64>());
         assert_eq!(status.untracked_tokens, 0);
     }
 
