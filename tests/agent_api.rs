@@ -11,40 +11,13 @@
 
 mod common;
 
-use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
-    path::Path,
-    sync::Arc,
-    time::Duration,
-};
+use std::{path::Path, sync::Arc};
 
 use common::*;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use serde_json::{Value, json};
 
 const AUDIENCE: &str = "tokenbudget.io";
-
-/// GET `path` of the agent API, with `token` as the bearer token: (status, JSON body).
-async fn ask(address: SocketAddr, path: &str, token: Option<&str>) -> (u16, Value) {
-    let (path, token) = (path.to_string(), token.map(str::to_string));
-    // Off the runtime's threads: the operator runs on them.
-    let (code, body) = tokio::task::spawn_blocking(move || {
-        let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
-        stream.set_read_timeout(Some(Duration::from_secs(15)))?;
-        let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n{auth}\r\n")?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        parse_response(&response)
-    })
-    .await
-    .unwrap()
-    .expect("the agent API answers");
-    (code, serde_json::from_str(&body).unwrap_or(Value::String(body)))
-}
 
 #[tokio::test]
 async fn agents_read_their_budget_as_rbac_allows() {
@@ -95,7 +68,7 @@ async fn agents_read_their_budget_as_rbac_allows() {
 
     // 200: the budget's figures, as its status has them, and a subject's standing.
     let path = format!("/v1/namespaces/{ns}/tokenbudgets/research");
-    let (code, body) = ask(address, &path, Some(&agent)).await;
+    let (code, body) = agent_api_get(address, &path, Some(&agent)).await;
     assert_eq!(code, 200, "{body}");
     let status = tb.status.as_ref().unwrap();
     let used = status.used.as_ref().unwrap();
@@ -116,7 +89,7 @@ async fn agents_read_their_budget_as_rbac_allows() {
     assert_eq!(body["resetsAt"].as_str(), status.resets_at.as_deref());
     assert_eq!(body["percentUsed"].as_i64(), status.percent_used);
 
-    let (code, body) = ask(address, &format!("{path}?label=end_user&subject=alice"), Some(&agent)).await;
+    let (code, body) = agent_api_get(address, &format!("{path}?label=end_user&subject=alice"), Some(&agent)).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(
         (
@@ -133,12 +106,12 @@ async fn agents_read_their_budget_as_rbac_allows() {
         ("a garbage token", Some("garbage")),
         ("a token of the API server's audience", Some(api_server_token.as_str())),
     ] {
-        let (code, body) = ask(address, &path, token).await;
+        let (code, body) = agent_api_get(address, &path, token).await;
         assert_eq!((code, &body["reason"]), (401, &json!("Unauthorized")), "{what}: {body}");
     }
 
     // 403: a ServiceAccount without the binding, and the bound one in another namespace.
-    let (code, body) = ask(address, &path, Some(&stranger)).await;
+    let (code, body) = agent_api_get(address, &path, Some(&stranger)).await;
     assert_eq!((code, &body["reason"]), (403, &json!("Forbidden")), "{body}");
     let message = body["message"].as_str().unwrap();
     assert!(
@@ -148,13 +121,13 @@ async fn agents_read_their_budget_as_rbac_allows() {
         "{message}"
     );
     let elsewhere = format!("/v1/namespaces/{}/tokenbudgets/research", other.name);
-    let (code, body) = ask(address, &elsewhere, Some(&agent)).await;
+    let (code, body) = agent_api_get(address, &elsewhere, Some(&agent)).await;
     assert_eq!((code, &body["reason"]), (403, &json!("Forbidden")), "{body}");
 
     // 404: no such budget; no limit per that label.
-    let (code, body) = ask(address, &format!("/v1/namespaces/{ns}/tokenbudgets/nope"), Some(&agent)).await;
+    let (code, body) = agent_api_get(address, &format!("/v1/namespaces/{ns}/tokenbudgets/nope"), Some(&agent)).await;
     assert_eq!((code, &body["reason"]), (404, &json!("NotFound")), "{body}");
-    let (code, body) = ask(address, &format!("{path}?label=session&subject=s1"), Some(&agent)).await;
+    let (code, body) = agent_api_get(address, &format!("{path}?label=session&subject=s1"), Some(&agent)).await;
     assert_eq!((code, &body["reason"]), (404, &json!("NotFound")), "{body}");
 
     // The Python helper, with the token in a file as a projected volume has it.

@@ -29,25 +29,9 @@ const AUDIENCE: &str = "tokenbudget.io";
 
 /// GET `path` of the agent API with `token`: the JSON body of a 200.
 async fn ask(address: SocketAddr, path: String, token: String) -> Value {
-    tokio::task::spawn_blocking(move || {
-        let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2)).expect("the agent API");
-        stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-        write!(
-            stream,
-            "GET {path} HTTP/1.0\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\r\n"
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP answer");
-        assert!(
-            head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
-            "{response}"
-        );
-        serde_json::from_str(body).expect("JSON")
-    })
-    .await
-    .unwrap()
+    let (code, body) = agent_api_get(address, &path, Some(&token)).await;
+    assert_eq!(code, 200, "{body}");
+    body
 }
 
 /// Asks the agent API until `holds` holds for its answer: what the agent will read next.

@@ -1,7 +1,13 @@
 //! What the agent API's tests share: the chart's agent ClusterRole, ServiceAccounts and
 //! their tokens from the TokenRequest API.
 
-use std::{path::Path, process::Command};
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::Path,
+    process::Command,
+    time::Duration,
+};
 
 use k8s_openapi::api::{
     authentication::v1::{TokenRequest, TokenRequestSpec},
@@ -14,7 +20,7 @@ use kube::{
 };
 use serde_json::{Value, json};
 
-use super::{create, text};
+use super::{create, parse_response, text};
 
 pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -77,4 +83,25 @@ pub async fn token(client: &Client, namespace: &str, account: &str, audience: &s
         .status
         .and_then(|s| s.token)
         .expect("a token")
+}
+
+/// GET `path` of the agent API, with `token` as the bearer token: (status, JSON body).
+pub async fn agent_api_get(address: SocketAddr, path: &str, token: Option<&str>) -> (u16, Value) {
+    let (path, token) = (path.to_string(), token.map(str::to_string));
+    // Off the runtime's threads: the operator runs on them.
+    let (code, body) = tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(15)))?;
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n{auth}\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        parse_response(&response)
+    })
+    .await
+    .unwrap()
+    .expect("the agent API answers");
+    (code, serde_json::from_str(&body).unwrap_or(Value::String(body)))
 }
